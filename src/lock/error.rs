@@ -1,0 +1,166 @@
+//! The one error type of the lock library, and the wrapper that hands a
+//! typestate back when a transition fails.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+use super::info::LockInfo;
+use super::PortLock;
+
+/// Everything that can go wrong taking, probing or releasing a port lock.
+///
+/// Every message is one line, names the port or path, and says what to do.
+/// Contention is not an I/O error: [`LockError::AlreadyRunning`] carries who
+/// holds the port.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    /// Another process holds the port's lock. `holder` is its info, or `None`
+    /// when the file could not be read (mid-write, garbage, or Windows).
+    #[error("{}", already_running_line(*port, holder.as_ref()))]
+    AlreadyRunning {
+        /// The contested port.
+        port: u16,
+        /// The lock file.
+        path: PathBuf,
+        /// What the holder recorded, if readable.
+        holder: Option<LockInfo>,
+    },
+    /// Only short-lived readers (probes, `llmlb status`) kept the lock busy for
+    /// the whole retry window; nobody holds the port.
+    #[error(
+        "lock file {path} stayed busy with readers (e.g. `llmlb status` in a tight loop); retry"
+    )]
+    Busy {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// The lock dir could be tampered with by another user, or is not a dir.
+    #[error("unsafe lock dir {path}: it {reason}; {fix}")]
+    UnsafeLockDir {
+        /// The refused directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
+        /// What to do about it.
+        fix: String,
+    },
+    /// The lock file is a symlink, not a regular file, or owned by another
+    /// user. It was not written.
+    #[error("unsafe lock file {path}: it {reason}; remove it by hand if you did not create it")]
+    UnsafeLockFile {
+        /// The refused file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Port 0 (or otherwise unusable port) was given.
+    #[error("invalid port {port}: ports are 1..=65535")]
+    InvalidPort {
+        /// The rejected value.
+        port: u32,
+    },
+    /// A system call on `path` failed.
+    #[error("{action} {path}: {source}{}", io_hint(source))]
+    Io {
+        /// What we were doing ("cannot open lock file", …).
+        action: &'static str,
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn already_running_line(port: u16, holder: Option<&LockInfo>) -> String {
+    match holder {
+        Some(info) => format!(
+            "Server already running on port {port} (PID: {}, started: {}); to stop it: llmlb stop --port {port}",
+            info.pid,
+            info.started_at_display()
+        ),
+        None => format!(
+            "Server already running on port {port} (holder details unreadable); to stop it: llmlb stop --port {port}"
+        ),
+    }
+}
+
+fn io_hint(err: &io::Error) -> &'static str {
+    match err.kind() {
+        io::ErrorKind::PermissionDenied => {
+            " (check the directory's permissions or set LLMLB_LOCK_DIR)"
+        }
+        io::ErrorKind::NotFound => {
+            " (the lock dir disappeared; it is re-created on the next start)"
+        }
+        io::ErrorKind::StorageFull => {
+            " (the file system is full; free space or set LLMLB_LOCK_DIR)"
+        }
+        io::ErrorKind::ReadOnlyFilesystem => {
+            " (the file system is read-only; set LLMLB_LOCK_DIR to a writable dir)"
+        }
+        _ if super::sys::is_no_locks_error(err) => {
+            " (the file system does not support locks, e.g. an NFS `nolock` mount; use a local dir)"
+        }
+        _ => "",
+    }
+}
+
+impl LockError {
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        LockError::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// True for [`LockError::AlreadyRunning`]: the expected outcome when the
+    /// port is taken, as opposed to a failure.
+    pub fn is_already_running(&self) -> bool {
+        matches!(self, LockError::AlreadyRunning { .. })
+    }
+}
+
+/// A failed typestate transition: the error, and the lock in the state it was
+/// in before, so the caller can retry, inspect or drop it (tempfile's
+/// `PersistError` does the same with the file).
+pub struct TransitionError<S: super::State> {
+    /// Why the transition failed.
+    pub error: LockError,
+    /// The lock, unchanged.
+    pub lock: PortLock<S>,
+}
+
+impl<S: super::State> TransitionError<S> {
+    /// Splits into the error and the unchanged lock.
+    pub fn into_parts(self) -> (LockError, PortLock<S>) {
+        (self.error, self.lock)
+    }
+}
+
+impl<S: super::State> fmt::Debug for TransitionError<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.error, f)
+    }
+}
+
+impl<S: super::State> fmt::Display for TransitionError<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl<S: super::State> std::error::Error for TransitionError<S> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl<S: super::State> From<TransitionError<S>> for LockError {
+    fn from(e: TransitionError<S>) -> Self {
+        e.error
+    }
+}

@@ -1,0 +1,285 @@
+//! What a lock file says about its holder, and how much of it to believe.
+//!
+//! The info is for humans and for `stop`; it never decides liveness (only the
+//! kernel lock does). Parsing is tolerant: unknown fields are ignored, and
+//! anything unreadable is simply "no info", never an error.
+
+use std::sync::OnceLock;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::sys;
+
+/// Largest lock file content we read. Real info is a few hundred bytes; a
+/// bigger file is garbage and is classified unreadable without allocating it.
+pub const MAX_INFO_LEN: usize = 16 * 1024;
+
+/// Identity of a process that survives PID reuse: on Linux, its start time in
+/// clock ticks since boot (`/proc/<pid>/stat` field 22) plus the boot id.
+///
+/// Two identities with both parts present and equal name the same process; a
+/// reused PID has a different start time, and a reboot a different boot id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessIdentity {
+    /// `/proc/sys/kernel/random/boot_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// Start time in clock ticks after boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_ticks: Option<u64>,
+}
+
+impl ProcessIdentity {
+    /// The identity of process `pid` now, where the platform offers one
+    /// (Linux); `None` if the process does not exist or the platform has none.
+    pub fn of_pid(pid: u32) -> Option<ProcessIdentity> {
+        sys::process_identity(pid)
+    }
+
+    fn is_complete(&self) -> bool {
+        self.boot_id.is_some() && self.start_ticks.is_some()
+    }
+}
+
+/// The JSON content of a lock file: who holds (or held) the port.
+///
+/// Written by the holder right after it locks; `pid`, `started_at` and `port`
+/// are always present, the rest where the platform offers it. Readers ignore
+/// fields they do not know, so newer writers stay readable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct LockInfo {
+    /// Process id of the holder (the process that will answer `SIGTERM`).
+    pub pid: u32,
+    /// When the holder took the lock, RFC 3339 UTC.
+    pub started_at: DateTime<Utc>,
+    /// The port this lock guards (always equal to the port in the file name).
+    pub port: u16,
+    /// Host name of the holder; `stop` refuses to signal for another host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// PID-reuse-proof identity of the holder, checked by `stop` before signalling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<ProcessIdentity>,
+    /// Process group of the command run in exec mode (`llmlb serve -- CMD`),
+    /// which `stop --force` kills as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child_pgid: Option<u32>,
+    /// Version of the llmlb library that wrote the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// Per-process facts computed once, not per acquire (the host name and the
+/// /proc read cost more than the whole lock protocol). Keyed by PID so a
+/// forked child recomputes its own.
+struct ProcessFacts {
+    pid: u32,
+    host: String,
+    identity: Option<ProcessIdentity>,
+}
+
+/// Runs `f` with this process's facts: cached for the process that first asked,
+/// recomputed (rarely: a forked child that adopts) for any other PID.
+fn with_process_facts<R>(f: impl FnOnce(&ProcessFacts) -> R) -> R {
+    static FIRST: OnceLock<ProcessFacts> = OnceLock::new();
+    let pid = std::process::id();
+    let compute = || ProcessFacts {
+        pid,
+        host: sys::hostname(),
+        identity: sys::process_identity(pid),
+    };
+    let cached = FIRST.get_or_init(compute);
+    if cached.pid == pid {
+        f(cached)
+    } else {
+        f(&compute())
+    }
+}
+
+impl LockInfo {
+    /// Info describing the calling process as holder of `port`, started now.
+    pub fn for_current_process(port: u16) -> LockInfo {
+        with_process_facts(|facts| LockInfo {
+            pid: facts.pid,
+            started_at: Utc::now(),
+            port,
+            host: Some(facts.host.clone()).filter(|h| !h.is_empty()),
+            identity: facts.identity.clone(),
+            child_pgid: None,
+            version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+        })
+    }
+
+    /// Minimal info with only the required fields, e.g. for tests and tools.
+    pub fn new(pid: u32, port: u16, started_at: DateTime<Utc>) -> LockInfo {
+        LockInfo {
+            pid,
+            started_at,
+            port,
+            host: None,
+            identity: None,
+            child_pgid: None,
+            version: None,
+        }
+    }
+
+    /// `started_at` as shown to users: RFC 3339, whole seconds, `Z`.
+    pub fn started_at_display(&self) -> String {
+        self.started_at.to_rfc3339_opts(SecondsFormat::Secs, true)
+    }
+
+    /// The bytes written to the lock file: compact JSON and a newline.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        // Serializing plain strings and numbers into a Vec cannot fail.
+        if serde_json::to_writer(&mut out, self).is_err() {
+            out.clear();
+        }
+        out.push(b'\n');
+        out
+    }
+
+    /// Tolerant parse of lock file content: the first JSON object in `bytes`
+    /// if it has a valid `pid`, `started_at` and `port`. Trailing bytes are
+    /// ignored (a reader racing the holder's shrink may see an old tail).
+    /// Returns `None` for empty, partial, oversized or garbage content.
+    pub fn parse(bytes: &[u8]) -> Option<LockInfo> {
+        if bytes.len() > MAX_INFO_LEN {
+            return None;
+        }
+        let mut stream = serde_json::Deserializer::from_slice(bytes).into_iter::<LockInfo>();
+        stream.next()?.ok()
+    }
+
+    /// [`LockInfo::parse`], also requiring that the info names `port` (a file
+    /// whose content names another port is not trusted).
+    pub fn parse_for_port(bytes: &[u8], port: u16) -> Option<LockInfo> {
+        LockInfo::parse(bytes).filter(|info| info.port == port)
+    }
+
+    /// Whether the process recorded here is, provably, still the same process
+    /// on this host; `stop` signals only on [`IdentityCheck::Same`].
+    pub fn check_identity(&self) -> IdentityCheck {
+        let local_host = with_process_facts(|facts| facts.host.clone());
+        match &self.host {
+            Some(host) if !local_host.is_empty() && *host != local_host => {
+                return IdentityCheck::OtherHost(host.clone())
+            }
+            _ => {}
+        }
+        let Some(recorded) = self.identity.as_ref().filter(|i| i.is_complete()) else {
+            return IdentityCheck::Unknown;
+        };
+        match sys::process_identity(self.pid) {
+            None => IdentityCheck::Gone,
+            Some(now) if now == *recorded => IdentityCheck::Same,
+            Some(_) => IdentityCheck::Reused,
+        }
+    }
+}
+
+/// Result of [`LockInfo::check_identity`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IdentityCheck {
+    /// Same host, and the PID still belongs to the process that wrote the info.
+    Same,
+    /// The PID now belongs to a different process (it was reused).
+    Reused,
+    /// No process has that PID any more.
+    Gone,
+    /// The info was written on another host (named); PIDs mean nothing here.
+    OtherHost(String),
+    /// The info carries no identity token, or this platform cannot read one.
+    Unknown,
+}
+
+/// The smallest reader of a lock file: only the PID, for the release rule
+/// ("remove the file only if it records me") on the hot path.
+pub(crate) fn recorded_pid(bytes: &[u8]) -> Option<u32> {
+    #[derive(Deserialize)]
+    struct PidOnly {
+        pid: u32,
+    }
+    let mut stream = serde_json::Deserializer::from_slice(bytes).into_iter::<PidOnly>();
+    stream.next()?.ok().map(|p| p.pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_bytes() {
+        let info = LockInfo::for_current_process(8000);
+        let parsed = LockInfo::parse(&info.to_bytes()).expect("own output parses");
+        assert_eq!(parsed, info);
+        assert_eq!(parsed.pid, std::process::id());
+    }
+
+    #[test]
+    fn ignores_unknown_fields_and_trailing_bytes() {
+        let text = br#"{"pid":7,"started_at":"2026-01-30T12:00:00Z","port":8000,"future":[1,2]}XX"#;
+        let info = LockInfo::parse(text).expect("tolerant");
+        assert_eq!((info.pid, info.port), (7, 8000));
+        assert_eq!(info.started_at_display(), "2026-01-30T12:00:00Z");
+    }
+
+    #[test]
+    fn unreadable_content_is_none() {
+        for bad in [
+            &b""[..],
+            b"{",
+            b"garbage",
+            br#"{"pid":7,"port":8000}"#,
+            br#"{"pid":-1,"started_at":"2026-01-30T12:00:00Z","port":8000}"#,
+            br#"{"pid":7,"started_at":"yesterday","port":8000}"#,
+            br#"{"pid":7,"started_at":"2026-01-30T12:00:00Z","port":70000}"#,
+        ] {
+            assert_eq!(
+                LockInfo::parse(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let huge = vec![b' '; MAX_INFO_LEN + 1];
+        assert_eq!(LockInfo::parse(&huge), None);
+    }
+
+    #[test]
+    fn port_must_match_the_file_name() {
+        let info = LockInfo::new(1, 9000, Utc::now());
+        assert!(LockInfo::parse_for_port(&info.to_bytes(), 8000).is_none());
+        assert!(LockInfo::parse_for_port(&info.to_bytes(), 9000).is_some());
+    }
+
+    #[test]
+    fn recorded_pid_reads_only_the_pid() {
+        assert_eq!(recorded_pid(br#"{"x":1,"pid":42}"#), Some(42));
+        assert_eq!(recorded_pid(b"nope"), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn identity_of_self_is_same_and_of_a_reused_pid_differs() {
+        let me = LockInfo::for_current_process(1);
+        assert_eq!(me.check_identity(), IdentityCheck::Same);
+        let mut reused = me.clone();
+        if let Some(id) = reused.identity.as_mut() {
+            id.start_ticks = id.start_ticks.map(|t| t + 1);
+        }
+        assert_eq!(reused.check_identity(), IdentityCheck::Reused);
+        let mut foreign = me.clone();
+        foreign.host = Some("some-other-host.invalid".into());
+        assert!(matches!(
+            foreign.check_identity(),
+            IdentityCheck::OtherHost(_)
+        ));
+        let mut bare = me;
+        bare.identity = None;
+        assert_eq!(bare.check_identity(), IdentityCheck::Unknown);
+    }
+}

@@ -1,0 +1,434 @@
+//! The protocol: open → lock → re-check → write → release, and the probe.
+//!
+//! Each numbered step names the bug it prevents (see the README). Only this
+//! module sequences lock calls; the typestate in `state.rs` decides which of
+//! these functions a caller may reach.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::error::LockError;
+use super::info::{self, LockInfo, MAX_INFO_LEN};
+use super::sys::{self, FileId, TryLock};
+use super::LockState;
+
+/// How often acquire reopens when the path keeps naming a different inode
+/// than the one it locked (each retry means a holder released meanwhile).
+const INODE_RETRIES: usize = 64;
+/// How long an acquirer waits out readers' shared locks (probes, `status`)
+/// before reporting [`LockError::Busy`].
+const READER_WINDOW: Duration = Duration::from_millis(100);
+/// Backoff between reads of a holder's info that is empty or partial because
+/// the holder is between `flock` and `pwrite`: about 1.5 ms in all.
+const INFO_RETRY_SLEEPS_US: [u64; 4] = [100, 200, 400, 800];
+
+/// Which lock: the port and its file.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub(crate) port: u16,
+    pub(crate) path: PathBuf,
+}
+
+/// An exclusively locked lock file that records (or recorded) us: the data of
+/// the `Held` and `Reclaimed` states. Dropping it releases.
+pub struct Holding {
+    pub(crate) target: Target,
+    /// `None` once released or abandoned; Drop then has nothing to do.
+    file: Option<File>,
+    id: FileId,
+    pub(crate) info: LockInfo,
+    written_len: u64,
+    /// The process that took (or adopted) the lock. A forked child that
+    /// inherits this value is not the owner: it only closes its descriptor.
+    owner_pid: u32,
+}
+
+/// The exclusively locked file of a crashed holder, not yet overwritten.
+pub(crate) struct StaleFile {
+    pub(crate) target: Target,
+    file: File,
+    id: FileId,
+    len: u64,
+    pub(crate) previous: Option<LockInfo>,
+}
+
+/// What [`acquire`] found once it held the lock.
+pub(crate) enum Acquisition {
+    Fresh(Holding),
+    Stale(StaleFile),
+}
+
+fn open_error(path: &Path, e: io::Error, action: &'static str) -> LockError {
+    if sys::is_symlink_error(&e) {
+        LockError::UnsafeLockFile {
+            path: path.to_path_buf(),
+            reason: "is a symlink",
+        }
+    } else {
+        LockError::io(action, path, e)
+    }
+}
+
+/// Refuses what we must not read or write even if we could lock it.
+fn check_file(path: &Path, file: &File) -> Result<sys::OpenFileStat, LockError> {
+    let st =
+        sys::stat_open(file).map_err(|e| LockError::io("cannot inspect lock file", path, e))?;
+    if !st.is_regular {
+        return Err(LockError::UnsafeLockFile {
+            path: path.to_path_buf(),
+            reason: "is not a regular file",
+        });
+    }
+    if !st.owned_by_us {
+        return Err(LockError::UnsafeLockFile {
+            path: path.to_path_buf(),
+            reason: "is owned by another user",
+        });
+    }
+    Ok(st)
+}
+
+/// Reads the whole content (at most `MAX_INFO_LEN + 1` bytes: enough to tell
+/// "too big" from "fits").
+fn read_content(path: &Path, file: &File) -> Result<Vec<u8>, LockError> {
+    let mut buf = vec![0u8; MAX_INFO_LEN + 1];
+    let n = sys::read_at(file, &mut buf, 0)
+        .map_err(|e| LockError::io("cannot read lock file", path, e))?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Reads the info of a process that holds the lock right now. It may be
+/// between `flock` and `pwrite` (empty) or mid-write (partial), so retry
+/// briefly before calling it unreadable. Read errors are "unreadable" too
+/// (Windows locks are mandatory for reads): contention is the answer either way.
+fn read_holder(file: &File, port: u16) -> Option<LockInfo> {
+    let mut buf = vec![0u8; MAX_INFO_LEN + 1];
+    let attempt = |buf: &mut Vec<u8>| {
+        let n = sys::read_at(file, buf, 0).ok()?;
+        LockInfo::parse_for_port(&buf[..n], port)
+    };
+    if let Some(info) = attempt(&mut buf) {
+        return Some(info);
+    }
+    for us in INFO_RETRY_SLEEPS_US {
+        std::thread::sleep(Duration::from_micros(us));
+        if let Some(info) = attempt(&mut buf) {
+            return Some(info);
+        }
+    }
+    None
+}
+
+/// Steps 2–5: open without truncating or following links, try the exclusive
+/// lock, re-check the inode, and classify the content.
+pub(crate) fn acquire(target: Target) -> Result<Acquisition, LockError> {
+    let path = target.path.as_path();
+    let mut reader_deadline: Option<Instant> = None;
+    let mut backoff = Duration::from_micros(50);
+    for _ in 0..INODE_RETRIES {
+        // Step 2. No O_TRUNC: the loser of a race must not touch the winner's file.
+        let file =
+            sys::open_for_lock(path).map_err(|e| open_error(path, e, "cannot open lock file"))?;
+        // Step 3.
+        let locked =
+            sys::try_lock_exclusive(&file).map_err(|e| LockError::io("cannot lock", path, e))?;
+        let st = check_file(path, &file)?;
+        if locked == TryLock::Contended {
+            // Step 8: a shared lock succeeds iff only readers are in the way.
+            match sys::try_lock_shared(&file).map_err(|e| LockError::io("cannot lock", path, e))? {
+                TryLock::Contended => {
+                    return Err(LockError::AlreadyRunning {
+                        port: target.port,
+                        holder: read_holder(&file, target.port),
+                        path: target.path,
+                    })
+                }
+                TryLock::Acquired => {
+                    drop(file); // releases our shared lock
+                    let deadline =
+                        *reader_deadline.get_or_insert_with(|| Instant::now() + READER_WINDOW);
+                    if Instant::now() >= deadline {
+                        return Err(LockError::Busy { path: target.path });
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_millis(2));
+                    continue;
+                }
+            }
+        }
+        // Step 4: a holder unlinks on release while still holding, so the
+        // inode we opened may be dead; then only the new file counts.
+        let current =
+            sys::path_id(path).map_err(|e| LockError::io("cannot inspect lock file", path, e))?;
+        if current != Some(st.id) {
+            continue;
+        }
+        // Step 5: content means the previous holder died without releasing.
+        if st.len == 0 {
+            let info = LockInfo::for_current_process(target.port);
+            return Holding::establish(target, file, st.id, info, 0).map(Acquisition::Fresh);
+        }
+        let content = read_content(path, &file)?;
+        let previous = LockInfo::parse_for_port(&content, target.port);
+        return Ok(Acquisition::Stale(StaleFile {
+            target,
+            file,
+            id: st.id,
+            len: content.len() as u64,
+            previous,
+        }));
+    }
+    Err(LockError::io(
+        "lock file keeps being replaced while we lock it",
+        path,
+        io::Error::new(
+            io::ErrorKind::Other,
+            "gave up after repeated inode changes; retry",
+        ),
+    ))
+}
+
+/// Step 6: write in place at offset 0, then shrink to the written length.
+/// Never truncate to zero first: that makes ext4 flush on close (137 µs vs
+/// 2 µs measured) and opens a window where readers see an empty file.
+fn write_info(path: &Path, file: &File, info: &LockInfo, old_len: u64) -> Result<u64, LockError> {
+    let bytes = info.to_bytes();
+    sys::write_all_at(file, &bytes, 0)
+        .map_err(|e| LockError::io("cannot write lock file", path, e))?;
+    let new_len = bytes.len() as u64;
+    if old_len > new_len {
+        file.set_len(new_len)
+            .map_err(|e| LockError::io("cannot write lock file", path, e))?;
+    }
+    Ok(new_len)
+}
+
+impl StaleFile {
+    /// Stale → Reclaimed: overwrite the dead holder's info with ours.
+    pub(crate) fn reclaim(self) -> Result<(Holding, Option<LockInfo>), (StaleFile, LockError)> {
+        let info = LockInfo::for_current_process(self.target.port);
+        match write_info(&self.target.path, &self.file, &info, self.len) {
+            Ok(len) => Ok((
+                Holding {
+                    target: self.target,
+                    file: Some(self.file),
+                    id: self.id,
+                    info,
+                    written_len: len,
+                    owner_pid: std::process::id(),
+                },
+                self.previous,
+            )),
+            Err(e) => Err((self, e)),
+        }
+    }
+
+    /// Removes the stale file without taking the port (`llmlb stop` on a stale
+    /// lock): unlink while holding the lock, then close.
+    pub(crate) fn discard(self) -> Result<Target, (StaleFile, LockError)> {
+        let StaleFile {
+            target,
+            file,
+            id,
+            len,
+            previous,
+        } = self;
+        match sys::remove_held(&target.path, file) {
+            Ok(()) => Ok(target),
+            Err((file, e)) => {
+                let err = LockError::io("cannot remove stale lock file", &target.path, e);
+                Err((
+                    StaleFile {
+                        target,
+                        file,
+                        id,
+                        len,
+                        previous,
+                    },
+                    err,
+                ))
+            }
+        }
+    }
+}
+
+impl Holding {
+    fn establish(
+        target: Target,
+        file: File,
+        id: FileId,
+        info: LockInfo,
+        old_len: u64,
+    ) -> Result<Holding, LockError> {
+        let written_len = write_info(&target.path, &file, &info, old_len)?;
+        Ok(Holding {
+            target,
+            file: Some(file),
+            id,
+            info,
+            written_len,
+            owner_pid: std::process::id(),
+        })
+    }
+
+    fn file(&self) -> &File {
+        // Invariant: `file` is only taken by `release`/`abandon`, which consume
+        // the Holding; every other method sees it present.
+        self.file.as_ref().expect("lock file present until release")
+    }
+
+    /// Replaces the recorded info (e.g. to add the exec-mode child's pgid).
+    pub(crate) fn rewrite(&mut self, info: LockInfo) -> Result<(), LockError> {
+        let len = write_info(&self.target.path, self.file(), &info, self.written_len)?;
+        self.written_len = len;
+        self.info = info;
+        Ok(())
+    }
+
+    /// Makes the calling process (a forked child holding the inherited
+    /// descriptor) the owner: the file records it, its release removes the file.
+    pub(crate) fn adopt(&mut self) -> Result<(), LockError> {
+        let pid = std::process::id();
+        if pid == self.owner_pid {
+            return Ok(());
+        }
+        let mut info = LockInfo::for_current_process(self.target.port);
+        info.started_at = self.info.started_at;
+        info.child_pgid = self.info.child_pgid;
+        self.rewrite(info)?;
+        self.owner_pid = pid;
+        Ok(())
+    }
+
+    /// Step 7 and 9: remove the file only if we own it *and* the file (still
+    /// the inode we locked) records us; otherwise only close our descriptor,
+    /// never unlock: a forked child shares the lock with its parent.
+    pub(crate) fn release(mut self) -> Result<Target, (Holding, LockError)> {
+        if let Err(e) = self.release_in_place() {
+            return Err((self, e));
+        }
+        Ok(self.take_target())
+    }
+
+    fn take_target(&mut self) -> Target {
+        Target {
+            port: self.target.port,
+            path: std::mem::take(&mut self.target.path),
+        }
+    }
+
+    /// Releases; leaves `file` in place (still locked) on error.
+    fn release_in_place(&mut self) -> Result<(), LockError> {
+        let Some(file) = self.file.take() else {
+            return Ok(());
+        };
+        let pid = std::process::id();
+        if pid != self.owner_pid || !self.file_records(&file, pid)? {
+            drop(file);
+            return Ok(());
+        }
+        let path = &self.target.path;
+        match sys::path_id(path) {
+            Ok(Some(id)) if id == self.id => {}
+            // Someone removed or replaced our file by hand: not ours to delete.
+            Ok(_) => {
+                drop(file);
+                return Ok(());
+            }
+            Err(e) => {
+                self.file = Some(file);
+                return Err(LockError::io("cannot inspect lock file", path, e));
+            }
+        }
+        match sys::remove_held(path, file) {
+            Ok(()) => Ok(()),
+            Err((file, e)) => {
+                self.file = Some(file);
+                Err(LockError::io("cannot remove lock file", path, e))
+            }
+        }
+    }
+
+    fn file_records(&mut self, file: &File, pid: u32) -> Result<bool, LockError> {
+        let mut buf = [0u8; 512];
+        let n = match sys::read_at(file, &mut buf, 0) {
+            Ok(n) => n,
+            Err(e) => return Err(LockError::io("cannot read lock file", &self.target.path, e)),
+        };
+        if n < buf.len() {
+            return Ok(info::recorded_pid(&buf[..n]) == Some(pid));
+        }
+        // Longer than anything we write: read it all (rare; hand-edited file).
+        let content = read_content(&self.target.path, file)?;
+        Ok(info::recorded_pid(&content) == Some(pid))
+    }
+
+    /// Closes the descriptor without removing the file, exactly as if the
+    /// process had been killed: the next acquirer finds a stale lock.
+    pub(crate) fn abandon(mut self) {
+        drop(self.file.take());
+    }
+
+    /// Whether this process is the owner (see `adopt`).
+    pub(crate) fn is_owner(&self) -> bool {
+        self.owner_pid == std::process::id()
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        if let Err(e) = self.release_in_place() {
+            tracing::warn!(
+                port = self.target.port,
+                "releasing the lock on drop failed: {e}"
+            );
+            drop(self.file.take()); // the kernel lock goes with the descriptor
+        }
+    }
+}
+
+/// Step 8: observe a port without taking it. Never creates anything; holds at
+/// most a shared lock for the duration of one read, which acquirers wait out.
+pub(crate) fn probe(path: &Path, port: u16) -> Result<LockState, LockError> {
+    for _ in 0..INODE_RETRIES {
+        let file = match sys::open_for_probe(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LockState::Free),
+            Err(e) => return Err(open_error(path, e, "cannot open lock file")),
+        };
+        let st = check_file(path, &file)?;
+        match sys::try_lock_shared(&file).map_err(|e| LockError::io("cannot lock", path, e))? {
+            TryLock::Contended => return Ok(LockState::Held(read_holder(&file, port))),
+            TryLock::Acquired => {
+                // Nobody holds it. Released between our open and lock? Then
+                // the name is gone or new: look again.
+                let current = sys::path_id(path)
+                    .map_err(|e| LockError::io("cannot inspect lock file", path, e))?;
+                if current != Some(st.id) {
+                    continue;
+                }
+                // Stable while we hold the shared lock: writers need exclusive.
+                let content = read_content(path, &file)?;
+                drop(file);
+                return Ok(if content.is_empty() {
+                    // Created but never written (an acquirer between open and
+                    // lock, or one that died there): nothing to report.
+                    LockState::Free
+                } else {
+                    LockState::Stale(LockInfo::parse_for_port(&content, port))
+                });
+            }
+        }
+    }
+    Err(LockError::io(
+        "lock file keeps being replaced while we probe it",
+        path,
+        io::Error::new(
+            io::ErrorKind::Other,
+            "gave up after repeated inode changes; retry",
+        ),
+    ))
+}

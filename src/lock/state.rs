@@ -1,0 +1,499 @@
+//! The lock lifecycle as types: `Free → Held`, `Stale → Reclaimed`,
+//! `Held | Reclaimed → Free`. Transitions consume `self`, so using a lock after
+//! release, releasing a free lock or reclaiming a held one does not compile.
+
+use std::path::Path;
+
+use super::error::{LockError, TransitionError};
+use super::info::LockInfo;
+use super::protocol::{self, Acquisition, Holding, StaleFile, Target};
+
+mod sealed {
+    use super::{Holding, Target};
+
+    /// Implemented only by the four states below: users cannot invent states.
+    pub trait Sealed {
+        fn target(&self) -> &Target;
+    }
+
+    /// The two states that hold the lock, and how to take them apart and put
+    /// them back together around a fallible transition.
+    pub trait SealedHolds: Sized {
+        type Extra;
+        fn holding(&self) -> &Holding;
+        fn holding_mut(&mut self) -> &mut Holding;
+        fn split(self) -> (Holding, Self::Extra);
+        fn join(holding: Holding, extra: Self::Extra) -> Self;
+    }
+}
+
+/// A state of [`PortLock`]: [`Free`], [`Held`], [`Stale`] or [`Reclaimed`].
+/// Sealed.
+pub trait State: sealed::Sealed {}
+
+/// Not held by this handle. The lock may be free, or held by someone else:
+/// [`PortLock::try_acquire`] finds out.
+pub struct Free {
+    target: Target,
+}
+
+/// Held by this handle, taken cleanly: the file records this process.
+pub struct Held {
+    holding: Holding,
+}
+
+/// Locked by this handle, but the file still holds the info of a holder that
+/// died without releasing; [`PortLock::reclaim`] overwrites it, dropping
+/// leaves the stale file exactly as found.
+pub struct Stale {
+    stale: StaleFile,
+}
+
+/// Held by this handle after reclaiming a stale lock; remembers the dead
+/// holder's info.
+pub struct Reclaimed {
+    holding: Holding,
+    previous: Option<LockInfo>,
+}
+
+impl sealed::Sealed for Free {
+    fn target(&self) -> &Target {
+        &self.target
+    }
+}
+impl sealed::Sealed for Held {
+    fn target(&self) -> &Target {
+        &self.holding.target
+    }
+}
+impl sealed::Sealed for Stale {
+    fn target(&self) -> &Target {
+        &self.stale.target
+    }
+}
+impl sealed::Sealed for Reclaimed {
+    fn target(&self) -> &Target {
+        &self.holding.target
+    }
+}
+impl State for Free {}
+impl State for Held {}
+impl State for Stale {}
+impl State for Reclaimed {}
+
+/// The per-port lock in state `S`.
+///
+/// The kernel's exclusive advisory lock on `<dir>/serve_<port>.lock` is the
+/// only truth for "held"; a `PortLock<Held>` or `PortLock<Reclaimed>` owns it
+/// until released or dropped (dropping releases, and never panics).
+///
+/// # Examples
+/// ```
+/// use llmlb::lock::{Acquired, LockDir};
+/// # let tmp = tempfile::tempdir().unwrap();
+/// let dir = LockDir::create(tmp.path().join("locks"))?;
+/// let held = match dir.port(8000)?.try_acquire()? {
+///     Acquired::Fresh(held) => held,
+///     Acquired::Stale(stale) => panic!("nobody crashed here: {:?}", stale.previous()),
+/// };
+/// assert_eq!(held.info().pid, std::process::id());
+/// let free = held.release()?;      // the file is gone, the port is free
+/// let again = free.try_acquire()?; // a released lock can be taken again
+/// # drop(again);
+/// # Ok::<(), llmlb::lock::LockError>(())
+/// ```
+///
+/// Releasing a lock that is not held does not compile:
+/// ```compile_fail
+/// # use llmlb::lock::LockDir;
+/// # let tmp = tempfile::tempdir().unwrap();
+/// # let dir = LockDir::create(tmp.path().join("locks")).unwrap();
+/// let free = dir.port(8000).unwrap();
+/// free.release(); // no `release` on PortLock<Free>
+/// ```
+/// and using a lock after its release does not either:
+/// ```compile_fail
+/// # use llmlb::lock::{Acquired, LockDir};
+/// # let tmp = tempfile::tempdir().unwrap();
+/// # let dir = LockDir::create(tmp.path().join("locks")).unwrap();
+/// let Ok(Acquired::Fresh(held)) = dir.port(8000).unwrap().try_acquire() else { return };
+/// let _free = held.release().unwrap();
+/// println!("{}", held.info().pid); // `held` was moved by `release`
+/// ```
+/// A held lock cannot be reclaimed (only a stale one can):
+/// ```compile_fail
+/// # use llmlb::lock::{Acquired, LockDir};
+/// # let tmp = tempfile::tempdir().unwrap();
+/// # let dir = LockDir::create(tmp.path().join("locks")).unwrap();
+/// let Ok(Acquired::Fresh(held)) = dir.port(8000).unwrap().try_acquire() else { return };
+/// held.reclaim(); // no `reclaim` on PortLock<Held>
+/// ```
+/// Their passing twin: a stale lock is reclaimed, and the reclaimed lock released.
+/// ```
+/// use llmlb::lock::{Acquired, LockDir};
+/// # let tmp = tempfile::tempdir().unwrap();
+/// let dir = LockDir::create(tmp.path().join("locks"))?;
+/// let Acquired::Fresh(held) = dir.port(8000)?.try_acquire()? else { unreachable!() };
+/// let crashed_pid = held.info().pid;
+/// held.abandon(); // as if killed: the file stays, the kernel lock goes
+/// let Acquired::Stale(stale) = dir.port(8000)?.try_acquire()? else { unreachable!() };
+/// let reclaimed = stale.reclaim()?;
+/// assert_eq!(reclaimed.previous().map(|i| i.pid), Some(crashed_pid));
+/// reclaimed.release()?;
+/// # Ok::<(), llmlb::lock::LockError>(())
+/// ```
+pub struct PortLock<S: State> {
+    state: S,
+}
+
+/// What [`PortLock::try_acquire`] got: a clean lock, or the lock of a holder
+/// that crashed (to [`reclaim`](PortLock::reclaim) or drop).
+pub enum Acquired {
+    /// The port was free; the file now records this process.
+    Fresh(PortLock<Held>),
+    /// The previous holder died without releasing; its info is still there.
+    Stale(PortLock<Stale>),
+}
+
+impl<S: State> PortLock<S> {
+    /// The port this lock guards.
+    pub fn port(&self) -> u16 {
+        sealed::Sealed::target(&self.state).port
+    }
+
+    /// The lock file, `<dir>/serve_<port>.lock`.
+    pub fn path(&self) -> &Path {
+        &sealed::Sealed::target(&self.state).path
+    }
+}
+
+impl PortLock<Free> {
+    pub(crate) fn new_free(port: u16, path: std::path::PathBuf) -> Self {
+        PortLock {
+            state: Free {
+                target: Target { port, path },
+            },
+        }
+    }
+
+    /// Free → Held (or → Stale if a holder crashed): takes the port without
+    /// blocking.
+    ///
+    /// # Errors
+    /// [`LockError::AlreadyRunning`] with the holder's info when another open
+    /// file holds the lock (its file is left untouched); `UnsafeLockFile`,
+    /// `Busy` or `Io` otherwise. The free lock comes back in the error.
+    pub fn try_acquire(self) -> Result<Acquired, TransitionError<Free>> {
+        let target = self.state.target.clone();
+        match protocol::acquire(target) {
+            Ok(Acquisition::Fresh(holding)) => Ok(Acquired::Fresh(PortLock {
+                state: Held { holding },
+            })),
+            Ok(Acquisition::Stale(stale)) => Ok(Acquired::Stale(PortLock {
+                state: Stale { stale },
+            })),
+            Err(error) => Err(TransitionError { error, lock: self }),
+        }
+    }
+}
+
+impl PortLock<Stale> {
+    /// What the dead holder recorded, if readable.
+    pub fn previous(&self) -> Option<&LockInfo> {
+        self.state.stale.previous.as_ref()
+    }
+
+    /// Stale → Reclaimed: overwrites the dead holder's info with ours.
+    ///
+    /// # Errors
+    /// `Io` if the file cannot be written; the stale lock (still locked) comes
+    /// back in the error.
+    pub fn reclaim(self) -> Result<PortLock<Reclaimed>, TransitionError<Stale>> {
+        match self.state.stale.reclaim() {
+            Ok((holding, previous)) => Ok(PortLock {
+                state: Reclaimed { holding, previous },
+            }),
+            Err((stale, error)) => Err(TransitionError {
+                error,
+                lock: PortLock {
+                    state: Stale { stale },
+                },
+            }),
+        }
+    }
+
+    /// Stale → Free without taking the port: removes the stale file (unlinked
+    /// while locked, so no holder can be affected). What `llmlb stop` does to
+    /// a stale lock; nothing is signalled.
+    ///
+    /// # Errors
+    /// `Io` if the file cannot be removed; the stale lock comes back.
+    pub fn discard(self) -> Result<PortLock<Free>, TransitionError<Stale>> {
+        match self.state.stale.discard() {
+            Ok(target) => Ok(PortLock {
+                state: Free { target },
+            }),
+            Err((stale, error)) => Err(TransitionError {
+                error,
+                lock: PortLock {
+                    state: Stale { stale },
+                },
+            }),
+        }
+    }
+}
+
+impl PortLock<Reclaimed> {
+    /// What the dead holder had recorded, if it was readable.
+    pub fn previous(&self) -> Option<&LockInfo> {
+        self.state.previous.as_ref()
+    }
+}
+
+/// A state in which this handle holds the lock: [`Held`] or [`Reclaimed`].
+/// Sealed.
+pub trait Holds: State + sealed::SealedHolds {}
+impl Holds for Held {}
+impl Holds for Reclaimed {}
+
+impl sealed::SealedHolds for Held {
+    type Extra = ();
+    fn holding(&self) -> &Holding {
+        &self.holding
+    }
+    fn holding_mut(&mut self) -> &mut Holding {
+        &mut self.holding
+    }
+    fn split(self) -> (Holding, ()) {
+        (self.holding, ())
+    }
+    fn join(holding: Holding, (): ()) -> Self {
+        Held { holding }
+    }
+}
+
+impl sealed::SealedHolds for Reclaimed {
+    type Extra = Option<LockInfo>;
+    fn holding(&self) -> &Holding {
+        &self.holding
+    }
+    fn holding_mut(&mut self) -> &mut Holding {
+        &mut self.holding
+    }
+    fn split(self) -> (Holding, Option<LockInfo>) {
+        (self.holding, self.previous)
+    }
+    fn join(holding: Holding, previous: Option<LockInfo>) -> Self {
+        Reclaimed { holding, previous }
+    }
+}
+
+impl<S: Holds> PortLock<S> {
+    /// What the lock file records about this holder.
+    pub fn info(&self) -> &LockInfo {
+        &self.state.holding().info
+    }
+
+    /// Held/Reclaimed → Free: removes the file while still locked (only if it
+    /// still is the inode we locked and records this process), then closes.
+    /// In a forked child that did not [`adopt`](Self::adopt), only closes the
+    /// child's descriptor: the parent keeps its lock and its file.
+    ///
+    /// # Errors
+    /// `Io` if the file cannot be inspected or removed; the lock, still held,
+    /// comes back in the error.
+    pub fn release(self) -> Result<PortLock<Free>, TransitionError<S>> {
+        let (holding, extra) = self.state.split();
+        match holding.release() {
+            Ok(target) => Ok(PortLock {
+                state: Free { target },
+            }),
+            Err((holding, error)) => Err(TransitionError {
+                error,
+                lock: PortLock {
+                    state: S::join(holding, extra),
+                },
+            }),
+        }
+    }
+
+    /// Replaces the recorded `child_pgid` (exec mode records the process group
+    /// of the command it runs, so `stop --force` can kill all of it).
+    ///
+    /// # Errors
+    /// `Io` if the file cannot be written; the old info stays recorded.
+    pub fn set_child_pgid(&mut self, pgid: Option<u32>) -> Result<(), LockError> {
+        let holding = self.state.holding_mut();
+        let mut info = holding.info.clone();
+        info.child_pgid = pgid;
+        holding.rewrite(info)
+    }
+
+    /// Makes the calling process the holder of an inherited lock: for
+    /// launchers that take the lock, fork, and let the parent exit
+    /// (`pidfile_write` in the child, as pidfile(3) does). The file then
+    /// records this process's PID and identity (keeping `started_at`), and only
+    /// this process's release removes it. A no-op in the process that already
+    /// owns the lock.
+    ///
+    /// # Errors
+    /// `Io` if the file cannot be written; ownership is unchanged.
+    pub fn adopt(&mut self) -> Result<(), LockError> {
+        self.state.holding_mut().adopt()
+    }
+
+    /// Whether this process owns the lock (took it, or adopted it after fork).
+    pub fn is_owner(&self) -> bool {
+        self.state.holding().is_owner()
+    }
+
+    /// Closes the descriptor without removing the file, exactly as if this
+    /// process had been killed: the next acquirer reclaims a stale lock. For
+    /// crash tests and fault injection.
+    pub fn abandon(self) {
+        let (holding, _) = self.state.split();
+        holding.abandon();
+    }
+}
+
+/// The holder returned by [`acquire_or_reclaim`]: one type for a clean or a
+/// reclaimed lock, for callers (the CLI, the C ABI) that treat both alike.
+/// Dropping it releases.
+pub struct PortGuard {
+    inner: GuardInner,
+}
+
+enum GuardInner {
+    Held(PortLock<Held>),
+    Reclaimed(PortLock<Reclaimed>),
+}
+
+/// Takes `port` in `dir`, reclaiming it if its previous holder crashed: the
+/// entry point for servers and launchers.
+///
+/// # Errors
+/// [`LockError::AlreadyRunning`] with the holder's info if the port is taken;
+/// `InvalidPort`, `UnsafeLockFile`, `Busy`, `Io` otherwise.
+///
+/// # Examples
+/// ```
+/// # let tmp = tempfile::tempdir().unwrap();
+/// let dir = llmlb::lock::LockDir::create(tmp.path().join("locks"))?;
+/// let guard = llmlb::lock::acquire_or_reclaim(&dir, 8000)?;
+/// assert!(!guard.was_reclaimed());
+/// let second = llmlb::lock::acquire_or_reclaim(&dir, 8000).unwrap_err();
+/// assert!(second.is_already_running());
+/// guard.release()?;
+/// # Ok::<(), llmlb::lock::LockError>(())
+/// ```
+pub fn acquire_or_reclaim(dir: &super::LockDir, port: u16) -> Result<PortGuard, LockError> {
+    let guard = match dir.port(port)?.try_acquire()? {
+        Acquired::Fresh(held) => PortGuard {
+            inner: GuardInner::Held(held),
+        },
+        Acquired::Stale(stale) => {
+            match stale.previous() {
+                Some(prev) => tracing::warn!(
+                    port,
+                    "Stale lock file detected (previous holder PID {} exited without releasing it), reclaiming",
+                    prev.pid
+                ),
+                None => tracing::warn!(port, "Stale lock file detected (unreadable content), reclaiming"),
+            }
+            PortGuard {
+                inner: GuardInner::Reclaimed(stale.reclaim()?),
+            }
+        }
+    };
+    tracing::debug!(port, path = %guard.path().display(), "lock acquired");
+    Ok(guard)
+}
+
+macro_rules! on_both {
+    ($self:expr, $lock:ident => $body:expr) => {
+        match $self {
+            GuardInner::Held($lock) => $body,
+            GuardInner::Reclaimed($lock) => $body,
+        }
+    };
+}
+
+impl PortGuard {
+    /// The port held.
+    pub fn port(&self) -> u16 {
+        on_both!(&self.inner, l => l.port())
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        on_both!(&self.inner, l => l.path())
+    }
+
+    /// What the lock file records about this holder.
+    pub fn info(&self) -> &LockInfo {
+        on_both!(&self.inner, l => l.info())
+    }
+
+    /// Whether a crashed holder's lock was reclaimed to get this one.
+    pub fn was_reclaimed(&self) -> bool {
+        matches!(self.inner, GuardInner::Reclaimed(_))
+    }
+
+    /// The crashed holder's info when a stale lock was reclaimed and its file
+    /// was readable; `None` for a clean acquire or unreadable content.
+    pub fn reclaimed_from(&self) -> Option<&LockInfo> {
+        match &self.inner {
+            GuardInner::Held(_) => None,
+            GuardInner::Reclaimed(l) => l.previous(),
+        }
+    }
+
+    /// See [`PortLock::set_child_pgid`].
+    ///
+    /// # Errors
+    /// `Io` if the file cannot be written.
+    pub fn set_child_pgid(&mut self, pgid: Option<u32>) -> Result<(), LockError> {
+        on_both!(&mut self.inner, l => l.set_child_pgid(pgid))
+    }
+
+    /// See [`PortLock::adopt`].
+    ///
+    /// # Errors
+    /// `Io` if the file cannot be written.
+    pub fn adopt(&mut self) -> Result<(), LockError> {
+        on_both!(&mut self.inner, l => l.adopt())
+    }
+
+    /// See [`PortLock::is_owner`].
+    pub fn is_owner(&self) -> bool {
+        on_both!(&self.inner, l => l.is_owner())
+    }
+
+    /// Releases (see [`PortLock::release`]).
+    ///
+    /// # Errors
+    /// `Io` if the file cannot be removed; the lock is then released by
+    /// closing the descriptor anyway, leaving a stale file.
+    pub fn release(self) -> Result<(), LockError> {
+        let port = self.port();
+        let result = on_both!(self.inner, l => l.release().map(drop).map_err(LockError::from));
+        tracing::debug!(port, ok = result.is_ok(), "lock released");
+        result
+    }
+
+    /// See [`PortLock::abandon`].
+    pub fn abandon(self) {
+        on_both!(self.inner, l => l.abandon())
+    }
+}
+
+impl std::fmt::Debug for PortGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortGuard")
+            .field("port", &self.port())
+            .field("path", &self.path())
+            .field("pid", &self.info().pid)
+            .field("reclaimed", &self.was_reclaimed())
+            .finish()
+    }
+}

@@ -1,0 +1,275 @@
+//! Unix implementation of the platform boundary (Linux is where it is tested).
+#![allow(clippy::disallowed_methods)] // this module is the one allowed caller of fs2
+
+use std::fs::{DirBuilder, File, Metadata, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileExt as _, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use fs2::FileExt as Fs2FileExt;
+
+use super::{FileId, OpenFileStat, Refusal, TryLock};
+use crate::lock::info::ProcessIdentity;
+
+/// Opens (creating if needed) a lock file for the holder: read-write, mode
+/// 0600, never following a symlink (`ELOOP` instead), close-on-exec (std's
+/// default), and without `O_TRUNC`: a contender must never clobber the info of
+/// the process that holds the lock. `O_NONBLOCK` keeps a FIFO planted at the
+/// path from hanging us; it has no effect on regular files.
+pub(crate) fn open_for_lock(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+}
+
+/// Opens an existing lock file read-only for probing; never creates it.
+pub(crate) fn open_for_probe(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+}
+
+/// True when `err` is what `open` returns for a symlink under `O_NOFOLLOW`.
+pub(crate) fn is_symlink_error(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(libc::ELOOP)
+}
+
+fn map_try(result: io::Result<()>) -> io::Result<TryLock> {
+    match result {
+        Ok(()) => Ok(TryLock::Acquired),
+        Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => {
+            Ok(TryLock::Contended)
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(TryLock::Contended),
+        Err(e) => Err(e),
+    }
+}
+
+/// `flock(LOCK_EX | LOCK_NB)`. The lock belongs to the open file description,
+/// so it survives `fork` and is dropped when the last descriptor closes.
+pub(crate) fn try_lock_exclusive(file: &File) -> io::Result<TryLock> {
+    map_try(Fs2FileExt::try_lock_exclusive(file))
+}
+
+/// `flock(LOCK_SH | LOCK_NB)`: fails exactly when someone holds it exclusively.
+pub(crate) fn try_lock_shared(file: &File) -> io::Result<TryLock> {
+    map_try(Fs2FileExt::try_lock_shared(file))
+}
+
+fn id_of(meta: &Metadata) -> FileId {
+    FileId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    }
+}
+
+/// One `fstat` of an open lock file.
+pub(crate) fn stat_open(file: &File) -> io::Result<OpenFileStat> {
+    let meta = file.metadata()?;
+    Ok(OpenFileStat {
+        id: id_of(&meta),
+        len: meta.len(),
+        is_regular: meta.file_type().is_file(),
+        owned_by_us: meta.uid() == euid(),
+    })
+}
+
+/// `lstat` of a path: the id of what the name points at now, `None` if the
+/// name is gone.
+pub(crate) fn path_id(path: &Path) -> io::Result<Option<FileId>> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => Ok(Some(id_of(&meta))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `pread` until `buf` is full or end of file; returns the bytes read.
+pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// `pwrite` all of `data` at `offset`.
+pub(crate) fn write_all_at(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
+    file.write_all_at(data, offset)
+}
+
+/// The effective user id; lock dirs and files must belong to it.
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Name of the per-user default lock dir under the temp dir.
+pub(crate) fn default_dir_name() -> String {
+    format!("llmlb-{}", euid())
+}
+
+/// Creates `dir` (and missing parents) with mode 0700. An existing dir is fine:
+/// [`check_dir`] judges it.
+pub(crate) fn create_dir(dir: &Path) -> io::Result<()> {
+    match DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    }
+}
+
+/// Refuses a lock dir that another local user could tamper with: a symlink
+/// (could be re-pointed), not a directory, owned by someone else, or writable
+/// by group/others (they could plant or delete lock files).
+pub(crate) fn check_dir(meta: &Metadata) -> Result<(), Refusal> {
+    if meta.file_type().is_symlink() {
+        return Err("is a symlink");
+    }
+    if !meta.is_dir() {
+        return Err("is not a directory");
+    }
+    if meta.uid() != euid() {
+        return Err("is owned by another user");
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err("is writable by group or others");
+    }
+    Ok(())
+}
+
+/// The command that makes a refused dir acceptable, for error messages.
+pub(crate) fn dir_fix_hint(dir: &Path) -> String {
+    format!(
+        "use a directory you own with mode 0700 (e.g. `chmod 700 {}`), or point LLMLB_LOCK_DIR elsewhere",
+        dir.display()
+    )
+}
+
+/// This machine's host name (empty if it cannot be read).
+pub(crate) fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its whole length; gethostname writes at
+    // most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// Identity of process `pid` that survives PID reuse: its start time in clock
+/// ticks since boot plus the boot id. Linux only; `None` elsewhere or when the
+/// process does not exist.
+#[cfg(target_os = "linux")]
+pub(crate) fn process_identity(pid: u32) -> Option<ProcessIdentity> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may itself contain
+    // spaces or ')', so count fields after the last ')'. starttime is field 22.
+    let after = &stat[stat.rfind(')')? + 1..];
+    let start_ticks: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    Some(ProcessIdentity {
+        boot_id: boot_id(),
+        start_ticks: Some(start_ticks),
+    })
+}
+
+#[cfg(target_os = "linux")]
+fn boot_id() -> Option<String> {
+    static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|s| s.trim().to_owned())
+        })
+        .clone()
+}
+
+/// Identity of process `pid`; not available on this Unix (see the Linux version).
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn process_identity(_pid: u32) -> Option<ProcessIdentity> {
+    None
+}
+
+#[allow(dead_code)] // used by `llmlb stop`
+/// Signals `stop` may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Signal {
+    Term,
+    Kill,
+}
+
+impl Signal {
+    fn raw(self) -> libc::c_int {
+        match self {
+            Signal::Term => libc::SIGTERM,
+            Signal::Kill => libc::SIGKILL,
+        }
+    }
+}
+
+/// `kill(pid, sig)`.
+pub(crate) fn send_signal(pid: u32, sig: Signal) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+    if pid <= 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "pid out of range",
+        ));
+    }
+    // SAFETY: kill has no memory-safety preconditions; pid > 0 targets one process.
+    if unsafe { libc::kill(pid, sig.raw()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `kill(-pgid, sig)`: the whole process group (grandchildren included).
+pub(crate) fn signal_group(pgid: u32, sig: Signal) -> io::Result<()> {
+    let pgid = libc::pid_t::try_from(pgid)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pgid out of range"))?;
+    if pgid <= 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "pgid out of range",
+        ));
+    }
+    // SAFETY: as above; -pgid targets one process group, never "all processes".
+    if unsafe { libc::kill(-pgid, sig.raw()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Release of an owned lock file: unlink the name while still holding the
+/// lock, then close. Unlinking first means a contender that opened the old
+/// inode notices (its inode re-check fails) instead of locking a dead file.
+/// On failure the descriptor (and so the lock) is handed back untouched.
+pub(crate) fn remove_held(path: &Path, file: File) -> Result<(), (File, io::Error)> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err((file, e)),
+    }
+    drop(file);
+    Ok(())
+}
+
+/// True for `ENOLCK`: the file system cannot lock (NFS mounted `nolock`).
+pub(crate) fn is_no_locks_error(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(libc::ENOLCK)
+}

@@ -1,0 +1,206 @@
+//! Windows implementation of the platform boundary: built (`cargo check
+//! --target x86_64-pc-windows-gnu`), not tested here.
+//!
+//! Differences from Unix, documented in the README:
+//! - `LockFileEx` locks are mandatory for reads of the locked range, so another
+//!   process cannot read the holder's info while it is held: contenders and
+//!   probes report "holder details unreadable".
+//! - Files are opened without `FILE_SHARE_DELETE`, so nobody can unlink a lock
+//!   file that anyone has open; the unlink-on-release race of Unix cannot
+//!   happen and file identity is therefore not compared (every id is equal).
+//! - There is no process identity token; `stop` refuses to signal.
+#![allow(clippy::disallowed_methods)] // this module is the one allowed caller of fs2
+
+use std::fs::{File, Metadata, OpenOptions};
+use std::io;
+use std::os::windows::fs::{FileExt as _, OpenOptionsExt};
+use std::path::Path;
+
+use fs2::FileExt as Fs2FileExt;
+
+use super::{FileId, OpenFileStat, Refusal, TryLock};
+use crate::lock::info::ProcessIdentity;
+
+const FILE_SHARE_READ: u32 = 0x1;
+const FILE_SHARE_WRITE: u32 = 0x2;
+const FILE_FLAG_OPEN_REPARSE_POINT: u32 = 0x0020_0000;
+const ERROR_CANT_ACCESS_FILE: i32 = 1920;
+
+/// Opens (creating if needed) a lock file: never truncates, does not follow a
+/// reparse point (symlink), and denies delete sharing.
+pub(crate) fn open_for_lock(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE)
+        .custom_flags(FILE_FLAG_OPEN_REPARSE_POINT)
+        .open(path)?;
+    refuse_reparse(file)
+}
+
+/// Opens an existing lock file read-only for probing.
+pub(crate) fn open_for_probe(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE)
+        .custom_flags(FILE_FLAG_OPEN_REPARSE_POINT)
+        .open(path)?;
+    refuse_reparse(file)
+}
+
+fn refuse_reparse(file: File) -> io::Result<File> {
+    if file.metadata()?.file_type().is_symlink() {
+        return Err(io::Error::from_raw_os_error(ERROR_CANT_ACCESS_FILE));
+    }
+    Ok(file)
+}
+
+/// True when `err` is what the opens above return for a symlink.
+pub(crate) fn is_symlink_error(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(ERROR_CANT_ACCESS_FILE)
+}
+
+fn map_try(result: io::Result<()>) -> io::Result<TryLock> {
+    match result {
+        Ok(()) => Ok(TryLock::Acquired),
+        Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => {
+            Ok(TryLock::Contended)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `LockFileEx(EXCLUSIVE | FAIL_IMMEDIATELY)` over the whole file.
+pub(crate) fn try_lock_exclusive(file: &File) -> io::Result<TryLock> {
+    map_try(Fs2FileExt::try_lock_exclusive(file))
+}
+
+/// `LockFileEx(FAIL_IMMEDIATELY)`, shared.
+pub(crate) fn try_lock_shared(file: &File) -> io::Result<TryLock> {
+    map_try(Fs2FileExt::try_lock_shared(file))
+}
+
+/// One metadata query of an open lock file.
+pub(crate) fn stat_open(file: &File) -> io::Result<OpenFileStat> {
+    let meta = file.metadata()?;
+    Ok(OpenFileStat {
+        id: FileId { dev: 0, ino: 0 },
+        len: meta.len(),
+        is_regular: meta.file_type().is_file(),
+        owned_by_us: true,
+    })
+}
+
+/// Whether the name exists; ids are not compared on Windows (see module docs).
+pub(crate) fn path_id(path: &Path) -> io::Result<Option<FileId>> {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => Ok(Some(FileId { dev: 0, ino: 0 })),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Positional read until `buf` is full or end of file.
+pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.seek_read(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Positional write of all of `data`.
+pub(crate) fn write_all_at(file: &File, mut data: &[u8], mut offset: u64) -> io::Result<()> {
+    while !data.is_empty() {
+        let n = file.seek_write(data, offset)?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        data = &data[n..];
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+/// `%TEMP%` is already per user, so the default dir needs no user suffix.
+pub(crate) fn default_dir_name() -> String {
+    "llmlb".to_owned()
+}
+
+/// Creates `dir` and missing parents (ACLs of `%TEMP%` already make it private).
+pub(crate) fn create_dir(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+/// Refuses a symlinked or non-directory lock dir; ownership is left to ACLs.
+pub(crate) fn check_dir(meta: &Metadata) -> Result<(), Refusal> {
+    if meta.file_type().is_symlink() {
+        return Err("is a symlink");
+    }
+    if !meta.is_dir() {
+        return Err("is not a directory");
+    }
+    Ok(())
+}
+
+/// The fix for a refused dir, for error messages.
+pub(crate) fn dir_fix_hint(_dir: &Path) -> String {
+    "use a plain directory you own, or point LLMLB_LOCK_DIR elsewhere".to_owned()
+}
+
+/// This machine's name, from `COMPUTERNAME`.
+pub(crate) fn hostname() -> String {
+    std::env::var("COMPUTERNAME").unwrap_or_default()
+}
+
+/// No identity token on Windows yet.
+pub(crate) fn process_identity(_pid: u32) -> Option<ProcessIdentity> {
+    None
+}
+
+#[allow(dead_code)] // used by `llmlb stop`
+/// Signals `stop` may send (mapped to process termination on Windows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Signal {
+    Term,
+    Kill,
+}
+
+/// Not supported: Windows has no SIGTERM; `stop` reports it cannot signal.
+pub(crate) fn send_signal(_pid: u32, _sig: Signal) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "signals are not supported on Windows",
+    ))
+}
+
+/// Not supported on Windows.
+pub(crate) fn signal_group(_pgid: u32, _sig: Signal) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "process groups are not supported on Windows",
+    ))
+}
+
+/// Release of an owned lock file. Windows cannot delete a file that is open
+/// without delete sharing, so: empty it while locked (a later acquirer sees a
+/// fresh file, not a stale one), close, then delete if nobody opened it since.
+pub(crate) fn remove_held(path: &Path, file: File) -> Result<(), (File, io::Error)> {
+    if let Err(e) = file.set_len(0) {
+        return Err((file, e));
+    }
+    drop(file);
+    let _ = std::fs::remove_file(path);
+    Ok(())
+}
+
+/// Windows reports no distinct "locks unsupported" error.
+pub(crate) fn is_no_locks_error(_err: &io::Error) -> bool {
+    false
+}
