@@ -1,0 +1,367 @@
+//! C ABI for the llmlb per-port server lock.
+//!
+//! A thin shell over [`llmlb::lock`]: every function checks its pointers,
+//! calls the library, maps the result onto [`LlmlbStatus`], and writes its
+//! out parameters as documented. The header `include/llmlb_lock.h` is
+//! generated from this file by cbindgen (`ffi/cbindgen.toml`); the doc
+//! comments below are the C documentation.
+//!
+//! Conventions (ownership, NULL, threads, fork) are in the header preamble and
+//! the README's "C API conventions".
+
+// The enum constants are spelled exactly as in C (the contract fixes them),
+// so Rust callers and the header read the same.
+#![allow(non_camel_case_types)]
+
+mod boundary;
+
+use std::ffi::c_char;
+use std::ptr;
+
+use llmlb::lock::{acquire_or_reclaim, check_port, lock_file_name, LockDir, LockError};
+use llmlb::lock::{LockInfo, LockState, PortGuard};
+
+use boundary::FfiError;
+
+/// Result of every `llmlb_lock_*` call. Values are explicit and never reused;
+/// new statuses get new numbers.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LlmlbStatus {
+    /// Success.
+    LLMLB_STATUS_OK = 0,
+    /// Another process holds the port's lock (see `out_other`).
+    LLMLB_STATUS_ALREADY_RUNNING = 1,
+    /// A NULL or misaligned pointer, port 0, a relative, empty or non-UTF-8
+    /// `lock_dir`, or a path buffer that is too small.
+    LLMLB_STATUS_INVALID_ARGUMENT = 2,
+    /// A system call failed (permissions, full disk, a file system without
+    /// locks), or readers kept the lock busy; `llmlb_last_error` says which.
+    LLMLB_STATUS_IO_ERROR = 3,
+    /// The lock dir or lock file is unsafe to use: a symlink, not a
+    /// directory/regular file, owned by another user, or group/world
+    /// writable. Nothing was written.
+    LLMLB_STATUS_UNSAFE_PATH = 4,
+    /// A bug inside the library was caught at the boundary (no unwinding
+    /// into C). The call had no effect beyond what `llmlb_last_error` says.
+    LLMLB_STATUS_PANIC = 5,
+}
+
+/// What `llmlb_lock_probe` observed about a port.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LlmlbLockState {
+    /// No lock file (or an empty one nobody holds): the port can be taken.
+    LLMLB_STATE_FREE = 0,
+    /// A live process holds the lock.
+    LLMLB_STATE_HELD = 1,
+    /// A lock file with content that nobody holds: its holder died. The next
+    /// acquire reclaims it.
+    LLMLB_STATE_STALE = 2,
+}
+
+/// Who holds (or held) a port, as recorded in its lock file. All zero means
+/// "none" or "unreadable".
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LlmlbLockInfo {
+    /// Process id of the holder.
+    pub pid: u32,
+    /// The port the lock guards.
+    pub port: u16,
+    /// When the holder took the lock: milliseconds since 1970-01-01T00:00:00Z.
+    pub started_at_unix_ms: i64,
+}
+
+impl From<&LockInfo> for LlmlbLockInfo {
+    fn from(info: &LockInfo) -> Self {
+        LlmlbLockInfo {
+            pid: info.pid,
+            port: info.port,
+            started_at_unix_ms: info.started_at.timestamp_millis(),
+        }
+    }
+}
+
+fn info_or_zero(info: Option<&LockInfo>) -> LlmlbLockInfo {
+    info.map(LlmlbLockInfo::from).unwrap_or_default()
+}
+
+/// A held port lock (opaque). Created by `llmlb_lock_acquire`, freed by
+/// `llmlb_lock_release`.
+pub struct LlmlbLock {
+    guard: PortGuard,
+}
+
+/// Takes the lock for `port`, reclaiming it if its previous holder died.
+///
+/// `lock_dir`: an absolute UTF-8 path, created (mode 0700) if missing; NULL
+/// means the default, exactly as the `llmlb` CLI resolves it
+/// (`LLMLB_LOCK_DIR` if set, else a per-user temp dir). Borrowed for the call.
+///
+/// On `LLMLB_STATUS_OK`, `*out_lock` is a new handle owned by the caller
+/// (free it with `llmlb_lock_release`) and `*out_other`, if `out_other` is not
+/// NULL, is zeroed for a clean acquire or holds the dead holder's info when a
+/// stale lock was reclaimed (zeroed if it was unreadable).
+/// On `LLMLB_STATUS_ALREADY_RUNNING`, `*out_lock` is NULL and `*out_other`
+/// holds the current holder's info (zeroed if unreadable); its lock file is
+/// left untouched. On any other status `*out_lock` is NULL and `*out_other`
+/// is zeroed.
+///
+/// Port 0 or a NULL `out_lock` give `LLMLB_STATUS_INVALID_ARGUMENT`. Never
+/// blocks waiting for a holder.
+///
+/// Threads: safe to call from any thread. Fork: the handle is inherited by a
+/// forked child, see `llmlb_lock_release` and `llmlb_lock_adopt`.
+///
+/// # Safety
+/// `lock_dir` is NULL or a NUL-terminated string; `out_lock` is NULL or valid
+/// for writing a pointer; `out_other` is NULL or valid for writing an
+/// `LlmlbLockInfo`.
+#[no_mangle]
+pub unsafe extern "C" fn llmlb_lock_acquire(
+    lock_dir: *const c_char,
+    port: u16,
+    out_lock: *mut *mut LlmlbLock,
+    out_other: *mut LlmlbLockInfo,
+) -> LlmlbStatus {
+    boundary::status("llmlb_lock_acquire", || {
+        // Written first so that every failure below leaves NULL and zeros.
+        // SAFETY: the caller's contract above.
+        let mut other = unsafe { boundary::optional_mut(out_other, "out_other") }?;
+        if let Some(other) = other.as_deref_mut() {
+            *other = LlmlbLockInfo::default();
+        }
+        // SAFETY: the caller's contract above.
+        let out_lock = unsafe { boundary::required_mut(out_lock, "out_lock") }?;
+        *out_lock = ptr::null_mut();
+
+        let port = check_port(port)?;
+        // SAFETY: the caller's contract above.
+        let dir = LockDir::create(unsafe { boundary::lock_dir(lock_dir) }?)?;
+        match acquire_or_reclaim(&dir, port) {
+            Ok(guard) => {
+                if let Some(other) = other {
+                    *other = info_or_zero(guard.reclaimed_from());
+                }
+                *out_lock = Box::into_raw(Box::new(LlmlbLock { guard }));
+                Ok(())
+            }
+            Err(err) => {
+                if let (LockError::AlreadyRunning { holder, .. }, Some(other)) = (&err, other) {
+                    *other = info_or_zero(holder.as_ref());
+                }
+                Err(err.into())
+            }
+        }
+    })
+}
+
+/// Releases the lock and frees the handle: removes the lock file (while still
+/// locked) and closes the descriptor.
+///
+/// The handle is consumed whatever the status, except for NULL
+/// (`LLMLB_STATUS_INVALID_ARGUMENT`); never use it again. On
+/// `LLMLB_STATUS_IO_ERROR` the file could not be removed: the lock is still
+/// dropped (descriptor closed) and the leftover file is a stale lock the next
+/// acquire reclaims.
+///
+/// Fork: the file is removed only when it records the calling process. In a
+/// forked child that did not `llmlb_lock_adopt`, this only closes the child's
+/// descriptor: the parent keeps its lock and its file. Called by the parent
+/// after the child adopted, it likewise only closes the parent's descriptor.
+/// The lock is never explicitly unlocked, since parent and child share it.
+///
+/// Threads: do not use the handle concurrently with any other call on it.
+///
+/// # Safety
+/// `lock` is NULL or a handle from `llmlb_lock_acquire` not yet released in
+/// this process.
+#[no_mangle]
+pub unsafe extern "C" fn llmlb_lock_release(lock: *mut LlmlbLock) -> LlmlbStatus {
+    boundary::status("llmlb_lock_release", || {
+        let lock = boundary::require_ptr(lock.cast_const(), "lock")?.cast_mut();
+        // SAFETY: a live handle from llmlb_lock_acquire (the caller's
+        // contract), checked non-NULL and aligned; ownership comes back here.
+        let lock = unsafe { Box::from_raw(lock) };
+        lock.guard.release()?;
+        Ok(())
+    })
+}
+
+/// Makes the calling process the holder of an inherited lock, for launchers
+/// that daemonize (take the lock, fork, let the parent exit): called in the
+/// forked child, the lock file then records the child's PID and identity, so
+/// `llmlb status`/`llmlb stop` see and signal the child, and the child's
+/// `llmlb_lock_release` removes the file. The parent's handle is no longer
+/// the owner: its release only closes its descriptor. (pidfile(3) does the
+/// same with `pidfile_write` in the child.)
+///
+/// In the process that already owns the lock this is a no-op returning
+/// `LLMLB_STATUS_OK`. NULL gives `LLMLB_STATUS_INVALID_ARGUMENT`. On
+/// `LLMLB_STATUS_IO_ERROR` ownership is unchanged.
+///
+/// Threads: do not use the handle concurrently with any other call on it.
+///
+/// # Safety
+/// `lock` is NULL or a live handle (possibly inherited through fork).
+#[no_mangle]
+pub unsafe extern "C" fn llmlb_lock_adopt(lock: *mut LlmlbLock) -> LlmlbStatus {
+    boundary::status("llmlb_lock_adopt", || {
+        // SAFETY: the caller's contract above.
+        let lock = unsafe { boundary::required_mut(lock, "lock") }?;
+        lock.guard.adopt()?;
+        Ok(())
+    })
+}
+
+/// Copies what the lock file records about this handle's holder into
+/// `*out_info`: the acquiring process, or the adopting child after
+/// `llmlb_lock_adopt`.
+///
+/// NULL `lock` or `out_info` gives `LLMLB_STATUS_INVALID_ARGUMENT`;
+/// `*out_info` is written only on `LLMLB_STATUS_OK`.
+///
+/// Threads: may run concurrently with other `llmlb_lock_info` calls on the
+/// same handle, not with release or adopt.
+///
+/// # Safety
+/// `lock` is NULL or a live handle; `out_info` is NULL or valid for writing an
+/// `LlmlbLockInfo`.
+#[no_mangle]
+pub unsafe extern "C" fn llmlb_lock_info(
+    lock: *const LlmlbLock,
+    out_info: *mut LlmlbLockInfo,
+) -> LlmlbStatus {
+    boundary::status("llmlb_lock_info", || {
+        // SAFETY: the caller's contract above.
+        let lock = unsafe { boundary::required_ref(lock, "lock") }?;
+        // SAFETY: the caller's contract above.
+        let out_info = unsafe { boundary::required_mut(out_info, "out_info") }?;
+        *out_info = LlmlbLockInfo::from(lock.guard.info());
+        Ok(())
+    })
+}
+
+/// Observes `port` without taking it: never creates the lock dir or file,
+/// never makes a concurrent acquire fail. A missing lock dir is
+/// `LLMLB_STATE_FREE`. `lock_dir` as in `llmlb_lock_acquire` (NULL: default).
+///
+/// On `LLMLB_STATUS_OK`, `*out_state` is the state and `*out_info` (if
+/// `out_info` is not NULL) holds the holder's info for `LLMLB_STATE_HELD`, the
+/// dead holder's for `LLMLB_STATE_STALE` (zeroed when unreadable), and zeros
+/// for `LLMLB_STATE_FREE`. On any other status `*out_state` is not written and
+/// `*out_info` is zeroed. NULL `out_state` or port 0 give
+/// `LLMLB_STATUS_INVALID_ARGUMENT`.
+///
+/// Threads: safe to call from any thread.
+///
+/// # Safety
+/// `lock_dir` is NULL or a NUL-terminated string; `out_state` is NULL or valid
+/// for writing an `LlmlbLockState`; `out_info` is NULL or valid for writing an
+/// `LlmlbLockInfo`.
+#[no_mangle]
+pub unsafe extern "C" fn llmlb_lock_probe(
+    lock_dir: *const c_char,
+    port: u16,
+    out_state: *mut LlmlbLockState,
+    out_info: *mut LlmlbLockInfo,
+) -> LlmlbStatus {
+    boundary::status("llmlb_lock_probe", || {
+        // SAFETY: the caller's contract above.
+        let mut info = unsafe { boundary::optional_mut(out_info, "out_info") }?;
+        if let Some(info) = info.as_deref_mut() {
+            *info = LlmlbLockInfo::default();
+        }
+        // SAFETY: the caller's contract above.
+        let out_state = unsafe { boundary::required_mut(out_state, "out_state") }?;
+        let port = check_port(port)?;
+        // SAFETY: the caller's contract above.
+        let dir = unsafe { boundary::lock_dir(lock_dir) }?;
+        let state = llmlb::lock::probe(&dir, port)?;
+        *out_state = match state {
+            LockState::Free => LlmlbLockState::LLMLB_STATE_FREE,
+            LockState::Held(_) => LlmlbLockState::LLMLB_STATE_HELD,
+            LockState::Stale(_) => LlmlbLockState::LLMLB_STATE_STALE,
+        };
+        if let Some(info) = info {
+            *info = info_or_zero(state.info());
+        }
+        Ok(())
+    })
+}
+
+/// Writes the lock file path for `port`, `<lock dir>/serve_<port>.lock`,
+/// NUL-terminated into `buf`. `lock_dir` as in `llmlb_lock_acquire` (NULL:
+/// default). Touches no file.
+///
+/// `*out_len` (when `out_len` is not NULL) gets the path's length without the
+/// NUL whenever the path could be computed, also when `buf` is NULL or too
+/// small, so a first call with `buf = NULL` sizes the buffer; it gets 0 when
+/// the path could not be computed (port 0, bad `lock_dir`). A NULL `buf` or a
+/// `buf_len` below length + 1 gives `LLMLB_STATUS_INVALID_ARGUMENT` and writes
+/// nothing to `buf`.
+///
+/// Threads: safe to call from any thread.
+///
+/// # Safety
+/// `lock_dir` is NULL or a NUL-terminated string; `buf` is NULL or valid for
+/// writing `buf_len` bytes; `out_len` is NULL or valid for writing a `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn llmlb_lock_path(
+    lock_dir: *const c_char,
+    port: u16,
+    buf: *mut c_char,
+    buf_len: usize,
+    out_len: *mut usize,
+) -> LlmlbStatus {
+    boundary::status("llmlb_lock_path", || {
+        // SAFETY: the caller's contract above.
+        let mut out_len = unsafe { boundary::optional_mut(out_len, "out_len") }?;
+        if let Some(len) = out_len.as_deref_mut() {
+            *len = 0;
+        }
+        let port = check_port(port)?;
+        // SAFETY: the caller's contract above.
+        let dir = unsafe { boundary::lock_dir(lock_dir) }?;
+        let bytes = boundary::path_bytes(&dir.join(lock_file_name(port)))?;
+        if let Some(len) = out_len {
+            *len = bytes.len();
+        }
+        let buf = boundary::require_ptr(buf.cast_const(), "buf")?.cast_mut();
+        if buf_len <= bytes.len() {
+            return Err(FfiError::invalid(format!(
+                "buf_len {buf_len} is too small for the {}-byte path plus its NUL",
+                bytes.len()
+            )));
+        }
+        // SAFETY: buf is non-NULL and valid for buf_len > bytes.len() bytes
+        // (the caller's contract); u8 and c_char have the same layout.
+        let dest = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), bytes.len() + 1) };
+        dest[..bytes.len()].copy_from_slice(&bytes);
+        dest[bytes.len()] = 0;
+        Ok(())
+    })
+}
+
+/// The message of the last failing call on this thread: one line naming the
+/// port or path and, where there is one, the fix. Never NULL: `""` until the
+/// first failure on this thread. Successful calls do not clear it.
+///
+/// Ownership: the string belongs to the library; it stays valid until the
+/// next failing call on the same thread (or the thread's exit). Copy it to
+/// keep it. Threads: each thread has its own message.
+#[no_mangle]
+pub extern "C" fn llmlb_last_error() -> *const c_char {
+    boundary::guard("llmlb_last_error", c"".as_ptr(), boundary::last_error)
+}
+
+/// The library version, e.g. `"0.1.0"`: a static NUL-terminated string, never
+/// freed, safe from any thread.
+#[no_mangle]
+pub extern "C" fn llmlb_lock_version() -> *const c_char {
+    const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
+    boundary::guard("llmlb_lock_version", c"".as_ptr(), || {
+        VERSION.as_ptr().cast()
+    })
+}

@@ -1,0 +1,78 @@
+//! The committed `include/llmlb_lock.h` is exactly what cbindgen generates
+//! from `ffi/src/lib.rs`, and it compiles cleanly as C99, C11 and C++11.
+
+#[path = "../examples/gen-header.rs"]
+#[allow(dead_code)]
+mod gen_header;
+
+use std::process::Command;
+
+const UPDATE: &str = "cargo run -p llmlb-lock-ffi --example gen-header";
+
+#[test]
+fn committed_header_is_current() {
+    let path = gen_header::header_path();
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    let generated = gen_header::generate_header();
+    if committed != generated {
+        let first_diff = committed
+            .lines()
+            .zip(generated.lines())
+            .position(|(a, b)| a != b)
+            .map_or_else(
+                || "one file is a prefix of the other".to_owned(),
+                |i| format!("first difference at line {}", i + 1),
+            );
+        panic!(
+            "include/llmlb_lock.h is out of date ({first_diff}).\nUpdate it with:\n    {UPDATE}\nand commit the result."
+        );
+    }
+}
+
+/// `cc`/`c++` (or `$CC`/`$CXX`), or `None` when no compiler is installed.
+fn compiler(env: &str, default: &str) -> Option<String> {
+    let cc = std::env::var(env).unwrap_or_else(|_| default.to_owned());
+    let found = Command::new(&cc).arg("--version").output().is_ok();
+    found.then_some(cc)
+}
+
+#[cfg(unix)]
+#[test]
+fn header_compiles_as_c99_c11_and_cxx11_without_warnings() {
+    let include = gen_header::crate_dir().join("../include");
+    let tmp = tempfile::tempdir().unwrap();
+    let src = "#include \"llmlb_lock.h\"\n\
+               int main(void) {\n\
+                 LlmlbLockInfo info = {0, 0, 0};\n\
+                 LlmlbStatus (*acquire)(const char *, uint16_t, LlmlbLock **, LlmlbLockInfo *) = llmlb_lock_acquire;\n\
+                 LlmlbLockState state = LLMLB_STATE_FREE;\n\
+                 (void)acquire; (void)info; (void)state;\n\
+                 return LLMLB_STATUS_OK;\n\
+               }\n";
+    let c_file = tmp.path().join("use_header.c");
+    std::fs::write(&c_file, src).unwrap();
+    let cases = [
+        ("CC", "cc", ["-x", "c", "-std=c99"]),
+        ("CC", "cc", ["-x", "c", "-std=c11"]),
+        ("CXX", "c++", ["-x", "c++", "-std=c++11"]),
+    ];
+    for (env, default, lang) in cases {
+        let Some(cc) = compiler(env, default) else {
+            eprintln!("skipping {lang:?}: no {default} compiler found");
+            continue;
+        };
+        let out = Command::new(&cc)
+            .args(lang)
+            .args(["-Wall", "-Wextra", "-Werror", "-pedantic", "-fsyntax-only"])
+            .arg("-I")
+            .arg(&include)
+            .arg(&c_file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cc} {lang:?} rejected the header:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
