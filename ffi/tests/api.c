@@ -1,0 +1,475 @@
+/*
+ * C tests of include/llmlb_lock.h against the built library. Compiled with
+ * -Wall -Wextra -Werror -pedantic (and sanitizers where available) and run by
+ * ffi/tests/c_api.rs:  api <private temp dir>
+ *
+ * Every case uses a fresh lock dir under argv[1]. LLMLB_STATUS_PANIC cannot be
+ * provoked through the public API; the boundary's unit tests cover it.
+ */
+#define _XOPEN_SOURCE 700
+
+#include "llmlb_lock.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static const char *g_root;
+
+/* _exit, not exit: also used in forked children, which must not flush the
+ * parent's stdio buffers or run its atexit handlers (LeakSanitizer). */
+static void fail(const char *file, int line, const char *what) {
+  fprintf(stderr, "%s:%d: [pid %ld] CHECK failed: %s\n  last error: %s\n", file, line,
+          (long)getpid(), what, llmlb_last_error());
+  fflush(stderr);
+  _exit(1);
+}
+
+#define CHECK(cond)                                                                                \
+  do {                                                                                             \
+    if (!(cond)) fail(__FILE__, __LINE__, #cond);                                                  \
+  } while (0)
+
+#define CHECK_STATUS(call, want)                                                                   \
+  do {                                                                                             \
+    LlmlbStatus got_ = (call);                                                                     \
+    if (got_ != (want)) {                                                                          \
+      char msg_[512];                                                                              \
+      snprintf(msg_, sizeof msg_, "%s returned %d, want %s", #call, (int)got_, #want);             \
+      fail(__FILE__, __LINE__, msg_);                                                              \
+    }                                                                                              \
+  } while (0)
+
+static void make_dir_path(char *out, size_t n, const char *name) {
+  int len = snprintf(out, n, "%s/%s", g_root, name);
+  CHECK(len > 0 && (size_t)len < n);
+}
+
+static void lock_file(const char *dir, uint16_t port, char *out, size_t n) {
+  int len = snprintf(out, n, "%s/serve_%u.lock", dir, (unsigned)port);
+  CHECK(len > 0 && (size_t)len < n);
+}
+
+static int exists(const char *path) {
+  struct stat st;
+  return lstat(path, &st) == 0;
+}
+
+static int is_zero(const LlmlbLockInfo *info) {
+  return info->pid == 0 && info->port == 0 && info->started_at_unix_ms == 0;
+}
+
+static void garbage(LlmlbLockInfo *info) { memset(info, 0xAB, sizeof *info); }
+
+static void wait_ok(pid_t child) {
+  int status = 0;
+  pid_t r;
+  do {
+    r = waitpid(child, &status, 0);
+  } while (r < 0 && errno == EINTR);
+  CHECK(r == child);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    fprintf(stderr, "child %ld failed (wait status %d)\n", (long)child, status);
+    fail(__FILE__, __LINE__, "child exited 0");
+  }
+}
+
+/* A bogus non-NULL value, to prove out_lock is overwritten with NULL. */
+static int g_dummy;
+#define NOT_NULL_LOCK ((LlmlbLock *)(void *)&g_dummy)
+
+static void test_version_and_initial_error(void) {
+  const char *err = llmlb_last_error();
+  const char *version = llmlb_lock_version();
+  CHECK(err != NULL && err[0] == '\0');
+  CHECK(version != NULL && version[0] >= '0' && version[0] <= '9' && strchr(version, '.'));
+}
+
+static void test_acquire_info_probe_release(void) {
+  char dir[512], path[600];
+  LlmlbLock *lock = NOT_NULL_LOCK, *second = NOT_NULL_LOCK;
+  LlmlbLockInfo other, info, probed;
+  LlmlbLockState state = LLMLB_STATE_STALE;
+  make_dir_path(dir, sizeof dir, "basic");
+  lock_file(dir, 8000, path, sizeof path);
+
+  garbage(&other);
+  CHECK_STATUS(llmlb_lock_acquire(dir, 8000, &lock, &other), LLMLB_STATUS_OK);
+  CHECK(lock != NULL && lock != NOT_NULL_LOCK);
+  CHECK(is_zero(&other));
+  CHECK(exists(path));
+
+  garbage(&info);
+  CHECK_STATUS(llmlb_lock_info(lock, &info), LLMLB_STATUS_OK);
+  CHECK(info.pid == (uint32_t)getpid());
+  CHECK(info.port == 8000);
+  /* Milliseconds, not seconds: after 2001-09-09 and before 2096. */
+  CHECK(info.started_at_unix_ms > 1000000000000LL && info.started_at_unix_ms < 4000000000000LL);
+
+  /* Adopting in the owner is a no-op. */
+  CHECK_STATUS(llmlb_lock_adopt(lock), LLMLB_STATUS_OK);
+  CHECK_STATUS(llmlb_lock_info(lock, &probed), LLMLB_STATUS_OK);
+  CHECK(memcmp(&probed, &info, sizeof info) == 0);
+
+  /* flock belongs to the open file description, so even this process is refused. */
+  garbage(&other);
+  CHECK_STATUS(llmlb_lock_acquire(dir, 8000, &second, &other), LLMLB_STATUS_ALREADY_RUNNING);
+  CHECK(second == NULL);
+  CHECK(other.pid == info.pid && other.port == 8000 &&
+        other.started_at_unix_ms == info.started_at_unix_ms);
+  CHECK(strstr(llmlb_last_error(), "already running on port 8000") != NULL);
+  CHECK(exists(path));
+
+  garbage(&probed);
+  CHECK_STATUS(llmlb_lock_probe(dir, 8000, &state, &probed), LLMLB_STATUS_OK);
+  CHECK(state == LLMLB_STATE_HELD);
+  CHECK(probed.pid == info.pid && probed.port == 8000);
+
+  CHECK_STATUS(llmlb_lock_release(lock), LLMLB_STATUS_OK);
+  CHECK(!exists(path));
+  garbage(&probed);
+  CHECK_STATUS(llmlb_lock_probe(dir, 8000, &state, &probed), LLMLB_STATUS_OK);
+  CHECK(state == LLMLB_STATE_FREE);
+  CHECK(is_zero(&probed));
+
+  /* A released port can be taken again, and out_other may be NULL. */
+  CHECK_STATUS(llmlb_lock_acquire(dir, 8000, &lock, NULL), LLMLB_STATUS_OK);
+  CHECK_STATUS(llmlb_lock_release(lock), LLMLB_STATUS_OK);
+}
+
+static void test_null_and_invalid_arguments(void) {
+  char dir[512], buf[64];
+  LlmlbLock *lock = NOT_NULL_LOCK;
+  LlmlbLockInfo info;
+  LlmlbLockState state = LLMLB_STATE_STALE;
+  size_t len = 12345;
+  const char *before;
+  make_dir_path(dir, sizeof dir, "nulls");
+
+  garbage(&info);
+  CHECK_STATUS(llmlb_lock_acquire(dir, 8001, NULL, &info), LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(is_zero(&info));
+  CHECK(strstr(llmlb_last_error(), "out_lock") != NULL);
+
+  garbage(&info);
+  CHECK_STATUS(llmlb_lock_acquire(dir, 0, &lock, &info), LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(lock == NULL);
+  CHECK(is_zero(&info));
+  CHECK(strstr(llmlb_last_error(), "port 0") != NULL);
+  CHECK(!exists(dir)); /* port 0 is refused before anything is created */
+
+  CHECK_STATUS(llmlb_lock_release(NULL), LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(strstr(llmlb_last_error(), "llmlb_lock_release") != NULL);
+  CHECK_STATUS(llmlb_lock_adopt(NULL), LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK_STATUS(llmlb_lock_info(NULL, &info), LLMLB_STATUS_INVALID_ARGUMENT);
+
+  CHECK_STATUS(llmlb_lock_acquire(dir, 8001, &lock, NULL), LLMLB_STATUS_OK);
+  CHECK_STATUS(llmlb_lock_info(lock, NULL), LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(strstr(llmlb_last_error(), "out_info") != NULL);
+
+  garbage(&info);
+  CHECK_STATUS(llmlb_lock_probe(dir, 8001, NULL, &info), LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(is_zero(&info));
+  CHECK_STATUS(llmlb_lock_probe(dir, 0, &state, &info), LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(state == LLMLB_STATE_STALE); /* not written on failure */
+  CHECK_STATUS(llmlb_lock_probe(dir, 8001, &state, NULL), LLMLB_STATUS_OK);
+  CHECK(state == LLMLB_STATE_HELD);
+
+  memset(buf, 'X', sizeof buf);
+  CHECK_STATUS(llmlb_lock_path(dir, 0, buf, sizeof buf, &len), LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(len == 0);
+  CHECK(buf[0] == 'X' && buf[sizeof buf - 1] == 'X');
+
+  /* Success does not clear the last error. */
+  before = llmlb_last_error();
+  CHECK(strstr(before, "port 0") != NULL);
+  CHECK_STATUS(llmlb_lock_release(lock), LLMLB_STATUS_OK);
+  CHECK(strstr(llmlb_last_error(), "port 0") != NULL);
+}
+
+static void test_path(void) {
+  char dir[512], want[600], buf[600], small[600];
+  size_t len = 0, i, want_len;
+  make_dir_path(dir, sizeof dir, "path");
+  lock_file(dir, 8002, want, sizeof want);
+  want_len = strlen(want);
+
+  /* Sizing call. */
+  CHECK_STATUS(llmlb_lock_path(dir, 8002, NULL, 0, &len), LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(len == want_len);
+
+  /* One byte short (no room for the NUL): nothing written. */
+  len = 0;
+  memset(small, 'X', sizeof small);
+  CHECK_STATUS(llmlb_lock_path(dir, 8002, small, want_len, &len), LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(len == want_len);
+  for (i = 0; i < sizeof small; i++) CHECK(small[i] == 'X');
+  CHECK(strstr(llmlb_last_error(), "too small") != NULL);
+
+  /* Exactly enough. */
+  len = 0;
+  memset(buf, 'X', sizeof buf);
+  CHECK_STATUS(llmlb_lock_path(dir, 8002, buf, want_len + 1, &len), LLMLB_STATUS_OK);
+  CHECK(len == want_len);
+  CHECK(strcmp(buf, want) == 0);
+  CHECK(buf[want_len + 1] == 'X');
+
+  CHECK_STATUS(llmlb_lock_path(dir, 8002, buf, sizeof buf, NULL), LLMLB_STATUS_OK);
+  CHECK(strcmp(buf, want) == 0);
+  CHECK(!exists(dir)); /* touches no file */
+}
+
+static void test_default_dir_from_env(void) {
+  char dir[512], want[600], buf[600];
+  LlmlbLock *lock = NULL;
+  LlmlbLockState state;
+  LlmlbLockInfo info;
+  make_dir_path(dir, sizeof dir, "from-env");
+  lock_file(dir, 8003, want, sizeof want);
+
+  CHECK(setenv("LLMLB_LOCK_DIR", dir, 1) == 0);
+  CHECK_STATUS(llmlb_lock_path(NULL, 8003, buf, sizeof buf, NULL), LLMLB_STATUS_OK);
+  CHECK(strcmp(buf, want) == 0);
+  CHECK_STATUS(llmlb_lock_acquire(NULL, 8003, &lock, NULL), LLMLB_STATUS_OK);
+  CHECK(exists(want));
+  CHECK_STATUS(llmlb_lock_probe(NULL, 8003, &state, &info), LLMLB_STATUS_OK);
+  CHECK(state == LLMLB_STATE_HELD && info.pid == (uint32_t)getpid());
+  CHECK_STATUS(llmlb_lock_release(lock), LLMLB_STATUS_OK);
+
+  CHECK(setenv("LLMLB_LOCK_DIR", "relative/locks", 1) == 0);
+  CHECK_STATUS(llmlb_lock_acquire(NULL, 8003, &lock, NULL), LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(strstr(llmlb_last_error(), "LLMLB_LOCK_DIR") != NULL);
+  CHECK(unsetenv("LLMLB_LOCK_DIR") == 0);
+}
+
+static void check_bad_dir(const char *dir, LlmlbStatus want, const char *needle) {
+  LlmlbLock *lock = NOT_NULL_LOCK;
+  LlmlbLockState state = LLMLB_STATE_STALE;
+  LlmlbLockInfo info;
+  char buf[600];
+  size_t len = 99;
+
+  garbage(&info);
+  CHECK_STATUS(llmlb_lock_acquire(dir, 8004, &lock, &info), want);
+  CHECK(lock == NULL && is_zero(&info));
+  CHECK(strstr(llmlb_last_error(), needle) != NULL);
+  garbage(&info);
+  CHECK_STATUS(llmlb_lock_probe(dir, 8004, &state, &info), want);
+  CHECK(state == LLMLB_STATE_STALE && is_zero(&info));
+  CHECK(strstr(llmlb_last_error(), needle) != NULL);
+  if (want == LLMLB_STATUS_INVALID_ARGUMENT) {
+    CHECK_STATUS(llmlb_lock_path(dir, 8004, buf, sizeof buf, &len), want);
+    CHECK(len == 0);
+  }
+}
+
+static void test_bad_lock_dirs(void) {
+  char open_dir[512], link_dir[512], real_dir[512], file[512], under_file[600];
+  FILE *f;
+
+  /* The driver runs us inside g_root, so a relative dir would land there. */
+  check_bad_dir("relative/locks", LLMLB_STATUS_INVALID_ARGUMENT, "relative");
+  CHECK(!exists("relative"));
+  check_bad_dir("/tmp/not-\xff\xfe-utf8", LLMLB_STATUS_INVALID_ARGUMENT, "UTF-8");
+  check_bad_dir("", LLMLB_STATUS_INVALID_ARGUMENT, "empty");
+
+  make_dir_path(open_dir, sizeof open_dir, "world-writable");
+  CHECK(mkdir(open_dir, 0700) == 0 && chmod(open_dir, 0777) == 0);
+  check_bad_dir(open_dir, LLMLB_STATUS_UNSAFE_PATH, "writable by group or others");
+
+  make_dir_path(real_dir, sizeof real_dir, "real");
+  make_dir_path(link_dir, sizeof link_dir, "link");
+  CHECK(mkdir(real_dir, 0700) == 0 && symlink(real_dir, link_dir) == 0);
+  check_bad_dir(link_dir, LLMLB_STATUS_UNSAFE_PATH, "symlink");
+
+  make_dir_path(file, sizeof file, "a-file");
+  CHECK((f = fopen(file, "w")) != NULL && fclose(f) == 0);
+  CHECK(snprintf(under_file, sizeof under_file, "%s/locks", file) > 0);
+  check_bad_dir(under_file, LLMLB_STATUS_IO_ERROR, "a-file");
+}
+
+static void test_symlinked_lock_file_is_refused(void) {
+  char dir[512], target[512], link[600], content[64] = {0};
+  LlmlbLock *lock = NOT_NULL_LOCK;
+  LlmlbLockInfo info;
+  LlmlbLockState state;
+  FILE *f;
+  struct stat st;
+  make_dir_path(dir, sizeof dir, "symlinked-file");
+  make_dir_path(target, sizeof target, "precious");
+  lock_file(dir, 8005, link, sizeof link);
+  CHECK(mkdir(dir, 0700) == 0);
+  CHECK((f = fopen(target, "w")) != NULL && fputs("precious\n", f) >= 0 && fclose(f) == 0);
+  CHECK(symlink(target, link) == 0);
+
+  garbage(&info);
+  CHECK_STATUS(llmlb_lock_acquire(dir, 8005, &lock, &info), LLMLB_STATUS_UNSAFE_PATH);
+  CHECK(lock == NULL && is_zero(&info));
+  CHECK(strstr(llmlb_last_error(), "symlink") != NULL);
+  CHECK_STATUS(llmlb_lock_probe(dir, 8005, &state, &info), LLMLB_STATUS_UNSAFE_PATH);
+
+  CHECK((f = fopen(target, "r")) != NULL && fgets(content, sizeof content, f) != NULL);
+  CHECK(fclose(f) == 0);
+  CHECK(strcmp(content, "precious\n") == 0);
+  CHECK(lstat(link, &st) == 0 && S_ISLNK(st.st_mode));
+}
+
+static void test_stale_lock_is_reclaimed(void) {
+  char dir[512], path[600];
+  LlmlbLock *lock = NULL;
+  LlmlbLockInfo info, other;
+  LlmlbLockState state;
+  pid_t child;
+  make_dir_path(dir, sizeof dir, "stale");
+  lock_file(dir, 8006, path, sizeof path);
+
+  child = fork();
+  CHECK(child >= 0);
+  if (child == 0) {
+    LlmlbLock *held = NULL;
+    /* Take the lock and die without releasing it: the kernel drops the
+     * lock, the file with our PID stays. */
+    _exit(llmlb_lock_acquire(dir, 8006, &held, NULL) == LLMLB_STATUS_OK ? 0 : 1);
+  }
+  wait_ok(child);
+  CHECK(exists(path));
+
+  garbage(&info);
+  CHECK_STATUS(llmlb_lock_probe(dir, 8006, &state, &info), LLMLB_STATUS_OK);
+  CHECK(state == LLMLB_STATE_STALE);
+  CHECK(info.pid == (uint32_t)child && info.port == 8006);
+
+  garbage(&other);
+  CHECK_STATUS(llmlb_lock_acquire(dir, 8006, &lock, &other), LLMLB_STATUS_OK);
+  CHECK(other.pid == (uint32_t)child && other.port == 8006 && other.started_at_unix_ms != 0);
+  CHECK_STATUS(llmlb_lock_info(lock, &info), LLMLB_STATUS_OK);
+  CHECK(info.pid == (uint32_t)getpid());
+  CHECK_STATUS(llmlb_lock_probe(dir, 8006, &state, &info), LLMLB_STATUS_OK);
+  CHECK(state == LLMLB_STATE_HELD && info.pid == (uint32_t)getpid());
+  CHECK_STATUS(llmlb_lock_release(lock), LLMLB_STATUS_OK);
+  CHECK(!exists(path));
+}
+
+static void test_release_in_forked_child_keeps_parent_lock(void) {
+  char dir[512], path[600];
+  LlmlbLock *lock = NULL, *again = NOT_NULL_LOCK;
+  LlmlbLockInfo info;
+  LlmlbLockState state;
+  pid_t child;
+  make_dir_path(dir, sizeof dir, "fork-release");
+  lock_file(dir, 8007, path, sizeof path);
+  CHECK_STATUS(llmlb_lock_acquire(dir, 8007, &lock, NULL), LLMLB_STATUS_OK);
+
+  child = fork();
+  CHECK(child >= 0);
+  if (child == 0) _exit(llmlb_lock_release(lock) == LLMLB_STATUS_OK ? 0 : 1);
+  wait_ok(child);
+
+  CHECK(exists(path));
+  CHECK_STATUS(llmlb_lock_probe(dir, 8007, &state, &info), LLMLB_STATUS_OK);
+  CHECK(state == LLMLB_STATE_HELD && info.pid == (uint32_t)getpid());
+  CHECK_STATUS(llmlb_lock_acquire(dir, 8007, &again, &info), LLMLB_STATUS_ALREADY_RUNNING);
+  CHECK(info.pid == (uint32_t)getpid());
+  CHECK_STATUS(llmlb_lock_release(lock), LLMLB_STATUS_OK);
+  CHECK(!exists(path));
+}
+
+static void test_fork_then_adopt_hands_over(void) {
+  char dir[512], path[600], byte;
+  LlmlbLock *lock = NULL, *again = NOT_NULL_LOCK;
+  LlmlbLockInfo before, info;
+  LlmlbLockState state;
+  int to_child[2], to_parent[2];
+  pid_t child;
+  make_dir_path(dir, sizeof dir, "fork-adopt");
+  lock_file(dir, 8008, path, sizeof path);
+  CHECK(pipe(to_child) == 0 && pipe(to_parent) == 0);
+  CHECK_STATUS(llmlb_lock_acquire(dir, 8008, &lock, NULL), LLMLB_STATUS_OK);
+  CHECK_STATUS(llmlb_lock_info(lock, &before), LLMLB_STATUS_OK);
+
+  child = fork();
+  CHECK(child >= 0);
+  if (child == 0) {
+    CHECK_STATUS(llmlb_lock_adopt(lock), LLMLB_STATUS_OK);
+    CHECK_STATUS(llmlb_lock_info(lock, &info), LLMLB_STATUS_OK);
+    CHECK(info.pid == (uint32_t)getpid());
+    CHECK(info.started_at_unix_ms == before.started_at_unix_ms); /* same tenure */
+    CHECK(write(to_parent[1], "a", 1) == 1);
+    CHECK(read(to_child[0], &byte, 1) == 1); /* parent has released */
+    CHECK_STATUS(llmlb_lock_probe(dir, 8008, &state, &info), LLMLB_STATUS_OK);
+    CHECK(state == LLMLB_STATE_HELD && info.pid == (uint32_t)getpid());
+    CHECK_STATUS(llmlb_lock_release(lock), LLMLB_STATUS_OK);
+    CHECK(!exists(path));
+    _exit(0);
+  }
+
+  CHECK(read(to_parent[0], &byte, 1) == 1); /* child has adopted */
+  CHECK_STATUS(llmlb_lock_probe(dir, 8008, &state, &info), LLMLB_STATUS_OK);
+  CHECK(state == LLMLB_STATE_HELD && info.pid == (uint32_t)child);
+  /* The parent is no longer the owner: its release only closes its descriptor. */
+  CHECK_STATUS(llmlb_lock_release(lock), LLMLB_STATUS_OK);
+  CHECK(exists(path));
+  CHECK_STATUS(llmlb_lock_probe(dir, 8008, &state, &info), LLMLB_STATUS_OK);
+  CHECK(state == LLMLB_STATE_HELD && info.pid == (uint32_t)child);
+  CHECK_STATUS(llmlb_lock_acquire(dir, 8008, &again, &info), LLMLB_STATUS_ALREADY_RUNNING);
+  CHECK(again == NULL && info.pid == (uint32_t)child);
+  CHECK(write(to_child[1], "r", 1) == 1);
+  wait_ok(child);
+
+  CHECK(!exists(path));
+  CHECK_STATUS(llmlb_lock_probe(dir, 8008, &state, &info), LLMLB_STATUS_OK);
+  CHECK(state == LLMLB_STATE_FREE);
+  CHECK(close(to_child[0]) == 0 && close(to_child[1]) == 0);
+  CHECK(close(to_parent[0]) == 0 && close(to_parent[1]) == 0);
+}
+
+static void *fail_on_other_thread(void *arg) {
+  LlmlbLock *lock = NULL;
+  int *ok = (int *)arg;
+  /* Fresh thread: no error yet, whatever the main thread did. */
+  *ok = llmlb_last_error()[0] == '\0' &&
+        llmlb_lock_acquire("relative", 8009, &lock, NULL) == LLMLB_STATUS_INVALID_ARGUMENT &&
+        strstr(llmlb_last_error(), "relative") != NULL;
+  return NULL;
+}
+
+static void test_last_error_is_per_thread(void) {
+  pthread_t thread;
+  int ok = 0;
+  const char *mine;
+  CHECK_STATUS(llmlb_lock_adopt(NULL), LLMLB_STATUS_INVALID_ARGUMENT);
+  mine = llmlb_last_error();
+  CHECK(strstr(mine, "llmlb_lock_adopt") != NULL);
+  CHECK(pthread_create(&thread, NULL, fail_on_other_thread, &ok) == 0);
+  CHECK(pthread_join(thread, NULL) == 0);
+  CHECK(ok);
+  CHECK(llmlb_last_error() == mine && strstr(mine, "llmlb_lock_adopt") != NULL);
+}
+
+int main(int argc, char **argv) {
+  if (argc != 2) {
+    fprintf(stderr, "usage: %s TEMP_DIR\n", argv[0]);
+    return 2;
+  }
+  g_root = argv[1];
+  test_version_and_initial_error(); /* first: no error on this thread yet */
+  test_acquire_info_probe_release();
+  test_null_and_invalid_arguments();
+  test_path();
+  test_default_dir_from_env();
+  test_bad_lock_dirs();
+  test_symlinked_lock_file_is_refused();
+  test_stale_lock_is_reclaimed();
+  test_release_in_forked_child_keeps_parent_lock();
+  test_fork_then_adopt_hands_over();
+  test_last_error_is_per_thread();
+  puts("all C API tests passed");
+  return 0;
+}

@@ -1,0 +1,180 @@
+//! Compiles the C tests (`ffi/tests/*.c`) and the C launcher against the
+//! header and the library built by this `cargo test`, with
+//! `-Wall -Wextra -Werror -pedantic` (plus ASan/UBSan for the API tests where
+//! they work), and runs them.
+#![cfg(unix)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use llmlb::lock::LockState;
+
+/// The C compiler, or `None` after printing why the test is skipped.
+fn cc_or_skip() -> Option<String> {
+    let cc = support::c_compiler();
+    if cc.is_none() {
+        eprintln!("SKIPPED: no C compiler (set CC or install cc)");
+    }
+    cc
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    )
+}
+
+#[test]
+fn c_api_tests_pass() {
+    let Some(cc) = cc_or_skip() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let c_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let mut sources: Vec<_> = std::fs::read_dir(&c_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "c"))
+        .collect();
+    sources.sort();
+    assert!(!sources.is_empty(), "no C tests in {}", c_dir.display());
+    for source in sources {
+        let stem = source.file_stem().unwrap().to_str().unwrap().to_owned();
+        let exe = tmp.path().join(&stem);
+        support::compile_c(&cc, &[source], &exe, support::Link::Shared, true);
+        let work = support::private_dir(tmp.path(), &format!("{stem}-work"));
+        let out = Command::new(&exe)
+            .arg(&work)
+            .current_dir(&work)
+            .env_remove("LLMLB_LOCK_DIR")
+            // Leaks would be the library's: fail on them.
+            .env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "C test {stem} failed: {}",
+            describe(&out)
+        );
+        assert!(text(&out.stdout).contains("passed"), "{}", describe(&out));
+    }
+}
+
+struct Launcher {
+    exe: std::path::PathBuf,
+    lock_dir: std::path::PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+fn launcher() -> Option<Launcher> {
+    let cc = cc_or_skip()?;
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = support::build_launcher(&cc, tmp.path());
+    let lock_dir = tmp.path().join("locks");
+    Some(Launcher {
+        exe,
+        lock_dir,
+        _tmp: tmp,
+    })
+}
+
+impl Launcher {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(args).env("LLMLB_LOCK_DIR", &self.lock_dir);
+        cmd
+    }
+
+    fn probe(&self, port: u16) -> LockState {
+        llmlb::lock::probe(&self.lock_dir, port).unwrap()
+    }
+}
+
+#[test]
+fn launcher_runs_the_command_with_the_port_and_returns_its_code() {
+    let Some(l) = launcher() else { return };
+    let out = l
+        .command(&[
+            "8101",
+            "--",
+            "sh",
+            "-c",
+            "echo \"port=$LLMLB_PORT\"; exit 3",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    assert_eq!(text(&out.stdout), "port=8101\n");
+    assert_eq!(l.probe(8101), LockState::Free);
+    assert!(!l.lock_dir.join("serve_8101.lock").exists());
+}
+
+#[test]
+fn launcher_holds_the_port_refuses_a_second_and_forwards_sigterm() {
+    let Some(l) = launcher() else { return };
+    // A command that reports readiness, then exits 7 on SIGTERM.
+    let script = "trap 'exit 7' TERM; echo ready; while :; do sleep 0.05; done";
+    let mut first = l
+        .command(&["8102", "--", "sh", "-c", script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(first.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+
+    match l.probe(8102) {
+        LockState::Held(Some(info)) => assert_eq!(info.pid, first.id()),
+        other => panic!("expected held by the launcher, got {other:?}"),
+    }
+
+    let marker = l._tmp.path().join("second-ran");
+    let second = l
+        .command(&["8102", "--", "touch", marker.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1), "{}", describe(&second));
+    let err = text(&second.stderr);
+    assert!(err.contains(&format!("PID: {}", first.id())), "{err}");
+    assert!(err.contains("llmlb stop --port 8102"), "{err}");
+    assert!(!marker.exists(), "the refused launcher ran its command");
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &first.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = first.wait().unwrap();
+    assert_eq!(status.code(), Some(7));
+    assert_eq!(l.probe(8102), LockState::Free);
+    assert!(!l.lock_dir.join("serve_8102.lock").exists());
+}
+
+#[test]
+fn launcher_usage_errors_exit_2() {
+    let Some(l) = launcher() else { return };
+    for args in [
+        &[][..],
+        &["8103", "true"][..],
+        &["0", "--", "true"][..],
+        &["65536", "--", "true"][..],
+        &["http", "--", "true"][..],
+    ] {
+        let out = l.command(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+    }
+    assert!(
+        !l.lock_dir.exists(),
+        "a usage error must not touch the lock dir"
+    );
+}
