@@ -99,10 +99,7 @@ pub(crate) fn guard<T>(name: &'static str, on_panic: T, f: impl FnOnce() -> T) -
 /// [`guard`] for functions returning a status: `Ok` → `LLMLB_STATUS_OK`, an
 /// error → its status with its message stored for `llmlb_last_error`, a panic
 /// → `LLMLB_STATUS_PANIC`.
-pub(crate) fn status(
-    name: &'static str,
-    f: impl FnOnce() -> Result<(), FfiError>,
-) -> LlmlbStatus {
+pub(crate) fn status(name: &'static str, f: impl FnOnce() -> Result<(), FfiError>) -> LlmlbStatus {
     guard(name, LlmlbStatus::LLMLB_STATUS_PANIC, || match f() {
         Ok(()) => LlmlbStatus::LLMLB_STATUS_OK,
         Err(err) => {
@@ -223,14 +220,9 @@ pub(crate) fn path_bytes(path: &Path) -> Result<Vec<u8>, FfiError> {
     }
     #[cfg(not(unix))]
     {
-        path.to_str()
-            .map(|s| s.as_bytes().to_vec())
-            .ok_or_else(|| {
-                FfiError::invalid(format!(
-                    "lock path {} is not valid UTF-8",
-                    path.display()
-                ))
-            })
+        path.to_str().map(|s| s.as_bytes().to_vec()).ok_or_else(|| {
+            FfiError::invalid(format!("lock path {} is not valid UTF-8", path.display()))
+        })
     }
 }
 
@@ -271,7 +263,9 @@ mod tests {
         })
         .join()
         .unwrap();
-        std::thread::spawn(|| assert_eq!(last(), "")).join().unwrap();
+        std::thread::spawn(|| assert_eq!(last(), ""))
+            .join()
+            .unwrap();
     }
 
     #[test]
