@@ -1,0 +1,348 @@
+"""The llmlb per-port server lock for Python (ctypes over libllmlb_lock).
+
+Takes exactly the lock `llmlb serve` takes, so a Python server and `llmlb`
+refuse each other, show up in `llmlb status`, and are stopped by `llmlb stop`.
+Standard library only.
+
+    from llmlb_lock import PortLock, AlreadyRunning
+
+    try:
+        with PortLock(8000) as lock:
+            serve(port=8000)           # the lock is held until the block ends
+    except AlreadyRunning as e:
+        sys.exit(f"already running on port {e.port} (PID: {e.pid})")
+
+The library is found through ``LLMLB_LOCK_LIB`` (a file path), else beside
+this module, else in the repository's ``target/release`` then
+``target/debug``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Optional, Union
+
+__all__ = [
+    "AlreadyRunning",
+    "LockError",
+    "LockInfo",
+    "PortLock",
+    "ProbeResult",
+    "library_version",
+    "lock_path",
+    "probe",
+]
+
+# LlmlbStatus (include/llmlb_lock.h): explicit values, never reused.
+OK = 0
+ALREADY_RUNNING = 1
+INVALID_ARGUMENT = 2
+IO_ERROR = 3
+UNSAFE_PATH = 4
+PANIC = 5
+
+_STATES = {0: "free", 1: "held", 2: "stale"}
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+
+
+class _Info(ctypes.Structure):
+    # Field order and types are the C contract's LlmlbLockInfo.
+    _fields_ = [
+        ("pid", ctypes.c_uint32),
+        ("port", ctypes.c_uint16),
+        ("started_at_unix_ms", ctypes.c_int64),
+    ]
+
+
+def _library_name() -> str:
+    if sys.platform == "win32":
+        return "llmlb_lock.dll"
+    if sys.platform == "darwin":
+        return "libllmlb_lock.dylib"
+    return "libllmlb_lock.so"
+
+
+def _candidates():
+    env = os.environ.get("LLMLB_LOCK_LIB")
+    if env:
+        # An explicit choice: use it or fail, never fall back silently.
+        return [Path(env)]
+    here = Path(__file__).resolve().parent
+    repo = here.parent.parent  # ffi/python -> repository root
+    name = _library_name()
+    return [here / name, repo / "target" / "release" / name, repo / "target" / "debug" / name]
+
+
+def _load() -> ctypes.CDLL:
+    tried = []
+    for path in _candidates():
+        if path.is_file():
+            lib = ctypes.CDLL(str(path))
+            break
+        tried.append(str(path))
+    else:
+        raise OSError(
+            "cannot find the llmlb lock library (tried: %s); build it with "
+            "`cargo build --release -p llmlb-lock-ffi` or set LLMLB_LOCK_LIB" % ", ".join(tried)
+        )
+    status = ctypes.c_int  # a C enum is an int
+    info_p = ctypes.POINTER(_Info)
+    lock_p = ctypes.c_void_p  # opaque LlmlbLock *
+    signatures = {
+        "llmlb_lock_acquire": (
+            status,
+            [ctypes.c_char_p, ctypes.c_uint16, ctypes.POINTER(lock_p), info_p],
+        ),
+        "llmlb_lock_release": (status, [lock_p]),
+        "llmlb_lock_adopt": (status, [lock_p]),
+        "llmlb_lock_info": (status, [lock_p, info_p]),
+        "llmlb_lock_probe": (
+            status,
+            [ctypes.c_char_p, ctypes.c_uint16, ctypes.POINTER(ctypes.c_int), info_p],
+        ),
+        "llmlb_lock_path": (
+            status,
+            [
+                ctypes.c_char_p,
+                ctypes.c_uint16,
+                ctypes.c_char_p,
+                ctypes.c_size_t,
+                ctypes.POINTER(ctypes.c_size_t),
+            ],
+        ),
+        "llmlb_last_error": (ctypes.c_char_p, []),
+        "llmlb_lock_version": (ctypes.c_char_p, []),
+    }
+    for name, (restype, argtypes) in signatures.items():
+        fn = getattr(lib, name)
+        fn.restype = restype
+        fn.argtypes = argtypes
+    return lib
+
+
+_lib_cache: Optional[ctypes.CDLL] = None
+_lib_lock = threading.Lock()
+
+
+def _lib() -> ctypes.CDLL:
+    global _lib_cache
+    with _lib_lock:
+        if _lib_cache is None:
+            _lib_cache = _load()
+        return _lib_cache
+
+
+class LockInfo:
+    """Who holds (or held) a port: ``pid``, ``port``, ``started_at``
+    (a timezone-aware UTC ``datetime``)."""
+
+    __slots__ = ("pid", "port", "started_at")
+
+    def __init__(self, pid: int, port: int, started_at: datetime):
+        self.pid = pid
+        self.port = port
+        self.started_at = started_at
+
+    @classmethod
+    def _from_c(cls, info: _Info) -> Optional["LockInfo"]:
+        # All zeros is the C API's "none or unreadable".
+        if info.pid == 0 and info.port == 0 and info.started_at_unix_ms == 0:
+            return None
+        started = _EPOCH + timedelta(milliseconds=info.started_at_unix_ms)
+        return cls(int(info.pid), int(info.port), started)
+
+    def __eq__(self, other):
+        if not isinstance(other, LockInfo):
+            return NotImplemented
+        return (self.pid, self.port, self.started_at) == (other.pid, other.port, other.started_at)
+
+    def __repr__(self):
+        return "LockInfo(pid=%d, port=%d, started_at=%s)" % (
+            self.pid,
+            self.port,
+            self.started_at.isoformat(),
+        )
+
+
+class LockError(Exception):
+    """A lock call failed. ``status`` is the C status code; the message is
+    the library's one-line explanation (naming the port or path and the fix)."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+class AlreadyRunning(LockError):
+    """Another process holds the port. ``pid`` and ``started_at`` are ``None``
+    when the holder's details were unreadable."""
+
+    def __init__(self, message: str, port: int, holder: Optional[LockInfo]):
+        super().__init__(message, ALREADY_RUNNING)
+        self.port = port
+        self.holder = holder
+        self.pid = holder.pid if holder else None
+        self.started_at = holder.started_at if holder else None
+
+
+def _last_error() -> str:
+    raw = _lib().llmlb_last_error()
+    return raw.decode("utf-8", "replace") if raw else ""
+
+
+def _check(status: int) -> None:
+    if status != OK:
+        raise LockError(_last_error(), status)
+
+
+def _dir_arg(lock_dir: Optional[PathLike]) -> Optional[bytes]:
+    # os.fsencode keeps non-UTF-8 paths as their bytes; the library refuses
+    # them with a clear INVALID_ARGUMENT rather than guessing.
+    return None if lock_dir is None else os.fsencode(lock_dir)
+
+
+def _port_arg(port: int) -> int:
+    port = int(port)
+    if not 0 <= port <= 65535:
+        raise LockError("invalid port %d: ports are 1..=65535" % port, INVALID_ARGUMENT)
+    return port  # 0 is refused by the library itself
+
+
+class PortLock:
+    """The lock for ``port`` in ``lock_dir`` (default: as the ``llmlb`` CLI,
+    ``LLMLB_LOCK_DIR`` or the per-user dir).
+
+    ``acquire()`` takes it (raising :class:`AlreadyRunning` if it is held),
+    ``release()`` gives it back and removes the lock file, ``adopt()`` makes
+    a forked child the holder. As a context manager it acquires on entry and
+    releases on exit. After ``os.fork()`` a child's ``release()`` only closes
+    the child's descriptor unless the child called ``adopt()`` first.
+
+    Not for concurrent use from several threads without a lock of your own.
+    """
+
+    def __init__(self, port: int, lock_dir: Optional[PathLike] = None):
+        self.port = _port_arg(port)
+        self.lock_dir = lock_dir
+        self._handle: Optional[int] = None
+        self.reclaimed_from: Optional[LockInfo] = None
+        """The dead holder's info when acquire reclaimed a stale lock."""
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock (acquired and not released)."""
+        return self._handle is not None
+
+    def acquire(self) -> "PortLock":
+        if self._handle is not None:
+            raise LockError("port %d is already held by this PortLock" % self.port, INVALID_ARGUMENT)
+        lib = _lib()
+        handle = ctypes.c_void_p()
+        other = _Info()
+        status = lib.llmlb_lock_acquire(
+            _dir_arg(self.lock_dir), self.port, ctypes.byref(handle), ctypes.byref(other)
+        )
+        if status == ALREADY_RUNNING:
+            raise AlreadyRunning(_last_error(), self.port, LockInfo._from_c(other))
+        _check(status)
+        self._handle = handle.value
+        self.reclaimed_from = LockInfo._from_c(other)
+        return self
+
+    def release(self) -> None:
+        """Releases the lock (removing its file if this process is the
+        recorded holder). A no-op if not held."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            _check(_lib().llmlb_lock_release(handle))
+
+    def adopt(self) -> None:
+        """In a forked child: become the recorded holder (see the C API)."""
+        _check(_lib().llmlb_lock_adopt(self._require()))
+
+    @property
+    def info(self) -> LockInfo:
+        """What the lock file records about this holder."""
+        out = _Info()
+        _check(_lib().llmlb_lock_info(self._require(), ctypes.byref(out)))
+        info = LockInfo._from_c(out)
+        assert info is not None
+        return info
+
+    @property
+    def path(self) -> str:
+        return lock_path(self.port, self.lock_dir)
+
+    def _require(self) -> int:
+        if self._handle is None:
+            raise LockError("port %d is not held by this PortLock" % self.port, INVALID_ARGUMENT)
+        return self._handle
+
+    def __enter__(self) -> "PortLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __del__(self):
+        # Like the Rust guard's Drop: an unreleased lock is released when
+        # collected (at worst, after fork, this only closes a descriptor).
+        try:
+            self.release()
+        except Exception:
+            pass
+
+    def __repr__(self):
+        return "PortLock(port=%d, held=%s)" % (self.port, self.held)
+
+
+class ProbeResult:
+    """What :func:`probe` saw: ``state`` is ``"free"``, ``"held"`` or
+    ``"stale"``; ``info`` the (dead) holder's info, or ``None``."""
+
+    __slots__ = ("state", "info")
+
+    def __init__(self, state: str, info: Optional[LockInfo]):
+        self.state = state
+        self.info = info
+
+    def __repr__(self):
+        return "ProbeResult(state=%r, info=%r)" % (self.state, self.info)
+
+
+def probe(port: int, lock_dir: Optional[PathLike] = None) -> ProbeResult:
+    """Observes ``port`` without taking it or creating anything."""
+    state = ctypes.c_int(-1)
+    info = _Info()
+    _check(
+        _lib().llmlb_lock_probe(
+            _dir_arg(lock_dir), _port_arg(port), ctypes.byref(state), ctypes.byref(info)
+        )
+    )
+    return ProbeResult(_STATES[state.value], LockInfo._from_c(info))
+
+
+def lock_path(port: int, lock_dir: Optional[PathLike] = None) -> str:
+    """The lock file path for ``port``: ``<lock dir>/serve_<port>.lock``."""
+    lib = _lib()
+    length = ctypes.c_size_t(0)
+    directory = _dir_arg(lock_dir)
+    port = _port_arg(port)
+    status = lib.llmlb_lock_path(directory, port, None, 0, ctypes.byref(length))
+    if length.value == 0:  # the path itself could not be computed
+        _check(status)
+    buf = ctypes.create_string_buffer(length.value + 1)
+    _check(lib.llmlb_lock_path(directory, port, buf, len(buf), None))
+    return os.fsdecode(buf.value)
+
+
+def library_version() -> str:
+    """The loaded library's version, e.g. ``"0.1.0"``."""
+    return _lib().llmlb_lock_version().decode()

@@ -1,0 +1,223 @@
+"""Tests of the ctypes wrapper. Run: python3 -m unittest discover -s ffi/python/tests
+(with LLMLB_LOCK_LIB pointing at the built library, as ffi/tests/python.rs does)."""
+
+import os
+import shutil
+import sys
+import tempfile
+import traceback
+import unittest
+from datetime import timezone
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import llmlb_lock  # noqa: E402
+from llmlb_lock import AlreadyRunning, LockError, PortLock, lock_path, probe  # noqa: E402
+
+
+def fork_and_run(fn):
+    """Runs fn() in a forked child; returns the child's pid. The child exits 0
+    if fn returns normally, 1 (after printing the traceback) otherwise."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            fn()
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    return pid
+
+
+def wait_ok(testcase, pid):
+    _, status = os.waitpid(pid, 0)
+    testcase.assertTrue(os.WIFEXITED(status), status)
+    testcase.assertEqual(os.WEXITSTATUS(status), 0, "child failed")
+
+
+class LockDirTestCase(unittest.TestCase):
+    def setUp(self):
+        self._tmp = tempfile.mkdtemp(prefix="llmlb-py-")
+        self.dir = os.path.join(self._tmp, "locks")
+
+    def tearDown(self):
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def file(self, port):
+        return os.path.join(self.dir, "serve_%d.lock" % port)
+
+
+class PortLockTest(LockDirTestCase):
+    def test_context_manager_takes_and_releases(self):
+        with PortLock(8200, self.dir) as lock:
+            self.assertTrue(lock.held)
+            info = lock.info
+            self.assertEqual(info.pid, os.getpid())
+            self.assertEqual(info.port, 8200)
+            self.assertIs(info.started_at.tzinfo, timezone.utc)
+            self.assertGreaterEqual(info.started_at.year, 2024)
+            self.assertIsNone(lock.reclaimed_from)
+            self.assertTrue(os.path.exists(self.file(8200)))
+            seen = probe(8200, self.dir)
+            self.assertEqual(seen.state, "held")
+            self.assertEqual(seen.info, info)
+        self.assertFalse(lock.held)
+        self.assertFalse(os.path.exists(self.file(8200)))
+        self.assertEqual(probe(8200, self.dir).state, "free")
+        self.assertIsNone(probe(8200, self.dir).info)
+
+    def test_second_acquire_raises_already_running_with_the_holder(self):
+        with PortLock(8201, self.dir) as lock:
+            with self.assertRaises(AlreadyRunning) as caught:
+                PortLock(8201, self.dir).acquire()
+            err = caught.exception
+            self.assertIsInstance(err, LockError)
+            self.assertEqual(err.status, llmlb_lock.ALREADY_RUNNING)
+            self.assertEqual(err.pid, os.getpid())
+            self.assertEqual(err.port, 8201)
+            self.assertEqual(err.started_at, lock.info.started_at)
+            self.assertIs(err.started_at.tzinfo, timezone.utc)
+            self.assertIn("already running on port 8201", str(err))
+            self.assertTrue(os.path.exists(self.file(8201)))
+
+    def test_stale_lock_is_reclaimed_and_reported(self):
+        def hold_and_die():
+            held = PortLock(8202, self.dir).acquire()  # kept referenced: no __del__
+            os._exit(0 if held.held else 1)  # dies holding: file stays, kernel lock goes
+
+        child = fork_and_run(hold_and_die)
+        wait_ok(self, child)
+        seen = probe(8202, self.dir)
+        self.assertEqual(seen.state, "stale")
+        self.assertEqual(seen.info.pid, child)
+        lock = PortLock(8202, self.dir).acquire()
+        try:
+            self.assertEqual(lock.reclaimed_from.pid, child)
+            self.assertEqual(lock.info.pid, os.getpid())
+        finally:
+            lock.release()
+        self.assertFalse(os.path.exists(self.file(8202)))
+
+    def test_release_in_forked_child_keeps_the_parents_lock(self):
+        lock = PortLock(8203, self.dir).acquire()
+        wait_ok(self, fork_and_run(lock.release))
+        self.assertTrue(os.path.exists(self.file(8203)))
+        seen = probe(8203, self.dir)
+        self.assertEqual((seen.state, seen.info.pid), ("held", os.getpid()))
+        lock.release()
+        self.assertFalse(os.path.exists(self.file(8203)))
+
+    def test_adopt_after_fork_hands_the_lock_to_the_child(self):
+        lock = PortLock(8204, self.dir).acquire()
+        started = lock.info.started_at
+        to_child_r, to_child_w = os.pipe()
+        to_parent_r, to_parent_w = os.pipe()
+
+        def child_side():
+            lock.adopt()
+            assert lock.info.pid == os.getpid()
+            assert lock.info.started_at == started
+            os.write(to_parent_w, b"a")
+            assert os.read(to_child_r, 1) == b"r"  # parent released
+            seen = probe(8204, self.dir)
+            assert (seen.state, seen.info.pid) == ("held", os.getpid()), seen
+            lock.release()
+            assert not os.path.exists(self.file(8204))
+
+        child = fork_and_run(child_side)
+        self.assertEqual(os.read(to_parent_r, 1), b"a")
+        self.assertEqual(probe(8204, self.dir).info.pid, child)
+        lock.release()  # no longer the owner: only closes our descriptor
+        self.assertTrue(os.path.exists(self.file(8204)))
+        seen = probe(8204, self.dir)
+        self.assertEqual((seen.state, seen.info.pid), ("held", child))
+        os.write(to_child_w, b"r")
+        wait_ok(self, child)
+        self.assertFalse(os.path.exists(self.file(8204)))
+        for fd in (to_child_r, to_child_w, to_parent_r, to_parent_w):
+            os.close(fd)
+
+    def test_adopt_in_the_owner_is_a_no_op(self):
+        with PortLock(8205, self.dir) as lock:
+            before = lock.info
+            lock.adopt()
+            self.assertEqual(lock.info, before)
+
+
+class ErrorTest(LockDirTestCase):
+    def assertStatus(self, status, fn, *args):
+        with self.assertRaises(LockError) as caught:
+            fn(*args)
+        self.assertEqual(caught.exception.status, status, str(caught.exception))
+        self.assertTrue(str(caught.exception))
+        return caught.exception
+
+    def test_bad_ports(self):
+        self.assertStatus(llmlb_lock.INVALID_ARGUMENT, PortLock(0, self.dir).acquire)
+        self.assertStatus(llmlb_lock.INVALID_ARGUMENT, probe, 0, self.dir)
+        self.assertStatus(llmlb_lock.INVALID_ARGUMENT, lock_path, 0, self.dir)
+        self.assertStatus(llmlb_lock.INVALID_ARGUMENT, PortLock, 70000, self.dir)
+        self.assertFalse(os.path.exists(self.dir))
+
+    def test_relative_and_non_utf8_dirs(self):
+        err = self.assertStatus(
+            llmlb_lock.INVALID_ARGUMENT, PortLock(8210, "relative/locks").acquire
+        )
+        self.assertIn("relative", str(err))
+        bad = os.path.join(self._tmp, "bad-\udcff").encode("utf-8", "surrogateescape")
+        err = self.assertStatus(llmlb_lock.INVALID_ARGUMENT, probe, 8210, bad)
+        self.assertIn("UTF-8", str(err))
+
+    def test_unsafe_dir_and_symlinked_lock_file(self):
+        os.mkdir(self.dir, 0o700)
+        os.chmod(self.dir, 0o777)
+        err = self.assertStatus(llmlb_lock.UNSAFE_PATH, PortLock(8211, self.dir).acquire)
+        self.assertIn("writable by group or others", str(err))
+        os.chmod(self.dir, 0o700)
+        target = os.path.join(self._tmp, "precious")
+        with open(target, "w") as f:
+            f.write("precious\n")
+        os.symlink(target, self.file(8211))
+        self.assertStatus(llmlb_lock.UNSAFE_PATH, PortLock(8211, self.dir).acquire)
+        self.assertStatus(llmlb_lock.UNSAFE_PATH, probe, 8211, self.dir)
+        with open(target) as f:
+            self.assertEqual(f.read(), "precious\n")
+
+    def test_misuse_of_a_port_lock(self):
+        lock = PortLock(8212, self.dir)
+        lock.release()  # not held: no-op
+        self.assertStatus(llmlb_lock.INVALID_ARGUMENT, lock.adopt)
+        with lock:
+            self.assertStatus(llmlb_lock.INVALID_ARGUMENT, lock.acquire)
+
+
+class ProbeAndPathTest(LockDirTestCase):
+    def test_probe_of_a_missing_dir_is_free_and_creates_nothing(self):
+        seen = probe(8220, self.dir)
+        self.assertEqual((seen.state, seen.info), ("free", None))
+        self.assertFalse(os.path.exists(self.dir))
+
+    def test_lock_path_and_default_dir(self):
+        self.assertEqual(lock_path(8221, self.dir), self.file(8221))
+        old = os.environ.get("LLMLB_LOCK_DIR")
+        os.environ["LLMLB_LOCK_DIR"] = self.dir
+        try:
+            self.assertEqual(lock_path(8221), self.file(8221))
+            with PortLock(8221) as lock:
+                self.assertEqual(lock.path, self.file(8221))
+                self.assertTrue(os.path.exists(self.file(8221)))
+        finally:
+            if old is None:
+                del os.environ["LLMLB_LOCK_DIR"]
+            else:
+                os.environ["LLMLB_LOCK_DIR"] = old
+
+    def test_library_version(self):
+        self.assertRegex(llmlb_lock.library_version(), r"^\d+\.\d+\.\d+")
+
+
+if __name__ == "__main__":
+    unittest.main()
