@@ -1,6 +1,15 @@
-//! The `llmlb` command line (filled in by the CLI issue).
+//! The `llmlb` command line: `serve`, `stop`, `status`, `completions`.
+//!
+//! A thin shell over [`llmlb::lock`]: it parses, calls the library and prints.
+//! Every path out of `main` drops the lock guard first (no `process::exit`
+//! while a lock is held), so a failing command never leaves a stale file.
+
+mod cli;
 
 fn main() {
-    eprintln!("llmlb: the CLI is not built yet");
-    std::process::exit(2);
+    let code = cli::run();
+    // stdout is line-buffered; flush what a command printed without a newline.
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    std::process::exit(code);
 }

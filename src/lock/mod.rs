@@ -12,9 +12,11 @@
 mod dir;
 mod error;
 mod info;
+pub mod process;
 mod protocol;
 mod shared;
 mod state;
+mod stop;
 mod sys;
 
 pub use dir::{
@@ -27,6 +29,7 @@ pub use shared::{Release, SharedLock};
 pub use state::{
     acquire_or_reclaim, Acquired, Free, Held, Holds, PortGuard, PortLock, Reclaimed, Stale, State,
 };
+pub use stop::{stop_server, StopError, StopEvent, StopOptions, StopOutcome, STOP_POLL_INTERVAL};
 
 /// What a probe observed about a port: the runtime twin of the typestate, for
 /// status output, the CLI and the C ABI.

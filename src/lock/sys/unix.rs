@@ -206,6 +206,7 @@ pub(crate) fn process_identity(_pid: u32) -> Option<ProcessIdentity> {
 /// Signals `stop` may send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Signal {
+    Int,
     Term,
     Kill,
 }
@@ -213,6 +214,7 @@ pub(crate) enum Signal {
 impl Signal {
     fn raw(self) -> libc::c_int {
         match self {
+            Signal::Int => libc::SIGINT,
             Signal::Term => libc::SIGTERM,
             Signal::Kill => libc::SIGKILL,
         }
@@ -272,4 +274,52 @@ pub(crate) fn remove_held(path: &Path, file: File) -> Result<(), (File, io::Erro
 /// True for `ENOLCK`: the file system cannot lock (NFS mounted `nolock`).
 pub(crate) fn is_no_locks_error(err: &io::Error) -> bool {
     err.raw_os_error() == Some(libc::ENOLCK)
+}
+
+/// Puts the command's child in a process group of its own (pgid = its PID, so
+/// the whole tree can be signalled with `kill(-pgid)`), and on Linux asks the
+/// kernel to SIGKILL it when the thread that spawned it dies
+/// (`PR_SET_PDEATHSIG`), so a killed launcher cannot leave it holding the port.
+/// Descriptors we hold are already close-on-exec (std opens them `O_CLOEXEC`).
+pub(crate) fn configure_child(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    #[cfg(target_os = "linux")]
+    {
+        let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
+        // SAFETY: the closure runs between fork and exec and calls only
+        // async-signal-safe syscalls (prctl, getppid); it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // The parent may have died before prctl took effect: then
+                // no death signal will ever come, so do not start at all.
+                if libc::getppid() != parent {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Other,
+                        "launcher exited before the command started",
+                    ));
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+/// The process group the child got from [`configure_child`]: its own PID.
+pub(crate) fn child_pgid(child_pid: u32) -> Option<u32> {
+    Some(child_pid)
+}
+
+/// Shell convention for a child's end: its exit code, or 128 + signal number
+/// if a signal killed it.
+pub(crate) fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(sig)) => 128 + sig,
+        (None, None) => 1,
+    }
 }

@@ -168,6 +168,7 @@ pub(crate) fn process_identity(_pid: u32) -> Option<ProcessIdentity> {
 /// Signals `stop` may send (mapped to process termination on Windows).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Signal {
+    Int,
     Term,
     Kill,
 }
@@ -203,4 +204,20 @@ pub(crate) fn remove_held(path: &Path, file: File) -> Result<(), (File, io::Erro
 /// Windows reports no distinct "locks unsupported" error.
 pub(crate) fn is_no_locks_error(_err: &io::Error) -> bool {
     false
+}
+
+/// Windows has no signalable process groups: the child stays in the
+/// launcher's console group, so Ctrl-C reaches it directly (a new console
+/// group would disable Ctrl-C for it). There is no parent-death signal: a
+/// killed launcher leaves the child running (a job object could fix that).
+pub(crate) fn configure_child(_cmd: &mut std::process::Command) {}
+
+/// No signalable process group on Windows: nothing is recorded.
+pub(crate) fn child_pgid(_child_pid: u32) -> Option<u32> {
+    None
+}
+
+/// The child's exit code (Windows has no "killed by signal").
+pub(crate) fn exit_code(status: std::process::ExitStatus) -> i32 {
+    status.code().unwrap_or(1)
 }

@@ -1,0 +1,199 @@
+//! Argument parsing and dispatch. Exit codes: 0 success, 1 runtime error
+//! (one `Error: …` line on stderr), 2 usage error (clap), and the LSB codes of
+//! `status --port`; exec mode passes its command's code through.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+
+mod exec;
+mod serve;
+mod signals;
+mod status;
+mod stop;
+
+/// Runtime failure: printed as one `Error: …` line.
+pub(crate) const EXIT_FAILURE: i32 = 1;
+
+/// Per-port single-instance server lock: start a server (or any command) only
+/// if no other holds its port; stop and list them safely.
+#[derive(Debug, Parser)]
+#[command(name = "llmlb", version, propagate_version = true)]
+pub(crate) struct Cli {
+    /// Directory of the lock files; a relative path is taken from the current
+    /// directory. Default: $LLMLB_LOCK_DIR if set (must be absolute), else
+    /// <temp dir>/llmlb-<uid>.
+    #[arg(long, global = true, value_name = "DIR")]
+    lock_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Take the port's lock, then serve HTTP (GET /health) or run COMMAND
+    /// under the lock until told to stop.
+    Serve(ServeArgs),
+    /// Stop the server holding a port: SIGTERM, wait for its lock, optionally
+    /// SIGKILL.
+    Stop(StopArgs),
+    /// List held and stale locks (LSB exit codes with --port: 0 running,
+    /// 1 stale, 3 not running, 4 unknown).
+    Status(StatusArgs),
+    /// Print shell completions to stdout.
+    Completions {
+        /// The shell to generate completions for.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Port to lock (and listen on).
+    #[arg(short, long, env = "LLMLB_PORT", default_value_t = 32768,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    port: u16,
+    /// Address to listen on (ignored in exec mode, passed as LLMLB_HOST).
+    #[arg(short = 'H', long, env = "LLMLB_HOST", default_value = "0.0.0.0")]
+    host: String,
+    /// Exec mode: run COMMAND with LLMLB_PORT set instead of the built-in
+    /// server, holding the lock until it exits; exit with its code.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+#[derive(Debug, clap::Args)]
+struct StopArgs {
+    /// Port whose server to stop.
+    #[arg(short, long, value_parser = clap::value_parser!(u16).range(1..))]
+    port: u16,
+    /// Seconds to wait for the lock to be released after SIGTERM.
+    #[arg(short, long, value_name = "SECS", default_value_t = 5)]
+    timeout: u64,
+    /// After the timeout, SIGKILL the server and its command's process group.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    /// Only this port (sets the LSB exit code).
+    #[arg(short, long, value_parser = clap::value_parser!(u16).range(1..))]
+    port: Option<u16>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+/// Where the lock files are, and whether the user named the dir on the
+/// command line (then hints repeat `--lock-dir`).
+pub(crate) struct LockDirChoice {
+    pub(crate) path: PathBuf,
+    pub(crate) from_flag: bool,
+}
+
+impl LockDirChoice {
+    /// ` --lock-dir DIR` when the dir came from the flag, else empty: appended
+    /// to the `llmlb stop` hints so they work as printed.
+    pub(crate) fn hint_suffix(&self) -> String {
+        if self.from_flag {
+            format!(" --lock-dir {}", self.path.display())
+        } else {
+            String::new()
+        }
+    }
+}
+
+fn lock_dir(flag: Option<PathBuf>) -> LockDirChoice {
+    match flag {
+        // A path typed on the command line means "from here", as for any
+        // other CLI path argument. LLMLB_LOCK_DIR stays absolute-only (the
+        // library refuses it): it applies to every invocation from any
+        // directory, where a relative path would silently split the locks.
+        Some(path) => {
+            let path = if path.is_relative() {
+                std::env::current_dir()
+                    .map(|cwd| cwd.join(&path))
+                    .unwrap_or(path)
+            } else {
+                path
+            };
+            LockDirChoice {
+                path,
+                from_flag: true,
+            }
+        }
+        None => LockDirChoice {
+            path: llmlb::lock::resolve_lock_dir(None),
+            from_flag: false,
+        },
+    }
+}
+
+/// Logs to stderr; level from `LLMLB_LOG_LEVEL`, else `RUST_LOG`, else info.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let spec = ["LLMLB_LOG_LEVEL", "RUST_LOG"]
+        .iter()
+        .find_map(|var| std::env::var(var).ok().filter(|v| !v.trim().is_empty()));
+    let (filter, bad) = match spec {
+        Some(spec) => match EnvFilter::try_new(&spec) {
+            Ok(filter) => (filter, None),
+            Err(_) => (EnvFilter::new("info"), Some(spec)),
+        },
+        None => (EnvFilter::new("info"), None),
+    };
+    use std::io::IsTerminal as _;
+    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(color)
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+    if let Some(spec) = bad {
+        tracing::warn!("ignoring invalid log level {spec:?}; using info");
+    }
+}
+
+/// Prints `Error: {message}` and returns the runtime-failure exit code.
+pub(crate) fn fail(message: impl std::fmt::Display) -> i32 {
+    eprintln!("Error: {message}");
+    EXIT_FAILURE
+}
+
+/// Parses the command line (exiting 2 on usage errors), runs the command and
+/// returns the process exit code. Everything the command held is dropped by
+/// the time this returns.
+pub(crate) fn run() -> i32 {
+    let cli = Cli::parse();
+    init_logging();
+    let dir = lock_dir(cli.lock_dir);
+    match cli.command {
+        Command::Serve(args) => serve::run(&dir, args.port, args.host, args.command),
+        Command::Stop(args) => stop::run(&dir, args.port, args.timeout, args.force),
+        Command::Status(args) => status::run(&dir, args.port, args.format == Format::Json),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "llmlb", &mut std::io::stdout());
+            0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,193 @@
+//! `llmlb serve`: take the lock, then serve HTTP (or run a command, see
+//! `exec.rs`) until SIGINT/SIGTERM, then release.
+
+use std::ffi::OsString;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use llmlb::lock::{acquire_or_reclaim, LockDir, LockError, LockInfo, PortGuard, SharedLock};
+
+use super::signals::{self, Signals};
+use super::{exec, fail, LockDirChoice};
+
+/// How long in-flight requests may take to finish after a stop signal. Below
+/// `llmlb stop`'s default 5 s timeout, so one slow client cannot turn a
+/// graceful stop into a timeout.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(3);
+
+/// Runs `serve`; returns the exit code with the lock released.
+pub(crate) fn run(dir: &LockDirChoice, port: u16, host: String, command: Vec<OsString>) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the async runtime: {e}")),
+    };
+    // block_on polls this future on the main thread, which matters in exec
+    // mode: the child's parent-death signal is tied to the spawning thread.
+    let code = runtime.block_on(async move {
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => return fail(format!("cannot install signal handlers: {e}")),
+        };
+        let lock = match take_lock(dir, port) {
+            Ok(guard) => SharedLock::new(guard),
+            Err(code) => return code,
+        };
+        let code = if command.is_empty() {
+            serve_http(&lock, signals, &host, port).await
+        } else {
+            exec::run(&lock, signals, &host, port, &command).await
+        };
+        release(&lock);
+        code
+    });
+    // Connection tasks cut off at the drain deadline must not delay the exit.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    code
+}
+
+/// Creates the dir and takes the port, printing the contract's message when it
+/// is already held. `Err(exit code)` on failure.
+fn take_lock(dir: &LockDirChoice, port: u16) -> Result<PortGuard, i32> {
+    let locks = LockDir::create(&dir.path).map_err(fail)?;
+    match acquire_or_reclaim(&locks, port) {
+        Ok(guard) => Ok(guard),
+        Err(LockError::AlreadyRunning { port, holder, .. }) => {
+            eprintln!(
+                "{}",
+                already_running(port, holder.as_ref(), &dir.hint_suffix())
+            );
+            Err(super::EXIT_FAILURE)
+        }
+        Err(e) => Err(fail(e)),
+    }
+}
+
+fn already_running(port: u16, holder: Option<&LockInfo>, suffix: &str) -> String {
+    match holder {
+        Some(info) => format!(
+            "Error: Server already running on port {port} (PID: {pid}, started: {started})\n\
+             \n\
+             To stop: llmlb stop --port {port}{suffix}\n\
+             Or:      kill -TERM {pid}",
+            pid = info.pid,
+            started = info.started_at_display(),
+        ),
+        None => format!(
+            "Error: Server already running on port {port} (holder details unreadable)\n\
+             \n\
+             To stop: llmlb stop --port {port}{suffix}"
+        ),
+    }
+}
+
+/// Releases once (removing the file); a failure leaves a stale file, which the
+/// next start reclaims, so it is a warning, not an error.
+pub(crate) fn release(lock: &SharedLock<PortGuard>) {
+    if let Some(Err(e)) = lock.release() {
+        tracing::warn!("releasing the lock failed (the next start reclaims it): {e}");
+    }
+}
+
+/// What `/health` reports about this server.
+struct Health {
+    pid: u32,
+    port: u16,
+    started_at: DateTime<Utc>,
+    started_at_text: String,
+    host: Option<String>,
+}
+
+async fn health(State(h): State<Arc<Health>>) -> Json<serde_json::Value> {
+    let uptime = (Utc::now() - h.started_at).num_seconds().max(0);
+    Json(serde_json::json!({
+        "status": "ok",
+        "pid": h.pid,
+        "port": h.port,
+        "started_at": h.started_at_text,
+        "uptime_secs": uptime,
+        "host": h.host,
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+async fn serve_http(
+    lock: &SharedLock<PortGuard>,
+    mut signals: Signals,
+    host: &str,
+    port: u16,
+) -> i32 {
+    let listener = match tokio::net::TcpListener::bind((host, port)).await {
+        Ok(l) => l,
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            return fail(format!("port {port} is already in use by another program"))
+        }
+        Err(e) => {
+            return fail(format!(
+                "cannot listen on {host}:{port}: {e} (check --host / LLMLB_HOST)"
+            ))
+        }
+    };
+    let Some(health_info) = lock.with(|g| {
+        let info = g.info();
+        Health {
+            pid: info.pid,
+            port,
+            started_at: info.started_at,
+            started_at_text: info.started_at_display(),
+            host: info.host.clone(),
+        }
+    }) else {
+        return fail("the lock was released before the server started");
+    };
+    let app = Router::new()
+        .route("/health", get(health))
+        .with_state(Arc::new(health_info));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop_rx.await;
+    });
+    let mut server = tokio::spawn(async move { server.await });
+    tracing::info!(
+        "listening on http://{host}:{port} (PID {})",
+        std::process::id()
+    );
+
+    let sig = tokio::select! {
+        result = &mut server => {
+            // The server ended on its own: only an accept-loop failure does that.
+            return match result {
+                Ok(Ok(())) => 0,
+                Ok(Err(e)) => fail(format!("server on port {port} failed: {e}")),
+                Err(e) => fail(format!("server on port {port} failed: {e}")),
+            };
+        }
+        sig = signals.recv() => sig,
+    };
+    tracing::info!(
+        "received {}, shutting down (draining for up to {}s)",
+        signals::name(sig),
+        DRAIN_DEADLINE.as_secs()
+    );
+    lock.request_shutdown();
+    let _ = stop_tx.send(());
+    tokio::select! {
+        _ = &mut server => {}
+        _ = tokio::time::sleep(DRAIN_DEADLINE) => {
+            tracing::warn!("in-flight requests did not finish within {}s; closing them", DRAIN_DEADLINE.as_secs());
+            server.abort();
+        }
+        sig = signals.recv() => {
+            tracing::warn!("received {} again; closing connections now", signals::name(sig));
+            server.abort();
+        }
+    }
+    0
+}

@@ -1,0 +1,67 @@
+//! `llmlb stop`: prints the progress of [`llmlb::lock::stop_server`].
+
+use std::time::Duration;
+
+use llmlb::lock::{stop_server, StopEvent, StopOptions, StopOutcome};
+
+use super::{fail, LockDirChoice};
+
+/// Runs `stop`; 0 when the port is no longer held by the server that was
+/// there (including "nothing was running"), 1 otherwise.
+pub(crate) fn run(dir: &LockDirChoice, port: u16, timeout_secs: u64, force: bool) -> i32 {
+    let options = StopOptions {
+        timeout: Duration::from_secs(timeout_secs),
+        force,
+    };
+    let outcome = stop_server(&dir.path, port, &options, |event| match event {
+        StopEvent::Stopping { port, info } => {
+            println!("Stopping server on port {port} (PID: {})...", info.pid);
+        }
+        StopEvent::Killing {
+            port,
+            info,
+            timeout,
+        } => {
+            let group = match info.child_pgid {
+                Some(pgid) => format!(" and process group {pgid}"),
+                None => String::new(),
+            };
+            eprintln!(
+                "Warning: server on port {port} (PID: {}) did not stop within {}s; sending SIGKILL to it{group}",
+                info.pid,
+                timeout.as_secs()
+            );
+        }
+        _ => {}
+    });
+    match outcome {
+        Ok(StopOutcome::NotRunning) => {
+            println!("No server running on port {port}");
+            0
+        }
+        Ok(StopOutcome::StaleRemoved { previous }) => {
+            let who = match previous {
+                Some(info) => format!(
+                    "previous holder PID {} exited without releasing it",
+                    info.pid
+                ),
+                None => "its content was unreadable".to_owned(),
+            };
+            eprintln!(
+                "Warning: lock file for port {port} was stale ({who}); removed it without signalling anything"
+            );
+            println!("No server running on port {port}");
+            0
+        }
+        Ok(StopOutcome::Stopped { .. }) => {
+            println!("Server stopped");
+            0
+        }
+        Ok(StopOutcome::Killed { .. }) => {
+            println!("Server stopped (killed)");
+            0
+        }
+        Ok(_) => 0,
+        Err(e) => fail(e),
+    }
+}
