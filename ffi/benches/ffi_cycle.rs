@@ -1,0 +1,68 @@
+//! The cost of the C boundary: the same acquire + release cycle through the
+//! exported functions (called from Rust, as C would call them) beside the Rust
+//! API, in the same group and run, on tmpfs (`/dev/shm`) when present.
+//!
+//! The C path does what a C launcher pays for on every call: the `lock_dir`
+//! string is parsed and the dir checked per acquire (the C API has no dir
+//! handle), the result crosses `catch_unwind`, and the handle is boxed.
+
+// criterion_group! generates an undocumented `pub fn`.
+#![allow(missing_docs)]
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::ptr;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use llmlb::lock::{acquire_or_reclaim, LockDir};
+use llmlb_lock::{llmlb_lock_acquire, llmlb_lock_release, LlmlbLock, LlmlbLockInfo, LlmlbStatus};
+
+const PORT: u16 = 8000;
+
+/// tmpfs when present (where absolute figures are taken), else the temp dir.
+fn primary_fs() -> (&'static str, PathBuf) {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() && tempfile::tempdir_in(shm).is_ok() {
+        ("tmpfs", shm.to_path_buf())
+    } else {
+        ("tmp", std::env::temp_dir())
+    }
+}
+
+fn ffi_cycle(c: &mut Criterion) {
+    let (fs, base) = primary_fs();
+    let tmp = tempfile::Builder::new()
+        .prefix("llmlb-bench-")
+        .tempdir_in(&base)
+        .expect("create a private bench dir");
+    let mut group = c.benchmark_group("ffi_cycle");
+
+    let rust_dir = LockDir::create(tmp.path().join("rust")).expect("lock dir");
+    group.bench_function(BenchmarkId::new(fs, "rust"), |b| {
+        b.iter(|| {
+            let guard = acquire_or_reclaim(&rust_dir, PORT).expect("uncontended");
+            guard.release().expect("release");
+        });
+    });
+
+    let c_dir = tmp.path().join("c");
+    LockDir::create(&c_dir).expect("lock dir");
+    let c_dir = CString::new(c_dir.to_str().expect("UTF-8 temp path")).expect("no NUL");
+    group.bench_function(BenchmarkId::new(fs, "c_abi"), |b| {
+        b.iter(|| {
+            let mut lock: *mut LlmlbLock = ptr::null_mut();
+            let mut other = LlmlbLockInfo::default();
+            // SAFETY: a NUL-terminated dir string and valid out pointers, as
+            // the C contract requires; the handle is released right below.
+            let status = unsafe { llmlb_lock_acquire(c_dir.as_ptr(), PORT, &mut lock, &mut other) };
+            assert_eq!(status, LlmlbStatus::LLMLB_STATUS_OK);
+            // SAFETY: a live handle from llmlb_lock_acquire, released once.
+            let status = unsafe { llmlb_lock_release(lock) };
+            assert_eq!(status, LlmlbStatus::LLMLB_STATUS_OK);
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, ffi_cycle);
+criterion_main!(benches);
