@@ -5,8 +5,6 @@
 #[allow(dead_code)]
 mod gen_header;
 
-use std::process::Command;
-
 const UPDATE: &str = "cargo run -p llmlb-lock-ffi --example gen-header";
 
 #[test]
@@ -30,7 +28,9 @@ fn committed_header_is_current() {
 }
 
 /// `cc`/`c++` (or `$CC`/`$CXX`), or `None` when no compiler is installed.
+#[cfg(unix)]
 fn compiler(env: &str, default: &str) -> Option<String> {
+    use std::process::Command;
     let cc = std::env::var(env).unwrap_or_else(|_| default.to_owned());
     let found = Command::new(&cc).arg("--version").output().is_ok();
     found.then_some(cc)
@@ -51,6 +51,7 @@ fn header_compiles_as_c99_c11_and_cxx11_without_warnings() {
                }\n";
     let c_file = tmp.path().join("use_header.c");
     std::fs::write(&c_file, src).unwrap();
+    use std::process::Command;
     let cases = [
         ("CC", "cc", ["-x", "c", "-std=c99"]),
         ("CC", "cc", ["-x", "c", "-std=c11"]),

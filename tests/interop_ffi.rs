@@ -1,0 +1,263 @@
+//! Interop between `llmlb` and the non-Rust launchers built on the C ABI:
+//! the C launcher (`ffi/examples/launcher.c`) and the Python one
+//! (`ffi/python/launcher.py`) take exactly the lock `llmlb serve` takes, so
+//! each side refuses the other with the holder's PID, `llmlb status` shows
+//! them, and `llmlb stop` stops them.
+//!
+//! Lives in the root package because only its tests get `CARGO_BIN_EXE_llmlb`.
+//! Parts needing a C compiler or python3 are skipped, with a printed reason,
+//! when those are missing.
+#![cfg(unix)]
+
+#[path = "../ffi/tests/support/mod.rs"]
+mod ffi_support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use llmlb::lock::LockState;
+
+const LLMLB: &str = env!("CARGO_BIN_EXE_llmlb");
+
+/// A command that prints `ready` and then runs until SIGTERM, exiting 0.
+const SERVER_SCRIPT: &str = "trap 'exit 0' TERM; echo ready; while :; do sleep 0.05; done";
+
+struct Env {
+    tmp: tempfile::TempDir,
+    lock_dir: PathBuf,
+}
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let lock_dir = tmp.path().join("locks");
+        Env { tmp, lock_dir }
+    }
+
+    /// Every process shares the lock dir through LLMLB_LOCK_DIR, which the
+    /// CLI and the C ABI resolve the same way.
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("LLMLB_LOCK_DIR", &self.lock_dir)
+            .env("LLMLB_LOCK_LIB", ffi_support::shared_lib())
+            .env_remove("LLMLB_PORT")
+            .env_remove("LLMLB_HOST");
+        cmd
+    }
+
+    fn llmlb(&self, args: &[&str]) -> Output {
+        self.command(LLMLB).args(args).output().unwrap()
+    }
+
+    fn lock_file(&self, port: u16) -> PathBuf {
+        self.lock_dir.join(format!("serve_{port}.lock"))
+    }
+
+    fn probe(&self, port: u16) -> LockState {
+        llmlb::lock::probe(&self.lock_dir, port).unwrap()
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    )
+}
+
+/// A launcher command line (`[program, args…]`) for PORT and CMD.
+type LauncherCmd = Vec<PathBuf>;
+
+fn c_launcher(env: &Env) -> Option<LauncherCmd> {
+    let Some(cc) = ffi_support::c_compiler() else {
+        eprintln!("SKIPPED the C launcher: no C compiler");
+        return None;
+    };
+    Some(vec![ffi_support::build_launcher(&cc, env.tmp.path())])
+}
+
+fn python_launcher() -> Option<LauncherCmd> {
+    let Some(python) = ffi_support::python3() else {
+        eprintln!("SKIPPED the Python launcher: python3 not found");
+        return None;
+    };
+    Some(vec![
+        PathBuf::from(python),
+        ffi_support::repo_root().join("ffi/python/launcher.py"),
+    ])
+}
+
+fn launch(env: &Env, launcher: &LauncherCmd, port: u16, cmd: &[&str]) -> Command {
+    let mut command = env.command(&launcher[0]);
+    command
+        .args(&launcher[1..])
+        .arg(port.to_string())
+        .arg("--")
+        .args(cmd);
+    command
+}
+
+/// Starts a launcher holding `port` and waits until its command says ready.
+fn start_holder(env: &Env, launcher: &LauncherCmd, port: u16) -> Child {
+    let mut child = launch(env, launcher, port, &["sh", "-c", SERVER_SCRIPT])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n", "the launcher did not start its command");
+    child
+}
+
+/// A holder taken by a launcher is refused by `llmlb serve` (file untouched),
+/// listed by `llmlb status`, and stopped by `llmlb stop`.
+fn launcher_holder_interops_with_the_cli(launcher: LauncherCmd, env: Env, port: u16) {
+    let mut holder = start_holder(&env, &launcher, port);
+    let pid = holder.id();
+    match env.probe(port) {
+        LockState::Held(Some(info)) => assert_eq!(info.pid, pid),
+        other => panic!("expected the launcher to hold port {port}, got {other:?}"),
+    }
+    let before = std::fs::read(env.lock_file(port)).unwrap();
+
+    let port_s = port.to_string();
+    let serve = env.llmlb(&["serve", "--port", &port_s, "--host", "127.0.0.1"]);
+    assert_eq!(serve.status.code(), Some(1), "{}", describe(&serve));
+    let err = text(&serve.stderr);
+    assert!(
+        err.contains(&format!(
+            "Error: Server already running on port {port} (PID: {pid}, started: "
+        )),
+        "{err}"
+    );
+    assert!(err.contains(&format!("llmlb stop --port {port}")), "{err}");
+    assert_eq!(std::fs::read(env.lock_file(port)).unwrap(), before);
+
+    let status = env.llmlb(&["status", "--port", &port_s]);
+    assert_eq!(status.status.code(), Some(0), "{}", describe(&status));
+    let table = text(&status.stdout);
+    assert!(
+        table.contains(&pid.to_string()) && table.contains("Running"),
+        "{table}"
+    );
+    let json = env.llmlb(&["status", "--format", "json"]);
+    assert_eq!(json.status.code(), Some(0), "{}", describe(&json));
+    let rows: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["port"] == port)
+        .unwrap_or_else(|| panic!("port {port} missing from {rows}"));
+    assert_eq!(row["pid"], pid);
+    assert_eq!(row["state"], "running");
+
+    let stop = env.llmlb(&["stop", "--port", &port_s]);
+    assert_eq!(stop.status.code(), Some(0), "{}", describe(&stop));
+    let out = text(&stop.stdout);
+    assert!(
+        out.contains(&format!("Stopping server on port {port} (PID: {pid})")),
+        "{out}"
+    );
+    assert!(out.contains("Server stopped"), "{out}");
+    // The launcher forwarded SIGTERM, its command exited 0, it released.
+    assert_eq!(holder.wait().unwrap().code(), Some(0));
+    assert_eq!(env.probe(port), LockState::Free);
+    assert!(!env.lock_file(port).exists());
+}
+
+#[test]
+fn c_launcher_is_refused_by_serve_listed_by_status_and_stopped_by_stop() {
+    let env = Env::new();
+    let Some(launcher) = c_launcher(&env) else {
+        return;
+    };
+    launcher_holder_interops_with_the_cli(launcher, env, 8401);
+}
+
+#[test]
+fn python_launcher_is_refused_by_serve_listed_by_status_and_stopped_by_stop() {
+    let Some(launcher) = python_launcher() else {
+        return;
+    };
+    launcher_holder_interops_with_the_cli(launcher, Env::new(), 8402);
+}
+
+/// A TCP port nobody listens on right now (for `llmlb serve` to bind).
+fn free_tcp_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Waits until `pid` holds `port`: serve takes the lock before binding, and
+/// we only need the lock. Bounded so a broken serve fails instead of hanging.
+fn wait_until_held_by(env: &Env, port: u16, pid: u32, serve: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let LockState::Held(Some(info)) = env.probe(port) {
+            if info.pid == pid {
+                return;
+            }
+        }
+        if let Some(status) = serve.try_wait().unwrap() {
+            panic!("llmlb serve exited early with {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "llmlb serve never took port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn serve_holding_the_port_refuses_the_c_and_python_launchers() {
+    let env = Env::new();
+    let launchers: Vec<(&str, LauncherCmd)> =
+        [("C", c_launcher(&env)), ("Python", python_launcher())]
+            .into_iter()
+            .filter_map(|(name, l)| l.map(|l| (name, l)))
+            .collect();
+    if launchers.is_empty() {
+        return;
+    }
+    let port = free_tcp_port();
+    let port_s = port.to_string();
+    let mut serve = env
+        .command(LLMLB)
+        .args(["serve", "--port", &port_s, "--host", "127.0.0.1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = serve.id();
+    wait_until_held_by(&env, port, pid, &mut serve);
+    let before = std::fs::read(env.lock_file(port)).unwrap();
+
+    for (name, launcher) in &launchers {
+        let marker = env.tmp.path().join(format!("{name}-ran"));
+        let out = launch(&env, launcher, port, &["touch", marker.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{name}: {}", describe(&out));
+        let err = text(&out.stderr);
+        assert!(err.contains(&format!("PID: {pid}")), "{name}: {err}");
+        assert!(!marker.exists(), "{name} launcher ran its command anyway");
+        assert_eq!(std::fs::read(env.lock_file(port)).unwrap(), before);
+    }
+
+    let stop = env.llmlb(&["stop", "--port", &port_s]);
+    assert_eq!(stop.status.code(), Some(0), "{}", describe(&stop));
+    assert_eq!(serve.wait().unwrap().code(), Some(0));
+    assert!(!Path::new(&env.lock_file(port)).exists());
+}
