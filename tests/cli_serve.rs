@@ -1,0 +1,265 @@
+//! `llmlb serve` end to end: lifecycle, refusal, signals, crash recovery,
+//! bind failure and a start-up race, each with its own lock dir and port.
+#![cfg(target_os = "linux")]
+
+mod cli_support;
+
+use std::os::unix::process::ExitStatusExt;
+
+use cli_support::*;
+
+#[test]
+fn serve_then_status_then_stop() {
+    let env = Env::new();
+    let port = free_port();
+    let mut server = env.serve(port);
+    let pid = server.pid();
+
+    let health: serde_json::Value = serde_json::from_str(&server.wait_health(port)).unwrap();
+    assert_eq!(health["pid"], pid);
+    assert_eq!(health["port"], port);
+    assert!(health["started_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(http_get(port, "/nope").unwrap().0, 404);
+
+    let table = env.run(&["status"]);
+    assert_eq!(table.code(), Some(0), "{table:?}");
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", table.stdout);
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(header, ["PORT", "PID", "STARTED", "UPTIME", "STATE"]);
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(row[0], port.to_string());
+    assert_eq!(row[1], pid.to_string());
+    assert_eq!(row[2], health["started_at"].as_str().unwrap());
+    assert_eq!(*row.last().unwrap(), "Running");
+
+    let (code, json) = status_json(&env, Some(port));
+    assert_eq!(code, Some(0));
+    let entry = &json.as_array().unwrap()[0];
+    assert_eq!(entry["port"], port);
+    assert_eq!(entry["pid"], pid);
+    assert_eq!(entry["state"], "running");
+    assert_eq!(entry["started_at"], health["started_at"]);
+
+    let stop = env.run(&["stop", "--port", &port.to_string()]);
+    assert_eq!(stop.code(), Some(0), "{stop:?}");
+    assert_eq!(
+        stop.stdout,
+        format!("Stopping server on port {port} (PID: {pid})...\nServer stopped\n")
+    );
+    // `stop` waited for the lock, so the file is gone by now.
+    assert!(!env.lock_file(port).exists());
+    assert_eq!(server.wait().code(), Some(0), "{}", server.stderr());
+
+    let after = env.run(&["status", "--port", &port.to_string()]);
+    assert_eq!(after.code(), Some(3));
+    assert_eq!(after.stdout, format!("No server running on port {port}\n"));
+    let all = env.run(&["status"]);
+    assert_eq!(
+        (all.code(), all.stdout.as_str()),
+        (Some(0), "No servers running\n")
+    );
+    let (code, json) = status_json(&env, None);
+    assert_eq!((code, json), (Some(0), serde_json::json!([])));
+
+    // Idempotent.
+    let again = env.run(&["stop", "--port", &port.to_string()]);
+    assert_eq!(again.code(), Some(0));
+    assert_eq!(again.stdout, format!("No server running on port {port}\n"));
+}
+
+#[test]
+fn duplicate_is_refused_and_the_holder_file_untouched() {
+    let env = Env::new();
+    let port = free_port();
+    let mut server = env.serve(port);
+    let pid = server.pid();
+    let before = std::fs::read(env.lock_file(port)).unwrap();
+    let info = llmlb::lock::LockInfo::parse(&before).expect("holder info");
+    assert_eq!(info.pid, pid);
+    let started = info.started_at_display();
+
+    let dup = env.run(&["serve", "--port", &port.to_string(), "--host", "127.0.0.1"]);
+    assert_eq!(dup.code(), Some(1), "{dup:?}");
+    assert_eq!(
+        dup.stderr,
+        format!(
+            "Error: Server already running on port {port} (PID: {pid}, started: {started})\n\
+             \n\
+             To stop: llmlb stop --port {port}\n\
+             Or:      kill -TERM {pid}\n"
+        )
+    );
+    assert_eq!(std::fs::read(env.lock_file(port)).unwrap(), before);
+
+    // Named with --lock-dir, the hint repeats it so it works as printed.
+    let mut cmd = env.cmd(&["serve", "--port", &port.to_string()]);
+    cmd.env_remove("LLMLB_LOCK_DIR")
+        .arg("--lock-dir")
+        .arg(&env.locks);
+    let dup2 = env.spawn_cmd(cmd).finish();
+    assert_eq!(dup2.code(), Some(1));
+    assert!(
+        dup2.stderr.contains(&format!(
+            "To stop: llmlb stop --port {port} --lock-dir {}\n",
+            env.locks.display()
+        )),
+        "{}",
+        dup2.stderr
+    );
+    assert_eq!(std::fs::read(env.lock_file(port)).unwrap(), before);
+    assert!(server.try_wait().is_none());
+    server.wait_health(port);
+}
+
+#[test]
+fn unreadable_holder_details_are_reported_as_such() {
+    let env = Env::new();
+    let port = free_port();
+    // This test process holds the lock, then garbles its own file.
+    let dir = llmlb::lock::LockDir::create(&env.locks).unwrap();
+    let guard = llmlb::lock::acquire_or_reclaim(&dir, port).unwrap();
+    std::fs::write(env.lock_file(port), b"garbage, not JSON").unwrap();
+
+    let dup = env.run(&["serve", "--port", &port.to_string()]);
+    assert_eq!(dup.code(), Some(1));
+    assert_eq!(
+        dup.stderr,
+        format!(
+            "Error: Server already running on port {port} (holder details unreadable)\n\
+             \n\
+             To stop: llmlb stop --port {port}\n"
+        )
+    );
+    // stop has no PID it could verify: it refuses, and signals nothing (this
+    // process would die otherwise).
+    let stop = env.run(&["stop", "--port", &port.to_string()]);
+    assert_eq!(stop.code(), Some(1), "{stop:?}");
+    assert!(
+        stop.stderr.starts_with("Error: ") && stop.stderr.contains("unreadable"),
+        "{}",
+        stop.stderr
+    );
+    assert_eq!(stop.stderr.lines().count(), 1);
+    drop(guard);
+}
+
+#[test]
+fn sigterm_and_sigint_stop_gracefully() {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let env = Env::new();
+        let port = free_port();
+        let mut server = env.serve(port);
+        assert!(env.lock_file(port).exists());
+        signal(server.pid(), sig);
+        let status = server.wait();
+        assert_eq!(status.code(), Some(0), "signal {sig}: {}", server.stderr());
+        assert!(!env.lock_file(port).exists(), "signal {sig}");
+    }
+}
+
+#[test]
+fn kill_9_leaves_a_stale_lock_that_the_next_serve_reclaims() {
+    let env = Env::new();
+    let port = free_port();
+    let mut first = env.serve(port);
+    let dead = first.pid();
+    signal(dead, libc::SIGKILL);
+    assert_eq!(first.wait().signal(), Some(libc::SIGKILL));
+    assert!(env.lock_file(port).exists());
+
+    let status = env.run(&["status", "--port", &port.to_string()]);
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    let row: Vec<&str> = status
+        .stdout
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[1], dead.to_string());
+    assert_eq!(*row.last().unwrap(), "Stale");
+    let (_, json) = status_json(&env, Some(port));
+    assert_eq!(json[0]["state"], "stale");
+    assert_eq!(json[0]["pid"], dead);
+
+    let mut second = env.serve(port);
+    let health: serde_json::Value = serde_json::from_str(&second.wait_health(port)).unwrap();
+    assert_eq!(health["pid"], second.pid());
+    assert!(
+        second.stderr().contains(&format!(
+            "Stale lock file detected (previous holder PID {dead} exited without releasing it), reclaiming"
+        )),
+        "{}",
+        second.stderr()
+    );
+    signal(second.pid(), libc::SIGTERM);
+    assert_eq!(second.wait().code(), Some(0));
+    assert!(!env.lock_file(port).exists());
+}
+
+#[test]
+fn bind_failure_exits_1_and_releases_the_lock() {
+    let env = Env::new();
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = squatter.local_addr().unwrap().port();
+    let out = env.run(&["serve", "--port", &port.to_string(), "--host", "127.0.0.1"]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "Error: port {port} is already in use by another program\n"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(!env.lock_file(port).exists());
+}
+
+#[test]
+fn ten_concurrent_serves_leave_exactly_one_running() {
+    let env = Env::new();
+    let port = free_port();
+    let mut procs: Vec<Proc> = (0..10)
+        .map(|_| env.spawn(&["serve", "--port", &port.to_string(), "--host", "127.0.0.1"]))
+        .collect();
+    // The nine losers exit on their own; wait for that.
+    wait_until("nine losers to exit", || {
+        procs
+            .iter_mut()
+            .map(|p| p.try_wait())
+            .filter(Option::is_some)
+            .count()
+            >= 9
+    });
+    let mut running = Vec::new();
+    let mut exited = Vec::new();
+    for p in procs.iter_mut() {
+        if p.try_wait().is_none() {
+            running.push(p);
+        } else {
+            exited.push(p);
+        }
+    }
+    assert_eq!(running.len(), 1);
+    for loser in exited {
+        assert_eq!(
+            loser.try_wait().unwrap().code(),
+            Some(1),
+            "{}",
+            loser.stderr()
+        );
+        assert!(
+            loser
+                .stderr()
+                .starts_with(&format!("Error: Server already running on port {port} (")),
+            "{}",
+            loser.stderr()
+        );
+    }
+    let winner = running.into_iter().next().unwrap();
+    let health: serde_json::Value = serde_json::from_str(&winner.wait_health(port)).unwrap();
+    assert_eq!(health["pid"], winner.pid());
+    let stop = env.run(&["stop", "--port", &port.to_string()]);
+    assert_eq!(stop.code(), Some(0));
+    assert_eq!(winner.wait().code(), Some(0));
+}
