@@ -1,0 +1,189 @@
+//! Usage errors (exit 2), help/version/completions, lock dir handling, and
+//! `status` listing and exit codes.
+#![cfg(target_os = "linux")]
+
+mod cli_support;
+
+use std::os::unix::fs::PermissionsExt;
+
+use cli_support::*;
+
+#[test]
+fn bad_ports_and_missing_arguments_are_usage_errors() {
+    let env = Env::new();
+    for args in [
+        &["serve", "--port", "0"][..],
+        &["serve", "-p", "65536"],
+        &["serve", "-p", "http"],
+        &["serve", "-p", "-1"],
+        &["stop"],
+        &["stop", "--port", "0"],
+        &["stop", "--port", "80", "--timeout", "soon"],
+        &["status", "--port", "99999"],
+        &["status", "--format", "yaml"],
+        &["completions", "tcsh-nope"],
+        &["frobnicate"],
+        &[],
+    ] {
+        let out = env.run(args);
+        assert_eq!(out.code(), Some(2), "{args:?}: {out:?}");
+        assert!(!out.stderr.contains("panicked"), "{args:?}");
+    }
+    // The environment default is validated the same way.
+    let mut cmd = env.cmd(&["serve"]);
+    cmd.env("LLMLB_PORT", "0");
+    assert_eq!(env.spawn_cmd(cmd).finish().code(), Some(2));
+    assert!(
+        !env.locks.exists(),
+        "usage errors must not touch the lock dir"
+    );
+}
+
+#[test]
+fn help_version_and_completions() {
+    let env = Env::new();
+    let help = env.run(&["--help"]);
+    assert_eq!(help.code(), Some(0));
+    for word in ["serve", "stop", "status", "completions", "--lock-dir"] {
+        assert!(help.stdout.contains(word), "{word}: {}", help.stdout);
+    }
+    let version = env.run(&["--version"]);
+    assert_eq!(version.code(), Some(0));
+    assert_eq!(
+        version.stdout,
+        format!("llmlb {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    let serve_help = env.run(&["serve", "--help"]);
+    assert!(
+        serve_help.stdout.contains("LLMLB_PORT"),
+        "{}",
+        serve_help.stdout
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let out = env.run(&["completions", shell]);
+        assert_eq!(out.code(), Some(0), "{shell}");
+        assert!(
+            out.stdout.contains("llmlb") && out.stdout.contains("serve"),
+            "{shell}"
+        );
+    }
+}
+
+#[test]
+fn status_lists_every_lock_sorted_by_port() {
+    let env = Env::new();
+    let (a, b) = (free_port(), free_port());
+    let (low, high) = (a.min(b), a.max(b));
+    let _s1 = env.serve(high);
+    let _s2 = env.serve(low);
+    // A stale file on a third port, and noise that is not a lock file.
+    let stale_port = 1;
+    std::fs::write(env.lock_file(stale_port), b"not json").unwrap();
+    std::fs::write(env.locks.join("serve_0100.lock"), b"x").unwrap();
+    std::fs::write(env.locks.join("notes.txt"), b"x").unwrap();
+
+    let out = env.run(&["status"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let ports: Vec<String> = out
+        .stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        ports,
+        [stale_port.to_string(), low.to_string(), high.to_string()]
+    );
+    let stale_row: Vec<&str> = out
+        .stdout
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(stale_row, ["1", "-", "-", "-", "Stale"]);
+
+    let (code, json) = status_json(&env, None);
+    assert_eq!(code, Some(0));
+    let list = json.as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    assert_eq!(list[0]["state"], "stale");
+    assert!(list[0]["pid"].is_null() && list[0]["started_at"].is_null());
+    assert_eq!(list[1]["port"], low);
+    assert_eq!(list[1]["state"], "running");
+    assert_eq!(list[2]["port"], high);
+
+    let out = env.run(&["status", "--port", &stale_port.to_string()]);
+    assert_eq!(out.code(), Some(1));
+}
+
+#[test]
+fn status_of_a_missing_dir_is_not_running_and_of_an_unsafe_dir_is_unknown() {
+    let env = Env::new();
+    let out = env.run(&["status"]);
+    assert_eq!(
+        (out.code(), out.stdout.as_str()),
+        (Some(0), "No servers running\n")
+    );
+    assert_eq!(env.run(&["status", "-p", "8000"]).code(), Some(3));
+    assert!(!env.locks.exists(), "status must not create the lock dir");
+
+    std::fs::create_dir(&env.locks).unwrap();
+    std::fs::set_permissions(&env.locks, std::fs::Permissions::from_mode(0o777)).unwrap();
+    for args in [&["status"][..], &["status", "--port", "8000"]] {
+        let out = env.run(args);
+        assert_eq!(out.code(), Some(4), "{out:?}");
+        assert!(
+            out.stderr.starts_with("Error: unsafe lock dir "),
+            "{}",
+            out.stderr
+        );
+        assert_eq!(out.stderr.lines().count(), 1);
+    }
+    // serve refuses it too, with one line naming the path and the fix.
+    let out = env.run(&["serve", "-p", &free_port().to_string()]);
+    assert_eq!(out.code(), Some(1));
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("Error: "))
+        .unwrap();
+    assert!(
+        line.contains(&env.locks.display().to_string()) && line.contains("chmod 700"),
+        "{line}"
+    );
+}
+
+#[test]
+fn relative_lock_dirs_flag_is_from_cwd_env_is_refused() {
+    let env = Env::new();
+    let port = free_port();
+    let mut cmd = env.cmd(&[
+        "--lock-dir",
+        "rel",
+        "serve",
+        "-p",
+        &port.to_string(),
+        "-H",
+        "127.0.0.1",
+    ]);
+    cmd.env_remove("LLMLB_LOCK_DIR");
+    let mut server = env.spawn_cmd(cmd);
+    server.wait_health(port);
+    assert!(env
+        .tmp
+        .path()
+        .join("rel")
+        .join(format!("serve_{port}.lock"))
+        .exists());
+    let mut stop = env.cmd(&["stop", "-p", &port.to_string(), "--lock-dir", "rel"]);
+    stop.env_remove("LLMLB_LOCK_DIR");
+    assert_eq!(env.spawn_cmd(stop).finish().code(), Some(0));
+    assert_eq!(server.wait().code(), Some(0));
+
+    let mut cmd = env.cmd(&["serve", "-p", &port.to_string()]);
+    cmd.env("LLMLB_LOCK_DIR", "rel");
+    let out = env.spawn_cmd(cmd).finish();
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("relative path"), "{}", out.stderr);
+}
