@@ -103,9 +103,10 @@ pub enum StopOutcome {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StopError {
-    /// The lock dir or file could not be inspected.
+    /// The lock dir or file could not be inspected (boxed: a `LockError` can
+    /// carry a whole `LockInfo`).
     #[error(transparent)]
-    Lock(#[from] LockError),
+    Lock(Box<LockError>),
     /// The port is held but the holder's details cannot be read, so there is
     /// no PID to verify and signal.
     #[error("server on port {port} is running but its lock file cannot be read (holder details unreadable); nothing was signalled: stop it by its own means (`fuser {}` shows the holder)", path.display())]
@@ -161,6 +162,12 @@ pub enum StopError {
         /// The lock file.
         path: PathBuf,
     },
+}
+
+impl From<LockError> for StopError {
+    fn from(e: LockError) -> Self {
+        StopError::Lock(Box::new(e))
+    }
 }
 
 fn seconds(d: Duration) -> String {
@@ -252,9 +259,10 @@ pub fn stop_server(
             },
         }
     }
-    Err(StopError::Lock(LockError::Busy {
+    Err(LockError::Busy {
         path: dir.lock_path(port),
-    }))
+    }
+    .into())
 }
 
 /// Re-probes a held port whose info was unreadable until it reads, changes

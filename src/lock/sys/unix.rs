@@ -297,8 +297,7 @@ pub(crate) fn configure_child(cmd: &mut std::process::Command) {
                 // The parent may have died before prctl took effect: then
                 // no death signal will ever come, so do not start at all.
                 if libc::getppid() != parent {
-                    return Err(io::Error::new(
-                        io::ErrorKind::Other,
+                    return Err(io::Error::other(
                         "launcher exited before the command started",
                     ));
                 }
