@@ -263,3 +263,21 @@ fn ten_concurrent_serves_leave_exactly_one_running() {
     assert_eq!(stop.code(), Some(0));
     assert_eq!(winner.wait().code(), Some(0));
 }
+
+#[test]
+fn a_slow_client_blocks_neither_other_clients_nor_shutdown() {
+    use std::io::Write as _;
+    let env = Env::new();
+    let port = free_port();
+    let mut server = env.serve(port);
+    // Half a request, never finished.
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    assert_eq!(http_get(port, "/health").unwrap().0, 200);
+    signal(server.pid(), libc::SIGTERM);
+    // The drain deadline (3 s) cuts the slow client off; PATIENCE is 15 s.
+    assert_eq!(server.wait().code(), Some(0), "{}", server.stderr());
+    assert!(!env.lock_file(port).exists());
+    drop(slow);
+}
