@@ -342,7 +342,8 @@ impl<S: Holds> PortLock<S> {
         self.state.holding_mut().adopt()
     }
 
-    /// Whether this process owns the lock (took it, or adopted it after fork).
+    /// Whether this process owns the lock: it took or adopted it, and the file
+    /// still records it. A parent whose forked child adopted is not the owner.
     pub fn is_owner(&self) -> bool {
         self.state.holding().is_owner()
     }
