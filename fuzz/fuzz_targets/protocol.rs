@@ -1,0 +1,8 @@
+//! libFuzzer driver for `entry/protocol.rs`; the same entry function replays the
+//! committed corpus on stable (see `fuzz/README.md`).
+#![no_main]
+
+#[path = "../entry/protocol.rs"]
+mod entry;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| entry::run(data));
