@@ -149,7 +149,7 @@ pub unsafe extern "C" fn llmlb_lock_acquire(
             }
             Err(err) => {
                 if let (LockError::AlreadyRunning { holder, .. }, Some(other)) = (&err, other) {
-                    *other = info_or_zero(holder.as_ref());
+                    *other = info_or_zero(holder.as_deref());
                 }
                 Err(err.into())
             }

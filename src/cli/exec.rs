@@ -54,9 +54,22 @@ pub(crate) async fn run(
         "running {shown} (PID {}) under the lock for port {port}",
         child.id().unwrap_or(0)
     );
+    let mut watching = true;
+    let mut lost = false;
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
+            why = super::serve::lock_lost(lock, port), if watching => {
+                // Someone else holds the port now: stop the command as a
+                // `stop` would, and exit with an error once it is gone.
+                fail(why);
+                watching = false;
+                lost = true;
+                lock.request_shutdown();
+                if let Some(pgid) = pgid {
+                    let _ = process::signal_process_group(pgid, process::ForwardSignal::Terminate);
+                }
+            }
             sig = signals.recv() => {
                 lock.request_shutdown();
                 tracing::info!("received {}, forwarding it to {shown}", signals::name(sig));
@@ -72,7 +85,11 @@ pub(crate) async fn run(
         Ok(status) => {
             let code = process::exit_code(status);
             tracing::info!("{shown} exited ({status}); releasing port {port}");
-            code
+            if lost {
+                super::EXIT_FAILURE
+            } else {
+                code
+            }
         }
         Err(e) => fail(format!("cannot wait for {shown}: {e}")),
     }

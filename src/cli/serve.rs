@@ -10,7 +10,9 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use llmlb::lock::{acquire_or_reclaim, LockDir, LockError, LockInfo, PortGuard, SharedLock};
+use llmlb::lock::{
+    acquire_or_reclaim, Integrity, LockDir, LockError, LockInfo, PortGuard, SharedLock,
+};
 
 use super::signals::{self, Signals};
 use super::{exec, fail, LockDirChoice};
@@ -19,6 +21,40 @@ use super::{exec, fail, LockDirChoice};
 /// `llmlb stop`'s default 5 s timeout, so one slow client cannot turn a
 /// graceful stop into a timeout.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(3);
+
+/// How often a running server checks that its lock file is still its own
+/// (someone may `rm` it by hand): cheap (one lstat), and short enough that a
+/// second server never runs alongside for more than a moment.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Watches the lock file; resolves only if the port was lost: the file was
+/// removed or replaced by hand and another process took the port's lock
+/// before we could re-create it. A removed or replaced file is re-created.
+pub(crate) async fn lock_lost(lock: &SharedLock<PortGuard>, port: u16) -> String {
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        match lock.with(|g| g.verify()) {
+            None => std::future::pending::<()>().await, // released: nothing to watch
+            Some(Ok(Integrity::Intact)) => {}
+            Some(Ok(Integrity::Restored)) => tracing::warn!(
+                "the lock file for port {port} was removed or replaced by hand; re-created it"
+            ),
+            Some(Ok(Integrity::Lost(holder))) => {
+                let who = holder.map_or_else(
+                    || "another process".to_owned(),
+                    |h| format!("PID {}", h.pid),
+                );
+                return format!(
+                    "the lock file for port {port} was removed by hand and {who} has taken the port's lock since; shutting down"
+                );
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => tracing::warn!("cannot check the lock file for port {port}: {e}"),
+        }
+    }
+}
 
 /// Runs `serve`; returns the exit code with the lock released.
 pub(crate) fn run(dir: &LockDirChoice, port: u16, host: String, command: Vec<OsString>) -> i32 {
@@ -62,7 +98,7 @@ fn take_lock(dir: &LockDirChoice, port: u16) -> Result<PortGuard, i32> {
         Err(LockError::AlreadyRunning { port, holder, .. }) => {
             eprintln!(
                 "{}",
-                already_running(port, holder.as_ref(), &dir.hint_suffix())
+                already_running(port, holder.as_deref(), &dir.hint_suffix())
             );
             Err(super::EXIT_FAILURE)
         }
@@ -160,7 +196,7 @@ async fn serve_http(
         std::process::id()
     );
 
-    let sig = tokio::select! {
+    let code = tokio::select! {
         result = &mut server => {
             // The server ended on its own: only an accept-loop failure does that.
             return match result {
@@ -169,13 +205,16 @@ async fn serve_http(
                 Err(e) => fail(format!("server on port {port} failed: {e}")),
             };
         }
-        sig = signals.recv() => sig,
+        sig = signals.recv() => {
+            tracing::info!(
+                "received {}, shutting down (draining for up to {}s)",
+                signals::name(sig),
+                DRAIN_DEADLINE.as_secs()
+            );
+            0
+        }
+        lost = lock_lost(lock, port) => fail(lost),
     };
-    tracing::info!(
-        "received {}, shutting down (draining for up to {}s)",
-        signals::name(sig),
-        DRAIN_DEADLINE.as_secs()
-    );
     lock.request_shutdown();
     let _ = stop_tx.send(());
     tokio::select! {
@@ -189,5 +228,5 @@ async fn serve_http(
             server.abort();
         }
     }
-    0
+    code
 }

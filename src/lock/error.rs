@@ -18,14 +18,14 @@ use super::PortLock;
 pub enum LockError {
     /// Another process holds the port's lock. `holder` is its info, or `None`
     /// when the file could not be read (mid-write, garbage, or Windows).
-    #[error("{}", already_running_line(*port, holder.as_ref()))]
+    #[error("{}", already_running_line(*port, holder.as_deref()))]
     AlreadyRunning {
         /// The contested port.
         port: u16,
         /// The lock file.
         path: PathBuf,
-        /// What the holder recorded, if readable.
-        holder: Option<LockInfo>,
+        /// What the holder recorded, if readable (boxed: keeps `Result`s small).
+        holder: Option<Box<LockInfo>>,
     },
     /// Only short-lived readers (probes, `llmlb status`) kept the lock busy for
     /// the whole retry window; nobody holds the port.

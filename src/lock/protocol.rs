@@ -4,6 +4,10 @@
 //! module sequences lock calls; the typestate in `state.rs` decides which of
 //! these functions a caller may reach.
 
+// Failed transitions hand the state (an open, locked file) back by value, as
+// tempfile's `PersistError` does; they are cold paths, so size does not matter.
+#![allow(clippy::result_large_err)]
+
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -52,6 +56,20 @@ pub(crate) struct StaleFile {
     id: FileId,
     len: u64,
     pub(crate) previous: Option<LockInfo>,
+}
+
+/// What a holder's `verify` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Integrity {
+    /// The path still names the file we hold.
+    Intact,
+    /// The file had been removed or replaced by hand; it has been re-created
+    /// (locked, with our info).
+    Restored,
+    /// The file had been removed or replaced, and another process has since
+    /// taken the port's lock (its info if readable): we no longer hold the port.
+    Lost(Option<LockInfo>),
 }
 
 /// What [`acquire`] found once it held the lock.
@@ -142,7 +160,7 @@ pub(crate) fn acquire(target: Target) -> Result<Acquisition, LockError> {
                 TryLock::Contended => {
                     return Err(LockError::AlreadyRunning {
                         port: target.port,
-                        holder: read_holder(&file, target.port),
+                        holder: read_holder(&file, target.port).map(Box::new),
                         path: target.path,
                     })
                 }
@@ -184,10 +202,7 @@ pub(crate) fn acquire(target: Target) -> Result<Acquisition, LockError> {
     Err(LockError::io(
         "lock file keeps being replaced while we lock it",
         path,
-        io::Error::new(
-            io::ErrorKind::Other,
-            "gave up after repeated inode changes; retry",
-        ),
+        io::Error::other("gave up after repeated inode changes; retry"),
     ))
 }
 
@@ -390,6 +405,44 @@ impl Holding {
         Ok(info::recorded_pid(&content) == Some(pid))
     }
 
+    /// Checks that the path still names the inode we hold and, if someone
+    /// removed or replaced the file by hand, re-takes the path with the same
+    /// protocol as a new acquirer (re-creating a removed lock dir), keeping our
+    /// recorded info. A forked non-owner has nothing to check.
+    pub(crate) fn verify(&mut self) -> Result<Integrity, LockError> {
+        if self.owner_pid != std::process::id() {
+            return Ok(Integrity::Intact);
+        }
+        let path = &self.target.path;
+        if sys::path_id(path).map_err(|e| LockError::io("cannot inspect lock file", path, e))?
+            == Some(self.id)
+        {
+            return Ok(Integrity::Intact);
+        }
+        // Our inode lost its name: its lock now protects nothing, because new
+        // acquirers open the new name. Take that name like anyone else would.
+        if let Some(dir) = path.parent() {
+            super::LockDir::create(dir)?;
+        }
+        let replacement = match acquire(self.target.clone()) {
+            Ok(Acquisition::Fresh(holding)) => holding,
+            Ok(Acquisition::Stale(stale)) => stale.reclaim().map_err(|(_, e)| e)?.0,
+            Err(LockError::AlreadyRunning { holder, .. }) => {
+                return Ok(Integrity::Lost(holder.map(|h| *h)))
+            }
+            Err(e) => return Err(e),
+        };
+        let mut replacement = replacement;
+        replacement.rewrite(self.info.clone())?;
+        // Swap the descriptors: we keep the new file; the old, nameless one is
+        // closed without touching the path.
+        std::mem::swap(&mut self.file, &mut replacement.file);
+        std::mem::swap(&mut self.id, &mut replacement.id);
+        std::mem::swap(&mut self.written_len, &mut replacement.written_len);
+        drop(replacement.file.take());
+        Ok(Integrity::Restored)
+    }
+
     /// Closes the descriptor without removing the file, exactly as if the
     /// process had been killed: the next acquirer finds a stale lock.
     pub(crate) fn abandon(mut self) {
@@ -453,9 +506,6 @@ pub(crate) fn probe(path: &Path, port: u16) -> Result<LockState, LockError> {
     Err(LockError::io(
         "lock file keeps being replaced while we probe it",
         path,
-        io::Error::new(
-            io::ErrorKind::Other,
-            "gave up after repeated inode changes; retry",
-        ),
+        io::Error::other("gave up after repeated inode changes; retry"),
     ))
 }

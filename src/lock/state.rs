@@ -2,11 +2,15 @@
 //! `Held | Reclaimed → Free`. Transitions consume `self`, so using a lock after
 //! release, releasing a free lock or reclaiming a held one does not compile.
 
+// `TransitionError<S>` hands the lock back by value (tempfile's `PersistError`
+// does the same); it is the cold path, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
 use std::path::Path;
 
 use super::error::{LockError, TransitionError};
 use super::info::LockInfo;
-use super::protocol::{self, Acquisition, Holding, StaleFile, Target};
+use super::protocol::{self, Acquisition, Holding, Integrity, StaleFile, Target};
 
 mod sealed {
     use super::{Holding, Target};
@@ -348,6 +352,17 @@ impl<S: Holds> PortLock<S> {
         self.state.holding().is_owner()
     }
 
+    /// Checks that the lock file is still the one this handle holds, and
+    /// repairs it if it was removed or replaced by hand (the seed's quickstart
+    /// suggests `rm`): servers call this every few hundred milliseconds.
+    ///
+    /// # Errors
+    /// `Io`/`UnsafeLockDir`/`UnsafeLockFile` if the file cannot be inspected or
+    /// re-created; the handle is unchanged and may be verified again.
+    pub fn verify(&mut self) -> Result<Integrity, LockError> {
+        self.state.holding_mut().verify()
+    }
+
     /// Closes the descriptor without removing the file, exactly as if this
     /// process had been killed: the next acquirer reclaims a stale lock. For
     /// crash tests and fault injection.
@@ -463,6 +478,14 @@ impl PortGuard {
     /// `Io` if the file cannot be written.
     pub fn adopt(&mut self) -> Result<(), LockError> {
         on_both!(&mut self.inner, l => l.adopt())
+    }
+
+    /// See [`PortLock::verify`].
+    ///
+    /// # Errors
+    /// As [`PortLock::verify`].
+    pub fn verify(&mut self) -> Result<Integrity, LockError> {
+        on_both!(&mut self.inner, l => l.verify())
     }
 
     /// See [`PortLock::is_owner`].

@@ -183,7 +183,7 @@ impl Harness {
                 } => {
                     assert_eq!(*got, port);
                     assert_eq!(
-                        *holder,
+                        holder.as_deref().cloned(),
                         expected_holder_read(m, port),
                         "contender must read the holder's info"
                     );
@@ -295,15 +295,11 @@ impl Harness {
 
     /// At most one holder per port, and it is the one the model names.
     pub fn check_invariants(&self) {
-        for p in 0..PORTS.len() {
+        for (p, port) in PORTS.iter().enumerate() {
             let holders: Vec<usize> = (0..ACTORS)
                 .filter(|a| self.handles.contains_key(&(*a, p)))
                 .collect();
-            assert!(
-                holders.len() <= 1,
-                "port {} has holders {holders:?}",
-                PORTS[p]
-            );
+            assert!(holders.len() <= 1, "port {} has holders {holders:?}", port);
             let model_holder = match &self.model[p] {
                 Model::Held { actor, .. } | Model::StaleLocked { actor, .. } => Some(*actor),
                 _ => None,
@@ -312,7 +308,7 @@ impl Harness {
                 holders.first().copied(),
                 model_holder,
                 "holder of port {}",
-                PORTS[p]
+                port
             );
         }
     }
