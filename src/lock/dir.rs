@@ -82,7 +82,13 @@ impl LockDir {
     pub fn create(path: impl Into<PathBuf>) -> Result<LockDir, LockError> {
         let path = path.into();
         require_absolute(&path)?;
-        if let Err(e) = sys::create_dir(&path) {
+        // Lexically normalized for creation only: `create_dir_all` cannot
+        // create a missing dir spelled with a `.` component (`/x/locks/.`
+        // fails with ENOENT because `Path::parent` skips the `.`); found by
+        // the `ffi` fuzz target. Components never resolve `..`, so this
+        // names the same directory.
+        let normalized: PathBuf = path.components().collect();
+        if let Err(e) = sys::create_dir(&normalized) {
             // A symlink or file in the way is reported by the check below.
             if path.symlink_metadata().is_err() {
                 return Err(LockError::io("cannot create lock dir", &path, e));
@@ -202,6 +208,16 @@ fn require_absolute(path: &Path) -> Result<(), LockError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn create_accepts_a_missing_dir_spelled_with_dot_components() {
+        let tmp = tempfile::tempdir().unwrap();
+        for spelling in ["a/./locks/.", "b//locks//", "c/locks/."] {
+            let path = tmp.path().join(spelling);
+            let dir = LockDir::create(&path).unwrap_or_else(|e| panic!("{spelling}: {e}"));
+            assert!(dir.path().is_dir(), "{spelling}");
+        }
+    }
 
     #[test]
     fn file_names_round_trip_and_reject_noise() {
