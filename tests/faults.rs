@@ -1,0 +1,639 @@
+//! Faults with real processes: SIGKILL at random instants of a holder's
+//! acquire/write/release loop, a lock dir that vanishes, turns read-only or
+//! fills up, and lock files or dirs owned by another user.
+//!
+//! Each test uses a fresh temp lock dir; every spawned process is killed on
+//! drop. No timing is asserted: deadlines only guard against hangs. Helper
+//! processes are this test binary re-invoked with `LLMLB_FAULT_ROLE` set.
+#![cfg(unix)]
+
+mod cli_support;
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use cli_support::{alive, free_port, Env, PATIENCE};
+use llmlb::lock::{acquire_or_reclaim, LockDir, LockError, LockInfo, LockState, ProcessIdentity};
+
+const ROLE: &str = "LLMLB_FAULT_ROLE";
+const DIR: &str = "LLMLB_FAULT_DIR";
+const PORT: u16 = 43210;
+/// Kill trials; each kills two looping holders.
+const TRIALS: usize = 200;
+/// Upper bound of the random delay before SIGKILL.
+const MAX_KILL_DELAY_US: u64 = 5_000;
+/// An unprivileged user that owns nothing here (`nobody`).
+const OTHER_UID: u32 = 65534;
+/// What a holder prints once it starts looping.
+const READY: &str = "llmlb-fault-holder-ready";
+
+/// Kills (SIGKILL) and reaps the child if the test fails before waiting.
+struct Reaper(Option<Child>);
+
+impl Reaper {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("not yet reaped")
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Tiny xorshift: the random kill instants, reproducible from the printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn from_time() -> Rng {
+        let seed = std::env::var("LLMLB_FAULT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("kill instants seed: LLMLB_FAULT_SEED={seed}");
+        Rng(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn chown(path: &Path, uid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(uid))
+        .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+}
+
+// ---------------------------------------------------------------------------
+// SIGKILL at random instants
+// ---------------------------------------------------------------------------
+
+/// Holder role: forever take the port (reclaiming after a killed holder),
+/// prove exclusivity, rewrite the info (the write step), release. The
+/// critical-section marker names the holder's PID: a marker naming another
+/// *live* process while we hold the lock is a double holder (exit 3). A
+/// holder killed inside leaves a marker naming a dead PID, which is fine.
+fn holder_loop(dir: &Path) -> ! {
+    let locks = LockDir::create(dir.join("locks")).unwrap();
+    let marker = dir.join("critical-section");
+    let me = std::process::id();
+    // Own line: libtest has already printed `test <name> ... ` without a newline.
+    println!("\n{READY}");
+    std::io::stdout().flush().unwrap();
+    let mut n = 0u32;
+    loop {
+        let mut guard = match acquire_or_reclaim(&locks, PORT) {
+            Ok(g) => g,
+            Err(LockError::AlreadyRunning { .. } | LockError::Busy { .. }) => {
+                std::thread::yield_now();
+                continue;
+            }
+            Err(e) => {
+                eprintln!("holder {me}: acquire failed: {e}");
+                std::process::exit(4);
+            }
+        };
+        if let Ok(text) = std::fs::read_to_string(&marker) {
+            if let Ok(other) = text.trim().parse::<u32>() {
+                if other != me && alive(other) {
+                    eprintln!("holder {me}: PID {other} is inside the critical section too");
+                    std::process::exit(3);
+                }
+            }
+        }
+        std::fs::write(&marker, me.to_string()).unwrap();
+        n = n.wrapping_add(1);
+        // The write step: rewrite the info in place (as exec mode does).
+        if let Err(e) = guard.set_child_pgid(Some(n)) {
+            eprintln!("holder {me}: rewrite failed: {e}");
+            std::process::exit(4);
+        }
+        let _ = std::fs::remove_file(&marker);
+        if let Err(e) = guard.release() {
+            eprintln!("holder {me}: release failed: {e}");
+            std::process::exit(4);
+        }
+    }
+}
+
+fn spawn_holder(dir: &Path) -> (Reaper, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "sigkill_at_random_instants_never_leaves_the_port_stuck_or_double_held",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ROLE, "holder")
+        .env(DIR, dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("re-invoke test binary");
+    let out = BufReader::new(child.stdout.take().unwrap());
+    (Reaper(Some(child)), out)
+}
+
+/// Reads lines until the holder's [`READY`] (the test harness prints its own
+/// lines first).
+fn wait_ready(out: &mut BufReader<std::process::ChildStdout>) {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = out.read_line(&mut line).unwrap();
+        assert!(n > 0, "holder exited before it was ready");
+        if line.trim() == READY {
+            return;
+        }
+    }
+}
+
+#[test]
+fn sigkill_at_random_instants_never_leaves_the_port_stuck_or_double_held() {
+    if std::env::var(ROLE).as_deref() == Ok("holder") {
+        holder_loop(Path::new(&std::env::var_os(DIR).unwrap()));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let locks = LockDir::create(tmp.path().join("locks")).unwrap();
+    let mut rng = Rng::from_time();
+    let (mut reclaimed, mut free) = (0, 0);
+    for trial in 0..TRIALS {
+        // Two holders contend, so kills land while one holds and the other
+        // reclaims or is refused.
+        let mut holders = [spawn_holder(tmp.path()), spawn_holder(tmp.path())];
+        for (_, out) in holders.iter_mut() {
+            wait_ready(out);
+        }
+        let delays = [rng.below(MAX_KILL_DELAY_US), rng.below(MAX_KILL_DELAY_US)];
+        let start = Instant::now();
+        let order = if delays[0] <= delays[1] {
+            [0, 1]
+        } else {
+            [1, 0]
+        };
+        for i in order {
+            let target = Duration::from_micros(delays[i]);
+            if let Some(rest) = target.checked_sub(start.elapsed()) {
+                std::thread::sleep(rest);
+            }
+            let child = holders[i].0.child();
+            // SAFETY: kill(2) on our own unreaped child's positive pid.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+        }
+        for (reaper, _) in holders.iter_mut() {
+            let status = reaper.0.take().unwrap().wait().unwrap();
+            assert_eq!(
+                status.signal(),
+                Some(libc::SIGKILL),
+                "trial {trial}: a holder exited on its own ({status}): double holder (3) or error (4)"
+            );
+        }
+        // Both holders are dead: the port is never reported held...
+        let state = locks.probe(PORT).expect("probe");
+        assert!(
+            !matches!(state, LockState::Held(_)),
+            "trial {trial}: both holders are dead but the probe says {state:?}"
+        );
+        // ...and is always acquirable: reclaimed (killed while holding) or free.
+        let guard = acquire_or_reclaim(&locks, PORT)
+            .unwrap_or_else(|e| panic!("trial {trial}: port stuck after SIGKILL: {e}"));
+        match state {
+            LockState::Stale(_) => {
+                assert!(
+                    guard.was_reclaimed(),
+                    "trial {trial}: stale but not reclaimed"
+                );
+                reclaimed += 1;
+            }
+            _ => free += 1,
+        }
+        guard.release().unwrap();
+        assert_eq!(locks.probe(PORT).unwrap(), LockState::Free, "trial {trial}");
+        let _ = std::fs::remove_file(tmp.path().join("critical-section"));
+    }
+    eprintln!("{TRIALS} trials: {reclaimed} left a stale lock (reclaimed), {free} left it free");
+}
+
+// ---------------------------------------------------------------------------
+// The lock dir removed, read-only, full
+// ---------------------------------------------------------------------------
+
+/// The contract for runtime errors: exit 1, exactly one `Error: …` line that
+/// names `path`, no panic, no Debug dump.
+fn assert_clear_error(out: &Output, path: &Path, what: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{what}: exit code; stderr:\n{stderr}"
+    );
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("Error: "))
+        .collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "{what}: one Error line expected:\n{stderr}"
+    );
+    assert!(
+        errors[0].contains(&*path.to_string_lossy()),
+        "{what}: the error must name {}: {}",
+        path.display(),
+        errors[0]
+    );
+    for bad in ["panicked", "RUST_BACKTRACE", "Os {", "kind: ", "Custom {"] {
+        assert!(
+            !stderr.contains(bad),
+            "{what}: {bad:?} in stderr:\n{stderr}"
+        );
+    }
+}
+
+/// Runs a command to completion with a hang guard.
+fn run_to_end(mut cmd: Command) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(PATIENCE) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            panic!("command did not finish within {PATIENCE:?}");
+        }
+    }
+}
+
+#[test]
+fn lock_dir_removed_while_idle_is_recreated_by_the_next_serve() {
+    let env = Env::new();
+    let port = free_port();
+    let mut server = env.serve(port);
+    assert_eq!(
+        env.run(&["stop", "--port", &port.to_string()]).code(),
+        Some(0)
+    );
+    server.wait();
+    std::fs::remove_dir_all(&env.locks).unwrap();
+
+    // Nothing runs: status and stop say so, and create nothing.
+    let status = env.run(&["status", "--port", &port.to_string()]);
+    assert_eq!(status.code(), Some(3), "{status:?}");
+    let stop = env.run(&["stop", "--port", &port.to_string()]);
+    assert_eq!(stop.code(), Some(0), "{stop:?}");
+    assert!(
+        !env.locks.exists(),
+        "status/stop must not create the lock dir"
+    );
+
+    // The next serve re-creates a private dir and holds the port.
+    let mut server = env.serve(port);
+    let mode = std::fs::metadata(&env.locks).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o700, "re-created lock dir mode {mode:o}");
+    assert_eq!(
+        env.run(&["status", "--port", &port.to_string()]).code(),
+        Some(0)
+    );
+    assert_eq!(
+        env.run(&["stop", "--port", &port.to_string()]).code(),
+        Some(0)
+    );
+    server.wait();
+}
+
+#[test]
+fn lock_dir_removed_under_a_lockdir_handle_is_a_clear_io_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("locks");
+    let locks = LockDir::create(&path).unwrap();
+    std::fs::remove_dir(&path).unwrap();
+    assert_eq!(locks.probe(PORT).unwrap(), LockState::Free);
+    let err = acquire_or_reclaim(&locks, PORT).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, LockError::Io { .. }), "{err:?}");
+    assert!(text.contains(&*path.to_string_lossy()), "{text}");
+    assert!(text.contains("re-created on the next start"), "{text}");
+    assert!(!text.contains('\n'), "{text}");
+    // A fresh handle re-creates the dir and works.
+    let locks = LockDir::create(&path).unwrap();
+    acquire_or_reclaim(&locks, PORT).unwrap().release().unwrap();
+}
+
+/// Why mount-based fault tests cannot run here, if they cannot: they need
+/// root and `unshare -m` (a private mount namespace for a small tmpfs).
+fn mount_namespace_unavailable() -> Option<String> {
+    if !is_root() {
+        return Some("not root: cannot mount a tmpfs".into());
+    }
+    let probe = Command::new("unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=64k tmpfs /mnt 2>&1 || mount -t tmpfs -o size=64k tmpfs /tmp",
+        ])
+        .stdin(Stdio::null())
+        .output();
+    match probe {
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(format!(
+            "`unshare -m` + `mount -t tmpfs` failed: {}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        )),
+        Err(e) => Some(format!("cannot run unshare: {e}")),
+    }
+}
+
+/// `llmlb ARGS` run in a private mount namespace after `setup` (a shell
+/// snippet with the mount point in `$1`) prepared a tmpfs at `mount`, with the
+/// lock dir `<mount>/locks`.
+fn llmlb_in_namespace(mount: &Path, setup: &str, args: &[&str]) -> Output {
+    let script = format!("set -e; {setup}; shift; exec \"$@\"");
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "sh", "-c", &script, "sh"])
+        .arg(mount)
+        .arg(env!("CARGO_BIN_EXE_llmlb"))
+        .args(args)
+        .env("LLMLB_LOCK_DIR", mount.join("locks"))
+        .env("LLMLB_LOG_LEVEL", "info")
+        .env_remove("RUST_LOG");
+    run_to_end(cmd)
+}
+
+#[test]
+fn read_only_lock_dir_is_a_clear_error() {
+    let port = free_port().to_string();
+    let serve = ["serve", "--port", port.as_str(), "--host", "127.0.0.1"];
+    if !is_root() {
+        // Mode bits bind non-root users: a dir without write permission.
+        let env = Env::new();
+        std::fs::create_dir(&env.locks).unwrap();
+        std::fs::set_permissions(&env.locks, std::fs::Permissions::from_mode(0o500)).unwrap();
+        let out = run_to_end(env.cmd(&serve));
+        assert_clear_error(&out, &env.locks, "read-only lock dir (mode 0500)");
+        return;
+    }
+    if let Some(why) = mount_namespace_unavailable() {
+        eprintln!("SKIPPED read-only lock dir: root ignores mode bits and {why}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = tmp.path().join("mnt");
+    std::fs::create_dir(&mount).unwrap();
+    // The lock dir exists and is private, then the file system turns read-only.
+    let out = llmlb_in_namespace(
+        &mount,
+        "mount -t tmpfs -o size=256k tmpfs \"$1\"; mkdir -m 700 \"$1/locks\"; \
+         mount -o remount,ro \"$1\"",
+        &serve,
+    );
+    let lock_file = mount.join("locks").join(format!("serve_{port}.lock"));
+    assert_clear_error(&out, &lock_file, "read-only file system");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Read-only file system"),
+        "{out:?}"
+    );
+    // A lock dir that cannot even be created on a read-only file system.
+    let out = llmlb_in_namespace(&mount, "mount -t tmpfs -o ro tmpfs \"$1\"", &serve);
+    assert_clear_error(&out, &mount.join("locks"), "read-only, no lock dir");
+}
+
+#[test]
+fn full_file_system_is_a_clear_error_and_leaves_the_port_free() {
+    if let Some(why) = mount_namespace_unavailable() {
+        eprintln!("SKIPPED full file system: {why}");
+        return;
+    }
+    let port = free_port().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = tmp.path().join("mnt");
+    std::fs::create_dir(&mount).unwrap();
+    let lock_file = mount.join("locks").join(format!("serve_{port}.lock"));
+    // serve's stderr goes outside the full file system.
+    let err = tmp.path().join("serve.err");
+    let err = err.display();
+    // No data blocks left: the lock file is created but its info cannot be
+    // written. Then `status` in the same namespace must not see a holder.
+    let out = llmlb_in_namespace(
+        &mount,
+        &format!(
+            "mount -t tmpfs -o size=64k tmpfs \"$1\"; mkdir -m 700 \"$1/locks\"; \
+             dd if=/dev/zero of=\"$1/fill\" bs=4k 2>/dev/null || true; \
+             if \"$2\" serve --port {port} --host 127.0.0.1 2>'{err}'; then exit 99; \
+             else echo \"serve exit $?\" >&2; fi; cat '{err}' >&2; \
+             \"$2\" status --port {port} >&2 || echo \"status exit $?\" >&2"
+        ),
+        &["status", "--port", &port],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("serve exit 1"), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("Error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains(&*lock_file.to_string_lossy()),
+        "{stderr}"
+    );
+    assert!(errors[0].contains("No space left on device"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // The half-created file holds nothing: status says not running (3), twice.
+    assert!(stderr.contains("status exit 3"), "{stderr}");
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+
+    // No inodes left: the lock file cannot even be created.
+    let out = llmlb_in_namespace(
+        &mount,
+        "mount -t tmpfs -o size=1m,nr_inodes=2 tmpfs \"$1\"; mkdir -m 700 \"$1/locks\"; \
+         touch \"$1/a\" \"$1/b\" \"$1/c\" 2>/dev/null || true",
+        &["serve", "--port", &port, "--host", "127.0.0.1"],
+    );
+    assert_clear_error(&out, &lock_file, "no inodes left");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("No space left on device"),
+        "{out:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Ownership and permissions
+// ---------------------------------------------------------------------------
+
+#[test]
+fn lock_file_and_dir_are_private_even_with_umask_0() {
+    let env = Env::new();
+    let port = free_port();
+    let mut cmd = env.cmd(&["serve", "--port", &port.to_string(), "--host", "127.0.0.1"]);
+    // SAFETY: umask(2) is async-signal-safe; nothing else runs in pre_exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    let mut server = env.spawn_cmd(cmd);
+    server.wait_health(port);
+    let file_mode = std::fs::metadata(env.lock_file(port)).unwrap().mode() & 0o777;
+    let dir_mode = std::fs::metadata(&env.locks).unwrap().mode() & 0o777;
+    assert_eq!(file_mode, 0o600, "lock file mode {file_mode:o}");
+    assert_eq!(dir_mode, 0o700, "lock dir mode {dir_mode:o}");
+    assert_eq!(
+        env.run(&["stop", "--port", &port.to_string()]).code(),
+        Some(0)
+    );
+    server.wait();
+}
+
+/// A `sleep` standing in for a server, and a lock file held by this test
+/// process (flock on its own open file) whose info names the sleep with its
+/// real identity: exactly what `stop` would SIGTERM if it trusted the file.
+struct FakeServer {
+    _sleep: Reaper,
+    _held: std::fs::File,
+    pid: u32,
+}
+
+fn fake_held_server(locks: &Path, port: u16) -> FakeServer {
+    let sleep = Command::new("sleep").arg("600").spawn().unwrap();
+    let pid = sleep.id();
+    let mut info = LockInfo::for_current_process(port);
+    info.pid = pid;
+    info.identity = ProcessIdentity::of_pid(pid);
+    info.child_pgid = None;
+    let path = locks.join(format!("serve_{port}.lock"));
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    file.write_all(&info.to_bytes()).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0);
+    FakeServer {
+        _sleep: Reaper(Some(sleep)),
+        _held: file,
+        pid,
+    }
+}
+
+fn private_dir(env: &Env) {
+    std::fs::create_dir(&env.locks).unwrap();
+    std::fs::set_permissions(&env.locks, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+#[test]
+fn foreign_owned_lock_file_is_refused_before_any_signal() {
+    if !is_root() {
+        eprintln!("SKIPPED foreign-owned lock file: chown to another user needs root");
+        return;
+    }
+    let env = Env::new();
+    private_dir(&env);
+    let port = free_port();
+    let p = port.to_string();
+    let file = env.lock_file(port);
+    let fake = fake_held_server(&env.locks, port);
+    chown(&file, OTHER_UID);
+    let before = std::fs::read(&file).unwrap();
+
+    let stop = run_to_end(env.cmd(&["stop", "--port", &p, "--timeout", "1"]));
+    assert_clear_error(&stop, &file, "stop on a foreign-owned lock file");
+    assert!(String::from_utf8_lossy(&stop.stderr).contains("owned by another user"));
+    assert!(
+        alive(fake.pid),
+        "stop signalled the PID of a foreign-owned file"
+    );
+    let stop = run_to_end(env.cmd(&["stop", "--port", &p, "--force", "--timeout", "1"]));
+    assert_eq!(stop.status.code(), Some(1), "{stop:?}");
+    assert!(
+        alive(fake.pid),
+        "stop --force signalled the PID of a foreign-owned file"
+    );
+
+    let serve = run_to_end(env.cmd(&["serve", "--port", &p, "--host", "127.0.0.1"]));
+    assert_clear_error(&serve, &file, "serve on a foreign-owned lock file");
+    let status = run_to_end(env.cmd(&["status", "--port", &p]));
+    assert_eq!(status.status.code(), Some(4), "{status:?}");
+    assert_eq!(std::fs::read(&file).unwrap(), before, "file touched");
+    assert_eq!(std::fs::metadata(&file).unwrap().uid(), OTHER_UID);
+
+    // The control: owned by us, the same file is trusted and the sleep is
+    // signalled (then stop times out: this test process still holds the lock).
+    chown(&file, 0);
+    let stop = run_to_end(env.cmd(&["stop", "--port", &p, "--timeout", "1"]));
+    assert_eq!(stop.status.code(), Some(1), "{stop:?}");
+    cli_support::wait_until("the control sleep to be signalled", || !alive(fake.pid));
+    drop(fake);
+}
+
+#[test]
+fn foreign_owned_lock_dir_is_refused_before_any_signal() {
+    if !is_root() {
+        eprintln!("SKIPPED foreign-owned lock dir: chown to another user needs root");
+        return;
+    }
+    let env = Env::new();
+    private_dir(&env);
+    let port = free_port();
+    let p = port.to_string();
+    let fake = fake_held_server(&env.locks, port);
+    chown(&env.locks, OTHER_UID);
+
+    for args in [
+        vec!["stop", "--port", &p, "--timeout", "1"],
+        vec!["stop", "--port", &p, "--force", "--timeout", "1"],
+        vec!["serve", "--port", &p, "--host", "127.0.0.1"],
+    ] {
+        let out = run_to_end(env.cmd(&args));
+        assert_clear_error(&out, &env.locks, &args.join(" "));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("owned by another user"),
+            "{out:?}"
+        );
+        assert!(alive(fake.pid), "`llmlb {}` signalled", args.join(" "));
+    }
+    let status = run_to_end(env.cmd(&["status", "--port", &p]));
+    assert_eq!(status.status.code(), Some(4), "{status:?}");
+    let status = run_to_end(env.cmd(&["status"]));
+    assert_eq!(status.status.code(), Some(4), "{status:?}");
+    chown(&env.locks, 0);
+    drop(fake);
+}
