@@ -637,3 +637,154 @@ fn foreign_owned_lock_dir_is_refused_before_any_signal() {
     chown(&env.locks, 0);
     drop(fake);
 }
+
+// ---------------------------------------------------------------------------
+// The lock file removed or replaced while `llmlb serve` runs (the watchdog)
+// ---------------------------------------------------------------------------
+
+/// The info in `path` if it parses for `port`.
+fn recorded(path: &Path, port: u16) -> Option<LockInfo> {
+    LockInfo::parse_for_port(&std::fs::read(path).ok()?, port)
+}
+
+/// Waits until the lock file of `port` exists again, records `pid`, and a
+/// probe sees it held: the holder re-established it.
+fn wait_restored(env: &Env, port: u16, pid: u32, what: &str) {
+    let locks = env.locks.clone();
+    let file = env.lock_file(port);
+    cli_support::wait_until(what, || {
+        recorded(&file, port).is_some_and(|i| i.pid == pid)
+            && LockDir::existing(&locks)
+                .ok()
+                .flatten()
+                .and_then(|d| d.probe(port).ok())
+                .is_some_and(|s| matches!(s, LockState::Held(Some(ref i)) if i.pid == pid))
+    });
+}
+
+/// A second `serve` while the first holds the port: refused, file untouched.
+fn assert_second_serve_refused(env: &Env, port: u16, first: u32) {
+    let file = env.lock_file(port);
+    let before = std::fs::read(&file).unwrap();
+    let out = run_to_end(env.cmd(&["serve", "--port", &port.to_string(), "--host", "127.0.0.1"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "Error: Server already running on port {port} (PID: {first}"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "holder's file touched"
+    );
+}
+
+#[test]
+fn lock_file_removed_or_replaced_while_serving_is_re_established() {
+    let env = Env::new();
+    let port = free_port();
+    let mut server = env.serve(port);
+    let pid = server.pid();
+    let file = env.lock_file(port);
+
+    // `rm` (what the seed's quickstart suggested).
+    std::fs::remove_file(&file).unwrap();
+    wait_restored(&env, port, pid, "the removed lock file to be re-created");
+    let mode = std::fs::metadata(&file).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o600, "re-created lock file mode {mode:o}");
+    assert_second_serve_refused(&env, port, pid);
+
+    // Replaced by a new file (another inode) with garbage, as an editor does.
+    let tmp_file = env.locks.join("edit.tmp");
+    std::fs::write(&tmp_file, b"garbage\n").unwrap();
+    std::fs::rename(&tmp_file, &file).unwrap();
+    wait_restored(
+        &env,
+        port,
+        pid,
+        "the replaced lock file to be re-established",
+    );
+    assert_second_serve_refused(&env, port, pid);
+
+    // The whole lock dir removed: re-created, private.
+    std::fs::remove_dir_all(&env.locks).unwrap();
+    wait_restored(&env, port, pid, "the removed lock dir to be re-created");
+    let mode = std::fs::metadata(&env.locks).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o700, "re-created lock dir mode {mode:o}");
+    assert_second_serve_refused(&env, port, pid);
+
+    // Still the same server, still serving; it stops normally.
+    server.wait_health(port);
+    assert!(server.try_wait().is_none(), "the holder exited");
+    let stop = env.run(&["stop", "--port", &port.to_string()]);
+    assert_eq!(stop.code(), Some(0), "{stop:?}");
+    assert_eq!(server.wait().code(), Some(0));
+    assert!(!file.exists(), "released lock file left behind");
+    let stderr = server.stderr();
+    assert!(stderr.contains("re-created it"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn port_taken_while_the_holder_was_paused_makes_it_shut_down_cleanly() {
+    let env = Env::new();
+    let port = free_port();
+    let p = port.to_string();
+    let mut first = env.serve(port);
+    let first_pid = first.pid();
+    let file = env.lock_file(port);
+
+    // Paused, the first server cannot re-create its file before a second
+    // serve (exec mode: it binds nothing) takes the port's lock.
+    cli_support::signal(first_pid, libc::SIGSTOP);
+    std::fs::remove_file(&file).unwrap();
+    let mut second = env.spawn(&["serve", "--port", &p, "--", "sleep", "600"]);
+    let second_pid = second.pid();
+    let mut group = cli_support::GroupGuard(None);
+    cli_support::wait_until("the second serve to hold the port", || {
+        match recorded(&file, port) {
+            Some(info) if info.pid == second_pid && info.child_pgid.is_some() => {
+                group.0 = info.child_pgid;
+                true
+            }
+            _ => false,
+        }
+    });
+    cli_support::signal(first_pid, libc::SIGCONT);
+
+    // The first notices it lost the port: one clear error line, exit 1.
+    let status = first.wait();
+    let stderr = first.stderr();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("Error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains(&format!("PID {second_pid}")) && errors[0].contains("shutting down"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // The second still holds the port, and its file is untouched by the
+    // first one's release.
+    assert!(second.try_wait().is_none(), "the second serve exited");
+    assert_eq!(recorded(&file, port).map(|i| i.pid), Some(second_pid));
+    let state = LockDir::existing(&env.locks)
+        .unwrap()
+        .unwrap()
+        .probe(port)
+        .unwrap();
+    assert!(
+        matches!(&state, LockState::Held(Some(i)) if i.pid == second_pid),
+        "{state:?}"
+    );
+    let stop = env.run(&["stop", "--port", &p]);
+    assert_eq!(stop.code(), Some(0), "{stop:?}");
+    second.wait();
+    drop(group);
+}
