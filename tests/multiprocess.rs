@@ -126,15 +126,16 @@ fn eight_processes_never_overlap() {
     );
 }
 
-/// Worker: take the port, say so, then hang until killed.
+/// Worker: take the port, say so, then wait to be killed (at most 60 s, so
+/// a failing test cannot leave it behind for long).
 fn hold(dir: &Path) -> ! {
     let locks = LockDir::create(dir.join("locks")).unwrap();
     let guard = acquire_or_reclaim(&locks, PORT).unwrap();
     println!("held {}", guard.info().pid);
     std::io::stdout().flush().unwrap();
-    loop {
-        std::thread::sleep(Duration::from_secs(60));
-    }
+    std::thread::sleep(Duration::from_secs(60));
+    drop(guard);
+    std::process::exit(1);
 }
 
 #[test]
@@ -151,20 +152,20 @@ fn sigkilled_holder_is_reclaimed_with_its_pid() {
     )));
     let child = holder.0.as_mut().unwrap();
     let child_pid = child.id();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    // The test harness may print its own lines first; ours is the "held" one.
+    // One reader for the whole stream: the harness prints its own lines first,
+    // and a second BufReader would lose whatever the first had buffered.
     let mut reader = BufReader::new(child.stdout.take().unwrap());
-    while !line.starts_with("held ") {
+    // The harness's "test … ... " prefix may share the line with ours.
+    let mut line = String::new();
+    while !line.contains("held ") {
         line.clear();
         assert!(
             reader.read_line(&mut line).unwrap() > 0,
             "holder exited early"
         );
     }
-    assert_eq!(line.trim(), format!("held {child_pid}"));
+    let reported = line[line.find("held ").unwrap() + 5..].trim();
+    assert_eq!(reported, child_pid.to_string());
 
     let dir = LockDir::create(tmp.path().join("locks")).unwrap();
     match acquire_or_reclaim(&dir, PORT) {
