@@ -724,7 +724,7 @@ fn lock_file_removed_or_replaced_while_serving_is_re_established() {
     assert_eq!(server.wait().code(), Some(0));
     assert!(!file.exists(), "released lock file left behind");
     let stderr = server.stderr();
-    assert!(stderr.contains("re-created it"), "{stderr}");
+    assert!(stderr.contains("restored it"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 

@@ -39,7 +39,7 @@ pub(crate) async fn lock_lost(lock: &SharedLock<PortGuard>, port: u16) -> String
             None => std::future::pending::<()>().await, // released: nothing to watch
             Some(Ok(Integrity::Intact)) => {}
             Some(Ok(Integrity::Restored)) => tracing::warn!(
-                "the lock file for port {port} was removed or replaced by hand; re-created it"
+                "the lock file for port {port} was removed, replaced or overwritten by hand; restored it"
             ),
             Some(Ok(Integrity::Lost(holder))) => {
                 let who = holder.map_or_else(

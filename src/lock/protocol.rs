@@ -417,7 +417,18 @@ impl Holding {
         if sys::path_id(path).map_err(|e| LockError::io("cannot inspect lock file", path, e))?
             == Some(self.id)
         {
-            return Ok(Integrity::Intact);
+            // Same inode, but overwritten in place (`echo x > file`)? Then
+            // `status` and `stop` could no longer name us: write our info
+            // back. Valid info naming another process is left alone: that
+            // is a forked child that adopted the lock.
+            let content = read_content(path, self.file())?;
+            if LockInfo::parse_for_port(&content, self.target.port).is_some() {
+                return Ok(Integrity::Intact);
+            }
+            let info = self.info.clone();
+            self.written_len = content.len() as u64; // what the shrink must cover
+            self.rewrite(info)?;
+            return Ok(Integrity::Restored);
         }
         // Our inode lost its name: its lock now protects nothing, because new
         // acquirers open the new name. Take that name like anyone else would.

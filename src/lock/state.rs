@@ -352,9 +352,10 @@ impl<S: Holds> PortLock<S> {
         self.state.holding().is_owner()
     }
 
-    /// Checks that the lock file is still the one this handle holds, and
-    /// repairs it if it was removed or replaced by hand (the seed's quickstart
-    /// suggests `rm`): servers call this every few hundred milliseconds.
+    /// Checks that the lock file is still the one this handle holds and still
+    /// names a holder, and repairs it if it was removed, replaced or
+    /// overwritten with garbage by hand (the seed's quickstart suggests `rm`):
+    /// servers call this every few hundred milliseconds.
     ///
     /// # Errors
     /// `Io`/`UnsafeLockDir`/`UnsafeLockFile` if the file cannot be inspected or

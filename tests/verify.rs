@@ -1,0 +1,94 @@
+//! `PortGuard::verify`, the library side of the server's lock-file watchdog:
+//! every way a hand can break the file, and the one case where the port is lost.
+
+use llmlb::lock::{acquire_or_reclaim, Integrity, LockDir, LockState};
+
+const PORT: u16 = 43210;
+
+fn held_by_us(dir: &LockDir) -> bool {
+    matches!(dir.probe(PORT).unwrap(), LockState::Held(Some(info)) if info.pid == std::process::id())
+}
+
+#[test]
+fn intact_file_is_left_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = LockDir::create(tmp.path().join("locks")).unwrap();
+    let mut guard = acquire_or_reclaim(&dir, PORT).unwrap();
+    let before = std::fs::read(dir.lock_path(PORT)).unwrap();
+    assert_eq!(guard.verify().unwrap(), Integrity::Intact);
+    assert_eq!(std::fs::read(dir.lock_path(PORT)).unwrap(), before);
+}
+
+#[test]
+fn removed_file_is_recreated_with_the_same_info() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = LockDir::create(tmp.path().join("locks")).unwrap();
+    let mut guard = acquire_or_reclaim(&dir, PORT).unwrap();
+    let started = guard.info().started_at;
+    std::fs::remove_file(dir.lock_path(PORT)).unwrap();
+    assert_eq!(
+        dir.probe(PORT).unwrap(),
+        LockState::Free,
+        "the hole verify must close"
+    );
+    assert_eq!(guard.verify().unwrap(), Integrity::Restored);
+    assert!(held_by_us(&dir));
+    assert_eq!(dir.probe(PORT).unwrap().info().unwrap().started_at, started);
+    assert!(acquire_or_reclaim(&dir, PORT)
+        .unwrap_err()
+        .is_already_running());
+    assert_eq!(guard.verify().unwrap(), Integrity::Intact);
+    guard.release().unwrap();
+    assert!(
+        !dir.lock_path(PORT).exists(),
+        "release removes the re-created file"
+    );
+}
+
+#[test]
+fn file_overwritten_in_place_is_rewritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = LockDir::create(tmp.path().join("locks")).unwrap();
+    let mut guard = acquire_or_reclaim(&dir, PORT).unwrap();
+    let long_garbage = vec![b'x'; 4000];
+    std::fs::write(dir.lock_path(PORT), &long_garbage).unwrap(); // same inode
+    assert_eq!(dir.probe(PORT).unwrap(), LockState::Held(None));
+    assert_eq!(guard.verify().unwrap(), Integrity::Restored);
+    assert!(held_by_us(&dir));
+    let content = std::fs::read(dir.lock_path(PORT)).unwrap();
+    assert!(content.len() < 1000, "the garbage tail was cut off");
+    guard.release().unwrap();
+    assert_eq!(dir.probe(PORT).unwrap(), LockState::Free);
+}
+
+#[test]
+fn port_taken_after_removal_is_reported_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = LockDir::create(tmp.path().join("locks")).unwrap();
+    let mut first = acquire_or_reclaim(&dir, PORT).unwrap();
+    std::fs::remove_file(dir.lock_path(PORT)).unwrap();
+    let second = acquire_or_reclaim(&dir, PORT).expect("the removed file let a second holder in");
+    match first.verify().unwrap() {
+        Integrity::Lost(Some(holder)) => assert_eq!(holder.started_at, second.info().started_at),
+        other => panic!("expected Lost, got {other:?}"),
+    }
+    let second_content = std::fs::read(dir.lock_path(PORT)).unwrap();
+    first.release().unwrap();
+    assert_eq!(
+        std::fs::read(dir.lock_path(PORT)).unwrap(),
+        second_content,
+        "the loser's release must not touch the new holder's file"
+    );
+    second.release().unwrap();
+}
+
+#[test]
+fn removed_dir_is_recreated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = LockDir::create(tmp.path().join("locks")).unwrap();
+    let mut guard = acquire_or_reclaim(&dir, PORT).unwrap();
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    assert_eq!(guard.verify().unwrap(), Integrity::Restored);
+    assert!(held_by_us(&dir));
+    guard.release().unwrap();
+}
