@@ -87,6 +87,12 @@ impl LockDir {
         // fails with ENOENT because `Path::parent` skips the `.`); found by
         // the `ffi` fuzz target. Components never resolve `..`, so this
         // names the same directory.
+        // The common case, an existing dir, costs one lstat.
+        match path.symlink_metadata() {
+            Ok(meta) => return Self::judged(path, &meta),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LockError::io("cannot inspect lock dir", &path, e)),
+        }
         let normalized: PathBuf = path.components().collect();
         if let Err(e) = sys::create_dir(&normalized) {
             // A symlink or file in the way is reported by the check below.
@@ -115,7 +121,11 @@ impl LockDir {
         let meta = path
             .symlink_metadata()
             .map_err(|e| LockError::io("cannot inspect lock dir", &path, e))?;
-        match sys::check_dir(&meta) {
+        Self::judged(path, &meta)
+    }
+
+    fn judged(path: PathBuf, meta: &std::fs::Metadata) -> Result<LockDir, LockError> {
+        match sys::check_dir(meta) {
             Ok(()) => Ok(LockDir { path }),
             Err(reason) => Err(LockError::UnsafeLockDir {
                 fix: sys::dir_fix_hint(&path),

@@ -111,9 +111,19 @@ fn check_file(path: &Path, file: &File) -> Result<sys::OpenFileStat, LockError> 
 /// Reads the whole content (at most `MAX_INFO_LEN + 1` bytes: enough to tell
 /// "too big" from "fits").
 fn read_content(path: &Path, file: &File) -> Result<Vec<u8>, LockError> {
+    read_bounded(file).map_err(|e| LockError::io("cannot read lock file", path, e))
+}
+
+/// Real info is a few hundred bytes: read into a small stack buffer first and
+/// only allocate the full `MAX_INFO_LEN + 1` for a file that fills it.
+fn read_bounded(file: &File) -> io::Result<Vec<u8>> {
+    let mut small = [0u8; 1024];
+    let n = sys::read_at(file, &mut small, 0)?;
+    if n < small.len() {
+        return Ok(small[..n].to_vec());
+    }
     let mut buf = vec![0u8; MAX_INFO_LEN + 1];
-    let n = sys::read_at(file, &mut buf, 0)
-        .map_err(|e| LockError::io("cannot read lock file", path, e))?;
+    let n = sys::read_at(file, &mut buf, 0)?;
     buf.truncate(n);
     Ok(buf)
 }
@@ -123,17 +133,13 @@ fn read_content(path: &Path, file: &File) -> Result<Vec<u8>, LockError> {
 /// briefly before calling it unreadable. Read errors are "unreadable" too
 /// (Windows locks are mandatory for reads): contention is the answer either way.
 fn read_holder(file: &File, port: u16) -> Option<LockInfo> {
-    let mut buf = vec![0u8; MAX_INFO_LEN + 1];
-    let attempt = |buf: &mut Vec<u8>| {
-        let n = sys::read_at(file, buf, 0).ok()?;
-        LockInfo::parse_for_port(&buf[..n], port)
-    };
-    if let Some(info) = attempt(&mut buf) {
+    let attempt = || LockInfo::parse_for_port(&read_bounded(file).ok()?, port);
+    if let Some(info) = attempt() {
         return Some(info);
     }
     for us in INFO_RETRY_SLEEPS_US {
         std::thread::sleep(Duration::from_micros(us));
-        if let Some(info) = attempt(&mut buf) {
+        if let Some(info) = attempt() {
             return Some(info);
         }
     }

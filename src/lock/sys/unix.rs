@@ -89,12 +89,15 @@ pub(crate) fn path_id(path: &Path) -> io::Result<Option<FileId>> {
     }
 }
 
-/// `pread` until `buf` is full or end of file; returns the bytes read.
+/// `pread` until `buf` is full or end of file; returns the bytes read. A
+/// short read of a regular file means end of file, so it stops there instead
+/// of paying a second `pread` to see 0.
 pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match file.read_at(&mut buf[done..], offset + done as u64) {
             Ok(0) => break,
+            Ok(n) if done + n < buf.len() => return Ok(done + n),
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),

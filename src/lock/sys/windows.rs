@@ -107,6 +107,7 @@ pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<us
     while done < buf.len() {
         match file.seek_read(&mut buf[done..], offset + done as u64) {
             Ok(0) => break,
+            Ok(n) if done + n < buf.len() => return Ok(done + n),
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
