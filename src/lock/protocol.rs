@@ -379,34 +379,9 @@ impl Holding {
         }
     }
 
+    /// The release rule's question: does the file's first JSON value record
+    /// `pid`? One short pread for anything we wrote.
     fn file_records(&self, file: &File, pid: u32) -> Result<bool, LockError> {
-        let mut buf = [0u8; 512];
-        // Fast path: read exactly what we wrote. A buffer of that size fills in
-        // one pread, sparing the second that only finds end of file (1 of the
-        // cycle's 14 syscalls). If those bytes are a JSON value recording us,
-        // the rest of the file cannot change the answer: `recorded_pid` decodes
-        // only the first value, and an object or array ends at its closing
-        // bracket without looking further. Anything else takes the full read.
-        let ours = usize::try_from(self.written_len)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
-        if ours > 0 {
-            let n = match sys::read_at(file, &mut buf[..ours], 0) {
-                Ok(n) => n,
-                Err(e) => return Err(LockError::io("cannot read lock file", &self.target.path, e)),
-            };
-            if info::recorded_pid(&buf[..n]) == Some(pid) {
-                return Ok(true);
-            }
-        }
-        let n = match sys::read_at(file, &mut buf, 0) {
-            Ok(n) => n,
-            Err(e) => return Err(LockError::io("cannot read lock file", &self.target.path, e)),
-        };
-        if n < buf.len() {
-            return Ok(info::recorded_pid(&buf[..n]) == Some(pid));
-        }
-        // Longer than anything we write: read it all (rare; hand-edited file).
         let content = read_content(&self.target.path, file)?;
         Ok(info::recorded_pid(&content) == Some(pid))
     }
