@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use ffi_support::{describe, text};
 use llmlb::lock::LockState;
 
 const LLMLB: &str = env!("CARGO_BIN_EXE_llmlb");
@@ -58,19 +59,6 @@ impl Env {
     fn probe(&self, port: u16) -> LockState {
         llmlb::lock::probe(&self.lock_dir, port).unwrap()
     }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    )
 }
 
 /// A launcher command line (`[program, args…]`) for PORT and CMD.

@@ -8,9 +8,10 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use llmlb::lock::LockState;
+use support::{describe, text};
 
 /// The C compiler, or `None` after printing why the test is skipped.
 fn cc_or_skip() -> Option<String> {
@@ -19,19 +20,6 @@ fn cc_or_skip() -> Option<String> {
         eprintln!("SKIPPED: no C compiler (set CC or install cc)");
     }
     cc
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    )
 }
 
 #[test]
