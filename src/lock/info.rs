@@ -66,6 +66,11 @@ pub struct LockInfo {
     /// which `stop --force` kills as a whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub child_pgid: Option<u32>,
+    /// Identity of that process group's leader (the exec-mode command itself),
+    /// recorded with `child_pgid`: `stop` signals the group only while its
+    /// leader is still this process, never on the bare number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child_identity: Option<ProcessIdentity>,
     /// Version of the llmlb library that wrote the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
@@ -108,6 +113,7 @@ impl LockInfo {
             host: Some(facts.host.clone()).filter(|h| !h.is_empty()),
             identity: facts.identity.clone(),
             child_pgid: None,
+            child_identity: None,
             version: Some(env!("CARGO_PKG_VERSION").to_owned()),
         })
     }
@@ -121,6 +127,7 @@ impl LockInfo {
             host: None,
             identity: None,
             child_pgid: None,
+            child_identity: None,
             version: None,
         }
     }

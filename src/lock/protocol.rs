@@ -325,6 +325,7 @@ impl Holding {
         let mut info = LockInfo::for_current_process(self.target.port);
         info.started_at = self.info.started_at;
         info.child_pgid = self.info.child_pgid;
+        info.child_identity = self.info.child_identity.clone();
         self.rewrite(info)?;
         self.owner_pid = pid;
         Ok(())

@@ -322,7 +322,10 @@ impl<S: Holds> PortLock<S> {
     }
 
     /// Replaces the recorded `child_pgid` (exec mode records the process group
-    /// of the command it runs, so `stop --force` can kill all of it).
+    /// of the command it runs, so `stop --force` can kill all of it), together
+    /// with the identity of the group's leader (the process whose PID is
+    /// `pgid`), read now: `stop` signals the group only while that leader is
+    /// still the same process.
     ///
     /// # Errors
     /// `Io` if the file cannot be written; the old info stays recorded.
@@ -330,6 +333,7 @@ impl<S: Holds> PortLock<S> {
         let holding = self.state.holding_mut();
         let mut info = holding.info.clone();
         info.child_pgid = pgid;
+        info.child_identity = pgid.and_then(super::info::ProcessIdentity::of_pid);
         holding.rewrite(info)
     }
 
