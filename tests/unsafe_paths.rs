@@ -106,3 +106,97 @@ fn error_messages_are_one_line_and_name_the_thing() {
         "{running}"
     );
 }
+
+/// A symlinked lock dir spelled with a trailing `/` or `/.` makes `lstat`
+/// follow the link; the dir is opened `O_NOFOLLOW` after normalising the
+/// spelling, so every spelling is refused.
+#[test]
+fn symlinked_dir_is_refused_however_it_is_spelled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let real = tmp.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let link = tmp.path().join("link");
+    symlink(&real, &link).unwrap();
+    let link = link.to_str().unwrap();
+    for spelling in [
+        link.to_owned(),
+        format!("{link}/"),
+        format!("{link}/."),
+        format!("{link}//./"),
+    ] {
+        for result in [
+            LockDir::create(&spelling),
+            LockDir::existing(&spelling).map(|d| d.expect("exists")),
+        ] {
+            let err = result.expect_err(&spelling);
+            assert!(
+                matches!(
+                    err,
+                    LockError::UnsafeLockDir {
+                        reason: "is a symlink",
+                        ..
+                    }
+                ),
+                "{spelling}: {err}"
+            );
+        }
+    }
+    assert_eq!(std::fs::read_dir(&real).unwrap().count(), 0);
+}
+
+#[test]
+fn dot_dot_in_a_lock_dir_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spelled = tmp.path().join("a/../locks");
+    let err = LockDir::create(&spelled).unwrap_err();
+    assert!(
+        matches!(err, LockError::UnsafeLockDir { .. }) && err.to_string().contains("`..`"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("locks").exists());
+}
+
+/// The hint for a dir someone else owns cannot be `chmod` (only its owner
+/// can); a group-writable dir of our own gets the chmod.
+#[test]
+fn dir_hints_name_a_fix_that_works() {
+    let tmp = tempfile::tempdir().unwrap();
+    let open = tmp.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o770)).unwrap();
+    let msg = LockDir::create(&open).unwrap_err().to_string();
+    assert!(msg.contains("chmod 700"), "{msg}");
+
+    let link = tmp.path().join("link");
+    symlink(&open, &link).unwrap();
+    let msg = LockDir::create(&link).unwrap_err().to_string();
+    assert!(!msg.contains("chmod"), "{msg}");
+    assert!(msg.contains("LLMLB_LOCK_DIR"), "{msg}");
+
+    let file = tmp.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    let msg = LockDir::create(&file).unwrap_err().to_string();
+    assert!(
+        !msg.contains("chmod") && msg.contains("is not a directory"),
+        "{msg}"
+    );
+}
+
+/// A lock dir path holding a newline or another control character still
+/// yields a one-line error (found by the `ffi` fuzz target).
+#[test]
+fn control_characters_in_paths_stay_on_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("x\u{6}\nhello\u{1b}[31m");
+    std::fs::write(&file, b"").unwrap();
+    for err in [
+        LockDir::create(&file).unwrap_err(),
+        LockDir::create(file.join("sub")).unwrap_err(),
+        LockDir::create(tmp.path().join(format!("{}\n/z", "a".repeat(300)))).unwrap_err(),
+    ] {
+        let msg = err.to_string();
+        assert!(!msg.chars().any(char::is_control), "{msg:?}");
+        assert!(msg.contains("\\n"), "{msg:?}");
+    }
+}

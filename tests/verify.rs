@@ -89,6 +89,39 @@ fn removed_dir_is_recreated() {
     let mut guard = acquire_or_reclaim(&dir, PORT).unwrap();
     std::fs::remove_dir_all(dir.path()).unwrap();
     assert_eq!(guard.verify().unwrap(), Integrity::Restored);
-    assert!(held_by_us(&dir));
+    // The old handle names the removed directory; what others see is the
+    // directory the path names now.
+    let reopened = LockDir::create(tmp.path().join("locks")).unwrap();
+    assert!(held_by_us(&reopened));
     guard.release().unwrap();
+    assert_eq!(reopened.probe(PORT).unwrap(), LockState::Free);
+}
+
+#[cfg(unix)]
+#[test]
+fn dir_replaced_under_the_holder_is_taken_again_at_the_path() {
+    // Moving the lock dir away and putting a new one at its path leaves the
+    // holder's file (and lock) in the moved dir, invisible to new acquirers.
+    // verify() must notice the path no longer names its dir and re-take the
+    // port where everyone else looks.
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("locks");
+    let dir = LockDir::create(&path).unwrap();
+    let mut guard = acquire_or_reclaim(&dir, PORT).unwrap();
+    std::fs::rename(&path, tmp.path().join("moved")).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let fresh = LockDir::create(&path).unwrap();
+    assert_eq!(fresh.probe(PORT).unwrap(), LockState::Free);
+
+    assert_eq!(guard.verify().unwrap(), Integrity::Restored);
+    assert!(held_by_us(&fresh));
+    assert!(acquire_or_reclaim(&fresh, PORT)
+        .unwrap_err()
+        .is_already_running());
+    assert_eq!(guard.verify().unwrap(), Integrity::Intact);
+    guard.release().unwrap();
+    assert_eq!(fresh.probe(PORT).unwrap(), LockState::Free);
+    assert!(!path.join("serve_43210.lock").exists());
 }

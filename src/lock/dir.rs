@@ -2,10 +2,11 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use super::error::LockError;
-use super::protocol;
+use super::protocol::{self, Target};
 use super::state::{Free, PortLock};
 use super::sys;
 use super::LockState;
@@ -13,15 +14,28 @@ use super::LockState;
 /// Environment variable that overrides the default lock dir.
 pub const LOCK_DIR_ENV: &str = "LLMLB_LOCK_DIR";
 
-/// A lock directory that has passed the safety checks: not a symlink, a
-/// directory, and (Unix) owned by the effective user and not writable by
-/// group or others. Lock files are `<dir>/serve_<port>.lock`.
+/// A lock directory that has passed the safety checks, held open: not a
+/// symlink, a directory, and (Unix) owned by the effective user and not
+/// writable by group or others. Lock files are `<dir>/serve_<port>.lock`.
 ///
-/// Checked once when constructed; per-acquire work stays minimal.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The directory is opened once (`O_DIRECTORY | O_NOFOLLOW`) and judged on
+/// that descriptor; every lock file is then reached relative to it
+/// (`openat`, `fstatat`, `unlinkat`), so re-pointing or replacing the path
+/// after the check cannot redirect a lock. Clones share the descriptor.
+#[derive(Debug, Clone)]
 pub struct LockDir {
     path: PathBuf,
+    handle: Arc<sys::DirHandle>,
 }
+
+impl PartialEq for LockDir {
+    /// The same directory (by identity, not by name), reached by the same path.
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path && self.handle.id() == other.handle.id()
+    }
+}
+
+impl Eq for LockDir {}
 
 /// The lock file name for `port`: `serve_<port>.lock`.
 pub fn lock_file_name(port: u16) -> String {
@@ -76,31 +90,29 @@ impl LockDir {
     /// with missing parents) if needed.
     ///
     /// # Errors
-    /// [`LockError::UnsafeLockDir`] if `path` is relative, a symlink, not a
-    /// directory, owned by another user or writable by group/others;
-    /// [`LockError::Io`] if it cannot be created or inspected.
+    /// [`LockError::UnsafeLockDir`] if `path` is relative or has a `..`
+    /// component, is a symlink, not a directory, owned by another user or
+    /// writable by group/others; [`LockError::Io`] if it cannot be created or
+    /// inspected.
     pub fn create(path: impl Into<PathBuf>) -> Result<LockDir, LockError> {
-        let path = path.into();
-        require_absolute(&path)?;
-        // Lexically normalized for creation only: `create_dir_all` cannot
-        // create a missing dir spelled with a `.` component (`/x/locks/.`
-        // fails with ENOENT because `Path::parent` skips the `.`); found by
-        // the `ffi` fuzz target. Components never resolve `..`, so this
-        // names the same directory.
-        // The common case, an existing dir, costs one lstat.
-        match path.symlink_metadata() {
-            Ok(meta) => return Self::judged(path, &meta),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(LockError::io("cannot inspect lock dir", &path, e)),
+        let path = normalize(path.into())?;
+        // The common case, an existing dir, costs one open and one fstat.
+        if let Some(dir) = Self::open(&path)? {
+            return Ok(dir);
         }
-        let normalized: PathBuf = path.components().collect();
-        if let Err(e) = sys::create_dir(&normalized) {
-            // A symlink or file in the way is reported by the check below.
+        if let Err(e) = sys::create_dir(&path) {
+            // A symlink or file in the way is reported by the open below.
             if path.symlink_metadata().is_err() {
                 return Err(LockError::io("cannot create lock dir", &path, e));
             }
         }
-        Self::checked(path)
+        Self::open(&path)?.ok_or_else(|| {
+            LockError::io(
+                "cannot open lock dir",
+                &path,
+                io::ErrorKind::NotFound.into(),
+            )
+        })
     }
 
     /// Opens an existing lock dir for reading (probe, status) without creating
@@ -109,30 +121,37 @@ impl LockDir {
     /// # Errors
     /// As [`LockDir::create`] for an existing but unsafe dir.
     pub fn existing(path: impl Into<PathBuf>) -> Result<Option<LockDir>, LockError> {
-        let path = path.into();
-        require_absolute(&path)?;
-        match path.symlink_metadata() {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            _ => Self::checked(path).map(Some),
-        }
+        let path = normalize(path.into())?;
+        Self::open(&path)
     }
 
-    fn checked(path: PathBuf) -> Result<LockDir, LockError> {
-        let meta = path
-            .symlink_metadata()
-            .map_err(|e| LockError::io("cannot inspect lock dir", &path, e))?;
-        Self::judged(path, &meta)
+    /// Opens and judges the dir at the normalised `path`; `None` if missing.
+    fn open(path: &Path) -> Result<Option<LockDir>, LockError> {
+        let refused = |refusal: sys::DirRefusal| LockError::UnsafeLockDir {
+            path: path.to_path_buf(),
+            reason: refusal.reason(),
+            fix: sys::dir_fix_hint(path, refusal),
+        };
+        let handle = match sys::open_dir(path) {
+            Ok(handle) => handle,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(match sys::classify_unopenable(path) {
+                    Some(refusal) => refused(refusal),
+                    None => LockError::io("cannot open lock dir", path, e),
+                })
+            }
+        };
+        sys::check_dir(&handle).map_err(refused)?;
+        Ok(Some(LockDir {
+            path: path.to_path_buf(),
+            handle: Arc::new(handle),
+        }))
     }
 
-    fn judged(path: PathBuf, meta: &std::fs::Metadata) -> Result<LockDir, LockError> {
-        match sys::check_dir(meta) {
-            Ok(()) => Ok(LockDir { path }),
-            Err(reason) => Err(LockError::UnsafeLockDir {
-                fix: sys::dir_fix_hint(&path),
-                path,
-                reason,
-            }),
-        }
+    /// The open directory, shared with every [`PortLock`] made from it.
+    pub(crate) fn handle(&self) -> &Arc<sys::DirHandle> {
+        &self.handle
     }
 
     /// The directory.
@@ -150,8 +169,12 @@ impl LockDir {
     /// # Errors
     /// [`LockError::InvalidPort`] for port 0.
     pub fn port(&self, port: u16) -> Result<PortLock<Free>, LockError> {
+        Ok(PortLock::new_free(self.target(port)?))
+    }
+
+    fn target(&self, port: u16) -> Result<Target, LockError> {
         let port = check_port(port)?;
-        Ok(PortLock::new_free(port, self.lock_path(port)))
+        Ok(Target::new(self, port))
     }
 
     /// Observes `port` without taking it: never creates anything, never makes
@@ -161,8 +184,7 @@ impl LockDir {
     /// [`LockError::InvalidPort`], [`LockError::UnsafeLockFile`] (symlink,
     /// not a regular file, foreign owner), [`LockError::Io`].
     pub fn probe(&self, port: u16) -> Result<LockState, LockError> {
-        let port = check_port(port)?;
-        protocol::probe(&self.lock_path(port), port)
+        protocol::probe(&self.target(port)?)
     }
 
     /// Every `serve_<port>.lock` in the dir that is held or stale, sorted by
@@ -172,16 +194,16 @@ impl LockDir {
     /// # Errors
     /// [`LockError::Io`] if the directory cannot be listed.
     pub fn scan(&self) -> Result<Vec<PortReport>, LockError> {
-        let entries = std::fs::read_dir(&self.path)
+        let names = sys::list_names(&self.handle)
             .map_err(|e| LockError::io("cannot list lock dir", &self.path, e))?;
         let mut reports = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| LockError::io("cannot list lock dir", &self.path, e))?;
-            let Some(port) = entry.file_name().to_str().and_then(port_from_file_name) else {
+        for name in names {
+            let Some(port) = name.to_str().and_then(port_from_file_name) else {
                 continue;
             };
-            let path = entry.path();
-            let state = protocol::probe(&path, port);
+            let target = Target::new(self, port);
+            let path = target.path.clone();
+            let state = protocol::probe(&target);
             if matches!(state, Ok(LockState::Free)) {
                 continue;
             }
@@ -203,16 +225,30 @@ pub struct PortReport {
     pub state: Result<LockState, LockError>,
 }
 
-fn require_absolute(path: &Path) -> Result<(), LockError> {
-    if path.is_absolute() {
-        Ok(())
-    } else {
-        Err(LockError::UnsafeLockDir {
-            path: path.to_path_buf(),
-            reason: "is a relative path (its meaning would depend on the working directory)",
-            fix: "give an absolute path".to_owned(),
-        })
+/// The one spelling of a lock dir that is opened: absolute, without `.`
+/// components or a trailing `/` (which would make the kernel follow a final
+/// symlink, sidestepping `O_NOFOLLOW`), and without `..` (which could climb
+/// out through a symlink).
+fn normalize(path: PathBuf) -> Result<PathBuf, LockError> {
+    let refuse = |reason, fix: &str| LockError::UnsafeLockDir {
+        path: path.clone(),
+        reason,
+        fix: fix.to_owned(),
+    };
+    if !path.is_absolute() {
+        return Err(refuse(
+            "is a relative path (its meaning would depend on the working directory)",
+            "give an absolute path",
+        ));
     }
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(refuse(
+            "has a `..` component (it could resolve through a symlink)",
+            "give the path without `..`",
+        ));
+    }
+    // `components()` drops `.` and repeated or trailing separators.
+    Ok(path.components().collect())
 }
 
 #[cfg(test)]

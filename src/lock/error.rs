@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::info::LockInfo;
 use super::PortLock;
@@ -30,14 +30,15 @@ pub enum LockError {
     /// Only short-lived readers (probes, `llmlb status`) kept the lock busy for
     /// the whole retry window; nobody holds the port.
     #[error(
-        "lock file {path} stayed busy with readers (e.g. `llmlb status` in a tight loop); retry"
+        "lock file {} stayed busy with readers (e.g. `llmlb status` in a tight loop); retry",
+        printable(path)
     )]
     Busy {
         /// The lock file.
         path: PathBuf,
     },
     /// The lock dir could be tampered with by another user, or is not a dir.
-    #[error("unsafe lock dir {path}: it {reason}; {fix}")]
+    #[error("unsafe lock dir {}: it {reason}; {fix}", printable(path))]
     UnsafeLockDir {
         /// The refused directory.
         path: PathBuf,
@@ -48,7 +49,10 @@ pub enum LockError {
     },
     /// The lock file is a symlink, not a regular file, or owned by another
     /// user. It was not written.
-    #[error("unsafe lock file {path}: it {reason}; remove it by hand if you did not create it")]
+    #[error(
+        "unsafe lock file {}: it {reason}; remove it by hand if you did not create it",
+        printable(path)
+    )]
     UnsafeLockFile {
         /// The refused file.
         path: PathBuf,
@@ -61,16 +65,17 @@ pub enum LockError {
         /// The rejected value.
         port: u32,
     },
-    /// A system call on `path` failed.
-    #[error("{action} {path}: {source}{}", io_hint(source))]
+    /// A system call on `path` failed. The OS error is part of the message
+    /// (one line for CLIs and `llmlb_last_error`), so it is a field, not a
+    /// `source()` that printers would repeat.
+    #[error("{action} {}: {error}{}", printable(path), io_hint(error))]
     Io {
         /// What we were doing ("cannot open lock file", …).
         action: &'static str,
         /// The file or directory concerned.
         path: PathBuf,
         /// The OS error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 }
 
@@ -108,12 +113,38 @@ fn io_hint(err: &io::Error) -> &'static str {
     }
 }
 
+/// A path as messages print it: on one line whatever it contains. Control
+/// characters (a newline, an escape) are shown escaped (`\n`, `\u{6}`), so
+/// one error stays one line for the CLI's `Error:` line and for
+/// `llmlb_last_error`, and cannot forge output on a terminal.
+pub fn printable(path: &Path) -> Printable<'_> {
+    Printable(path)
+}
+
+/// See [`printable`].
+#[derive(Debug, Clone, Copy)]
+pub struct Printable<'a>(&'a Path);
+
+impl fmt::Display for Printable<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use fmt::Write as _;
+        for c in self.0.to_string_lossy().chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_debug())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl LockError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, error: io::Error) -> Self {
         LockError::Io {
             action,
             path: path.into(),
-            source,
+            error,
         }
     }
 

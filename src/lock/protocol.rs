@@ -11,12 +11,13 @@
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::error::LockError;
 use super::info::{self, LockInfo, MAX_INFO_LEN};
 use super::sys::{self, FileId, TryLock};
-use super::LockState;
+use super::{lock_file_name, LockDir, LockState};
 
 /// How often acquire reopens when the path keeps naming a different inode
 /// than the one it locked (each retry means a holder released meanwhile).
@@ -28,11 +29,40 @@ const READER_WINDOW: Duration = Duration::from_millis(100);
 /// the holder is between `flock` and `pwrite`: about 1.5 ms in all.
 const INFO_RETRY_SLEEPS_US: [u64; 4] = [100, 200, 400, 800];
 
-/// Which lock: the port and its file.
+/// Which lock: the port, its file's name in the open lock dir, and the full
+/// path for messages.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub(crate) port: u16,
+    pub(crate) dir: Arc<sys::DirHandle>,
+    /// The lock dir's path, kept to re-open it if it is removed or replaced.
+    pub(crate) dir_path: PathBuf,
+    pub(crate) name: String,
     pub(crate) path: PathBuf,
+}
+
+impl Target {
+    pub(crate) fn new(dir: &LockDir, port: u16) -> Target {
+        let name = lock_file_name(port);
+        Target {
+            port,
+            dir: Arc::clone(dir.handle()),
+            dir_path: dir.path().to_path_buf(),
+            path: dir.path().join(&name),
+            name,
+        }
+    }
+
+    fn open_for_lock(&self) -> Result<File, LockError> {
+        sys::open_for_lock(&self.dir, &self.name)
+            .map_err(|e| open_error(&self.path, e, "cannot open lock file"))
+    }
+
+    /// What the name is now (`None`: gone).
+    fn current_id(&self) -> Result<Option<FileId>, LockError> {
+        sys::name_id(&self.dir, &self.name)
+            .map_err(|e| LockError::io("cannot inspect lock file", &self.path, e))
+    }
 }
 
 /// An exclusively locked lock file that records (or recorded) us: the data of
@@ -154,8 +184,7 @@ pub(crate) fn acquire(target: Target) -> Result<Acquisition, LockError> {
     let mut backoff = Duration::from_micros(50);
     for _ in 0..INODE_RETRIES {
         // Step 2. No O_TRUNC: the loser of a race must not touch the winner's file.
-        let file =
-            sys::open_for_lock(path).map_err(|e| open_error(path, e, "cannot open lock file"))?;
+        let file = target.open_for_lock()?;
         // Step 3.
         let locked =
             sys::try_lock_exclusive(&file).map_err(|e| LockError::io("cannot lock", path, e))?;
@@ -185,9 +214,7 @@ pub(crate) fn acquire(target: Target) -> Result<Acquisition, LockError> {
         }
         // Step 4: a holder unlinks on release while still holding, so the
         // inode we opened may be dead; then only the new file counts.
-        let current =
-            sys::path_id(path).map_err(|e| LockError::io("cannot inspect lock file", path, e))?;
-        if current != Some(st.id) {
+        if target.current_id()? != Some(st.id) {
             continue;
         }
         // Step 5: content means the previous holder died without releasing.
@@ -261,7 +288,7 @@ impl StaleFile {
             len,
             previous,
         } = self;
-        match sys::remove_held(&target.path, file) {
+        match sys::remove_held(&target.dir, &target.name, file) {
             Ok(()) => Ok(target),
             Err((file, e)) => {
                 let err = LockError::io("cannot remove stale lock file", &target.path, e);
@@ -342,10 +369,7 @@ impl Holding {
     }
 
     fn take_target(&mut self) -> Target {
-        Target {
-            port: self.target.port,
-            path: std::mem::take(&mut self.target.path),
-        }
+        self.target.clone()
     }
 
     /// Releases; leaves `file` in place (still locked) on error.
@@ -359,7 +383,7 @@ impl Holding {
             return Ok(());
         }
         let path = &self.target.path;
-        match sys::path_id(path) {
+        match sys::name_id(&self.target.dir, &self.target.name) {
             Ok(Some(id)) if id == self.id => {}
             // Someone removed or replaced our file by hand: not ours to delete.
             Ok(_) => {
@@ -371,7 +395,7 @@ impl Holding {
                 return Err(LockError::io("cannot inspect lock file", path, e));
             }
         }
-        match sys::remove_held(path, file) {
+        match sys::remove_held(&self.target.dir, &self.target.name, file) {
             Ok(()) => Ok(()),
             Err((file, e)) => {
                 self.file = Some(file);
@@ -395,16 +419,19 @@ impl Holding {
         if self.owner_pid != std::process::id() {
             return Ok(Integrity::Intact);
         }
-        let path = &self.target.path;
-        if sys::path_id(path).map_err(|e| LockError::io("cannot inspect lock file", path, e))?
-            == Some(self.id)
-        {
+        let target = &self.target;
+        // The dir's name must still lead to the dir we hold open (it may have
+        // been removed, moved or replaced), and the file's name to our inode.
+        let dir_named = sys::path_id(&target.dir_path)
+            .map_err(|e| LockError::io("cannot inspect lock dir", &target.dir_path, e))?
+            == Some(target.dir.id());
+        if dir_named && target.current_id()? == Some(self.id) {
             // Same inode, but overwritten in place (`echo x > file`)? Then
             // `status` and `stop` could no longer name us: write our info
             // back. Valid info naming another process is left alone: that
             // is a forked child that adopted the lock.
-            let content = read_content(path, self.file())?;
-            if LockInfo::parse_for_port(&content, self.target.port).is_some() {
+            let content = read_content(&target.path, self.file())?;
+            if LockInfo::parse_for_port(&content, target.port).is_some() {
                 return Ok(Integrity::Intact);
             }
             let info = self.info.clone();
@@ -413,11 +440,10 @@ impl Holding {
             return Ok(Integrity::Restored);
         }
         // Our inode lost its name: its lock now protects nothing, because new
-        // acquirers open the new name. Take that name like anyone else would.
-        if let Some(dir) = path.parent() {
-            super::LockDir::create(dir)?;
-        }
-        let replacement = match acquire(self.target.clone()) {
+        // acquirers open the new name (in whatever dir the path names now,
+        // re-created if it was removed). Take that name like anyone else would.
+        let dir = LockDir::create(&target.dir_path)?;
+        let mut replacement = match acquire(Target::new(&dir, target.port)) {
             Ok(Acquisition::Fresh(holding)) => holding,
             Ok(Acquisition::Stale(stale)) => stale.reclaim().map_err(|(_, e)| e)?.0,
             Err(LockError::AlreadyRunning { holder, .. }) => {
@@ -425,13 +451,13 @@ impl Holding {
             }
             Err(e) => return Err(e),
         };
-        let mut replacement = replacement;
         replacement.rewrite(self.info.clone())?;
         // Swap the descriptors: we keep the new file; the old, nameless one is
-        // closed without touching the path.
+        // closed without touching any name.
         std::mem::swap(&mut self.file, &mut replacement.file);
         std::mem::swap(&mut self.id, &mut replacement.id);
         std::mem::swap(&mut self.written_len, &mut replacement.written_len);
+        std::mem::swap(&mut self.target, &mut replacement.target);
         drop(replacement.file.take());
         Ok(Integrity::Restored)
     }
@@ -465,9 +491,10 @@ impl Drop for Holding {
 
 /// Step 8: observe a port without taking it. Never creates anything; holds at
 /// most a shared lock for the duration of one read, which acquirers wait out.
-pub(crate) fn probe(path: &Path, port: u16) -> Result<LockState, LockError> {
+pub(crate) fn probe(target: &Target) -> Result<LockState, LockError> {
+    let (path, port) = (target.path.as_path(), target.port);
     for _ in 0..INODE_RETRIES {
-        let file = match sys::open_for_probe(path) {
+        let file = match sys::open_for_probe(&target.dir, &target.name) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LockState::Free),
             Err(e) => return Err(open_error(path, e, "cannot open lock file")),
@@ -478,9 +505,7 @@ pub(crate) fn probe(path: &Path, port: u16) -> Result<LockState, LockError> {
             TryLock::Acquired => {
                 // Nobody holds it. Released between our open and lock? Then
                 // the name is gone or new: look again.
-                let current = sys::path_id(path)
-                    .map_err(|e| LockError::io("cannot inspect lock file", path, e))?;
-                if current != Some(st.id) {
+                if target.current_id()? != Some(st.id) {
                     continue;
                 }
                 // Stable while we hold the shared lock: writers need exclusive.

@@ -172,11 +172,9 @@ impl<S: State> PortLock<S> {
 }
 
 impl PortLock<Free> {
-    pub(crate) fn new_free(port: u16, path: std::path::PathBuf) -> Self {
+    pub(crate) fn new_free(target: Target) -> Self {
         PortLock {
-            state: Free {
-                target: Target { port, path },
-            },
+            state: Free { target },
         }
     }
 

@@ -36,8 +36,32 @@ pub(crate) struct OpenFileStat {
     pub(crate) owned_by_us: bool,
 }
 
-/// Why a lock directory or file is refused, as a short phrase for messages.
-pub(crate) type Refusal = &'static str;
+/// Why a lock directory is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DirRefusal {
+    /// The name is a symlink: it could be re-pointed after the checks.
+    Symlink,
+    /// Not a directory.
+    NotDirectory,
+    /// Owned by another user (who could plant or remove lock files).
+    #[cfg_attr(windows, allow(dead_code))]
+    ForeignOwner,
+    /// Writable by group or others.
+    #[cfg_attr(windows, allow(dead_code))]
+    OpenToOthers,
+}
+
+impl DirRefusal {
+    /// The reason as a phrase after "it": "it is a symlink".
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            DirRefusal::Symlink => "is a symlink",
+            DirRefusal::NotDirectory => "is not a directory",
+            DirRefusal::ForeignOwner => "is owned by another user",
+            DirRefusal::OpenToOthers => "is writable by group or others",
+        }
+    }
+}
 
 /// Outcome of a non-blocking lock attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

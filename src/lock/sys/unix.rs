@@ -1,42 +1,255 @@
 //! Unix implementation of the platform boundary (Linux is where it is tested).
-#![allow(clippy::disallowed_methods)] // this module is the one allowed caller of fs2
 
-use std::fs::{DirBuilder, File, Metadata, OpenOptions};
+use std::ffi::{CStr, CString};
+use std::fs::{DirBuilder, File, Metadata};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileExt as _, MetadataExt, OpenOptionsExt};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt as _, MetadataExt};
 use std::path::Path;
 
 use fs2::FileExt as Fs2FileExt;
 
-use super::{FileId, OpenFileStat, Refusal, TryLock};
+use super::{DirRefusal, FileId, OpenFileStat, TryLock};
 use crate::lock::info::ProcessIdentity;
 
-/// Opens (creating if needed) a lock file for the holder: read-write, mode
-/// 0600, never following a symlink (`ELOOP` instead), close-on-exec (std's
-/// default), and without `O_TRUNC`: a contender must never clobber the info of
-/// the process that holds the lock. `O_NONBLOCK` keeps a FIFO planted at the
-/// path from hanging us; it has no effect on regular files.
-pub(crate) fn open_for_lock(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
+/// An open lock directory: `O_DIRECTORY | O_NOFOLLOW`, so the descriptor is
+/// the directory the checks judged, whatever its name points at later. Every
+/// lock file is reached relative to it (`openat`, `fstatat`, `unlinkat`), as
+/// tempfile and cargo treat directories they do not fully trust.
+#[derive(Debug)]
+pub(crate) struct DirHandle {
+    fd: OwnedFd,
+    id: FileId,
+    uid: u32,
+    mode: u32,
+}
+
+impl DirHandle {
+    /// The directory's `(dev, ino)`, from the `fstat` made when it was opened.
+    pub(crate) fn id(&self) -> FileId {
+        self.id
+    }
+}
+
+fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Runs `f` with `name` as a C string without allocating: lock file names are
+/// short (`serve_65535.lock`).
+fn with_c_name<R>(name: &str, f: impl FnOnce(&CStr) -> io::Result<R>) -> io::Result<R> {
+    let mut buf = [0u8; 64];
+    let bytes = name.as_bytes();
+    if bytes.len() >= buf.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "lock file name too long or contains NUL",
+        ));
+    }
+    buf[..bytes.len()].copy_from_slice(bytes);
+    let c = CStr::from_bytes_until_nul(&buf).map_err(|_| io::ErrorKind::InvalidInput)?;
+    f(c)
+}
+
+fn fstat_fd(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fd is open for the borrow; st is valid for writes of one stat.
+    cvt(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded, so it filled `st`.
+    Ok(unsafe { st.assume_init() })
+}
+
+#[allow(clippy::unnecessary_cast)] // st_dev is i32 and st_ino u64 on macOS
+fn stat_id(st: &libc::stat) -> FileId {
+    FileId {
+        dev: st.st_dev as u64,
+        ino: st.st_ino as u64,
+    }
+}
+
+/// Opens the directory at `path` itself, never a symlink there (`ELOOP`) or a
+/// non-directory (`ENOTDIR`). `path` must already be normalised (no trailing
+/// `/` or `.`: a trailing slash makes the kernel follow a final symlink).
+#[allow(clippy::unnecessary_cast)] // st_mode is u16 on macOS
+pub(crate) fn open_dir(path: &Path) -> io::Result<DirHandle> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: c is a valid NUL-terminated path.
+    let raw = cvt(unsafe { libc::open(c.as_ptr(), flags) })?;
+    // SAFETY: open returned a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let st = fstat_fd(fd.as_fd())?;
+    Ok(DirHandle {
+        id: stat_id(&st),
+        uid: st.st_uid,
+        mode: st.st_mode as u32,
+        fd,
+    })
+}
+
+/// Why `path` could not be opened as a directory, when the reason is what it
+/// is rather than an I/O failure: a symlink or not a directory (one `lstat`,
+/// only on the error path).
+pub(crate) fn classify_unopenable(path: &Path) -> Option<DirRefusal> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if meta.file_type().is_symlink() {
+        Some(DirRefusal::Symlink)
+    } else if !meta.is_dir() {
+        Some(DirRefusal::NotDirectory)
+    } else {
+        None
+    }
+}
+
+/// Refuses an opened lock dir that another local user could tamper with:
+/// owned by someone else, or writable by group/others (they could plant or
+/// delete lock files). Judged on the descriptor, not the name.
+pub(crate) fn check_dir(dir: &DirHandle) -> Result<(), DirRefusal> {
+    if dir.uid != euid() {
+        return Err(DirRefusal::ForeignOwner);
+    }
+    if dir.mode & 0o022 != 0 {
+        return Err(DirRefusal::OpenToOthers);
+    }
+    Ok(())
+}
+
+/// The fix that works for this refusal, for error messages: only the owner
+/// can `chmod`, and nobody can make a symlink or a file into our dir.
+pub(crate) fn dir_fix_hint(dir: &Path, refusal: DirRefusal) -> String {
+    match refusal {
+        DirRefusal::OpenToOthers => format!(
+            "run `chmod 700 {}`, or set LLMLB_LOCK_DIR (or --lock-dir) to a directory only you can write",
+            crate::lock::error::printable(dir)
+        ),
+        DirRefusal::Symlink | DirRefusal::NotDirectory | DirRefusal::ForeignOwner => {
+            "set LLMLB_LOCK_DIR (or --lock-dir) to a directory you own (e.g. under your home directory)"
+                .to_owned()
+        }
+    }
+}
+
+fn openat(dir: &DirHandle, name: &str, flags: libc::c_int) -> io::Result<File> {
+    with_c_name(name, |c| {
+        let flags = flags | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+        // SAFETY: the dir fd is open for &dir's lifetime; c is NUL-terminated;
+        // the mode argument is read only with O_CREAT.
+        let raw = cvt(unsafe {
+            libc::openat(dir.fd.as_raw_fd(), c.as_ptr(), flags, 0o600 as libc::c_uint)
+        })?;
+        // SAFETY: openat returned a fresh descriptor that nothing else owns.
+        Ok(unsafe { File::from_raw_fd(raw) })
+    })
+}
+
+/// Opens (creating if needed) the lock file `name` in `dir` for the holder:
+/// read-write, mode 0600, never following a symlink (`ELOOP` instead),
+/// close-on-exec, and without `O_TRUNC`: a contender must never clobber the
+/// info of the process that holds the lock. `O_NONBLOCK` keeps a FIFO planted
+/// there from hanging us; it has no effect on regular files.
+pub(crate) fn open_for_lock(dir: &DirHandle, name: &str) -> io::Result<File> {
+    openat(dir, name, libc::O_RDWR | libc::O_CREAT)
 }
 
 /// Opens an existing lock file read-only for probing; never creates it.
-pub(crate) fn open_for_probe(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
+pub(crate) fn open_for_probe(dir: &DirHandle, name: &str) -> io::Result<File> {
+    openat(dir, name, libc::O_RDONLY)
 }
 
-/// True when `err` is what `open` returns for a symlink under `O_NOFOLLOW`.
+/// True when `err` is what `openat` returns for a symlink under `O_NOFOLLOW`.
 pub(crate) fn is_symlink_error(err: &io::Error) -> bool {
     err.raw_os_error() == Some(libc::ELOOP)
+}
+
+/// `fstatat(AT_SYMLINK_NOFOLLOW)`: the id of what `name` in `dir` is now,
+/// `None` if the name is gone.
+pub(crate) fn name_id(dir: &DirHandle, name: &str) -> io::Result<Option<FileId>> {
+    let result = with_c_name(name, |c| {
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: valid dir fd, NUL-terminated name, st valid for one stat.
+        cvt(unsafe {
+            libc::fstatat(
+                dir.fd.as_raw_fd(),
+                c.as_ptr(),
+                st.as_mut_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })?;
+        // SAFETY: fstatat succeeded.
+        Ok(stat_id(&unsafe { st.assume_init() }))
+    });
+    match result {
+        Ok(id) => Ok(Some(id)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// This thread's `errno`: `readdir` tells end of directory from an error
+/// only through it.
+///
+/// # Safety
+/// The pointer is valid for the calling thread only.
+unsafe fn errno_location() -> *mut libc::c_int {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        libc::__errno_location()
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        libc::__error()
+    }
+}
+
+/// The names in `dir`, read through the descriptor (a fresh open of `.`, so
+/// concurrent listings do not share a position).
+pub(crate) fn list_names(dir: &DirHandle) -> io::Result<Vec<std::ffi::OsString>> {
+    use std::os::unix::ffi::OsStrExt as _;
+    // SAFETY: valid dir fd and a static NUL-terminated name.
+    let raw = cvt(unsafe {
+        libc::openat(
+            dir.fd.as_raw_fd(),
+            c".".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: raw is a fresh directory descriptor; fdopendir takes it over
+    // (closedir closes it), or we close it on failure.
+    let stream = unsafe { libc::fdopendir(raw) };
+    if stream.is_null() {
+        let e = io::Error::last_os_error();
+        // SAFETY: fdopendir failed, so raw is still ours to close.
+        unsafe { libc::close(raw) };
+        return Err(e);
+    }
+    let mut names = Vec::new();
+    loop {
+        // SAFETY: stream is a valid DIR*; errno is reset to tell end from error.
+        let entry = unsafe {
+            *errno_location() = 0;
+            libc::readdir(stream)
+        };
+        if entry.is_null() {
+            // SAFETY: reading errno right after readdir.
+            let errno = unsafe { *errno_location() };
+            // SAFETY: stream is valid and closed exactly once.
+            unsafe { libc::closedir(stream) };
+            if errno != 0 {
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+            return Ok(names);
+        }
+        // SAFETY: readdir returned a valid entry whose d_name is NUL-terminated
+        // and lives until the next readdir on this stream.
+        let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) };
+        names.push(std::ffi::OsStr::from_bytes(name.to_bytes()).to_owned());
+    }
 }
 
 fn map_try(result: io::Result<()>) -> io::Result<TryLock> {
@@ -52,11 +265,19 @@ fn map_try(result: io::Result<()>) -> io::Result<TryLock> {
 
 /// `flock(LOCK_EX | LOCK_NB)`. The lock belongs to the open file description,
 /// so it survives `fork` and is dropped when the last descriptor closes.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the one call site of fs2's exclusive lock"
+)]
 pub(crate) fn try_lock_exclusive(file: &File) -> io::Result<TryLock> {
     map_try(Fs2FileExt::try_lock_exclusive(file))
 }
 
 /// `flock(LOCK_SH | LOCK_NB)`: fails exactly when someone holds it exclusively.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the one call site of fs2's shared lock"
+)]
 pub(crate) fn try_lock_shared(file: &File) -> io::Result<TryLock> {
     map_try(Fs2FileExt::try_lock_shared(file))
 }
@@ -129,33 +350,6 @@ pub(crate) fn create_dir(dir: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         other => other,
     }
-}
-
-/// Refuses a lock dir that another local user could tamper with: a symlink
-/// (could be re-pointed), not a directory, owned by someone else, or writable
-/// by group/others (they could plant or delete lock files).
-pub(crate) fn check_dir(meta: &Metadata) -> Result<(), Refusal> {
-    if meta.file_type().is_symlink() {
-        return Err("is a symlink");
-    }
-    if !meta.is_dir() {
-        return Err("is not a directory");
-    }
-    if meta.uid() != euid() {
-        return Err("is owned by another user");
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err("is writable by group or others");
-    }
-    Ok(())
-}
-
-/// The command that makes a refused dir acceptable, for error messages.
-pub(crate) fn dir_fix_hint(dir: &Path) -> String {
-    format!(
-        "use a directory you own with mode 0700 (e.g. `chmod 700 {}`), or point LLMLB_LOCK_DIR elsewhere",
-        dir.display()
-    )
 }
 
 /// This machine's host name (empty if it cannot be read).
@@ -264,9 +458,17 @@ pub(crate) fn signal_group(pgid: u32, sig: Signal) -> io::Result<()> {
 /// lock, then close. Unlinking first means a contender that opened the old
 /// inode notices (its inode re-check fails) instead of locking a dead file.
 /// On failure the descriptor (and so the lock) is handed back untouched.
-pub(crate) fn remove_held(path: &Path, file: File) -> Result<(), (File, io::Error)> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
+pub(crate) fn remove_held(
+    dir: &DirHandle,
+    name: &str,
+    file: File,
+) -> Result<(), (File, io::Error)> {
+    let unlinked = with_c_name(name, |c| {
+        // SAFETY: valid dir fd and NUL-terminated name.
+        cvt(unsafe { libc::unlinkat(dir.fd.as_raw_fd(), c.as_ptr(), 0) })
+    });
+    match unlinked {
+        Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err((file, e)),
     }

@@ -9,44 +9,107 @@
 //!   file that anyone has open; the unlink-on-release race of Unix cannot
 //!   happen and file identity is therefore not compared (every id is equal).
 //! - There is no process identity token; `stop` refuses to signal.
-#![allow(clippy::disallowed_methods)] // this module is the one allowed caller of fs2
 
-use std::fs::{File, Metadata, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::windows::fs::{FileExt as _, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use fs2::FileExt as Fs2FileExt;
 
-use super::{FileId, OpenFileStat, Refusal, TryLock};
+use super::{DirRefusal, FileId, OpenFileStat, TryLock};
 use crate::lock::info::ProcessIdentity;
 
 const FILE_SHARE_READ: u32 = 0x1;
 const FILE_SHARE_WRITE: u32 = 0x2;
 const FILE_FLAG_OPEN_REPARSE_POINT: u32 = 0x0020_0000;
 const ERROR_CANT_ACCESS_FILE: i32 = 1920;
+const ERROR_DIRECTORY: i32 = 267;
 
-/// Opens (creating if needed) a lock file: never truncates, does not follow a
-/// reparse point (symlink), and denies delete sharing.
-pub(crate) fn open_for_lock(path: &Path) -> io::Result<File> {
+/// An open lock directory. Windows has no `openat`: the handle keeps the
+/// checked path, and files are reached by joining their name to it.
+#[derive(Debug)]
+pub(crate) struct DirHandle {
+    path: PathBuf,
+}
+
+impl DirHandle {
+    /// Directory ids are not compared on Windows (see the module docs).
+    pub(crate) fn id(&self) -> FileId {
+        FileId { dev: 0, ino: 0 }
+    }
+}
+
+/// Opens the directory at `path`, refusing a symlink (reparse point) or a
+/// non-directory.
+pub(crate) fn open_dir(path: &Path) -> io::Result<DirHandle> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.file_type().is_symlink() {
+        return Err(io::Error::from_raw_os_error(ERROR_CANT_ACCESS_FILE));
+    }
+    if !meta.is_dir() {
+        return Err(io::Error::from_raw_os_error(ERROR_DIRECTORY));
+    }
+    Ok(DirHandle {
+        path: path.to_path_buf(),
+    })
+}
+
+/// Why `path` could not be opened as a directory, if it is what it is.
+pub(crate) fn classify_unopenable(path: &Path) -> Option<DirRefusal> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if meta.file_type().is_symlink() {
+        Some(DirRefusal::Symlink)
+    } else if !meta.is_dir() {
+        Some(DirRefusal::NotDirectory)
+    } else {
+        None
+    }
+}
+
+/// Ownership is left to ACLs on Windows.
+pub(crate) fn check_dir(_dir: &DirHandle) -> Result<(), DirRefusal> {
+    Ok(())
+}
+
+/// The fix for a refused dir, for error messages.
+pub(crate) fn dir_fix_hint(_dir: &Path, _refusal: DirRefusal) -> String {
+    "set LLMLB_LOCK_DIR (or --lock-dir) to a plain directory you own".to_owned()
+}
+
+/// Opens (creating if needed) the lock file `name` in `dir`: never truncates,
+/// does not follow a reparse point (symlink), and denies delete sharing.
+pub(crate) fn open_for_lock(dir: &DirHandle, name: &str) -> io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE)
         .custom_flags(FILE_FLAG_OPEN_REPARSE_POINT)
-        .open(path)?;
+        .open(dir.path.join(name))?;
     refuse_reparse(file)
 }
 
 /// Opens an existing lock file read-only for probing.
-pub(crate) fn open_for_probe(path: &Path) -> io::Result<File> {
+pub(crate) fn open_for_probe(dir: &DirHandle, name: &str) -> io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE)
         .custom_flags(FILE_FLAG_OPEN_REPARSE_POINT)
-        .open(path)?;
+        .open(dir.path.join(name))?;
     refuse_reparse(file)
+}
+
+/// Whether `name` exists in `dir` (ids are not compared on Windows).
+pub(crate) fn name_id(dir: &DirHandle, name: &str) -> io::Result<Option<FileId>> {
+    path_id(&dir.path.join(name))
+}
+
+/// The names in `dir`.
+pub(crate) fn list_names(dir: &DirHandle) -> io::Result<Vec<std::ffi::OsString>> {
+    std::fs::read_dir(&dir.path)?
+        .map(|entry| entry.map(|e| e.file_name()))
+        .collect()
 }
 
 fn refuse_reparse(file: File) -> io::Result<File> {
@@ -72,11 +135,19 @@ fn map_try(result: io::Result<()>) -> io::Result<TryLock> {
 }
 
 /// `LockFileEx(EXCLUSIVE | FAIL_IMMEDIATELY)` over the whole file.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the one call site of fs2's exclusive lock"
+)]
 pub(crate) fn try_lock_exclusive(file: &File) -> io::Result<TryLock> {
     map_try(Fs2FileExt::try_lock_exclusive(file))
 }
 
 /// `LockFileEx(FAIL_IMMEDIATELY)`, shared.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the one call site of fs2's shared lock"
+)]
 pub(crate) fn try_lock_shared(file: &File) -> io::Result<TryLock> {
     map_try(Fs2FileExt::try_lock_shared(file))
 }
@@ -139,22 +210,6 @@ pub(crate) fn create_dir(dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dir)
 }
 
-/// Refuses a symlinked or non-directory lock dir; ownership is left to ACLs.
-pub(crate) fn check_dir(meta: &Metadata) -> Result<(), Refusal> {
-    if meta.file_type().is_symlink() {
-        return Err("is a symlink");
-    }
-    if !meta.is_dir() {
-        return Err("is not a directory");
-    }
-    Ok(())
-}
-
-/// The fix for a refused dir, for error messages.
-pub(crate) fn dir_fix_hint(_dir: &Path) -> String {
-    "use a plain directory you own, or point LLMLB_LOCK_DIR elsewhere".to_owned()
-}
-
 /// This machine's name, from `COMPUTERNAME`.
 pub(crate) fn hostname() -> String {
     std::env::var("COMPUTERNAME").unwrap_or_default()
@@ -193,12 +248,16 @@ pub(crate) fn signal_group(_pgid: u32, _sig: Signal) -> io::Result<()> {
 /// Release of an owned lock file. Windows cannot delete a file that is open
 /// without delete sharing, so: empty it while locked (a later acquirer sees a
 /// fresh file, not a stale one), close, then delete if nobody opened it since.
-pub(crate) fn remove_held(path: &Path, file: File) -> Result<(), (File, io::Error)> {
+pub(crate) fn remove_held(
+    dir: &DirHandle,
+    name: &str,
+    file: File,
+) -> Result<(), (File, io::Error)> {
     if let Err(e) = file.set_len(0) {
         return Err((file, e));
     }
     drop(file);
-    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(dir.path.join(name));
     Ok(())
 }
 
