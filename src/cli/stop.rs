@@ -21,16 +21,18 @@ pub(crate) fn run(dir: &LockDirChoice, port: u16, timeout_secs: u64, force: bool
             port,
             info,
             timeout,
+            group,
+            holder_exited,
+            ..
         } => {
-            let group = match info.child_pgid {
-                Some(pgid) => format!(" and process group {pgid}"),
-                None => String::new(),
+            let pid = info.pid;
+            let line = match (holder_exited, group) {
+                (false, Some(pgid)) => format!("did not stop within {}s; sending SIGKILL to it and process group {pgid}", timeout.as_secs()),
+                (false, None) => format!("did not stop within {}s; sending SIGKILL to it", timeout.as_secs()),
+                (true, Some(pgid)) => format!("exited, but its command's process group {pgid} still holds the lock; sending SIGKILL to the group"),
+                (true, None) => "exited, but a process that inherited its lock still holds it".to_owned(),
             };
-            eprintln!(
-                "Warning: server on port {port} (PID: {}) did not stop within {}s; sending SIGKILL to it{group}",
-                info.pid,
-                timeout.as_secs()
-            );
+            eprintln!("Warning: server on port {port} (PID: {pid}) {line}");
         }
         _ => {}
     });

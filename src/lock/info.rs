@@ -37,7 +37,7 @@ impl ProcessIdentity {
         sys::process_identity(pid)
     }
 
-    fn is_complete(&self) -> bool {
+    pub(crate) fn is_complete(&self) -> bool {
         self.boot_id.is_some() && self.start_ticks.is_some()
     }
 }

@@ -1,16 +1,22 @@
-//! Stopping the holder of a port: probe → verify identity → SIGTERM → wait for
-//! the *lock* to be released → (with `force`) SIGKILL the holder and its exec
-//! child's process group → remove the stale file.
+//! Stopping the holder of a port: probe → pin the process (a pidfd on Linux)
+//! → verify its identity → SIGTERM through the pin → wait for the *lock* to be
+//! released → (with `force`) SIGKILL the exec child's process group, only
+//! while its leader is verified, and the holder through the pin → remove the
+//! stale file.
 //!
 //! The lock, not the PID, is what "stopped" means: a PID can be reused, and a
 //! server is only gone for other launchers once its lock is released. Nothing
-//! is ever signalled on the strength of a file nobody holds.
+//! is ever signalled on the strength of a file nobody holds, and nothing is
+//! signalled by a bare number: a pidfd cannot reach a process that reused the
+//! PID, and where there is none the identity is checked again right before
+//! each signal.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::error::printable;
 use super::error::LockError;
-use super::info::{IdentityCheck, LockInfo};
+use super::info::{IdentityCheck, LockInfo, ProcessIdentity};
 use super::state::Acquired;
 use super::sys::{self, Signal};
 use super::{check_port, LockDir, LockState};
@@ -60,8 +66,9 @@ pub enum StopEvent<'a> {
         /// The holder.
         info: &'a LockInfo,
     },
-    /// The timeout passed with `force`; `SIGKILL` is sent next to the holder
-    /// and, when recorded, to the exec child's process group.
+    /// The timeout passed with `force` (or the holder exited while a process
+    /// that inherited its lock still holds it); `SIGKILL` is sent next to the
+    /// holder and to `group`.
     Killing {
         /// The port.
         port: u16,
@@ -69,6 +76,11 @@ pub enum StopEvent<'a> {
         info: &'a LockInfo,
         /// The timeout that passed.
         timeout: Duration,
+        /// The exec child's process group, when recorded and its leader is
+        /// verified now (a group is never signalled on a bare number).
+        group: Option<u32>,
+        /// The holder itself has already exited; only `group` is left to kill.
+        holder_exited: bool,
     },
 }
 
@@ -109,7 +121,7 @@ pub enum StopError {
     Lock(Box<LockError>),
     /// The port is held but the holder's details cannot be read, so there is
     /// no PID to verify and signal.
-    #[error("server on port {port} is running but its lock file cannot be read (holder details unreadable); nothing was signalled: stop it by its own means (`fuser {}` shows the holder)", path.display())]
+    #[error("server on port {port} is running but its lock file cannot be read (holder details unreadable); nothing was signalled: stop it by its own means (`fuser {}` shows the holder)", printable(path))]
     Unreadable {
         /// The port.
         port: u16,
@@ -130,15 +142,14 @@ pub enum StopError {
         path: PathBuf,
     },
     /// Sending a signal failed (e.g. permission denied).
-    #[error("cannot signal server on port {port} (PID: {pid}): {source}")]
+    #[error("cannot signal server on port {port} (PID: {pid}): {error}")]
     Signal {
         /// The port.
         port: u16,
         /// The target PID.
         pid: u32,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
+        /// The OS error (part of the message, so not a `source()`).
+        error: std::io::Error,
     },
     /// `SIGTERM` was sent but the lock was still held when the timeout passed
     /// (and `force` was not set).
@@ -153,7 +164,7 @@ pub enum StopError {
     },
     /// `SIGKILL` was sent but the lock is still held: a process outside the
     /// exec child's group inherited the lock descriptor.
-    #[error("server on port {port} (PID: {pid}) was killed but its lock is still held by a process that inherited it; find it with `fuser {}`", path.display())]
+    #[error("server on port {port} (PID: {pid}) was killed but its lock is still held by a process that inherited it; find it with `fuser {}`", printable(path))]
     StillHeld {
         /// The port.
         port: u16,
@@ -161,6 +172,21 @@ pub enum StopError {
         pid: u32,
         /// The lock file.
         path: PathBuf,
+    },
+    /// The holder exited after `SIGTERM`, but a process that inherited its
+    /// lock descriptor (e.g. a forked worker) still holds the port. Nothing
+    /// but the holder was signalled.
+    #[error("server on port {port} (PID: {pid}) exited, but its lock is still held by a process that inherited it; nothing else was signalled: find it with `fuser {}`{}", printable(path), if *group { " or use --force to kill its command's process group" } else { "" })]
+    Inherited {
+        /// The port.
+        port: u16,
+        /// The holder that exited.
+        pid: u32,
+        /// The lock file.
+        path: PathBuf,
+        /// Whether a verified exec-command process group is recorded, which
+        /// `force` would kill.
+        group: bool,
     },
 }
 
@@ -179,7 +205,7 @@ fn seconds(d: Duration) -> String {
 }
 
 fn not_verified_line(port: u16, pid: u32, check: &IdentityCheck, path: &Path) -> String {
-    let path = path.display();
+    let path = printable(path);
     match check {
         IdentityCheck::OtherHost(host) => format!(
             "server on port {port} (PID: {pid}) was started on host {host}, not this one; nothing was signalled: stop it there"
@@ -191,25 +217,29 @@ fn not_verified_line(port: u16, pid: u32, check: &IdentityCheck, path: &Path) ->
             "lock for port {port} is held, but its recorded PID {pid} now belongs to a different process (PID reused); nothing was signalled: find the holder with `fuser {path}`"
         ),
         _ => format!(
-            "cannot verify that PID {pid} is the server on port {port} (no process identity on this platform or in its lock file); nothing was signalled: if it is, run `kill -TERM {pid}`"
+            "cannot verify that PID {pid} is the server on port {port} (no process identity on this platform or in its lock file); nothing was signalled: check what PID {pid} is and stop it by its own means"
         ),
     }
 }
 
 /// Stops whatever holds `port` in the lock dir at `dir`, pg_ctl-style.
 ///
-/// - No dir, no file, or a free port: [`StopOutcome::NotRunning`].
+/// - No dir, no file, or a free port: [`StopOutcome::NotRunning`] (only ever
+///   on the word of a probe that found the port free).
 /// - A stale file: removed without signalling anything (its PID may belong to
 ///   an unrelated process by now): [`StopOutcome::StaleRemoved`].
-/// - Held: signals only if the recorded PID is provably the process that wrote
-///   the file ([`IdentityCheck::Same`]); reports [`StopEvent::Stopping`], sends
-///   `SIGTERM`, and probes the lock every [`STOP_POLL_INTERVAL`] until it is
-///   released or `options.timeout` passes. With `force` it then reports
-///   [`StopEvent::Killing`], sends `SIGKILL` to the recorded exec child's
-///   process group and to the holder, waits for the lock and removes the stale
-///   file.
+/// - Held: pins the recorded process (a pidfd on Linux) and signals it only
+///   if it is provably the process that wrote the file
+///   ([`IdentityCheck::Same`]); reports [`StopEvent::Stopping`], sends
+///   `SIGTERM` through the pin, and probes the lock every
+///   [`STOP_POLL_INTERVAL`] until it is released or `options.timeout` passes.
+///   With `force` it then reports [`StopEvent::Killing`], sends `SIGKILL` to
+///   the recorded exec child's process group (only while that group's leader
+///   is still the recorded process) and to the holder, waits for the lock and
+///   removes the stale file.
 ///
-/// Blocks the calling thread while waiting.
+/// Blocks the calling thread while waiting. A timeout too large to represent
+/// waits without a deadline.
 ///
 /// # Errors
 /// [`StopError`]: nothing was signalled except as each variant says.
@@ -233,7 +263,8 @@ pub fn stop_server(
         return Ok(StopOutcome::NotRunning);
     };
     // A few rounds: the port may change hands between probe and action (a
-    // stale file reclaimed by a new server, a holder releasing).
+    // stale file reclaimed by a new server, a holder releasing). Each round
+    // judges what a fresh probe shows.
     for _ in 0..8 {
         match dir.probe(port)? {
             LockState::Free => return Ok(StopOutcome::NotRunning),
@@ -243,20 +274,18 @@ pub fn stop_server(
                 }
             }
             LockState::Held(Some(info)) => {
-                return stop_holder(&dir, port, info, options, &mut on_event)
-            }
-            LockState::Held(None) => match wait_readable(&dir, port)? {
-                Some(LockState::Held(Some(info))) => {
-                    return stop_holder(&dir, port, info, options, &mut on_event)
+                if let Some(outcome) = stop_holder(&dir, port, info, options, &mut on_event)? {
+                    return Ok(outcome);
                 }
-                Some(_) => {}
-                None => {
+            }
+            LockState::Held(None) => {
+                if !became_readable(&dir, port)? {
                     return Err(StopError::Unreadable {
                         port,
                         path: dir.lock_path(port),
-                    })
+                    });
                 }
-            },
+            }
         }
     }
     Err(LockError::Busy {
@@ -265,18 +294,17 @@ pub fn stop_server(
     .into())
 }
 
-/// Re-probes a held port whose info was unreadable until it reads, changes
-/// state, or [`UNREADABLE_WAIT`] passes (`None`).
-fn wait_readable(dir: &LockDir, port: u16) -> Result<Option<LockState>, StopError> {
+/// Re-probes a held port whose info was unreadable until it reads or changes
+/// state (`true`: probe again), or [`UNREADABLE_WAIT`] passes (`false`).
+fn became_readable(dir: &LockDir, port: u16) -> Result<bool, StopError> {
     let deadline = Instant::now() + UNREADABLE_WAIT;
     while Instant::now() < deadline {
         std::thread::sleep(STOP_POLL_INTERVAL);
-        match dir.probe(port)? {
-            LockState::Held(None) => {}
-            other => return Ok(Some(other)),
+        if !matches!(dir.probe(port)?, LockState::Held(None)) {
+            return Ok(true);
         }
     }
-    Ok(None)
+    Ok(false)
 }
 
 /// Removes a stale file through the protocol (lock, check, unlink): `None` if
@@ -304,114 +332,208 @@ fn same_holder(a: &LockInfo, b: &LockInfo) -> bool {
     a.pid == b.pid && a.started_at == b.started_at
 }
 
-enum Poll {
-    /// `info`'s holder no longer holds the lock.
-    Released,
-    /// Still held by it; its latest info.
-    Held(LockInfo),
+/// The holder, pinned and verified: every signal goes through `process`.
+struct Holder {
+    info: LockInfo,
+    process: sys::PinnedProcess,
 }
 
-fn poll(dir: &LockDir, port: u16, info: &LockInfo) -> Result<Poll, StopError> {
-    match dir.probe(port)? {
-        LockState::Free => Ok(Poll::Released),
-        LockState::Stale(_) => {
-            // It died without releasing (or the file outlived a kill): tidy
-            // up through the protocol. Someone else taking it is fine too.
-            remove_stale(dir, port)?;
-            Ok(Poll::Released)
+impl Holder {
+    /// Pins `info.pid`, then checks that the pinned process is the one that
+    /// wrote `info`. Pinning first matters: a process that is alive with the
+    /// recorded identity after the pin was taken is the pinned one.
+    #[allow(clippy::result_large_err)] // the refusal hands the info back; a cold path
+    fn verify(info: LockInfo) -> Result<Holder, (LockInfo, IdentityCheck)> {
+        let process = match sys::pin_process(info.pid) {
+            Ok(process) => process,
+            Err(_) => {
+                let check = match info.check_identity() {
+                    IdentityCheck::Same => IdentityCheck::Gone,
+                    other => other,
+                };
+                return Err((info, check));
+            }
+        };
+        match info.check_identity() {
+            IdentityCheck::Same => Ok(Holder { info, process }),
+            check => Err((info, check)),
         }
-        LockState::Held(Some(now)) if same_holder(&now, info) => Ok(Poll::Held(now)),
-        // A new server took the port after ours let go.
-        LockState::Held(Some(_)) => Ok(Poll::Released),
-        // Unreadable for an instant (a new holder writing): look again.
-        LockState::Held(None) => Ok(Poll::Held(info.clone())),
+    }
+
+    /// Sends `sig`. Without a pidfd, the identity is checked again right
+    /// before: a process that is no longer the holder is not signalled.
+    /// A holder that has exited is not an error (the wait sees the lock go).
+    fn signal(&self, port: u16, sig: Signal) -> Result<(), StopError> {
+        if !self.process.is_pinned() && self.info.check_identity() != IdentityCheck::Same {
+            return Ok(());
+        }
+        match self.process.signal(sig) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(StopError::Signal {
+                port,
+                pid: self.info.pid,
+                error,
+            }),
+        }
     }
 }
 
-/// Polls until `info`'s holder lets go or `deadline`; `Err(latest info)` on
-/// timeout.
+/// `SIGKILL`s the exec child's process group recorded in `info`, only while
+/// its leader (the process whose PID is the pgid) is still the recorded
+/// process: a bare group number may name someone else's group by now.
+/// Returns whether it was signalled.
+fn kill_verified_group(info: &LockInfo) -> bool {
+    let (Some(pgid), Some(recorded)) = (info.child_pgid, info.child_identity.as_ref()) else {
+        return false;
+    };
+    let Ok(leader) = sys::pin_process(pgid) else {
+        return false;
+    };
+    if !recorded.is_complete() || ProcessIdentity::of_pid(pgid).as_ref() != Some(recorded) {
+        return false;
+    }
+    if leader.has_exited() == Some(true) {
+        return false;
+    }
+    sys::signal_group(pgid, Signal::Kill).is_ok()
+}
+
+/// Whether `info` records an exec child's group whose leader is verified now.
+fn group_verified(info: &LockInfo) -> bool {
+    match (info.child_pgid, info.child_identity.as_ref()) {
+        (Some(pgid), Some(recorded)) => {
+            recorded.is_complete() && ProcessIdentity::of_pid(pgid).as_ref() == Some(recorded)
+        }
+        _ => false,
+    }
+}
+
+enum Wait {
+    /// The holder let go (the port is free, stale and tidied, or taken by a
+    /// new holder).
+    Released,
+    /// The holder exited but the lock is still held with its info: a process
+    /// that inherited the descriptor holds it. Its latest info.
+    Inherited(LockInfo),
+    /// Still held by it at the deadline; its latest info.
+    TimedOut(LockInfo),
+}
+
+/// Polls until the holder lets go or `deadline` (`None`: no deadline).
 fn wait_released(
     dir: &LockDir,
     port: u16,
-    info: &LockInfo,
-    deadline: Instant,
-) -> Result<Result<(), LockInfo>, StopError> {
+    holder: &Holder,
+    deadline: Option<Instant>,
+) -> Result<Wait, StopError> {
+    let mut latest = holder.info.clone();
     loop {
-        let latest = match poll(dir, port, info)? {
-            Poll::Released => return Ok(Ok(())),
-            Poll::Held(now) => now,
-        };
-        if Instant::now() >= deadline {
-            return Ok(Err(latest));
+        // Asked before the probe: once the holder has exited, the kernel has
+        // already dropped its locks, so a lock still held after that with
+        // its info is held by an inheritor.
+        let exited = holder.process.has_exited() == Some(true);
+        match dir.probe(port)? {
+            LockState::Free => return Ok(Wait::Released),
+            LockState::Stale(_) => {
+                // It died without releasing (or the file outlived a kill): tidy
+                // up through the protocol. Someone else taking it is fine too.
+                remove_stale(dir, port)?;
+                return Ok(Wait::Released);
+            }
+            LockState::Held(Some(now)) if same_holder(&now, &holder.info) => {
+                latest = now;
+                if exited {
+                    return Ok(Wait::Inherited(latest));
+                }
+            }
+            // A new server took the port after ours let go.
+            LockState::Held(Some(_)) => return Ok(Wait::Released),
+            // Being written: by a new holder if ours has exited, else maybe
+            // ours rewriting its info; look again.
+            LockState::Held(None) if exited => return Ok(Wait::Released),
+            LockState::Held(None) => {}
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(Wait::TimedOut(latest));
         }
         std::thread::sleep(STOP_POLL_INTERVAL);
     }
 }
 
-fn signal(port: u16, info: &LockInfo, sig: Signal) -> Result<(), StopError> {
-    match sys::send_signal(info.pid, sig) {
-        Ok(()) => Ok(()),
-        // It exited between the check and the signal: the wait sees the lock go.
-        Err(_) if info.check_identity() != IdentityCheck::Same => Ok(()),
-        Err(source) => Err(StopError::Signal {
-            port,
-            pid: info.pid,
-            source,
-        }),
-    }
-}
-
+/// Stops the verified holder of `info`; `None` when the port changed hands
+/// before anything was signalled (the caller probes again).
 fn stop_holder(
     dir: &LockDir,
     port: u16,
     info: LockInfo,
     options: &StopOptions,
     on_event: &mut impl FnMut(StopEvent<'_>),
-) -> Result<StopOutcome, StopError> {
-    match info.check_identity() {
-        IdentityCheck::Same => {}
-        check => {
-            // It may have released while we looked: then there is nothing to stop.
-            if let Poll::Released = poll(dir, port, &info)? {
-                return Ok(StopOutcome::NotRunning);
-            }
-            return Err(StopError::NotVerified {
-                port,
-                pid: info.pid,
-                check,
-                path: dir.lock_path(port),
-            });
+) -> Result<Option<StopOutcome>, StopError> {
+    let holder = match Holder::verify(info) {
+        Ok(holder) => holder,
+        Err((info, check)) => {
+            // It may have let go while we looked, or a new holder may have
+            // come: only a probe that still shows this holder is a refusal.
+            return match dir.probe(port)? {
+                LockState::Held(Some(now)) if same_holder(&now, &info) => {
+                    Err(StopError::NotVerified {
+                        port,
+                        pid: info.pid,
+                        check,
+                        path: dir.lock_path(port),
+                    })
+                }
+                _ => Ok(None),
+            };
         }
-    }
-    on_event(StopEvent::Stopping { port, info: &info });
-    signal(port, &info, Signal::Term)?;
-    let latest = match wait_released(dir, port, &info, Instant::now() + options.timeout)? {
-        Ok(()) => return Ok(StopOutcome::Stopped { info }),
-        Err(latest) => latest,
     };
-    if !options.force {
-        return Err(StopError::Timeout {
-            port,
-            pid: info.pid,
-            timeout: options.timeout,
-        });
-    }
+    on_event(StopEvent::Stopping {
+        port,
+        info: &holder.info,
+    });
+    holder.signal(port, Signal::Term)?;
+    let deadline = Instant::now().checked_add(options.timeout);
+    let mut holder_exited = false;
+    let latest = match wait_released(dir, port, &holder, deadline)? {
+        Wait::Released => return Ok(Some(StopOutcome::Stopped { info: holder.info })),
+        Wait::Inherited(latest) if !options.force => {
+            return Err(StopError::Inherited {
+                port,
+                pid: holder.info.pid,
+                path: dir.lock_path(port),
+                group: group_verified(&latest),
+            })
+        }
+        Wait::Inherited(latest) => {
+            holder_exited = true;
+            latest
+        }
+        Wait::TimedOut(_) if !options.force => {
+            return Err(StopError::Timeout {
+                port,
+                pid: holder.info.pid,
+                timeout: options.timeout,
+            })
+        }
+        Wait::TimedOut(latest) => latest,
+    };
     on_event(StopEvent::Killing {
         port,
         info: &latest,
         timeout: options.timeout,
+        group: latest.child_pgid.filter(|_| group_verified(&latest)),
+        holder_exited,
     });
-    // The group first: once the holder dies its pgid record is gone with it.
-    // A group that already exited is fine (ESRCH).
-    if let Some(pgid) = latest.child_pgid {
-        let _ = sys::signal_group(pgid, Signal::Kill);
-    }
-    signal(port, &latest, Signal::Kill)?;
-    match wait_released(dir, port, &info, Instant::now() + KILL_WAIT)? {
-        Ok(()) => Ok(StopOutcome::Killed { info: latest }),
-        Err(_) => Err(StopError::StillHeld {
+    // The group first: once the holder dies its group leader dies with it
+    // (parent-death signal) and the group can no longer be verified.
+    kill_verified_group(&latest);
+    holder.signal(port, Signal::Kill)?;
+    match wait_released(dir, port, &holder, Some(Instant::now() + KILL_WAIT))? {
+        Wait::Released => Ok(Some(StopOutcome::Killed { info: latest })),
+        Wait::Inherited(_) | Wait::TimedOut(_) => Err(StopError::StillHeld {
             port,
-            pid: info.pid,
+            pid: holder.info.pid,
             path: dir.lock_path(port),
         }),
     }

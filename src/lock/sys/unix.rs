@@ -370,15 +370,26 @@ pub(crate) fn hostname() -> String {
 /// process does not exist.
 #[cfg(target_os = "linux")]
 pub(crate) fn process_identity(pid: u32) -> Option<ProcessIdentity> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may itself contain
-    // spaces or ')', so count fields after the last ')'. starttime is field 22.
-    let after = &stat[stat.rfind(')')? + 1..];
-    let start_ticks: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    // Bytes, not UTF-8: the command name (field 2) is whatever the process
+    // chose, and a non-UTF-8 name must not make it unverifiable.
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
     Some(ProcessIdentity {
         boot_id: boot_id(),
-        start_ticks: Some(start_ticks),
+        start_ticks: Some(start_ticks(&stat)?),
     })
+}
+
+/// Field 22 (starttime) of a `/proc/<pid>/stat` line. The command name
+/// (field 2) is in parentheses and may itself contain spaces, `)` or any
+/// byte, so fields are counted after the last `)`.
+#[cfg(target_os = "linux")]
+fn start_ticks(stat: &[u8]) -> Option<u64> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let field = stat[close + 1..]
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|f| !f.is_empty())
+        .nth(19)?;
+    std::str::from_utf8(field).ok()?.parse().ok()
 }
 
 #[cfg(target_os = "linux")]
@@ -418,21 +429,132 @@ impl Signal {
     }
 }
 
-/// `kill(pid, sig)`.
-pub(crate) fn send_signal(pid: u32, sig: Signal) -> io::Result<()> {
-    let pid = libc::pid_t::try_from(pid)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
-    if pid <= 0 {
-        return Err(io::Error::new(
+fn valid_pid(pid: u32) -> io::Result<libc::pid_t> {
+    match libc::pid_t::try_from(pid) {
+        Ok(pid) if pid > 0 => Ok(pid),
+        _ => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "pid out of range",
-        ));
+        )),
     }
-    // SAFETY: kill has no memory-safety preconditions; pid > 0 targets one process.
-    if unsafe { libc::kill(pid, sig.raw()) } == 0 {
-        Ok(())
+}
+
+/// A process held for signalling. On Linux it is a pidfd: it names that one
+/// process for good, so a signal sent through it can never reach a process
+/// that reused the PID (`ESRCH` instead). Elsewhere (or on kernels before
+/// 5.3) it is only the number, and the caller must re-check the process's
+/// identity immediately before each signal ([`PinnedProcess::is_pinned`]).
+#[derive(Debug)]
+pub(crate) struct PinnedProcess {
+    pid: libc::pid_t,
+    #[cfg(target_os = "linux")]
+    pidfd: Option<OwnedFd>,
+}
+
+/// Pins process `pid`: `NotFound` if no such process exists now.
+pub(crate) fn pin_process(pid: u32) -> io::Result<PinnedProcess> {
+    let pid = valid_pid(pid)?;
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if raw >= 0 {
+            // SAFETY: a fresh descriptor that nothing else owns; fds fit c_int.
+            let fd = unsafe { OwnedFd::from_raw_fd(raw as libc::c_int) };
+            return Ok(PinnedProcess {
+                pid,
+                pidfd: Some(fd),
+            });
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ESRCH) => return Err(io::ErrorKind::NotFound.into()),
+            // No pidfds here (old kernel, seccomp): fall back to the number.
+            Some(libc::ENOSYS) | Some(libc::EPERM) | Some(libc::EINVAL) => {}
+            _ => return Err(err),
+        }
+        Ok(PinnedProcess { pid, pidfd: None })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        // SAFETY: signal 0 only checks that the process exists.
+        if unsafe { libc::kill(pid, 0) } != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ESRCH) {
+                return Err(io::ErrorKind::NotFound.into());
+            }
+        }
+        Ok(PinnedProcess { pid })
+    }
+}
+
+impl PinnedProcess {
+    /// True when signals go through a pidfd and so cannot reach a reused PID.
+    pub(crate) fn is_pinned(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            self.pidfd.is_some()
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            false
+        }
+    }
+
+    /// Whether the pinned process has exited (by then the kernel has closed
+    /// its descriptors and dropped its locks); `None` when not pinned.
+    pub(crate) fn has_exited(&self) -> Option<bool> {
+        #[cfg(target_os = "linux")]
+        {
+            let fd = self.pidfd.as_ref()?;
+            let mut pfd = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, zero timeout.
+            let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
+            Some(rc > 0 && pfd.revents & (libc::POLLIN | libc::POLLHUP) != 0)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            None
+        }
+    }
+
+    /// Sends `sig` to the pinned process (through the pidfd where there is
+    /// one). `NotFound` once it has exited.
+    pub(crate) fn signal(&self, sig: Signal) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        if let Some(fd) = &self.pidfd {
+            // SAFETY: valid pidfd; a NULL siginfo means "as kill(2) would".
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    sig.raw(),
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+            return match rc {
+                0 => Ok(()),
+                _ => Err(esrch_as_not_found(io::Error::last_os_error())),
+            };
+        }
+        // SAFETY: kill has no memory-safety preconditions; pid > 0 targets one process.
+        match unsafe { libc::kill(self.pid, sig.raw()) } {
+            0 => Ok(()),
+            _ => Err(esrch_as_not_found(io::Error::last_os_error())),
+        }
+    }
+}
+
+fn esrch_as_not_found(err: io::Error) -> io::Error {
+    if err.raw_os_error() == Some(libc::ESRCH) {
+        io::ErrorKind::NotFound.into()
     } else {
-        Err(io::Error::last_os_error())
+        err
     }
 }
 

@@ -229,12 +229,37 @@ pub(crate) enum Signal {
     Kill,
 }
 
-/// Not supported: Windows has no SIGTERM; `stop` reports it cannot signal.
-pub(crate) fn send_signal(_pid: u32, _sig: Signal) -> io::Result<()> {
+/// A process held for signalling: not available on Windows yet (`stop`
+/// refuses before it gets here, as there is no identity token).
+#[derive(Debug)]
+pub(crate) struct PinnedProcess;
+
+/// Not supported on Windows yet.
+pub(crate) fn pin_process(_pid: u32) -> io::Result<PinnedProcess> {
     Err(io::Error::new(
         io::ErrorKind::Unsupported,
         "signals are not supported on Windows",
     ))
+}
+
+impl PinnedProcess {
+    /// Never pinned.
+    pub(crate) fn is_pinned(&self) -> bool {
+        false
+    }
+
+    /// Unknown.
+    pub(crate) fn has_exited(&self) -> Option<bool> {
+        None
+    }
+
+    /// Not supported: Windows has no SIGTERM.
+    pub(crate) fn signal(&self, _sig: Signal) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "signals are not supported on Windows",
+        ))
+    }
 }
 
 /// Not supported on Windows.
