@@ -187,3 +187,44 @@ fn relative_lock_dirs_flag_is_from_cwd_env_is_refused() {
     assert_eq!(out.code(), Some(1), "{out:?}");
     assert!(out.stderr.contains("relative path"), "{}", out.stderr);
 }
+
+/// `--lock-dir sub/../locks` is resolved up to its last component (the
+/// library refuses `..`, which could climb out through a symlink), so it
+/// names the same dir as `--lock-dir locks`; `..` in LLMLB_LOCK_DIR is
+/// refused with the fix.
+#[test]
+fn dot_dot_in_the_lock_dir_flag_resolves_and_in_the_env_is_refused() {
+    let env = Env::new();
+    let port = free_port();
+    std::fs::create_dir(env.tmp.path().join("sub")).unwrap();
+    let p = port.to_string();
+    let mut cmd = env.cmd(&[
+        "--lock-dir",
+        "sub/../dd",
+        "serve",
+        "-p",
+        &p,
+        "-H",
+        "127.0.0.1",
+    ]);
+    cmd.env_remove("LLMLB_LOCK_DIR");
+    let mut server = env.spawn_cmd(cmd);
+    server.wait_health(port);
+    assert!(env
+        .tmp
+        .path()
+        .join("dd")
+        .join(format!("serve_{port}.lock"))
+        .exists());
+    let mut stop = env.cmd(&["stop", "-p", &p, "--lock-dir", "dd"]);
+    stop.env_remove("LLMLB_LOCK_DIR");
+    assert_eq!(env.spawn_cmd(stop).finish().code(), Some(0));
+    assert_eq!(server.wait().code(), Some(0));
+
+    let mut cmd = env.cmd(&["serve", "-p", &p]);
+    cmd.env("LLMLB_LOCK_DIR", env.tmp.path().join("sub/../dd"));
+    let out = env.spawn_cmd(cmd).finish();
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("`..`"), "{}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+}

@@ -181,3 +181,114 @@ fn timeout_then_force_kills_the_whole_group() {
         Some(3)
     );
 }
+
+/// `--timeout` at u64::MAX seconds used to overflow `Instant` (a panic after
+/// SIGTERM was sent); now it means "no deadline".
+#[test]
+fn a_timeout_too_large_for_a_deadline_waits_without_one() {
+    let env = Env::new();
+    let port = free_port();
+    let mut server = env.serve(port);
+    server.wait_health(port);
+    let out = env.run(&[
+        "stop",
+        "--port",
+        &port.to_string(),
+        "-t",
+        &u64::MAX.to_string(),
+    ]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stdout.ends_with("Server stopped\n"), "{out:?}");
+    assert!(!out.stderr.contains("panicked"), "{out:?}");
+    assert_eq!(server.wait().code(), Some(0));
+}
+
+/// A holder whose command name is not UTF-8 (`/proc/<pid>/stat` is bytes)
+/// must still be verifiable, or `stop` would refuse it.
+#[test]
+fn a_process_with_a_non_utf8_name_has_an_identity() {
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::new();
+    let name = std::ffi::OsStr::from_bytes(b"\xff\xfe) (x\xc3");
+    let link = env.tmp.path().join(name);
+    std::os::unix::fs::symlink(which("sleep"), &link).unwrap();
+    let mut sleeper = Sleeper(
+        Command::new(&link)
+            .arg("30")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = sleeper.0.id();
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).unwrap();
+    assert!(
+        std::str::from_utf8(&stat).is_err(),
+        "the name should make /proc/{pid}/stat non-UTF-8"
+    );
+    let identity = ProcessIdentity::of_pid(pid).expect("identity of a non-UTF-8 name");
+    assert!(identity.start_ticks.is_some());
+    assert!(sleeper.0.try_wait().unwrap().is_none());
+}
+
+fn which(program: &str) -> std::path::PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{program} not found in PATH"))
+}
+
+/// The "already running" message names only a fix that works for that
+/// holder: no `kill -TERM` for a holder on another host or one that cannot
+/// be verified, where `stop` itself would refuse.
+#[test]
+fn already_running_hints_only_what_works() {
+    let env = Env::new();
+    let port = free_port();
+    let dir = LockDir::create(&env.locks).unwrap();
+    let guard = acquire_or_reclaim(&dir, port).unwrap();
+    let p = port.to_string();
+
+    let out = env.run(&["serve", "--port", &p]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains(&format!("kill -TERM {}", std::process::id())),
+        "{}",
+        out.stderr
+    );
+
+    let mut foreign = guard.info().clone();
+    foreign.host = Some("elsewhere.invalid".into());
+    std::fs::write(env.lock_file(port), foreign.to_bytes()).unwrap();
+    let out = env.run(&["serve", "--port", &p]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("runs on host elsewhere.invalid: stop it there"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("kill -TERM"), "{}", out.stderr);
+
+    let mut reused = guard.info().clone();
+    let identity = reused.identity.as_mut().expect("Linux has identities");
+    identity.start_ticks = identity.start_ticks.map(|t| t + 1);
+    std::fs::write(env.lock_file(port), reused.to_bytes()).unwrap();
+    let out = env.run(&["serve", "--port", &p]);
+    assert!(out.stderr.contains("fuser"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("kill -TERM") && !out.stderr.contains("llmlb stop"),
+        "{}",
+        out.stderr
+    );
+
+    let mut bare = guard.info().clone();
+    bare.identity = None;
+    std::fs::write(env.lock_file(port), bare.to_bytes()).unwrap();
+    let out = env.run(&["serve", "--port", &p]);
+    assert!(out.stderr.contains("cannot be verified"), "{}", out.stderr);
+    assert!(!out.stderr.contains("kill -TERM"), "{}", out.stderr);
+    drop(guard);
+}

@@ -112,6 +112,28 @@ impl LockDirChoice {
     }
 }
 
+/// The library refuses `..` in a lock dir (it could climb out through a
+/// symlink). A typed `--lock-dir ../locks` is still a normal thing to ask:
+/// resolve everything but the last component with the kernel (`realpath` of
+/// the parent), so the last component is still judged as itself, never
+/// followed. A path that cannot be resolved is left for the library to refuse.
+fn resolve_parent_dirs(path: PathBuf) -> PathBuf {
+    use std::path::Component;
+    if !path.components().any(|c| c == Component::ParentDir) {
+        return path;
+    }
+    let normalized: PathBuf = path.components().collect();
+    let resolved = match normalized.components().next_back() {
+        Some(Component::ParentDir) => std::fs::canonicalize(&normalized).ok(),
+        Some(Component::Normal(last)) => normalized
+            .parent()
+            .and_then(|parent| std::fs::canonicalize(parent).ok())
+            .map(|parent| parent.join(last)),
+        _ => None,
+    };
+    resolved.unwrap_or(path)
+}
+
 fn lock_dir(flag: Option<PathBuf>) -> LockDirChoice {
     match flag {
         // A path typed on the command line means "from here", as for any
@@ -126,6 +148,7 @@ fn lock_dir(flag: Option<PathBuf>) -> LockDirChoice {
             } else {
                 path
             };
+            let path = resolve_parent_dirs(path);
             LockDirChoice {
                 path,
                 from_flag: true,

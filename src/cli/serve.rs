@@ -3,6 +3,7 @@
 
 use std::ffi::OsString;
 use std::io;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use llmlb::lock::{
-    acquire_or_reclaim, Integrity, LockDir, LockError, LockInfo, PortGuard, SharedLock,
+    acquire_or_reclaim, how_to_stop, IdentityCheck, Integrity, LockDir, LockError, LockInfo,
+    PortGuard, SharedLock,
 };
 
 use super::signals::{self, Signals};
@@ -98,7 +100,12 @@ fn take_lock(dir: &LockDirChoice, port: u16) -> Result<PortGuard, i32> {
         Err(LockError::AlreadyRunning { port, holder, .. }) => {
             eprintln!(
                 "{}",
-                already_running(port, holder.as_deref(), &dir.hint_suffix())
+                already_running(
+                    port,
+                    holder.as_deref(),
+                    &locks.lock_path(port),
+                    &dir.hint_suffix()
+                )
             );
             Err(super::EXIT_FAILURE)
         }
@@ -106,21 +113,36 @@ fn take_lock(dir: &LockDirChoice, port: u16) -> Result<PortGuard, i32> {
     }
 }
 
-fn already_running(port: u16, holder: Option<&LockInfo>, suffix: &str) -> String {
-    match holder {
-        Some(info) => format!(
-            "Error: Server already running on port {port} (PID: {pid}, started: {started})\n\
-             \n\
-             To stop: llmlb stop --port {port}{suffix}\n\
-             Or:      kill -TERM {pid}",
-            pid = info.pid,
-            started = info.started_at_display(),
-        ),
-        None => format!(
+fn already_running(port: u16, holder: Option<&LockInfo>, path: &Path, suffix: &str) -> String {
+    let Some(info) = holder else {
+        return format!(
             "Error: Server already running on port {port} (holder details unreadable)\n\
              \n\
              To stop: llmlb stop --port {port}{suffix}"
+        );
+    };
+    let pid = info.pid;
+    let head = format!(
+        "Error: Server already running on port {port} (PID: {pid}, started: {started})\n\n",
+        started = info.started_at_display(),
+    );
+    // The kill line only where `stop` itself would signal: the same process
+    // on this host, verified.
+    match info.check_identity() {
+        IdentityCheck::Same => format!(
+            "{head}To stop: llmlb stop --port {port}{suffix}\n\
+             Or:      kill -TERM {pid}"
         ),
+        _ => {
+            let advice = how_to_stop(port, Some(info), path, suffix);
+            let mut advice = advice.chars();
+            let first = advice.next().map(|c| c.to_ascii_uppercase());
+            format!(
+                "{head}{}{}",
+                first.into_iter().collect::<String>(),
+                advice.as_str()
+            )
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use super::PortLock;
 pub enum LockError {
     /// Another process holds the port's lock. `holder` is its info, or `None`
     /// when the file could not be read (mid-write, garbage, or Windows).
-    #[error("{}", already_running_line(*port, holder.as_deref()))]
+    #[error("{}", already_running_line(*port, holder.as_deref(), path))]
     AlreadyRunning {
         /// The contested port.
         port: u16,
@@ -79,16 +79,17 @@ pub enum LockError {
     },
 }
 
-fn already_running_line(port: u16, holder: Option<&LockInfo>) -> String {
+fn already_running_line(port: u16, holder: Option<&LockInfo>, path: &Path) -> String {
+    let advice = super::stop::how_to_stop(port, holder, path, "");
     match holder {
         Some(info) => format!(
-            "Server already running on port {port} (PID: {}, started: {}); to stop it: llmlb stop --port {port}",
+            "Server already running on port {port} (PID: {}, started: {}); {advice}",
             info.pid,
             info.started_at_display()
         ),
-        None => format!(
-            "Server already running on port {port} (holder details unreadable); to stop it: llmlb stop --port {port}"
-        ),
+        None => {
+            format!("Server already running on port {port} (holder details unreadable); {advice}")
+        }
     }
 }
 

@@ -30,7 +30,9 @@ pub use shared::{Release, SharedLock};
 pub use state::{
     acquire_or_reclaim, Acquired, Free, Held, Holds, PortGuard, PortLock, Reclaimed, Stale, State,
 };
-pub use stop::{stop_server, StopError, StopEvent, StopOptions, StopOutcome, STOP_POLL_INTERVAL};
+pub use stop::{
+    how_to_stop, stop_server, StopError, StopEvent, StopOptions, StopOutcome, STOP_POLL_INTERVAL,
+};
 
 /// What a probe observed about a port: the runtime twin of the typestate, for
 /// status output, the CLI and the C ABI.

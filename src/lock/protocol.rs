@@ -378,9 +378,22 @@ impl Holding {
             return Ok(());
         };
         let pid = std::process::id();
-        if pid != self.owner_pid || !self.file_records(&file, pid)? {
+        if pid != self.owner_pid {
             drop(file);
             return Ok(());
+        }
+        match self.file_records(&file, pid) {
+            Ok(true) => {}
+            Ok(false) => {
+                drop(file);
+                return Ok(());
+            }
+            // Still locked: hand the descriptor back with the error, so a
+            // failed release returns a lock that is still held.
+            Err(e) => {
+                self.file = Some(file);
+                return Err(e);
+            }
         }
         let path = &self.target.path;
         match sys::name_id(&self.target.dir, &self.target.name) {
@@ -526,4 +539,38 @@ pub(crate) fn probe(target: &Target) -> Result<LockState, LockError> {
         path,
         io::Error::other("gave up after repeated inode changes; retry"),
     ))
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    /// A release whose read fails (here: the locked descriptor is write-only,
+    /// so `pread` gives EBADF) must hand back a lock that is still held and
+    /// usable, not one whose descriptor is gone (which used to panic on the
+    /// next use and silently drop the lock).
+    #[test]
+    fn a_failed_release_hands_back_a_lock_that_is_still_held() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LockDir::create(tmp.path().join("locks")).unwrap();
+        let target = Target::new(&dir, 4242);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&target.path)
+            .unwrap();
+        assert_eq!(sys::try_lock_exclusive(&file).unwrap(), TryLock::Acquired);
+        let info = LockInfo::for_current_process(target.port);
+        let id = sys::stat_open(&file).unwrap().id;
+        let holding = Holding::establish(target.clone(), file, id, info, 0).unwrap();
+
+        let (holding, err) = holding.release().map(|_| ()).unwrap_err();
+        assert!(matches!(err, LockError::Io { .. }), "{err}");
+        assert!(matches!(probe(&target).unwrap(), LockState::Held(Some(_))));
+        // Usable without a panic: the read fails, so it cannot claim ownership.
+        assert!(!holding.is_owner());
+        drop(holding); // Drop's release fails the same way and closes the descriptor
+        assert!(!matches!(probe(&target).unwrap(), LockState::Held(_)));
+    }
 }

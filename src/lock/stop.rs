@@ -222,6 +222,38 @@ fn not_verified_line(port: u16, pid: u32, check: &IdentityCheck, path: &Path) ->
     }
 }
 
+/// How a user can stop the holder of `port`, as a sentence for messages:
+/// only a fix that works for this holder. `llmlb stop` (with `stop_args`
+/// appended, e.g. ` --lock-dir DIR`) where it would verify and signal the
+/// holder; "stop it there" for a holder on another host; the way to find an
+/// inheritor for a holder whose recorded PID is gone or reused; and no
+/// command at all where nothing here can verify the holder.
+pub fn how_to_stop(
+    port: u16,
+    holder: Option<&LockInfo>,
+    lock_path: &Path,
+    stop_args: &str,
+) -> String {
+    let Some(info) = holder else {
+        return format!("to stop it: llmlb stop --port {port}{stop_args}");
+    };
+    match info.check_identity() {
+        IdentityCheck::Same => format!("to stop it: llmlb stop --port {port}{stop_args}"),
+        IdentityCheck::OtherHost(host) => {
+            format!("it runs on host {host}: stop it there")
+        }
+        IdentityCheck::Gone | IdentityCheck::Reused => format!(
+            "its recorded PID {} has exited and a process that inherited the lock holds it: find it with `fuser {}`",
+            info.pid,
+            printable(lock_path)
+        ),
+        _ => format!(
+            "its identity cannot be verified here, so `llmlb stop` will not signal it: check what PID {} is and stop it by its own means",
+            info.pid
+        ),
+    }
+}
+
 /// Stops whatever holds `port` in the lock dir at `dir`, pg_ctl-style.
 ///
 /// - No dir, no file, or a free port: [`StopOutcome::NotRunning`] (only ever
