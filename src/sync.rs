@@ -3,13 +3,7 @@
 //! (tokio-util's pattern).
 
 #[cfg(loom)]
-pub(crate) use loom::sync::{
-    atomic::{AtomicBool, Ordering},
-    Arc, Mutex, MutexGuard,
-};
+pub(crate) use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 #[cfg(not(loom))]
-pub(crate) use std::sync::{
-    atomic::{AtomicBool, Ordering},
-    Arc, Mutex, MutexGuard,
-};
+pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard};

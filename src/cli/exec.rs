@@ -8,6 +8,7 @@ use llmlb::lock::process::{self, configure_exec_child};
 use llmlb::lock::{PortGuard, SharedLock};
 
 use super::fail;
+use super::serve::LockLost;
 use super::signals::{self, Signals};
 
 /// `env`/`nohup` convention: the command could not be found.
@@ -19,6 +20,7 @@ const EXIT_CANNOT_RUN: i32 = 126;
 pub(crate) async fn run(
     lock: &SharedLock<PortGuard>,
     mut signals: Signals,
+    lock_lost: &mut LockLost,
     host: &str,
     port: u16,
     command: &[OsString],
@@ -59,19 +61,17 @@ pub(crate) async fn run(
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
-            why = super::serve::lock_lost(lock, port), if watching => {
+            why = lock_lost.recv(), if watching => {
                 // Someone else holds the port now: stop the command as a
                 // `stop` would, and exit with an error once it is gone.
                 fail(why);
                 watching = false;
                 lost = true;
-                lock.request_shutdown();
                 if let Some(pgid) = pgid {
                     let _ = process::signal_process_group(pgid, process::ForwardSignal::Terminate);
                 }
             }
             sig = signals.recv() => {
-                lock.request_shutdown();
                 tracing::info!("received {}, forwarding it to {shown}", signals::name(sig));
                 if let Some(pgid) = pgid {
                     if let Err(e) = process::signal_process_group(pgid, sig) {

@@ -12,8 +12,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use llmlb::lock::{
-    acquire_or_reclaim, how_to_stop, IdentityCheck, Integrity, LockDir, LockError, LockInfo,
-    PortGuard, SharedLock,
+    acquire_or_reclaim, how_to_stop, IdentityCheck, LockDir, LockError, LockInfo, PortGuard,
+    SharedLock, WatchEnd, WatchEvent,
 };
 
 use super::signals::{self, Signals};
@@ -29,33 +29,56 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(3);
 /// second server never runs alongside for more than a moment.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Watches the lock file; resolves only if the port was lost: the file was
-/// removed or replaced by hand and another process took the port's lock
-/// before we could re-create it. A removed or replaced file is re-created.
-pub(crate) async fn lock_lost(lock: &SharedLock<PortGuard>, port: u16) -> String {
-    let mut tick = tokio::time::interval(WATCH_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tick.tick().await;
-        match lock.with(|g| g.verify()) {
-            None => std::future::pending::<()>().await, // released: nothing to watch
-            Some(Ok(Integrity::Intact)) => {}
-            Some(Ok(Integrity::Restored)) => tracing::warn!(
-                "the lock file for port {port} was removed, replaced or overwritten by hand; restored it"
-            ),
-            Some(Ok(Integrity::Lost(holder))) => {
+/// The watchdog's verdict that the port was lost, for the main task's `select!`.
+pub(crate) struct LockLost(Option<tokio::sync::oneshot::Receiver<String>>);
+
+impl LockLost {
+    /// Resolves only if the port was lost (with the message to print); never
+    /// if the watchdog ended because the lock was released. Cancel-safe.
+    pub(crate) async fn recv(&mut self) -> String {
+        if let Some(rx) = &mut self.0 {
+            let verdict = rx.await;
+            self.0 = None; // a completed receiver must not be polled again
+            if let Ok(why) = verdict {
+                return why;
+            }
+        }
+        std::future::pending().await
+    }
+}
+
+/// Starts the watchdog thread (see [`llmlb::lock::Watchdog`]): it re-creates a
+/// lock file removed or replaced by hand, and reports through [`LockLost`] if
+/// another process took the port meanwhile. It ends when the lock is released.
+fn spawn_watchdog(
+    lock: &SharedLock<PortGuard>,
+    port: u16,
+) -> io::Result<(LockLost, std::thread::JoinHandle<()>)> {
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel();
+    let watchdog = lock.watchdog();
+    let thread = std::thread::Builder::new()
+        .name("llmlb-watchdog".to_owned())
+        .spawn(move || {
+            let end = watchdog.run(WATCH_INTERVAL, |event| match event {
+                WatchEvent::Restored => tracing::warn!(
+                    "the lock file for port {port} was removed, replaced or overwritten by hand; restored it"
+                ),
+                WatchEvent::CannotCheck(e) => {
+                    tracing::warn!("cannot check the lock file for port {port}: {e}")
+                }
+                _ => {}
+            });
+            if let WatchEnd::Lost(holder) = end {
                 let who = holder.map_or_else(
                     || "another process".to_owned(),
                     |h| format!("PID {}", h.pid),
                 );
-                return format!(
+                let _ = lost_tx.send(format!(
                     "the lock file for port {port} was removed by hand and {who} has taken the port's lock since; shutting down"
-                );
+                ));
             }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => tracing::warn!("cannot check the lock file for port {port}: {e}"),
-        }
-    }
+        })?;
+    Ok((LockLost(Some(lost_rx)), thread))
 }
 
 /// Runs `serve`; returns the exit code with the lock released.
@@ -78,12 +101,19 @@ pub(crate) fn run(dir: &LockDirChoice, port: u16, host: String, command: Vec<OsS
             Ok(guard) => SharedLock::new(guard),
             Err(code) => return code,
         };
+        // Dropping `lock` on any early return releases it.
+        let (mut lost, watchdog) = match spawn_watchdog(&lock, port) {
+            Ok(started) => started,
+            Err(e) => return fail(format!("cannot start the lock watchdog thread: {e}")),
+        };
         let code = if command.is_empty() {
-            serve_http(&lock, signals, &host, port).await
+            serve_http(&lock, signals, &mut lost, &host, port).await
         } else {
-            exec::run(&lock, signals, &host, port, &command).await
+            exec::run(&lock, signals, &mut lost, &host, port, &command).await
         };
         release(&lock);
+        // The release woke the watchdog; it ends without another check.
+        let _ = watchdog.join();
         code
     });
     // Connection tasks cut off at the drain deadline must not delay the exit.
@@ -179,6 +209,7 @@ async fn health(State(h): State<Arc<Health>>) -> Json<serde_json::Value> {
 async fn serve_http(
     lock: &SharedLock<PortGuard>,
     mut signals: Signals,
+    lost: &mut LockLost,
     host: &str,
     port: u16,
 ) -> i32 {
@@ -235,9 +266,8 @@ async fn serve_http(
             );
             0
         }
-        lost = lock_lost(lock, port) => fail(lost),
+        why = lost.recv() => fail(why),
     };
-    lock.request_shutdown();
     let _ = stop_tx.send(());
     tokio::select! {
         _ = &mut server => {}

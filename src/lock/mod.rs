@@ -26,7 +26,7 @@ pub use dir::{
 pub use error::{printable, LockError, Printable, TransitionError};
 pub use info::{IdentityCheck, LockInfo, ProcessIdentity, MAX_INFO_LEN};
 pub use protocol::Integrity;
-pub use shared::{Release, SharedLock};
+pub use shared::{Guard, SharedLock, WatchEnd, WatchEvent, Watchdog};
 pub use state::{
     acquire_or_reclaim, Acquired, Free, Held, Holds, PortGuard, PortLock, Reclaimed, Stale, State,
 };

@@ -1,16 +1,45 @@
-//! A held lock shared by the threads of one process (the server loop, a
-//! signal handler, a watchdog), released exactly once whichever gets there
-//! first, plus the shutdown flag they coordinate with.
+//! A held lock shared by the two threads of a running server: the main thread
+//! (serving, handling SIGINT/SIGTERM, releasing on the way out, or dropping
+//! the lock if it unwinds) and the watchdog thread (checking every few hundred
+//! milliseconds that the lock file is still ours, re-creating it if it was
+//! removed by hand). This module is the whole of their coordination; the CLI
+//! only spawns the thread and prints what it reports, and `tests/loom.rs`
+//! model-checks this same code through `crate::sync`.
+//!
+//! The rules:
+//! - the guard is released exactly once: by [`SharedLock::release`], or by
+//!   dropping the [`SharedLock`] if nobody released it;
+//! - `verify` never runs on a released guard, so the watchdog cannot
+//!   re-create a lock file after the release removed it;
+//! - the watchdog keeps checking until the release (a draining server, or an
+//!   exec-mode command still running after the forwarded signal, still holds
+//!   the port), and the release wakes it so it ends at once.
 
-use crate::sync::{Arc, AtomicBool, Mutex, Ordering};
+use std::time::Duration;
+
+use crate::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::error::LockError;
+use super::info::LockInfo;
+use super::protocol::Integrity;
 use super::state::PortGuard;
 
-/// Something that can be released exactly once by consuming it.
-pub trait Release {
-    /// Why a release failed.
+/// What [`SharedLock`] needs of a held lock: [`PortGuard`] in production.
+/// Generic so the coordination can be model-checked with a guard that
+/// records its calls (loom cannot model flock or files).
+///
+/// Dropping an unreleased guard must release it, as [`PortGuard`] does.
+pub trait Guard {
+    /// Why a check or a release failed.
     type Error;
+
+    /// Checks the lock file and repairs it if it was removed or replaced by
+    /// hand (see [`PortGuard::verify`]).
+    ///
+    /// # Errors
+    /// Whatever the implementation reports; the guard stays held.
+    fn verify(&mut self) -> Result<Integrity, Self::Error>;
+
     /// Releases, consuming `self`.
     ///
     /// # Errors
@@ -18,79 +47,166 @@ pub trait Release {
     fn release(self) -> Result<(), Self::Error>;
 }
 
-impl Release for PortGuard {
+impl Guard for PortGuard {
     type Error = LockError;
+
+    fn verify(&mut self) -> Result<Integrity, LockError> {
+        PortGuard::verify(self)
+    }
+
     fn release(self) -> Result<(), LockError> {
         PortGuard::release(self)
     }
 }
 
-/// A lock shared across threads: any clone may inspect it, exactly one
-/// [`release`](SharedLock::release) wins, and once it has, nobody observes
-/// the lock again. When the last clone drops unreleased, the guard's own
-/// `Drop` releases it.
-pub struct SharedLock<T: Release = PortGuard> {
+/// A held lock shared with a [`Watchdog`] thread. The main thread uses the
+/// guard through [`with`](SharedLock::with) and releases it with
+/// [`release`](SharedLock::release); dropping an unreleased `SharedLock`
+/// releases it (the guard's own `Drop`). Either way the watchdog is woken and
+/// ends.
+///
+/// # Examples
+/// ```
+/// # let tmp = tempfile::tempdir().unwrap();
+/// use std::time::Duration;
+/// use llmlb::lock::{acquire_or_reclaim, LockDir, SharedLock, WatchEnd};
+///
+/// let dir = LockDir::create(tmp.path().join("locks"))?;
+/// let lock = SharedLock::new(acquire_or_reclaim(&dir, 8000)?);
+/// let watchdog = lock.watchdog();
+/// let thread = std::thread::spawn(move || watchdog.run(Duration::from_millis(500), |_| {}));
+/// lock.release().expect("the first release wins")?;
+/// assert_eq!(thread.join().unwrap(), WatchEnd::Released);
+/// # Ok::<(), llmlb::lock::LockError>(())
+/// ```
+pub struct SharedLock<T: Guard = PortGuard> {
+    inner: Arc<Inner<T>>,
+}
+
+/// The watchdog's handle on a [`SharedLock`]: it never releases the lock, and
+/// does not keep the lock held.
+pub struct Watchdog<T: Guard = PortGuard> {
     inner: Arc<Inner<T>>,
 }
 
 struct Inner<T> {
+    /// `None` once released. Every use of the guard holds this mutex, which is
+    /// what makes the release and the watchdog's checks exclusive.
     slot: Mutex<Option<T>>,
-    shutdown: AtomicBool,
+    /// Notified when the slot empties, so a waiting watchdog ends at once.
+    released: Condvar,
 }
 
-impl<T: Release> Clone for SharedLock<T> {
-    fn clone(&self) -> Self {
-        SharedLock {
-            inner: Arc::clone(&self.inner),
-        }
+impl<T> Inner<T> {
+    fn slot(&self) -> MutexGuard<'_, Option<T>> {
+        // A panic inside `with` must not make the lock unreleasable.
+        self.slot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes the guard out (once) and wakes the watchdog.
+    fn take(&self) -> Option<T> {
+        let guard = self.slot().take();
+        self.released.notify_all();
+        guard
     }
 }
 
-impl<T: Release> SharedLock<T> {
+/// Something the watchdog noticed that the lock's owner should hear about.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum WatchEvent<E> {
+    /// The lock file had been removed, replaced or overwritten by hand; it has
+    /// been re-created with our info.
+    Restored,
+    /// The lock file could not be checked; the watchdog tries again.
+    CannotCheck(E),
+}
+
+/// Why [`Watchdog::run`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WatchEnd {
+    /// The lock was released (or its `SharedLock` dropped): nothing to watch.
+    Released,
+    /// The lock file was removed or replaced and another process has taken the
+    /// port since (its info if readable): this process no longer holds it and
+    /// should shut down (then release, which removes nothing of the new
+    /// holder's).
+    Lost(Option<LockInfo>),
+}
+
+impl<T: Guard> SharedLock<T> {
     /// Shares `guard`.
     pub fn new(guard: T) -> Self {
         SharedLock {
             inner: Arc::new(Inner {
                 slot: Mutex::new(Some(guard)),
-                shutdown: AtomicBool::new(false),
+                released: Condvar::new(),
             }),
         }
     }
 
-    fn slot(&self) -> crate::sync::MutexGuard<'_, Option<T>> {
-        // A panic inside `with` must not make the lock unreleasable.
-        self.inner
-            .slot
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Runs `f` on the guard if it has not been released; `None` afterwards.
-    /// Serialised with `release`: `f` never runs on a released guard.
+    /// Serialised with the release and the watchdog's checks.
     pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
-        self.slot().as_mut().map(f)
+        self.inner.slot().as_mut().map(f)
     }
 
-    /// Releases the guard: `Some(result)` for the one call that released it,
-    /// `None` for every later (or concurrent losing) call.
+    /// Releases the guard and ends the watchdog: `Some(result)` for the call
+    /// that released it, `None` if it was already released.
     pub fn release(&self) -> Option<Result<(), T::Error>> {
-        let guard = self.slot().take()?;
-        Some(guard.release())
+        Some(self.inner.take()?.release())
     }
 
-    /// Whether the guard has been released.
-    pub fn is_released(&self) -> bool {
-        self.slot().is_none()
+    /// A handle for the watchdog thread; see [`Watchdog::run`].
+    pub fn watchdog(&self) -> Watchdog<T> {
+        Watchdog {
+            inner: Arc::clone(&self.inner),
+        }
     }
+}
 
-    /// Asks every thread sharing this lock to shut down (async-signal-safe to
-    /// call from a handler thread: one atomic store).
-    pub fn request_shutdown(&self) {
-        self.inner.shutdown.store(true, Ordering::Release);
+impl<T: Guard> Drop for SharedLock<T> {
+    /// Releases an unreleased guard (the guard's `Drop` does the work and logs
+    /// a failure) and wakes the watchdog, which would otherwise keep a lock
+    /// nobody owns alive.
+    fn drop(&mut self) {
+        drop(self.inner.take());
     }
+}
 
-    /// Whether shutdown was requested.
-    pub fn shutdown_requested(&self) -> bool {
-        self.inner.shutdown.load(Ordering::Acquire)
+impl<T: Guard> Watchdog<T> {
+    /// Verifies the guard now and then every `interval` until it is released
+    /// or lost. Runs on its own thread: each check is blocking file I/O, and
+    /// the main thread must stay free to handle signals. Restorations and
+    /// failed checks go to `report`, called without the lock held.
+    pub fn run(self, interval: Duration, mut report: impl FnMut(WatchEvent<T::Error>)) -> WatchEnd {
+        let mut slot = self.inner.slot();
+        loop {
+            let Some(guard) = slot.as_mut() else {
+                return WatchEnd::Released;
+            };
+            // Under the mutex: a release waits for this check to finish, and
+            // a check never starts after a release.
+            let outcome = guard.verify();
+            drop(slot);
+            match outcome {
+                Ok(Integrity::Intact) => {}
+                Ok(Integrity::Restored) => report(WatchEvent::Restored),
+                Ok(Integrity::Lost(holder)) => return WatchEnd::Lost(holder),
+                Err(e) => report(WatchEvent::CannotCheck(e)),
+            }
+            slot = self.inner.slot();
+            if slot.is_none() {
+                // Released while we reported: its notification is gone.
+                return WatchEnd::Released;
+            }
+            slot = match self.inner.released.wait_timeout(slot, interval) {
+                Ok((slot, _)) => slot,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
     }
 }
