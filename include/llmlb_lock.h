@@ -149,8 +149,10 @@ extern "C" {
  * left untouched. On any other status `*out_lock` is NULL and `*out_other`
  * is zeroed.
  *
- * Port 0 or a NULL `out_lock` give `LLMLB_STATUS_INVALID_ARGUMENT`. Never
- * blocks waiting for a holder.
+ * Port 0, a NULL `out_lock` or a misaligned `out_lock`/`out_other` give
+ * `LLMLB_STATUS_INVALID_ARGUMENT`; even then, whichever of the two is
+ * usable (non-NULL and aligned) is cleared as above. Never blocks waiting
+ * for a holder.
  *
  * Threads: safe to call from any thread. Fork: the handle is inherited by a
  * forked child, see `llmlb_lock_release` and `llmlb_lock_adopt`.
@@ -365,8 +367,10 @@ enum LlmlbStatus llmlb_lock_dir_probe(const struct LlmlbLockDir *dir,
                                       struct LlmlbLockInfo *out_info);
 
 /**
- * Closes a lock dir handle and frees it. NULL is a no-op (like `free`).
- * Locks acquired through it stay held. Never use the handle again.
+ * Closes a lock dir handle and frees it. NULL is a no-op (like `free`); a
+ * misaligned pointer, which cannot be a handle, is left alone and reported
+ * by `llmlb_last_error`. Locks acquired through it stay held. Never use the
+ * handle again.
  *
  * Threads: no other call may be using the handle.
  *

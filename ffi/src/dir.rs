@@ -287,8 +287,10 @@ pub unsafe extern "C" fn llmlb_lock_dir_probe(
     }
 }
 
-/// Closes a lock dir handle and frees it. NULL is a no-op (like `free`).
-/// Locks acquired through it stay held. Never use the handle again.
+/// Closes a lock dir handle and frees it. NULL is a no-op (like `free`); a
+/// misaligned pointer, which cannot be a handle, is left alone and reported
+/// by `llmlb_last_error`. Locks acquired through it stay held. Never use the
+/// handle again.
 ///
 /// Threads: no other call may be using the handle.
 ///

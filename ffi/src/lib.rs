@@ -113,8 +113,10 @@ pub struct LlmlbLock {
 /// left untouched. On any other status `*out_lock` is NULL and `*out_other`
 /// is zeroed.
 ///
-/// Port 0 or a NULL `out_lock` give `LLMLB_STATUS_INVALID_ARGUMENT`. Never
-/// blocks waiting for a holder.
+/// Port 0, a NULL `out_lock` or a misaligned `out_lock`/`out_other` give
+/// `LLMLB_STATUS_INVALID_ARGUMENT`; even then, whichever of the two is
+/// usable (non-NULL and aligned) is cleared as above. Never blocks waiting
+/// for a holder.
 ///
 /// Threads: safe to call from any thread. Fork: the handle is inherited by a
 /// forked child, see `llmlb_lock_release` and `llmlb_lock_adopt`.
