@@ -112,10 +112,9 @@ pub(crate) unsafe fn acquire(
         // check may fail: a misaligned out_other still leaves *out_lock NULL,
         // and a NULL out_lock still leaves *out_other zeroed.
         // SAFETY: the caller's contract above.
-        let other = unsafe { Out::optional(out_other, "out_other") };
+        let mut other = unsafe { Out::optional(out_other, "out_other") };
         // SAFETY: the caller's contract above.
-        let lock = unsafe { Out::required(out_lock, "out_lock") };
-        let (mut other, mut lock) = (other, lock);
+        let mut lock = unsafe { Out::required(out_lock, "out_lock") };
         if let Ok(Some(other)) = &mut other {
             other.write(LlmlbLockInfo::default());
         }
