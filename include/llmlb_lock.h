@@ -9,16 +9,27 @@
  * - Naming: llmlb_<noun>_<verb>; types Llmlb<Name>; constants LLMLB_<NAME>.
  * - Status: every call returns an LlmlbStatus; LLMLB_STATUS_OK is 0. After a
  *   non-OK status, llmlb_last_error() describes it (per thread).
- * - Ownership: an LlmlbLock from llmlb_lock_acquire is the caller's until
- *   passed to llmlb_lock_release, which frees it. Strings passed in are
+ * - Ownership: an LlmlbLock from llmlb_lock_acquire/llmlb_lock_dir_acquire
+ *   is the caller's until passed to llmlb_lock_release, which frees it; an
+ *   LlmlbLockDir from llmlb_lock_dir_open until llmlb_lock_dir_close. A lock
+ *   does not depend on the dir handle it came from. Strings passed in are
  *   borrowed for the call; strings returned are owned by the library.
- * - NULL: a NULL required pointer is LLMLB_STATUS_INVALID_ARGUMENT, never a
- *   crash; out parameters are written only as each function documents.
- * - Threads: every function may be called from any thread; one handle must
- *   not be released or adopted concurrently with other use of it.
- * - Fork: a forked child inherits the handle. Its llmlb_lock_release only
- *   closes the child's descriptor (the parent keeps the lock and its file),
- *   unless the child called llmlb_lock_adopt, which makes it the holder.
+ * - Lock dir: the path-taking functions resolve and check lock_dir on every
+ *   call; a dir handle (llmlb_lock_dir_open) does it once, for many
+ *   llmlb_lock_dir_acquire/llmlb_lock_dir_probe calls.
+ * - NULL: a NULL or misaligned required pointer is
+ *   LLMLB_STATUS_INVALID_ARGUMENT, never a crash; out parameters are written
+ *   only as each function documents, and an owned out parameter (out_lock,
+ *   out_dir) is NULL on every status but LLMLB_STATUS_OK.
+ * - Threads: every function may be called from any thread. A lock handle
+ *   must not be released or adopted concurrently with other use of it; a
+ *   dir handle may be shared by threads for acquire and probe, and must not
+ *   be closed concurrently with other use of it.
+ * - Fork: a forked child inherits both kinds of handle. A lock's
+ *   llmlb_lock_release in the child only closes the child's descriptor (the
+ *   parent keeps the lock and its file), unless the child called
+ *   llmlb_lock_adopt, which makes it the holder. A dir handle works in both
+ *   processes; each closes its own copy.
  *   After fork in a multi-threaded process, call these only where malloc is
  *   safe in the child (it is with glibc and musl).
  */
@@ -94,6 +105,12 @@ typedef enum LlmlbLockState {
 typedef struct LlmlbLock LlmlbLock;
 
 /**
+ * An open, checked lock dir (opaque). Created by `llmlb_lock_dir_open`,
+ * freed by `llmlb_lock_dir_close`.
+ */
+typedef struct LlmlbLockDir LlmlbLockDir;
+
+/**
  * Who holds (or held) a port, as recorded in its lock file. All zero means
  * "none" or "unreadable".
  */
@@ -132,8 +149,10 @@ extern "C" {
  * left untouched. On any other status `*out_lock` is NULL and `*out_other`
  * is zeroed.
  *
- * Port 0 or a NULL `out_lock` give `LLMLB_STATUS_INVALID_ARGUMENT`. Never
- * blocks waiting for a holder.
+ * Port 0, a NULL `out_lock` or a misaligned `out_lock`/`out_other` give
+ * `LLMLB_STATUS_INVALID_ARGUMENT`; even then, whichever of the two is
+ * usable (non-NULL and aligned) is cleared as above. Never blocks waiting
+ * for a holder.
  *
  * Threads: safe to call from any thread. Fork: the handle is inherited by a
  * forked child, see `llmlb_lock_release` and `llmlb_lock_adopt`.
@@ -239,11 +258,15 @@ enum LlmlbStatus llmlb_lock_probe(const char *lock_dir,
  * default). Touches no file.
  *
  * `*out_len` (when `out_len` is not NULL) gets the path's length without the
- * NUL whenever the path could be computed, also when `buf` is NULL or too
- * small, so a first call with `buf = NULL` sizes the buffer; it gets 0 when
- * the path could not be computed (port 0, bad `lock_dir`). A NULL `buf` or a
- * `buf_len` below length + 1 gives `LLMLB_STATUS_INVALID_ARGUMENT` and writes
- * nothing to `buf`.
+ * NUL whenever the path could be computed, and 0 when it could not (port 0,
+ * bad `lock_dir`).
+ *
+ * Sizing call: with `buf = NULL` (any `buf_len`) and a non-NULL `out_len`,
+ * only `*out_len` is written and the status is `LLMLB_STATUS_OK`; allocate
+ * `*out_len + 1` bytes and call again. A non-NULL `buf` with a `buf_len`
+ * below length + 1 gives `LLMLB_STATUS_INVALID_ARGUMENT`, writes nothing to
+ * `buf` and still sets `*out_len`. `buf` and `out_len` both NULL give
+ * `LLMLB_STATUS_INVALID_ARGUMENT`.
  *
  * Threads: safe to call from any thread.
  *
@@ -273,6 +296,89 @@ const char *llmlb_last_error(void);
  * freed, safe from any thread.
  */
 const char *llmlb_lock_version(void);
+
+/**
+ * Opens the lock dir once for many `llmlb_lock_dir_acquire` and
+ * `llmlb_lock_dir_probe` calls: it is resolved, created (mode 0700) if
+ * missing and checked exactly as `llmlb_lock_acquire` does, here and only
+ * here. `lock_dir` as in `llmlb_lock_acquire` (NULL: the default dir,
+ * resolved now). Borrowed for the call.
+ *
+ * On `LLMLB_STATUS_OK`, `*out_dir` is a new handle owned by the caller (free
+ * it with `llmlb_lock_dir_close`). On every other status `*out_dir` is NULL:
+ * `LLMLB_STATUS_INVALID_ARGUMENT` for a relative, empty or non-UTF-8
+ * `lock_dir`, `LLMLB_STATUS_UNSAFE_PATH` and `LLMLB_STATUS_IO_ERROR` as for
+ * `llmlb_lock_acquire`. A NULL or misaligned `out_dir` gives
+ * `LLMLB_STATUS_INVALID_ARGUMENT`.
+ *
+ * The handle stands for the directory it opened: calls through it keep
+ * using that directory, so do not remove or replace the lock dir while
+ * handles to it are open (a replacement would not see their locks).
+ *
+ * Threads: the handle may be shared by threads for `llmlb_lock_dir_acquire`
+ * and `llmlb_lock_dir_probe` at the same time; only `llmlb_lock_dir_close`
+ * needs exclusive use. Fork: a forked child inherits the handle and may use
+ * it; each process closes its own copy.
+ *
+ * # Safety
+ * `lock_dir` is NULL or a NUL-terminated string; `out_dir` is NULL or valid
+ * for writing a pointer.
+ */
+enum LlmlbStatus llmlb_lock_dir_open(const char *lock_dir, struct LlmlbLockDir **out_dir);
+
+/**
+ * `llmlb_lock_acquire` in an open lock dir: the same statuses and out
+ * parameters (`*out_lock` is NULL and `*out_other` zeroed on every status
+ * but `OK` and `ALREADY_RUNNING`), without resolving or checking the dir
+ * again. A NULL or misaligned `dir` gives `LLMLB_STATUS_INVALID_ARGUMENT`.
+ *
+ * The lock is independent of the handle: it stays held after
+ * `llmlb_lock_dir_close`, and `llmlb_lock_release` frees it as any other.
+ *
+ * Threads: safe to call from any thread, also on a handle other threads
+ * are using.
+ *
+ * # Safety
+ * `dir` is NULL or a live handle from `llmlb_lock_dir_open`; `out_lock` is
+ * NULL or valid for writing a pointer; `out_other` is NULL or valid for
+ * writing an `LlmlbLockInfo`.
+ */
+enum LlmlbStatus llmlb_lock_dir_acquire(const struct LlmlbLockDir *dir,
+                                        uint16_t port,
+                                        struct LlmlbLock **out_lock,
+                                        struct LlmlbLockInfo *out_other);
+
+/**
+ * `llmlb_lock_probe` in an open lock dir: the same statuses and out
+ * parameters, without resolving or checking the dir again. Never creates
+ * a file. A NULL or misaligned `dir` gives `LLMLB_STATUS_INVALID_ARGUMENT`.
+ *
+ * Threads: safe to call from any thread, also on a handle other threads
+ * are using.
+ *
+ * # Safety
+ * `dir` is NULL or a live handle from `llmlb_lock_dir_open`; `out_state` is
+ * NULL or valid for writing an `LlmlbLockState`; `out_info` is NULL or valid
+ * for writing an `LlmlbLockInfo`.
+ */
+enum LlmlbStatus llmlb_lock_dir_probe(const struct LlmlbLockDir *dir,
+                                      uint16_t port,
+                                      enum LlmlbLockState *out_state,
+                                      struct LlmlbLockInfo *out_info);
+
+/**
+ * Closes a lock dir handle and frees it. NULL is a no-op (like `free`); a
+ * misaligned pointer, which cannot be a handle, is left alone and reported
+ * by `llmlb_last_error`. Locks acquired through it stay held. Never use the
+ * handle again.
+ *
+ * Threads: no other call may be using the handle.
+ *
+ * # Safety
+ * `dir` is NULL or a live handle from `llmlb_lock_dir_open`, not yet closed
+ * in this process.
+ */
+void llmlb_lock_dir_close(struct LlmlbLockDir *dir);
 
 #ifdef __cplusplus
 }  // extern "C"

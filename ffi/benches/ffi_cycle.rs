@@ -2,9 +2,11 @@
 //! exported functions (called from Rust, as C would call them) beside the Rust
 //! API, in the same group and run, on tmpfs (`/dev/shm`) when present.
 //!
-//! The C path does what a C launcher pays for on every call: the `lock_dir`
-//! string is parsed and the dir checked per acquire (the C API has no dir
-//! handle), the result crosses `catch_unwind`, and the handle is boxed.
+//! `c_abi` is what a C launcher pays with the path-taking call: the
+//! `lock_dir` string is parsed and the dir checked on every acquire, the
+//! result crosses `catch_unwind`, and the handle is boxed. `c_abi_dir` is the
+//! same cycle through a dir handle (`llmlb_lock_dir_open` once, then
+//! `llmlb_lock_dir_acquire`): no per-call dir work, the Rust API's shape.
 
 // criterion_group! generates an undocumented `pub fn`.
 #![allow(missing_docs)]
@@ -15,7 +17,10 @@ use std::ptr;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use llmlb::lock::{acquire_or_reclaim, LockDir};
-use llmlb_lock::{llmlb_lock_acquire, llmlb_lock_release, LlmlbLock, LlmlbLockInfo, LlmlbStatus};
+use llmlb_lock::{
+    llmlb_lock_acquire, llmlb_lock_dir_acquire, llmlb_lock_dir_close, llmlb_lock_dir_open,
+    llmlb_lock_release, LlmlbLock, LlmlbLockDir, LlmlbLockInfo, LlmlbStatus,
+};
 
 const PORT: u16 = 8000;
 
@@ -61,6 +66,28 @@ fn ffi_cycle(c: &mut Criterion) {
             assert_eq!(status, LlmlbStatus::LLMLB_STATUS_OK);
         });
     });
+
+    let handle_dir = tmp.path().join("c_dir");
+    let handle_dir = CString::new(handle_dir.to_str().expect("UTF-8 temp path")).expect("no NUL");
+    let mut dir: *mut LlmlbLockDir = ptr::null_mut();
+    // SAFETY: a NUL-terminated dir string and a valid out pointer.
+    let status = unsafe { llmlb_lock_dir_open(handle_dir.as_ptr(), &mut dir) };
+    assert_eq!(status, LlmlbStatus::LLMLB_STATUS_OK);
+    group.bench_function(BenchmarkId::new(fs, "c_abi_dir"), |b| {
+        b.iter(|| {
+            let mut lock: *mut LlmlbLock = ptr::null_mut();
+            let mut other = LlmlbLockInfo::default();
+            // SAFETY: a live dir handle and valid out pointers; the lock is
+            // released right below.
+            let status = unsafe { llmlb_lock_dir_acquire(dir, PORT, &mut lock, &mut other) };
+            assert_eq!(status, LlmlbStatus::LLMLB_STATUS_OK);
+            // SAFETY: a live handle from llmlb_lock_dir_acquire, released once.
+            let status = unsafe { llmlb_lock_release(lock) };
+            assert_eq!(status, LlmlbStatus::LLMLB_STATUS_OK);
+        });
+    });
+    // SAFETY: the live dir handle, closed once after its last use.
+    unsafe { llmlb_lock_dir_close(dir) };
     group.finish();
 }
 

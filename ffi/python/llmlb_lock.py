@@ -12,6 +12,13 @@ Standard library only.
     except AlreadyRunning as e:
         sys.exit(f"already running on port {e.port} (PID: {e.pid})")
 
+To take or probe many ports, open the lock dir once (it is resolved and
+checked once, not per call):
+
+    with LockDir() as locks:             # default dir, as the CLI
+        lock = locks.acquire(8000)       # a held PortLock
+        print(locks.probe(8001).state)
+
 The library is found through ``LLMLB_LOCK_LIB`` (a file path), else beside
 this module, else in the repository's ``target/release`` then
 ``target/debug``.
@@ -30,6 +37,7 @@ from typing import Optional, Union
 __all__ = [
     "AlreadyRunning",
     "LockError",
+    "LockDir",
     "LockInfo",
     "PortLock",
     "ProbeResult",
@@ -95,6 +103,7 @@ def _load() -> ctypes.CDLL:
     status = ctypes.c_int  # a C enum is an int
     info_p = ctypes.POINTER(_Info)
     lock_p = ctypes.c_void_p  # opaque LlmlbLock *
+    dir_p = ctypes.c_void_p  # opaque LlmlbLockDir *
     signatures = {
         "llmlb_lock_acquire": (
             status,
@@ -117,6 +126,16 @@ def _load() -> ctypes.CDLL:
                 ctypes.POINTER(ctypes.c_size_t),
             ],
         ),
+        "llmlb_lock_dir_open": (status, [ctypes.c_char_p, ctypes.POINTER(dir_p)]),
+        "llmlb_lock_dir_acquire": (
+            status,
+            [dir_p, ctypes.c_uint16, ctypes.POINTER(lock_p), info_p],
+        ),
+        "llmlb_lock_dir_probe": (
+            status,
+            [dir_p, ctypes.c_uint16, ctypes.POINTER(ctypes.c_int), info_p],
+        ),
+        "llmlb_lock_dir_close": (None, [dir_p]),
         "llmlb_last_error": (ctypes.c_char_p, []),
         "llmlb_lock_version": (ctypes.c_char_p, []),
     }
@@ -202,9 +221,11 @@ def _check(status: int) -> None:
         raise LockError(_last_error(), status)
 
 
-def _dir_arg(lock_dir: Optional[PathLike]) -> Optional[bytes]:
+def _dir_arg(lock_dir: "Union[None, PathLike, LockDir]") -> Optional[bytes]:
     # os.fsencode keeps non-UTF-8 paths as their bytes; the library refuses
     # them with a clear INVALID_ARGUMENT rather than guessing.
+    if isinstance(lock_dir, LockDir):
+        return os.fsencode(lock_dir.path)
     return None if lock_dir is None else os.fsencode(lock_dir)
 
 
@@ -215,9 +236,80 @@ def _port_arg(port: int) -> int:
     return port  # 0 is refused by the library itself
 
 
+class LockDir:
+    """A lock dir opened once for many acquires and probes: resolved (default:
+    as the ``llmlb`` CLI), created (mode 0700) if missing and checked here,
+    not on every call. ``path`` is the resolved directory.
+
+    May be shared by threads; ``close()`` waits for calls in progress. Locks
+    taken through it stay held after it is closed. After ``os.fork()`` the
+    child may use it too. As a context manager it closes on exit.
+    """
+
+    def __init__(self, lock_dir: Optional[PathLike] = None):
+        self._handle: Optional[int] = None
+        self._users = 0
+        self._cond = threading.Condition()
+        # The resolved dir, for messages and lock paths (port 1 is any port).
+        self.path = os.path.dirname(lock_path(1, lock_dir))
+        handle = ctypes.c_void_p()
+        _check(_lib().llmlb_lock_dir_open(_dir_arg(lock_dir), ctypes.byref(handle)))
+        self._handle = handle.value
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    def _enter(self) -> int:
+        with self._cond:
+            if self._handle is None:
+                raise LockError("lock dir %s is closed" % self.path, INVALID_ARGUMENT)
+            self._users += 1
+            return self._handle
+
+    def _leave(self) -> None:
+        with self._cond:
+            self._users -= 1
+            self._cond.notify_all()
+
+    def acquire(self, port: int) -> "PortLock":
+        """Takes ``port``'s lock: a held :class:`PortLock` (raises
+        :class:`AlreadyRunning` if another holder has it)."""
+        return PortLock(port, self).acquire()
+
+    def probe(self, port: int) -> "ProbeResult":
+        """Observes ``port`` without taking it or creating anything."""
+        return probe(port, self)
+
+    def close(self) -> None:
+        """Closes the handle (idempotent), after calls in progress finish."""
+        with self._cond:
+            while self._users:
+                self._cond.wait()
+            handle, self._handle = self._handle, None
+        if handle is not None:
+            _lib().llmlb_lock_dir_close(handle)
+
+    def __enter__(self) -> "LockDir":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self):
+        return "LockDir(%r, closed=%s)" % (self.path, self.closed)
+
+
 class PortLock:
-    """The lock for ``port`` in ``lock_dir`` (default: as the ``llmlb`` CLI,
-    ``LLMLB_LOCK_DIR`` or the per-user dir).
+    """The lock for ``port`` in ``lock_dir``: a path (default: as the
+    ``llmlb`` CLI, ``LLMLB_LOCK_DIR`` or the per-user dir) or an open
+    :class:`LockDir`.
 
     ``acquire()`` takes it (raising :class:`AlreadyRunning` if it is held),
     ``release()`` gives it back and removes the lock file, ``adopt()`` makes
@@ -228,7 +320,7 @@ class PortLock:
     Not for concurrent use from several threads without a lock of your own.
     """
 
-    def __init__(self, port: int, lock_dir: Optional[PathLike] = None):
+    def __init__(self, port: int, lock_dir: "Union[None, PathLike, LockDir]" = None):
         self.port = _port_arg(port)
         self.lock_dir = lock_dir
         self._handle: Optional[int] = None
@@ -246,9 +338,18 @@ class PortLock:
         lib = _lib()
         handle = ctypes.c_void_p()
         other = _Info()
-        status = lib.llmlb_lock_acquire(
-            _dir_arg(self.lock_dir), self.port, ctypes.byref(handle), ctypes.byref(other)
-        )
+        if isinstance(self.lock_dir, LockDir):
+            directory = self.lock_dir._enter()
+            try:
+                status = lib.llmlb_lock_dir_acquire(
+                    directory, self.port, ctypes.byref(handle), ctypes.byref(other)
+                )
+            finally:
+                self.lock_dir._leave()
+        else:
+            status = lib.llmlb_lock_acquire(
+                _dir_arg(self.lock_dir), self.port, ctypes.byref(handle), ctypes.byref(other)
+            )
         if status == ALREADY_RUNNING:
             raise AlreadyRunning(_last_error(), self.port, LockInfo._from_c(other))
         _check(status)
@@ -317,27 +418,37 @@ class ProbeResult:
         return "ProbeResult(state=%r, info=%r)" % (self.state, self.info)
 
 
-def probe(port: int, lock_dir: Optional[PathLike] = None) -> ProbeResult:
-    """Observes ``port`` without taking it or creating anything."""
+def probe(port: int, lock_dir: "Union[None, PathLike, LockDir]" = None) -> ProbeResult:
+    """Observes ``port`` without taking it or creating anything. ``lock_dir``
+    is a path (default: as the CLI) or an open :class:`LockDir`."""
     state = ctypes.c_int(-1)
     info = _Info()
-    _check(
-        _lib().llmlb_lock_probe(
-            _dir_arg(lock_dir), _port_arg(port), ctypes.byref(state), ctypes.byref(info)
+    port = _port_arg(port)
+    lib = _lib()
+    if isinstance(lock_dir, LockDir):
+        directory = lock_dir._enter()
+        try:
+            status = lib.llmlb_lock_dir_probe(
+                directory, port, ctypes.byref(state), ctypes.byref(info)
+            )
+        finally:
+            lock_dir._leave()
+    else:
+        status = lib.llmlb_lock_probe(
+            _dir_arg(lock_dir), port, ctypes.byref(state), ctypes.byref(info)
         )
-    )
+    _check(status)
     return ProbeResult(_STATES[state.value], LockInfo._from_c(info))
 
 
-def lock_path(port: int, lock_dir: Optional[PathLike] = None) -> str:
+def lock_path(port: int, lock_dir: "Union[None, PathLike, LockDir]" = None) -> str:
     """The lock file path for ``port``: ``<lock dir>/serve_<port>.lock``."""
     lib = _lib()
     length = ctypes.c_size_t(0)
     directory = _dir_arg(lock_dir)
     port = _port_arg(port)
-    status = lib.llmlb_lock_path(directory, port, None, 0, ctypes.byref(length))
-    if length.value == 0:  # the path itself could not be computed
-        _check(status)
+    # The sizing call (NULL buffer): OK with the length, or the path's error.
+    _check(lib.llmlb_lock_path(directory, port, None, 0, ctypes.byref(length)))
     buf = ctypes.create_string_buffer(length.value + 1)
     _check(lib.llmlb_lock_path(directory, port, buf, len(buf), None))
     return os.fsdecode(buf.value)

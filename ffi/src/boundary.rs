@@ -4,6 +4,8 @@
 
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
+use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
@@ -57,7 +59,7 @@ thread_local! {
     static LAST_ERROR: RefCell<Option<CString>> = const { RefCell::new(None) };
 }
 
-fn set_last_error(message: &str) {
+pub(crate) fn set_last_error(message: &str) {
     // A message cannot carry an interior NUL through a C string; paths from C
     // never contain one, but an OS message could in theory.
     let c = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
@@ -136,26 +138,61 @@ pub(crate) fn require_ptr<T>(ptr: *const T, what: &str) -> Result<*const T, FfiE
     check_ptr(ptr, what)?.ok_or_else(|| FfiError::invalid(format!("{what} is NULL")))
 }
 
-/// A required `&mut` out/in-out parameter.
-///
-/// # Safety
-/// If non-NULL, `ptr` must be valid for reads and writes of a `T` for `'a`.
-pub(crate) unsafe fn required_mut<'a, T>(ptr: *mut T, what: &str) -> Result<&'a mut T, FfiError> {
-    let ptr = require_ptr(ptr.cast_const(), what)?.cast_mut();
-    // SAFETY: non-NULL and aligned (checked); validity is the caller's contract.
-    Ok(unsafe { &mut *ptr })
+/// A C out parameter: a non-NULL, aligned pointer into the caller's memory,
+/// only ever written with [`pointer::write`], never read and never turned into
+/// a `&mut T`. The caller's memory may hold any bytes before the call (an
+/// out-of-range enum value, uninitialised stack), and a `&mut T` over it would
+/// claim it already holds a valid `T`; `write` also never drops the old bytes.
+pub(crate) struct Out<'a, T> {
+    ptr: *mut T,
+    _caller: PhantomData<&'a mut MaybeUninit<T>>,
 }
 
-/// An optional out parameter: `None` for NULL.
+impl<'a, T> Out<'a, T> {
+    /// An optional out parameter: `None` for NULL, `INVALID_ARGUMENT` when
+    /// misaligned.
+    ///
+    /// # Safety
+    /// If non-NULL, `ptr` must be valid for writes of a `T` for `'a`.
+    pub(crate) unsafe fn optional(ptr: *mut T, what: &str) -> Result<Option<Out<'a, T>>, FfiError> {
+        Ok(check_ptr(ptr.cast_const(), what)?.map(|p| Out {
+            ptr: p.cast_mut(),
+            _caller: PhantomData,
+        }))
+    }
+
+    /// A required out parameter: NULL or misaligned is `INVALID_ARGUMENT`.
+    ///
+    /// # Safety
+    /// If non-NULL, `ptr` must be valid for writes of a `T` for `'a`.
+    pub(crate) unsafe fn required(ptr: *mut T, what: &str) -> Result<Out<'a, T>, FfiError> {
+        let ptr = require_ptr(ptr.cast_const(), what)?.cast_mut();
+        Ok(Out {
+            ptr,
+            _caller: PhantomData,
+        })
+    }
+
+    /// Stores `value`, overwriting whatever bytes were there.
+    pub(crate) fn write(&mut self, value: T) {
+        // SAFETY: non-NULL and aligned (checked at construction) and valid for
+        // writes of a T for 'a (the constructor's contract).
+        unsafe { self.ptr.write(value) }
+    }
+}
+
+/// A library-owned handle (`LlmlbLock`) the caller passes back for a call that
+/// changes it. Its memory is ours (a `Box` we handed out), so a `&mut` is
+/// sound; only exclusive use during the call is the caller's promise.
 ///
 /// # Safety
-/// If non-NULL, `ptr` must be valid for writes of a `T` for `'a`.
-pub(crate) unsafe fn optional_mut<'a, T>(
-    ptr: *mut T,
-    what: &str,
-) -> Result<Option<&'a mut T>, FfiError> {
-    // SAFETY: non-NULL and aligned (checked); validity is the caller's contract.
-    Ok(check_ptr(ptr.cast_const(), what)?.map(|p| unsafe { &mut *p.cast_mut() }))
+/// If non-NULL, `ptr` must be a live handle from this library, not used by
+/// any other call for `'a`.
+pub(crate) unsafe fn handle_mut<'a, T>(ptr: *mut T, what: &str) -> Result<&'a mut T, FfiError> {
+    let ptr = require_ptr(ptr.cast_const(), what)?.cast_mut();
+    // SAFETY: non-NULL and aligned (checked); liveness and exclusivity are
+    // the caller's contract.
+    Ok(unsafe { &mut *ptr })
 }
 
 /// A required `const` in parameter.

@@ -14,14 +14,19 @@
 #![allow(non_camel_case_types)]
 
 mod boundary;
+mod dir;
 
 use std::ffi::c_char;
 use std::ptr;
 
-use llmlb::lock::{acquire_or_reclaim, check_port, lock_file_name, LockDir, LockError};
-use llmlb::lock::{LockInfo, LockState, PortGuard};
+use llmlb::lock::{check_port, lock_file_name, LockInfo, PortGuard};
 
-use boundary::FfiError;
+use boundary::{FfiError, Out};
+use dir::DirArg;
+pub use dir::{
+    llmlb_lock_dir_acquire, llmlb_lock_dir_close, llmlb_lock_dir_open, llmlb_lock_dir_probe,
+    LlmlbLockDir,
+};
 
 /// Result of every `llmlb_lock_*` call. Values are explicit and never reused;
 /// new statuses get new numbers.
@@ -108,8 +113,10 @@ pub struct LlmlbLock {
 /// left untouched. On any other status `*out_lock` is NULL and `*out_other`
 /// is zeroed.
 ///
-/// Port 0 or a NULL `out_lock` give `LLMLB_STATUS_INVALID_ARGUMENT`. Never
-/// blocks waiting for a holder.
+/// Port 0, a NULL `out_lock` or a misaligned `out_lock`/`out_other` give
+/// `LLMLB_STATUS_INVALID_ARGUMENT`; even then, whichever of the two is
+/// usable (non-NULL and aligned) is cleared as above. Never blocks waiting
+/// for a holder.
 ///
 /// Threads: safe to call from any thread. Fork: the handle is inherited by a
 /// forked child, see `llmlb_lock_release` and `llmlb_lock_adopt`.
@@ -125,36 +132,16 @@ pub unsafe extern "C" fn llmlb_lock_acquire(
     out_lock: *mut *mut LlmlbLock,
     out_other: *mut LlmlbLockInfo,
 ) -> LlmlbStatus {
-    boundary::status("llmlb_lock_acquire", || {
-        // Written first so that every failure below leaves NULL and zeros.
-        // SAFETY: the caller's contract above.
-        let mut other = unsafe { boundary::optional_mut(out_other, "out_other") }?;
-        if let Some(other) = other.as_deref_mut() {
-            *other = LlmlbLockInfo::default();
-        }
-        // SAFETY: the caller's contract above.
-        let out_lock = unsafe { boundary::required_mut(out_lock, "out_lock") }?;
-        *out_lock = ptr::null_mut();
-
-        let port = check_port(port)?;
-        // SAFETY: the caller's contract above.
-        let dir = LockDir::create(unsafe { boundary::lock_dir(lock_dir) }?)?;
-        match acquire_or_reclaim(&dir, port) {
-            Ok(guard) => {
-                if let Some(other) = other {
-                    *other = info_or_zero(guard.reclaimed_from());
-                }
-                *out_lock = Box::into_raw(Box::new(LlmlbLock { guard }));
-                Ok(())
-            }
-            Err(err) => {
-                if let (LockError::AlreadyRunning { holder, .. }, Some(other)) = (&err, other) {
-                    *other = info_or_zero(holder.as_deref());
-                }
-                Err(err.into())
-            }
-        }
-    })
+    // SAFETY: the caller's contract above is the one acquire needs.
+    unsafe {
+        dir::acquire(
+            "llmlb_lock_acquire",
+            DirArg::Path(lock_dir),
+            port,
+            out_lock,
+            out_other,
+        )
+    }
 }
 
 /// Releases the lock and frees the handle: removes the lock file (while still
@@ -209,7 +196,7 @@ pub unsafe extern "C" fn llmlb_lock_release(lock: *mut LlmlbLock) -> LlmlbStatus
 pub unsafe extern "C" fn llmlb_lock_adopt(lock: *mut LlmlbLock) -> LlmlbStatus {
     boundary::status("llmlb_lock_adopt", || {
         // SAFETY: the caller's contract above.
-        let lock = unsafe { boundary::required_mut(lock, "lock") }?;
+        let lock = unsafe { boundary::handle_mut(lock, "lock") }?;
         lock.guard.adopt()?;
         Ok(())
     })
@@ -237,8 +224,8 @@ pub unsafe extern "C" fn llmlb_lock_info(
         // SAFETY: the caller's contract above.
         let lock = unsafe { boundary::required_ref(lock, "lock") }?;
         // SAFETY: the caller's contract above.
-        let out_info = unsafe { boundary::required_mut(out_info, "out_info") }?;
-        *out_info = LlmlbLockInfo::from(lock.guard.info());
+        let mut out_info = unsafe { Out::required(out_info, "out_info") }?;
+        out_info.write(LlmlbLockInfo::from(lock.guard.info()));
         Ok(())
     })
 }
@@ -267,28 +254,16 @@ pub unsafe extern "C" fn llmlb_lock_probe(
     out_state: *mut LlmlbLockState,
     out_info: *mut LlmlbLockInfo,
 ) -> LlmlbStatus {
-    boundary::status("llmlb_lock_probe", || {
-        // SAFETY: the caller's contract above.
-        let mut info = unsafe { boundary::optional_mut(out_info, "out_info") }?;
-        if let Some(info) = info.as_deref_mut() {
-            *info = LlmlbLockInfo::default();
-        }
-        // SAFETY: the caller's contract above.
-        let out_state = unsafe { boundary::required_mut(out_state, "out_state") }?;
-        let port = check_port(port)?;
-        // SAFETY: the caller's contract above.
-        let dir = unsafe { boundary::lock_dir(lock_dir) }?;
-        let state = llmlb::lock::probe(&dir, port)?;
-        *out_state = match state {
-            LockState::Free => LlmlbLockState::LLMLB_STATE_FREE,
-            LockState::Held(_) => LlmlbLockState::LLMLB_STATE_HELD,
-            LockState::Stale(_) => LlmlbLockState::LLMLB_STATE_STALE,
-        };
-        if let Some(info) = info {
-            *info = info_or_zero(state.info());
-        }
-        Ok(())
-    })
+    // SAFETY: the caller's contract above is the one probe needs.
+    unsafe {
+        dir::probe(
+            "llmlb_lock_probe",
+            DirArg::Path(lock_dir),
+            port,
+            out_state,
+            out_info,
+        )
+    }
 }
 
 /// Writes the lock file path for `port`, `<lock dir>/serve_<port>.lock`,
@@ -296,11 +271,15 @@ pub unsafe extern "C" fn llmlb_lock_probe(
 /// default). Touches no file.
 ///
 /// `*out_len` (when `out_len` is not NULL) gets the path's length without the
-/// NUL whenever the path could be computed, also when `buf` is NULL or too
-/// small, so a first call with `buf = NULL` sizes the buffer; it gets 0 when
-/// the path could not be computed (port 0, bad `lock_dir`). A NULL `buf` or a
-/// `buf_len` below length + 1 gives `LLMLB_STATUS_INVALID_ARGUMENT` and writes
-/// nothing to `buf`.
+/// NUL whenever the path could be computed, and 0 when it could not (port 0,
+/// bad `lock_dir`).
+///
+/// Sizing call: with `buf = NULL` (any `buf_len`) and a non-NULL `out_len`,
+/// only `*out_len` is written and the status is `LLMLB_STATUS_OK`; allocate
+/// `*out_len + 1` bytes and call again. A non-NULL `buf` with a `buf_len`
+/// below length + 1 gives `LLMLB_STATUS_INVALID_ARGUMENT`, writes nothing to
+/// `buf` and still sets `*out_len`. `buf` and `out_len` both NULL give
+/// `LLMLB_STATUS_INVALID_ARGUMENT`.
 ///
 /// Threads: safe to call from any thread.
 ///
@@ -317,29 +296,41 @@ pub unsafe extern "C" fn llmlb_lock_path(
 ) -> LlmlbStatus {
     boundary::status("llmlb_lock_path", || {
         // SAFETY: the caller's contract above.
-        let mut out_len = unsafe { boundary::optional_mut(out_len, "out_len") }?;
-        if let Some(len) = out_len.as_deref_mut() {
-            *len = 0;
+        let mut out_len = unsafe { Out::optional(out_len, "out_len") }?;
+        if let Some(len) = out_len.as_mut() {
+            len.write(0);
         }
         let port = check_port(port)?;
         // SAFETY: the caller's contract above.
         let dir = unsafe { boundary::lock_dir(lock_dir) }?;
         let bytes = boundary::path_bytes(&dir.join(lock_file_name(port)))?;
-        if let Some(len) = out_len {
-            *len = bytes.len();
+        if let Some(len) = out_len.as_mut() {
+            len.write(bytes.len());
         }
-        let buf = boundary::require_ptr(buf.cast_const(), "buf")?.cast_mut();
+        let Some(buf) = boundary::check_ptr(buf.cast_const(), "buf")? else {
+            return match out_len {
+                // The sizing call: a normal use, not a failure.
+                Some(_) => Ok(()),
+                None => Err(FfiError::invalid(
+                    "buf and out_len are both NULL; pass out_len to learn the size, or a buffer",
+                )),
+            };
+        };
         if buf_len <= bytes.len() {
             return Err(FfiError::invalid(format!(
                 "buf_len {buf_len} is too small for the {}-byte path plus its NUL",
                 bytes.len()
             )));
         }
-        // SAFETY: buf is non-NULL and valid for buf_len > bytes.len() bytes
-        // (the caller's contract); u8 and c_char have the same layout.
-        let dest = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), bytes.len() + 1) };
-        dest[..bytes.len()].copy_from_slice(&bytes);
-        dest[bytes.len()] = 0;
+        let buf = buf.cast_mut().cast::<u8>();
+        // SAFETY: buf is non-NULL and valid for writing buf_len > bytes.len()
+        // bytes (the caller's contract); written through the raw pointer, as
+        // the caller's buffer may be uninitialised. u8 and c_char have the
+        // same layout; a Vec's buffer never overlaps the caller's.
+        unsafe {
+            ptr::copy_nonoverlapping(bytes.as_ptr(), buf, bytes.len());
+            buf.add(bytes.len()).write(0);
+        }
         Ok(())
     })
 }

@@ -201,9 +201,21 @@ static void test_path(void) {
   lock_file(dir, 8002, want, sizeof want);
   want_len = strlen(want);
 
-  /* Sizing call. */
-  CHECK_STATUS(llmlb_lock_path(dir, 8002, NULL, 0, &len), LLMLB_STATUS_INVALID_ARGUMENT);
+  /* Sizing call: a normal use, so OK, and it leaves the last error alone. */
+  CHECK_STATUS(llmlb_lock_adopt(NULL), LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK_STATUS(llmlb_lock_path(dir, 8002, NULL, 0, &len), LLMLB_STATUS_OK);
   CHECK(len == want_len);
+  CHECK(strstr(llmlb_last_error(), "llmlb_lock_adopt") != NULL);
+  len = 0;
+  CHECK_STATUS(llmlb_lock_path(dir, 8002, NULL, 4096, &len), LLMLB_STATUS_OK);
+  CHECK(len == want_len);
+  /* Nowhere to put either answer: an error. */
+  CHECK_STATUS(llmlb_lock_path(dir, 8002, NULL, 0, NULL), LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(strstr(llmlb_last_error(), "out_len") != NULL);
+  /* A bad path is an error for the sizing call too. */
+  len = 99;
+  CHECK_STATUS(llmlb_lock_path("relative", 8002, NULL, 0, &len), LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(len == 0);
 
   /* One byte short (no room for the NUL): nothing written. */
   len = 0;
@@ -453,6 +465,286 @@ static void test_last_error_is_per_thread(void) {
   CHECK(llmlb_last_error() == mine && strstr(mine, "llmlb_lock_adopt") != NULL);
 }
 
+/* ---- lock dir handles ---- */
+
+static int mode_of(const char *path) {
+  struct stat st;
+  CHECK(lstat(path, &st) == 0);
+  return (int)(st.st_mode & 07777);
+}
+
+static void test_dir_handle_acquire_probe_close(void) {
+  char dir[512], path[600];
+  LlmlbLockDir *d = (LlmlbLockDir *)(void *)&g_dummy;
+  LlmlbLock *lock = NOT_NULL_LOCK, *second = NOT_NULL_LOCK, *by_path = NOT_NULL_LOCK;
+  LlmlbLockInfo info, other;
+  LlmlbLockState state = LLMLB_STATE_STALE;
+  make_dir_path(dir, sizeof dir, "handle/nested");
+  lock_file(dir, 8010, path, sizeof path);
+
+  /* Opening creates the dir (and its parents) 0700, like acquire. */
+  CHECK_STATUS(llmlb_lock_dir_open(dir, &d), LLMLB_STATUS_OK);
+  CHECK(d != NULL && d != (LlmlbLockDir *)(void *)&g_dummy);
+  CHECK(mode_of(dir) == 0700);
+
+  garbage(&info);
+  CHECK_STATUS(llmlb_lock_dir_probe(d, 8010, &state, &info), LLMLB_STATUS_OK);
+  CHECK(state == LLMLB_STATE_FREE && is_zero(&info));
+  CHECK(!exists(path)); /* probe creates nothing */
+
+  garbage(&other);
+  CHECK_STATUS(llmlb_lock_dir_acquire(d, 8010, &lock, &other), LLMLB_STATUS_OK);
+  CHECK(lock != NULL && lock != NOT_NULL_LOCK && is_zero(&other));
+  CHECK(exists(path));
+  CHECK_STATUS(llmlb_lock_info(lock, &info), LLMLB_STATUS_OK);
+  CHECK(info.pid == (uint32_t)getpid() && info.port == 8010);
+
+  /* The same lock as the path-taking functions take, both ways round. */
+  garbage(&other);
+  CHECK_STATUS(llmlb_lock_acquire(dir, 8010, &by_path, &other), LLMLB_STATUS_ALREADY_RUNNING);
+  CHECK(by_path == NULL && other.pid == info.pid && other.port == 8010);
+  garbage(&other);
+  CHECK_STATUS(llmlb_lock_dir_acquire(d, 8010, &second, &other), LLMLB_STATUS_ALREADY_RUNNING);
+  CHECK(second == NULL);
+  CHECK(other.pid == info.pid && other.started_at_unix_ms == info.started_at_unix_ms);
+  CHECK(strstr(llmlb_last_error(), "already running on port 8010") != NULL);
+  garbage(&other);
+  CHECK_STATUS(llmlb_lock_dir_probe(d, 8010, &state, &other), LLMLB_STATUS_OK);
+  CHECK(state == LLMLB_STATE_HELD && memcmp(&other, &info, sizeof info) == 0);
+
+  /* Another port in the same handle; out_other and out_info may be NULL. */
+  CHECK_STATUS(llmlb_lock_dir_acquire(d, 8011, &second, NULL), LLMLB_STATUS_OK);
+  CHECK_STATUS(llmlb_lock_dir_probe(d, 8011, &state, NULL), LLMLB_STATUS_OK);
+  CHECK(state == LLMLB_STATE_HELD);
+  CHECK_STATUS(llmlb_lock_release(second), LLMLB_STATUS_OK);
+  CHECK_STATUS(llmlb_lock_dir_probe(d, 8011, &state, NULL), LLMLB_STATUS_OK);
+  CHECK(state == LLMLB_STATE_FREE);
+
+  /* A lock outlives the handle it came from. */
+  llmlb_lock_dir_close(d);
+  CHECK(exists(path));
+  CHECK_STATUS(llmlb_lock_probe(dir, 8010, &state, &info), LLMLB_STATUS_OK);
+  CHECK(state == LLMLB_STATE_HELD && info.pid == (uint32_t)getpid());
+  CHECK_STATUS(llmlb_lock_release(lock), LLMLB_STATUS_OK);
+  CHECK(!exists(path));
+  llmlb_lock_dir_close(NULL); /* like free(NULL) */
+
+  /* Reopening an existing dir works (and probes see the release). */
+  CHECK_STATUS(llmlb_lock_dir_open(dir, &d), LLMLB_STATUS_OK);
+  CHECK_STATUS(llmlb_lock_dir_probe(d, 8010, &state, &info), LLMLB_STATUS_OK);
+  CHECK(state == LLMLB_STATE_FREE);
+  llmlb_lock_dir_close(d);
+}
+
+static void test_dir_handle_invalid_arguments(void) {
+  char dir[512];
+  LlmlbLockDir *d = NULL;
+  LlmlbLock *lock = NOT_NULL_LOCK;
+  LlmlbLockInfo info;
+  LlmlbLockState state = LLMLB_STATE_STALE;
+  make_dir_path(dir, sizeof dir, "handle-args");
+
+  CHECK_STATUS(llmlb_lock_dir_open(dir, NULL), LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(strstr(llmlb_last_error(), "out_dir") != NULL);
+  CHECK(!exists(dir)); /* refused before anything is created */
+
+  garbage(&info);
+  CHECK_STATUS(llmlb_lock_dir_acquire(NULL, 8012, &lock, &info), LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(lock == NULL && is_zero(&info));
+  CHECK(strstr(llmlb_last_error(), "llmlb_lock_dir_acquire: dir is NULL") != NULL);
+  garbage(&info);
+  CHECK_STATUS(llmlb_lock_dir_probe(NULL, 8012, &state, &info), LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(state == LLMLB_STATE_STALE && is_zero(&info));
+  CHECK(strstr(llmlb_last_error(), "llmlb_lock_dir_probe: dir is NULL") != NULL);
+
+  CHECK_STATUS(llmlb_lock_dir_open(dir, &d), LLMLB_STATUS_OK);
+  garbage(&info);
+  CHECK_STATUS(llmlb_lock_dir_acquire(d, 8012, NULL, &info), LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(is_zero(&info));
+  CHECK(strstr(llmlb_last_error(), "out_lock") != NULL);
+  lock = NOT_NULL_LOCK;
+  garbage(&info);
+  CHECK_STATUS(llmlb_lock_dir_acquire(d, 0, &lock, &info), LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(lock == NULL && is_zero(&info));
+  CHECK(strstr(llmlb_last_error(), "port 0") != NULL);
+  garbage(&info);
+  CHECK_STATUS(llmlb_lock_dir_probe(d, 8012, NULL, &info), LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(is_zero(&info));
+  CHECK_STATUS(llmlb_lock_dir_probe(d, 0, &state, &info), LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(state == LLMLB_STATE_STALE && is_zero(&info));
+  llmlb_lock_dir_close(d);
+}
+
+static void check_bad_dir_handle(const char *dir, LlmlbStatus want, const char *needle) {
+  LlmlbLockDir *d = (LlmlbLockDir *)(void *)&g_dummy;
+  CHECK_STATUS(llmlb_lock_dir_open(dir, &d), want);
+  CHECK(d == NULL);
+  CHECK(strstr(llmlb_last_error(), needle) != NULL);
+}
+
+static void test_dir_handle_refuses_bad_dirs(void) {
+  char open_dir[512], link_dir[512], real_dir[512], file[512], under_file[600];
+  FILE *f;
+  check_bad_dir_handle("relative/locks", LLMLB_STATUS_INVALID_ARGUMENT, "relative");
+  CHECK(!exists("relative"));
+  check_bad_dir_handle("", LLMLB_STATUS_INVALID_ARGUMENT, "empty");
+  check_bad_dir_handle("/tmp/not-\xff\xfe-utf8", LLMLB_STATUS_INVALID_ARGUMENT, "UTF-8");
+
+  make_dir_path(open_dir, sizeof open_dir, "handle-world-writable");
+  CHECK(mkdir(open_dir, 0700) == 0 && chmod(open_dir, 0777) == 0);
+  check_bad_dir_handle(open_dir, LLMLB_STATUS_UNSAFE_PATH, "writable by group or others");
+
+  make_dir_path(real_dir, sizeof real_dir, "handle-real");
+  make_dir_path(link_dir, sizeof link_dir, "handle-link");
+  CHECK(mkdir(real_dir, 0700) == 0 && symlink(real_dir, link_dir) == 0);
+  check_bad_dir_handle(link_dir, LLMLB_STATUS_UNSAFE_PATH, "symlink");
+
+  make_dir_path(file, sizeof file, "handle-a-file");
+  CHECK((f = fopen(file, "w")) != NULL && fclose(f) == 0);
+  check_bad_dir_handle(file, LLMLB_STATUS_UNSAFE_PATH, "not a directory");
+  CHECK(snprintf(under_file, sizeof under_file, "%s/locks", file) > 0);
+  check_bad_dir_handle(under_file, LLMLB_STATUS_IO_ERROR, "handle-a-file");
+}
+
+static void test_dir_handle_default_from_env(void) {
+  char dir[512], want[600];
+  LlmlbLockDir *d = NULL;
+  LlmlbLock *lock = NULL;
+  make_dir_path(dir, sizeof dir, "handle-from-env");
+  lock_file(dir, 8013, want, sizeof want);
+  CHECK(setenv("LLMLB_LOCK_DIR", dir, 1) == 0);
+  CHECK_STATUS(llmlb_lock_dir_open(NULL, &d), LLMLB_STATUS_OK);
+  CHECK(unsetenv("LLMLB_LOCK_DIR") == 0); /* resolved at open, not per call */
+  CHECK_STATUS(llmlb_lock_dir_acquire(d, 8013, &lock, NULL), LLMLB_STATUS_OK);
+  CHECK(exists(want));
+  CHECK_STATUS(llmlb_lock_release(lock), LLMLB_STATUS_OK);
+  llmlb_lock_dir_close(d);
+}
+
+static void test_dir_handle_across_fork(void) {
+  char dir[512], path[600];
+  LlmlbLockDir *d = NULL;
+  LlmlbLock *lock = NULL;
+  LlmlbLockInfo info, other;
+  LlmlbLockState state;
+  pid_t child;
+  make_dir_path(dir, sizeof dir, "handle-fork");
+  lock_file(dir, 8014, path, sizeof path);
+  CHECK_STATUS(llmlb_lock_dir_open(dir, &d), LLMLB_STATUS_OK);
+
+  /* The child uses the inherited handle, dies holding the lock, and closes
+   * nothing of the parent's. */
+  child = fork();
+  CHECK(child >= 0);
+  if (child == 0) {
+    LlmlbLock *held = NULL;
+    if (llmlb_lock_dir_acquire(d, 8014, &held, NULL) != LLMLB_STATUS_OK) _exit(1);
+    llmlb_lock_dir_close(d);
+    _exit(0);
+  }
+  wait_ok(child);
+  CHECK(exists(path));
+
+  garbage(&info);
+  CHECK_STATUS(llmlb_lock_dir_probe(d, 8014, &state, &info), LLMLB_STATUS_OK);
+  CHECK(state == LLMLB_STATE_STALE && info.pid == (uint32_t)child && info.port == 8014);
+  garbage(&other);
+  CHECK_STATUS(llmlb_lock_dir_acquire(d, 8014, &lock, &other), LLMLB_STATUS_OK);
+  CHECK(other.pid == (uint32_t)child && other.port == 8014 && other.started_at_unix_ms != 0);
+  CHECK_STATUS(llmlb_lock_dir_probe(d, 8014, &state, &info), LLMLB_STATUS_OK);
+  CHECK(state == LLMLB_STATE_HELD && info.pid == (uint32_t)getpid());
+  CHECK_STATUS(llmlb_lock_release(lock), LLMLB_STATUS_OK);
+  CHECK(!exists(path));
+  llmlb_lock_dir_close(d);
+}
+
+/* Threads share one dir handle and contend for one port: the lock must stay
+ * exclusive, every acquire must be OK or ALREADY_RUNNING, and every thread
+ * must get its turn. */
+#define SHARED_THREADS 4
+#define SHARED_ROUNDS 200
+
+struct shared_ctx {
+  const LlmlbLockDir *dir;
+  pthread_mutex_t mutex;
+  int holders;
+  int max_holders;
+  int failures;
+};
+
+struct shared_arg {
+  struct shared_ctx *ctx;
+  int wins;
+};
+
+static void *contend_on_shared_handle(void *p) {
+  struct shared_arg *arg = (struct shared_arg *)p;
+  struct shared_ctx *ctx = arg->ctx;
+  int i;
+  for (i = 0; i < SHARED_ROUNDS; i++) {
+    LlmlbLock *lock = NULL;
+    LlmlbLockState state = LLMLB_STATE_STALE;
+    LlmlbStatus s = llmlb_lock_dir_acquire(ctx->dir, 8015, &lock, NULL);
+    if (s == LLMLB_STATUS_OK) {
+      pthread_mutex_lock(&ctx->mutex);
+      ctx->holders++;
+      if (ctx->holders > ctx->max_holders) ctx->max_holders = ctx->holders;
+      pthread_mutex_unlock(&ctx->mutex);
+      if (llmlb_lock_dir_probe(ctx->dir, 8015, &state, NULL) != LLMLB_STATUS_OK ||
+          state != LLMLB_STATE_HELD) {
+        pthread_mutex_lock(&ctx->mutex);
+        ctx->failures++;
+        pthread_mutex_unlock(&ctx->mutex);
+      }
+      arg->wins++;
+      pthread_mutex_lock(&ctx->mutex);
+      ctx->holders--;
+      pthread_mutex_unlock(&ctx->mutex);
+      if (llmlb_lock_release(lock) != LLMLB_STATUS_OK) {
+        pthread_mutex_lock(&ctx->mutex);
+        ctx->failures++;
+        pthread_mutex_unlock(&ctx->mutex);
+      }
+    } else if (s != LLMLB_STATUS_ALREADY_RUNNING || lock != NULL) {
+      fprintf(stderr, "thread acquire: status %d: %s\n", (int)s, llmlb_last_error());
+      pthread_mutex_lock(&ctx->mutex);
+      ctx->failures++;
+      pthread_mutex_unlock(&ctx->mutex);
+    }
+  }
+  return NULL;
+}
+
+static void test_dir_handle_shared_by_threads(void) {
+  char dir[512], path[600];
+  LlmlbLockDir *d = NULL;
+  pthread_t threads[SHARED_THREADS];
+  struct shared_arg args[SHARED_THREADS];
+  struct shared_ctx ctx;
+  int i, total = 0;
+  make_dir_path(dir, sizeof dir, "handle-threads");
+  lock_file(dir, 8015, path, sizeof path);
+  CHECK_STATUS(llmlb_lock_dir_open(dir, &d), LLMLB_STATUS_OK);
+  memset(&ctx, 0, sizeof ctx);
+  ctx.dir = d;
+  CHECK(pthread_mutex_init(&ctx.mutex, NULL) == 0);
+  for (i = 0; i < SHARED_THREADS; i++) {
+    args[i].ctx = &ctx;
+    args[i].wins = 0;
+    CHECK(pthread_create(&threads[i], NULL, contend_on_shared_handle, &args[i]) == 0);
+  }
+  for (i = 0; i < SHARED_THREADS; i++) {
+    CHECK(pthread_join(threads[i], NULL) == 0);
+    total += args[i].wins;
+  }
+  CHECK(ctx.failures == 0);
+  CHECK(ctx.max_holders == 1);
+  CHECK(total > 0); /* someone took it: the loop did contend, not just fail */
+  CHECK(!exists(path));
+  CHECK(pthread_mutex_destroy(&ctx.mutex) == 0);
+  llmlb_lock_dir_close(d);
+}
+
 int main(int argc, char **argv) {
   if (argc != 2) {
     fprintf(stderr, "usage: %s TEMP_DIR\n", argv[0]);
@@ -470,6 +762,12 @@ int main(int argc, char **argv) {
   test_release_in_forked_child_keeps_parent_lock();
   test_fork_then_adopt_hands_over();
   test_last_error_is_per_thread();
+  test_dir_handle_acquire_probe_close();
+  test_dir_handle_invalid_arguments();
+  test_dir_handle_refuses_bad_dirs();
+  test_dir_handle_default_from_env();
+  test_dir_handle_across_fork();
+  test_dir_handle_shared_by_threads();
   puts("all C API tests passed");
   return 0;
 }

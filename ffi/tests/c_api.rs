@@ -42,6 +42,11 @@ fn c_api_tests_pass() {
         let out = Command::new(&exe)
             .arg(&work)
             .current_dir(&work)
+            // cargo test puts target/<profile> on LD_LIBRARY_PATH, which wins
+            // over the executable's RUNPATH: a stale libllmlb_lock.so there
+            // (from an earlier `cargo build`) would be tested instead of the
+            // one built from the current source.
+            .env_remove("LD_LIBRARY_PATH")
             .env_remove("LLMLB_LOCK_DIR")
             // Leaks would be the library's: fail on them.
             .env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")

@@ -356,8 +356,9 @@ impl Session {
         if lock_choice == Ptr::Misaligned {
             assert!(lock_slot.untouched(), "misaligned out_lock was written");
         }
-        if lock_choice == Ptr::Valid && other_choice != Ptr::Misaligned {
-            // SAFETY: out_lock is written on every status once checked valid.
+        if lock_choice == Ptr::Valid {
+            // SAFETY: a valid out_lock is written on every status, even when
+            // out_other is refused.
             let handle = unsafe { lock_slot.read() };
             assert_eq!(handle.is_null(), status != LLMLB_STATUS_OK);
         }
@@ -585,7 +586,9 @@ impl Session {
             unsafe { llmlb_lock_path(dir_ptr, port, buf_ptr, buf_len, out_len.ptr(len_choice)) };
         assert_documented(status, "llmlb_lock_path");
         let fits = !null_buf && buf_len > len;
-        let want = if len_choice == Ptr::Misaligned || !computable || !fits {
+        // A NULL buf with an out_len is the sizing call: OK, only out_len set.
+        let sizing = null_buf && len_choice == Ptr::Valid;
+        let want = if len_choice == Ptr::Misaligned || !computable || !(fits || sizing) {
             LLMLB_STATUS_INVALID_ARGUMENT
         } else {
             LLMLB_STATUS_OK
@@ -605,7 +608,7 @@ impl Session {
         } else if len_choice == Ptr::Misaligned {
             assert!(out_len.untouched());
         }
-        if status == LLMLB_STATUS_OK {
+        if status == LLMLB_STATUS_OK && !null_buf {
             let want_path = want_path.unwrap();
             assert_eq!(&buf[..len], &want_path[..]);
             assert_eq!(buf[len], 0);

@@ -12,7 +12,16 @@ from datetime import timezone
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import llmlb_lock  # noqa: E402
-from llmlb_lock import AlreadyRunning, LockError, PortLock, lock_path, probe  # noqa: E402
+import threading  # noqa: E402
+
+from llmlb_lock import (  # noqa: E402
+    AlreadyRunning,
+    LockDir,
+    LockError,
+    PortLock,
+    lock_path,
+    probe,
+)
 
 
 def fork_and_run(fn):
@@ -217,6 +226,127 @@ class ProbeAndPathTest(LockDirTestCase):
 
     def test_library_version(self):
         self.assertRegex(llmlb_lock.library_version(), r"^\d+\.\d+\.\d+")
+
+
+class LockDirTest(LockDirTestCase):
+    def test_open_creates_the_dir_and_acquires_and_probes_through_it(self):
+        with LockDir(self.dir) as locks:
+            self.assertEqual(locks.path, self.dir)
+            self.assertEqual(os.stat(self.dir).st_mode & 0o777, 0o700)
+            self.assertEqual(locks.probe(8230).state, "free")
+            self.assertFalse(os.path.exists(self.file(8230)))
+            lock = locks.acquire(8230)
+            self.assertTrue(lock.held)
+            self.assertEqual(lock.path, self.file(8230))
+            self.assertEqual(lock.info.pid, os.getpid())
+            seen = locks.probe(8230)
+            self.assertEqual((seen.state, seen.info), ("held", lock.info))
+            # The same lock as the path-taking calls take, both ways round.
+            with self.assertRaises(AlreadyRunning) as caught:
+                PortLock(8230, self.dir).acquire()
+            self.assertEqual(caught.exception.pid, os.getpid())
+            with self.assertRaises(AlreadyRunning):
+                locks.acquire(8230)
+            with PortLock(8231, self.dir):
+                self.assertEqual(probe(8231, locks).state, "held")
+                with self.assertRaises(AlreadyRunning):
+                    PortLock(8231, locks).acquire()
+        self.assertTrue(locks.closed)
+        # The lock outlives the dir handle.
+        self.assertEqual(probe(8230, self.dir).state, "held")
+        lock.release()
+        self.assertFalse(os.path.exists(self.file(8230)))
+        self.assertEqual(probe(8230, self.dir).state, "free")
+
+    def test_stale_lock_is_reclaimed_through_an_inherited_handle(self):
+        locks = LockDir(self.dir)
+
+        def hold_and_die():
+            held = locks.acquire(8232)  # kept referenced: no __del__
+            os._exit(0 if held.held else 1)
+
+        child = fork_and_run(hold_and_die)
+        wait_ok(self, child)
+        seen = locks.probe(8232)
+        self.assertEqual((seen.state, seen.info.pid), ("stale", child))
+        lock = locks.acquire(8232)
+        self.assertEqual(lock.reclaimed_from.pid, child)
+        lock.release()
+        locks.close()
+        locks.close()  # idempotent
+
+    def test_threads_share_a_handle_and_never_hold_together(self):
+        locks = LockDir(self.dir)
+        guard = threading.Lock()
+        state = {"holders": 0, "max": 0, "wins": 0, "errors": []}
+
+        def contend():
+            for _ in range(100):
+                try:
+                    lock = locks.acquire(8233)
+                except AlreadyRunning:
+                    continue
+                except Exception as e:  # anything else fails the test
+                    with guard:
+                        state["errors"].append(repr(e))
+                    continue
+                with guard:
+                    state["holders"] += 1
+                    state["max"] = max(state["max"], state["holders"])
+                    state["wins"] += 1
+                if locks.probe(8233).state != "held":
+                    with guard:
+                        state["errors"].append("probe of a held port was not held")
+                with guard:
+                    state["holders"] -= 1
+                lock.release()
+
+        threads = [threading.Thread(target=contend) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+            self.assertFalse(t.is_alive(), "a thread hung")
+        locks.close()
+        self.assertEqual(state["errors"], [])
+        self.assertEqual(state["max"], 1)
+        self.assertGreater(state["wins"], 0)
+        self.assertFalse(os.path.exists(self.file(8233)))
+
+    def test_bad_dirs_and_use_after_close(self):
+        err = self.assertRaisesStatus(llmlb_lock.INVALID_ARGUMENT, LockDir, "relative/locks")
+        self.assertIn("relative", str(err))
+        os.mkdir(self.dir, 0o700)
+        os.chmod(self.dir, 0o777)
+        err = self.assertRaisesStatus(llmlb_lock.UNSAFE_PATH, LockDir, self.dir)
+        self.assertIn("writable by group or others", str(err))
+        os.chmod(self.dir, 0o700)
+        locks = LockDir(self.dir)
+        self.assertRaisesStatus(llmlb_lock.INVALID_ARGUMENT, locks.acquire, 0)
+        locks.close()
+        self.assertRaisesStatus(llmlb_lock.INVALID_ARGUMENT, locks.acquire, 8234)
+        self.assertRaisesStatus(llmlb_lock.INVALID_ARGUMENT, locks.probe, 8234)
+
+    def test_default_dir_is_resolved_once_at_open(self):
+        old = os.environ.get("LLMLB_LOCK_DIR")
+        os.environ["LLMLB_LOCK_DIR"] = self.dir
+        try:
+            locks = LockDir()
+        finally:
+            if old is None:
+                del os.environ["LLMLB_LOCK_DIR"]
+            else:
+                os.environ["LLMLB_LOCK_DIR"] = old
+        with locks, PortLock(8235, locks):
+            self.assertEqual(locks.path, self.dir)
+            self.assertTrue(os.path.exists(self.file(8235)))
+        self.assertFalse(os.path.exists(self.file(8235)))
+
+    def assertRaisesStatus(self, status, fn, *args):
+        with self.assertRaises(LockError) as caught:
+            fn(*args)
+        self.assertEqual(caught.exception.status, status, str(caught.exception))
+        return caught.exception
 
 
 if __name__ == "__main__":
