@@ -66,13 +66,15 @@ pub fn lib_dir() -> PathBuf {
                     )
                 });
             if let Some((source, modified)) = newest_source() {
-                assert!(
-                    built >= modified,
-                    "{} is stale: older than {} (modified {modified:?}, built {built:?}); \
-                     it must be built by this cargo test from the current source",
-                    lib.display(),
-                    source.display()
-                );
+                if modified > built {
+                    let newer = modified.duration_since(built).unwrap_or_default();
+                    panic!(
+                        "{} is stale: {} was modified {newer:?} after it was built; \
+                         it must be built by this cargo test from the current source",
+                        lib.display(),
+                        source.display()
+                    );
+                }
             }
         }
         deps
