@@ -8,6 +8,8 @@
 #![cfg(unix)]
 
 mod cli_support;
+#[path = "support/prereq.rs"]
+mod prereq;
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
@@ -31,6 +33,33 @@ const MAX_KILL_DELAY_US: u64 = 5_000;
 const OTHER_UID: u32 = 65534;
 /// What a holder prints once it starts looping.
 const READY: &str = "llmlb-fault-holder-ready";
+/// The kill log in the holders' dir: one PID per line, appended by the test
+/// before it SIGKILLs that PID.
+const KILLED: &str = "killed";
+
+/// Whether the test has logged `pid` as killed (or about to be).
+fn was_killed(dir: &Path, pid: u32) -> bool {
+    match std::fs::read_to_string(dir.join(KILLED)) {
+        Ok(log) => log.lines().any(|l| l == pid.to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => {
+            eprintln!("cannot read the kill log: {e}");
+            std::process::exit(4);
+        }
+    }
+}
+
+/// Appends `pid` to the kill log; must return before the SIGKILL is sent.
+fn log_kill(dir: &Path, pid: u32) {
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(KILLED))
+        .expect("open the kill log");
+    // One write(2) of a whole line with O_APPEND.
+    log.write_all(format!("{pid}\n").as_bytes())
+        .expect("append to the kill log");
+}
 
 /// Kills (SIGKILL) and reaps the child if the test fails before waiting.
 struct Reaper(Option<Child>);
@@ -93,9 +122,17 @@ fn chown(path: &Path, uid: u32) {
 
 /// Holder role: forever take the port (reclaiming after a killed holder),
 /// prove exclusivity, rewrite the info (the write step), release. The
-/// critical-section marker names the holder's PID: a marker naming another
-/// *live* process while we hold the lock is a double holder (exit 3). A
-/// holder killed inside leaves a marker naming a dead PID, which is fine.
+/// critical-section marker names the holder's PID and is removed before the
+/// release, so a marker naming another PID while we hold the lock means that
+/// holder is still inside (a double holder: exit 3) unless the test killed
+/// it inside, which is fine.
+///
+/// "Killed" is read from the test's kill log ([`KILLED`]), never from
+/// `/proc`: the kernel drops a killed process's flock (when its files are
+/// closed) before the process shows as a zombie, so a "still alive?" probe
+/// can see a holder that is already dead to the lock. The test logs a PID
+/// before it sends SIGKILL, so every holder whose lock was dropped by a kill
+/// is in the log by the time anyone can take the lock after it.
 fn holder_loop(dir: &Path) -> ! {
     let locks = LockDir::create(dir.join("locks")).unwrap();
     let marker = dir.join("critical-section");
@@ -118,7 +155,7 @@ fn holder_loop(dir: &Path) -> ! {
         };
         if let Ok(text) = std::fs::read_to_string(&marker) {
             if let Ok(other) = text.trim().parse::<u32>() {
-                if other != me && alive(other) {
+                if other != me && !was_killed(dir, other) {
                     eprintln!("holder {me}: PID {other} is inside the critical section too");
                     std::process::exit(3);
                 }
@@ -131,7 +168,12 @@ fn holder_loop(dir: &Path) -> ! {
             eprintln!("holder {me}: rewrite failed: {e}");
             std::process::exit(4);
         }
-        let _ = std::fs::remove_file(&marker);
+        // Must go before the release: a marker left by a live holder would
+        // read as a double holder to the next one.
+        if let Err(e) = std::fs::remove_file(&marker) {
+            eprintln!("holder {me}: removing the marker failed: {e}");
+            std::process::exit(4);
+        }
         if let Err(e) = guard.release() {
             eprintln!("holder {me}: release failed: {e}");
             std::process::exit(4);
@@ -200,9 +242,10 @@ fn sigkill_at_random_instants_never_leaves_the_port_stuck_or_double_held() {
             if let Some(rest) = target.checked_sub(start.elapsed()) {
                 std::thread::sleep(rest);
             }
-            let child = holders[i].0.child();
+            let pid = holders[i].0.child().id();
+            log_kill(tmp.path(), pid);
             // SAFETY: kill(2) on our own unreaped child's positive pid.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
         }
         for (reaper, _) in holders.iter_mut() {
             let status = reaper.0.take().unwrap().wait().unwrap();
@@ -233,7 +276,15 @@ fn sigkill_at_random_instants_never_leaves_the_port_stuck_or_double_held() {
         }
         guard.release().unwrap();
         assert_eq!(locks.probe(PORT).unwrap(), LockState::Free, "trial {trial}");
-        let _ = std::fs::remove_file(tmp.path().join("critical-section"));
+        // Next trial: no marker, an empty kill log (PIDs get reused).
+        for name in ["critical-section", KILLED] {
+            match std::fs::remove_file(tmp.path().join(name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    panic!("trial {trial}: remove {name}: {e}")
+                }
+                _ => {}
+            }
+        }
     }
     eprintln!("{TRIALS} trials: {reclaimed} left a stale lock (reclaimed), {free} left it free");
 }
@@ -407,7 +458,11 @@ fn read_only_lock_dir_is_a_clear_error() {
         return;
     }
     if let Some(why) = mount_namespace_unavailable() {
-        eprintln!("SKIPPED read-only lock dir: root ignores mode bits and {why}");
+        prereq::skip_unless_ci(
+            &format!("root ignores mode bits and {why}"),
+            "run as root where `unshare -m` may mount a tmpfs (CAP_SYS_ADMIN)",
+            "the read-only file system case",
+        );
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -434,7 +489,11 @@ fn read_only_lock_dir_is_a_clear_error() {
 #[test]
 fn full_file_system_is_a_clear_error_and_leaves_the_port_free() {
     if let Some(why) = mount_namespace_unavailable() {
-        eprintln!("SKIPPED full file system: {why}");
+        prereq::skip_unless_ci(
+            &why,
+            "run as root where `unshare -m` may mount a tmpfs (CAP_SYS_ADMIN)",
+            "the full file system cases",
+        );
         return;
     }
     let port = free_port().to_string();
@@ -562,7 +621,11 @@ fn private_dir(env: &Env) {
 #[test]
 fn foreign_owned_lock_file_is_refused_before_any_signal() {
     if !is_root() {
-        eprintln!("SKIPPED foreign-owned lock file: chown to another user needs root");
+        prereq::skip_unless_ci(
+            "not root: chown to another user needs root",
+            "run the tests as root",
+            "the foreign-owned lock file case",
+        );
         return;
     }
     let env = Env::new();
@@ -607,7 +670,11 @@ fn foreign_owned_lock_file_is_refused_before_any_signal() {
 #[test]
 fn foreign_owned_lock_dir_is_refused_before_any_signal() {
     if !is_root() {
-        eprintln!("SKIPPED foreign-owned lock dir: chown to another user needs root");
+        prereq::skip_unless_ci(
+            "not root: chown to another user needs root",
+            "run the tests as root",
+            "the foreign-owned lock dir case",
+        );
         return;
     }
     let env = Env::new();

@@ -5,8 +5,10 @@
 //! them, and `llmlb stop` stops them.
 //!
 //! Lives in the root package because only its tests get `CARGO_BIN_EXE_llmlb`.
-//! Parts needing a C compiler or python3 are skipped, with a printed reason,
-//! when those are missing.
+//! A missing C compiler or python3 fails the test (see
+//! `ffi/tests/support/mod.rs`); the library the launchers load is the one
+//! this `cargo test` built through the root package's dev-dependency on
+//! `llmlb-lock-ffi`.
 #![cfg(unix)]
 
 #[path = "../ffi/tests/support/mod.rs"]
@@ -64,23 +66,16 @@ impl Env {
 /// A launcher command line (`[program, args…]`) for PORT and CMD.
 type LauncherCmd = Vec<PathBuf>;
 
-fn c_launcher(env: &Env) -> Option<LauncherCmd> {
-    let Some(cc) = ffi_support::c_compiler() else {
-        eprintln!("SKIPPED the C launcher: no C compiler");
-        return None;
-    };
-    Some(vec![ffi_support::build_launcher(&cc, env.tmp.path())])
+fn c_launcher(env: &Env) -> LauncherCmd {
+    let cc = ffi_support::c_compiler();
+    vec![ffi_support::build_launcher(&cc, env.tmp.path())]
 }
 
-fn python_launcher() -> Option<LauncherCmd> {
-    let Some(python) = ffi_support::python3() else {
-        eprintln!("SKIPPED the Python launcher: python3 not found");
-        return None;
-    };
-    Some(vec![
-        PathBuf::from(python),
+fn python_launcher() -> LauncherCmd {
+    vec![
+        PathBuf::from(ffi_support::python3()),
         ffi_support::repo_root().join("ffi/python/launcher.py"),
-    ])
+    ]
 }
 
 fn launch(env: &Env, launcher: &LauncherCmd, port: u16, cmd: &[&str]) -> Command {
@@ -167,18 +162,13 @@ fn launcher_holder_interops_with_the_cli(launcher: LauncherCmd, env: Env, port: 
 #[test]
 fn c_launcher_is_refused_by_serve_listed_by_status_and_stopped_by_stop() {
     let env = Env::new();
-    let Some(launcher) = c_launcher(&env) else {
-        return;
-    };
+    let launcher = c_launcher(&env);
     launcher_holder_interops_with_the_cli(launcher, env, 8401);
 }
 
 #[test]
 fn python_launcher_is_refused_by_serve_listed_by_status_and_stopped_by_stop() {
-    let Some(launcher) = python_launcher() else {
-        return;
-    };
-    launcher_holder_interops_with_the_cli(launcher, Env::new(), 8402);
+    launcher_holder_interops_with_the_cli(python_launcher(), Env::new(), 8402);
 }
 
 /// A TCP port nobody listens on right now (for `llmlb serve` to bind).
@@ -211,14 +201,7 @@ fn wait_until_held_by(env: &Env, port: u16, pid: u32, serve: &mut Child) {
 #[test]
 fn serve_holding_the_port_refuses_the_c_and_python_launchers() {
     let env = Env::new();
-    let launchers: Vec<(&str, LauncherCmd)> =
-        [("C", c_launcher(&env)), ("Python", python_launcher())]
-            .into_iter()
-            .filter_map(|(name, l)| l.map(|l| (name, l)))
-            .collect();
-    if launchers.is_empty() {
-        return;
-    }
+    let launchers = [("C", c_launcher(&env)), ("Python", python_launcher())];
     let port = free_tcp_port();
     let port_s = port.to_string();
     let mut serve = env

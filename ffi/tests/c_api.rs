@@ -13,18 +13,9 @@ use std::process::{Command, Stdio};
 use llmlb::lock::LockState;
 use support::{describe, text};
 
-/// The C compiler, or `None` after printing why the test is skipped.
-fn cc_or_skip() -> Option<String> {
-    let cc = support::c_compiler();
-    if cc.is_none() {
-        eprintln!("SKIPPED: no C compiler (set CC or install cc)");
-    }
-    cc
-}
-
 #[test]
 fn c_api_tests_pass() {
-    let Some(cc) = cc_or_skip() else { return };
+    let cc = support::c_compiler();
     let tmp = tempfile::tempdir().unwrap();
     let c_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
     let mut sources: Vec<_> = std::fs::read_dir(&c_dir)
@@ -67,16 +58,16 @@ struct Launcher {
     _tmp: tempfile::TempDir,
 }
 
-fn launcher() -> Option<Launcher> {
-    let cc = cc_or_skip()?;
+fn launcher() -> Launcher {
+    let cc = support::c_compiler();
     let tmp = tempfile::tempdir().unwrap();
     let exe = support::build_launcher(&cc, tmp.path());
     let lock_dir = tmp.path().join("locks");
-    Some(Launcher {
+    Launcher {
         exe,
         lock_dir,
         _tmp: tmp,
-    })
+    }
 }
 
 impl Launcher {
@@ -93,7 +84,7 @@ impl Launcher {
 
 #[test]
 fn launcher_runs_the_command_with_the_port_and_returns_its_code() {
-    let Some(l) = launcher() else { return };
+    let l = launcher();
     let out = l
         .command(&[
             "8101",
@@ -112,7 +103,7 @@ fn launcher_runs_the_command_with_the_port_and_returns_its_code() {
 
 #[test]
 fn launcher_holds_the_port_refuses_a_second_and_forwards_sigterm() {
-    let Some(l) = launcher() else { return };
+    let l = launcher();
     // A command that reports readiness, then exits 7 on SIGTERM.
     let script = "trap 'exit 7' TERM; echo ready; while :; do sleep 0.05; done";
     let mut first = l
@@ -155,7 +146,7 @@ fn launcher_holds_the_port_refuses_a_second_and_forwards_sigterm() {
 
 #[test]
 fn launcher_usage_errors_exit_2() {
-    let Some(l) = launcher() else { return };
+    let l = launcher();
     for args in [
         &[][..],
         &["8103", "true"][..],

@@ -27,4 +27,12 @@ fn ffi_corpus_replays() {
             path.display()
         );
     }
+    // The entry points NULL lock dirs at a per-process default dir through
+    // LLMLB_LOCK_DIR; every run must remove it again.
+    let default = std::env::var_os("LLMLB_LOCK_DIR").expect("the entry sets LLMLB_LOCK_DIR");
+    assert!(
+        !std::path::Path::new(&default).exists(),
+        "the ffi fuzz entry left its default lock dir {} behind",
+        default.to_string_lossy()
+    );
 }

@@ -27,14 +27,8 @@ fn committed_header_is_current() {
     }
 }
 
-/// `cc`/`c++` (or `$CC`/`$CXX`), or `None` when no compiler is installed.
 #[cfg(unix)]
-fn compiler(env: &str, default: &str) -> Option<String> {
-    use std::process::Command;
-    let cc = std::env::var(env).unwrap_or_else(|_| default.to_owned());
-    let found = Command::new(&cc).arg("--version").output().is_ok();
-    found.then_some(cc)
-}
+mod support;
 
 #[cfg(unix)]
 #[test]
@@ -52,17 +46,14 @@ fn header_compiles_as_c99_c11_and_cxx11_without_warnings() {
     let c_file = tmp.path().join("use_header.c");
     std::fs::write(&c_file, src).unwrap();
     use std::process::Command;
+    let (c, cxx) = (support::c_compiler(), support::cxx_compiler());
     let cases = [
-        ("CC", "cc", ["-x", "c", "-std=c99"]),
-        ("CC", "cc", ["-x", "c", "-std=c11"]),
-        ("CXX", "c++", ["-x", "c++", "-std=c++11"]),
+        (&c, ["-x", "c", "-std=c99"]),
+        (&c, ["-x", "c", "-std=c11"]),
+        (&cxx, ["-x", "c++", "-std=c++11"]),
     ];
-    for (env, default, lang) in cases {
-        let Some(cc) = compiler(env, default) else {
-            eprintln!("skipping {lang:?}: no {default} compiler found");
-            continue;
-        };
-        let out = Command::new(&cc)
+    for (cc, lang) in cases {
+        let out = Command::new(cc)
             .args(lang)
             .args(["-Wall", "-Wextra", "-Werror", "-pedantic", "-fsyntax-only"])
             .arg("-I")

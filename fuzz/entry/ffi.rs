@@ -76,7 +76,9 @@ impl Input<'_> {
     }
 }
 
-/// The lock dir a NULL `lock_dir` resolves to in this process.
+/// The lock dir a NULL `lock_dir` resolves to in this process. Each [`run`]
+/// removes it when it ends ([`RemoveDefaultDir`]); the library re-creates it
+/// on the next NULL acquire.
 fn default_dir() -> &'static Path {
     static DEFAULT: OnceLock<PathBuf> = OnceLock::new();
     DEFAULT.get_or_init(|| {
@@ -86,6 +88,22 @@ fn default_dir() -> &'static Path {
         std::env::set_var("LLMLB_LOCK_DIR", &dir);
         dir
     })
+}
+
+/// Removes the default lock dir when dropped, also while a failing run
+/// unwinds: every run (and so every `cargo test`) leaves no
+/// `<tmp>/llmlb-fuzz-ffi-<pid>` behind.
+struct RemoveDefaultDir;
+
+impl Drop for RemoveDefaultDir {
+    fn drop(&mut self) {
+        match std::fs::remove_dir_all(default_dir()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound && !std::thread::panicking() => {
+                panic!("cannot remove {}: {e}", default_dir().display())
+            }
+            _ => {}
+        }
+    }
 }
 
 struct Fixture {
@@ -657,6 +675,7 @@ const MAX_CALLS: usize = 64;
 /// at the end.
 pub fn run(data: &[u8]) {
     default_dir();
+    let _cleanup = RemoveDefaultDir;
     let mut session = Session {
         fixture: Fixture::new(),
         live: Vec::new(),

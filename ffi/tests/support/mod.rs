@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+#[path = "../../../tests/support/prereq.rs"]
+pub mod prereq;
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     // CARGO_MANIFEST_DIR is `ffi/` for the ffi tests and the root for the
@@ -35,54 +38,73 @@ const SHARED_LIB: &str = "libllmlb_lock.dylib";
 const SHARED_LIB: &str = "libllmlb_lock.so";
 const STATIC_LIB: &str = "libllmlb_lock.a";
 
-/// The directory holding `libllmlb_lock.so` and `libllmlb_lock.a` built by
-/// this very `cargo test` run (cargo puts them in `target/<profile>/deps`
-/// beside the test executable), else `target/<profile>`, else built now with
-/// `cargo build -p llmlb-lock-ffi` into a target dir of its own (the test's
-/// own target dir is locked by the running `cargo test`).
+/// The directory holding the `libllmlb_lock.so` and `libllmlb_lock.a` that
+/// this very `cargo test` built from the current source: cargo's `deps/`
+/// beside the test executable (so any profile, `--target` and
+/// `CARGO_TARGET_DIR` are respected). Cargo builds them there because the
+/// test depends on the library: the ffi tests as its own tests, the root
+/// package's tests through its dev-dependency on `llmlb-lock-ffi`, and a
+/// `cdylib`/`staticlib` crate type is built with every build of the library.
+///
+/// Nothing else is searched: a library found anywhere else could be older
+/// than the source. Panics if the library is missing or older than a file of
+/// `src/` or `ffi/src/` (a stale build).
 pub fn lib_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let exe = std::env::current_exe().expect("current_exe");
         let deps = exe.parent().expect("exe dir").to_path_buf();
-        let profile_dir = deps.parent().expect("profile dir").to_path_buf();
-        for dir in [&deps, &profile_dir] {
-            if dir.join(SHARED_LIB).is_file() && dir.join(STATIC_LIB).is_file() {
-                return dir.clone();
+        for name in [SHARED_LIB, STATIC_LIB] {
+            let lib = deps.join(name);
+            let built = std::fs::metadata(&lib)
+                .and_then(|m| m.modified())
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "{}: {e}; cargo builds it with the tests that depend on \
+                         llmlb-lock-ffi (is the dev-dependency missing?)",
+                        lib.display()
+                    )
+                });
+            if let Some((source, modified)) = newest_source() {
+                if modified > built {
+                    let newer = modified.duration_since(built).unwrap_or_default();
+                    panic!(
+                        "{} is stale: {} was modified {newer:?} after it was built; \
+                         it must be built by this cargo test from the current source",
+                        lib.display(),
+                        source.display()
+                    );
+                }
             }
         }
-        let profile = profile_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("debug")
-            .to_owned();
-        let target_dir = profile_dir
-            .parent()
-            .expect("target dir")
-            .join("llmlb-ffi-for-tests");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "llmlb-lock-ffi", "--target-dir"])
-            .arg(&target_dir)
-            .current_dir(repo_root());
-        if profile == "release" {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build -p llmlb-lock-ffi");
-        assert!(status.success(), "cargo build -p llmlb-lock-ffi failed");
-        let built = target_dir.join(if profile == "release" {
-            "release"
-        } else {
-            "debug"
-        });
-        assert!(
-            built.join(SHARED_LIB).is_file(),
-            "{} missing",
-            built.display()
-        );
-        built
+        deps
     })
     .clone()
+}
+
+/// The most recently modified file under `src/` and `ffi/src/`.
+fn newest_source() -> Option<(PathBuf, std::time::SystemTime)> {
+    fn walk(dir: &Path, newest: &mut Option<(PathBuf, std::time::SystemTime)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                walk(&path, newest);
+            } else if let Ok(modified) = meta.modified() {
+                if newest.as_ref().is_none_or(|(_, t)| modified > *t) {
+                    *newest = Some((path, modified));
+                }
+            }
+        }
+    }
+    let root = repo_root();
+    let mut newest = None;
+    walk(&root.join("src"), &mut newest);
+    walk(&root.join("ffi/src"), &mut newest);
+    newest
 }
 
 /// The shared library path (what Python's ctypes loads).
@@ -90,48 +112,96 @@ pub fn shared_lib() -> PathBuf {
     lib_dir().join(SHARED_LIB)
 }
 
-/// `$CC`, else `cc`, if it runs.
-pub fn c_compiler() -> Option<String> {
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
-    Command::new(&cc)
-        .arg("--version")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|_| cc)
+/// `$env`, else `default`, if `--version` runs; else the test fails
+/// naming the compiler (every machine of this project has one).
+fn compiler(env: &str, default: &str, package: &str) -> String {
+    let cc = std::env::var(env).unwrap_or_else(|_| default.to_owned());
+    match Command::new(&cc).arg("--version").output() {
+        Ok(o) if o.status.success() => cc,
+        Ok(o) => prereq::fail(
+            &format!("`{cc} --version` failed ({})", o.status),
+            &format!("install {package} or point {env} at a working compiler"),
+        ),
+        Err(e) => prereq::fail(
+            &format!("no C/C++ compiler `{cc}` ({e})"),
+            &format!("install {package} (e.g. `apt-get install {package}`) or set {env}"),
+        ),
+    }
 }
 
-/// `python3` if present.
-pub fn python3() -> Option<String> {
-    Command::new("python3")
-        .arg("--version")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|_| "python3".to_owned())
+/// `$CC`, else `cc`; fails the test if it does not run.
+pub fn c_compiler() -> String {
+    compiler("CC", "cc", "gcc")
+}
+
+/// `$CXX`, else `c++`; fails the test if it does not run.
+pub fn cxx_compiler() -> String {
+    compiler("CXX", "c++", "g++")
+}
+
+/// `python3`; fails the test if it does not run.
+pub fn python3() -> String {
+    match Command::new("python3").arg("--version").output() {
+        Ok(o) if o.status.success() => "python3".to_owned(),
+        Ok(o) => prereq::fail(
+            &format!("`python3 --version` failed ({})", o.status),
+            "install python3 (e.g. `apt-get install python3`)",
+        ),
+        Err(e) => prereq::fail(
+            &format!("python3 not found ({e})"),
+            "install python3 (e.g. `apt-get install python3`)",
+        ),
+    }
 }
 
 /// Whether `cc -fsanitize=address,undefined` builds and runs a program here
-/// (it does not under some containers' ptrace/personality limits).
+/// (it does not under some containers' ptrace/personality limits, or without
+/// the libasan/libubsan runtimes). When not, CI fails and a local run says
+/// loudly that the C tests ran without sanitizers.
 pub fn sanitizers_work(cc: &str) -> bool {
-    static WORKS: OnceLock<bool> = OnceLock::new();
-    *WORKS.get_or_init(|| {
-        let Ok(tmp) = tempfile::tempdir() else {
-            return false;
-        };
+    static WORKS: OnceLock<Result<(), String>> = OnceLock::new();
+    let works = WORKS.get_or_init(|| {
+        let tmp = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
         let src = tmp.path().join("probe.c");
         let exe = tmp.path().join("probe");
-        if std::fs::write(&src, "int main(void) { return 0; }\n").is_err() {
-            return false;
-        }
+        std::fs::write(&src, "int main(void) { return 0; }\n")
+            .map_err(|e| format!("write probe: {e}"))?;
         let built = Command::new(cc)
             .args(["-fsanitize=address,undefined", "-o"])
             .arg(&exe)
             .arg(&src)
             .output()
-            .is_ok_and(|o| o.status.success());
-        built && Command::new(&exe).status().is_ok_and(|s| s.success())
-    })
+            .map_err(|e| format!("run {cc}: {e}"))?;
+        if !built.status.success() {
+            return Err(format!(
+                "`{cc} -fsanitize=address,undefined` fails: {}",
+                String::from_utf8_lossy(&built.stderr).trim()
+            ));
+        }
+        let ran = Command::new(&exe)
+            .output()
+            .map_err(|e| format!("run the ASan probe: {e}"))?;
+        if !ran.status.success() {
+            return Err(format!(
+                "an ASan/UBSan program does not run here ({}): {}",
+                ran.status,
+                String::from_utf8_lossy(&ran.stderr).trim()
+            ));
+        }
+        Ok(())
+    });
+    match works {
+        Ok(()) => true,
+        Err(why) => {
+            prereq::skip_unless_ci(
+                why,
+                "install the sanitizer runtimes (libasan, libubsan; `apt-get install gcc`) \
+                 and allow ptrace/personality",
+                "ASan/UBSan on the C API tests",
+            );
+            false
+        }
+    }
 }
 
 /// How to link against the library.
@@ -145,7 +215,8 @@ pub enum Link {
 
 /// Compiles `sources` into `out` with `-Wall -Wextra -Werror -pedantic`
 /// against the header and the library, adding ASan/UBSan when `sanitize`
-/// and available. Panics with the compiler's output on failure.
+/// (see [`sanitizers_work`] for when they are missing). Panics with the
+/// compiler's output on failure.
 pub fn compile_c(cc: &str, sources: &[PathBuf], out: &Path, link: Link, sanitize: bool) {
     let lib = lib_dir();
     let mut cmd = Command::new(cc);
