@@ -44,7 +44,7 @@ mod linux {
             let result = std::panic::catch_unwind(|| run_scenario(&scenario));
             std::process::exit(if result.is_ok() { 0 } else { 1 });
         }
-        let tests: &[(&str, fn() -> Ran)] = &[
+        let tests: &[(&str, Test)] = &[
             (
                 "stop_force_never_kills_a_process_that_reused_the_holders_pid",
                 pid_reuse,
@@ -83,6 +83,9 @@ mod linux {
             std::process::exit(1);
         }
     }
+
+    /// A test of this harness.
+    type Test = fn() -> Ran;
 
     /// Whether a test ran, or could not here (never under CI).
     enum Ran {
