@@ -29,7 +29,10 @@ impl Drop for Reaper {
 
 fn spawn_self(test_name: &str, role: &str, dir: &Path) -> Child {
     Command::new(std::env::current_exe().unwrap())
+        // --include-ignored: a test ignored on this platform still plays
+        // its worker role when run with --include-ignored.
         .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
+        .arg("--include-ignored")
         .env(ROLE, role)
         .env(DIR, dir)
         .stdout(Stdio::piped())
@@ -87,6 +90,10 @@ fn contend(dir: &Path) -> ! {
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "issue 10: on Windows an acquire racing another process's release can fail with a sharing violation (os error 32) instead of retrying or reporting Busy"
+)]
 fn eight_processes_never_overlap() {
     if let Some((role, dir)) = role() {
         assert_eq!(role, "contend");
