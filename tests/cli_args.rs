@@ -1,9 +1,11 @@
 //! Usage errors (exit 2), help/version/completions, lock dir handling, and
-//! `status` listing and exit codes.
-#![cfg(target_os = "linux")]
+//! `status` listing and exit codes. Linux and Windows (under Wine in CI);
+//! macOS is compile-checked only.
+#![cfg(any(target_os = "linux", windows))]
 
 mod cli_support;
 
+#[cfg(unix)]
 use std::os::unix::fs::PermissionsExt;
 
 use cli_support::*;
@@ -117,6 +119,7 @@ fn status_lists_every_lock_sorted_by_port() {
     assert_eq!(out.code(), Some(1));
 }
 
+#[cfg(unix)] // Unix modes make the dir unsafe
 #[test]
 fn status_of_a_missing_dir_is_not_running_and_of_an_unsafe_dir_is_unknown() {
     let env = Env::new();
@@ -155,6 +158,10 @@ fn status_of_a_missing_dir_is_not_running_and_of_an_unsafe_dir_is_unknown() {
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "issue 10: `llmlb stop` cannot stop a server on Windows yet (no process identity, no stop channel)"
+)]
 fn relative_lock_dirs_flag_is_from_cwd_env_is_refused() {
     let env = Env::new();
     let port = free_port();
@@ -193,6 +200,10 @@ fn relative_lock_dirs_flag_is_from_cwd_env_is_refused() {
 /// names the same dir as `--lock-dir locks`; `..` in LLMLB_LOCK_DIR is
 /// refused with the fix.
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "issue 10: `llmlb stop` cannot stop a server on Windows yet (no process identity, no stop channel)"
+)]
 fn dot_dot_in_the_lock_dir_flag_resolves_and_in_the_env_is_refused() {
     let env = Env::new();
     let port = free_port();

@@ -1,14 +1,20 @@
 //! `llmlb serve` end to end: lifecycle, refusal, signals, crash recovery,
 //! bind failure and a start-up race, each with its own lock dir and port.
-#![cfg(target_os = "linux")]
+//! Linux and Windows (under Wine in CI); macOS is compile-checked only.
+#![cfg(any(target_os = "linux", windows))]
 
 mod cli_support;
 
+#[cfg(unix)]
 use std::os::unix::process::ExitStatusExt;
 
 use cli_support::*;
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "issue 10: `llmlb stop` cannot stop a server on Windows yet (no process identity, no stop channel)"
+)]
 fn serve_then_status_then_stop() {
     let env = Env::new();
     let port = free_port();
@@ -69,6 +75,10 @@ fn serve_then_status_then_stop() {
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "issue 10: no process identity on Windows yet, so the already-running hint offers no `llmlb stop`"
+)]
 fn duplicate_is_refused_and_the_holder_file_untouched() {
     let env = Env::new();
     let port = free_port();
@@ -144,6 +154,7 @@ fn unreadable_holder_details_are_reported_as_such() {
     drop(guard);
 }
 
+#[cfg(unix)] // signals
 #[test]
 fn sigterm_and_sigint_stop_gracefully() {
     for sig in [libc::SIGTERM, libc::SIGINT] {
@@ -158,6 +169,7 @@ fn sigterm_and_sigint_stop_gracefully() {
     }
 }
 
+#[cfg(unix)] // signals
 #[test]
 fn kill_9_leaves_a_stale_lock_that_the_next_serve_reclaims() {
     let env = Env::new();
@@ -216,6 +228,10 @@ fn bind_failure_exits_1_and_releases_the_lock() {
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "issue 10: `llmlb stop` cannot stop a server on Windows yet (no process identity, no stop channel)"
+)]
 fn ten_concurrent_serves_leave_exactly_one_running() {
     let env = Env::new();
     let port = free_port();
@@ -264,6 +280,7 @@ fn ten_concurrent_serves_leave_exactly_one_running() {
     assert_eq!(winner.wait().code(), Some(0));
 }
 
+#[cfg(unix)] // signals
 #[test]
 fn a_slow_client_blocks_neither_other_clients_nor_shutdown() {
     use std::io::Write as _;

@@ -1,6 +1,6 @@
 //! Real processes contending for one port. The test binary re-invokes itself
-//! as the worker (`LLMLB_TEST_ROLE`), so no extra binary is shipped.
-#![cfg(unix)]
+//! as the worker (`LLMLB_TEST_ROLE`), so no extra binary is shipped. The
+//! fork tests are Unix's (Windows has no fork); the rest run everywhere.
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
@@ -29,7 +29,10 @@ impl Drop for Reaper {
 
 fn spawn_self(test_name: &str, role: &str, dir: &Path) -> Child {
     Command::new(std::env::current_exe().unwrap())
+        // --include-ignored: a test ignored on this platform still plays
+        // its worker role when run with --include-ignored.
         .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
+        .arg("--include-ignored")
         .env(ROLE, role)
         .env(DIR, dir)
         .stdout(Stdio::piped())
@@ -87,6 +90,10 @@ fn contend(dir: &Path) -> ! {
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "issue 10: on Windows an acquire racing another process's release can fail with a sharing violation (os error 32) instead of retrying or reporting Busy"
+)]
 fn eight_processes_never_overlap() {
     if let Some((role, dir)) = role() {
         assert_eq!(role, "contend");
@@ -175,7 +182,7 @@ fn sigkilled_holder_is_reclaimed_with_its_pid() {
         other => panic!("expected AlreadyRunning by {child_pid}, got {other:?}"),
     }
 
-    child.kill().unwrap(); // SIGKILL: no cleanup runs
+    child.kill().unwrap(); // SIGKILL / TerminateProcess: no cleanup runs
     child.wait().unwrap();
     holder.0 = None;
 
@@ -191,7 +198,9 @@ fn sigkilled_holder_is_reclaimed_with_its_pid() {
     assert_eq!(dir.probe(PORT).unwrap(), LockState::Free);
 }
 
+#[cfg(unix)]
 struct CloseOnDrop(libc::c_int);
+#[cfg(unix)]
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
         // SAFETY: closing a descriptor this test owns, once.
@@ -199,6 +208,7 @@ impl Drop for CloseOnDrop {
     }
 }
 
+#[cfg(unix)]
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !cond() {
@@ -207,6 +217,7 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+#[cfg(unix)]
 fn held_by(dir: &LockDir) -> Option<u32> {
     match dir.probe(PORT).unwrap() {
         LockState::Held(Some(info)) => Some(info.pid),
@@ -216,6 +227,7 @@ fn held_by(dir: &LockDir) -> Option<u32> {
 
 /// A forked child that drops its inherited guard only closes its descriptor:
 /// the parent keeps the lock and its file.
+#[cfg(unix)]
 #[test]
 fn forked_child_drop_leaves_parent_lock_alone() {
     let tmp = tempfile::tempdir().unwrap();
@@ -246,6 +258,7 @@ fn forked_child_drop_leaves_parent_lock_alone() {
 
 /// Daemonizing hand-off: the child adopts, the parent's release only closes,
 /// the child stays the recorded holder and its release removes the file.
+#[cfg(unix)]
 #[test]
 fn forked_child_adopts_and_parent_release_only_closes() {
     let tmp = tempfile::tempdir().unwrap();

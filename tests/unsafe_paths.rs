@@ -1,13 +1,16 @@
 //! Hostile things at the lock file's path: refused with a clear error, never
-//! followed, never written, never hung on.
-#![cfg(unix)]
+//! followed, never written, never hung on. Most are made with Unix
+//! mechanisms (symlinks, FIFOs, modes) and are Unix-only; the rest run on
+//! Windows too.
 
+#[cfg(unix)]
 use std::os::unix::fs::{symlink, PermissionsExt};
 
 use llmlb::lock::{acquire_or_reclaim, LockDir, LockError};
 
 const PORT: u16 = 44321;
 
+#[cfg(unix)]
 #[test]
 fn symlinked_lock_file_is_refused_and_its_target_never_written() {
     let tmp = tempfile::tempdir().unwrap();
@@ -39,6 +42,7 @@ fn symlinked_lock_file_is_refused_and_its_target_never_written() {
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
 }
 
+#[cfg(unix)]
 #[test]
 fn dangling_symlink_is_refused_and_nothing_is_created() {
     let tmp = tempfile::tempdir().unwrap();
@@ -52,6 +56,7 @@ fn dangling_symlink_is_refused_and_nothing_is_created() {
     assert!(!target.exists(), "O_CREAT must not follow the link");
 }
 
+#[cfg(unix)]
 #[test]
 fn fifo_at_the_lock_path_is_refused_without_hanging() {
     let tmp = tempfile::tempdir().unwrap();
@@ -72,6 +77,7 @@ fn fifo_at_the_lock_path_is_refused_without_hanging() {
     }
 }
 
+#[cfg(unix)]
 #[test]
 fn lock_file_is_created_owner_only() {
     let tmp = tempfile::tempdir().unwrap();
@@ -86,6 +92,10 @@ fn lock_file_is_created_owner_only() {
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "issue 10: no process identity on Windows yet, so the already-running error offers no `llmlb stop`"
+)]
 fn error_messages_are_one_line_and_name_the_thing() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = LockDir::create(tmp.path().join("locks")).unwrap();
@@ -110,6 +120,7 @@ fn error_messages_are_one_line_and_name_the_thing() {
 /// A symlinked lock dir spelled with a trailing `/` or `/.` makes `lstat`
 /// follow the link; the dir is opened `O_NOFOLLOW` after normalising the
 /// spelling, so every spelling is refused.
+#[cfg(unix)]
 #[test]
 fn symlinked_dir_is_refused_however_it_is_spelled() {
     let tmp = tempfile::tempdir().unwrap();
@@ -159,6 +170,7 @@ fn dot_dot_in_a_lock_dir_is_refused() {
 
 /// The hint for a dir someone else owns cannot be `chmod` (only its owner
 /// can); a group-writable dir of our own gets the chmod.
+#[cfg(unix)]
 #[test]
 fn dir_hints_name_a_fix_that_works() {
     let tmp = tempfile::tempdir().unwrap();
@@ -185,6 +197,7 @@ fn dir_hints_name_a_fix_that_works() {
 
 /// A lock dir path holding a newline or another control character still
 /// yields a one-line error (found by the `ffi` fuzz target).
+#[cfg(unix)] // Windows forbids control characters in file names
 #[test]
 fn control_characters_in_paths_stay_on_one_line() {
     let tmp = tempfile::tempdir().unwrap();

@@ -20,6 +20,10 @@ fn intact_file_is_left_alone() {
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "Windows forbids removing a held lock file (no FILE_SHARE_DELETE): see held_file_and_dir_cannot_be_removed_on_windows"
+)]
 fn removed_file_is_recreated_with_the_same_info() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = LockDir::create(tmp.path().join("locks")).unwrap();
@@ -62,6 +66,10 @@ fn file_overwritten_in_place_is_rewritten() {
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "Windows forbids removing a held lock file (no FILE_SHARE_DELETE): see held_file_and_dir_cannot_be_removed_on_windows"
+)]
 fn port_taken_after_removal_is_reported_lost() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = LockDir::create(tmp.path().join("locks")).unwrap();
@@ -83,6 +91,10 @@ fn port_taken_after_removal_is_reported_lost() {
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "Windows forbids removing a held lock file (no FILE_SHARE_DELETE): see held_file_and_dir_cannot_be_removed_on_windows"
+)]
 fn removed_dir_is_recreated() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = LockDir::create(tmp.path().join("locks")).unwrap();
@@ -124,4 +136,24 @@ fn dir_replaced_under_the_holder_is_taken_again_at_the_path() {
     guard.release().unwrap();
     assert_eq!(fresh.probe(PORT).unwrap(), LockState::Free);
     assert!(!path.join("serve_43210.lock").exists());
+}
+
+/// Windows' side of the removal tests above: the lock file is opened without
+/// `FILE_SHARE_DELETE`, so neither it nor its dir can be removed while held,
+/// and verify() has nothing to restore.
+#[cfg(windows)]
+#[test]
+fn held_file_and_dir_cannot_be_removed_on_windows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = LockDir::create(tmp.path().join("locks")).unwrap();
+    let mut guard = acquire_or_reclaim(&dir, PORT).unwrap();
+    let before = std::fs::read(dir.lock_path(PORT)).unwrap();
+    assert!(std::fs::remove_file(dir.lock_path(PORT)).is_err());
+    assert!(std::fs::remove_dir_all(dir.path()).is_err());
+    assert_eq!(std::fs::read(dir.lock_path(PORT)).unwrap(), before);
+    assert_eq!(guard.verify().unwrap(), Integrity::Intact);
+    assert!(held_by_us(&dir));
+    guard.release().unwrap();
+    assert!(!dir.lock_path(PORT).exists(), "release removes the file");
+    assert_eq!(dir.probe(PORT).unwrap(), LockState::Free);
 }

@@ -1,6 +1,7 @@
 //! Shared helpers for the `llmlb` end-to-end tests: a private lock dir and a
 //! free port per test, process guards that kill on drop, and polling waits
-//! with generous deadlines (never timing assertions).
+//! with generous deadlines (never timing assertions). Signals, process
+//! groups and `/proc` helpers are Unix-only.
 #![allow(dead_code)] // each test file uses a different subset
 
 use std::fs::File;
@@ -193,8 +194,10 @@ impl Drop for Proc {
 }
 
 /// Kills a whole process group on drop (exec-mode children and grandchildren).
+#[cfg(unix)]
 pub struct GroupGuard(pub Option<u32>);
 
+#[cfg(unix)]
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         if let Some(pgid) = self.0 {
@@ -219,6 +222,7 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 }
 
 /// Sends `sig` to `pid`.
+#[cfg(unix)]
 pub fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: plain kill(2) to one positive pid.
     let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
@@ -226,6 +230,7 @@ pub fn signal(pid: u32, sig: libc::c_int) {
 }
 
 /// Whether `pid` is a live (non-zombie) process.
+#[cfg(unix)]
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
@@ -239,6 +244,7 @@ pub fn alive(pid: u32) -> bool {
 }
 
 /// The process group of `pid` (`/proc/<pid>/stat` field 5).
+#[cfg(unix)]
 pub fn pgid_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = stat.rsplit_once(')')?;
