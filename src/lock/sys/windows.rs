@@ -218,21 +218,6 @@ pub(crate) fn configure_child(_cmd: &mut std::process::Command) {}
 #[derive(Debug)]
 pub(crate) struct ChildFd(());
 
-impl ChildFd {
-    /// No descriptor number on Windows.
-    pub(crate) fn number(&self) -> u32 {
-        0
-    }
-}
-
-/// Not supported on Windows: the child does not inherit the lock.
-pub(crate) fn pass_to_child(_cmd: &mut std::process::Command, _file: &File) -> io::Result<ChildFd> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "passing the lock to a child is not supported on Windows",
-    ))
-}
-
 /// No descriptor numbers on Windows.
 pub(crate) fn raw_descriptor(_file: &File) -> i32 {
     -1
