@@ -183,6 +183,9 @@ enum LlmlbStatus llmlb_lock_acquire(const char *lock_dir,
  * after the child adopted, it likewise only closes the parent's descriptor.
  * The lock is never explicitly unlocked, since parent and child share it.
  *
+ * After `llmlb_lock_fd` handed the descriptor out, the file is removed only
+ * if no other process still holds the descriptor (see `llmlb_lock_fd`).
+ *
  * Threads: do not use the handle concurrently with any other call on it.
  *
  * # Safety
@@ -296,6 +299,58 @@ const char *llmlb_last_error(void);
  * freed, safe from any thread.
  */
 const char *llmlb_lock_version(void);
+
+/**
+ * Records `pgid`, the process group of the command this launcher runs,
+ * in the lock file, so `llmlb status` shows it and `llmlb stop --force`
+ * kills the whole group, grandchildren included, not only the launcher.
+ * The identity of the group's leader (the process whose PID is `pgid`) is
+ * recorded with it: `stop` signals the group only while that leader is
+ * still the same process, never on a bare number. `pgid` 0 clears both.
+ *
+ * Put the child in a group of its own first (`setpgid(child, child)` in
+ * both parent and child, or `setsid`), then record `pgid = child`, before
+ * the launcher could be stopped. A `pgid` that is not a live process
+ * leading its own group (and always 1) gives
+ * `LLMLB_STATUS_INVALID_ARGUMENT`; so does any non-zero `pgid` on Windows.
+ * On `LLMLB_STATUS_IO_ERROR` the file keeps its previous record.
+ *
+ * Threads: do not use the handle concurrently with any other call on it.
+ *
+ * # Safety
+ * `lock` is NULL or a live handle.
+ */
+enum LlmlbStatus llmlb_lock_set_child_pgid(struct LlmlbLock *lock, uint32_t pgid);
+
+/**
+ * Unix only: writes the lock's file descriptor to `*out_fd`, so a launcher
+ * can let its child inherit the lock. The lock belongs to the open file
+ * description (flock), so every process that keeps this descriptor holds
+ * the port's lock: the port then stays locked while any of the command's
+ * tree lives, even if the launcher is killed.
+ *
+ * The descriptor stays owned by the handle: never close it in this
+ * process; it is valid until `llmlb_lock_release`. It is close-on-exec: to
+ * pass it on, clear `FD_CLOEXEC` in the forked child only
+ * (`fcntl(fd, F_SETFD, 0)` before `execvp`; Python: `pass_fds`).
+ *
+ * After this call, `llmlb_lock_release` closes the handle's descriptor and
+ * takes the lock again before removing the file: if a process still holds
+ * the descriptor (a descendant the launcher's clean-up did not reach), the
+ * file stays, held, until that process exits (then it is stale). So end
+ * the child's process group first (SIGTERM, then SIGKILL after a deadline).
+ *
+ * NULL `lock` or `out_fd` gives `LLMLB_STATUS_INVALID_ARGUMENT`; on Windows
+ * the call gives `LLMLB_STATUS_IO_ERROR`. `*out_fd` is -1 on any non-OK
+ * status (when `out_fd` is not NULL).
+ *
+ * Threads: do not use the handle concurrently with any other call on it.
+ *
+ * # Safety
+ * `lock` is NULL or a live handle; `out_fd` is NULL or valid for writing an
+ * `int`.
+ */
+enum LlmlbStatus llmlb_lock_fd(struct LlmlbLock *lock, int *out_fd);
 
 /**
  * Opens the lock dir once for many `llmlb_lock_dir_acquire` and

@@ -1,5 +1,7 @@
 //! Exec mode, `llmlb serve --port P -- CMD`: exit codes, environment, the
-//! child's process group and descriptors, signal forwarding, parent death.
+//! child's process group and descriptors, signal forwarding, parent death,
+//! and the command's whole tree: it holds the lock with llmlb, and llmlb ends
+//! all of it (TERM, then KILL after a deadline) before releasing.
 #![cfg(target_os = "linux")]
 
 mod cli_support;
@@ -58,14 +60,14 @@ fn a_missing_command_exits_127_and_releases() {
 }
 
 #[test]
-fn the_child_runs_in_its_own_recorded_group_without_the_lock_fd() {
+fn the_child_runs_in_its_own_recorded_group_holding_the_lock_fd() {
     for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
         let env = Env::new();
         let port = free_port();
         let pid_file = env.tmp.path().join("child.pid");
         let fds_file = env.tmp.path().join("fds.txt");
         let script = format!(
-            "ls -l /proc/$$/fd > {fds}; echo $$ > {pid}; exec sleep 60",
+            "readlink /proc/$$/fd/$LLMLB_LOCK_FD > {fds}; echo $$ > {pid}; exec sleep 60",
             fds = fds_file.display(),
             pid = pid_file.display()
         );
@@ -74,10 +76,11 @@ fn the_child_runs_in_its_own_recorded_group_without_the_lock_fd() {
         let _group = GroupGuard(Some(child));
         assert_eq!(pgid_of(child), Some(child), "child leads its own group");
         assert_ne!(pgid_of(server.pid()), Some(child));
-        let fds = std::fs::read_to_string(&fds_file).unwrap();
-        assert!(
-            !fds.contains("serve_"),
-            "lock fd leaked into the child:\n{fds}"
+        let fd_target = read_when_written(&fds_file);
+        assert_eq!(
+            std::path::Path::new(&fd_target),
+            env.lock_file(port),
+            "LLMLB_LOCK_FD does not name the inherited lock file"
         );
         wait_until("child_pgid recorded", || {
             let (code, json) = status_json(&env, Some(port));
@@ -90,6 +93,174 @@ fn the_child_runs_in_its_own_recorded_group_without_the_lock_fd() {
         assert!(!alive(child));
         assert!(!env.lock_file(port).exists());
     }
+}
+
+/// `sh -c 'CMD & …'` run by llmlb: the script writes the background
+/// process's PID to `gc.pid` and its own to `sh.pid`, then runs `rest`.
+fn spawn_with_grandchild(env: &Env, port: u16, prefix: &str, rest: &str) -> (Proc, u32, u32) {
+    let gc_file = env.tmp.path().join("gc.pid");
+    let sh_file = env.tmp.path().join("sh.pid");
+    let script = format!(
+        "{prefix} sleep 1000 & echo $! > {gc}; echo $$ > {sh}; {rest}",
+        gc = gc_file.display(),
+        sh = sh_file.display()
+    );
+    let server = env.spawn(&["serve", "-p", &port.to_string(), "--", "sh", "-c", &script]);
+    let sh: u32 = read_when_written(&sh_file).parse().unwrap();
+    let gc: u32 = read_when_written(&gc_file).parse().unwrap();
+    (server, sh, gc)
+}
+
+/// Kills one process on drop (a grandchild that left its group).
+struct PidGuard(u32);
+
+impl Drop for PidGuard {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of one positive pid.
+        unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
+    }
+}
+
+#[test]
+fn a_grandchild_keeps_the_port_locked_after_llmlb_is_killed() {
+    let env = Env::new();
+    let port = free_port();
+    let p = port.to_string();
+    let (mut server, sh, gc) = spawn_with_grandchild(&env, port, "", "wait");
+    let _group = GroupGuard(Some(sh));
+    let _gc = PidGuard(gc);
+    wait_until("the lock to be taken", || {
+        env.run(&["status", "--port", &p]).code() == Some(0)
+    });
+
+    signal(server.pid(), libc::SIGKILL);
+    assert_eq!(server.wait().signal(), Some(libc::SIGKILL));
+    // The direct child dies with llmlb (parent-death signal)...
+    wait_until("the direct child to die", || !alive(sh));
+    // ...but the grandchild it started lives on, so the port must not be
+    // free: llmlb's lock lives on in the grandchild's inherited descriptor.
+    assert!(alive(gc), "the grandchild died too: the test shows nothing");
+    let status = env.run(&["status", "--port", &p]);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "port reported not held while the grandchild {gc} lives: {status:?}"
+    );
+    let serve = env.run(&["serve", "-p", &p, "--", "true"]);
+    assert_eq!(serve.code(), Some(1), "{serve:?}");
+    assert!(serve.stderr.contains("already running"), "{serve:?}");
+
+    // Once the grandchild is gone the file is stale, and the next start takes it.
+    signal(gc, libc::SIGKILL);
+    wait_until("the grandchild to die", || !alive(gc));
+    wait_until("the lock to go stale", || {
+        env.run(&["status", "--port", &p]).code() == Some(1)
+    });
+    assert_eq!(env.run(&["serve", "-p", &p, "--", "true"]).code(), Some(0));
+}
+
+#[test]
+fn what_the_command_leaves_in_its_group_is_stopped_before_release() {
+    let env = Env::new();
+    let port = free_port();
+    let (mut server, sh, gc) = spawn_with_grandchild(&env, port, "", "exit 3");
+    let _group = GroupGuard(Some(sh));
+    let _gc = PidGuard(gc);
+    assert_eq!(server.wait().code(), Some(3), "{}", server.stderr());
+    // Dead before llmlb exited (no wait here: llmlb waited for it).
+    assert!(
+        !alive(gc),
+        "the grandchild outlived llmlb; stderr:\n{}",
+        server.stderr()
+    );
+    assert!(!env.lock_file(port).exists());
+    assert_eq!(
+        env.run(&["status", "--port", &port.to_string()]).code(),
+        Some(3)
+    );
+}
+
+#[test]
+fn a_command_ignoring_sigterm_is_killed_after_the_deadline() {
+    let env = Env::new();
+    let port = free_port();
+    let (mut server, sh, gc) = spawn_with_grandchild(&env, port, "trap '' TERM;", "wait; wait");
+    let _group = GroupGuard(Some(sh));
+    let _gc = PidGuard(gc);
+    signal(server.pid(), libc::SIGTERM);
+    // Bounded by PATIENCE: an unbounded wait for the command fails here.
+    let status = server.wait();
+    let stderr = server.stderr();
+    assert_eq!(status.code(), Some(128 + libc::SIGKILL), "{stderr}");
+    assert!(
+        stderr.contains("sending SIGKILL to its process group"),
+        "{stderr}"
+    );
+    assert!(!alive(sh) && !alive(gc), "{stderr}");
+    assert!(!env.lock_file(port).exists());
+}
+
+#[test]
+fn a_lost_port_stops_a_command_ignoring_sigterm_with_sigkill() {
+    let env = Env::new();
+    let port = free_port();
+    let (mut server, sh, gc) = spawn_with_grandchild(&env, port, "trap '' TERM;", "wait; wait");
+    let _group = GroupGuard(Some(sh));
+    let _gc = PidGuard(gc);
+    let file = env.lock_file(port);
+    wait_until("the lock file", || file.exists());
+
+    // Paused, llmlb cannot re-create its file before we take the port.
+    signal(server.pid(), libc::SIGSTOP);
+    std::fs::remove_file(&file).unwrap();
+    let dir = llmlb::lock::LockDir::create(&env.locks).unwrap();
+    let other = llmlb::lock::acquire_or_reclaim(&dir, port).unwrap();
+    signal(server.pid(), libc::SIGCONT);
+
+    let status = server.wait();
+    let stderr = server.stderr();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("shutting down"), "{stderr}");
+    assert!(
+        stderr.contains("sending SIGKILL to its process group"),
+        "{stderr}"
+    );
+    assert!(!alive(sh) && !alive(gc), "{stderr}");
+    // The new holder's file is untouched.
+    assert_eq!(
+        llmlb::lock::probe(&env.locks, port).unwrap(),
+        llmlb::lock::LockState::Held(Some(other.info().clone()))
+    );
+    other.release().unwrap();
+}
+
+#[test]
+fn a_descendant_that_left_the_group_keeps_the_port_locked_after_release() {
+    let env = Env::new();
+    let port = free_port();
+    let p = port.to_string();
+    // `setsid` puts the grandchild in a session (and group) of its own: the
+    // group clean-up cannot reach it, but it holds the inherited lock.
+    let (mut server, sh, gc) = spawn_with_grandchild(&env, port, "setsid", "exit 0");
+    let _group = GroupGuard(Some(sh));
+    let _gc = PidGuard(gc);
+    assert_eq!(server.wait().code(), Some(0), "{}", server.stderr());
+    assert!(alive(gc), "the setsid grandchild was reached after all");
+    let status = env.run(&["status", "--port", &p]);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "port reported not held while {gc} holds its lock: {status:?}"
+    );
+    assert!(
+        server.stderr().contains("stays locked until it exits"),
+        "{}",
+        server.stderr()
+    );
+    signal(gc, libc::SIGKILL);
+    wait_until("the lock to go stale", || {
+        env.run(&["status", "--port", &p]).code() == Some(1)
+    });
 }
 
 #[test]

@@ -232,3 +232,99 @@ fn serve_holding_the_port_refuses_the_c_and_python_launchers() {
     assert_eq!(serve.wait().unwrap().code(), Some(0));
     assert!(!Path::new(&env.lock_file(port)).exists());
 }
+
+/// Whether `pid` is a live (non-zombie) process.
+#[cfg(target_os = "linux")]
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        !matches!(state, Some("Z") | Some("X"))
+    })
+}
+
+/// SIGKILLs a process group on drop, so a failing test leaves nothing behind.
+#[cfg(target_os = "linux")]
+struct KillGroup(u32);
+
+#[cfg(target_os = "linux")]
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) with -pgid, pgid > 1, targets one group.
+        if self.0 > 1 {
+            unsafe { libc::kill(-(self.0 as libc::pid_t), libc::SIGKILL) };
+        }
+    }
+}
+
+/// A launcher records its command's process group in the lock file (with
+/// the C ABI's `llmlb_lock_set_child_pgid`), so `llmlb status` shows it and
+/// `llmlb stop --force` kills the whole group: a grandchild that ignores
+/// SIGTERM and outlives the killed launcher included.
+#[cfg(target_os = "linux")]
+fn launcher_group_is_recorded_and_reached_by_stop_force(
+    launcher: LauncherCmd,
+    env: Env,
+    port: u16,
+) {
+    let gc_file = env.tmp.path().join("gc.pid");
+    let script = format!(
+        "trap '' TERM; sleep 1000 & echo $! > {}; echo $$; wait; wait",
+        gc_file.display()
+    );
+    let mut holder = launch(&env, &launcher, port, &["sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let sh: u32 = line.trim().parse().expect("the command's PID");
+    let _group = KillGroup(sh);
+    let gc: u32 = std::fs::read_to_string(&gc_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    let port_s = port.to_string();
+    let json = env.llmlb(&["status", "--format", "json", "--port", &port_s]);
+    assert_eq!(json.status.code(), Some(0), "{}", describe(&json));
+    let rows: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(rows[0]["pid"], holder.id(), "{rows}");
+    assert_eq!(rows[0]["child_pgid"], sh, "{rows}");
+
+    let stop = env.llmlb(&["stop", "--port", &port_s, "--timeout", "0", "--force"]);
+    assert_eq!(stop.status.code(), Some(0), "{}", describe(&stop));
+    assert!(
+        text(&stop.stderr).contains(&format!("process group {sh}")),
+        "{}",
+        describe(&stop)
+    );
+    holder.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive(gc) {
+        assert!(
+            Instant::now() < deadline,
+            "stop --force did not reach the grandchild {gc} in group {sh}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(env.probe(port), LockState::Free);
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn c_launcher_group_is_recorded_and_reached_by_stop_force() {
+    let env = Env::new();
+    let launcher = c_launcher(&env);
+    launcher_group_is_recorded_and_reached_by_stop_force(launcher, env, 8403);
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn python_launcher_group_is_recorded_and_reached_by_stop_force() {
+    launcher_group_is_recorded_and_reached_by_stop_force(python_launcher(), Env::new(), 8404);
+}

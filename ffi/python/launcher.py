@@ -1,32 +1,122 @@
 #!/usr/bin/env python3
 """launcher.py PORT -- CMD [ARGS...]
 
-The Python twin of ffi/examples/launcher.c: takes the per-port lock `llmlb
-serve` takes (lock dir from LLMLB_LOCK_DIR, else the per-user default), runs
-CMD with LLMLB_PORT=PORT in a process group of its own, forwards SIGTERM and
-SIGINT to it, waits, releases the lock and exits with CMD's code (128+signal
-if it was killed). A held port prints the holder's PID and exits 1; usage
-errors exit 2.
+The Python twin of ffi/examples/launcher.c and of `llmlb serve --port PORT
+-- CMD`: takes the per-port lock (lock dir from LLMLB_LOCK_DIR, else the
+per-user default), runs CMD with LLMLB_PORT=PORT in a process group of its
+own (recorded in the lock file, so `llmlb stop --force` reaches all of it),
+forwards SIGTERM and SIGINT to that group, and once CMD exits ends what is
+left of the group (SIGTERM, then SIGKILL after 3 s; a forwarded signal
+starts the same clock), then releases the lock and exits with CMD's code
+(128+signal if it was killed).
+
+CMD inherits the lock's descriptor (LLMLB_LOCK_FD names it): if the
+launcher is killed, the port stays locked while any of CMD's tree lives. A
+held port prints the holder's PID and exits 1; usage errors exit 2.
 """
 
 import os
 import signal
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from llmlb_lock import AlreadyRunning, LockError, PortLock  # noqa: E402
 
+# How long CMD's group has after SIGTERM (or a forwarded signal) before
+# SIGKILL, and how long after SIGKILL before we stop waiting.
+STOP_GRACE = 3.0
+KILL_WAIT = 5.0
+POLL = 0.02
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: if the launcher is killed, CMD must not
-    outlive it holding the port (Linux: parent-death signal)."""
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _prctl(option: int, value: int) -> None:
     if sys.platform.startswith("linux"):
         import ctypes
 
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+
+
+def _child_setup(parent: int):
+    def setup() -> None:
+        """Runs in the child before exec: if the launcher is killed, CMD dies
+        with it (Linux parent-death signal); its grandchildren keep the port
+        locked through the inherited descriptor until they exit."""
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return setup
+
+
+def _group_gone(pgid: int) -> bool:
+    """Whether no process of group ``pgid`` is left. Reaps our exited
+    children in it first (orphans come to us as subreaper; zombies still
+    count as members). Only after the leader itself was reaped."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-pgid, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _killpg(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _run_to_end(child: subprocess.Popen, stopping: list) -> int:
+    """Waits for CMD and then for the rest of its group: SIGTERM to the group
+    once CMD has exited (unless a forwarded signal already started the
+    clock), SIGKILL at the deadline, giving up KILL_WAIT later. Never an
+    unbounded wait. Returns CMD's exit code."""
+    deadline = None
+    killed = False
+    code = None
+    while True:
+        if code is None:
+            rc = child.poll()
+            if rc is not None:
+                code = rc if rc >= 0 else 128 - rc
+        if code is not None:
+            if _group_gone(child.pid):
+                return code
+            if deadline is None:
+                _killpg(child.pid, signal.SIGTERM)  # CMD left processes behind
+        if deadline is None and (stopping or code is not None):
+            deadline = time.monotonic() + STOP_GRACE
+        if deadline is not None and time.monotonic() >= deadline:
+            if killed:
+                print(
+                    "launcher.py: process group %d still has processes after SIGKILL" % child.pid,
+                    file=sys.stderr,
+                )
+                return code if code is not None else 1
+            print(
+                "launcher.py: the command did not exit within %d s; sending SIGKILL to its group"
+                % STOP_GRACE,
+                file=sys.stderr,
+            )
+            _killpg(child.pid, signal.SIGKILL)
+            killed = True
+            deadline = time.monotonic() + KILL_WAIT
+        time.sleep(POLL)
 
 
 def usage() -> int:
@@ -68,42 +158,55 @@ def main(argv) -> int:
     # (the default action would kill us and leave a stale lock).
     pending = []
     children = []
+    stopping = []
 
     def forward(signum, _frame):
+        stopping.append(signum)
         if not children:
             pending.append(signum)
             return
-        try:
-            os.killpg(children[0].pid, signum)
-        except ProcessLookupError:
-            pass
+        _killpg(children[0].pid, signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     try:
-        env = dict(os.environ, LLMLB_PORT=str(port))
-        # The lock descriptor is close-on-exec, so CMD never holds the lock.
+        # CMD's tree inherits the lock (see the module docstring); orphaned
+        # grandchildren come to us, so _group_gone sees them die.
+        fd = lock.fileno()
+        _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        env = dict(os.environ, LLMLB_PORT=str(port), LLMLB_LOCK_FD=str(fd))
         # A session (hence process group) of its own, so a forwarded signal
         # reaches CMD's children too.
         children.append(
             subprocess.Popen(
-                argv[3:], env=env, start_new_session=True, preexec_fn=_die_with_parent
+                argv[3:],
+                env=env,
+                start_new_session=True,
+                pass_fds=(fd,),
+                preexec_fn=_child_setup(os.getpid()),
             )
         )
-    except OSError as e:
+    except (OSError, LockError) as e:
         print("launcher.py: cannot run %s: %s" % (argv[3], e), file=sys.stderr)
         lock.release()
         return 127
     child = children[0]
+    # Recorded so that `llmlb stop --force` kills the whole group.
+    try:
+        lock.set_child_pgid(child.pid)
+    except LockError as e:
+        print(
+            "launcher.py: warning: cannot record the command's process group: %s" % e,
+            file=sys.stderr,
+        )
     for signum in pending:
         forward(signum, None)
-    code = child.wait()
+    code = _run_to_end(child, stopping)
     try:
         lock.release()
     except LockError as e:
         print("launcher.py: warning: releasing the lock: %s" % e, file=sys.stderr)
-    return code if code >= 0 else 128 - code
-
+    return code
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv))

@@ -136,6 +136,8 @@ def _load() -> ctypes.CDLL:
             [dir_p, ctypes.c_uint16, ctypes.POINTER(ctypes.c_int), info_p],
         ),
         "llmlb_lock_dir_close": (None, [dir_p]),
+        "llmlb_lock_set_child_pgid": (status, [lock_p, ctypes.c_uint32]),
+        "llmlb_lock_fd": (status, [lock_p, ctypes.POINTER(ctypes.c_int)]),
         "llmlb_last_error": (ctypes.c_char_p, []),
         "llmlb_lock_version": (ctypes.c_char_p, []),
     }
@@ -367,6 +369,27 @@ class PortLock:
     def adopt(self) -> None:
         """In a forked child: become the recorded holder (see the C API)."""
         _check(_lib().llmlb_lock_adopt(self._require()))
+
+    def fileno(self) -> int:
+        """Unix: the lock's file descriptor, to pass to a child
+        (``subprocess.Popen(..., pass_fds=(lock.fileno(),))``) so that the
+        port stays locked while any of the child's tree lives, even if this
+        process is killed. Owned by this object: never close it. After this
+        call, ``release()`` removes the lock file only if no other process
+        still holds the descriptor (see ``llmlb_lock_fd``)."""
+        fd = ctypes.c_int(-1)
+        _check(_lib().llmlb_lock_fd(self._require(), ctypes.byref(fd)))
+        return fd.value
+
+    def set_child_pgid(self, pgid: Optional[int]) -> None:
+        """Records the process group of the command this launcher runs (a
+        live process leading its own group, e.g. a child started with
+        ``start_new_session=True``), so ``llmlb status`` shows it and
+        ``llmlb stop --force`` kills all of it; ``None`` clears it."""
+        value = 0 if pgid is None else int(pgid)
+        if not 0 <= value <= 0xFFFFFFFF:
+            raise LockError("invalid pgid %d" % value, INVALID_ARGUMENT)
+        _check(_lib().llmlb_lock_set_child_pgid(self._require(), value))
 
     @property
     def info(self) -> LockInfo:

@@ -16,7 +16,7 @@
 mod boundary;
 mod dir;
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_int};
 use std::ptr;
 
 use llmlb::lock::{check_port, lock_file_name, LockInfo, PortGuard};
@@ -158,6 +158,9 @@ pub unsafe extern "C" fn llmlb_lock_acquire(
 /// descriptor: the parent keeps its lock and its file. Called by the parent
 /// after the child adopted, it likewise only closes the parent's descriptor.
 /// The lock is never explicitly unlocked, since parent and child share it.
+///
+/// After `llmlb_lock_fd` handed the descriptor out, the file is removed only
+/// if no other process still holds the descriptor (see `llmlb_lock_fd`).
 ///
 /// Threads: do not use the handle concurrently with any other call on it.
 ///
@@ -354,5 +357,98 @@ pub extern "C" fn llmlb_lock_version() -> *const c_char {
     const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
     boundary::guard("llmlb_lock_version", c"".as_ptr(), || {
         VERSION.as_ptr().cast()
+    })
+}
+
+// --- Exec mode: the launcher's child and its process group (issue 9.4) ---
+
+/// Records `pgid`, the process group of the command this launcher runs,
+/// in the lock file, so `llmlb status` shows it and `llmlb stop --force`
+/// kills the whole group, grandchildren included, not only the launcher.
+/// The identity of the group's leader (the process whose PID is `pgid`) is
+/// recorded with it: `stop` signals the group only while that leader is
+/// still the same process, never on a bare number. `pgid` 0 clears both.
+///
+/// Put the child in a group of its own first (`setpgid(child, child)` in
+/// both parent and child, or `setsid`), then record `pgid = child`, before
+/// the launcher could be stopped. A `pgid` that is not a live process
+/// leading its own group (and always 1) gives
+/// `LLMLB_STATUS_INVALID_ARGUMENT`; so does any non-zero `pgid` on Windows.
+/// On `LLMLB_STATUS_IO_ERROR` the file keeps its previous record.
+///
+/// Threads: do not use the handle concurrently with any other call on it.
+///
+/// # Safety
+/// `lock` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn llmlb_lock_set_child_pgid(lock: *mut LlmlbLock, pgid: u32) -> LlmlbStatus {
+    boundary::status("llmlb_lock_set_child_pgid", || {
+        // SAFETY: the caller's contract above.
+        let lock = unsafe { boundary::handle_mut(lock, "lock") }?;
+        let pgid = match pgid {
+            0 => None,
+            pgid if pgid == 1 || !llmlb::lock::process::leads_process_group(pgid) => {
+                return Err(FfiError::invalid(format!(
+                    "pgid {pgid} is not a live process leading its own process group; put the child in its own group (setpgid(child, child)) and pass its PID"
+                )))
+            }
+            pgid => Some(pgid),
+        };
+        lock.guard.set_child_pgid(pgid)?;
+        Ok(())
+    })
+}
+
+/// Unix only: writes the lock's file descriptor to `*out_fd`, so a launcher
+/// can let its child inherit the lock. The lock belongs to the open file
+/// description (flock), so every process that keeps this descriptor holds
+/// the port's lock: the port then stays locked while any of the command's
+/// tree lives, even if the launcher is killed.
+///
+/// The descriptor stays owned by the handle: never close it in this
+/// process; it is valid until `llmlb_lock_release`. It is close-on-exec: to
+/// pass it on, clear `FD_CLOEXEC` in the forked child only
+/// (`fcntl(fd, F_SETFD, 0)` before `execvp`; Python: `pass_fds`).
+///
+/// After this call, `llmlb_lock_release` closes the handle's descriptor and
+/// takes the lock again before removing the file: if a process still holds
+/// the descriptor (a descendant the launcher's clean-up did not reach), the
+/// file stays, held, until that process exits (then it is stale). So end
+/// the child's process group first (SIGTERM, then SIGKILL after a deadline).
+///
+/// NULL `lock` or `out_fd` gives `LLMLB_STATUS_INVALID_ARGUMENT`; on Windows
+/// the call gives `LLMLB_STATUS_IO_ERROR`. `*out_fd` is -1 on any non-OK
+/// status (when `out_fd` is not NULL).
+///
+/// Threads: do not use the handle concurrently with any other call on it.
+///
+/// # Safety
+/// `lock` is NULL or a live handle; `out_fd` is NULL or valid for writing an
+/// `int`.
+#[no_mangle]
+pub unsafe extern "C" fn llmlb_lock_fd(lock: *mut LlmlbLock, out_fd: *mut c_int) -> LlmlbStatus {
+    boundary::status("llmlb_lock_fd", || {
+        let out_fd =
+            boundary::check_ptr(out_fd.cast_const(), "out_fd")?.map(<*const c_int>::cast_mut);
+        if let Some(out) = out_fd {
+            // SAFETY: non-NULL and aligned (checked); writable per the
+            // caller's contract. Written through the raw pointer.
+            unsafe { out.write(-1) };
+        }
+        // SAFETY: the caller's contract above.
+        let lock = unsafe { boundary::handle_mut(lock, "lock") }?;
+        let out = out_fd.ok_or_else(|| FfiError::invalid("out_fd is NULL"))?;
+        if !cfg!(unix) {
+            return Err(FfiError {
+                status: LlmlbStatus::LLMLB_STATUS_IO_ERROR,
+                message:
+                    "llmlb_lock_fd: lock descriptors are not passed to children on this platform"
+                        .to_owned(),
+            });
+        }
+        let fd = llmlb::lock::process::lock_fd(&mut lock.guard);
+        // SAFETY: as above.
+        unsafe { out.write(fd) };
+        Ok(())
     })
 }

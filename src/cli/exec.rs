@@ -1,11 +1,18 @@
 //! Exec mode, `llmlb serve --port P -- CMD ARGS…`: run CMD under the held
 //! lock, forward SIGINT/SIGTERM to its process group, exit with its code.
+//!
+//! The command's tree holds the lock with us (see `llmlb::lock::process`),
+//! and whatever ends the command (its own exit, a signal, the port being
+//! lost) ends its whole process group before the lock is released: the
+//! signal, then `SIGKILL` after [`STOP_GRACE`], never an unbounded wait.
 
 use std::ffi::OsString;
 use std::io;
+use std::time::Duration;
 
-use llmlb::lock::process::{self, configure_exec_child};
+use llmlb::lock::process::{self, configure_exec_child, ForwardSignal};
 use llmlb::lock::{PortGuard, SharedLock};
+use tokio::time::Instant;
 
 use super::fail;
 use super::serve::LockLost;
@@ -16,7 +23,70 @@ const EXIT_NOT_FOUND: i32 = 127;
 /// `env`/`nohup` convention: the command was found but could not be run.
 const EXIT_CANNOT_RUN: i32 = 126;
 
-/// Runs the command to completion; the caller releases the lock afterwards.
+/// How long the command's group has after `SIGTERM` (or a forwarded signal)
+/// before `SIGKILL`. Below `llmlb stop`'s default 5 s timeout, so a command
+/// that ignores `SIGTERM` cannot turn a plain `stop` into a timeout.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How long processes get to vanish after `SIGKILL` (only a process stuck in
+/// uninterruptible I/O takes longer); then we stop waiting and say so.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+/// How often the rest of the group is checked once the command has exited.
+const GROUP_POLL: Duration = Duration::from_millis(20);
+/// How often orphaned grandchildren we adopted (as subreaper) are reaped.
+const REAP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Ending the command's group: the signal sent, then `SIGKILL` at the
+/// deadline, then giving up at the next.
+#[derive(Default)]
+struct Stopping {
+    /// When the next escalation is due; `None` until stopping begins.
+    deadline: Option<Instant>,
+    killed: bool,
+}
+
+impl Stopping {
+    /// Sends `sig` to the group and starts the clock (a second signal is
+    /// forwarded too, but does not extend the deadline).
+    fn begin(&mut self, pgid: Option<u32>, sig: ForwardSignal) {
+        if let Some(pgid) = pgid {
+            // ESRCH: the group is gone already, which is the goal.
+            if let Err(e) = process::signal_process_group(pgid, sig) {
+                tracing::debug!("cannot signal process group {pgid}: {e}");
+            }
+        }
+        self.deadline
+            .get_or_insert_with(|| Instant::now() + STOP_GRACE);
+    }
+
+    /// Resolves when the current deadline passes; never before stopping began.
+    async fn due(&self) {
+        match self.deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The deadline passed: `SIGKILL` the group (true), or, if that was
+    /// already done, give up waiting (false).
+    fn escalate(&mut self, pgid: Option<u32>, shown: &str) -> bool {
+        if self.killed {
+            return false;
+        }
+        tracing::warn!(
+            "{shown} did not exit within {}s; sending SIGKILL to its process group",
+            STOP_GRACE.as_secs()
+        );
+        if let Some(pgid) = pgid {
+            let _ = process::signal_process_group(pgid, ForwardSignal::Kill);
+        }
+        self.killed = true;
+        self.deadline = Some(Instant::now() + KILL_WAIT);
+        true
+    }
+}
+
+/// Runs the command to completion, then ends what is left of its process
+/// group; the caller releases the lock afterwards.
 pub(crate) async fn run(
     lock: &SharedLock<PortGuard>,
     mut signals: Signals,
@@ -29,14 +99,29 @@ pub(crate) async fn run(
         return fail("exec mode needs a command after `--`");
     };
     let shown = program.to_string_lossy().into_owned();
+    // Orphaned grandchildren come to us, so we see them die (and reap them)
+    // even where init does not.
+    if let Err(e) = process::become_subreaper() {
+        tracing::warn!("cannot become the reaper of the command's orphans: {e}");
+    }
     let mut cmd = std::process::Command::new(program);
     cmd.args(args)
         .env("LLMLB_PORT", port.to_string())
         .env("LLMLB_HOST", host);
-    configure_exec_child(&mut cmd);
+    let setup = match lock.with(|g| configure_exec_child(&mut cmd, g)) {
+        Some(Ok(setup)) => setup,
+        Some(Err(e)) => {
+            return fail(format!(
+                "cannot pass the lock for port {port} to {shown}: {e}"
+            ))
+        }
+        None => return fail("the lock was released before the command started"),
+    };
     // Spawned on the main thread (see serve::run): the parent-death signal
     // fires when the spawning thread exits.
-    let mut child = match tokio::process::Command::from(cmd).spawn() {
+    let spawned = tokio::process::Command::from(cmd).spawn();
+    drop(setup); // our spare copy of the lock descriptor
+    let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
             fail(format!("cannot run {shown}: {e}"));
@@ -46,43 +131,49 @@ pub(crate) async fn run(
             };
         }
     };
+    let child_pid = child.id().unwrap_or(0);
     let pgid = child.id().and_then(process::child_pgid);
     if let Some(pgid) = pgid {
         if let Some(Err(e)) = lock.with(|g| g.set_child_pgid(Some(pgid))) {
             tracing::warn!("cannot record the command's process group (stop --force will only kill llmlb): {e}");
         }
     }
-    tracing::info!(
-        "running {shown} (PID {}) under the lock for port {port}",
-        child.id().unwrap_or(0)
-    );
+    tracing::info!("running {shown} (PID {child_pid}) under the lock for port {port}");
     let mut watching = true;
     let mut lost = false;
+    let mut stopping = Stopping::default();
+    let mut reap = tokio::time::interval(REAP_INTERVAL);
     let status = loop {
         tokio::select! {
-            status = child.wait() => break status,
+            status = child.wait() => break Some(status),
             why = lock_lost.recv(), if watching => {
                 // Someone else holds the port now: stop the command as a
                 // `stop` would, and exit with an error once it is gone.
                 fail(why);
                 watching = false;
                 lost = true;
-                if let Some(pgid) = pgid {
-                    let _ = process::signal_process_group(pgid, process::ForwardSignal::Terminate);
-                }
+                stopping.begin(pgid, ForwardSignal::Terminate);
             }
             sig = signals.recv() => {
                 tracing::info!("received {}, forwarding it to {shown}", signals::name(sig));
-                if let Some(pgid) = pgid {
-                    if let Err(e) = process::signal_process_group(pgid, sig) {
-                        tracing::warn!("cannot forward {} to process group {pgid}: {e}", signals::name(sig));
-                    }
+                stopping.begin(pgid, sig);
+            }
+            () = stopping.due() => {
+                if pgid.is_none() {
+                    let _ = child.start_kill();
+                }
+                if !stopping.escalate(pgid, &shown) {
+                    break None;
                 }
             }
+            _ = reap.tick() => process::reap_orphans(child_pid),
         }
     };
+    if let Some(pgid) = pgid {
+        end_group(pgid, &mut stopping, &shown).await;
+    }
     match status {
-        Ok(status) => {
+        Some(Ok(status)) => {
             let code = process::exit_code(status);
             tracing::info!("{shown} exited ({status}); releasing port {port}");
             if lost {
@@ -91,6 +182,38 @@ pub(crate) async fn run(
                 code
             }
         }
-        Err(e) => fail(format!("cannot wait for {shown}: {e}")),
+        Some(Err(e)) => fail(format!("cannot wait for {shown}: {e}")),
+        None => fail(format!(
+            "{shown} (PID {child_pid}) did not exit {}s after SIGKILL; releasing port {port} anyway",
+            KILL_WAIT.as_secs()
+        )),
+    }
+}
+
+/// Once the command itself has exited: `SIGTERM` what is left of its group
+/// (unless a stop already signalled it), `SIGKILL` at the deadline, and wait
+/// for it to be gone, all bounded.
+async fn end_group(pgid: u32, stopping: &mut Stopping, shown: &str) {
+    if process::process_group_gone(pgid) {
+        return;
+    }
+    if stopping.deadline.is_none() {
+        tracing::info!("{shown} exited; stopping the rest of its process group {pgid}");
+        stopping.begin(Some(pgid), ForwardSignal::Terminate);
+    }
+    loop {
+        if process::process_group_gone(pgid) {
+            return;
+        }
+        if stopping.deadline.is_some_and(|d| Instant::now() >= d)
+            && !stopping.escalate(Some(pgid), shown)
+        {
+            tracing::warn!(
+                "process group {pgid} still has processes {}s after SIGKILL; releasing anyway",
+                KILL_WAIT.as_secs()
+            );
+            return;
+        }
+        tokio::time::sleep(GROUP_POLL).await;
     }
 }

@@ -51,6 +51,7 @@ impl Signals {
 pub(crate) fn name(sig: ForwardSignal) -> &'static str {
     match sig {
         ForwardSignal::Interrupt => "SIGINT",
+        ForwardSignal::Kill => "SIGKILL",
         _ => "SIGTERM",
     }
 }

@@ -1,31 +1,89 @@
-//! Running a command under a held port lock (`llmlb serve -- CMD`): the child
-//! setup and signal plumbing the launcher needs, without platform code in the
-//! launcher itself.
+//! Running a command under a held port lock (`llmlb serve -- CMD`, the C and
+//! Python launchers): the child setup, signal plumbing and clean-up a
+//! launcher needs, without platform code in the launcher itself.
+//!
+//! # The command's whole tree
+//! A command may fork (`sh -c 'server & wait'`), and its descendants may
+//! outlive it or the launcher. Two rules keep the port locked exactly while
+//! any of them can be serving it:
+//! - **The tree holds the lock.** The child inherits the lock's open file
+//!   description (`flock` belongs to the description, so every process that
+//!   keeps the descriptor holds the lock). After `kill -9` of the launcher
+//!   the port stays held until the last such process exits; then the file is
+//!   stale and the next start reclaims it. Its number is in `LLMLB_LOCK_FD`,
+//!   so a command can close it in helpers that must not keep the port.
+//! - **The launcher cleans up its tree.** When the command exits, when the
+//!   port is lost, or when the launcher is told to stop, the command's
+//!   process group gets `SIGTERM`, then `SIGKILL` after a deadline, and only
+//!   then is the lock released. Release then closes the launcher's
+//!   descriptor and takes the lock again before removing the file
+//!   ([`PortGuard::release`]), so a descendant that left the group (`setsid`)
+//!   and still holds the descriptor keeps the port locked instead of being
+//!   left serving it while the file is gone.
+//!
+//! A descendant that closes the descriptor *and* leaves the group is beyond
+//! reach of both rules (only a cgroup or PID namespace could contain it).
 
 use std::io;
 use std::process::{Command, ExitStatus};
 
+use super::error::LockError;
+use super::state::{Acquired, Holds, PortGuard, PortLock};
 use super::sys;
 
-/// Prepares `cmd` to run as the exec-mode child of a lock holder.
+/// Environment variable naming the lock descriptor the command inherits.
+pub const LOCK_FD_ENV: &str = "LLMLB_LOCK_FD";
+
+/// What [`configure_exec_child`] set up; keep it until the child is spawned,
+/// then drop it (it closes this process's spare copy of the descriptor).
+#[derive(Debug)]
+pub struct ExecChild {
+    /// Held only to be closed on drop.
+    _fd: Option<sys::ChildFd>,
+}
+
+/// Prepares `cmd` to run as the exec-mode child of the holder of `guard`.
 ///
 /// Guarantees on Unix:
 /// - the child leads a process group of its own (its pgid is its PID, see
 ///   [`child_pgid`]), so the whole tree, grandchildren included, can be
 ///   signalled at once and a terminal's Ctrl-C reaches only the launcher,
 ///   which forwards it;
-/// - it does not inherit the lock descriptor (the library opens every file
-///   close-on-exec);
+/// - it inherits the lock's open file description (number in
+///   [`LOCK_FD_ENV`]), so the port stays locked while any process of its
+///   tree keeps it, even after the launcher is killed (see the module docs);
+///   `guard`'s release then accounts for it;
 /// - on Linux it gets `SIGKILL` when the spawning *thread* dies
-///   (`PR_SET_PDEATHSIG`), so a launcher killed with `kill -9` cannot leave it
-///   holding the port without the lock. Spawn from a thread that lives as long
-///   as the child (the main thread); if the launcher is already gone when the
-///   child starts, the command is not executed.
+///   (`PR_SET_PDEATHSIG`). Spawn from a thread that lives as long as the
+///   child (the main thread); if the launcher is already gone when the child
+///   starts, the command is not executed.
 ///
-/// On Windows the child gets its own console process group; there is no
-/// parent-death signal.
-pub fn configure_exec_child(cmd: &mut Command) {
+/// On Windows the child gets nothing of this (a later issue): no group, no
+/// inherited lock, no parent-death signal.
+///
+/// # Errors
+/// The OS error if the descriptor cannot be duplicated (e.g. `EMFILE`).
+pub fn configure_exec_child(cmd: &mut Command, guard: &mut PortGuard) -> io::Result<ExecChild> {
     sys::configure_child(cmd);
+    #[cfg(unix)]
+    {
+        let fd = sys::pass_to_child(cmd, guard.share_file())?;
+        cmd.env(LOCK_FD_ENV, fd.number().to_string());
+        Ok(ExecChild { _fd: Some(fd) })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = guard;
+        Ok(ExecChild { _fd: None })
+    }
+}
+
+/// The lock's descriptor, for a launcher that spawns its child itself (the C
+/// ABI's `llmlb_lock_fd`, Python's `pass_fds`). It stays owned by `guard`;
+/// keep it open across `exec` only in the child. Marks the guard as shared,
+/// so its release accounts for children still holding it. `-1` on Windows.
+pub fn lock_fd(guard: &mut PortGuard) -> i32 {
+    sys::raw_descriptor(guard.share_file())
 }
 
 /// The process group of a child spawned from a command prepared with
@@ -36,6 +94,37 @@ pub fn child_pgid(child_pid: u32) -> Option<u32> {
     sys::child_pgid(child_pid)
 }
 
+/// Whether `pid` is a live process that leads its own process group, i.e. a
+/// valid argument for [`PortGuard::set_child_pgid`]. Always false on Windows.
+pub fn leads_process_group(pid: u32) -> bool {
+    sys::leads_group(pid)
+}
+
+/// Makes this process adopt its orphaned descendants (Linux
+/// `PR_SET_CHILD_SUBREAPER`), so that [`process_group_gone`] sees a
+/// command's grandchildren die even under an init that does not reap them.
+/// `Ok(false)` where the platform has no such thing. Call before spawning.
+///
+/// # Errors
+/// The OS error from `prctl`.
+pub fn become_subreaper() -> io::Result<bool> {
+    sys::become_subreaper()
+}
+
+/// Reaps the exited orphans a subreaper inherited, except `direct_child`,
+/// whose status its `Child` handle collects. Call now and then while the
+/// command runs, so dead grandchildren do not pile up as zombies.
+pub fn reap_orphans(direct_child: u32) {
+    sys::reap_orphans(direct_child)
+}
+
+/// Whether every process of group `pgid` has exited (our exited children in
+/// it are reaped first). Call only after the group leader, our direct child,
+/// was waited for. Always true on Windows.
+pub fn process_group_gone(pgid: u32) -> bool {
+    sys::group_gone(pgid)
+}
+
 /// The exit code a launcher should exit with for its child's `status`: the
 /// child's own code, or 128 + the signal number if a signal killed it (the
 /// shell convention, so `llmlb serve -- CMD` is transparent to scripts).
@@ -43,7 +132,7 @@ pub fn exit_code(status: ExitStatus) -> i32 {
     sys::exit_code(status)
 }
 
-/// A signal a launcher forwards to its child's process group.
+/// A signal a launcher sends to its child's process group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ForwardSignal {
@@ -51,6 +140,8 @@ pub enum ForwardSignal {
     Interrupt,
     /// `SIGTERM` (`llmlb stop`, `kill`, systemd).
     Terminate,
+    /// `SIGKILL`: the deadline after `SIGTERM` passed.
+    Kill,
 }
 
 /// Sends `sig` to every process in group `pgid` (`kill(-pgid, sig)`).
@@ -63,6 +154,51 @@ pub fn signal_process_group(pgid: u32, sig: ForwardSignal) -> io::Result<()> {
     let sig = match sig {
         ForwardSignal::Interrupt => sys::Signal::Int,
         ForwardSignal::Terminate => sys::Signal::Term,
+        ForwardSignal::Kill => sys::Signal::Kill,
     };
     sys::signal_group(pgid, sig)
+}
+
+/// Release of a lock whose description was handed to children: close ours,
+/// then take the port again like any acquirer would. Free or stale with our
+/// record → nobody else holds it: remove the file through the protocol. Held
+/// and still recording us → a process that inherited the description (one
+/// that left the command's group, so the clean-up did not reach it) still
+/// holds it: leave the file, held, for `status` and `stop` to see. Held by
+/// someone else → they took the port after we let go; not ours to touch.
+///
+/// Between our close and the re-take a contender may see the file as stale
+/// and reclaim it: it then rightly owns the port.
+pub(crate) fn release_shared<S: Holds>(lock: PortLock<S>) -> Result<(), LockError> {
+    if !lock.is_owner() {
+        // A forked non-owner (or a parent whose child adopted): only closes.
+        return lock.release().map(drop).map_err(LockError::from);
+    }
+    let me = std::process::id();
+    let port = lock.port();
+    let free = lock.close_keeping_file();
+    match free.try_acquire() {
+        Ok(Acquired::Fresh(held)) => held.release().map(drop).map_err(LockError::from),
+        Ok(Acquired::Stale(stale)) => {
+            if stale.previous().map(|info| info.pid) == Some(me) {
+                stale.discard().map(drop).map_err(LockError::from)
+            } else {
+                // Someone else's stale file (ours was replaced by hand):
+                // dropping leaves it exactly as found.
+                Ok(())
+            }
+        }
+        Err(e) => match e.error {
+            LockError::AlreadyRunning { holder, .. } => {
+                if holder.is_some_and(|h| h.pid == me) {
+                    tracing::warn!(
+                        port,
+                        "a process started under the lock (outside the command's process group) still holds it; port {port} stays locked until it exits"
+                    );
+                }
+                Ok(())
+            }
+            other => Err(other),
+        },
+    }
 }

@@ -328,7 +328,7 @@ impl Holding {
         })
     }
 
-    fn file(&self) -> &File {
+    pub(crate) fn file(&self) -> &File {
         // Invariant: `file` is only taken by `release`/`abandon`, which consume
         // the Holding; every other method sees it present.
         self.file.as_ref().expect("lock file present until release")

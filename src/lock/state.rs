@@ -373,6 +373,22 @@ impl<S: Holds> PortLock<S> {
         let (holding, _) = self.state.split();
         holding.abandon();
     }
+
+    /// Closes this handle's descriptor without touching the file and returns
+    /// the free lock, to look again at who holds the port (exec mode's
+    /// release, see `process::release_shared`).
+    pub(crate) fn close_keeping_file(self) -> PortLock<Free> {
+        let target = sealed::Sealed::target(&self.state).clone();
+        self.abandon();
+        PortLock {
+            state: Free { target },
+        }
+    }
+
+    /// The open lock file (exec mode hands its description to the child).
+    pub(crate) fn lock_file(&self) -> &std::fs::File {
+        self.state.holding().file()
+    }
 }
 
 /// The holder returned by [`acquire_or_reclaim`]: one type for a clean or a
@@ -380,6 +396,9 @@ impl<S: Holds> PortLock<S> {
 /// Dropping it releases.
 pub struct PortGuard {
     inner: GuardInner,
+    /// The lock's open file description was handed to a child (exec mode):
+    /// release must then find out whether the child's tree still holds it.
+    shared: bool,
 }
 
 enum GuardInner {
@@ -409,6 +428,7 @@ pub fn acquire_or_reclaim(dir: &super::LockDir, port: u16) -> Result<PortGuard, 
     let guard = match dir.port(port)?.try_acquire()? {
         Acquired::Fresh(held) => PortGuard {
             inner: GuardInner::Held(held),
+            shared: false,
         },
         Acquired::Stale(stale) => {
             match stale.previous() {
@@ -421,6 +441,7 @@ pub fn acquire_or_reclaim(dir: &super::LockDir, port: u16) -> Result<PortGuard, 
             }
             PortGuard {
                 inner: GuardInner::Reclaimed(stale.reclaim()?),
+                shared: false,
             }
         }
     };
@@ -501,9 +522,19 @@ impl PortGuard {
     /// # Errors
     /// `Io` if the file cannot be removed; the lock is then released by
     /// closing the descriptor anyway, leaving a stale file.
+    ///
+    /// After [`process::configure_exec_child`](super::process::configure_exec_child)
+    /// or [`process::lock_fd`](super::process::lock_fd) handed the lock's
+    /// descriptor to a child, the file is removed only if no process still
+    /// holds that descriptor; otherwise it stays, held, until the last one
+    /// exits (then it is stale).
     pub fn release(self) -> Result<(), LockError> {
         let port = self.port();
-        let result = on_both!(self.inner, l => l.release().map(drop).map_err(LockError::from));
+        let result = if self.shared {
+            on_both!(self.inner, l => super::process::release_shared(l))
+        } else {
+            on_both!(self.inner, l => l.release().map(drop).map_err(LockError::from))
+        };
         tracing::debug!(port, ok = result.is_ok(), "lock released");
         result
     }
@@ -511,6 +542,13 @@ impl PortGuard {
     /// See [`PortLock::abandon`].
     pub fn abandon(self) {
         on_both!(self.inner, l => l.abandon())
+    }
+
+    /// The open lock file, to hand its description to a child; marks the
+    /// guard as shared (see [`release`](Self::release)).
+    pub(crate) fn share_file(&mut self) -> &std::fs::File {
+        self.shared = true;
+        on_both!(&self.inner, l => l.lock_file())
     }
 }
 

@@ -80,6 +80,55 @@ class LauncherTest(unittest.TestCase):
         self.assertEqual(probe(8302, self.dir).state, "free")
         self.assertFalse(os.path.exists(os.path.join(self.dir, "serve_8302.lock")))
 
+    def alive(self, pid):
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except OSError:
+            return False
+
+    @unittest.skipUnless(sys.platform.startswith("linux"), "reads /proc")
+    def test_what_the_command_leaves_in_its_group_is_stopped_before_release(self):
+        out = subprocess.run(
+            self.launcher("8304", "--", "sh", "-c", "sleep 1000 & echo $!; exit 4"),
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        grandchild = int(out.stdout)
+        if self.alive(grandchild):
+            os.kill(grandchild, signal.SIGKILL)
+            self.fail("the grandchild outlived the launcher: %s" % out.stderr)
+        self.assertEqual(out.returncode, 4, out.stderr)
+        self.assertEqual(probe(8304, self.dir).state, "free")
+
+    @unittest.skipUnless(sys.platform.startswith("linux"), "reads /proc")
+    def test_a_command_ignoring_sigterm_is_killed_after_the_deadline(self):
+        proc = subprocess.Popen(
+            self.launcher("8305", "--", "sh", "-c", "trap '' TERM; echo $$; sleep 1000; wait"),
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        command = None
+        try:
+            command = int(proc.stdout.readline())
+            proc.send_signal(signal.SIGTERM)
+            # Bounded: an unbounded wait for the command fails here.
+            self.assertEqual(proc.wait(timeout=30), 128 + signal.SIGKILL)
+            self.assertIn("sending SIGKILL to its group", proc.stderr.read())
+            self.assertFalse(self.alive(command))
+        finally:
+            if proc.poll() is None:
+                if command is not None:
+                    os.killpg(command, signal.SIGKILL)
+                proc.kill()
+            proc.stdout.close()
+            proc.stderr.close()
+        self.assertEqual(probe(8305, self.dir).state, "free")
+
     def test_usage_errors_exit_2(self):
         for args in ([], ["8303", "true"], ["0", "--", "true"], ["x", "--", "true"]):
             out = subprocess.run(self.launcher(*args), env=self.env, capture_output=True)

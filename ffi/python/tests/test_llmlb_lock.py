@@ -1,8 +1,10 @@
 """Tests of the ctypes wrapper. Run: python3 -m unittest discover -s ffi/python/tests
 (with LLMLB_LOCK_LIB pointing at the built library, as ffi/tests/python.rs does)."""
 
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import traceback
@@ -154,6 +156,68 @@ class PortLockTest(LockDirTestCase):
             before = lock.info
             lock.adopt()
             self.assertEqual(lock.info, before)
+
+
+class ChildTest(LockDirTestCase):
+    """What launchers need: a child's process group on record, and the lock
+    descriptor passed to the child."""
+
+    def recorded(self, port):
+        with open(self.file(port), "rb") as f:
+            return json.loads(f.read().decode())
+
+    def test_set_child_pgid_records_a_group_leader_and_clears(self):
+        child = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        try:
+            with PortLock(8206, self.dir) as lock:
+                lock.set_child_pgid(child.pid)
+                rec = self.recorded(8206)
+                self.assertEqual(rec["child_pgid"], child.pid)
+                self.assertIn("child_identity", rec)
+                lock.set_child_pgid(None)
+                self.assertNotIn("child_pgid", self.recorded(8206))
+        finally:
+            child.kill()
+            child.wait()
+
+    def test_set_child_pgid_refuses_what_is_not_a_live_group_leader(self):
+        # A child left in our group does not lead one; 1 is never valid.
+        child = subprocess.Popen(["sleep", "60"])
+        try:
+            with PortLock(8207, self.dir) as lock:
+                for bad in (1, child.pid):
+                    with self.assertRaises(LockError) as cm:
+                        lock.set_child_pgid(bad)
+                    self.assertEqual(cm.exception.status, llmlb_lock.INVALID_ARGUMENT)
+                    self.assertIn("pgid %d" % bad, str(cm.exception))
+                self.assertNotIn("child_pgid", self.recorded(8207))
+        finally:
+            child.kill()
+            child.wait()
+
+    def test_a_child_given_the_descriptor_keeps_the_port_held_after_release(self):
+        lock = PortLock(8208, self.dir).acquire()
+        fd = lock.fileno()
+        child = subprocess.Popen(["sleep", "60"], pass_fds=(fd,))
+        try:
+            lock.release()
+            seen = probe(8208, self.dir)
+            self.assertEqual((seen.state, seen.info.pid), ("held", os.getpid()))
+        finally:
+            child.kill()
+            child.wait()
+        # Its holder gone, the file is stale: the next acquire reclaims it.
+        self.assertEqual(probe(8208, self.dir).state, "stale")
+        with PortLock(8208, self.dir) as again:
+            self.assertEqual(again.reclaimed_from.pid, os.getpid())
+
+    def test_without_a_child_holding_it_release_after_fileno_removes_the_file(self):
+        lock = PortLock(8209, self.dir).acquire()
+        self.assertGreaterEqual(lock.fileno(), 0)
+        subprocess.run(["true"], check=True)  # not passed: closed on exec
+        lock.release()
+        self.assertEqual(probe(8209, self.dir).state, "free")
+        self.assertFalse(os.path.exists(self.file(8209)))
 
 
 class ErrorTest(LockDirTestCase):

@@ -410,8 +410,7 @@ pub(crate) fn process_identity(_pid: u32) -> Option<ProcessIdentity> {
     None
 }
 
-#[allow(dead_code)] // used by `llmlb stop`
-/// Signals `stop` may send.
+/// Signals `stop` and exec mode may send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Signal {
     Int,
@@ -606,8 +605,9 @@ pub(crate) fn is_no_locks_error(err: &io::Error) -> bool {
 /// Puts the command's child in a process group of its own (pgid = its PID, so
 /// the whole tree can be signalled with `kill(-pgid)`), and on Linux asks the
 /// kernel to SIGKILL it when the thread that spawned it dies
-/// (`PR_SET_PDEATHSIG`), so a killed launcher cannot leave it holding the port.
-/// Descriptors we hold are already close-on-exec (std opens them `O_CLOEXEC`).
+/// (`PR_SET_PDEATHSIG`), so a killed launcher cannot leave it running without
+/// the launcher. Descriptors we hold are close-on-exec (std opens them
+/// `O_CLOEXEC`) unless [`pass_to_child`] says otherwise.
 pub(crate) fn configure_child(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     cmd.process_group(0);
@@ -632,6 +632,142 @@ pub(crate) fn configure_child(cmd: &mut std::process::Command) {
             });
         }
     }
+}
+
+/// A duplicate of the lock descriptor made for one child: close-on-exec in
+/// this process, kept open across `exec` in the child. Drop it once the child
+/// has been spawned.
+#[derive(Debug)]
+pub(crate) struct ChildFd(std::os::fd::OwnedFd);
+
+impl ChildFd {
+    /// The descriptor number the child finds the lock under.
+    pub(crate) fn number(&self) -> u32 {
+        use std::os::fd::AsRawFd;
+        // Descriptors are never negative.
+        u32::try_from(self.0.as_raw_fd()).unwrap_or(0)
+    }
+}
+
+/// Lets the child spawned from `cmd` inherit the open file description of
+/// `file` (the lock): flock belongs to the description, so the child and
+/// everything it forks hold the lock for as long as any of them keeps the
+/// descriptor, even after the launcher is gone.
+///
+/// The duplicate is made here, in the parent, at a number >= 3 (so the
+/// child's stdio set-up cannot clobber it) and close-on-exec (so no other
+/// spawn inherits it); only the child clears the flag, between fork and exec.
+pub(crate) fn pass_to_child(cmd: &mut std::process::Command, file: &File) -> io::Result<ChildFd> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a descriptor we own; the result is a
+    // new descriptor nobody else owns, handed to OwnedFd at once.
+    let fd = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by fcntl and is owned by nobody else.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: runs between fork and exec; fcntl is async-signal-safe and
+    // changes only the child's own descriptor table entry.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(ChildFd(owned))
+}
+
+/// The raw descriptor of an open lock file, for C and Python launchers that
+/// pass it to their child themselves.
+pub(crate) fn raw_descriptor(file: &File) -> i32 {
+    use std::os::fd::AsRawFd;
+    file.as_raw_fd()
+}
+
+/// Makes this process the reaper of its orphaned descendants (Linux
+/// `PR_SET_CHILD_SUBREAPER`): a command's grandchild whose parent exits is
+/// re-parented to us instead of to init, so we can see it die and reap it
+/// (an init that never reaps, as in some containers, would otherwise leave
+/// its zombie in the group forever). `Ok(false)` where unsupported.
+pub(crate) fn become_subreaper() -> io::Result<bool> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: prctl with integer arguments; no memory is passed.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(true)
+    }
+    #[cfg(not(target_os = "linux"))]
+    Ok(false)
+}
+
+/// Reaps every exited child of ours except `keep` (the direct child, whose
+/// status tokio or the caller collects): the orphans a subreaper inherits.
+/// Peeks with `WNOWAIT` first so `keep` is never reaped here.
+pub(crate) fn reap_orphans(keep: u32) {
+    #[cfg(target_os = "linux")]
+    loop {
+        // SAFETY: siginfo_t is plain data; zeroed is a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid writes into `info`, which lives for the call.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_ALL,
+                0,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // SAFETY: si_pid is valid to read for a waitid result (0 when no
+        // child has exited).
+        let pid = unsafe { info.si_pid() };
+        if rc != 0 || pid <= 0 || u32::try_from(pid) == Ok(keep) {
+            return;
+        }
+        let mut status = 0;
+        // SAFETY: reaps exactly the exited child waitid reported.
+        unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = keep;
+}
+
+/// Whether no process of group `pgid` is left: reaps the group's exited
+/// children of ours first (zombies count as members until reaped), then
+/// asks `kill(-pgid, 0)`. Call only once the group's leader, if it is our
+/// child, has been waited for: `waitpid(-pgid)` would steal its status.
+pub(crate) fn group_gone(pgid: u32) -> bool {
+    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
+        return true;
+    };
+    if pgid <= 1 {
+        return true;
+    }
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on our own children in group pgid, non-blocking.
+        if unsafe { libc::waitpid(-pgid, &mut status, libc::WNOHANG) } <= 0 {
+            break;
+        }
+    }
+    // SAFETY: signal 0 only checks existence; -pgid > 1 targets one group.
+    let rc = unsafe { libc::kill(-pgid, 0) };
+    rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
+
+/// Whether `pid` is a live process leading its own process group (what a
+/// launcher must record as its child's group).
+pub(crate) fn leads_group(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: getpgid has no memory-safety preconditions.
+    pid > 1 && unsafe { libc::getpgid(pid) } == pid
 }
 
 /// The process group the child got from [`configure_child`]: its own PID.

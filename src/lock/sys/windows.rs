@@ -297,6 +297,34 @@ pub(crate) fn is_no_locks_error(_err: &io::Error) -> bool {
 /// killed launcher leaves the child running (a job object could fix that).
 pub(crate) fn configure_child(_cmd: &mut std::process::Command) {}
 
+/// Lock descriptors are not passed to children on Windows (a later issue):
+/// the command holds no lock of its own.
+#[derive(Debug)]
+pub(crate) struct ChildFd(());
+
+/// No descriptor numbers on Windows.
+pub(crate) fn raw_descriptor(_file: &File) -> i32 {
+    -1
+}
+
+/// No subreaper on Windows.
+pub(crate) fn become_subreaper() -> io::Result<bool> {
+    Ok(false)
+}
+
+/// Nothing to reap on Windows.
+pub(crate) fn reap_orphans(_keep: u32) {}
+
+/// No process groups on Windows: there is never one left to wait for.
+pub(crate) fn group_gone(_pgid: u32) -> bool {
+    true
+}
+
+/// No process groups on Windows.
+pub(crate) fn leads_group(_pid: u32) -> bool {
+    false
+}
+
 /// No signalable process group on Windows: nothing is recorded.
 pub(crate) fn child_pgid(_child_pid: u32) -> Option<u32> {
     None
