@@ -241,7 +241,18 @@ fn a_descendant_that_left_the_group_keeps_the_port_locked_after_release() {
     let p = port.to_string();
     // `setsid` puts the grandchild in a session (and group) of its own: the
     // group clean-up cannot reach it, but it holds the inherited lock.
-    let (mut server, sh, gc) = spawn_with_grandchild(&env, port, "setsid", "exit 0");
+    // The shell exits only once the grandchild has left the group: else
+    // llmlb's clean-up may reach it before `setsid` ran, and rightly so.
+    let left = env.tmp.path().join("left");
+    let prefix = format!(
+        "setsid sh -c 'echo x > {left}; exec \"$0\" \"$@\"'",
+        left = left.display()
+    );
+    let rest = format!(
+        "while [ ! -s {left} ]; do sleep 0.01; done; exit 0",
+        left = left.display()
+    );
+    let (mut server, sh, gc) = spawn_with_grandchild(&env, port, &prefix, &rest);
     let _group = GroupGuard(Some(sh));
     let _gc = PidGuard(gc);
     assert_eq!(server.wait().code(), Some(0), "{}", server.stderr());
