@@ -136,7 +136,7 @@ impl LockDir {
             Ok(handle) => handle,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => {
-                return Err(match sys::classify_unopenable(path) {
+                return Err(match classify_unopenable(path) {
                     Some(refusal) => refused(refusal),
                     None => LockError::io("cannot open lock dir", path, e),
                 })
@@ -223,6 +223,20 @@ pub struct PortReport {
     pub path: PathBuf,
     /// What a probe saw, or why it could not look.
     pub state: Result<LockState, LockError>,
+}
+
+/// Why `path` could not be opened as a directory, when the reason is what it
+/// is rather than an I/O failure: a symlink or not a directory (one `lstat`,
+/// only on the error path).
+fn classify_unopenable(path: &Path) -> Option<sys::DirRefusal> {
+    let meta = path.symlink_metadata().ok()?;
+    if meta.file_type().is_symlink() {
+        Some(sys::DirRefusal::Symlink)
+    } else if !meta.is_dir() {
+        Some(sys::DirRefusal::NotDirectory)
+    } else {
+        None
+    }
 }
 
 /// The one spelling of a lock dir that is opened: absolute, without `.`

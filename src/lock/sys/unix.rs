@@ -93,20 +93,6 @@ pub(crate) fn open_dir(path: &Path) -> io::Result<DirHandle> {
     })
 }
 
-/// Why `path` could not be opened as a directory, when the reason is what it
-/// is rather than an I/O failure: a symlink or not a directory (one `lstat`,
-/// only on the error path).
-pub(crate) fn classify_unopenable(path: &Path) -> Option<DirRefusal> {
-    let meta = std::fs::symlink_metadata(path).ok()?;
-    if meta.file_type().is_symlink() {
-        Some(DirRefusal::Symlink)
-    } else if !meta.is_dir() {
-        Some(DirRefusal::NotDirectory)
-    } else {
-        None
-    }
-}
-
 /// Refuses an opened lock dir that another local user could tamper with:
 /// owned by someone else, or writable by group/others (they could plant or
 /// delete lock files). Judged on the descriptor, not the name.

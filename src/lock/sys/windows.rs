@@ -55,18 +55,6 @@ pub(crate) fn open_dir(path: &Path) -> io::Result<DirHandle> {
     })
 }
 
-/// Why `path` could not be opened as a directory, if it is what it is.
-pub(crate) fn classify_unopenable(path: &Path) -> Option<DirRefusal> {
-    let meta = std::fs::symlink_metadata(path).ok()?;
-    if meta.file_type().is_symlink() {
-        Some(DirRefusal::Symlink)
-    } else if !meta.is_dir() {
-        Some(DirRefusal::NotDirectory)
-    } else {
-        None
-    }
-}
-
 /// Ownership is left to ACLs on Windows.
 pub(crate) fn check_dir(_dir: &DirHandle) -> Result<(), DirRefusal> {
     Ok(())
