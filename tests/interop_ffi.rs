@@ -107,9 +107,20 @@ fn start_holder(env: &Env, launcher: &LauncherCmd, port: u16) -> Child {
 fn launcher_holder_interops_with_the_cli(launcher: LauncherCmd, env: Env, port: u16) {
     let mut holder = start_holder(&env, &launcher, port);
     let pid = holder.id();
-    match env.probe(port) {
-        LockState::Held(Some(info)) => assert_eq!(info.pid, pid),
-        other => panic!("expected the launcher to hold port {port}, got {other:?}"),
+    // The launcher records its command's group right after spawning it, which
+    // may be after the command printed "ready": wait for that last write.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match env.probe(port) {
+            LockState::Held(Some(info)) if info.child_pgid.is_some() => {
+                assert_eq!(info.pid, pid);
+                break;
+            }
+            LockState::Held(_) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            other => panic!("expected the launcher to hold port {port} with its command's group recorded, got {other:?}"),
+        }
     }
     let before = std::fs::read(env.lock_file(port)).unwrap();
 
