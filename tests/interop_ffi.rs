@@ -301,11 +301,23 @@ fn launcher_group_is_recorded_and_reached_by_stop_force(
         .unwrap();
 
     let port_s = port.to_string();
-    let json = env.llmlb(&["status", "--format", "json", "--port", &port_s]);
-    assert_eq!(json.status.code(), Some(0), "{}", describe(&json));
-    let rows: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
-    assert_eq!(rows[0]["pid"], holder.id(), "{rows}");
-    assert_eq!(rows[0]["child_pgid"], sh, "{rows}");
+    // The launcher records the group right after spawning the command, which
+    // may be after the command printed its PID: wait for that write.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let json = env.llmlb(&["status", "--format", "json", "--port", &port_s]);
+        assert_eq!(json.status.code(), Some(0), "{}", describe(&json));
+        let rows: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+        assert_eq!(rows[0]["pid"], holder.id(), "{rows}");
+        if rows[0]["child_pgid"] == sh {
+            break;
+        }
+        assert!(
+            rows[0]["child_pgid"].is_null() && Instant::now() < deadline,
+            "{rows}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 
     let stop = env.llmlb(&["stop", "--port", &port_s, "--timeout", "0", "--force"]);
     assert_eq!(stop.status.code(), Some(0), "{}", describe(&stop));

@@ -30,6 +30,11 @@ pub const STOP_POLL_INTERVAL: Duration = Duration::from_millis(5);
 /// descriptor as the process dies; this only covers a process stuck in I/O).
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
+/// How long the lock may stay held after its holder exited before the holder
+/// is judged to have left it to an inheritor: what the holder killed on its
+/// way out (its command's group) needs a moment to die.
+const INHERIT_GRACE: Duration = Duration::from_millis(500);
+
 /// How long a holder whose details are unreadable (mid-write) is re-probed
 /// before giving up on identifying it.
 const UNREADABLE_WAIT: Duration = Duration::from_millis(200);
@@ -460,6 +465,10 @@ fn wait_released(
     deadline: Option<Instant>,
 ) -> Result<Wait, StopError> {
     let mut latest = holder.info.clone();
+    // When the holder exited with the lock still held, how long that has
+    // lasted: processes it killed on its way out (its command's group) may
+    // still be dying, so an inheritor is only declared after a grace period.
+    let mut inherited_since: Option<Instant> = None;
     loop {
         // Asked before the probe: once the holder has exited, the kernel has
         // already dropped its locks, so a lock still held after that with
@@ -476,7 +485,10 @@ fn wait_released(
             LockState::Held(Some(now)) if same_holder(&now, &holder.info) => {
                 latest = now;
                 if exited {
-                    return Ok(Wait::Inherited(latest));
+                    let since = *inherited_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= INHERIT_GRACE {
+                        return Ok(Wait::Inherited(latest));
+                    }
                 }
             }
             // A new server took the port after ours let go.
@@ -561,7 +573,15 @@ fn stop_holder(
     // (parent-death signal) and the group can no longer be verified.
     kill_verified_group(&latest);
     holder.signal(port, Signal::Kill)?;
-    match wait_released(dir, port, &holder, Some(Instant::now() + KILL_WAIT))? {
+    let kill_deadline = Instant::now() + KILL_WAIT;
+    let mut after_kill = wait_released(dir, port, &holder, Some(kill_deadline))?;
+    // After SIGKILL the holder is gone at once; what it shared the lock with
+    // (the group just killed) may take longer: wait for the lock itself.
+    while matches!(after_kill, Wait::Inherited(_)) && Instant::now() < kill_deadline {
+        std::thread::sleep(STOP_POLL_INTERVAL);
+        after_kill = wait_released(dir, port, &holder, Some(kill_deadline))?;
+    }
+    match after_kill {
         Wait::Released => Ok(Some(StopOutcome::Killed { info: latest })),
         Wait::Inherited(_) | Wait::TimedOut(_) => Err(StopError::StillHeld {
             port,
