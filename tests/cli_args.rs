@@ -160,7 +160,7 @@ fn status_of_a_missing_dir_is_not_running_and_of_an_unsafe_dir_is_unknown() {
 #[test]
 #[cfg_attr(
     windows,
-    ignore = "issue 10: `llmlb stop` cannot stop a server on Windows yet (no process identity, no stop channel)"
+    ignore = "issue 10: `llmlb stop` cannot stop a server on Windows yet (no graceful stop channel: Windows has no SIGTERM)"
 )]
 fn relative_lock_dirs_flag_is_from_cwd_env_is_refused() {
     let env = Env::new();
@@ -202,7 +202,7 @@ fn relative_lock_dirs_flag_is_from_cwd_env_is_refused() {
 #[test]
 #[cfg_attr(
     windows,
-    ignore = "issue 10: `llmlb stop` cannot stop a server on Windows yet (no process identity, no stop channel)"
+    ignore = "issue 10: `llmlb stop` cannot stop a server on Windows yet (no graceful stop channel: Windows has no SIGTERM)"
 )]
 fn dot_dot_in_the_lock_dir_flag_resolves_and_in_the_env_is_refused() {
     let env = Env::new();

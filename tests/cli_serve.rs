@@ -13,7 +13,7 @@ use cli_support::*;
 #[test]
 #[cfg_attr(
     windows,
-    ignore = "issue 10: `llmlb stop` cannot stop a server on Windows yet (no process identity, no stop channel)"
+    ignore = "issue 10: `llmlb stop` cannot stop a server on Windows yet (no graceful stop channel: Windows has no SIGTERM)"
 )]
 fn serve_then_status_then_stop() {
     let env = Env::new();
@@ -77,7 +77,7 @@ fn serve_then_status_then_stop() {
 #[test]
 #[cfg_attr(
     windows,
-    ignore = "issue 10: no process identity on Windows yet, so the already-running hint offers no `llmlb stop`"
+    ignore = "issue 10: the already-running hint on Windows still names `kill -TERM`"
 )]
 fn duplicate_is_refused_and_the_holder_file_untouched() {
     let env = Env::new();
@@ -230,7 +230,7 @@ fn bind_failure_exits_1_and_releases_the_lock() {
 #[test]
 #[cfg_attr(
     windows,
-    ignore = "issue 10: `llmlb stop` cannot stop a server on Windows yet (no process identity, no stop channel)"
+    ignore = "issue 10: `llmlb stop` cannot stop a server on Windows yet (no graceful stop channel: Windows has no SIGTERM)"
 )]
 fn ten_concurrent_serves_leave_exactly_one_running() {
     let env = Env::new();

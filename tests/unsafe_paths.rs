@@ -92,10 +92,6 @@ fn lock_file_is_created_owner_only() {
 }
 
 #[test]
-#[cfg_attr(
-    windows,
-    ignore = "issue 10: no process identity on Windows yet, so the already-running error offers no `llmlb stop`"
-)]
 fn error_messages_are_one_line_and_name_the_thing() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = LockDir::create(tmp.path().join("locks")).unwrap();

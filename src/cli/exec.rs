@@ -120,6 +120,13 @@ pub(crate) async fn run(
     // Spawned on the main thread (see serve::run): the parent-death signal
     // fires when the spawning thread exits.
     let spawned = tokio::process::Command::from(cmd).spawn();
+    #[cfg_attr(
+        windows,
+        expect(
+            clippy::drop_non_drop,
+            reason = "no descriptor is passed on Windows: nothing to close"
+        )
+    )]
     drop(setup); // our spare copy of the lock descriptor
     let mut child = match spawned {
         Ok(child) => child,

@@ -22,23 +22,28 @@ pub const MAX_INFO_LEN: usize = 16 * 1024;
 /// reused PID has a different start time, and a reboot a different boot id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessIdentity {
-    /// `/proc/sys/kernel/random/boot_id`.
+    /// `/proc/sys/kernel/random/boot_id` on Linux, `kern.boottime` on macOS;
+    /// none on Windows, whose start time is absolute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id: Option<String>,
-    /// Start time in clock ticks after boot.
+    /// Start time: clock ticks after boot on Linux, microseconds since the
+    /// epoch on macOS, the creation `FILETIME` (100 ns units since 1601) on
+    /// Windows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_ticks: Option<u64>,
 }
 
 impl ProcessIdentity {
     /// The identity of process `pid` now, where the platform offers one
-    /// (Linux); `None` if the process does not exist or the platform has none.
+    /// (Linux, macOS, Windows); `None` if the process does not exist or the platform has none.
     pub fn of_pid(pid: u32) -> Option<ProcessIdentity> {
         sys::process_identity(pid)
     }
 
+    /// Both parts present, where the platform has both: Windows' creation
+    /// time is absolute, so it needs no boot marker.
     pub(crate) fn is_complete(&self) -> bool {
-        self.boot_id.is_some() && self.start_ticks.is_some()
+        self.start_ticks.is_some() && (self.boot_id.is_some() || cfg!(windows))
     }
 }
 
@@ -269,7 +274,7 @@ mod tests {
         assert_eq!(recorded_pid(b"nope"), None);
     }
 
-    #[cfg(target_os = "linux")]
+    #[cfg(any(target_os = "linux", target_os = "macos", windows))]
     #[test]
     fn identity_of_self_is_same_and_of_a_reused_pid_differs() {
         let me = LockInfo::for_current_process(1);

@@ -200,6 +200,7 @@ pub(crate) fn acquire(target: Target) -> Result<Acquisition, LockError> {
                     })
                 }
                 TryLock::Acquired => {
+                    sys::unlock_before_close(&file);
                     drop(file); // releases our shared lock
                     let deadline =
                         *reader_deadline.get_or_insert_with(|| Instant::now() + READER_WINDOW);
@@ -385,6 +386,7 @@ impl Holding {
         match self.file_records(&file, pid) {
             Ok(true) => {}
             Ok(false) => {
+                sys::unlock_before_close(&file);
                 drop(file);
                 return Ok(());
             }
@@ -400,6 +402,7 @@ impl Holding {
             Ok(Some(id)) if id == self.id => {}
             // Someone removed or replaced our file by hand: not ours to delete.
             Ok(_) => {
+                sys::unlock_before_close(&file);
                 drop(file);
                 return Ok(());
             }
@@ -497,7 +500,10 @@ impl Drop for Holding {
                 port = self.target.port,
                 "releasing the lock on drop failed: {e}"
             );
-            drop(self.file.take()); // the kernel lock goes with the descriptor
+            if let Some(file) = self.file.take() {
+                sys::unlock_before_close(&file);
+                drop(file); // the kernel lock goes with the descriptor
+            }
         }
     }
 }
@@ -523,6 +529,7 @@ pub(crate) fn probe(target: &Target) -> Result<LockState, LockError> {
                 }
                 // Stable while we hold the shared lock: writers need exclusive.
                 let content = read_content(path, &file)?;
+                sys::unlock_before_close(&file);
                 drop(file);
                 return Ok(if content.is_empty() {
                     // Created but never written (an acquirer between open and

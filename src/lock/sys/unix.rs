@@ -583,6 +583,11 @@ pub(crate) fn remove_held(
     Ok(())
 }
 
+/// Nothing to do on Unix: closing the last descriptor of an open file
+/// description drops its flock at once, and an explicit unlock would also
+/// take the lock away from a forked child that shares the description.
+pub(crate) fn unlock_before_close(_file: &File) {}
+
 /// True for `ENOLCK`: the file system cannot lock (NFS mounted `nolock`).
 pub(crate) fn is_no_locks_error(err: &io::Error) -> bool {
     err.raw_os_error() == Some(libc::ENOLCK)

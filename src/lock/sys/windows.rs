@@ -1,21 +1,41 @@
-//! Windows implementation of the platform boundary: built (`cargo check
-//! --target x86_64-pc-windows-gnu`), not tested here.
+//! Windows implementation of the platform boundary, tested under Wine
+//! (`.ci/wine/run`).
 //!
 //! Differences from Unix, documented in the README:
-//! - `LockFileEx` locks are mandatory for reads of the locked range, so another
-//!   process cannot read the holder's info while it is held: contenders and
-//!   probes report "holder details unreadable".
+//! - `LockFileEx` locks are mandatory for reads and writes of the locked range,
+//!   so the lock covers one byte at [`LOCK_OFFSET`], far beyond any info (as
+//!   SQLite locks bytes it never stores data in): contenders, `status` and
+//!   `stop` read the holder's JSON as on Unix.
 //! - Files are opened without `FILE_SHARE_DELETE`, so nobody can unlink a lock
 //!   file that anyone has open; the unlink-on-release race of Unix cannot
 //!   happen and file identity is therefore not compared (every id is equal).
-//! - There is no process identity token; `stop` refuses to signal.
+//! - The process identity token is the creation time (`GetProcessTimes`),
+//!   which is absolute (100 ns units since 1601), so it needs no boot marker.
+//!   A process is pinned by an open handle: its PID cannot be reused while the
+//!   handle is open, so every wait and termination goes through that handle.
+//! - There is no SIGTERM: `stop` can only terminate (`--force`); a graceful
+//!   stop channel is still to come.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::windows::fs::{FileExt as _, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use fs2::FileExt as Fs2FileExt;
+use std::os::windows::io::AsRawHandle as _;
+
+use std::os::windows::io::{AsHandle as _, FromRawHandle as _, OwnedHandle};
+
+use windows_sys::Win32::Foundation::{
+    ERROR_INVALID_PARAMETER, ERROR_LOCK_VIOLATION, FILETIME, HANDLE, WAIT_OBJECT_0, WAIT_TIMEOUT,
+};
+use windows_sys::Win32::Storage::FileSystem::{
+    LockFileEx, UnlockFileEx, LOCKFILE_EXCLUSIVE_LOCK, LOCKFILE_FAIL_IMMEDIATELY,
+};
+use windows_sys::Win32::System::Threading::{
+    GetProcessTimes, OpenProcess, TerminateProcess, WaitForSingleObject,
+    PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_SYNCHRONIZE, PROCESS_TERMINATE,
+};
+use windows_sys::Win32::System::IO::OVERLAPPED;
 
 use super::{DirRefusal, FileId, OpenFileStat, TryLock};
 use crate::lock::info::ProcessIdentity;
@@ -112,32 +132,64 @@ pub(crate) fn is_symlink_error(err: &io::Error) -> bool {
     err.raw_os_error() == Some(ERROR_CANT_ACCESS_FILE)
 }
 
-fn map_try(result: io::Result<()>) -> io::Result<TryLock> {
-    match result {
-        Ok(()) => Ok(TryLock::Acquired),
-        Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => {
-            Ok(TryLock::Contended)
-        }
-        Err(e) => Err(e),
+/// The one byte the lock covers: far beyond any info a lock file can hold,
+/// so the mandatory range lock never blocks a read of the JSON.
+const LOCK_OFFSET: u64 = 1 << 62;
+
+/// An `OVERLAPPED` that only carries [`LOCK_OFFSET`] (the handle is
+/// synchronous, so no event is needed).
+fn lock_overlapped() -> OVERLAPPED {
+    let mut ov = OVERLAPPED::default();
+    ov.Anonymous.Anonymous.Offset = LOCK_OFFSET as u32;
+    ov.Anonymous.Anonymous.OffsetHigh = (LOCK_OFFSET >> 32) as u32;
+    ov
+}
+
+fn try_lock(file: &File, flags: u32) -> io::Result<TryLock> {
+    let mut ov = lock_overlapped();
+    // SAFETY: the handle is open for the duration of the call (borrowed from
+    // `file`), and `ov` outlives it; a synchronous handle completes the call
+    // before it returns.
+    let ok = unsafe {
+        LockFileEx(
+            file.as_raw_handle() as HANDLE,
+            flags | LOCKFILE_FAIL_IMMEDIATELY,
+            0,
+            1,
+            0,
+            &mut ov,
+        )
+    };
+    if ok != 0 {
+        return Ok(TryLock::Acquired);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(ERROR_LOCK_VIOLATION as i32) {
+        Ok(TryLock::Contended)
+    } else {
+        Err(err)
     }
 }
 
-/// `LockFileEx(EXCLUSIVE | FAIL_IMMEDIATELY)` over the whole file.
-#[expect(
-    clippy::disallowed_methods,
-    reason = "the one call site of fs2's exclusive lock"
-)]
+/// `LockFileEx(EXCLUSIVE | FAIL_IMMEDIATELY)` on the lock byte.
 pub(crate) fn try_lock_exclusive(file: &File) -> io::Result<TryLock> {
-    map_try(Fs2FileExt::try_lock_exclusive(file))
+    try_lock(file, LOCKFILE_EXCLUSIVE_LOCK)
 }
 
-/// `LockFileEx(FAIL_IMMEDIATELY)`, shared.
-#[expect(
-    clippy::disallowed_methods,
-    reason = "the one call site of fs2's shared lock"
-)]
+/// `LockFileEx(FAIL_IMMEDIATELY)`, shared, on the lock byte.
 pub(crate) fn try_lock_shared(file: &File) -> io::Result<TryLock> {
-    map_try(Fs2FileExt::try_lock_shared(file))
+    try_lock(file, 0)
+}
+
+/// Unlocks the lock byte before `file` is closed: Microsoft documents that
+/// the locks of a closed handle are released "depending upon available system
+/// resources", i.e. at an unspecified later time (`LockFileEx` remarks), and
+/// the next acquirer must not find a lock nobody holds. A handle that holds
+/// nothing gets `ERROR_NOT_LOCKED`, which is of no interest.
+pub(crate) fn unlock_before_close(file: &File) {
+    let mut ov = lock_overlapped();
+    // SAFETY: as in `try_lock`.
+    let _ = unsafe { UnlockFileEx(file.as_raw_handle() as HANDLE, 0, 1, 0, &mut ov) };
 }
 
 /// One metadata query of an open lock file.
@@ -203,13 +255,59 @@ pub(crate) fn hostname() -> String {
     std::env::var("COMPUTERNAME").unwrap_or_default()
 }
 
-/// No identity token on Windows yet.
-pub(crate) fn process_identity(_pid: u32) -> Option<ProcessIdentity> {
-    None
+/// Opens process `pid` with `access`: `NotFound` if there is no such process.
+fn open_process(pid: u32, access: u32) -> io::Result<OwnedHandle> {
+    // SAFETY: OpenProcess takes plain values and returns a new handle or NULL.
+    let raw = unsafe { OpenProcess(access, 0, pid) };
+    if raw.is_null() {
+        let err = io::Error::last_os_error();
+        // What OpenProcess reports for a PID that names no process.
+        if err.raw_os_error() == Some(ERROR_INVALID_PARAMETER as i32) {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        return Err(err);
+    }
+    // SAFETY: a fresh handle that nothing else owns.
+    Ok(unsafe { OwnedHandle::from_raw_handle(raw as _) })
 }
 
-#[allow(dead_code)] // used by `llmlb stop`
-/// Signals `stop` may send (mapped to process termination on Windows).
+/// The creation time of the process behind `handle`, as a `FILETIME` in one
+/// `u64` (100 ns units since 1601-01-01 UTC).
+fn creation_time(handle: &OwnedHandle) -> io::Result<u64> {
+    let mut times = [FILETIME {
+        dwLowDateTime: 0,
+        dwHighDateTime: 0,
+    }; 4];
+    let [creation, exit, kernel, user] = &mut times;
+    // SAFETY: the handle is open for the call and the four out-pointers are
+    // distinct, writable FILETIMEs.
+    let ok = unsafe {
+        GetProcessTimes(
+            handle.as_handle().as_raw_handle() as HANDLE,
+            creation,
+            exit,
+            kernel,
+            user,
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::from(times[0].dwHighDateTime) << 32 | u64::from(times[0].dwLowDateTime))
+}
+
+/// Identity of process `pid`: its creation time, which a process that later
+/// reuses the PID cannot share. `None` when the process does not exist or
+/// cannot be opened.
+pub(crate) fn process_identity(pid: u32) -> Option<ProcessIdentity> {
+    let handle = open_process(pid, PROCESS_QUERY_LIMITED_INFORMATION).ok()?;
+    Some(ProcessIdentity {
+        boot_id: None,
+        start_ticks: Some(creation_time(&handle).ok()?),
+    })
+}
+
+/// Signals `stop` may send (only `Kill` exists on Windows, as termination).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Signal {
     Int,
@@ -217,36 +315,66 @@ pub(crate) enum Signal {
     Kill,
 }
 
-/// A process held for signalling: not available on Windows yet (`stop`
-/// refuses before it gets here, as there is no identity token).
+/// A process held for signalling: an open handle, which keeps its PID from
+/// being reused for as long as it is open.
 #[derive(Debug)]
-pub(crate) struct PinnedProcess;
+pub(crate) struct PinnedProcess {
+    handle: OwnedHandle,
+}
 
-/// Not supported on Windows yet.
-pub(crate) fn pin_process(_pid: u32) -> io::Result<PinnedProcess> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "signals are not supported on Windows",
-    ))
+/// Pins process `pid` by opening it once: `NotFound` if no such process exists.
+pub(crate) fn pin_process(pid: u32) -> io::Result<PinnedProcess> {
+    let handle = open_process(
+        pid,
+        PROCESS_QUERY_LIMITED_INFORMATION | PROCESS_SYNCHRONIZE | PROCESS_TERMINATE,
+    )?;
+    Ok(PinnedProcess { handle })
 }
 
 impl PinnedProcess {
-    /// Never pinned.
+    /// Always: the handle pins the process.
     pub(crate) fn is_pinned(&self) -> bool {
-        false
+        true
     }
 
-    /// Unknown.
+    /// Whether the process has exited (its handle is signalled); `None` if
+    /// the wait fails.
     pub(crate) fn has_exited(&self) -> Option<bool> {
-        None
+        // SAFETY: the handle is open for the call; a zero timeout only polls.
+        match unsafe { WaitForSingleObject(self.raw(), 0) } {
+            WAIT_OBJECT_0 => Some(true),
+            WAIT_TIMEOUT => Some(false),
+            _ => None,
+        }
     }
 
-    /// Not supported: Windows has no SIGTERM.
-    pub(crate) fn signal(&self, _sig: Signal) -> io::Result<()> {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "signals are not supported on Windows",
-        ))
+    /// `Kill` terminates the pinned process (exit code 1, as a killed
+    /// process reports); `Int` and `Term` are unsupported (no SIGTERM; the
+    /// graceful stop channel is not there yet). An exited process is
+    /// `NotFound`.
+    pub(crate) fn signal(&self, sig: Signal) -> io::Result<()> {
+        if sig != Signal::Kill {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "Windows has no SIGTERM or SIGINT: only termination (--force) is supported",
+            ));
+        }
+        if self.has_exited() == Some(true) {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        // SAFETY: the handle is open for the call and has PROCESS_TERMINATE.
+        if unsafe { TerminateProcess(self.raw(), 1) } == 0 {
+            // Exited between the check and the call: access denied.
+            if self.has_exited() == Some(true) {
+                return Err(io::ErrorKind::NotFound.into());
+            }
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn raw(&self) -> HANDLE {
+        self.handle.as_handle().as_raw_handle() as HANDLE
     }
 }
 
@@ -269,6 +397,7 @@ pub(crate) fn remove_held(
     if let Err(e) = file.set_len(0) {
         return Err((file, e));
     }
+    unlock_before_close(&file);
     drop(file);
     let _ = std::fs::remove_file(dir.path.join(name));
     Ok(())
@@ -321,4 +450,82 @@ pub(crate) fn child_pgid(_child_pid: u32) -> Option<u32> {
 /// The child's exit code (Windows has no "killed by signal").
 pub(crate) fn exit_code(status: std::process::ExitStatus) -> i32 {
     status.code().unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Locks `len` bytes from 0 through `file`, shared: what a reader of the
+    /// info would collide with if the holder's lock covered it (Wine does not
+    /// block plain reads of a locked range, but it does refuse a conflicting
+    /// lock, so this proves the ranges are disjoint where reads cannot).
+    fn lock_shared_from_start(file: &File, len: u64) -> bool {
+        let mut ov = OVERLAPPED::default();
+        // SAFETY: as in `try_lock`.
+        unsafe {
+            LockFileEx(
+                file.as_raw_handle() as HANDLE,
+                LOCKFILE_FAIL_IMMEDIATELY,
+                0,
+                len as u32,
+                (len >> 32) as u32,
+                &mut ov,
+            ) != 0
+        }
+    }
+
+    #[test]
+    fn the_holder_lock_leaves_the_info_unlocked_and_unlock_frees_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = open_dir(tmp.path()).unwrap();
+        let holder = open_for_lock(&dir, "serve_1.lock").unwrap();
+        write_all_at(&holder, br#"{"pid":1}"#, 0).unwrap();
+        assert_eq!(try_lock_exclusive(&holder).unwrap(), TryLock::Acquired);
+
+        let reader = open_for_probe(&dir, "serve_1.lock").unwrap();
+        assert_eq!(try_lock_shared(&reader).unwrap(), TryLock::Contended);
+        // Everything below the lock byte, the info included, is free.
+        assert!(lock_shared_from_start(&reader, LOCK_OFFSET));
+        let mut buf = [0u8; 16];
+        assert_eq!(read_at(&reader, &mut buf, 0).unwrap(), 9);
+        drop(reader);
+
+        unlock_before_close(&holder);
+        let prober = open_for_probe(&dir, "serve_1.lock").unwrap();
+        assert_eq!(try_lock_shared(&prober).unwrap(), TryLock::Acquired);
+        drop(holder);
+    }
+
+    /// The handle pins one process: its identity is stable, it is reported
+    /// alive, `Term` is refused without touching it, `Kill` ends it, and
+    /// afterwards the same handle reports it exited and a second kill is
+    /// `NotFound` (never a different process).
+    #[test]
+    fn a_pinned_process_is_verified_killed_and_seen_exited_through_its_handle() {
+        // `cmd /c pause` waits on its stdin, which nobody writes.
+        let mut child = std::process::Command::new("cmd")
+            .args(["/c", "pause"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let identity = process_identity(pid).unwrap();
+        assert!(identity.is_complete());
+        assert_ne!(process_identity(std::process::id()), Some(identity.clone()));
+
+        let pinned = pin_process(pid).unwrap();
+        assert!(pinned.is_pinned());
+        assert_eq!(pinned.has_exited(), Some(false));
+        let err = pinned.signal(Signal::Term).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+        assert_eq!(process_identity(pid), Some(identity));
+
+        pinned.signal(Signal::Kill).unwrap();
+        assert!(!child.wait().unwrap().success());
+        assert_eq!(pinned.has_exited(), Some(true));
+        let err = pinned.signal(Signal::Kill).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
 }
