@@ -352,8 +352,7 @@ pub(crate) fn hostname() -> String {
 }
 
 /// Identity of process `pid` that survives PID reuse: its start time in clock
-/// ticks since boot plus the boot id. Linux only; `None` elsewhere or when the
-/// process does not exist.
+/// ticks since boot plus the boot id. `None` when the process does not exist.
 #[cfg(target_os = "linux")]
 pub(crate) fn process_identity(pid: u32) -> Option<ProcessIdentity> {
     // Bytes, not UTF-8: the command name (field 2) is whatever the process
@@ -390,8 +389,69 @@ fn boot_id() -> Option<String> {
         .clone()
 }
 
-/// Identity of process `pid`; not available on this Unix (see the Linux version).
-#[cfg(not(target_os = "linux"))]
+/// Identity of process `pid` on macOS: its start time (microseconds since
+/// the epoch, from `proc_pidinfo(PROC_PIDTBSDINFO)`) plus the boot time
+/// (`sysctl kern.boottime`) as the boot marker. `None` when the process does
+/// not exist or cannot be inspected.
+#[cfg(target_os = "macos")]
+pub(crate) fn process_identity(pid: u32) -> Option<ProcessIdentity> {
+    let pid = valid_pid(pid).ok()?;
+    // SAFETY: proc_bsdinfo is plain old data; all zeroes is a valid value.
+    let mut info: libc::proc_bsdinfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::proc_bsdinfo>() as libc::c_int;
+    // SAFETY: `info` is a writable buffer of `size` bytes for the call.
+    let n = unsafe {
+        libc::proc_pidinfo(
+            pid,
+            libc::PROC_PIDTBSDINFO,
+            0,
+            (&mut info as *mut libc::proc_bsdinfo).cast(),
+            size,
+        )
+    };
+    if n != size {
+        return None;
+    }
+    let start = info
+        .pbi_start_tvsec
+        .checked_mul(1_000_000)?
+        .checked_add(info.pbi_start_tvusec)?;
+    Some(ProcessIdentity {
+        boot_id: boot_time(),
+        start_ticks: Some(start),
+    })
+}
+
+/// `kern.boottime` as `"<sec>.<usec>"`: it changes with every boot.
+#[cfg(target_os = "macos")]
+fn boot_time() -> Option<String> {
+    static BOOT_TIME: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BOOT_TIME
+        .get_or_init(|| {
+            let mut mib = [libc::CTL_KERN, libc::KERN_BOOTTIME];
+            // SAFETY: timeval is plain old data; all zeroes is a valid value.
+            let mut tv: libc::timeval = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::timeval>();
+            // SAFETY: `tv` is a writable buffer of `len` bytes; no new value.
+            let rc = unsafe {
+                libc::sysctl(
+                    mib.as_mut_ptr(),
+                    mib.len() as libc::c_uint,
+                    (&mut tv as *mut libc::timeval).cast(),
+                    &mut len,
+                    std::ptr::null_mut(),
+                    0,
+                )
+            };
+            (rc == 0 && len == std::mem::size_of::<libc::timeval>())
+                .then(|| format!("{}.{:06}", tv.tv_sec, tv.tv_usec))
+        })
+        .clone()
+}
+
+/// Identity of process `pid`; not available on this Unix (see the Linux and
+/// macOS versions).
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
 pub(crate) fn process_identity(_pid: u32) -> Option<ProcessIdentity> {
     None
 }
