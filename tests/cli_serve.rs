@@ -75,10 +75,6 @@ fn serve_then_status_then_stop() {
 }
 
 #[test]
-#[cfg_attr(
-    windows,
-    ignore = "issue 10: the already-running hint on Windows still names `kill -TERM`"
-)]
 fn duplicate_is_refused_and_the_holder_file_untouched() {
     let env = Env::new();
     let port = free_port();
@@ -91,13 +87,19 @@ fn duplicate_is_refused_and_the_holder_file_untouched() {
 
     let dup = env.run(&["serve", "--port", &port.to_string(), "--host", "127.0.0.1"]);
     assert_eq!(dup.code(), Some(1), "{dup:?}");
+    // The platform's own command: Windows has no `kill`.
+    let kill = if cfg!(windows) {
+        format!("taskkill /F /PID {pid}")
+    } else {
+        format!("kill -TERM {pid}")
+    };
     assert_eq!(
         dup.stderr,
         format!(
             "Error: Server already running on port {port} (PID: {pid}, started: {started})\n\
              \n\
              To stop: llmlb stop --port {port}\n\
-             Or:      kill -TERM {pid}\n"
+             Or:      {kill}\n"
         )
     );
     assert_eq!(std::fs::read(env.lock_file(port)).unwrap(), before);

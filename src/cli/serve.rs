@@ -161,7 +161,8 @@ fn already_running(port: u16, holder: Option<&LockInfo>, path: &Path, suffix: &s
     match info.check_identity() {
         IdentityCheck::Same => format!(
             "{head}To stop: llmlb stop --port {port}{suffix}\n\
-             Or:      kill -TERM {pid}"
+             Or:      {}",
+            kill_command(pid)
         ),
         _ => {
             let advice = how_to_stop(port, Some(info), path, suffix);
@@ -173,6 +174,18 @@ fn already_running(port: u16, holder: Option<&LockInfo>, path: &Path, suffix: &s
                 advice.as_str()
             )
         }
+    }
+}
+
+/// The platform's own command that stops `pid`. Windows has no SIGTERM, and
+/// `taskkill` without `/F` only asks a window to close, which a console
+/// server does not have: `/F` terminates it (the next start reclaims the
+/// lock it leaves).
+fn kill_command(pid: u32) -> String {
+    if cfg!(windows) {
+        format!("taskkill /F /PID {pid}")
+    } else {
+        format!("kill -TERM {pid}")
     }
 }
 

@@ -126,7 +126,7 @@ pub enum StopError {
     Lock(Box<LockError>),
     /// The port is held but the holder's details cannot be read, so there is
     /// no PID to verify and signal.
-    #[error("server on port {port} is running but its lock file cannot be read (holder details unreadable); nothing was signalled: stop it by its own means (`fuser {}` shows the holder)", printable(path))]
+    #[error("server on port {port} is running but its lock file cannot be read (holder details unreadable); nothing was signalled: stop it by its own means ({} shows the holder)", find_holder(path))]
     Unreadable {
         /// The port.
         port: u16,
@@ -169,7 +169,7 @@ pub enum StopError {
     },
     /// `SIGKILL` was sent but the lock is still held: a process outside the
     /// exec child's group inherited the lock descriptor.
-    #[error("server on port {port} (PID: {pid}) was killed but its lock is still held by a process that inherited it; find it with `fuser {}`", printable(path))]
+    #[error("server on port {port} (PID: {pid}) was killed but its lock is still held by a process that inherited it; find it with {}", find_holder(path))]
     StillHeld {
         /// The port.
         port: u16,
@@ -181,7 +181,7 @@ pub enum StopError {
     /// The holder exited after `SIGTERM`, but a process that inherited its
     /// lock descriptor (e.g. a forked worker) still holds the port. Nothing
     /// but the holder was signalled.
-    #[error("server on port {port} (PID: {pid}) exited, but its lock is still held by a process that inherited it; nothing else was signalled: find it with `fuser {}`{}", printable(path), if *group { " or use --force to kill its command's process group" } else { "" })]
+    #[error("server on port {port} (PID: {pid}) exited, but its lock is still held by a process that inherited it; nothing else was signalled: find it with {}{}", find_holder(path), if *group { " or use --force to kill its command's process group" } else { "" })]
     Inherited {
         /// The port.
         port: u16,
@@ -209,17 +209,30 @@ fn seconds(d: Duration) -> String {
     }
 }
 
+/// How to find the process that has `path` open, for messages: `fuser` on
+/// Unix; Windows has no such command, so the tool that shows it.
+fn find_holder(path: &Path) -> String {
+    if cfg!(windows) {
+        format!(
+            "Resource Monitor (CPU tab, Associated Handles, search for {})",
+            printable(path)
+        )
+    } else {
+        format!("`fuser {}`", printable(path))
+    }
+}
+
 fn not_verified_line(port: u16, pid: u32, check: &IdentityCheck, path: &Path) -> String {
-    let path = printable(path);
+    let find = find_holder(path);
     match check {
         IdentityCheck::OtherHost(host) => format!(
             "server on port {port} (PID: {pid}) was started on host {host}, not this one; nothing was signalled: stop it there"
         ),
         IdentityCheck::Gone => format!(
-            "lock for port {port} is held, but its recorded PID {pid} has exited (a process that inherited the lock holds it); nothing was signalled: find the holder with `fuser {path}`"
+            "lock for port {port} is held, but its recorded PID {pid} has exited (a process that inherited the lock holds it); nothing was signalled: find the holder with {find}"
         ),
         IdentityCheck::Reused => format!(
-            "lock for port {port} is held, but its recorded PID {pid} now belongs to a different process (PID reused); nothing was signalled: find the holder with `fuser {path}`"
+            "lock for port {port} is held, but its recorded PID {pid} now belongs to a different process (PID reused); nothing was signalled: find the holder with {find}"
         ),
         _ => format!(
             "cannot verify that PID {pid} is the server on port {port} (no process identity on this platform or in its lock file); nothing was signalled: check what PID {pid} is and stop it by its own means"
@@ -248,9 +261,9 @@ pub fn how_to_stop(
             format!("it runs on host {host}: stop it there")
         }
         IdentityCheck::Gone | IdentityCheck::Reused => format!(
-            "its recorded PID {} has exited and a process that inherited the lock holds it: find it with `fuser {}`",
+            "its recorded PID {} has exited and a process that inherited the lock holds it: find it with {}",
             info.pid,
-            printable(lock_path)
+            find_holder(lock_path)
         ),
         _ => format!(
             "its identity cannot be verified here, so `llmlb stop` will not signal it: check what PID {} is and stop it by its own means",
@@ -588,5 +601,44 @@ fn stop_holder(
             pid: holder.info.pid,
             path: dir.lock_path(port),
         }),
+    }
+}
+
+#[cfg(all(test, any(target_os = "linux", target_os = "macos", windows)))]
+mod tests {
+    use super::*;
+
+    /// Every hint names a tool that exists on the platform: `fuser` on Unix,
+    /// never on Windows (where the holder is found with Resource Monitor).
+    #[test]
+    fn hints_for_an_inheritor_name_the_platform_tool() {
+        let mut reused = LockInfo::for_current_process(4242);
+        let id = reused.identity.as_mut().expect("identity on this platform");
+        id.start_ticks = id.start_ticks.map(|t| t + 1);
+        assert_eq!(reused.check_identity(), IdentityCheck::Reused);
+        let path = Path::new("locks").join("serve_4242.lock");
+        let hints = [
+            how_to_stop(4242, Some(&reused), &path, ""),
+            not_verified_line(4242, reused.pid, &IdentityCheck::Reused, &path),
+            StopError::Unreadable {
+                port: 4242,
+                path: path.clone(),
+            }
+            .to_string(),
+        ];
+        for hint in hints {
+            assert!(hint.contains(&path.display().to_string()), "{hint}");
+            if cfg!(windows) {
+                assert!(
+                    !hint.contains("fuser") && hint.contains("Resource Monitor"),
+                    "{hint}"
+                );
+            } else {
+                assert!(
+                    hint.contains(&format!("`fuser {}`", path.display())),
+                    "{hint}"
+                );
+            }
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! The one place that talks to the operating system: opening without
-//! following links, advisory locks (fs2), file identity, ownership, process
-//! identity and signals.
+//! following links, advisory locks (fs2 on Unix, `LockFileEx` on Windows), file
+//! identity, ownership, process identity and signals.
 //!
 //! Each platform module exposes the same free functions with the same
 //! signatures (tempfile's `src/file/imp/` pattern), so the protocol above it is

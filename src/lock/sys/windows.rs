@@ -13,8 +13,9 @@
 //!   which is absolute (100 ns units since 1601), so it needs no boot marker.
 //!   A process is pinned by an open handle: its PID cannot be reused while the
 //!   handle is open, so every wait and termination goes through that handle.
-//! - There is no SIGTERM: `stop` can only terminate (`--force`); a graceful
-//!   stop channel is still to come.
+//! - There is no SIGTERM: `Kill` terminates through the handle, while `Term`
+//!   and `Int` are `Unsupported`, so `stop` verifies the holder but cannot yet
+//!   ask it to shut down (a graceful stop channel is still to come).
 
 use std::fs::{File, OpenOptions};
 use std::io;
