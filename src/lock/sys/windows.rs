@@ -146,6 +146,7 @@ fn lock_overlapped() -> OVERLAPPED {
     ov
 }
 
+#[expect(clippy::disallowed_methods, reason = "the one call site of LockFileEx")]
 fn try_lock(file: &File, flags: u32) -> io::Result<TryLock> {
     let mut ov = lock_overlapped();
     // SAFETY: the handle is open for the duration of the call (borrowed from
@@ -187,6 +188,10 @@ pub(crate) fn try_lock_shared(file: &File) -> io::Result<TryLock> {
 /// resources", i.e. at an unspecified later time (`LockFileEx` remarks), and
 /// the next acquirer must not find a lock nobody holds. A handle that holds
 /// nothing gets `ERROR_NOT_LOCKED`, which is of no interest.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the one call site of UnlockFileEx"
+)]
 pub(crate) fn unlock_before_close(file: &File) {
     let mut ov = lock_overlapped();
     // SAFETY: as in `try_lock`.
@@ -461,6 +466,10 @@ mod tests {
     /// info would collide with if the holder's lock covered it (Wine does not
     /// block plain reads of a locked range, but it does refuse a conflicting
     /// lock, so this proves the ranges are disjoint where reads cannot).
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a reader's lock over the info range, which the protocol never takes"
+    )]
     fn lock_shared_from_start(file: &File, len: u64) -> bool {
         let mut ov = OVERLAPPED::default();
         // SAFETY: as in `try_lock`.
