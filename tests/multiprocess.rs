@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "support/spawn.rs"]
+mod spawn;
+
 use llmlb::lock::{acquire_or_reclaim, LockDir, LockError, LockState};
 
 const ROLE: &str = "LLMLB_TEST_ROLE";
@@ -28,17 +31,18 @@ impl Drop for Reaper {
 }
 
 fn spawn_self(test_name: &str, role: &str, dir: &Path) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        // --include-ignored: a test ignored on this platform still plays
-        // its worker role when run with --include-ignored.
-        .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
-        .arg("--include-ignored")
-        .env(ROLE, role)
-        .env(DIR, dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("re-invoke test binary")
+    spawn::spawn(
+        Command::new(std::env::current_exe().unwrap())
+            // --include-ignored: a test ignored on this platform still plays
+            // its worker role when run with --include-ignored.
+            .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
+            .arg("--include-ignored")
+            .env(ROLE, role)
+            .env(DIR, dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit()),
+    )
+    .expect("re-invoke test binary")
 }
 
 fn role() -> Option<(String, PathBuf)> {

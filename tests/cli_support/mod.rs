@@ -4,6 +4,9 @@
 //! groups and `/proc` helpers are Unix-only.
 #![allow(dead_code)] // each test file uses a different subset
 
+#[path = "../support/spawn.rs"]
+mod spawn;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -79,7 +82,7 @@ impl Env {
         let err = self.tmp.path().join(format!("proc{n}.err"));
         cmd.stdout(File::create(&out).unwrap())
             .stderr(File::create(&err).unwrap());
-        let child = cmd.spawn().expect("spawn llmlb");
+        let child = spawn::spawn(&mut cmd).expect("spawn llmlb");
         Proc {
             child: Some(child),
             out,
