@@ -58,7 +58,9 @@ fn contend(dir: &Path) -> ! {
     let locks = LockDir::create(dir.join("locks")).unwrap();
     let marker = dir.join("critical-section");
     let mut done = 0;
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // Only against hangs: under Wine on a loaded machine the rounds can take
+    // minutes (every lock call goes through the wineserver).
+    let deadline = Instant::now() + Duration::from_secs(900);
     while done < ROUNDS {
         assert!(Instant::now() < deadline, "worker starved");
         let guard = match acquire_or_reclaim(&locks, PORT) {
@@ -93,11 +95,11 @@ fn contend(dir: &Path) -> ! {
     std::process::exit(0);
 }
 
+/// Also the regression test for Windows' release race (issue 10): an acquire
+/// that met a releasing holder's `DeleteFile` failed with a sharing violation
+/// (os error 32) instead of retrying; under Wine with two CPU hogs, one run
+/// in two failed that way.
 #[test]
-#[cfg_attr(
-    windows,
-    ignore = "issue 10: on Windows an acquire racing another process's release can fail with a sharing violation (os error 32) instead of retrying or reporting Busy"
-)]
 fn eight_processes_never_overlap() {
     if let Some((role, dir)) = role() {
         assert_eq!(role, "contend");

@@ -27,10 +27,12 @@ pub enum LockError {
         /// What the holder recorded, if readable (boxed: keeps `Result`s small).
         holder: Option<Box<LockInfo>>,
     },
-    /// Only short-lived readers (probes, `llmlb status`) kept the lock busy for
-    /// the whole retry window; nobody holds the port.
+    /// Only short-lived obstacles kept the lock busy for the whole retry
+    /// window: readers (probes, `llmlb status`) or, on Windows, a process that
+    /// had the file open without sharing it (a releasing holder deleting it).
+    /// Nobody holds the port.
     #[error(
-        "lock file {} stayed busy with readers (e.g. `llmlb status` in a tight loop); retry",
+        "lock file {} stayed busy with readers (e.g. `llmlb status` in a tight loop) or a releasing holder; retry",
         printable(path)
     )]
     Busy {
@@ -106,6 +108,9 @@ fn io_hint(err: &io::Error) -> &'static str {
         }
         io::ErrorKind::ReadOnlyFilesystem => {
             " (the file system is read-only; set LLMLB_LOCK_DIR to a writable dir)"
+        }
+        _ if super::sys::is_transient_open_error(err) => {
+            " (another process has the file open without sharing it, e.g. a holder deleting it on release; retry)"
         }
         _ if super::sys::is_no_locks_error(err) => {
             " (the file system does not support locks, e.g. an NFS `nolock` mount; use a local dir)"

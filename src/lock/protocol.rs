@@ -22,8 +22,10 @@ use super::{lock_file_name, LockDir, LockState};
 /// How often acquire reopens when the path keeps naming a different inode
 /// than the one it locked (each retry means a holder released meanwhile).
 const INODE_RETRIES: usize = 64;
-/// How long an acquirer waits out readers' shared locks (probes, `status`)
-/// before reporting [`LockError::Busy`].
+/// How long an acquirer waits out short-lived obstacles before reporting
+/// [`LockError::Busy`]: readers' shared locks (probes, `status`) and, on
+/// Windows, a releasing holder that is deleting the file (which makes opens
+/// fail for that instant, see [`sys::is_transient_open_error`]).
 const READER_WINDOW: Duration = Duration::from_millis(100);
 /// Backoff between reads of a holder's info that is empty or partial because
 /// the holder is between `flock` and `pwrite`: about 1.5 ms in all.
@@ -51,11 +53,6 @@ impl Target {
             path: dir.path().join(&name),
             name,
         }
-    }
-
-    fn open_for_lock(&self) -> Result<File, LockError> {
-        sys::open_for_lock(&self.dir, &self.name)
-            .map_err(|e| open_error(&self.path, e, "cannot open lock file"))
     }
 
     /// What the name is now (`None`: gone).
@@ -176,15 +173,55 @@ fn read_holder(file: &File, port: u16) -> Option<LockInfo> {
     None
 }
 
+/// Backoff (50 µs doubling to 2 ms) within one [`READER_WINDOW`], shared by
+/// every short-lived obstacle an acquire or probe meets.
+struct ShortWait {
+    deadline: Option<Instant>,
+    backoff: Duration,
+}
+
+impl ShortWait {
+    fn new() -> ShortWait {
+        ShortWait {
+            deadline: None,
+            backoff: Duration::from_micros(50),
+        }
+    }
+
+    /// Sleeps and returns true while the window (opened by the first call)
+    /// lasts; false once it has passed.
+    fn again(&mut self) -> bool {
+        let deadline = *self
+            .deadline
+            .get_or_insert_with(|| Instant::now() + READER_WINDOW);
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(self.backoff);
+        self.backoff = (self.backoff * 2).min(Duration::from_millis(2));
+        true
+    }
+}
+
 /// Steps 2–5: open without truncating or following links, try the exclusive
 /// lock, re-check the inode, and classify the content.
 pub(crate) fn acquire(target: Target) -> Result<Acquisition, LockError> {
     let path = target.path.as_path();
-    let mut reader_deadline: Option<Instant> = None;
-    let mut backoff = Duration::from_micros(50);
+    let mut wait = ShortWait::new();
     for _ in 0..INODE_RETRIES {
         // Step 2. No O_TRUNC: the loser of a race must not touch the winner's file.
-        let file = target.open_for_lock()?;
+        let file = match sys::open_for_lock(&target.dir, &target.name) {
+            Ok(file) => file,
+            // Windows: a releasing holder is deleting the file right now.
+            // Once it is gone, the next open creates a fresh one.
+            Err(e) if sys::is_transient_open_error(&e) => {
+                if wait.again() {
+                    continue;
+                }
+                return Err(LockError::Busy { path: target.path });
+            }
+            Err(e) => return Err(open_error(path, e, "cannot open lock file")),
+        };
         // Step 3.
         let locked =
             sys::try_lock_exclusive(&file).map_err(|e| LockError::io("cannot lock", path, e))?;
@@ -202,14 +239,10 @@ pub(crate) fn acquire(target: Target) -> Result<Acquisition, LockError> {
                 TryLock::Acquired => {
                     sys::unlock_before_close(&file);
                     drop(file); // releases our shared lock
-                    let deadline =
-                        *reader_deadline.get_or_insert_with(|| Instant::now() + READER_WINDOW);
-                    if Instant::now() >= deadline {
-                        return Err(LockError::Busy { path: target.path });
+                    if wait.again() {
+                        continue;
                     }
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_millis(2));
-                    continue;
+                    return Err(LockError::Busy { path: target.path });
                 }
             }
         }
@@ -512,10 +545,13 @@ impl Drop for Holding {
 /// most a shared lock for the duration of one read, which acquirers wait out.
 pub(crate) fn probe(target: &Target) -> Result<LockState, LockError> {
     let (path, port) = (target.path.as_path(), target.port);
+    let mut wait = ShortWait::new();
     for _ in 0..INODE_RETRIES {
         let file = match sys::open_for_probe(&target.dir, &target.name) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LockState::Free),
+            // Windows: a releasing holder is deleting the file; look again.
+            Err(e) if sys::is_transient_open_error(&e) && wait.again() => continue,
             Err(e) => return Err(open_error(path, e, "cannot open lock file")),
         };
         let st = check_file(path, &file)?;

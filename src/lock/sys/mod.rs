@@ -44,7 +44,6 @@ pub(crate) enum DirRefusal {
     /// Not a directory.
     NotDirectory,
     /// Owned by another user (who could plant or remove lock files).
-    #[cfg_attr(windows, allow(dead_code))]
     ForeignOwner,
     /// Writable by group or others.
     #[cfg_attr(windows, allow(dead_code))]

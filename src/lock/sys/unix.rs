@@ -648,6 +648,12 @@ pub(crate) fn remove_held(
 /// take the lock away from a forked child that shares the description.
 pub(crate) fn unlock_before_close(_file: &File) {}
 
+/// Never on Unix: an open is not refused because another process is removing
+/// the file (Windows' sharing violation while a holder deletes it).
+pub(crate) fn is_transient_open_error(_err: &io::Error) -> bool {
+    false
+}
+
 /// True for `ENOLCK`: the file system cannot lock (NFS mounted `nolock`).
 pub(crate) fn is_no_locks_error(err: &io::Error) -> bool {
     err.raw_os_error() == Some(libc::ENOLCK)

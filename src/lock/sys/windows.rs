@@ -6,9 +6,12 @@
 //!   so the lock covers one byte at [`LOCK_OFFSET`], far beyond any info (as
 //!   SQLite locks bytes it never stores data in): contenders, `status` and
 //!   `stop` read the holder's JSON as on Unix.
-//! - Files are opened without `FILE_SHARE_DELETE`, so nobody can unlink a lock
-//!   file that anyone has open; the unlink-on-release race of Unix cannot
-//!   happen and file identity is therefore not compared (every id is equal).
+//! - Files are opened without `FILE_SHARE_DELETE`, so nobody can unlink or
+//!   rename a lock file that anyone has open; the unlink-on-release race of
+//!   Unix cannot happen and file identity is therefore not compared (every id
+//!   is equal). The price: a holder deletes its file only after closing it
+//!   (`remove_held`), and an open that meets that delete fails for an instant
+//!   (`is_transient_open_error`), which the protocol waits out.
 //! - The process identity token is the creation time (`GetProcessTimes`),
 //!   which is absolute (100 ns units since 1601), so it needs no boot marker.
 //!   A process is pinned by an open handle: its PID cannot be reused while the
@@ -26,15 +29,25 @@ use std::os::windows::io::AsRawHandle as _;
 
 use std::os::windows::io::{AsHandle as _, FromRawHandle as _, OwnedHandle};
 
+use windows_sys::Win32::Foundation::LocalFree;
 use windows_sys::Win32::Foundation::{
-    ERROR_INVALID_PARAMETER, ERROR_LOCK_VIOLATION, FILETIME, HANDLE, WAIT_OBJECT_0, WAIT_TIMEOUT,
+    ERROR_ACCESS_DENIED, ERROR_DELETE_PENDING, ERROR_INVALID_PARAMETER, ERROR_LOCK_VIOLATION,
+    ERROR_SHARING_VIOLATION, FILETIME, HANDLE, NTSTATUS, STATUS_DELETE_PENDING, WAIT_OBJECT_0,
+    WAIT_TIMEOUT,
+};
+use windows_sys::Win32::Security::Authorization::{GetSecurityInfo, SE_FILE_OBJECT};
+use windows_sys::Win32::Security::{
+    GetLengthSid, GetTokenInformation, IsValidSid, TokenOwner, TokenUser,
+    OWNER_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR, PSID, TOKEN_INFORMATION_CLASS, TOKEN_OWNER,
+    TOKEN_QUERY, TOKEN_USER,
 };
 use windows_sys::Win32::Storage::FileSystem::{
-    LockFileEx, UnlockFileEx, LOCKFILE_EXCLUSIVE_LOCK, LOCKFILE_FAIL_IMMEDIATELY,
+    LockFileEx, UnlockFileEx, FILE_FLAG_BACKUP_SEMANTICS, LOCKFILE_EXCLUSIVE_LOCK,
+    LOCKFILE_FAIL_IMMEDIATELY, READ_CONTROL,
 };
 use windows_sys::Win32::System::Threading::{
-    GetProcessTimes, OpenProcess, TerminateProcess, WaitForSingleObject,
-    PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_SYNCHRONIZE, PROCESS_TERMINATE,
+    GetCurrentProcess, GetProcessTimes, OpenProcess, OpenProcessToken, TerminateProcess,
+    WaitForSingleObject, PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_SYNCHRONIZE, PROCESS_TERMINATE,
 };
 use windows_sys::Win32::System::IO::OVERLAPPED;
 
@@ -43,6 +56,7 @@ use crate::lock::info::ProcessIdentity;
 
 const FILE_SHARE_READ: u32 = 0x1;
 const FILE_SHARE_WRITE: u32 = 0x2;
+const FILE_SHARE_DELETE: u32 = 0x4;
 const FILE_FLAG_OPEN_REPARSE_POINT: u32 = 0x0020_0000;
 const ERROR_CANT_ACCESS_FILE: i32 = 1920;
 const ERROR_DIRECTORY: i32 = 267;
@@ -76,37 +90,210 @@ pub(crate) fn open_dir(path: &Path) -> io::Result<DirHandle> {
     })
 }
 
-/// Ownership is left to ACLs on Windows.
-pub(crate) fn check_dir(_dir: &DirHandle) -> Result<(), DirRefusal> {
-    Ok(())
+/// Refuses a dir owned by another user (`ForeignOwner`), who could plant or
+/// remove lock files in it. Ours are the dirs whose owner SID is our token's
+/// user, or our token's default owner for new objects (for an elevated
+/// administrator that is `BUILTIN\Administrators`, the owner of every dir it
+/// creates). Who else may write is left to the dir's ACL, which has no simple
+/// "group or others" to judge. Where Windows cannot tell (no owner: FAT
+/// volumes, or the security info is unreadable), the dir is accepted.
+pub(crate) fn check_dir(dir: &DirHandle) -> Result<(), DirRefusal> {
+    let (Ok(owner), Ok(ours)) = (dir_owner_sid(&dir.path), own_sids()) else {
+        return Ok(());
+    };
+    judge_owner(owner.as_deref(), ours)
+}
+
+/// The ownership rule of [`check_dir`] on SIDs as bytes (two valid SIDs are
+/// equal, as `EqualSid` says, exactly when their bytes are): no owner is
+/// accepted (Windows cannot tell), any owner not in `ours` refused.
+fn judge_owner(owner: Option<&[u8]>, ours: &[Vec<u8>]) -> Result<(), DirRefusal> {
+    match owner {
+        Some(owner) if !ours.iter().any(|sid| sid.as_slice() == owner) => {
+            Err(DirRefusal::ForeignOwner)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The owner SID of the dir at `path` (`None` if it has none), read through
+/// a handle that does not follow a reparse point.
+fn dir_owner_sid(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    let dir = OpenOptions::new()
+        .access_mode(READ_CONTROL)
+        .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE)
+        .custom_flags(FILE_FLAG_BACKUP_SEMANTICS | FILE_FLAG_OPEN_REPARSE_POINT)
+        .open(path)?;
+    let mut owner: PSID = std::ptr::null_mut();
+    let mut descriptor: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+    // SAFETY: the handle is open for the call; the out-pointers are valid;
+    // the unused ones may be NULL for OWNER_SECURITY_INFORMATION.
+    let err = unsafe {
+        GetSecurityInfo(
+            dir.as_raw_handle() as HANDLE,
+            SE_FILE_OBJECT,
+            OWNER_SECURITY_INFORMATION,
+            &mut owner,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            &mut descriptor,
+        )
+    };
+    if err != 0 {
+        return Err(io::Error::from_raw_os_error(err as i32));
+    }
+    // SAFETY: `owner` is NULL or points into `descriptor`, which is valid
+    // until the LocalFree below.
+    let sid = unsafe { sid_bytes(owner) };
+    // SAFETY: GetSecurityInfo allocated `descriptor` with LocalAlloc.
+    unsafe { LocalFree(descriptor as _) };
+    Ok(sid)
+}
+
+/// The bytes of `sid`, `None` for NULL or an invalid SID.
+///
+/// # Safety
+/// `sid` is NULL or points to a SID that stays valid for the call.
+unsafe fn sid_bytes(sid: PSID) -> Option<Vec<u8>> {
+    // SAFETY: per the caller, a valid SID or NULL (checked first).
+    if sid.is_null() || unsafe { IsValidSid(sid) } == 0 {
+        return None;
+    }
+    // SAFETY: a valid SID is GetLengthSid bytes long.
+    let len = unsafe { GetLengthSid(sid) } as usize;
+    // SAFETY: as above.
+    Some(unsafe { std::slice::from_raw_parts(sid as *const u8, len) }.to_vec())
+}
+
+/// The SIDs a dir of ours may be owned by: our token's user and its default
+/// owner (read once; a process's token does not change its user).
+fn own_sids() -> Result<&'static [Vec<u8>], ()> {
+    static SIDS: std::sync::OnceLock<Result<Vec<Vec<u8>>, ()>> = std::sync::OnceLock::new();
+    SIDS.get_or_init(|| {
+        let mut raw: HANDLE = std::ptr::null_mut();
+        // SAFETY: the pseudo-handle of our process is always valid; `raw`
+        // receives a new token handle on success.
+        if unsafe { OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut raw) } == 0 {
+            return Err(());
+        }
+        // SAFETY: a fresh handle that nothing else owns.
+        let token = unsafe { OwnedHandle::from_raw_handle(raw as _) };
+        let user = token_info(&token, TokenUser)?;
+        let owner = token_info(&token, TokenOwner)?;
+        // SAFETY: both buffers hold the structure their class names, whose
+        // SID points into the same buffer, alive for these calls.
+        let sids = unsafe {
+            [
+                sid_bytes((*(user.as_ptr() as *const TOKEN_USER)).User.Sid),
+                sid_bytes((*(owner.as_ptr() as *const TOKEN_OWNER)).Owner),
+            ]
+        };
+        Ok(sids.into_iter().flatten().collect())
+    })
+    .as_ref()
+    .map(Vec::as_slice)
+    .map_err(|_| ())
+}
+
+/// `GetTokenInformation(class)` into a buffer aligned for the structure.
+fn token_info(token: &OwnedHandle, class: TOKEN_INFORMATION_CLASS) -> Result<Vec<u64>, ()> {
+    let handle = token.as_handle().as_raw_handle() as HANDLE;
+    let mut len = 0u32;
+    // SAFETY: a size query: NULL buffer of length 0, `len` receives the size.
+    unsafe { GetTokenInformation(handle, class, std::ptr::null_mut(), 0, &mut len) };
+    if len == 0 {
+        return Err(());
+    }
+    let mut buf = vec![0u64; (len as usize).div_ceil(8)];
+    // SAFETY: `buf` is writable for `len` bytes (rounded up to 8).
+    let ok = unsafe { GetTokenInformation(handle, class, buf.as_mut_ptr().cast(), len, &mut len) };
+    if ok == 0 {
+        return Err(());
+    }
+    Ok(buf)
 }
 
 /// The fix for a refused dir, for error messages.
-pub(crate) fn dir_fix_hint(_dir: &Path, _refusal: DirRefusal) -> String {
-    "set LLMLB_LOCK_DIR (or --lock-dir) to a plain directory you own".to_owned()
+pub(crate) fn dir_fix_hint(_dir: &Path, refusal: DirRefusal) -> String {
+    match refusal {
+        DirRefusal::ForeignOwner => {
+            "set LLMLB_LOCK_DIR (or --lock-dir) to a directory you own (e.g. under %LOCALAPPDATA%)"
+                .to_owned()
+        }
+        _ => "set LLMLB_LOCK_DIR (or --lock-dir) to a plain directory you own".to_owned(),
+    }
 }
 
 /// Opens (creating if needed) the lock file `name` in `dir`: never truncates,
 /// does not follow a reparse point (symlink), and denies delete sharing.
+///
+/// While a releasing holder deletes the file ([`remove_held`]), this fails
+/// for that instant with a sharing violation (Wine) or `ERROR_DELETE_PENDING`
+/// (Windows): see [`is_transient_open_error`].
 pub(crate) fn open_for_lock(dir: &DirHandle, name: &str) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE)
-        .custom_flags(FILE_FLAG_OPEN_REPARSE_POINT)
-        .open(dir.path.join(name))?;
-    refuse_reparse(file)
+    open_lock_file(
+        OpenOptions::new().read(true).write(true).create(true),
+        &dir.path.join(name),
+    )
 }
 
-/// Opens an existing lock file read-only for probing.
+/// Opens an existing lock file read-only for probing (same sharing as
+/// [`open_for_lock`]).
 pub(crate) fn open_for_probe(dir: &DirHandle, name: &str) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
+    open_lock_file(OpenOptions::new().read(true), &dir.path.join(name))
+}
+
+/// Every handle to a lock file shares reads and writes but never deletion:
+/// nobody can delete or rename a lock file while anyone has it open, so a
+/// held file cannot lose its name (what Unix needs steps 4 and 9 for), and
+/// [`remove_held`] can only delete a file nobody has open, hence nobody holds.
+fn open_lock_file(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
+    match options
         .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE)
         .custom_flags(FILE_FLAG_OPEN_REPARSE_POINT)
-        .open(dir.path.join(name))?;
-    refuse_reparse(file)
+        .open(path)
+    {
+        Ok(file) => refuse_reparse(file),
+        Err(e) => Err(name_delete_pending(e)),
+    }
+}
+
+/// Windows reports an open of a file whose deletion is pending as
+/// `ERROR_ACCESS_DENIED`, like a real permission problem; only the NT status
+/// of that very call (`STATUS_DELETE_PENDING`) tells them apart. Called right
+/// after the failed open, before anything else can overwrite the thread's
+/// last status; it turns that case into `ERROR_DELETE_PENDING`.
+fn name_delete_pending(err: io::Error) -> io::Error {
+    if err.raw_os_error() == Some(ERROR_ACCESS_DENIED as i32)
+        // SAFETY: reads the calling thread's last NT status; no arguments.
+        && unsafe { RtlGetLastNtStatus() } == STATUS_DELETE_PENDING
+    {
+        return io::Error::from_raw_os_error(ERROR_DELETE_PENDING as i32);
+    }
+    err
+}
+
+#[link(name = "ntdll")]
+extern "system" {
+    /// The NTSTATUS behind the calling thread's last error (ntdll export since
+    /// Windows XP; not in windows-sys).
+    fn RtlGetLastNtStatus() -> NTSTATUS;
+}
+
+/// True when an open failed only because another process has the lock file
+/// open without sharing it (a releasing holder inside `DeleteFile`:
+/// `ERROR_SHARING_VIOLATION`), or its deletion is pending
+/// (`ERROR_DELETE_PENDING`). Both last an instant, so the protocol retries
+/// within its short window, then reports `Busy`. A holder never causes
+/// either: its handle shares reads and writes, and a handle that excludes
+/// those cannot coexist with a holder's, so such an error also means that
+/// nobody holds the lock at that moment.
+pub(crate) fn is_transient_open_error(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error().map(|code| code as u32),
+        Some(ERROR_SHARING_VIOLATION | ERROR_DELETE_PENDING)
+    )
 }
 
 /// Whether `name` exists in `dir` (ids are not compared on Windows).
@@ -392,9 +579,19 @@ pub(crate) fn signal_group(_pgid: u32, _sig: Signal) -> io::Result<()> {
     ))
 }
 
-/// Release of an owned lock file. Windows cannot delete a file that is open
-/// without delete sharing, so: empty it while locked (a later acquirer sees a
-/// fresh file, not a stale one), close, then delete if nobody opened it since.
+/// Release of an owned lock file. No handle to a lock file shares deletion
+/// ([`open_lock_file`]), so the holder cannot delete it while it holds it
+/// open: empty it while locked (an acquirer that opens it before the delete
+/// sees a fresh file, not a stale one), unlock, close, then delete.
+///
+/// The delete succeeds only while nobody has the file open, so it can never
+/// remove a file someone holds: if a contender opened it meanwhile, the
+/// delete fails with a sharing violation and the file stays, empty, for that
+/// contender to take or leave. The delete is retried for a few milliseconds
+/// in case that contender only looks and closes (a loser or `status`), so
+/// the file is usually gone when release returns; an empty file left behind
+/// means "free" to every reader. Contenders that try to open the file while
+/// `DeleteFile` has it open get [`is_transient_open_error`] and retry.
 pub(crate) fn remove_held(
     dir: &DirHandle,
     name: &str,
@@ -405,7 +602,18 @@ pub(crate) fn remove_held(
     }
     unlock_before_close(&file);
     drop(file);
-    let _ = std::fs::remove_file(dir.path.join(name));
+    let path = dir.path.join(name);
+    for sleep_us in [0, 200, 400, 800, 1600, 3200] {
+        std::thread::sleep(std::time::Duration::from_micros(sleep_us));
+        // Deleted, already gone, or an error a retry will not fix: the lock
+        // is released either way.
+        let Err(e) = std::fs::remove_file(&path) else {
+            break;
+        };
+        if !is_transient_open_error(&name_delete_pending(e)) {
+            break;
+        }
+    }
     Ok(())
 }
 
@@ -505,6 +713,157 @@ mod tests {
         let prober = open_for_probe(&dir, "serve_1.lock").unwrap();
         assert_eq!(try_lock_shared(&prober).unwrap(), TryLock::Acquired);
         drop(holder);
+    }
+
+    /// A file held open the way `DeleteFile` holds it (DELETE access, its
+    /// deletion pending) until `drop`.
+    fn delete_in_progress(path: &Path) -> File {
+        use windows_sys::Win32::Storage::FileSystem::{
+            FileDispositionInfo, SetFileInformationByHandle, DELETE, FILE_DISPOSITION_INFO,
+        };
+        let file = OpenOptions::new()
+            .access_mode(DELETE)
+            .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE)
+            .open(path)
+            .unwrap();
+        let info = FILE_DISPOSITION_INFO { DeleteFile: true };
+        // SAFETY: the handle is open and has DELETE access; `info` is the
+        // structure the class names, alive for the call.
+        let ok = unsafe {
+            SetFileInformationByHandle(
+                file.as_raw_handle() as HANDLE,
+                FileDispositionInfo,
+                std::ptr::from_ref(&info).cast(),
+                std::mem::size_of_val(&info) as u32,
+            )
+        };
+        assert_ne!(ok, 0, "{}", io::Error::last_os_error());
+        file
+    }
+
+    /// Regression test (issue 10): an acquire that met a releasing holder
+    /// inside `DeleteFile` failed with "Sharing violation (os error 32)",
+    /// an I/O error, so a second server could fail to start instead of
+    /// taking the port. Held for the whole retry window, the deleter makes
+    /// the acquire report `Busy` (retry), never an I/O error; once the
+    /// delete completes the port is free and taken fresh.
+    #[test]
+    fn an_acquire_meeting_a_release_in_deletefile_reports_busy_then_takes_the_port() {
+        use crate::lock::{acquire_or_reclaim, LockDir, LockError, LockState};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LockDir::create(tmp.path().join("locks")).unwrap();
+        let path = dir.lock_path(4242);
+        std::fs::write(&path, b"").unwrap();
+        let deleter = delete_in_progress(&path);
+
+        let err = open_for_lock(&open_dir(dir.path()).unwrap(), "serve_4242.lock").unwrap_err();
+        assert!(is_transient_open_error(&err), "{err:?}");
+        match acquire_or_reclaim(&dir, 4242) {
+            Err(LockError::Busy { path: busy }) => assert_eq!(busy, path),
+            other => panic!("expected Busy, got {other:?}"),
+        }
+        // A probe cannot tell a slow delete from another program keeping the
+        // file open: after its window it says so, naming the file.
+        let err = dir.probe(4242).unwrap_err().to_string();
+        assert!(err.contains("serve_4242.lock"), "{err}");
+        assert!(err.contains("open without sharing it"), "{err}");
+
+        drop(deleter);
+        assert!(!path.exists(), "the delete completed");
+        assert_eq!(dir.probe(4242).unwrap(), LockState::Free);
+        let guard = acquire_or_reclaim(&dir, 4242).unwrap();
+        assert!(!guard.was_reclaimed());
+        guard.release().unwrap();
+        assert!(!path.exists());
+    }
+
+    /// A release whose delete meets a reader's open handle still releases:
+    /// the file stays, empty, which every reader and acquirer takes as free.
+    #[test]
+    fn a_release_blocked_from_deleting_leaves_an_empty_file_that_means_free() {
+        use crate::lock::{acquire_or_reclaim, LockDir, LockState};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LockDir::create(tmp.path().join("locks")).unwrap();
+        let path = dir.lock_path(4243);
+        let guard = acquire_or_reclaim(&dir, 4243).unwrap();
+        let reader = open_for_probe(&open_dir(dir.path()).unwrap(), "serve_4243.lock").unwrap();
+        guard.release().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        assert_eq!(dir.probe(4243).unwrap(), LockState::Free);
+        let guard = acquire_or_reclaim(&dir, 4243).unwrap();
+        assert!(!guard.was_reclaimed());
+        drop(reader);
+        guard.release().unwrap();
+        assert!(!path.exists());
+    }
+
+    /// SIDs as bytes: revision 1, subauthority count, authority, then the
+    /// subauthorities (little-endian).
+    fn sid(authority: u8, subs: &[u32]) -> Vec<u8> {
+        let mut bytes = vec![1, subs.len() as u8, 0, 0, 0, 0, 0, authority];
+        for sub in subs {
+            bytes.extend_from_slice(&sub.to_le_bytes());
+        }
+        bytes
+    }
+
+    #[test]
+    fn a_dir_is_ours_only_if_owned_by_our_user_or_our_default_owner() {
+        let user = sid(5, &[21, 1, 2, 3, 1001]);
+        let admins = sid(5, &[32, 544]);
+        let ours = [user.clone(), admins.clone()];
+        assert_eq!(judge_owner(Some(&user), &ours), Ok(()));
+        // An elevated administrator's dirs are owned by Administrators.
+        assert_eq!(judge_owner(Some(&admins), &ours), Ok(()));
+        // No owner (FAT): Windows cannot tell.
+        assert_eq!(judge_owner(None, &ours), Ok(()));
+        for foreign in [
+            sid(5, &[21, 1, 2, 3, 1002]),    // another user of the same domain
+            sid(5, &[21, 1, 2, 4, 1001]),    // same RID, another domain
+            sid(5, &[18]),                   // SYSTEM
+            sid(5, &[7]),                    // ANONYMOUS LOGON (Wine: another Unix uid)
+            sid(5, &[21, 1, 2, 3, 1001, 0]), // our SID with one more subauthority
+            sid(5, &[21, 1, 2, 3]),          // a prefix of our SID
+        ] {
+            assert_eq!(
+                judge_owner(Some(&foreign), &ours),
+                Err(DirRefusal::ForeignOwner),
+                "{foreign:?}"
+            );
+        }
+        assert_eq!(judge_owner(Some(&user), &[]), Err(DirRefusal::ForeignOwner));
+    }
+
+    /// The check is not vacuous: a dir we create has a readable owner, and it
+    /// is one of ours.
+    #[test]
+    fn a_dir_we_create_has_an_owner_and_it_is_ours() {
+        let tmp = tempfile::tempdir().unwrap();
+        let owner = dir_owner_sid(tmp.path()).unwrap().expect("an owner SID");
+        let ours = own_sids().unwrap();
+        assert!(!ours.is_empty());
+        assert!(ours.contains(&owner), "{owner:?} not in {ours:?}");
+        assert_eq!(check_dir(&open_dir(tmp.path()).unwrap()), Ok(()));
+        crate::lock::LockDir::create(tmp.path().join("locks")).unwrap();
+    }
+
+    #[test]
+    fn a_foreign_owner_is_refused_with_a_windows_fix() {
+        let hint = dir_fix_hint(Path::new(r"C:\x"), DirRefusal::ForeignOwner);
+        assert!(hint.contains("a directory you own"), "{hint}");
+        assert!(!hint.contains("chmod"), "{hint}");
+        let err = crate::lock::LockError::UnsafeLockDir {
+            path: r"C:\x".into(),
+            reason: DirRefusal::ForeignOwner.reason(),
+            fix: hint,
+        }
+        .to_string();
+        assert!(
+            err.starts_with(
+                r"unsafe lock dir C:\x: it is owned by another user; set LLMLB_LOCK_DIR"
+            ),
+            "{err}"
+        );
     }
 
     /// The handle pins one process: its identity is stable, it is reported
