@@ -5,6 +5,10 @@
  *
  * Every case uses a fresh lock dir under argv[1]. LLMLB_STATUS_PANIC cannot be
  * provoked through the public API; the boundary's unit tests cover it.
+ *
+ * On Windows (mingw-w64, built on the host by ffi/build.rs and run under Wine
+ * by c_api.rs) the cases that need fork, symlinks or mode bits are Unix's and
+ * are not compiled; main says how many did not run.
  */
 #define _XOPEN_SOURCE 700
 
@@ -18,8 +22,25 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+
+#ifdef _WIN32
+#include <direct.h>
+#include <process.h>
+/* The separator the library joins paths with, so built paths compare equal. */
+#define SEP "\\"
+#define getpid _getpid
+#define lstat stat
+static int set_env(const char *name, const char *value) { return _putenv_s(name, value); }
+/* _putenv_s with an empty value removes the variable. */
+static int unset_env(const char *name) { return _putenv_s(name, ""); }
+#else
 #include <sys/wait.h>
 #include <unistd.h>
+#define SEP "/"
+static int make_dir(const char *path) { return mkdir(path, 0700); }
+static int set_env(const char *name, const char *value) { return setenv(name, value, 1); }
+static int unset_env(const char *name) { return unsetenv(name); }
+#endif
 
 static const char *g_root;
 
@@ -48,12 +69,12 @@ static void fail(const char *file, int line, const char *what) {
   } while (0)
 
 static void make_dir_path(char *out, size_t n, const char *name) {
-  int len = snprintf(out, n, "%s/%s", g_root, name);
+  int len = snprintf(out, n, "%s" SEP "%s", g_root, name);
   CHECK(len > 0 && (size_t)len < n);
 }
 
 static void lock_file(const char *dir, uint16_t port, char *out, size_t n) {
-  int len = snprintf(out, n, "%s/serve_%u.lock", dir, (unsigned)port);
+  int len = snprintf(out, n, "%s" SEP "serve_%u.lock", dir, (unsigned)port);
   CHECK(len > 0 && (size_t)len < n);
 }
 
@@ -68,6 +89,7 @@ static int is_zero(const LlmlbLockInfo *info) {
 
 static void garbage(LlmlbLockInfo *info) { memset(info, 0xAB, sizeof *info); }
 
+#ifndef _WIN32
 static void wait_ok(pid_t child) {
   int status = 0;
   pid_t r;
@@ -80,6 +102,7 @@ static void wait_ok(pid_t child) {
     fail(__FILE__, __LINE__, "child exited 0");
   }
 }
+#endif
 
 /* A bogus non-NULL value, to prove out_lock is overwritten with NULL. */
 static int g_dummy;
@@ -246,7 +269,7 @@ static void test_default_dir_from_env(void) {
   make_dir_path(dir, sizeof dir, "from-env");
   lock_file(dir, 8003, want, sizeof want);
 
-  CHECK(setenv("LLMLB_LOCK_DIR", dir, 1) == 0);
+  CHECK(set_env("LLMLB_LOCK_DIR", dir) == 0);
   CHECK_STATUS(llmlb_lock_path(NULL, 8003, buf, sizeof buf, NULL), LLMLB_STATUS_OK);
   CHECK(strcmp(buf, want) == 0);
   CHECK_STATUS(llmlb_lock_acquire(NULL, 8003, &lock, NULL), LLMLB_STATUS_OK);
@@ -255,10 +278,10 @@ static void test_default_dir_from_env(void) {
   CHECK(state == LLMLB_STATE_HELD && info.pid == (uint32_t)getpid());
   CHECK_STATUS(llmlb_lock_release(lock), LLMLB_STATUS_OK);
 
-  CHECK(setenv("LLMLB_LOCK_DIR", "relative/locks", 1) == 0);
+  CHECK(set_env("LLMLB_LOCK_DIR", "relative/locks") == 0);
   CHECK_STATUS(llmlb_lock_acquire(NULL, 8003, &lock, NULL), LLMLB_STATUS_INVALID_ARGUMENT);
   CHECK(strstr(llmlb_last_error(), "LLMLB_LOCK_DIR") != NULL);
-  CHECK(unsetenv("LLMLB_LOCK_DIR") == 0);
+  CHECK(unset_env("LLMLB_LOCK_DIR") == 0);
 }
 
 static void check_bad_dir(const char *dir, LlmlbStatus want, const char *needle) {
@@ -283,7 +306,7 @@ static void check_bad_dir(const char *dir, LlmlbStatus want, const char *needle)
 }
 
 static void test_bad_lock_dirs(void) {
-  char open_dir[512], link_dir[512], real_dir[512], file[512], under_file[600];
+  char file[512], under_file[600];
   FILE *f;
 
   /* The driver runs us inside g_root, so a relative dir would land there. */
@@ -292,21 +315,40 @@ static void test_bad_lock_dirs(void) {
   check_bad_dir("/tmp/not-\xff\xfe-utf8", LLMLB_STATUS_INVALID_ARGUMENT, "UTF-8");
   check_bad_dir("", LLMLB_STATUS_INVALID_ARGUMENT, "empty");
 
-  make_dir_path(open_dir, sizeof open_dir, "world-writable");
-  CHECK(mkdir(open_dir, 0700) == 0 && chmod(open_dir, 0777) == 0);
-  check_bad_dir(open_dir, LLMLB_STATUS_UNSAFE_PATH, "writable by group or others");
+#ifndef _WIN32
+  {
+    char open_dir[512], link_dir[512], real_dir[512];
+    make_dir_path(open_dir, sizeof open_dir, "world-writable");
+    CHECK(make_dir(open_dir) == 0 && chmod(open_dir, 0777) == 0);
+    check_bad_dir(open_dir, LLMLB_STATUS_UNSAFE_PATH, "writable by group or others");
 
-  make_dir_path(real_dir, sizeof real_dir, "real");
-  make_dir_path(link_dir, sizeof link_dir, "link");
-  CHECK(mkdir(real_dir, 0700) == 0 && symlink(real_dir, link_dir) == 0);
-  check_bad_dir(link_dir, LLMLB_STATUS_UNSAFE_PATH, "symlink");
+    make_dir_path(real_dir, sizeof real_dir, "real");
+    make_dir_path(link_dir, sizeof link_dir, "link");
+    CHECK(make_dir(real_dir) == 0 && symlink(real_dir, link_dir) == 0);
+    check_bad_dir(link_dir, LLMLB_STATUS_UNSAFE_PATH, "symlink");
+  }
+#endif
 
   make_dir_path(file, sizeof file, "a-file");
   CHECK((f = fopen(file, "w")) != NULL && fclose(f) == 0);
   CHECK(snprintf(under_file, sizeof under_file, "%s/locks", file) > 0);
+#ifdef _WIN32
+  {
+    /* Windows reports a path through a file as "path not found", as for a
+     * missing dir, so a probe there sees nothing running; taking fails. */
+    LlmlbLock *lock = NOT_NULL_LOCK;
+    LlmlbLockState state = LLMLB_STATE_STALE;
+    CHECK_STATUS(llmlb_lock_acquire(under_file, 8004, &lock, NULL), LLMLB_STATUS_IO_ERROR);
+    CHECK(lock == NULL && strstr(llmlb_last_error(), "a-file") != NULL);
+    CHECK_STATUS(llmlb_lock_probe(under_file, 8004, &state, NULL), LLMLB_STATUS_OK);
+    CHECK(state == LLMLB_STATE_FREE);
+  }
+#else
   check_bad_dir(under_file, LLMLB_STATUS_IO_ERROR, "a-file");
+#endif
 }
 
+#ifndef _WIN32
 static void test_symlinked_lock_file_is_refused(void) {
   char dir[512], target[512], link[600], content[64] = {0};
   LlmlbLock *lock = NOT_NULL_LOCK;
@@ -317,7 +359,7 @@ static void test_symlinked_lock_file_is_refused(void) {
   make_dir_path(dir, sizeof dir, "symlinked-file");
   make_dir_path(target, sizeof target, "precious");
   lock_file(dir, 8005, link, sizeof link);
-  CHECK(mkdir(dir, 0700) == 0);
+  CHECK(make_dir(dir) == 0);
   CHECK((f = fopen(target, "w")) != NULL && fputs("precious\n", f) >= 0 && fclose(f) == 0);
   CHECK(symlink(target, link) == 0);
 
@@ -441,6 +483,7 @@ static void test_fork_then_adopt_hands_over(void) {
   CHECK(close(to_child[0]) == 0 && close(to_child[1]) == 0);
   CHECK(close(to_parent[0]) == 0 && close(to_parent[1]) == 0);
 }
+#endif /* !_WIN32: symlinks and fork */
 
 static void *fail_on_other_thread(void *arg) {
   LlmlbLock *lock = NULL;
@@ -467,11 +510,13 @@ static void test_last_error_is_per_thread(void) {
 
 /* ---- lock dir handles ---- */
 
+#ifndef _WIN32
 static int mode_of(const char *path) {
   struct stat st;
   CHECK(lstat(path, &st) == 0);
   return (int)(st.st_mode & 07777);
 }
+#endif
 
 static void test_dir_handle_acquire_probe_close(void) {
   char dir[512], path[600];
@@ -485,7 +530,9 @@ static void test_dir_handle_acquire_probe_close(void) {
   /* Opening creates the dir (and its parents) 0700, like acquire. */
   CHECK_STATUS(llmlb_lock_dir_open(dir, &d), LLMLB_STATUS_OK);
   CHECK(d != NULL && d != (LlmlbLockDir *)(void *)&g_dummy);
+#ifndef _WIN32
   CHECK(mode_of(dir) == 0700);
+#endif
 
   garbage(&info);
   CHECK_STATUS(llmlb_lock_dir_probe(d, 8010, &state, &info), LLMLB_STATUS_OK);
@@ -583,21 +630,26 @@ static void check_bad_dir_handle(const char *dir, LlmlbStatus want, const char *
 }
 
 static void test_dir_handle_refuses_bad_dirs(void) {
-  char open_dir[512], link_dir[512], real_dir[512], file[512], under_file[600];
+  char file[512], under_file[600];
   FILE *f;
   check_bad_dir_handle("relative/locks", LLMLB_STATUS_INVALID_ARGUMENT, "relative");
   CHECK(!exists("relative"));
   check_bad_dir_handle("", LLMLB_STATUS_INVALID_ARGUMENT, "empty");
   check_bad_dir_handle("/tmp/not-\xff\xfe-utf8", LLMLB_STATUS_INVALID_ARGUMENT, "UTF-8");
 
-  make_dir_path(open_dir, sizeof open_dir, "handle-world-writable");
-  CHECK(mkdir(open_dir, 0700) == 0 && chmod(open_dir, 0777) == 0);
-  check_bad_dir_handle(open_dir, LLMLB_STATUS_UNSAFE_PATH, "writable by group or others");
+#ifndef _WIN32
+  {
+    char open_dir[512], link_dir[512], real_dir[512];
+    make_dir_path(open_dir, sizeof open_dir, "handle-world-writable");
+    CHECK(make_dir(open_dir) == 0 && chmod(open_dir, 0777) == 0);
+    check_bad_dir_handle(open_dir, LLMLB_STATUS_UNSAFE_PATH, "writable by group or others");
 
-  make_dir_path(real_dir, sizeof real_dir, "handle-real");
-  make_dir_path(link_dir, sizeof link_dir, "handle-link");
-  CHECK(mkdir(real_dir, 0700) == 0 && symlink(real_dir, link_dir) == 0);
-  check_bad_dir_handle(link_dir, LLMLB_STATUS_UNSAFE_PATH, "symlink");
+    make_dir_path(real_dir, sizeof real_dir, "handle-real");
+    make_dir_path(link_dir, sizeof link_dir, "handle-link");
+    CHECK(make_dir(real_dir) == 0 && symlink(real_dir, link_dir) == 0);
+    check_bad_dir_handle(link_dir, LLMLB_STATUS_UNSAFE_PATH, "symlink");
+  }
+#endif
 
   make_dir_path(file, sizeof file, "handle-a-file");
   CHECK((f = fopen(file, "w")) != NULL && fclose(f) == 0);
@@ -612,15 +664,16 @@ static void test_dir_handle_default_from_env(void) {
   LlmlbLock *lock = NULL;
   make_dir_path(dir, sizeof dir, "handle-from-env");
   lock_file(dir, 8013, want, sizeof want);
-  CHECK(setenv("LLMLB_LOCK_DIR", dir, 1) == 0);
+  CHECK(set_env("LLMLB_LOCK_DIR", dir) == 0);
   CHECK_STATUS(llmlb_lock_dir_open(NULL, &d), LLMLB_STATUS_OK);
-  CHECK(unsetenv("LLMLB_LOCK_DIR") == 0); /* resolved at open, not per call */
+  CHECK(unset_env("LLMLB_LOCK_DIR") == 0); /* resolved at open, not per call */
   CHECK_STATUS(llmlb_lock_dir_acquire(d, 8013, &lock, NULL), LLMLB_STATUS_OK);
   CHECK(exists(want));
   CHECK_STATUS(llmlb_lock_release(lock), LLMLB_STATUS_OK);
   llmlb_lock_dir_close(d);
 }
 
+#ifndef _WIN32
 static void test_dir_handle_across_fork(void) {
   char dir[512], path[600];
   LlmlbLockDir *d = NULL;
@@ -657,6 +710,7 @@ static void test_dir_handle_across_fork(void) {
   CHECK(!exists(path));
   llmlb_lock_dir_close(d);
 }
+#endif
 
 /* Threads share one dir handle and contend for one port: the lock must stay
  * exclusive, every acquire must be OK or ALREADY_RUNNING, and every thread
@@ -757,17 +811,26 @@ int main(int argc, char **argv) {
   test_path();
   test_default_dir_from_env();
   test_bad_lock_dirs();
+#ifndef _WIN32
   test_symlinked_lock_file_is_refused();
   test_stale_lock_is_reclaimed();
   test_release_in_forked_child_keeps_parent_lock();
   test_fork_then_adopt_hands_over();
+#endif
   test_last_error_is_per_thread();
   test_dir_handle_acquire_probe_close();
   test_dir_handle_invalid_arguments();
   test_dir_handle_refuses_bad_dirs();
   test_dir_handle_default_from_env();
+#ifndef _WIN32
   test_dir_handle_across_fork();
+#endif
   test_dir_handle_shared_by_threads();
+#ifdef _WIN32
+  puts("all C API tests passed (Windows: 5 cases that need fork or symlinks are not compiled, "
+       "nor the mode-bit and symlinked-dir checks in 3 others)");
+#else
   puts("all C API tests passed");
+#endif
   return 0;
 }

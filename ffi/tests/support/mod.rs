@@ -34,8 +34,13 @@ pub fn include_dir() -> PathBuf {
 
 #[cfg(target_os = "macos")]
 const SHARED_LIB: &str = "libllmlb_lock.dylib";
-#[cfg(not(target_os = "macos"))]
+#[cfg(windows)]
+const SHARED_LIB: &str = "llmlb_lock.dll";
+#[cfg(not(any(target_os = "macos", windows)))]
 const SHARED_LIB: &str = "libllmlb_lock.so";
+#[cfg(all(windows, target_env = "msvc"))]
+const STATIC_LIB: &str = "llmlb_lock.lib";
+#[cfg(not(all(windows, target_env = "msvc")))]
 const STATIC_LIB: &str = "libllmlb_lock.a";
 
 /// The directory holding the `libllmlb_lock.so` and `libllmlb_lock.a` that

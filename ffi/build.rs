@@ -1,0 +1,133 @@
+//! Windows targets only: builds the C API tests (`tests/api.c`) for
+//! `tests/c_api.rs` with the host's mingw-w64 compiler, because the test
+//! itself runs where no host compiler can be started (under Wine, which runs
+//! a Linux program only blindly: no exit code, no output).
+//!
+//! The library is not built yet when this runs, so `api.exe` links against
+//! an import library made with `dlltool` from the function names of the
+//! committed header (`include/llmlb_lock.h`, which `tests/header.rs` keeps
+//! equal to the library); at run time the test puts `api.exe` beside the
+//! `llmlb_lock.dll` that the same `cargo test` built, so the DLL tested is
+//! always the current one.
+//!
+//! Never fails the build (a Windows user of the library needs no C
+//! compiler): the outcome goes to `$OUT_DIR/c-tests.txt`, one line
+//! `ok <exe>`, `missing <why>` or `failed <compiler output>`, which the test
+//! reports. Other targets: nothing to do.
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=tests/api.c");
+    println!("cargo:rerun-if-changed=../include/llmlb_lock.h");
+    println!("cargo:rerun-if-env-changed=LLMLB_MINGW_CC");
+    if env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("windows") {
+        return;
+    }
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let report = match build_c_tests(&out) {
+        Ok(exe) => format!("ok {}", exe.display()),
+        Err(Outcome::Missing(why)) => format!("missing {why}"),
+        Err(Outcome::Failed(output)) => format!("failed {output}"),
+    };
+    fs::write(out.join("c-tests.txt"), report).expect("write $OUT_DIR/c-tests.txt");
+}
+
+enum Outcome {
+    /// No compiler for the target on this host.
+    Missing(String),
+    /// A tool ran and failed: its output.
+    Failed(String),
+}
+
+fn build_c_tests(out: &Path) -> Result<PathBuf, Outcome> {
+    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+    let header = manifest.join("../include/llmlb_lock.h");
+    let arch = match env::var("CARGO_CFG_TARGET_ARCH").as_deref() {
+        Ok("x86") => "i686".to_owned(),
+        Ok(arch) => arch.to_owned(),
+        Err(_) => "x86_64".to_owned(),
+    };
+    let cc = env::var("LLMLB_MINGW_CC").unwrap_or_else(|_| format!("{arch}-w64-mingw32-gcc"));
+    match Command::new(&cc).arg("--version").output() {
+        Ok(o) if o.status.success() => {}
+        _ => {
+            return Err(Outcome::Missing(format!(
+                "no mingw-w64 C compiler `{cc}` on this host; install it \
+                 (Debian: apt-get install gcc-mingw-w64-x86-64) or set LLMLB_MINGW_CC"
+            )))
+        }
+    }
+    // x86_64-w64-mingw32-gcc → x86_64-w64-mingw32-dlltool
+    let dlltool = match cc.strip_suffix("gcc") {
+        Some(prefix) => format!("{prefix}dlltool"),
+        None => "dlltool".to_owned(),
+    };
+
+    let text = fs::read_to_string(&header)
+        .map_err(|e| Outcome::Failed(format!("read {}: {e}", header.display())))?;
+    let mut def = String::from("LIBRARY llmlb_lock.dll\nEXPORTS\n");
+    for name in exported_functions(&text) {
+        def.push_str(&name);
+        def.push('\n');
+    }
+    let def_path = out.join("llmlb_lock.def");
+    let import_lib = out.join("llmlb_lock.dll.a");
+    fs::write(&def_path, def).map_err(|e| Outcome::Failed(format!("write .def: {e}")))?;
+    run(Command::new(&dlltool)
+        .arg("-d")
+        .arg(&def_path)
+        .args(["-D", "llmlb_lock.dll", "-l"])
+        .arg(&import_lib))?;
+
+    // As the Unix build in tests/support: strict warnings. -static links
+    // libgcc and winpthreads in, so the exe needs nothing but the DLL.
+    let exe = out.join("api.exe");
+    run(Command::new(&cc)
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-g"])
+        .args(["-static", "-pthread"])
+        .arg("-I")
+        .arg(manifest.join("../include"))
+        .arg(manifest.join("tests/api.c"))
+        .arg(&import_lib)
+        .arg("-o")
+        .arg(&exe))?;
+    Ok(exe)
+}
+
+/// The `llmlb_*` functions the header declares (cbindgen puts each
+/// declaration's name right before its `(`).
+fn exported_functions(header: &str) -> Vec<String> {
+    let mut names: Vec<String> = header
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('*') && !line.contains("//"))
+        .filter_map(|line| {
+            let open = line.find('(')?;
+            let start = line[..open].rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))?;
+            let name = &line[start + 1..open];
+            name.starts_with("llmlb_").then(|| name.to_owned())
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn run(cmd: &mut Command) -> Result<(), Outcome> {
+    let output = cmd
+        .output()
+        .map_err(|e| Outcome::Failed(format!("{cmd:?}: {e}")))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(Outcome::Failed(format!(
+        "{cmd:?} failed ({}): {}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )))
+}
