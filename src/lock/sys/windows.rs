@@ -590,7 +590,9 @@ pub(crate) fn signal_group(_pgid: u32, _sig: Signal) -> io::Result<()> {
 /// contender to take or leave. The delete is retried for a few milliseconds
 /// in case that contender only looks and closes (a loser or `status`), so
 /// the file is usually gone when release returns; an empty file left behind
-/// means "free" to every reader. Contenders that try to open the file while
+/// means "free" to every reader. (At worst a retry removes the stale file of
+/// a holder that took the port and died within those milliseconds: the next
+/// acquirer then starts fresh instead of reporting the reclaim.) Contenders that try to open the file while
 /// `DeleteFile` has it open get [`is_transient_open_error`] and retry.
 pub(crate) fn remove_held(
     dir: &DirHandle,
