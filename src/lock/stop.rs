@@ -39,6 +39,37 @@ const INHERIT_GRACE: Duration = Duration::from_millis(500);
 /// before giving up on identifying it.
 const UNREADABLE_WAIT: Duration = Duration::from_millis(200);
 
+/// A holder's end of `llmlb stop`'s graceful request, from
+/// [`PortGuard::stop_request`](super::PortGuard::stop_request).
+///
+/// On Windows, which has no `SIGTERM`, every holder has a stop channel (a
+/// named manual-reset event, made when the lock is taken and reachable only
+/// by the same user): `stop` sets it, and the holder is expected to shut down
+/// and release. On Unix `stop` sends `SIGTERM` instead; this handle then never
+/// reports a request (handle `SIGTERM` as usual).
+#[derive(Debug, Clone)]
+pub struct StopRequest {
+    channel: std::sync::Arc<sys::StopChannel>,
+}
+
+impl StopRequest {
+    pub(crate) fn new(channel: std::sync::Arc<sys::StopChannel>) -> StopRequest {
+        StopRequest { channel }
+    }
+
+    /// Waits up to `timeout` for a stop request: true once one was made (it
+    /// stays made). `Duration::MAX` waits forever. On Unix always false after
+    /// sleeping for `timeout`, cut short by any signal handler that runs.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        self.channel.wait(timeout)
+    }
+
+    /// Whether a stop request was made, without waiting.
+    pub fn is_requested(&self) -> bool {
+        self.channel.wait(Duration::ZERO)
+    }
+}
+
 /// How [`stop_server`] behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StopOptions {
@@ -410,6 +441,25 @@ impl Holder {
         }
     }
 
+    /// Asks the holder to stop: `SIGTERM` on Unix, its stop channel on
+    /// Windows. `Ok(true)` when it has no stop channel and `force` is set (the
+    /// caller terminates it); without `force` that is an error.
+    fn request_stop(&self, dir: &LockDir, port: u16, force: bool) -> Result<bool, StopError> {
+        if !self.process.is_pinned() && self.info.check_identity() != IdentityCheck::Same {
+            return Ok(false);
+        }
+        match sys::request_stop(dir.handle(), port, self.info.pid, &self.process) {
+            Ok(()) => Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported && force => Ok(true),
+            Err(error) => Err(StopError::Signal {
+                port,
+                pid: self.info.pid,
+                error,
+            }),
+        }
+    }
+
     /// Sends `sig`. Without a pidfd, the identity is checked again right
     /// before: a process that is no longer the holder is not signalled.
     /// A holder that has exited is not an error (the wait sees the lock go).
@@ -549,10 +599,17 @@ fn stop_holder(
         port,
         info: &holder.info,
     });
-    holder.signal(port, Signal::Term)?;
+    // A holder without a stop channel (Windows) can only be terminated: with
+    // `force`, at once.
+    let no_channel = holder.request_stop(dir, port, options.force)?;
     let deadline = Instant::now().checked_add(options.timeout);
     let mut holder_exited = false;
-    let latest = match wait_released(dir, port, &holder, deadline)? {
+    let waited = if no_channel {
+        Wait::TimedOut(holder.info.clone())
+    } else {
+        wait_released(dir, port, &holder, deadline)?
+    };
+    let latest = match waited {
         Wait::Released => return Ok(Some(StopOutcome::Stopped { info: holder.info })),
         Wait::Inherited(latest) if !options.force => {
             return Err(StopError::Inherited {
