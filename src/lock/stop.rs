@@ -408,6 +408,20 @@ fn remove_stale(dir: &LockDir, port: u16) -> Result<Option<StopOutcome>, StopErr
     }
 }
 
+/// Windows cannot delete an open file, so a holder empties its file under the
+/// lock and deletes it only after closing it: a released port can still show
+/// the empty file for a moment, or for good if the delete met someone else's
+/// open handle (our own probe, say). If the port is free and the file is still
+/// there, remove it through the protocol (lock, check, remove), so `stop`
+/// leaves no file behind. Nothing to do on Unix, where the holder unlinks its
+/// file while still holding the lock.
+fn tidy_released(dir: &LockDir, port: u16) -> Result<(), StopError> {
+    if cfg!(windows) && dir.probe(port)? == LockState::Free && dir.lock_path(port).exists() {
+        remove_stale(dir, port)?;
+    }
+    Ok(())
+}
+
 /// Same holder as recorded earlier: PID and start time both match.
 fn same_holder(a: &LockInfo, b: &LockInfo) -> bool {
     a.pid == b.pid && a.started_at == b.started_at
@@ -610,7 +624,10 @@ fn stop_holder(
         wait_released(dir, port, &holder, deadline)?
     };
     let latest = match waited {
-        Wait::Released => return Ok(Some(StopOutcome::Stopped { info: holder.info })),
+        Wait::Released => {
+            tidy_released(dir, port)?;
+            return Ok(Some(StopOutcome::Stopped { info: holder.info }));
+        }
         Wait::Inherited(latest) if !options.force => {
             return Err(StopError::Inherited {
                 port,

@@ -134,6 +134,13 @@ impl Proc {
     }
 
     /// Exit status if it has exited.
+    /// Kills it (SIGKILL; TerminateProcess on Windows) and reaps it.
+    pub fn kill(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap()
+    }
+
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
         self.child.as_mut().unwrap().try_wait().unwrap()
     }
