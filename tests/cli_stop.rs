@@ -14,9 +14,9 @@ use std::process::Stdio;
 #[cfg(unix)]
 use chrono::Utc;
 use cli_support::*;
+use llmlb::lock::{acquire_or_reclaim, LockDir};
 #[cfg(unix)]
-use llmlb::lock::LockInfo;
-use llmlb::lock::{acquire_or_reclaim, LockDir, ProcessIdentity};
+use llmlb::lock::{LockInfo, ProcessIdentity};
 
 #[test]
 fn nothing_running_is_success() {
@@ -96,7 +96,10 @@ fn a_held_lock_whose_pid_cannot_be_verified_is_not_signalled() {
     let dir = LockDir::create(&env.locks).unwrap();
     let guard = acquire_or_reclaim(&dir, port).unwrap();
     let mut reused = guard.info().clone();
-    let identity = reused.identity.as_mut().expect("Linux and Windows have identities");
+    let identity = reused
+        .identity
+        .as_mut()
+        .expect("Linux and Windows have identities");
     identity.start_ticks = identity.start_ticks.map(|t| t + 1);
     std::fs::write(env.lock_file(port), reused.to_bytes()).unwrap();
     let out = env.run(&["stop", "--port", &port.to_string()]);
@@ -351,12 +354,6 @@ fn play(role: &str) -> ! {
     std::process::exit(9)
 }
 
-/// Whether process `pid` still exists (Windows: it can be opened).
-#[cfg(windows)]
-fn exists(pid: u32) -> bool {
-    ProcessIdentity::of_pid(pid).is_some()
-}
-
 /// Windows: a second serve is refused naming the holder's PID and only fixes
 /// that exist there (`llmlb stop`, `taskkill`), never a Unix command.
 #[cfg(windows)]
@@ -419,8 +416,9 @@ fn force_terminates_a_holder_that_ignores_the_stop_request() {
     let out = env.run(&["stop", "--port", &p, "--timeout", "1"]);
     assert_eq!(out.code(), Some(1), "{out:?}");
     assert!(
-        out.stderr
-            .contains(&format!("server on port {port} (PID: {pid}) did not stop within 1s; use --force")),
+        out.stderr.contains(&format!(
+            "server on port {port} (PID: {pid}) did not stop within 1s; use --force"
+        )),
         "{}",
         out.stderr
     );
@@ -448,15 +446,19 @@ fn force_on_exec_mode_ends_a_command_that_ignores_ctrl_break() {
     let p = port.to_string();
     let pid_file = env.tmp.path().join("child.pid");
     let mut cmd = env.cmd(&["serve", "-p", &p, "--"]);
-    role_args(&mut cmd, TEST, &format!("ignore-break {}", pid_file.display()));
+    role_args(
+        &mut cmd,
+        TEST,
+        &format!("ignore-break {}", pid_file.display()),
+    );
     let mut server = env.spawn_cmd(cmd);
     let child: u32 = read_when_written(&pid_file).parse().unwrap();
-    assert!(exists(child));
+    assert!(running(child));
 
     let out = env.run(&["stop", "--port", &p, "--timeout", "1", "--force"]);
     assert_eq!(out.code(), Some(0), "{out:?}");
     assert!(out.stdout.ends_with("Server stopped (killed)\n"), "{out:?}");
     assert!(server.try_wait().is_some(), "llmlb not terminated");
-    wait_until("the command to die with its job", || !exists(child));
+    wait_until("the command to die with its job", || !running(child));
     assert!(!env.lock_file(port).exists());
 }

@@ -19,7 +19,11 @@ use super::serve::LockLost;
 use super::signals::{self, Signals};
 
 /// What holds the command's tree, for logs.
-const TREE: &str = if cfg!(windows) { "job" } else { "process group" };
+const TREE: &str = if cfg!(windows) {
+    "job"
+} else {
+    "process group"
+};
 /// The last resort, for logs.
 const KILLING: &str = if cfg!(windows) {
     "terminating its job"
@@ -240,7 +244,10 @@ async fn end_group(tree: &CommandTree, stopping: &mut Stopping, shown: &str) {
         return;
     }
     if stopping.deadline.is_none() {
-        tracing::info!("{shown} exited; stopping the rest of its {}", tree_name(tree));
+        tracing::info!(
+            "{shown} exited; stopping the rest of its {}",
+            tree_name(tree)
+        );
         stopping.begin(Some(tree), ForwardSignal::Terminate);
     }
     loop {

@@ -106,7 +106,9 @@ pub(crate) fn run(dir: &LockDirChoice, port: u16, host: String, command: Vec<OsS
         // Windows has no SIGTERM: `llmlb stop` sets the lock's stop channel.
         #[cfg(windows)]
         if let Err(e) = signals.watch(guard.stop_request()) {
-            return fail(format!("cannot watch the stop channel for port {port}: {e}"));
+            return fail(format!(
+                "cannot watch the stop channel for port {port}: {e}"
+            ));
         }
         let lock = SharedLock::new(guard);
         // Dropping `lock` on any early return releases it.

@@ -266,7 +266,13 @@ fn write_info(path: &Path, file: &File, info: &LockInfo, old_len: u64) -> Result
 fn stop_channel(target: &Target) -> Result<Arc<sys::StopChannel>, LockError> {
     sys::create_stop_channel(&target.dir, target.port)
         .map(Arc::new)
-        .map_err(|e| LockError::io("cannot create the stop channel for lock file", &target.path, e))
+        .map_err(|e| {
+            LockError::io(
+                "cannot create the stop channel for lock file",
+                &target.path,
+                e,
+            )
+        })
 }
 
 impl StaleFile {

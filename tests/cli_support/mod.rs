@@ -292,3 +292,24 @@ pub fn status_json(env: &Env, port: Option<u16>) -> (Option<i32>, serde_json::Va
         .unwrap_or_else(|e| panic!("status json {e}: {:?} / {:?}", out.stdout, out.stderr));
     (out.code(), value)
 }
+
+/// Whether process `pid` is running (Windows): it can be opened and its
+/// handle is not yet signalled. An exited process someone still has a handle
+/// to can be opened, but its handle is signalled.
+#[cfg(windows)]
+pub fn running(pid: u32) -> bool {
+    use windows_sys::Win32::Foundation::{CloseHandle, WAIT_TIMEOUT};
+    use windows_sys::Win32::System::Threading::{
+        OpenProcess, WaitForSingleObject, PROCESS_SYNCHRONIZE,
+    };
+    // SAFETY: plain values in; a new handle or NULL out, closed below.
+    let handle = unsafe { OpenProcess(PROCESS_SYNCHRONIZE, 0, pid) };
+    if handle.is_null() {
+        return false;
+    }
+    // SAFETY: the handle is open; a zero timeout only polls.
+    let alive = unsafe { WaitForSingleObject(handle, 0) } == WAIT_TIMEOUT;
+    // SAFETY: closes the handle opened above, once.
+    unsafe { CloseHandle(handle) };
+    alive
+}
