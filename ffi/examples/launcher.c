@@ -55,13 +55,6 @@ static void forward_signal(int sig) {
   if (child > 0) kill(-child, sig);
 }
 
-static void sleep_ms(long ms) {
-  struct timespec ts;
-  ts.tv_sec = ms / 1000;
-  ts.tv_nsec = (ms % 1000) * 1000000L;
-  nanosleep(&ts, NULL);
-}
-
 static long now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -81,8 +74,9 @@ static int group_gone(pid_t pgid) {
 /* Waits for the direct child and then for the rest of its group, sending
  * SIGTERM to the group once the child has exited (unless a forwarded
  * signal already started the clock), SIGKILL at the deadline, and giving up
- * KILL_WAIT_MS later: never an unbounded wait. Returns CMD's exit code. */
-static int run_to_end(pid_t child) {
+ * KILL_WAIT_MS later: never an unbounded wait. Between checks it waits on
+ * the lock's stop channel (llmlb_lock_wait_stop). Returns CMD's exit code. */
+static int run_to_end(const LlmlbLock *lock, pid_t child) {
   long deadline = -1;
   int killed = 0, code = -1, status = 0;
   for (;;) {
@@ -114,7 +108,16 @@ static int run_to_end(pid_t child) {
       killed = 1;
       deadline = now_ms() + KILL_WAIT_MS;
     }
-    sleep_ms(POLL_MS);
+    {
+      /* Where Windows' `llmlb stop` would arrive; here it is SIGTERM (the
+       * handler above), and this is a sleep that a signal cuts short. */
+      int requested = 0;
+      llmlb_lock_wait_stop(lock, POLL_MS, &requested);
+      if (requested && !g_stopping) {
+        g_stopping = 1;
+        kill(-child, SIGTERM);
+      }
+    }
   }
 }
 
@@ -236,7 +239,7 @@ int main(int argc, char **argv) {
   sigaction(SIGINT, &action, NULL);
   sigprocmask(SIG_SETMASK, &old_mask, NULL);
 
-  code = run_to_end(child);
+  code = run_to_end(lock, child);
   status = llmlb_lock_release(lock);
   if (status != LLMLB_STATUS_OK)
     fprintf(stderr, "launcher: warning: releasing the lock: %s\n", llmlb_last_error());

@@ -15,6 +15,7 @@
 
 mod boundary;
 mod dir;
+mod stop;
 
 use std::ffi::{c_char, c_int};
 use std::ptr;
@@ -23,6 +24,7 @@ use llmlb::lock::{check_port, lock_file_name, LockInfo, PortGuard};
 
 use boundary::{FfiError, Out};
 use dir::DirArg;
+pub use stop::{llmlb_lock_wait_stop, LLMLB_WAIT_FOREVER};
 pub use dir::{
     llmlb_lock_dir_acquire, llmlb_lock_dir_close, llmlb_lock_dir_open, llmlb_lock_dir_probe,
     LlmlbLockDir,
