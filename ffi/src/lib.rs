@@ -24,11 +24,11 @@ use llmlb::lock::{check_port, lock_file_name, LockInfo, PortGuard};
 
 use boundary::{FfiError, Out};
 use dir::DirArg;
-pub use stop::{llmlb_lock_wait_stop, LLMLB_WAIT_FOREVER};
 pub use dir::{
     llmlb_lock_dir_acquire, llmlb_lock_dir_close, llmlb_lock_dir_open, llmlb_lock_dir_probe,
     LlmlbLockDir,
 };
+pub use stop::{llmlb_lock_wait_stop, LLMLB_WAIT_FOREVER};
 
 /// Result of every `llmlb_lock_*` call. Values are explicit and never reused;
 /// new statuses get new numbers.

@@ -93,7 +93,10 @@ mod tests {
                 LlmlbStatus::LLMLB_STATUS_OK
             );
             assert_eq!(requested, 0);
-            assert_eq!(crate::llmlb_lock_release(lock), LlmlbStatus::LLMLB_STATUS_OK);
+            assert_eq!(
+                crate::llmlb_lock_release(lock),
+                LlmlbStatus::LLMLB_STATUS_OK
+            );
         }
     }
 }
