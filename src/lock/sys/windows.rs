@@ -14,8 +14,13 @@
 //!   A process is pinned by an open handle: its PID cannot be reused while the
 //!   handle is open, so every wait and termination goes through that handle.
 //! - There is no SIGTERM: `Kill` terminates through the handle, while `Term`
-//!   and `Int` are `Unsupported`, so `stop` verifies the holder but cannot yet
-//!   ask it to shut down (a graceful stop channel is still to come).
+//!   and `Int` are `Unsupported`; `stop` asks a holder to shut down through
+//!   its stop channel instead, a named event the holder made with the lock
+//!   ([`create_stop_channel`], [`request_stop`]).
+//! - Exec mode runs the command suspended, puts it in a kill-on-close job
+//!   object and resumes it ([`attach_child`]); a graceful stop is
+//!   `CTRL_BREAK_EVENT` to its console process group, the last resort
+//!   terminates the job.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -361,9 +366,8 @@ impl PinnedProcess {
     }
 
     /// `Kill` terminates the pinned process (exit code 1, as a killed
-    /// process reports); `Int` and `Term` are unsupported (no SIGTERM; the
-    /// graceful stop channel is not there yet). An exited process is
-    /// `NotFound`.
+    /// process reports); `Int` and `Term` are unsupported (no SIGTERM: see
+    /// [`request_stop`]). An exited process is `NotFound`.
     pub(crate) fn signal(&self, sig: Signal) -> io::Result<()> {
         if sig != Signal::Kill {
             return Err(io::Error::new(
@@ -796,6 +800,33 @@ mod tests {
         let prober = open_for_probe(&dir, "serve_1.lock").unwrap();
         assert_eq!(try_lock_shared(&prober).unwrap(), TryLock::Acquired);
         drop(holder);
+    }
+
+    /// A stop request reaches exactly the channel of its lock dir, port and
+    /// PID: the same dir by another spelling reaches it, another dir or port
+    /// does not, and a PID without a channel is `Unsupported`.
+    #[test]
+    fn a_stop_request_sets_only_the_channel_of_its_dir_port_and_pid() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("a")).unwrap();
+        std::fs::create_dir(tmp.path().join("b")).unwrap();
+        let a = open_dir(&tmp.path().join("a")).unwrap();
+        let a_again = open_dir(&tmp.path().join("b").join("..").join("a")).unwrap();
+        let b = open_dir(&tmp.path().join("b")).unwrap();
+        let channel = create_stop_channel(&a, 4001).unwrap();
+        let other_port = create_stop_channel(&a, 4002).unwrap();
+        let other_dir = create_stop_channel(&b, 4001).unwrap();
+        assert!(!channel.wait(std::time::Duration::ZERO));
+
+        let me = pin_process(std::process::id()).unwrap();
+        request_stop(&a_again, 4001, std::process::id(), &me).unwrap();
+        assert!(channel.wait(std::time::Duration::ZERO));
+        assert!(channel.wait(std::time::Duration::MAX), "a request stays made");
+        assert!(!other_port.wait(std::time::Duration::ZERO));
+        assert!(!other_dir.wait(std::time::Duration::ZERO));
+
+        let err = request_stop(&a, 4003, std::process::id(), &me).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Unsupported);
     }
 
     /// The handle pins one process: its identity is stable, it is reported
