@@ -821,7 +821,10 @@ mod tests {
         let me = pin_process(std::process::id()).unwrap();
         request_stop(&a_again, 4001, std::process::id(), &me).unwrap();
         assert!(channel.wait(std::time::Duration::ZERO));
-        assert!(channel.wait(std::time::Duration::MAX), "a request stays made");
+        assert!(
+            channel.wait(std::time::Duration::MAX),
+            "a request stays made"
+        );
         assert!(!other_port.wait(std::time::Duration::ZERO));
         assert!(!other_dir.wait(std::time::Duration::ZERO));
 
