@@ -312,7 +312,9 @@ pub fn how_to_stop(
 /// - Held: pins the recorded process (a pidfd on Linux) and signals it only
 ///   if it is provably the process that wrote the file
 ///   ([`IdentityCheck::Same`]); reports [`StopEvent::Stopping`], sends
-///   `SIGTERM` through the pin, and probes the lock every
+///   `SIGTERM` through the pin (Windows: sets the holder's stop channel, see
+///   [`StopRequest`]; a holder without one is refused, or with `force`
+///   terminated at once), and probes the lock every
 ///   [`STOP_POLL_INTERVAL`] until it is released or `options.timeout` passes.
 ///   With `force` it then reports [`StopEvent::Killing`], sends `SIGKILL` to
 ///   the recorded exec child's process group (only while that group's leader
