@@ -435,6 +435,44 @@ enum LlmlbStatus llmlb_lock_dir_probe(const struct LlmlbLockDir *dir,
  */
 void llmlb_lock_dir_close(struct LlmlbLockDir *dir);
 
+/**
+ * Waits up to `timeout_ms` milliseconds for `llmlb stop` to ask the holder
+ * of `lock` to shut down; `*out_requested` is then 1 if it did, else 0.
+ *
+ * - Windows (no SIGTERM): every lock has a stop channel, which `llmlb stop`
+ *   sets. Once set, every later call reports 1 at once. A launcher that
+ *   sees 1 stops its child (CTRL_BREAK_EVENT to the child's own process
+ *   group, then `TerminateProcess` after a deadline), then calls
+ *   `llmlb_lock_release` and exits; `llmlb stop` waits for the lock to be
+ *   released and, after its `--timeout`, with `--force` terminates the
+ *   launcher.
+ * - Unix: `llmlb stop` sends SIGTERM to the holder's process instead, so
+ *   this call never reports a request (`*out_requested` is 0): it sleeps up
+ *   to `timeout_ms`, returning early when a signal handler runs, so a loop
+ *   that checks its own SIGTERM flag after each call sees SIGTERM at once.
+ *
+ * So one loop serves both: `for (;;) { llmlb_lock_wait_stop(lock, 100,
+ * &requested); if (requested || got_sigterm) break; ...check the child... }`.
+ * `timeout_ms` 0 only polls; `LLMLB_WAIT_FOREVER` waits without a limit (on
+ * Unix: until a signal handler runs).
+ *
+ * NULL `lock` or `out_requested` gives `LLMLB_STATUS_INVALID_ARGUMENT`
+ * (`*out_requested` is 0 then, if it is writable); `*out_requested` is
+ * written on every status when non-NULL and aligned.
+ *
+ * Threads: may run concurrently with `llmlb_lock_info` and other
+ * `llmlb_lock_wait_stop` calls on the same handle (e.g. a thread that only
+ * waits for the request), not with `llmlb_lock_release` or
+ * `llmlb_lock_adopt`.
+ *
+ * # Safety
+ * `lock` is NULL or a live handle; `out_requested` is NULL or valid for
+ * writing an `int`.
+ */
+enum LlmlbStatus llmlb_lock_wait_stop(const struct LlmlbLock *lock,
+                                      uint32_t timeout_ms,
+                                      int *out_requested);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

@@ -158,10 +158,6 @@ fn status_of_a_missing_dir_is_not_running_and_of_an_unsafe_dir_is_unknown() {
 }
 
 #[test]
-#[cfg_attr(
-    windows,
-    ignore = "issue 10: `llmlb stop` cannot stop a server on Windows yet (no graceful stop channel: Windows has no SIGTERM)"
-)]
 fn relative_lock_dirs_flag_is_from_cwd_env_is_refused() {
     let env = Env::new();
     let port = free_port();
@@ -200,10 +196,6 @@ fn relative_lock_dirs_flag_is_from_cwd_env_is_refused() {
 /// names the same dir as `--lock-dir locks`; `..` in LLMLB_LOCK_DIR is
 /// refused with the fix.
 #[test]
-#[cfg_attr(
-    windows,
-    ignore = "issue 10: `llmlb stop` cannot stop a server on Windows yet (no graceful stop channel: Windows has no SIGTERM)"
-)]
 fn dot_dot_in_the_lock_dir_flag_resolves_and_in_the_env_is_refused() {
     let env = Env::new();
     let port = free_port();

@@ -11,10 +11,6 @@ use std::os::unix::process::ExitStatusExt;
 use cli_support::*;
 
 #[test]
-#[cfg_attr(
-    windows,
-    ignore = "issue 10: `llmlb stop` cannot stop a server on Windows yet (no graceful stop channel: Windows has no SIGTERM)"
-)]
 fn serve_then_status_then_stop() {
     let env = Env::new();
     let port = free_port();
@@ -230,10 +226,6 @@ fn bind_failure_exits_1_and_releases_the_lock() {
 }
 
 #[test]
-#[cfg_attr(
-    windows,
-    ignore = "issue 10: `llmlb stop` cannot stop a server on Windows yet (no graceful stop channel: Windows has no SIGTERM)"
-)]
 fn ten_concurrent_serves_leave_exactly_one_running() {
     let env = Env::new();
     let port = free_port();

@@ -1,15 +1,22 @@
 //! `llmlb stop` end to end: idempotence, stale files that must never be
-//! signalled, identity refusal, timeout and `--force` on a whole process group.
-#![cfg(target_os = "linux")]
+//! signalled, identity refusal, timeout and `--force` on a whole process group
+//! (Linux) or job (Windows, where the graceful step is the stop channel).
+#![cfg(any(target_os = "linux", windows))]
 
 mod cli_support;
 
+#[cfg(unix)]
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
+#[cfg(unix)]
+use std::process::Stdio;
 
+#[cfg(unix)]
 use chrono::Utc;
 use cli_support::*;
-use llmlb::lock::{acquire_or_reclaim, LockDir, LockInfo, ProcessIdentity};
+use llmlb::lock::{acquire_or_reclaim, LockDir};
+#[cfg(unix)]
+use llmlb::lock::{LockInfo, ProcessIdentity};
 
 #[test]
 fn nothing_running_is_success() {
@@ -27,7 +34,9 @@ fn nothing_running_is_success() {
     assert_eq!(out.stdout, format!("No server running on port {port}\n"));
 }
 
+#[cfg(unix)]
 struct Sleeper(std::process::Child);
+#[cfg(unix)]
 impl Drop for Sleeper {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -35,6 +44,7 @@ impl Drop for Sleeper {
     }
 }
 
+#[cfg(unix)]
 #[test]
 fn stale_file_naming_a_live_unrelated_pid_is_removed_and_nothing_signalled() {
     let env = Env::new();
@@ -86,7 +96,10 @@ fn a_held_lock_whose_pid_cannot_be_verified_is_not_signalled() {
     let dir = LockDir::create(&env.locks).unwrap();
     let guard = acquire_or_reclaim(&dir, port).unwrap();
     let mut reused = guard.info().clone();
-    let identity = reused.identity.as_mut().expect("Linux has identities");
+    let identity = reused
+        .identity
+        .as_mut()
+        .expect("Linux and Windows have identities");
     identity.start_ticks = identity.start_ticks.map(|t| t + 1);
     std::fs::write(env.lock_file(port), reused.to_bytes()).unwrap();
     let out = env.run(&["stop", "--port", &port.to_string()]);
@@ -115,6 +128,7 @@ fn a_held_lock_whose_pid_cannot_be_verified_is_not_signalled() {
 /// Exec mode running a shell that ignores SIGTERM and has a grandchild. The
 /// TERM from `stop` goes to llmlb, which forwards it to the group, where it
 /// is ignored: only `--force` ends it.
+#[cfg(unix)]
 #[test]
 fn timeout_then_force_kills_the_whole_group() {
     let env = Env::new();
@@ -205,6 +219,7 @@ fn a_timeout_too_large_for_a_deadline_waits_without_one() {
 
 /// A holder whose command name is not UTF-8 (`/proc/<pid>/stat` is bytes)
 /// must still be verifiable, or `stop` would refuse it.
+#[cfg(unix)]
 #[test]
 fn a_process_with_a_non_utf8_name_has_an_identity() {
     use std::os::unix::ffi::OsStrExt;
@@ -230,6 +245,7 @@ fn a_process_with_a_non_utf8_name_has_an_identity() {
     assert!(sleeper.0.try_wait().unwrap().is_none());
 }
 
+#[cfg(unix)]
 fn which(program: &str) -> std::path::PathBuf {
     std::env::var_os("PATH")
         .into_iter()
@@ -242,6 +258,7 @@ fn which(program: &str) -> std::path::PathBuf {
 /// The "already running" message names only a fix that works for that
 /// holder: no `kill -TERM` for a holder on another host or one that cannot
 /// be verified, where `stop` itself would refuse.
+#[cfg(unix)]
 #[test]
 fn already_running_hints_only_what_works() {
     let env = Env::new();
@@ -291,4 +308,157 @@ fn already_running_hints_only_what_works() {
     assert!(out.stderr.contains("cannot be verified"), "{}", out.stderr);
     assert!(!out.stderr.contains("kill -TERM"), "{}", out.stderr);
     drop(guard);
+}
+
+/// Set in a re-invoked copy of this test binary: the role it plays (see
+/// [`play`]).
+#[cfg(windows)]
+const ROLE: &str = "LLMLB_TEST_ROLE";
+
+/// `cmd` runs this test binary as `test` in the role `role`.
+#[cfg(windows)]
+fn role_args(cmd: &mut Command, test: &str, role: &str) {
+    cmd.arg(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(ROLE, role);
+}
+
+/// The roles, in a re-invoked test binary; never returns. `hold PORT`: takes
+/// the lock of PORT in `LLMLB_LOCK_DIR` through the library and never looks
+/// at its stop channel (a server that does not stop), prints `held`.
+/// `ignore-break FILE`: ignores Ctrl-Break and Ctrl-C (a command that does not
+/// stop), writes its PID to FILE. Both then sleep.
+#[cfg(windows)]
+fn play(role: &str) -> ! {
+    use windows_sys::Win32::System::Console::SetConsoleCtrlHandler;
+    unsafe extern "system" fn ignore(_event: u32) -> windows_sys::core::BOOL {
+        1
+    }
+    let words: Vec<&str> = role.split(' ').collect();
+    let _guard = match words.as_slice() {
+        ["hold", port] => {
+            let dir = LockDir::create(std::env::var_os("LLMLB_LOCK_DIR").unwrap()).unwrap();
+            let guard = acquire_or_reclaim(&dir, port.parse().unwrap()).unwrap();
+            println!("held");
+            Some(guard)
+        }
+        ["ignore-break", file] => {
+            // SAFETY: registers a handler that only returns TRUE ("handled").
+            assert_ne!(unsafe { SetConsoleCtrlHandler(Some(ignore), 1) }, 0);
+            std::fs::write(file, format!("{}\n", std::process::id())).unwrap();
+            None
+        }
+        _ => panic!("unknown role {role:?}"),
+    };
+    std::thread::sleep(std::time::Duration::from_secs(120));
+    std::process::exit(9)
+}
+
+/// Windows: a second serve is refused naming the holder's PID and only fixes
+/// that exist there (`llmlb stop`, `taskkill`), never a Unix command.
+#[cfg(windows)]
+#[test]
+fn a_second_serve_is_refused_with_the_holder_pid_and_no_unix_hint() {
+    let env = Env::new();
+    let port = free_port();
+    let mut server = env.serve(port);
+    let pid = server.pid();
+    let out = env.run(&["serve", "--port", &port.to_string(), "-H", "127.0.0.1"]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "Error: Server already running on port {port} (PID: {pid}, started: "
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("To stop: llmlb stop --port {port}"))
+            && out.stderr.contains(&format!("taskkill /F /PID {pid}")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("kill -TERM") && !out.stderr.contains("fuser"),
+        "{}",
+        out.stderr
+    );
+    let stop = env.run(&["stop", "--port", &port.to_string()]);
+    assert_eq!(stop.code(), Some(0), "{stop:?}");
+    assert_eq!(server.wait().code(), Some(0), "{}", server.stderr());
+    assert!(!env.lock_file(port).exists());
+}
+
+/// Windows: a holder that never looks at its stop channel is not stopped by
+/// a plain `stop` (exit 1 naming `--force`, still running); `--force`
+/// terminates it through the verified handle, and the file it left is gone.
+#[cfg(windows)]
+#[test]
+fn force_terminates_a_holder_that_ignores_the_stop_request() {
+    const TEST: &str = "force_terminates_a_holder_that_ignores_the_stop_request";
+    if let Ok(role) = std::env::var(ROLE) {
+        play(&role);
+    }
+    let env = Env::new();
+    let port = free_port();
+    let p = port.to_string();
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+        .env(ROLE, format!("hold {port}"))
+        .env("LLMLB_LOCK_DIR", &env.locks);
+    let mut holder = env.spawn_cmd(cmd);
+    wait_until("the holder to take the lock", || {
+        holder.stdout().contains("held")
+    });
+    let pid = holder.pid();
+
+    let out = env.run(&["stop", "--port", &p, "--timeout", "1"]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "server on port {port} (PID: {pid}) did not stop within 1s; use --force"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(holder.try_wait().is_none(), "a plain stop terminated it");
+
+    let out = env.run(&["stop", "--port", &p, "--timeout", "1", "--force"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stdout.ends_with("Server stopped (killed)\n"), "{out:?}");
+    assert!(holder.try_wait().is_some(), "not terminated");
+    assert!(!env.lock_file(port).exists());
+    assert_eq!(env.run(&["status", "--port", &p]).code(), Some(3));
+}
+
+/// Windows: exec mode whose command ignores Ctrl-Break: `stop --force`
+/// terminates llmlb, and its job takes the command with it.
+#[cfg(windows)]
+#[test]
+fn force_on_exec_mode_ends_a_command_that_ignores_ctrl_break() {
+    const TEST: &str = "force_on_exec_mode_ends_a_command_that_ignores_ctrl_break";
+    if let Ok(role) = std::env::var(ROLE) {
+        play(&role);
+    }
+    let env = Env::new();
+    let port = free_port();
+    let p = port.to_string();
+    let pid_file = env.tmp.path().join("child.pid");
+    let mut cmd = env.cmd(&["serve", "-p", &p, "--"]);
+    role_args(
+        &mut cmd,
+        TEST,
+        &format!("ignore-break {}", pid_file.display()),
+    );
+    let mut server = env.spawn_cmd(cmd);
+    let child: u32 = read_when_written(&pid_file).parse().unwrap();
+    assert!(running(child));
+
+    let out = env.run(&["stop", "--port", &p, "--timeout", "1", "--force"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stdout.ends_with("Server stopped (killed)\n"), "{out:?}");
+    assert!(server.try_wait().is_some(), "llmlb not terminated");
+    wait_until("the command to die with its job", || !running(child));
+    assert!(!env.lock_file(port).exists());
 }

@@ -13,6 +13,12 @@ starts the same clock), then releases the lock and exits with CMD's code
 CMD inherits the lock's descriptor (LLMLB_LOCK_FD names it): if the
 launcher is killed, the port stays locked while any of CMD's tree lives. A
 held port prints the holder's PID and exits 1; usage errors exit 2.
+
+Windows (no SIGTERM, no process groups to signal): `llmlb stop` sets the
+lock's stop channel, which the wait loop polls (PortLock.wait_stop); CMD runs
+in a console process group of its own and gets CTRL_BREAK_EVENT, then is
+terminated after 3 s. This example does not put CMD in a job object (as
+`llmlb serve -- CMD` does), so a killed launcher leaves CMD running.
 """
 
 import os
@@ -30,6 +36,11 @@ from llmlb_lock import AlreadyRunning, LockError, PortLock  # noqa: E402
 STOP_GRACE = 3.0
 KILL_WAIT = 5.0
 POLL = 0.02
+
+_WINDOWS = os.name == "nt"
+# Windows has no SIGKILL; os.kill with any value but the CTRL_* events
+# terminates the process there.
+_SIGKILL = getattr(signal, "SIGKILL", 9)
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -57,7 +68,10 @@ def _child_setup(parent: int):
 def _group_gone(pgid: int) -> bool:
     """Whether no process of group ``pgid`` is left. Reaps our exited
     children in it first (orphans come to us as subreaper; zombies still
-    count as members). Only after the leader itself was reaped."""
+    count as members). Only after the leader itself was reaped. Always true
+    on Windows (nothing to ask: see the module docstring)."""
+    if _WINDOWS:
+        return True
     while True:
         try:
             pid, _ = os.waitpid(-pgid, os.WNOHANG)
@@ -75,17 +89,24 @@ def _group_gone(pgid: int) -> bool:
 
 
 def _killpg(pgid: int, signum: int) -> None:
+    """Signals group ``pgid``. Windows: CTRL_BREAK_EVENT to the console
+    process group for any signal but SIGKILL, which terminates the child."""
     try:
-        os.killpg(pgid, signum)
-    except (ProcessLookupError, PermissionError):
+        if _WINDOWS:
+            os.kill(pgid, _SIGKILL if signum == _SIGKILL else signal.CTRL_BREAK_EVENT)
+        else:
+            os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError, OSError):
         pass
 
 
-def _run_to_end(child: subprocess.Popen, stopping: list) -> int:
+def _run_to_end(child: subprocess.Popen, stopping: list, lock: PortLock) -> int:
     """Waits for CMD and then for the rest of its group: SIGTERM to the group
     once CMD has exited (unless a forwarded signal already started the
     clock), SIGKILL at the deadline, giving up KILL_WAIT later. Never an
-    unbounded wait. Returns CMD's exit code."""
+    unbounded wait. Between checks it waits on the lock's stop channel
+    (Windows' `llmlb stop`; on Unix a plain sleep that a signal cuts short).
+    Returns CMD's exit code."""
     deadline = None
     killed = False
     code = None
@@ -113,10 +134,12 @@ def _run_to_end(child: subprocess.Popen, stopping: list) -> int:
                 % STOP_GRACE,
                 file=sys.stderr,
             )
-            _killpg(child.pid, signal.SIGKILL)
+            _killpg(child.pid, _SIGKILL)
             killed = True
             deadline = time.monotonic() + KILL_WAIT
-        time.sleep(POLL)
+        if lock.wait_stop(POLL) and not stopping:
+            stopping.append("stop request")
+            _killpg(child.pid, signal.SIGTERM)
 
 
 def usage() -> int:
@@ -170,30 +193,43 @@ def main(argv) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     try:
-        # CMD's tree inherits the lock (see the module docstring); orphaned
-        # grandchildren come to us, so _group_gone sees them die.
-        fd = lock.fileno()
-        _prctl(_PR_SET_CHILD_SUBREAPER, 1)
-        env = dict(os.environ, LLMLB_PORT=str(port), LLMLB_LOCK_FD=str(fd))
-        # A session (hence process group) of its own, so a forwarded signal
-        # reaches CMD's children too.
-        children.append(
-            subprocess.Popen(
-                argv[3:],
-                env=env,
-                start_new_session=True,
-                pass_fds=(fd,),
-                preexec_fn=_child_setup(os.getpid()),
+        if _WINDOWS:
+            # Its own console process group, so CTRL_BREAK_EVENT reaches it
+            # (and not us); no lock descriptor is passed on Windows.
+            children.append(
+                subprocess.Popen(
+                    argv[3:],
+                    env=dict(os.environ, LLMLB_PORT=str(port)),
+                    creationflags=subprocess.CREATE_NEW_PROCESS_GROUP,
+                )
             )
-        )
+        else:
+            # CMD's tree inherits the lock (see the module docstring); orphaned
+            # grandchildren come to us, so _group_gone sees them die.
+            fd = lock.fileno()
+            _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+            env = dict(os.environ, LLMLB_PORT=str(port), LLMLB_LOCK_FD=str(fd))
+            # A session (hence process group) of its own, so a forwarded signal
+            # reaches CMD's children too.
+            children.append(
+                subprocess.Popen(
+                    argv[3:],
+                    env=env,
+                    start_new_session=True,
+                    pass_fds=(fd,),
+                    preexec_fn=_child_setup(os.getpid()),
+                )
+            )
     except (OSError, LockError) as e:
         print("launcher.py: cannot run %s: %s" % (argv[3], e), file=sys.stderr)
         lock.release()
         return 127
     child = children[0]
-    # Recorded so that `llmlb stop --force` kills the whole group.
+    # Recorded so that `llmlb stop --force` kills the whole group (Windows
+    # has no group to record).
     try:
-        lock.set_child_pgid(child.pid)
+        if not _WINDOWS:
+            lock.set_child_pgid(child.pid)
     except LockError as e:
         print(
             "launcher.py: warning: cannot record the command's process group: %s" % e,
@@ -201,7 +237,7 @@ def main(argv) -> int:
         )
     for signum in pending:
         forward(signum, None)
-    code = _run_to_end(child, stopping)
+    code = _run_to_end(child, stopping, lock)
     try:
         lock.release()
     except LockError as e:

@@ -138,6 +138,7 @@ def _load() -> ctypes.CDLL:
         "llmlb_lock_dir_close": (None, [dir_p]),
         "llmlb_lock_set_child_pgid": (status, [lock_p, ctypes.c_uint32]),
         "llmlb_lock_fd": (status, [lock_p, ctypes.POINTER(ctypes.c_int)]),
+        "llmlb_lock_wait_stop": (status, [lock_p, ctypes.c_uint32, ctypes.POINTER(ctypes.c_int)]),
         "llmlb_last_error": (ctypes.c_char_p, []),
         "llmlb_lock_version": (ctypes.c_char_p, []),
     }
@@ -390,6 +391,21 @@ class PortLock:
         if not 0 <= value <= 0xFFFFFFFF:
             raise LockError("invalid pgid %d" % value, INVALID_ARGUMENT)
         _check(_lib().llmlb_lock_set_child_pgid(self._require(), value))
+
+    def wait_stop(self, timeout: Optional[float]) -> bool:
+        """Waits up to ``timeout`` seconds (``None``: no limit, ``0``: poll)
+        for ``llmlb stop`` to ask this holder to shut down; True if it did.
+        Windows: ``llmlb stop`` sets the lock's stop channel, and once set
+        every call returns True at once. Unix: ``llmlb stop`` sends SIGTERM
+        instead, so this only sleeps (cut short by a signal) and returns
+        False: handle SIGTERM as usual (see ``llmlb_lock_wait_stop``)."""
+        if timeout is None:
+            ms = 0xFFFFFFFF
+        else:
+            ms = min(max(int(timeout * 1000), 0), 0xFFFFFFFE)
+        requested = ctypes.c_int(0)
+        _check(_lib().llmlb_lock_wait_stop(self._require(), ms, ctypes.byref(requested)))
+        return bool(requested.value)
 
     @property
     def info(self) -> LockInfo:

@@ -10,13 +10,40 @@ use std::ffi::OsString;
 use std::io;
 use std::time::Duration;
 
-use llmlb::lock::process::{self, configure_exec_child, ForwardSignal};
+use llmlb::lock::process::{self, configure_exec_child, CommandTree, ForwardSignal};
 use llmlb::lock::{PortGuard, SharedLock};
 use tokio::time::Instant;
 
 use super::fail;
 use super::serve::LockLost;
 use super::signals::{self, Signals};
+
+/// What holds the command's tree, for logs.
+const TREE: &str = if cfg!(windows) {
+    "job"
+} else {
+    "process group"
+};
+/// The last resort, for logs.
+const KILLING: &str = if cfg!(windows) {
+    "terminating its job"
+} else {
+    "sending SIGKILL to its process group"
+};
+/// The last resort done, for logs.
+const KILLED: &str = if cfg!(windows) {
+    "terminating it"
+} else {
+    "SIGKILL"
+};
+
+/// "process group N" (Unix) or "job" (Windows), for logs.
+fn tree_name(tree: &CommandTree) -> String {
+    match tree.pgid() {
+        Some(pgid) => format!("process group {pgid}"),
+        None => TREE.to_owned(),
+    }
+}
 
 /// `env`/`nohup` convention: the command could not be found.
 const EXIT_NOT_FOUND: i32 = 127;
@@ -47,11 +74,11 @@ struct Stopping {
 impl Stopping {
     /// Sends `sig` to the group and starts the clock (a second signal is
     /// forwarded too, but does not extend the deadline).
-    fn begin(&mut self, pgid: Option<u32>, sig: ForwardSignal) {
-        if let Some(pgid) = pgid {
+    fn begin(&mut self, tree: Option<&CommandTree>, sig: ForwardSignal) {
+        if let Some(tree) = tree {
             // ESRCH: the group is gone already, which is the goal.
-            if let Err(e) = process::signal_process_group(pgid, sig) {
-                tracing::debug!("cannot signal process group {pgid}: {e}");
+            if let Err(e) = tree.signal(sig) {
+                tracing::debug!("cannot signal the command's {TREE}: {e}");
             }
         }
         self.deadline
@@ -68,16 +95,16 @@ impl Stopping {
 
     /// The deadline passed: `SIGKILL` the group (true), or, if that was
     /// already done, give up waiting (false).
-    fn escalate(&mut self, pgid: Option<u32>, shown: &str) -> bool {
+    fn escalate(&mut self, tree: Option<&CommandTree>, shown: &str) -> bool {
         if self.killed {
             return false;
         }
         tracing::warn!(
-            "{shown} did not exit within {}s; sending SIGKILL to its process group",
+            "{shown} did not exit within {}s; {KILLING}",
             STOP_GRACE.as_secs()
         );
-        if let Some(pgid) = pgid {
-            let _ = process::signal_process_group(pgid, ForwardSignal::Kill);
+        if let Some(tree) = tree {
+            let _ = tree.signal(ForwardSignal::Kill);
         }
         self.killed = true;
         self.deadline = Some(Instant::now() + KILL_WAIT);
@@ -139,8 +166,20 @@ pub(crate) async fn run(
         }
     };
     let child_pid = child.id().unwrap_or(0);
-    let pgid = child.id().and_then(process::child_pgid);
-    if let Some(pgid) = pgid {
+    let tree = match CommandTree::attach(child_pid) {
+        Ok(tree) => Some(tree),
+        // On Windows the child was terminated before it ran.
+        Err(e) if cfg!(windows) => {
+            let _ = child.wait().await;
+            return fail(format!("cannot run {shown} in a job object: {e}"));
+        }
+        Err(e) => {
+            tracing::warn!("the command has no process group of its own: {e}");
+            None
+        }
+    };
+    let tree = tree.as_ref();
+    if let Some(pgid) = tree.and_then(CommandTree::pgid) {
         if let Some(Err(e)) = lock.with(|g| g.set_child_pgid(Some(pgid))) {
             tracing::warn!("cannot record the command's process group (stop --force will only kill llmlb): {e}");
         }
@@ -159,25 +198,25 @@ pub(crate) async fn run(
                 fail(why);
                 watching = false;
                 lost = true;
-                stopping.begin(pgid, ForwardSignal::Terminate);
+                stopping.begin(tree, ForwardSignal::Terminate);
             }
             sig = signals.recv() => {
                 tracing::info!("received {}, forwarding it to {shown}", signals::name(sig));
-                stopping.begin(pgid, sig);
+                stopping.begin(tree, sig);
             }
             () = stopping.due() => {
-                if pgid.is_none() {
+                if tree.is_none() {
                     let _ = child.start_kill();
                 }
-                if !stopping.escalate(pgid, &shown) {
+                if !stopping.escalate(tree, &shown) {
                     break None;
                 }
             }
             _ = reap.tick() => process::reap_orphans(child_pid),
         }
     };
-    if let Some(pgid) = pgid {
-        end_group(pgid, &mut stopping, &shown).await;
+    if let Some(tree) = tree {
+        end_group(tree, &mut stopping, &shown).await;
     }
     match status {
         Some(Ok(status)) => {
@@ -200,23 +239,27 @@ pub(crate) async fn run(
 /// Once the command itself has exited: `SIGTERM` what is left of its group
 /// (unless a stop already signalled it), `SIGKILL` at the deadline, and wait
 /// for it to be gone, all bounded.
-async fn end_group(pgid: u32, stopping: &mut Stopping, shown: &str) {
-    if process::process_group_gone(pgid) {
+async fn end_group(tree: &CommandTree, stopping: &mut Stopping, shown: &str) {
+    if tree.is_gone() {
         return;
     }
     if stopping.deadline.is_none() {
-        tracing::info!("{shown} exited; stopping the rest of its process group {pgid}");
-        stopping.begin(Some(pgid), ForwardSignal::Terminate);
+        tracing::info!(
+            "{shown} exited; stopping the rest of its {}",
+            tree_name(tree)
+        );
+        stopping.begin(Some(tree), ForwardSignal::Terminate);
     }
     loop {
-        if process::process_group_gone(pgid) {
+        if tree.is_gone() {
             return;
         }
         if stopping.deadline.is_some_and(|d| Instant::now() >= d)
-            && !stopping.escalate(Some(pgid), shown)
+            && !stopping.escalate(Some(tree), shown)
         {
             tracing::warn!(
-                "process group {pgid} still has processes {}s after SIGKILL; releasing anyway",
+                "{} still has processes {}s after {KILLED}; releasing anyway",
+                tree_name(tree),
                 KILL_WAIT.as_secs()
             );
             return;

@@ -1,5 +1,6 @@
 //! `llmlb serve`: take the lock, then serve HTTP (or run a command, see
-//! `exec.rs`) until SIGINT/SIGTERM, then release.
+//! `exec.rs`) until SIGINT/SIGTERM (on Windows Ctrl-C or `llmlb stop`'s stop
+//! channel), then release.
 
 use std::ffi::OsString;
 use std::io;
@@ -93,14 +94,23 @@ pub(crate) fn run(dir: &LockDirChoice, port: u16, host: String, command: Vec<OsS
     // block_on polls this future on the main thread, which matters in exec
     // mode: the child's parent-death signal is tied to the spawning thread.
     let code = runtime.block_on(async move {
-        let signals = match Signals::install() {
+        #[cfg_attr(not(windows), expect(unused_mut, reason = "watch is Windows-only"))]
+        let mut signals = match Signals::install() {
             Ok(s) => s,
             Err(e) => return fail(format!("cannot install signal handlers: {e}")),
         };
-        let lock = match take_lock(dir, port) {
-            Ok(guard) => SharedLock::new(guard),
+        let guard = match take_lock(dir, port) {
+            Ok(guard) => guard,
             Err(code) => return code,
         };
+        // Windows has no SIGTERM: `llmlb stop` sets the lock's stop channel.
+        #[cfg(windows)]
+        if let Err(e) = signals.watch(guard.stop_request()) {
+            return fail(format!(
+                "cannot watch the stop channel for port {port}: {e}"
+            ));
+        }
+        let lock = SharedLock::new(guard);
         // Dropping `lock` on any early return releases it.
         let (mut lost, watchdog) = match spawn_watchdog(&lock, port) {
             Ok(started) => started,

@@ -1,7 +1,11 @@
-//! SIGINT/SIGTERM as an async stream, installed before the lock is taken so a
-//! `stop` racing our start-up is handled (not default-killed into a stale file).
+//! The stop requests `serve` listens for, as an async stream, installed before
+//! the lock is taken so a `stop` racing our start-up is handled (not
+//! default-killed into a stale file): SIGINT/SIGTERM on Unix; on Windows
+//! Ctrl-C, Ctrl-Break and the lock's stop channel (what `llmlb stop` sets).
 
 use llmlb::lock::process::ForwardSignal;
+#[cfg(windows)]
+use llmlb::lock::StopRequest;
 
 /// The stop signals this process listens for.
 pub(crate) struct Signals {
@@ -9,6 +13,14 @@ pub(crate) struct Signals {
     int: tokio::signal::unix::Signal,
     #[cfg(unix)]
     term: tokio::signal::unix::Signal,
+    #[cfg(windows)]
+    ctrl_c: tokio::signal::windows::CtrlC,
+    #[cfg(windows)]
+    ctrl_break: tokio::signal::windows::CtrlBreak,
+    /// Fires once when the stop channel is set; `None` before
+    /// [`watch`](Self::watch) and after it fired.
+    #[cfg(windows)]
+    stop: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Signals {
@@ -22,13 +34,35 @@ impl Signals {
                 term: signal(SignalKind::terminate())?,
             })
         }
-        #[cfg(not(unix))]
+        #[cfg(windows)]
         {
-            Ok(Signals {})
+            Ok(Signals {
+                ctrl_c: tokio::signal::windows::ctrl_c()?,
+                ctrl_break: tokio::signal::windows::ctrl_break()?,
+                stop: None,
+            })
         }
     }
 
-    /// Waits for the next SIGINT or SIGTERM (Ctrl-C on Windows).
+    /// Also listens to the lock's stop channel (Windows' `llmlb stop`), from
+    /// a thread that blocks on it (detached: it ends with the process). A
+    /// request made before this call is seen too: the event stays set.
+    #[cfg(windows)]
+    pub(crate) fn watch(&mut self, request: StopRequest) -> std::io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("llmlb-stop".to_owned())
+            .spawn(move || {
+                if request.wait(std::time::Duration::MAX) {
+                    let _ = tx.send(());
+                }
+            })?;
+        self.stop = Some(rx);
+        Ok(())
+    }
+
+    /// Waits for the next SIGINT or SIGTERM; on Windows Ctrl-C (as SIGINT),
+    /// Ctrl-Break or a stop request (as SIGTERM).
     pub(crate) async fn recv(&mut self) -> ForwardSignal {
         #[cfg(unix)]
         {
@@ -37,21 +71,36 @@ impl Signals {
                 _ = self.term.recv() => ForwardSignal::Terminate,
             }
         }
-        #[cfg(not(unix))]
+        #[cfg(windows)]
         {
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
+            let stop = async {
+                match &mut self.stop {
+                    Some(rx) => {
+                        let fired = rx.await.is_ok();
+                        self.stop = None; // a completed receiver must not be polled again
+                        if !fired {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.ctrl_c.recv() => ForwardSignal::Interrupt,
+                _ = self.ctrl_break.recv() => ForwardSignal::Terminate,
+                () = stop => ForwardSignal::Terminate,
             }
-            ForwardSignal::Interrupt
         }
     }
 }
 
-/// `SIGINT` / `SIGTERM`, for logs.
+/// `SIGINT` / `SIGTERM` (on Windows: Ctrl-C / a stop request), for logs.
 pub(crate) fn name(sig: ForwardSignal) -> &'static str {
     match sig {
+        ForwardSignal::Interrupt if cfg!(windows) => "Ctrl-C",
         ForwardSignal::Interrupt => "SIGINT",
         ForwardSignal::Kill => "SIGKILL",
+        _ if cfg!(windows) => "a stop request",
         _ => "SIGTERM",
     }
 }

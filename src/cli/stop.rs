@@ -27,6 +27,8 @@ pub(crate) fn run(dir: &LockDirChoice, port: u16, timeout_secs: u64, force: bool
         } => {
             let pid = info.pid;
             let line = match (holder_exited, group) {
+                // No SIGKILL on Windows: its command's job ends with it.
+                (false, _) if cfg!(windows) => format!("did not stop within {}s; terminating it and its command", timeout.as_secs()),
                 (false, Some(pgid)) => format!("did not stop within {}s; sending SIGKILL to it and process group {pgid}", timeout.as_secs()),
                 (false, None) => format!("did not stop within {}s; sending SIGKILL to it", timeout.as_secs()),
                 (true, Some(pgid)) => format!("exited, but its command's process group {pgid} still holds the lock; sending SIGKILL to the group"),

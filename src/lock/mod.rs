@@ -31,7 +31,8 @@ pub use state::{
     acquire_or_reclaim, Acquired, Free, Held, Holds, PortGuard, PortLock, Reclaimed, Stale, State,
 };
 pub use stop::{
-    how_to_stop, stop_server, StopError, StopEvent, StopOptions, StopOutcome, STOP_POLL_INTERVAL,
+    how_to_stop, stop_server, StopError, StopEvent, StopOptions, StopOutcome, StopRequest,
+    STOP_POLL_INTERVAL,
 };
 
 /// What a probe observed about a port: the runtime twin of the typestate, for

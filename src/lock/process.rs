@@ -58,8 +58,10 @@ pub struct ExecChild {
 ///   child (the main thread); if the launcher is already gone when the child
 ///   starts, the command is not executed.
 ///
-/// On Windows the child gets nothing of this (a later issue): no group, no
-/// inherited lock, no parent-death signal.
+/// On Windows the child is started suspended in a console process group of
+/// its own (`CREATE_NEW_PROCESS_GROUP`); [`CommandTree::attach`] must follow
+/// the spawn at once: it puts the child in a kill-on-close job object and
+/// resumes it. The lock is not passed to it.
 ///
 /// # Errors
 /// The OS error if the descriptor cannot be duplicated (e.g. `EMFILE`).
@@ -84,6 +86,59 @@ pub fn configure_exec_child(cmd: &mut Command, guard: &mut PortGuard) -> io::Res
 /// so its release accounts for children still holding it. `-1` on Windows.
 pub fn lock_fd(guard: &mut PortGuard) -> i32 {
     sys::raw_descriptor(guard.share_file())
+}
+
+/// The command's whole tree, as this platform contains it: its process group
+/// on Unix; on Windows a job object with `JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE`,
+/// whose handle only this process has, so the command and everything it
+/// starts die with this process however it ends.
+#[derive(Debug)]
+pub struct CommandTree {
+    inner: sys::ChildTree,
+}
+
+impl CommandTree {
+    /// Takes charge of the tree of the child `pid`, spawned from a command
+    /// prepared with [`configure_exec_child`]. Call right after the spawn: on
+    /// Windows the child waits, suspended, until this puts it in its job.
+    ///
+    /// # Errors
+    /// The OS error if the job cannot be made or the child not put in it or
+    /// resumed; the child is then terminated (it never ran). `InvalidInput`
+    /// on Unix if the child has no group.
+    pub fn attach(pid: u32) -> io::Result<CommandTree> {
+        sys::attach_child(pid).map(|inner| CommandTree { inner })
+    }
+
+    /// The process group to record with
+    /// [`PortGuard::set_child_pgid`](super::PortGuard::set_child_pgid), so
+    /// `stop --force` kills all of it; `None` on Windows, where terminating
+    /// the holder ends the job.
+    pub fn pgid(&self) -> Option<u32> {
+        self.inner.pgid()
+    }
+
+    /// Sends `sig` to the whole tree. On Windows `Interrupt` and `Terminate`
+    /// are `CTRL_BREAK_EVENT` to the child's console process group (which
+    /// reaches it only if it shares this process's console) and `Kill`
+    /// terminates every process in the job.
+    ///
+    /// # Errors
+    /// The OS error (`ESRCH` when the group is gone).
+    pub fn signal(&self, sig: ForwardSignal) -> io::Result<()> {
+        self.inner.signal(match sig {
+            ForwardSignal::Interrupt => sys::Signal::Int,
+            ForwardSignal::Terminate => sys::Signal::Term,
+            ForwardSignal::Kill => sys::Signal::Kill,
+        })
+    }
+
+    /// Whether every process of the tree has exited. Call after the child
+    /// itself was waited for (on Unix its exited children in the group are
+    /// reaped first).
+    pub fn is_gone(&self) -> bool {
+        self.inner.is_gone()
+    }
 }
 
 /// The process group of a child spawned from a command prepared with

@@ -74,6 +74,10 @@ pub struct Holding {
     /// The process that took (or adopted) the lock. A forked child that
     /// inherits this value is not the owner: it only closes its descriptor.
     owner_pid: u32,
+    /// Where `stop` asks this holder to shut down (Windows; nothing on Unix,
+    /// where it sends `SIGTERM`). Made before the info is written, so a
+    /// `stop` that reads the info always finds it.
+    pub(crate) stop: Arc<sys::StopChannel>,
 }
 
 /// The exclusively locked file of a crashed holder, not yet overwritten.
@@ -291,13 +295,31 @@ fn write_info(path: &Path, file: &File, info: &LockInfo, old_len: u64) -> Result
     Ok(new_len)
 }
 
+/// This holder's stop channel (see [`Holding::stop`]).
+fn stop_channel(target: &Target) -> Result<Arc<sys::StopChannel>, LockError> {
+    sys::create_stop_channel(&target.dir, target.port)
+        .map(Arc::new)
+        .map_err(|e| {
+            LockError::io(
+                "cannot create the stop channel for lock file",
+                &target.path,
+                e,
+            )
+        })
+}
+
 impl StaleFile {
     /// Stale → Reclaimed: overwrite the dead holder's info with ours.
     pub(crate) fn reclaim(self) -> Result<(Holding, Option<LockInfo>), (StaleFile, LockError)> {
         let info = LockInfo::for_current_process(self.target.port);
+        let stop = match stop_channel(&self.target) {
+            Ok(stop) => stop,
+            Err(e) => return Err((self, e)),
+        };
         match write_info(&self.target.path, &self.file, &info, self.len) {
             Ok(len) => Ok((
                 Holding {
+                    stop,
                     target: self.target,
                     file: Some(self.file),
                     id: self.id,
@@ -349,8 +371,10 @@ impl Holding {
         info: LockInfo,
         old_len: u64,
     ) -> Result<Holding, LockError> {
+        let stop = stop_channel(&target)?;
         let written_len = write_info(&target.path, &file, &info, old_len)?;
         Ok(Holding {
+            stop,
             target,
             file: Some(file),
             id,

@@ -385,6 +385,13 @@ impl<S: Holds> PortLock<S> {
         }
     }
 
+    /// Where `llmlb stop` asks this holder to shut down: a handle to wait on
+    /// (see [`StopRequest`](super::StopRequest)), cheap to clone and usable
+    /// after the lock is released.
+    pub fn stop_request(&self) -> super::StopRequest {
+        super::StopRequest::new(std::sync::Arc::clone(&self.state.holding().stop))
+    }
+
     /// The open lock file (exec mode hands its description to the child).
     pub(crate) fn lock_file(&self) -> &std::fs::File {
         self.state.holding().file()
@@ -510,6 +517,11 @@ impl PortGuard {
     /// As [`PortLock::verify`].
     pub fn verify(&mut self) -> Result<Integrity, LockError> {
         on_both!(&mut self.inner, l => l.verify())
+    }
+
+    /// See [`PortLock::stop_request`].
+    pub fn stop_request(&self) -> super::StopRequest {
+        on_both!(&self.inner, l => l.stop_request())
     }
 
     /// See [`PortLock::is_owner`].

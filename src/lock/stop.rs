@@ -39,6 +39,37 @@ const INHERIT_GRACE: Duration = Duration::from_millis(500);
 /// before giving up on identifying it.
 const UNREADABLE_WAIT: Duration = Duration::from_millis(200);
 
+/// A holder's end of `llmlb stop`'s graceful request, from
+/// [`PortGuard::stop_request`](super::PortGuard::stop_request).
+///
+/// On Windows, which has no `SIGTERM`, every holder has a stop channel (a
+/// named manual-reset event, made when the lock is taken and reachable only
+/// by the same user): `stop` sets it, and the holder is expected to shut down
+/// and release. On Unix `stop` sends `SIGTERM` instead; this handle then never
+/// reports a request (handle `SIGTERM` as usual).
+#[derive(Debug, Clone)]
+pub struct StopRequest {
+    channel: std::sync::Arc<sys::StopChannel>,
+}
+
+impl StopRequest {
+    pub(crate) fn new(channel: std::sync::Arc<sys::StopChannel>) -> StopRequest {
+        StopRequest { channel }
+    }
+
+    /// Waits up to `timeout` for a stop request: true once one was made (it
+    /// stays made). `Duration::MAX` waits forever. On Unix always false after
+    /// sleeping for `timeout`, cut short by any signal handler that runs.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        self.channel.wait(timeout)
+    }
+
+    /// Whether a stop request was made, without waiting.
+    pub fn is_requested(&self) -> bool {
+        self.channel.wait(Duration::ZERO)
+    }
+}
+
 /// How [`stop_server`] behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StopOptions {
@@ -281,7 +312,9 @@ pub fn how_to_stop(
 /// - Held: pins the recorded process (a pidfd on Linux) and signals it only
 ///   if it is provably the process that wrote the file
 ///   ([`IdentityCheck::Same`]); reports [`StopEvent::Stopping`], sends
-///   `SIGTERM` through the pin, and probes the lock every
+///   `SIGTERM` through the pin (Windows: sets the holder's stop channel, see
+///   [`StopRequest`]; a holder without one is refused, or with `force`
+///   terminated at once), and probes the lock every
 ///   [`STOP_POLL_INTERVAL`] until it is released or `options.timeout` passes.
 ///   With `force` it then reports [`StopEvent::Killing`], sends `SIGKILL` to
 ///   the recorded exec child's process group (only while that group's leader
@@ -377,6 +410,20 @@ fn remove_stale(dir: &LockDir, port: u16) -> Result<Option<StopOutcome>, StopErr
     }
 }
 
+/// Windows cannot delete an open file, so a holder empties its file under the
+/// lock and deletes it only after closing it: a released port can still show
+/// the empty file for a moment, or for good if the delete met someone else's
+/// open handle (our own probe, say). If the port is free and the file is still
+/// there, remove it through the protocol (lock, check, remove), so `stop`
+/// leaves no file behind. Nothing to do on Unix, where the holder unlinks its
+/// file while still holding the lock.
+fn tidy_released(dir: &LockDir, port: u16) -> Result<(), StopError> {
+    if cfg!(windows) && dir.probe(port)? == LockState::Free && dir.lock_path(port).exists() {
+        remove_stale(dir, port)?;
+    }
+    Ok(())
+}
+
 /// Same holder as recorded earlier: PID and start time both match.
 fn same_holder(a: &LockInfo, b: &LockInfo) -> bool {
     a.pid == b.pid && a.started_at == b.started_at
@@ -407,6 +454,25 @@ impl Holder {
         match info.check_identity() {
             IdentityCheck::Same => Ok(Holder { info, process }),
             check => Err((info, check)),
+        }
+    }
+
+    /// Asks the holder to stop: `SIGTERM` on Unix, its stop channel on
+    /// Windows. `Ok(true)` when it has no stop channel and `force` is set (the
+    /// caller terminates it); without `force` that is an error.
+    fn request_stop(&self, dir: &LockDir, port: u16, force: bool) -> Result<bool, StopError> {
+        if !self.process.is_pinned() && self.info.check_identity() != IdentityCheck::Same {
+            return Ok(false);
+        }
+        match sys::request_stop(dir.handle(), port, self.info.pid, &self.process) {
+            Ok(()) => Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported && force => Ok(true),
+            Err(error) => Err(StopError::Signal {
+                port,
+                pid: self.info.pid,
+                error,
+            }),
         }
     }
 
@@ -549,11 +615,21 @@ fn stop_holder(
         port,
         info: &holder.info,
     });
-    holder.signal(port, Signal::Term)?;
+    // A holder without a stop channel (Windows) can only be terminated: with
+    // `force`, at once.
+    let no_channel = holder.request_stop(dir, port, options.force)?;
     let deadline = Instant::now().checked_add(options.timeout);
     let mut holder_exited = false;
-    let latest = match wait_released(dir, port, &holder, deadline)? {
-        Wait::Released => return Ok(Some(StopOutcome::Stopped { info: holder.info })),
+    let waited = if no_channel {
+        Wait::TimedOut(holder.info.clone())
+    } else {
+        wait_released(dir, port, &holder, deadline)?
+    };
+    let latest = match waited {
+        Wait::Released => {
+            tidy_released(dir, port)?;
+            return Ok(Some(StopOutcome::Stopped { info: holder.info }));
+        }
         Wait::Inherited(latest) if !options.force => {
             return Err(StopError::Inherited {
                 port,

@@ -134,6 +134,13 @@ impl Proc {
     }
 
     /// Exit status if it has exited.
+    /// Kills it (SIGKILL; TerminateProcess on Windows) and reaps it.
+    pub fn kill(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap()
+    }
+
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
         self.child.as_mut().unwrap().try_wait().unwrap()
     }
@@ -284,4 +291,25 @@ pub fn status_json(env: &Env, port: Option<u16>) -> (Option<i32>, serde_json::Va
     let value = serde_json::from_str(&out.stdout)
         .unwrap_or_else(|e| panic!("status json {e}: {:?} / {:?}", out.stdout, out.stderr));
     (out.code(), value)
+}
+
+/// Whether process `pid` is running (Windows): it can be opened and its
+/// handle is not yet signalled. An exited process someone still has a handle
+/// to can be opened, but its handle is signalled.
+#[cfg(windows)]
+pub fn running(pid: u32) -> bool {
+    use windows_sys::Win32::Foundation::{CloseHandle, WAIT_TIMEOUT};
+    use windows_sys::Win32::System::Threading::{
+        OpenProcess, WaitForSingleObject, PROCESS_SYNCHRONIZE,
+    };
+    // SAFETY: plain values in; a new handle or NULL out, closed below.
+    let handle = unsafe { OpenProcess(PROCESS_SYNCHRONIZE, 0, pid) };
+    if handle.is_null() {
+        return false;
+    }
+    // SAFETY: the handle is open; a zero timeout only polls.
+    let alive = unsafe { WaitForSingleObject(handle, 0) } == WAIT_TIMEOUT;
+    // SAFETY: closes the handle opened above, once.
+    unsafe { CloseHandle(handle) };
+    alive
 }

@@ -259,6 +259,28 @@ class ErrorTest(LockDirTestCase):
         with open(target) as f:
             self.assertEqual(f.read(), "precious\n")
 
+    @unittest.skipIf(os.name == "nt", "Unix semantics: SIGTERM, not the stop channel")
+    def test_wait_stop_never_reports_on_unix_and_a_signal_cuts_it_short(self):
+        import signal
+        import time
+
+        fired = []
+        old = signal.signal(signal.SIGALRM, lambda *_: fired.append(1))
+        try:
+            with PortLock(8213, self.dir) as lock:
+                self.assertFalse(lock.wait_stop(0))
+                signal.setitimer(signal.ITIMER_REAL, 0.05)
+                start = time.monotonic()
+                self.assertFalse(lock.wait_stop(60))
+                # Cut short by SIGALRM, far before the 60 s (a generous bound
+                # against a sleep that ignores signals, not a speed check).
+                self.assertLess(time.monotonic() - start, 30)
+                self.assertEqual(fired, [1])
+            self.assertStatus(llmlb_lock.INVALID_ARGUMENT, lambda: lock.wait_stop(0))
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+
     def test_misuse_of_a_port_lock(self):
         lock = PortLock(8212, self.dir)
         lock.release()  # not held: no-op

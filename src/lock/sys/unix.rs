@@ -842,3 +842,70 @@ pub(crate) fn exit_code(status: std::process::ExitStatus) -> i32 {
         (None, None) => 1,
     }
 }
+
+/// Unix needs no stop channel: `stop` sends `SIGTERM` to the holder, which a
+/// process handles (or dies of) by itself.
+#[derive(Debug)]
+pub(crate) struct StopChannel;
+
+/// Nothing to create on Unix (see [`StopChannel`]).
+pub(crate) fn create_stop_channel(_dir: &DirHandle, _port: u16) -> io::Result<StopChannel> {
+    Ok(StopChannel)
+}
+
+impl StopChannel {
+    /// Never reports a request (it comes as `SIGTERM`): sleeps for `timeout`
+    /// in one `nanosleep`, which a signal handler interrupts, so a caller
+    /// that checks its own flag after each wait sees `SIGTERM` promptly.
+    pub(crate) fn wait(&self, timeout: std::time::Duration) -> bool {
+        let ts = libc::timespec {
+            tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        // SAFETY: `ts` is a valid timespec; the remainder is not wanted.
+        unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+        false
+    }
+}
+
+/// Asks the verified holder to stop: `SIGTERM` through its pin.
+pub(crate) fn request_stop(
+    _dir: &DirHandle,
+    _port: u16,
+    _pid: u32,
+    process: &PinnedProcess,
+) -> io::Result<()> {
+    process.signal(Signal::Term)
+}
+
+/// The exec child's tree on Unix: its process group (see [`configure_child`]).
+#[derive(Debug)]
+pub(crate) struct ChildTree {
+    pgid: u32,
+}
+
+/// The child's process group, made by [`configure_child`]; it is already
+/// running.
+pub(crate) fn attach_child(pid: u32) -> io::Result<ChildTree> {
+    match child_pgid(pid) {
+        Some(pgid) => Ok(ChildTree { pgid }),
+        None => Err(io::ErrorKind::InvalidInput.into()),
+    }
+}
+
+impl ChildTree {
+    /// The group, to record for `stop --force`.
+    pub(crate) fn pgid(&self) -> Option<u32> {
+        Some(self.pgid)
+    }
+
+    /// `kill(-pgid, sig)`.
+    pub(crate) fn signal(&self, sig: Signal) -> io::Result<()> {
+        signal_group(self.pgid, sig)
+    }
+
+    /// See [`group_gone`].
+    pub(crate) fn is_gone(&self) -> bool {
+        group_gone(self.pgid)
+    }
+}

@@ -17,8 +17,13 @@
 //!   A process is pinned by an open handle: its PID cannot be reused while the
 //!   handle is open, so every wait and termination goes through that handle.
 //! - There is no SIGTERM: `Kill` terminates through the handle, while `Term`
-//!   and `Int` are `Unsupported`, so `stop` verifies the holder but cannot yet
-//!   ask it to shut down (a graceful stop channel is still to come).
+//!   and `Int` are `Unsupported`; `stop` asks a holder to shut down through
+//!   its stop channel instead, a named event the holder made with the lock
+//!   ([`create_stop_channel`], [`request_stop`]).
+//! - Exec mode runs the command suspended, puts it in a kill-on-close job
+//!   object and resumes it ([`attach_child`]); a graceful stop is
+//!   `CTRL_BREAK_EVENT` to its console process group, the last resort
+//!   terminates the job.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -45,9 +50,16 @@ use windows_sys::Win32::Storage::FileSystem::{
     LockFileEx, UnlockFileEx, FILE_FLAG_BACKUP_SEMANTICS, LOCKFILE_EXCLUSIVE_LOCK,
     LOCKFILE_FAIL_IMMEDIATELY, READ_CONTROL,
 };
+use windows_sys::Win32::System::JobObjects::{
+    AssignProcessToJobObject, CreateJobObjectW, JobObjectBasicAccountingInformation,
+    JobObjectExtendedLimitInformation, QueryInformationJobObject, SetInformationJobObject,
+    TerminateJobObject, JOBOBJECT_BASIC_ACCOUNTING_INFORMATION,
+    JOBOBJECT_EXTENDED_LIMIT_INFORMATION, JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
+};
 use windows_sys::Win32::System::Threading::{
     GetCurrentProcess, GetProcessTimes, OpenProcess, OpenProcessToken, TerminateProcess,
-    WaitForSingleObject, PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_SYNCHRONIZE, PROCESS_TERMINATE,
+    WaitForSingleObject, PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_SET_QUOTA, PROCESS_SYNCHRONIZE,
+    PROCESS_TERMINATE,
 };
 use windows_sys::Win32::System::IO::OVERLAPPED;
 
@@ -542,9 +554,8 @@ impl PinnedProcess {
     }
 
     /// `Kill` terminates the pinned process (exit code 1, as a killed
-    /// process reports); `Int` and `Term` are unsupported (no SIGTERM; the
-    /// graceful stop channel is not there yet). An exited process is
-    /// `NotFound`.
+    /// process reports); `Int` and `Term` are unsupported (no SIGTERM: see
+    /// [`request_stop`]). An exited process is `NotFound`.
     pub(crate) fn signal(&self, sig: Signal) -> io::Result<()> {
         if sig != Signal::Kill {
             return Err(io::Error::new(
@@ -624,12 +635,6 @@ pub(crate) fn is_no_locks_error(_err: &io::Error) -> bool {
     false
 }
 
-/// Windows has no signalable process groups: the child stays in the
-/// launcher's console group, so Ctrl-C reaches it directly (a new console
-/// group would disable Ctrl-C for it). There is no parent-death signal: a
-/// killed launcher leaves the child running (a job object could fix that).
-pub(crate) fn configure_child(_cmd: &mut std::process::Command) {}
-
 /// Lock descriptors are not passed to children on Windows (a later issue):
 /// the command holds no lock of its own.
 #[derive(Debug)]
@@ -666,6 +671,297 @@ pub(crate) fn child_pgid(_child_pid: u32) -> Option<u32> {
 /// The child's exit code (Windows has no "killed by signal").
 pub(crate) fn exit_code(status: std::process::ExitStatus) -> i32 {
     status.code().unwrap_or(1)
+}
+
+// ---------------------------------------------------------------------------
+// Stop channel: Windows has no SIGTERM, so each holder creates a named event
+// that `stop` sets (PostgreSQL's `pg_ctl` likewise talks to each postmaster
+// through a per-instance named object).
+
+/// The event's name: `Local\llmlb-stop-<dir>-<port>-<pid>`. `<dir>` is the
+/// lock dir's identity (volume serial and file index, read through a handle),
+/// not its path: two lock dirs never share a name, while two spellings of one
+/// dir (relative, 8.3, a junction, another case) always do. `<pid>` makes it
+/// per holder, so a new holder never sees a request meant for an old one.
+/// `Local\` is the caller's session: a server in another session (a service)
+/// is reached only by a `stop` run in that session.
+fn stop_event_name(dir: &DirHandle, port: u16, pid: u32) -> io::Result<Vec<u16>> {
+    let (volume, index) = dir_identity(&dir.path)?;
+    let name = format!("Local\\llmlb-stop-{volume:08x}{index:016x}-{port}-{pid}");
+    Ok(name.encode_utf16().chain(std::iter::once(0)).collect())
+}
+
+/// Volume serial number and file index of the directory at `path`.
+fn dir_identity(path: &Path) -> io::Result<(u32, u64)> {
+    use windows_sys::Win32::Storage::FileSystem::{
+        GetFileInformationByHandle, BY_HANDLE_FILE_INFORMATION, FILE_FLAG_BACKUP_SEMANTICS,
+    };
+    // BACKUP_SEMANTICS is what lets CreateFile open a directory; no access
+    // right is needed to query its identity.
+    let dir = OpenOptions::new()
+        .access_mode(0)
+        .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE | 0x4)
+        .custom_flags(FILE_FLAG_BACKUP_SEMANTICS)
+        .open(path)?;
+    // SAFETY: all-zero is a valid BY_HANDLE_FILE_INFORMATION (plain integers).
+    let mut info: BY_HANDLE_FILE_INFORMATION = unsafe { std::mem::zeroed() };
+    // SAFETY: the handle is open for the call and `info` is writable.
+    if unsafe { GetFileInformationByHandle(dir.as_raw_handle() as HANDLE, &mut info) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((
+        info.dwVolumeSerialNumber,
+        u64::from(info.nFileIndexHigh) << 32 | u64::from(info.nFileIndexLow),
+    ))
+}
+
+/// A holder's stop channel: a manual-reset event, unset until `stop` sets it.
+#[derive(Debug)]
+pub(crate) struct StopChannel {
+    event: OwnedHandle,
+}
+
+/// Creates this process's stop channel for `port` in `dir`, before the
+/// holder's info is written (so a `stop` that reads the info finds it).
+///
+/// # Security
+/// The event gets the process's default DACL: the same user (plus SYSTEM and
+/// administrators) may open it, nobody else. An event that already exists
+/// under the name (someone of the same user made it first) is reset and used:
+/// whoever could create it could as well set it.
+pub(crate) fn create_stop_channel(dir: &DirHandle, port: u16) -> io::Result<StopChannel> {
+    use windows_sys::Win32::System::Threading::{CreateEventW, ResetEvent};
+    let name = stop_event_name(dir, port, std::process::id())?;
+    // SAFETY: NULL security attributes (default DACL, not inheritable) and a
+    // NUL-terminated UTF-16 name that outlives the call.
+    let raw = unsafe { CreateEventW(std::ptr::null(), 1, 0, name.as_ptr()) };
+    if raw.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh handle that nothing else owns.
+    let event = unsafe { OwnedHandle::from_raw_handle(raw as _) };
+    // SAFETY: the handle is open (a reset of a fresh event is a no-op).
+    unsafe { ResetEvent(raw) };
+    Ok(StopChannel { event })
+}
+
+impl StopChannel {
+    /// Waits up to `timeout` for a stop request; true once one was made (the
+    /// event stays set). `Duration::MAX` waits forever.
+    pub(crate) fn wait(&self, timeout: std::time::Duration) -> bool {
+        use windows_sys::Win32::System::Threading::INFINITE;
+        let ms = u32::try_from(timeout.as_millis())
+            .ok()
+            .filter(|&ms| ms != INFINITE)
+            .unwrap_or(INFINITE);
+        // SAFETY: the handle is open for the call.
+        let raw = self.event.as_handle().as_raw_handle() as HANDLE;
+        unsafe { WaitForSingleObject(raw, ms) == WAIT_OBJECT_0 }
+    }
+}
+
+/// Asks the holder `process` (PID `pid`, already verified) to stop: sets its
+/// stop channel. `NotFound` if it has exited; `Unsupported` if it is alive
+/// but has no channel (it holds the lock through an llmlb without one).
+pub(crate) fn request_stop(
+    dir: &DirHandle,
+    port: u16,
+    pid: u32,
+    process: &PinnedProcess,
+) -> io::Result<()> {
+    use windows_sys::Win32::Foundation::ERROR_FILE_NOT_FOUND;
+    use windows_sys::Win32::System::Threading::{OpenEventW, SetEvent, EVENT_MODIFY_STATE};
+    let name = stop_event_name(dir, port, pid)?;
+    // SAFETY: a NUL-terminated UTF-16 name that outlives the call.
+    let raw = unsafe { OpenEventW(EVENT_MODIFY_STATE, 0, name.as_ptr()) };
+    if raw.is_null() {
+        let err = io::Error::last_os_error();
+        if process.has_exited() == Some(true) {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        if err.raw_os_error() == Some(ERROR_FILE_NOT_FOUND as i32) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "it has no stop channel (it holds the lock through an older llmlb); use --force to terminate it",
+            ));
+        }
+        return Err(err);
+    }
+    // SAFETY: a fresh handle that nothing else owns.
+    let event = unsafe { OwnedHandle::from_raw_handle(raw as _) };
+    // SAFETY: the handle is open and has EVENT_MODIFY_STATE.
+    if unsafe { SetEvent(event.as_handle().as_raw_handle() as HANDLE) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Exec mode: the command's tree is a job object.
+
+/// The exec child's tree: a job object with kill-on-close, so the command and
+/// everything it starts die with llmlb however llmlb ends (the Windows twin of
+/// Linux's parent-death signal): the handle is not inheritable, so when this
+/// process dies, the kernel closes the last handle and terminates the job.
+#[derive(Debug)]
+pub(crate) struct ChildTree {
+    job: OwnedHandle,
+    /// The child's PID, which is also its console process group's ID
+    /// (`CREATE_NEW_PROCESS_GROUP`).
+    group: u32,
+}
+
+/// Creation flags for the exec child: its own console process group, so
+/// `CTRL_BREAK_EVENT` reaches it (and its console descendants) but not us;
+/// suspended until [`attach_child`] has put it in its job, so nothing it
+/// starts can escape the job.
+pub(crate) fn configure_child(cmd: &mut std::process::Command) {
+    use std::os::windows::process::CommandExt as _;
+    use windows_sys::Win32::System::Threading::{CREATE_NEW_PROCESS_GROUP, CREATE_SUSPENDED};
+    cmd.creation_flags(CREATE_NEW_PROCESS_GROUP | CREATE_SUSPENDED);
+}
+
+/// Puts the child `pid` (spawned suspended by a command prepared with
+/// [`configure_child`]) into a new kill-on-close job, then resumes it. On
+/// failure the child is terminated (it never ran).
+pub(crate) fn attach_child(pid: u32) -> io::Result<ChildTree> {
+    let process = open_process(pid, PROCESS_SET_QUOTA | PROCESS_TERMINATE)?;
+    let raw_process = process.as_handle().as_raw_handle() as HANDLE;
+    let attached = new_kill_on_close_job().and_then(|job| {
+        let raw_job = job.as_handle().as_raw_handle() as HANDLE;
+        // SAFETY: both handles are open for the call.
+        if unsafe { AssignProcessToJobObject(raw_job, raw_process) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        resume_threads(pid)?;
+        Ok(ChildTree { job, group: pid })
+    });
+    if attached.is_err() {
+        // SAFETY: the handle is open and has PROCESS_TERMINATE.
+        unsafe { TerminateProcess(raw_process, 1) };
+    }
+    attached
+}
+
+fn new_kill_on_close_job() -> io::Result<OwnedHandle> {
+    // SAFETY: NULL attributes (not inheritable) and no name.
+    let raw = unsafe { CreateJobObjectW(std::ptr::null(), std::ptr::null()) };
+    if raw.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh handle that nothing else owns.
+    let job = unsafe { OwnedHandle::from_raw_handle(raw as _) };
+    // SAFETY: all-zero is a valid (no limits) JOBOBJECT_EXTENDED_LIMIT_INFORMATION.
+    let mut limits: JOBOBJECT_EXTENDED_LIMIT_INFORMATION = unsafe { std::mem::zeroed() };
+    limits.BasicLimitInformation.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE;
+    // SAFETY: the handle is open; the pointer and size describe `limits`.
+    let ok = unsafe {
+        SetInformationJobObject(
+            raw,
+            JobObjectExtendedLimitInformation,
+            std::ptr::from_ref(&limits).cast(),
+            std::mem::size_of_val(&limits) as u32,
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(job)
+}
+
+/// Resumes every thread of the suspended process `pid` (a new process has
+/// one). std's `Child` keeps the thread handle to itself, so the thread is
+/// found through a snapshot.
+fn resume_threads(pid: u32) -> io::Result<()> {
+    use windows_sys::Win32::System::Diagnostics::ToolHelp::{
+        CreateToolhelp32Snapshot, Thread32First, Thread32Next, TH32CS_SNAPTHREAD, THREADENTRY32,
+    };
+    use windows_sys::Win32::System::Threading::{OpenThread, ResumeThread, THREAD_SUSPEND_RESUME};
+    // SAFETY: plain values in; a new handle or INVALID_HANDLE_VALUE out.
+    let raw = unsafe { CreateToolhelp32Snapshot(TH32CS_SNAPTHREAD, 0) };
+    if raw == windows_sys::Win32::Foundation::INVALID_HANDLE_VALUE {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh handle that nothing else owns.
+    let snapshot = unsafe { OwnedHandle::from_raw_handle(raw as _) };
+    let snap = snapshot.as_handle().as_raw_handle() as HANDLE;
+    // SAFETY: all-zero is a valid THREADENTRY32; dwSize is set as required.
+    let mut entry: THREADENTRY32 = unsafe { std::mem::zeroed() };
+    entry.dwSize = std::mem::size_of::<THREADENTRY32>() as u32;
+    let mut resumed = 0;
+    // SAFETY: the snapshot is open and `entry` is writable with its size set.
+    let mut more = unsafe { Thread32First(snap, &mut entry) } != 0;
+    while more {
+        if entry.th32OwnerProcessID == pid {
+            // SAFETY: plain values in; a new handle or NULL out.
+            let thread = unsafe { OpenThread(THREAD_SUSPEND_RESUME, 0, entry.th32ThreadID) };
+            if !thread.is_null() {
+                // SAFETY: a fresh handle that nothing else owns.
+                let thread = unsafe { OwnedHandle::from_raw_handle(thread as _) };
+                // SAFETY: the handle is open with THREAD_SUSPEND_RESUME.
+                if unsafe { ResumeThread(thread.as_handle().as_raw_handle() as HANDLE) } != u32::MAX
+                {
+                    resumed += 1;
+                }
+            }
+        }
+        // SAFETY: as for Thread32First.
+        more = unsafe { Thread32Next(snap, &mut entry) } != 0;
+    }
+    if resumed == 0 {
+        return Err(io::Error::other(format!(
+            "cannot resume the new process {pid}: no thread of it found"
+        )));
+    }
+    Ok(())
+}
+
+impl ChildTree {
+    /// Nothing to record: `stop --force` terminates llmlb, and the job dies
+    /// with it.
+    pub(crate) fn pgid(&self) -> Option<u32> {
+        None
+    }
+
+    /// `Int`/`Term`: `CTRL_BREAK_EVENT` to the child's console process group
+    /// (Ctrl-C cannot be sent to a group other than the caller's own; the
+    /// child shares our console, if we have one). `Kill`: terminates every
+    /// process in the job.
+    pub(crate) fn signal(&self, sig: Signal) -> io::Result<()> {
+        use windows_sys::Win32::System::Console::{GenerateConsoleCtrlEvent, CTRL_BREAK_EVENT};
+        // SAFETY: plain values in (Int/Term); the job handle is open (Kill).
+        let ok = match sig {
+            Signal::Int | Signal::Term => unsafe {
+                GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, self.group)
+            },
+            Signal::Kill => unsafe { TerminateJobObject(self.raw_job(), 1) },
+        };
+        if ok == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Whether no process of the job is left.
+    pub(crate) fn is_gone(&self) -> bool {
+        // SAFETY: all-zero is a valid accounting record (plain integers).
+        let mut info: JOBOBJECT_BASIC_ACCOUNTING_INFORMATION = unsafe { std::mem::zeroed() };
+        // SAFETY: the handle is open; the pointer and size describe `info`.
+        let ok = unsafe {
+            QueryInformationJobObject(
+                self.raw_job(),
+                JobObjectBasicAccountingInformation,
+                std::ptr::from_mut(&mut info).cast(),
+                std::mem::size_of_val(&info) as u32,
+                std::ptr::null_mut(),
+            )
+        };
+        ok != 0 && info.ActiveProcesses == 0
+    }
+
+    fn raw_job(&self) -> HANDLE {
+        self.job.as_handle().as_raw_handle() as HANDLE
+    }
 }
 
 #[cfg(test)]
@@ -866,6 +1162,36 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    /// A stop request reaches exactly the channel of its lock dir, port and
+    /// PID: the same dir by another spelling reaches it, another dir or port
+    /// does not, and a PID without a channel is `Unsupported`.
+    #[test]
+    fn a_stop_request_sets_only_the_channel_of_its_dir_port_and_pid() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("a")).unwrap();
+        std::fs::create_dir(tmp.path().join("b")).unwrap();
+        let a = open_dir(&tmp.path().join("a")).unwrap();
+        let a_again = open_dir(&tmp.path().join("b").join("..").join("a")).unwrap();
+        let b = open_dir(&tmp.path().join("b")).unwrap();
+        let channel = create_stop_channel(&a, 4001).unwrap();
+        let other_port = create_stop_channel(&a, 4002).unwrap();
+        let other_dir = create_stop_channel(&b, 4001).unwrap();
+        assert!(!channel.wait(std::time::Duration::ZERO));
+
+        let me = pin_process(std::process::id()).unwrap();
+        request_stop(&a_again, 4001, std::process::id(), &me).unwrap();
+        assert!(channel.wait(std::time::Duration::ZERO));
+        assert!(
+            channel.wait(std::time::Duration::MAX),
+            "a request stays made"
+        );
+        assert!(!other_port.wait(std::time::Duration::ZERO));
+        assert!(!other_dir.wait(std::time::Duration::ZERO));
+
+        let err = request_stop(&a, 4003, std::process::id(), &me).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Unsupported);
     }
 
     /// The handle pins one process: its identity is stable, it is reported
