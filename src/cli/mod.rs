@@ -1,6 +1,10 @@
-//! Argument parsing and dispatch. Exit codes: 0 success, 1 runtime error
-//! (one `Error: …` line on stderr), 2 usage error (clap), and the LSB codes of
-//! `status --port`; exec mode passes its command's code through.
+//! The `llmlb` command line (feature `cli`, on by default): what the binary's
+//! `main` runs. Its only public item is [`run`]; the commands themselves are
+//! the README's contract, not a Rust API.
+//!
+//! Exit codes: 0 success, 1 runtime error (one `Error: …` line on stderr),
+//! 2 usage error (clap), and the LSB codes of `status --port`; exec mode
+//! passes its command's code through.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -193,10 +197,12 @@ pub(crate) fn fail(message: impl std::fmt::Display) -> i32 {
     EXIT_FAILURE
 }
 
-/// Parses the command line (exiting 2 on usage errors), runs the command and
-/// returns the process exit code. Everything the command held is dropped by
-/// the time this returns.
-pub(crate) fn run() -> i32 {
+/// Runs the `llmlb` command line on this process's arguments: parses them
+/// (printing help, version or a usage error and exiting 0 or 2 itself, as
+/// clap does), runs the command and returns the process exit code.
+/// Everything the command held, its lock first, is dropped by the time this
+/// returns, so the caller can `std::process::exit` with the code.
+pub fn run() -> i32 {
     let cli = Cli::parse();
     init_logging();
     let dir = lock_dir(cli.lock_dir);

@@ -66,7 +66,6 @@ fn spawn_watchdog(
                 WatchEvent::CannotCheck(e) => {
                     tracing::warn!("cannot check the lock file for port {port}: {e}")
                 }
-                _ => {}
             });
             if let WatchEnd::Lost(holder) = end {
                 let who = holder.map_or_else(

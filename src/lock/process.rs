@@ -37,7 +37,7 @@ pub const LOCK_FD_ENV: &str = "LLMLB_LOCK_FD";
 /// What [`configure_exec_child`] set up; keep it until the child is spawned,
 /// then drop it (it closes this process's spare copy of the descriptor).
 #[derive(Debug)]
-pub struct ExecChild {
+pub(crate) struct ExecChild {
     /// Held only to be closed on drop.
     _fd: Option<sys::ChildFd>,
 }
@@ -63,7 +63,10 @@ pub struct ExecChild {
 ///
 /// # Errors
 /// The OS error if the descriptor cannot be duplicated (e.g. `EMFILE`).
-pub fn configure_exec_child(cmd: &mut Command, guard: &mut PortGuard) -> io::Result<ExecChild> {
+pub(crate) fn configure_exec_child(
+    cmd: &mut Command,
+    guard: &mut PortGuard,
+) -> io::Result<ExecChild> {
     sys::configure_child(cmd);
     #[cfg(unix)]
     {
@@ -90,7 +93,7 @@ pub fn lock_fd(guard: &mut PortGuard) -> i32 {
 /// [`configure_exec_child`], to record with
 /// [`PortGuard::set_child_pgid`](super::PortGuard::set_child_pgid); `None`
 /// where process groups cannot be signalled (Windows).
-pub fn child_pgid(child_pid: u32) -> Option<u32> {
+pub(crate) fn child_pgid(child_pid: u32) -> Option<u32> {
     sys::child_pgid(child_pid)
 }
 
@@ -107,35 +110,35 @@ pub fn leads_process_group(pid: u32) -> bool {
 ///
 /// # Errors
 /// The OS error from `prctl`.
-pub fn become_subreaper() -> io::Result<bool> {
+pub(crate) fn become_subreaper() -> io::Result<bool> {
     sys::become_subreaper()
 }
 
 /// Reaps the exited orphans a subreaper inherited, except `direct_child`,
 /// whose status its `Child` handle collects. Call now and then while the
 /// command runs, so dead grandchildren do not pile up as zombies.
-pub fn reap_orphans(direct_child: u32) {
+pub(crate) fn reap_orphans(direct_child: u32) {
     sys::reap_orphans(direct_child)
 }
 
 /// Whether every process of group `pgid` has exited (our exited children in
 /// it are reaped first). Call only after the group leader, our direct child,
 /// was waited for. Always true on Windows.
-pub fn process_group_gone(pgid: u32) -> bool {
+pub(crate) fn process_group_gone(pgid: u32) -> bool {
     sys::group_gone(pgid)
 }
 
 /// The exit code a launcher should exit with for its child's `status`: the
 /// child's own code, or 128 + the signal number if a signal killed it (the
 /// shell convention, so `llmlb serve -- CMD` is transparent to scripts).
-pub fn exit_code(status: ExitStatus) -> i32 {
+pub(crate) fn exit_code(status: ExitStatus) -> i32 {
     sys::exit_code(status)
 }
 
 /// A signal a launcher sends to its child's process group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum ForwardSignal {
+pub(crate) enum ForwardSignal {
     /// `SIGINT` (Ctrl-C).
     Interrupt,
     /// `SIGTERM` (`llmlb stop`, `kill`, systemd).
@@ -150,7 +153,7 @@ pub enum ForwardSignal {
 /// The OS error (e.g. `ESRCH` when the group is gone); `InvalidInput` for
 /// pgid 0 or 1, which would address more than one group; `Unsupported` on
 /// Windows.
-pub fn signal_process_group(pgid: u32, sig: ForwardSignal) -> io::Result<()> {
+pub(crate) fn signal_process_group(pgid: u32, sig: ForwardSignal) -> io::Result<()> {
     let sig = match sig {
         ForwardSignal::Interrupt => sys::Signal::Int,
         ForwardSignal::Terminate => sys::Signal::Term,
