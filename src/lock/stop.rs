@@ -247,7 +247,7 @@ fn not_verified_line(port: u16, pid: u32, check: &IdentityCheck, path: &Path) ->
 /// inheritor for a holder whose recorded PID is gone or reused; and no
 /// command at all where nothing here can verify the holder. CLI wording
 /// (`llmlb stop`), so not public API.
-#[cfg_attr(not(feature = "cli"), allow(dead_code))]
+#[cfg_attr(any(not(feature = "cli"), loom), allow(dead_code))]
 pub(crate) fn how_to_stop(
     port: u16,
     holder: Option<&LockInfo>,
