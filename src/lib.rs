@@ -3,6 +3,57 @@
 //! [`lock`] is the product: the protocol, its typestate, the lock info and
 //! errors. The `llmlb` binary and the C ABI (`ffi/`) are thin shells over it,
 //! so every launcher speaks exactly the same protocol.
+//!
+//! # Using the library alone
+//!
+//! The command line (clap, tokio, axum, tracing-subscriber) sits behind the
+//! default `cli` feature. A program that only wants the lock leaves it out
+//! and builds with fs2, serde, serde_json, chrono, thiserror, tracing and
+//! libc (windows-sys on Windows):
+//!
+//! ```toml
+//! [dependencies]
+//! llmlb = { version = "0.1", default-features = false }
+//! ```
+//!
+//! The library logs only through [`tracing`] (a stale lock reclaimed from a
+//! dead PID, a release that failed in `Drop`): nothing is printed unless the
+//! application installs a subscriber.
+//!
+//! # Examples
+//!
+//! Take a port once per host, as `llmlb serve` does; a second taker is told
+//! who holds it; [`lock::probe`] (what `llmlb status` does) never takes
+//! anything:
+//!
+//! ```
+//! use llmlb::lock::{acquire_or_reclaim, probe, LockDir, LockError, LockState};
+//!
+//! # let tmp = tempfile::tempdir().unwrap();
+//! # let dir_path = tmp.path().join("locks");
+//! // In a program: LockDir::create(llmlb::lock::resolve_lock_dir(None)),
+//! // the CLI's dir ($LLMLB_LOCK_DIR, else a per-user temp dir).
+//! let dir = LockDir::create(&dir_path)?;
+//! let guard = acquire_or_reclaim(&dir, 8000)?; // serve port 8000 while `guard` lives
+//!
+//! match acquire_or_reclaim(&dir, 8000) {
+//!     Err(LockError::AlreadyRunning { holder, .. }) => {
+//!         assert_eq!(holder.map(|info| info.pid), Some(std::process::id()));
+//!     }
+//!     other => panic!("a second taker must be refused, got {other:?}"),
+//! }
+//! assert!(matches!(probe(&dir_path, 8000)?, LockState::Held(_)));
+//!
+//! guard.release()?; // or drop it: the lock file is removed either way
+//! assert_eq!(probe(&dir_path, 8000)?, LockState::Free);
+//! # Ok::<(), LockError>(())
+//! ```
 
+// The CLI's modules name the library as its users do (`llmlb::lock::…`).
+#[cfg(all(feature = "cli", not(loom)))]
+extern crate self as llmlb;
+
+#[cfg(all(feature = "cli", not(loom)))]
+pub mod cli;
 pub mod lock;
 mod sync;

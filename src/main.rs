@@ -1,15 +1,13 @@
 //! The `llmlb` command line: `serve`, `stop`, `status`, `completions`.
 //!
-//! A thin shell over [`llmlb::lock`]: it parses, calls the library and prints.
+//! A thin shell over [`llmlb::lock`]: it parses, calls the library and prints
+//! (the code is [`llmlb::cli`], built with the default `cli` feature).
 //! Every path out of `main` drops the lock guard first (no `process::exit`
 //! while a lock is held), so a failing command never leaves a stale file.
 
 #[cfg(not(loom))]
-mod cli;
-
-#[cfg(not(loom))]
 fn main() {
-    let code = cli::run();
+    let code = llmlb::cli::run();
     // stdout is line-buffered; flush what a command printed without a newline.
     use std::io::Write as _;
     let _ = std::io::stdout().flush();

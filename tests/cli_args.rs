@@ -69,6 +69,23 @@ fn help_version_and_completions() {
             "{shell}"
         );
     }
+    // The man page comes from the same definition; `man` itself is hidden
+    // from --help (and so from the completions).
+    let man = env.run(&["man"]);
+    assert_eq!(man.code(), Some(0), "{man:?}");
+    assert!(man.stdout.contains("\n.TH llmlb 1 "), "{}", man.stdout);
+    for section in ["SERVE", "STOP", "STATUS", "COMPLETIONS"] {
+        let heading = format!(".SH \"LLMLB {section}\"");
+        assert!(man.stdout.contains(&heading), "{heading}: {}", man.stdout);
+    }
+    assert!(
+        !help
+            .stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("man ")),
+        "{}",
+        help.stdout
+    );
 }
 
 #[test]
@@ -230,4 +247,69 @@ fn dot_dot_in_the_lock_dir_flag_resolves_and_in_the_env_is_refused() {
     assert_eq!(out.code(), Some(1), "{out:?}");
     assert!(out.stderr.contains("`..`"), "{}", out.stderr);
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+}
+
+/// A lock file as a holder on another machine would write it (a lock dir on
+/// a shared file system).
+fn foreign_info(port: u16, pid: u32) -> String {
+    format!(
+        r#"{{"pid":{pid},"started_at":"2026-01-30T12:00:00Z","port":{port},"host":"build-7.example.invalid"}}"#
+    )
+}
+
+#[test]
+fn status_shows_a_host_column_only_when_a_holder_is_on_another_host() {
+    let env = Env::new();
+    let local = free_port();
+    let _server = env.serve(local);
+    // Only local holders: no HOST column.
+    let out = env.run(&["status"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let header: Vec<&str> = out
+        .stdout
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["PORT", "PID", "STARTED", "UPTIME", "STATE"]);
+
+    // A port held (by this test process) whose file names another host, and
+    // a stale file from another host.
+    let held = free_port();
+    let dir = llmlb::lock::LockDir::create(&env.locks).unwrap();
+    let guard = llmlb::lock::acquire_or_reclaim(&dir, held).unwrap();
+    std::fs::write(env.lock_file(held), foreign_info(held, 4242)).unwrap();
+    let stale = 1;
+    std::fs::write(env.lock_file(stale), foreign_info(stale, 4343)).unwrap();
+
+    let out = env.run(&["status"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let rows: Vec<Vec<&str>> = out
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["PORT", "PID", "HOST", "STARTED", "UPTIME", "STATE"],
+        "{}",
+        out.stdout
+    );
+    let row = |port: u16| {
+        rows.iter()
+            .find(|r| r[0] == port.to_string())
+            .unwrap_or_else(|| panic!("no row for {port}: {}", out.stdout))
+    };
+    assert_eq!(row(stale)[1..3], ["4343", "build-7.example.invalid"]);
+    // The last column: an uptime like "300d 8h" is two words.
+    assert_eq!(row(stale).last(), Some(&"Stale"));
+    assert_eq!(row(held)[1..3], ["4242", "build-7.example.invalid"]);
+    assert_eq!(row(held).last(), Some(&"Running"));
+    // This host's own holder shows this host's name, not a dash.
+    let mine = row(local);
+    assert_eq!(mine.last(), Some(&"Running"));
+    assert_ne!(mine[2], "-", "{}", out.stdout);
+    assert_ne!(mine[2], "build-7.example.invalid");
+    drop(guard);
 }

@@ -4,6 +4,8 @@
 #![cfg(any(target_os = "linux", windows))]
 
 mod cli_support;
+#[path = "support/prereq.rs"]
+mod prereq;
 
 #[cfg(unix)]
 use std::os::unix::process::ExitStatusExt;
@@ -291,4 +293,57 @@ fn a_slow_client_blocks_neither_other_clients_nor_shutdown() {
     assert_eq!(server.wait().code(), Some(0), "{}", server.stderr());
     assert!(!env.lock_file(port).exists());
     drop(slow);
+}
+
+#[test]
+#[cfg_attr(
+    windows,
+    ignore = "formatting is platform-independent and tested on Linux; IPv6 under Wine depends on the host, not on llmlb"
+)]
+fn ipv6_listen_addresses_are_printed_in_brackets() {
+    let env = Env::new();
+    // An address no host has (RFC 3849 documentation prefix): the bind
+    // fails on any machine, IPv6 enabled or not, and the message must name
+    // the address so that its port is not read as part of it.
+    let port = free_port();
+    let out = env.run(&[
+        "serve",
+        "--port",
+        &port.to_string(),
+        "--host",
+        "2001:db8::1",
+    ]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains(&format!("Error: cannot listen on [2001:db8::1]:{port}: ")),
+        "{}",
+        out.stderr
+    );
+    assert!(!env.lock_file(port).exists());
+
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        prereq::skip_unless_ci(
+            "IPv6 loopback (::1)",
+            "enable IPv6 on lo",
+            "the listening-line check",
+        );
+        return;
+    }
+    // Both spellings of the address, bare and as in a URL.
+    for host in ["::1", "[::1]"] {
+        let port = free_port();
+        let mut server = env.spawn(&["serve", "--port", &port.to_string(), "--host", host]);
+        let line = format!("listening on http://[::1]:{port} (PID {})", server.pid());
+        wait_until(&format!("`{line}` in the log"), || {
+            server.stderr().contains(&line) || server.try_wait().is_some()
+        });
+        assert!(
+            server.stderr().contains(&line),
+            "{host}: {}",
+            server.stderr()
+        );
+        let connected = std::net::TcpStream::connect(("::1", port));
+        assert!(connected.is_ok(), "{host}: {connected:?}");
+    }
 }

@@ -8,6 +8,54 @@
 //!
 //! Conventions (ownership, NULL, threads, fork) are in the header preamble and
 //! the README's "C API conventions".
+//!
+//! # What it builds
+//!
+//! `cargo build --release -p llmlb-lock-ffi` gives `libllmlb_lock.so`
+//! (`.dylib`, `.dll`) and `libllmlb_lock.a` in `target/release`, declared by
+//! the committed `include/llmlb_lock.h`. It depends on `llmlb` without its
+//! `cli` feature, so the library carries the lock and none of the CLI's
+//! crates. Ready-made launchers: `ffi/examples/launcher.c` (C) and
+//! `ffi/python/` (Python, through ctypes).
+//!
+//! # Examples
+//!
+//! In C, take port 8000 in the default lock dir, as `llmlb serve` would:
+//!
+//! ```c
+//! #include <llmlb_lock.h>
+//! LlmlbLock *lock;
+//! LlmlbLockInfo other;
+//! LlmlbStatus s = llmlb_lock_acquire(NULL, 8000, &lock, &other);
+//! if (s == LLMLB_STATUS_ALREADY_RUNNING) { /* other.pid holds it */ }
+//! else if (s != LLMLB_STATUS_OK) { fprintf(stderr, "%s\n", llmlb_last_error()); }
+//! else { /* serve, then: */ llmlb_lock_release(lock); }
+//! ```
+//!
+//! The same calls from Rust (this crate is also an rlib), here in a private
+//! lock dir; a second acquire is refused with the holder's PID:
+//!
+//! ```
+//! use llmlb_lock::*;
+//! use std::ffi::CString;
+//!
+//! # let tmp = tempfile::tempdir().unwrap();
+//! let dir = CString::new(tmp.path().join("locks").to_str().unwrap()).unwrap();
+//! let (mut lock, mut other) = (std::ptr::null_mut(), LlmlbLockInfo::default());
+//! // SAFETY: a NUL-terminated path and valid out pointers.
+//! let s = unsafe { llmlb_lock_acquire(dir.as_ptr(), 8000, &mut lock, &mut other) };
+//! assert_eq!(s, LlmlbStatus::LLMLB_STATUS_OK);
+//!
+//! let mut second = std::ptr::null_mut();
+//! // SAFETY: as above.
+//! let s = unsafe { llmlb_lock_acquire(dir.as_ptr(), 8000, &mut second, &mut other) };
+//! assert_eq!(s, LlmlbStatus::LLMLB_STATUS_ALREADY_RUNNING);
+//! assert_eq!(other.pid, std::process::id());
+//! assert!(second.is_null());
+//!
+//! // SAFETY: the live handle from the first acquire, released once.
+//! assert_eq!(unsafe { llmlb_lock_release(lock) }, LlmlbStatus::LLMLB_STATUS_OK);
+//! ```
 
 // The enum constants are spelled exactly as in C (the contract fixes them),
 // so Rust callers and the header read the same.

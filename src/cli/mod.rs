@@ -1,6 +1,10 @@
-//! Argument parsing and dispatch. Exit codes: 0 success, 1 runtime error
-//! (one `Error: …` line on stderr), 2 usage error (clap), and the LSB codes of
-//! `status --port`; exec mode passes its command's code through.
+//! The `llmlb` command line (feature `cli`, on by default): what the binary's
+//! `main` runs. Its only public item is [`run`]; the commands themselves are
+//! the README's contract, not a Rust API.
+//!
+//! Exit codes: 0 success, 1 runtime error (one `Error: …` line on stderr),
+//! 2 usage error (clap), and the LSB codes of `status --port`; exec mode
+//! passes its command's code through.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -47,6 +51,9 @@ enum Command {
         /// The shell to generate completions for.
         shell: clap_complete::Shell,
     },
+    /// Print the man page (roff) to stdout: `llmlb man > llmlb.1`.
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Debug, clap::Args)]
@@ -193,22 +200,104 @@ pub(crate) fn fail(message: impl std::fmt::Display) -> i32 {
     EXIT_FAILURE
 }
 
-/// Parses the command line (exiting 2 on usage errors), runs the command and
-/// returns the process exit code. Everything the command held is dropped by
-/// the time this returns.
-pub(crate) fn run() -> i32 {
+/// Runs the `llmlb` command line on this process's arguments: parses them
+/// (printing help, version or a usage error and exiting 0 or 2 itself, as
+/// clap does), runs the command and returns the process exit code.
+/// Everything the command held, its lock first, is dropped by the time this
+/// returns, so the caller can `std::process::exit` with the code.
+pub fn run() -> i32 {
     let cli = Cli::parse();
     init_logging();
     let dir = lock_dir(cli.lock_dir);
     match cli.command {
-        Command::Serve(args) => serve::run(&dir, args.port, args.host, args.command),
+        Command::Serve(args) => {
+            let host = serve::bare_host(args.host);
+            serve::run(&dir, args.port, host, args.command)
+        }
         Command::Stop(args) => stop::run(&dir, args.port, args.timeout, args.force),
         Command::Status(args) => status::run(&dir, args.port, args.format == Format::Json),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "llmlb", &mut std::io::stdout());
             0
         }
+        Command::Man => {
+            use std::io::Write as _;
+            match man_page() {
+                Ok(page) => match std::io::stdout().write_all(&page) {
+                    Ok(()) => 0,
+                    Err(e) => fail(format!("cannot write the man page to stdout: {e}")),
+                },
+                Err(e) => fail(format!("cannot render the man page: {e}")),
+            }
+        }
     }
+}
+
+/// One section rendered by clap_mangen, without the preamble every render
+/// repeats, with its `.SH` heading demoted to a subheading (`.SS`) or, for
+/// `keep_heading = false`, dropped: the body goes under a command's heading.
+fn subsection(rendered: &[u8], keep_heading: bool) -> Vec<u8> {
+    let text = String::from_utf8_lossy(rendered);
+    let mut out = String::new();
+    let mut in_body = false;
+    for line in text.lines() {
+        if !in_body {
+            if let Some(heading) = line.strip_prefix(".SH") {
+                in_body = true;
+                if keep_heading {
+                    out.push_str(&format!(".SS{heading}\n"));
+                }
+            }
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.into_bytes()
+}
+
+/// `llmlb.1`, from the same clap definition as `--help` and the completions,
+/// so it cannot drift: name, synopsis, description and global options as
+/// clap_mangen renders them, then one section per command (its description,
+/// synopsis and options) where clap_mangen would point to a page per command
+/// (one page to install), then the environment variables.
+fn man_page() -> std::io::Result<Vec<u8>> {
+    let mut cmd = Cli::command();
+    cmd.build();
+    let top = clap_mangen::Man::new(cmd.clone());
+    let mut page = Vec::new();
+    top.render_title(&mut page)?;
+    top.render_name_section(&mut page)?;
+    top.render_synopsis_section(&mut page)?;
+    top.render_description_section(&mut page)?;
+    top.render_options_section(&mut page)?;
+    let commands = cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help");
+    for sub in commands {
+        let name = sub.get_name().to_uppercase();
+        page.extend_from_slice(format!(".SH \"LLMLB {name}\"\n").as_bytes());
+        let man = clap_mangen::Man::new(sub.clone());
+        let mut part = Vec::new();
+        man.render_description_section(&mut part)?;
+        page.extend(subsection(&part, false));
+        let mut part = Vec::new();
+        man.render_synopsis_section(&mut part)?;
+        page.extend(subsection(&part, true));
+        let mut part = Vec::new();
+        man.render_options_section(&mut part)?;
+        page.extend(subsection(&part, true));
+    }
+    page.extend_from_slice(
+        concat!(
+            ".SH ENVIRONMENT\n",
+            ".TP\nLLMLB_LOCK_DIR\nDirectory of the lock files (absolute); \\-\\-lock\\-dir overrides it.\n",
+            ".TP\nLLMLB_PORT, LLMLB_HOST\nDefaults for serve's \\-\\-port and \\-\\-host; set for COMMAND in exec mode.\n",
+            ".TP\nLLMLB_LOG_LEVEL, RUST_LOG\nLog level of the messages on stderr (default info).\n",
+        )
+        .as_bytes(),
+    );
+    Ok(page)
 }
 
 #[cfg(test)]
@@ -218,5 +307,30 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn man_page_documents_every_command_and_its_options() {
+        let page = String::from_utf8(man_page().unwrap()).unwrap();
+        assert!(page.contains("\n.TH llmlb 1 "), "{page}");
+        let cmd = Cli::command();
+        let visible: Vec<_> = cmd.get_subcommands().filter(|s| !s.is_hide_set()).collect();
+        assert!(visible.len() >= 4, "serve, stop, status, completions");
+        for sub in visible {
+            let name = sub.get_name();
+            assert!(
+                page.contains(&format!(".SH \"LLMLB {}\"", name.to_uppercase())),
+                "no section for {name}: {page}"
+            );
+            for long in sub.get_arguments().filter_map(|a| a.get_long()) {
+                // roff escapes every '-' in option names.
+                let flag = format!("\\-\\-{}", long.replace('-', "\\-"));
+                assert!(page.contains(&flag), "{name} {flag} missing: {page}");
+            }
+        }
+        assert!(
+            !page.contains("LLMLB MAN"),
+            "the man command itself is hidden"
+        );
     }
 }

@@ -67,7 +67,6 @@ fn spawn_watchdog(
                 WatchEvent::CannotCheck(e) => {
                     tracing::warn!("cannot check the lock file for port {port}: {e}")
                 }
-                _ => {}
             });
             if let WatchEnd::Lost(holder) = end {
                 let who = holder.map_or_else(
@@ -187,6 +186,25 @@ fn already_running(port: u16, holder: Option<&LockInfo>, path: &Path, suffix: &s
     }
 }
 
+/// `host:port` as a URL or `ss` shows it: an IPv6 address in brackets
+/// (`[::1]:8080`), so the port cannot be read as part of the address.
+pub(crate) fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// `--host` as the socket API takes it: `[::1]` (the URL form of an IPv6
+/// address, which users copy from URLs) without its brackets.
+pub(crate) fn bare_host(host: String) -> String {
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(inner) if inner.contains(':') => inner.to_owned(),
+        _ => host,
+    }
+}
+
 /// The platform's own command that stops `pid`. Windows has no SIGTERM, and
 /// `taskkill` without `/F` only asks a window to close, which a console
 /// server does not have: `/F` terminates it (the next start reclaims the
@@ -243,7 +261,8 @@ async fn serve_http(
         }
         Err(e) => {
             return fail(format!(
-                "cannot listen on {host}:{port}: {e} (check --host / LLMLB_HOST)"
+                "cannot listen on {}: {e} (check --host / LLMLB_HOST)",
+                host_port(host, port)
             ))
         }
     };
@@ -268,7 +287,8 @@ async fn serve_http(
     });
     let mut server = tokio::spawn(async move { server.await });
     tracing::info!(
-        "listening on http://{host}:{port} (PID {})",
+        "listening on http://{} (PID {})",
+        host_port(host, port),
         std::process::id()
     );
 
@@ -304,4 +324,21 @@ async fn serve_http(
         }
     }
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_addresses_are_bracketed_and_brackets_are_accepted() {
+        assert_eq!(host_port("::1", 8080), "[::1]:8080");
+        assert_eq!(host_port("fe80::1%eth0", 80), "[fe80::1%eth0]:80");
+        assert_eq!(host_port("0.0.0.0", 8080), "0.0.0.0:8080");
+        assert_eq!(host_port("localhost", 1), "localhost:1");
+        assert_eq!(bare_host("[::1]".into()), "::1");
+        assert_eq!(bare_host("::".into()), "::");
+        assert_eq!(bare_host("127.0.0.1".into()), "127.0.0.1");
+        assert_eq!(bare_host("[not-an-address]".into()), "[not-an-address]");
+    }
 }

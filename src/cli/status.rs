@@ -2,7 +2,7 @@
 //! or JSON, and with `--port` exits with the LSB status code.
 
 use chrono::Utc;
-use llmlb::lock::{LockDir, LockError, LockInfo, LockState, PortReport};
+use llmlb::lock::{IdentityCheck, LockDir, LockError, LockInfo, LockState, PortReport};
 use serde_json::{json, Value};
 
 use super::LockDirChoice;
@@ -89,14 +89,21 @@ fn human_duration(secs: i64) -> String {
     }
 }
 
+/// Whether `info` was recorded on another host (its PID means nothing here).
+fn on_other_host(info: &LockInfo) -> bool {
+    matches!(info.check_identity(), IdentityCheck::OtherHost(_))
+}
+
 fn table(rows: &[Row]) -> String {
-    let mut lines: Vec<[String; 5]> = vec![[
-        "PORT".into(),
-        "PID".into(),
-        "STARTED".into(),
-        "UPTIME".into(),
-        "STATE".into(),
-    ]];
+    // A HOST column only when it tells something: a lock dir on a shared
+    // file system may list holders on other machines, whose PIDs are theirs.
+    let show_host = rows.iter().filter_map(Row::info).any(on_other_host);
+    let mut header = vec!["PORT", "PID"];
+    if show_host {
+        header.push("HOST");
+    }
+    header.extend(["STARTED", "UPTIME", "STATE"]);
+    let mut lines: Vec<Vec<String>> = vec![header.into_iter().map(String::from).collect()];
     for row in rows {
         let info = row.info();
         let state = match &row.state {
@@ -105,15 +112,28 @@ fn table(rows: &[Row]) -> String {
             Ok(LockState::Free) => "Free",
             Err(_) => "Unknown",
         };
-        lines.push([
+        let mut line = vec![
             row.port.to_string(),
             info.map_or("-".into(), |i| i.pid.to_string()),
+        ];
+        if show_host {
+            line.push(
+                info.and_then(|i| i.host.as_deref())
+                    .filter(|h| !h.is_empty())
+                    // Untrusted file content: control characters escaped.
+                    .map_or("-".into(), |h| {
+                        llmlb::lock::printable(std::path::Path::new(h)).to_string()
+                    }),
+            );
+        }
+        line.extend([
             info.map_or("-".into(), LockInfo::started_at_display),
             row.uptime_secs().map_or("-".into(), human_duration),
             state.into(),
         ]);
+        lines.push(line);
     }
-    let mut widths = [0usize; 5];
+    let mut widths = vec![0usize; lines[0].len()];
     for line in &lines {
         for (w, cell) in widths.iter_mut().zip(line) {
             *w = (*w).max(cell.len());

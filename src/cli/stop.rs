@@ -36,7 +36,6 @@ pub(crate) fn run(dir: &LockDirChoice, port: u16, timeout_secs: u64, force: bool
             };
             eprintln!("Warning: server on port {port} (PID: {pid}) {line}");
         }
-        _ => {}
     });
     match outcome {
         Ok(StopOutcome::NotRunning) => {
@@ -65,7 +64,6 @@ pub(crate) fn run(dir: &LockDirChoice, port: u16, timeout_secs: u64, force: bool
             println!("Server stopped (killed)");
             0
         }
-        Ok(_) => 0,
         Err(e) => fail(e),
     }
 }

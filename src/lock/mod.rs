@@ -12,11 +12,18 @@
 mod dir;
 mod error;
 mod info;
+// Launcher support: the public part is what the C ABI's launchers need
+// (`lock_fd`, `leads_process_group`); the exec-mode plumbing of
+// `llmlb serve -- CMD` is crate-private, used by the `cli` feature only.
+#[cfg_attr(any(not(feature = "cli"), loom), allow(dead_code))]
 pub mod process;
 mod protocol;
 mod shared;
 mod state;
 mod stop;
+// Without the `cli` feature, the platform calls behind the exec-mode
+// plumbing (process groups, subreaper, signals) have no caller.
+#[cfg_attr(any(not(feature = "cli"), loom), allow(dead_code))]
 mod sys;
 
 pub use dir::{
@@ -30,9 +37,10 @@ pub use shared::{Guard, SharedLock, WatchEnd, WatchEvent, Watchdog};
 pub use state::{
     acquire_or_reclaim, Acquired, Free, Held, Holds, PortGuard, PortLock, Reclaimed, Stale, State,
 };
+#[cfg(all(feature = "cli", not(loom)))]
+pub(crate) use stop::how_to_stop;
 pub use stop::{
-    how_to_stop, stop_server, StopError, StopEvent, StopOptions, StopOutcome, StopRequest,
-    STOP_POLL_INTERVAL,
+    stop_server, StopError, StopEvent, StopOptions, StopOutcome, StopRequest, STOP_POLL_INTERVAL,
 };
 
 /// What a probe observed about a port: the runtime twin of the typestate, for

@@ -37,7 +37,7 @@ pub const LOCK_FD_ENV: &str = "LLMLB_LOCK_FD";
 /// What [`configure_exec_child`] set up; keep it until the child is spawned,
 /// then drop it (it closes this process's spare copy of the descriptor).
 #[derive(Debug)]
-pub struct ExecChild {
+pub(crate) struct ExecChild {
     /// Held only to be closed on drop.
     _fd: Option<sys::ChildFd>,
 }
@@ -65,7 +65,10 @@ pub struct ExecChild {
 ///
 /// # Errors
 /// The OS error if the descriptor cannot be duplicated (e.g. `EMFILE`).
-pub fn configure_exec_child(cmd: &mut Command, guard: &mut PortGuard) -> io::Result<ExecChild> {
+pub(crate) fn configure_exec_child(
+    cmd: &mut Command,
+    guard: &mut PortGuard,
+) -> io::Result<ExecChild> {
     sys::configure_child(cmd);
     #[cfg(unix)]
     {
@@ -93,7 +96,7 @@ pub fn lock_fd(guard: &mut PortGuard) -> i32 {
 /// whose handle only this process has, so the command and everything it
 /// starts die with this process however it ends.
 #[derive(Debug)]
-pub struct CommandTree {
+pub(crate) struct CommandTree {
     inner: sys::ChildTree,
 }
 
@@ -106,7 +109,7 @@ impl CommandTree {
     /// The OS error if the job cannot be made or the child not put in it or
     /// resumed; the child is then terminated (it never ran). `InvalidInput`
     /// on Unix if the child has no group.
-    pub fn attach(pid: u32) -> io::Result<CommandTree> {
+    pub(crate) fn attach(pid: u32) -> io::Result<CommandTree> {
         sys::attach_child(pid).map(|inner| CommandTree { inner })
     }
 
@@ -114,7 +117,7 @@ impl CommandTree {
     /// [`PortGuard::set_child_pgid`](super::PortGuard::set_child_pgid), so
     /// `stop --force` kills all of it; `None` on Windows, where terminating
     /// the holder ends the job.
-    pub fn pgid(&self) -> Option<u32> {
+    pub(crate) fn pgid(&self) -> Option<u32> {
         self.inner.pgid()
     }
 
@@ -125,7 +128,7 @@ impl CommandTree {
     ///
     /// # Errors
     /// The OS error (`ESRCH` when the group is gone).
-    pub fn signal(&self, sig: ForwardSignal) -> io::Result<()> {
+    pub(crate) fn signal(&self, sig: ForwardSignal) -> io::Result<()> {
         self.inner.signal(match sig {
             ForwardSignal::Interrupt => sys::Signal::Int,
             ForwardSignal::Terminate => sys::Signal::Term,
@@ -136,17 +139,9 @@ impl CommandTree {
     /// Whether every process of the tree has exited. Call after the child
     /// itself was waited for (on Unix its exited children in the group are
     /// reaped first).
-    pub fn is_gone(&self) -> bool {
+    pub(crate) fn is_gone(&self) -> bool {
         self.inner.is_gone()
     }
-}
-
-/// The process group of a child spawned from a command prepared with
-/// [`configure_exec_child`], to record with
-/// [`PortGuard::set_child_pgid`](super::PortGuard::set_child_pgid); `None`
-/// where process groups cannot be signalled (Windows).
-pub fn child_pgid(child_pid: u32) -> Option<u32> {
-    sys::child_pgid(child_pid)
 }
 
 /// Whether `pid` is a live process that leads its own process group, i.e. a
@@ -156,62 +151,40 @@ pub fn leads_process_group(pid: u32) -> bool {
 }
 
 /// Makes this process adopt its orphaned descendants (Linux
-/// `PR_SET_CHILD_SUBREAPER`), so that [`process_group_gone`] sees a
+/// `PR_SET_CHILD_SUBREAPER`), so that [`CommandTree::is_gone`] sees a
 /// command's grandchildren die even under an init that does not reap them.
 /// `Ok(false)` where the platform has no such thing. Call before spawning.
 ///
 /// # Errors
 /// The OS error from `prctl`.
-pub fn become_subreaper() -> io::Result<bool> {
+pub(crate) fn become_subreaper() -> io::Result<bool> {
     sys::become_subreaper()
 }
 
 /// Reaps the exited orphans a subreaper inherited, except `direct_child`,
 /// whose status its `Child` handle collects. Call now and then while the
 /// command runs, so dead grandchildren do not pile up as zombies.
-pub fn reap_orphans(direct_child: u32) {
+pub(crate) fn reap_orphans(direct_child: u32) {
     sys::reap_orphans(direct_child)
-}
-
-/// Whether every process of group `pgid` has exited (our exited children in
-/// it are reaped first). Call only after the group leader, our direct child,
-/// was waited for. Always true on Windows.
-pub fn process_group_gone(pgid: u32) -> bool {
-    sys::group_gone(pgid)
 }
 
 /// The exit code a launcher should exit with for its child's `status`: the
 /// child's own code, or 128 + the signal number if a signal killed it (the
 /// shell convention, so `llmlb serve -- CMD` is transparent to scripts).
-pub fn exit_code(status: ExitStatus) -> i32 {
+pub(crate) fn exit_code(status: ExitStatus) -> i32 {
     sys::exit_code(status)
 }
 
 /// A signal a launcher sends to its child's process group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum ForwardSignal {
+pub(crate) enum ForwardSignal {
     /// `SIGINT` (Ctrl-C).
     Interrupt,
     /// `SIGTERM` (`llmlb stop`, `kill`, systemd).
     Terminate,
     /// `SIGKILL`: the deadline after `SIGTERM` passed.
     Kill,
-}
-
-/// Sends `sig` to every process in group `pgid` (`kill(-pgid, sig)`).
-///
-/// # Errors
-/// The OS error (e.g. `ESRCH` when the group is gone); `InvalidInput` for
-/// pgid 0 or 1, which would address more than one group; `Unsupported` on
-/// Windows.
-pub fn signal_process_group(pgid: u32, sig: ForwardSignal) -> io::Result<()> {
-    let sig = match sig {
-        ForwardSignal::Interrupt => sys::Signal::Int,
-        ForwardSignal::Terminate => sys::Signal::Term,
-        ForwardSignal::Kill => sys::Signal::Kill,
-    };
-    sys::signal_group(pgid, sig)
 }
 
 /// Release of a lock whose description was handed to children: close ours,

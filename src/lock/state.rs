@@ -535,9 +535,8 @@ impl PortGuard {
     /// `Io` if the file cannot be removed; the lock is then released by
     /// closing the descriptor anyway, leaving a stale file.
     ///
-    /// After [`process::configure_exec_child`](super::process::configure_exec_child)
-    /// or [`process::lock_fd`](super::process::lock_fd) handed the lock's
-    /// descriptor to a child, the file is removed only if no process still
+    /// After [`process::lock_fd`](super::process::lock_fd) (or exec mode,
+    /// `llmlb serve -- CMD`) handed the lock's descriptor to a child, the file is removed only if no process still
     /// holds that descriptor; otherwise it stays, held, until the last one
     /// exits (then it is stale).
     pub fn release(self) -> Result<(), LockError> {

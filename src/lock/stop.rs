@@ -276,8 +276,10 @@ fn not_verified_line(port: u16, pid: u32, check: &IdentityCheck, path: &Path) ->
 /// appended, e.g. ` --lock-dir DIR`) where it would verify and signal the
 /// holder; "stop it there" for a holder on another host; the way to find an
 /// inheritor for a holder whose recorded PID is gone or reused; and no
-/// command at all where nothing here can verify the holder.
-pub fn how_to_stop(
+/// command at all where nothing here can verify the holder. CLI wording
+/// (`llmlb stop`), so not public API.
+#[cfg_attr(any(not(feature = "cli"), loom), allow(dead_code))]
+pub(crate) fn how_to_stop(
     port: u16,
     holder: Option<&LockInfo>,
     lock_path: &Path,

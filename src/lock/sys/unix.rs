@@ -798,7 +798,7 @@ pub(crate) fn reap_orphans(keep: u32) {
 /// children of ours first (zombies count as members until reaped), then
 /// asks `kill(-pgid, 0)`. Call only once the group's leader, if it is our
 /// child, has been waited for: `waitpid(-pgid)` would steal its status.
-pub(crate) fn group_gone(pgid: u32) -> bool {
+fn group_gone(pgid: u32) -> bool {
     let Ok(pgid) = libc::pid_t::try_from(pgid) else {
         return true;
     };
@@ -828,7 +828,7 @@ pub(crate) fn leads_group(pid: u32) -> bool {
 }
 
 /// The process group the child got from [`configure_child`]: its own PID.
-pub(crate) fn child_pgid(child_pid: u32) -> Option<u32> {
+fn child_pgid(child_pid: u32) -> Option<u32> {
     Some(child_pid)
 }
 

@@ -653,19 +653,9 @@ pub(crate) fn become_subreaper() -> io::Result<bool> {
 /// Nothing to reap on Windows.
 pub(crate) fn reap_orphans(_keep: u32) {}
 
-/// No process groups on Windows: there is never one left to wait for.
-pub(crate) fn group_gone(_pgid: u32) -> bool {
-    true
-}
-
 /// No process groups on Windows.
 pub(crate) fn leads_group(_pid: u32) -> bool {
     false
-}
-
-/// No signalable process group on Windows: nothing is recorded.
-pub(crate) fn child_pgid(_child_pid: u32) -> Option<u32> {
-    None
 }
 
 /// The child's exit code (Windows has no "killed by signal").
