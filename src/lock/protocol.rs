@@ -120,9 +120,13 @@ fn open_error(path: &Path, e: io::Error, action: &'static str) -> LockError {
 }
 
 /// Refuses what we must not read or write even if we could lock it.
-fn check_file(path: &Path, file: &File) -> Result<sys::OpenFileStat, LockError> {
-    let st =
-        sys::stat_open(file).map_err(|e| LockError::io("cannot inspect lock file", path, e))?;
+fn check_file(
+    dir: &sys::DirHandle,
+    path: &Path,
+    file: &File,
+) -> Result<sys::OpenFileStat, LockError> {
+    let st = sys::stat_open(dir, file)
+        .map_err(|e| LockError::io("cannot inspect lock file", path, e))?;
     if !st.is_regular {
         return Err(LockError::UnsafeLockFile {
             path: path.to_path_buf(),
@@ -188,7 +192,7 @@ pub(crate) fn acquire(target: Target) -> Result<Acquisition, LockError> {
         // Step 3.
         let locked =
             sys::try_lock_exclusive(&file).map_err(|e| LockError::io("cannot lock", path, e))?;
-        let st = check_file(path, &file)?;
+        let st = check_file(&target.dir, path, &file)?;
         if locked == TryLock::Contended {
             // Step 8: a shared lock succeeds iff only readers are in the way.
             match sys::try_lock_shared(&file).map_err(|e| LockError::io("cannot lock", path, e))? {
@@ -346,7 +350,7 @@ impl Holding {
     /// Makes the calling process (a forked child holding the inherited
     /// descriptor) the owner: the file records it, its release removes the file.
     pub(crate) fn adopt(&mut self) -> Result<(), LockError> {
-        let pid = std::process::id();
+        let pid = sys::current_pid();
         if pid == self.owner_pid {
             return Ok(());
         }
@@ -378,7 +382,7 @@ impl Holding {
         let Some(file) = self.file.take() else {
             return Ok(());
         };
-        let pid = std::process::id();
+        let pid = sys::current_pid();
         if pid != self.owner_pid {
             drop(file);
             return Ok(());
@@ -432,7 +436,7 @@ impl Holding {
     /// protocol as a new acquirer (re-creating a removed lock dir), keeping our
     /// recorded info. A forked non-owner has nothing to check.
     pub(crate) fn verify(&mut self) -> Result<Integrity, LockError> {
-        if self.owner_pid != std::process::id() {
+        if self.owner_pid != sys::current_pid() {
             return Ok(Integrity::Intact);
         }
         let target = &self.target;
@@ -488,7 +492,7 @@ impl Holding {
     /// the file still records it (after a forked child adopts, the parent's
     /// handle is no longer the owner).
     pub(crate) fn is_owner(&self) -> bool {
-        let pid = std::process::id();
+        let pid = sys::current_pid();
         pid == self.owner_pid && self.file_records(self.file(), pid).unwrap_or(false)
     }
 }
@@ -518,7 +522,7 @@ pub(crate) fn probe(target: &Target) -> Result<LockState, LockError> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LockState::Free),
             Err(e) => return Err(open_error(path, e, "cannot open lock file")),
         };
-        let st = check_file(path, &file)?;
+        let st = check_file(&target.dir, path, &file)?;
         match sys::try_lock_shared(&file).map_err(|e| LockError::io("cannot lock", path, e))? {
             TryLock::Contended => return Ok(LockState::Held(read_holder(&file, port))),
             TryLock::Acquired => {
@@ -569,7 +573,7 @@ mod tests {
             .unwrap();
         assert_eq!(sys::try_lock_exclusive(&file).unwrap(), TryLock::Acquired);
         let info = LockInfo::for_current_process(target.port);
-        let id = sys::stat_open(&file).unwrap().id;
+        let id = sys::stat_open(&target.dir, &file).unwrap().id;
         let holding = Holding::establish(target.clone(), file, id, info, 0).unwrap();
 
         let (holding, err) = holding.release().map(|_| ()).unwrap_err();
