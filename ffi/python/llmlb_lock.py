@@ -145,6 +145,15 @@ def _load() -> ctypes.CDLL:
         fn = getattr(lib, name)
         fn.restype = restype
         fn.argtypes = argtypes
+    # The per-cycle calls again, without argtypes: converting each argument
+    # through argtypes costs about as much as the call itself. Callers pass
+    # exactly the C types (c_void_p handles, a c_uint16 port, byref out
+    # parameters, bytes or None for a path), so libffi sees the same
+    # signature as above.
+    for name in ("llmlb_lock_acquire", "llmlb_lock_dir_acquire", "llmlb_lock_release"):
+        fn = lib[name]  # a new function object, leaving the typed one alone
+        fn.restype = status
+        setattr(lib, "_fast_" + name[len("llmlb_lock_"):], fn)
     return lib
 
 
@@ -154,6 +163,9 @@ _lib_lock = threading.Lock()
 
 def _lib() -> ctypes.CDLL:
     global _lib_cache
+    lib = _lib_cache  # the hot path: loaded once, then read without a lock
+    if lib is not None:
+        return lib
     with _lib_lock:
         if _lib_cache is None:
             _lib_cache = _load()
@@ -250,29 +262,40 @@ class LockDir:
 
     def __init__(self, lock_dir: Optional[PathLike] = None):
         self._handle: Optional[int] = None
-        self._users = 0
-        self._cond = threading.Condition()
+        self._c_handle: Optional[ctypes.c_void_p] = None
+        # One entry per call in progress: list.append and list.pop are atomic,
+        # so a call costs no lock; close() waits on the condition until the
+        # list is empty, and only then do leaving calls notify it.
+        self._active: list = []
+        self._closing = 0
+        self._cond = threading.Condition(threading.Lock())
         # The resolved dir, for messages and lock paths (port 1 is any port).
         self.path = os.path.dirname(lock_path(1, lock_dir))
         handle = ctypes.c_void_p()
         _check(_lib().llmlb_lock_dir_open(_dir_arg(lock_dir), ctypes.byref(handle)))
         self._handle = handle.value
+        self._c_handle = handle
 
     @property
     def closed(self) -> bool:
         return self._handle is None
 
-    def _enter(self) -> int:
-        with self._cond:
-            if self._handle is None:
-                raise LockError("lock dir %s is closed" % self.path, INVALID_ARGUMENT)
-            self._users += 1
-            return self._handle
+    def _enter(self) -> ctypes.c_void_p:
+        # Registered before the handle is read: close() clears the handle
+        # before it looks at the list, so either it waits for this call or
+        # this call sees the handle gone.
+        self._active.append(None)
+        handle = self._c_handle
+        if handle is None:
+            self._leave()
+            raise LockError("lock dir %s is closed" % self.path, INVALID_ARGUMENT)
+        return handle
 
     def _leave(self) -> None:
-        with self._cond:
-            self._users -= 1
-            self._cond.notify_all()
+        self._active.pop()
+        if self._closing:
+            with self._cond:
+                self._cond.notify_all()
 
     def acquire(self, port: int) -> "PortLock":
         """Takes ``port``'s lock: a held :class:`PortLock` (raises
@@ -286,9 +309,11 @@ class LockDir:
     def close(self) -> None:
         """Closes the handle (idempotent), after calls in progress finish."""
         with self._cond:
-            while self._users:
+            handle, self._handle, self._c_handle = self._handle, None, None
+            self._closing += 1
+            while self._active:
                 self._cond.wait()
-            handle, self._handle = self._handle, None
+            self._closing -= 1
         if handle is not None:
             _lib().llmlb_lock_dir_close(handle)
 
@@ -328,6 +353,13 @@ class PortLock:
         self._handle: Optional[int] = None
         self.reclaimed_from: Optional[LockInfo] = None
         """The dead holder's info when acquire reclaimed a stale lock."""
+        # Out parameters made once, not per acquire (one PortLock is not
+        # used by several threads at once; see the class doc).
+        self._out_handle = ctypes.c_void_p()
+        self._out_other = _Info()
+        self._out_refs = (ctypes.byref(self._out_handle), ctypes.byref(self._out_other))
+        self._c_port = ctypes.c_uint16(self.port)
+        self._dir_bytes = (None, None)  # (lock_dir it was made from, _dir_arg of it)
 
     @property
     def held(self) -> bool:
@@ -338,24 +370,26 @@ class PortLock:
         if self._handle is not None:
             raise LockError("port %d is already held by this PortLock" % self.port, INVALID_ARGUMENT)
         lib = _lib()
-        handle = ctypes.c_void_p()
-        other = _Info()
-        if isinstance(self.lock_dir, LockDir):
-            directory = self.lock_dir._enter()
+        out_handle, other = self._out_handle, self._out_other
+        handle_ref, other_ref = self._out_refs
+        lock_dir = self.lock_dir
+        if isinstance(lock_dir, LockDir):
+            directory = lock_dir._enter()
             try:
-                status = lib.llmlb_lock_dir_acquire(
-                    directory, self.port, ctypes.byref(handle), ctypes.byref(other)
-                )
+                status = lib._fast_dir_acquire(directory, self._c_port, handle_ref, other_ref)
             finally:
-                self.lock_dir._leave()
+                lock_dir._leave()
         else:
-            status = lib.llmlb_lock_acquire(
-                _dir_arg(self.lock_dir), self.port, ctypes.byref(handle), ctypes.byref(other)
-            )
-        if status == ALREADY_RUNNING:
-            raise AlreadyRunning(_last_error(), self.port, LockInfo._from_c(other))
-        _check(status)
-        self._handle = handle.value
+            made_from, path = self._dir_bytes
+            if made_from is not lock_dir:  # first use, or lock_dir was reassigned
+                path = _dir_arg(lock_dir)
+                self._dir_bytes = (lock_dir, path)
+            status = lib._fast_acquire(path, self._c_port, handle_ref, other_ref)
+        if status != OK:
+            if status == ALREADY_RUNNING:
+                raise AlreadyRunning(_last_error(), self.port, LockInfo._from_c(other))
+            _check(status)
+        self._handle = out_handle.value
         self.reclaimed_from = LockInfo._from_c(other)
         return self
 
@@ -364,7 +398,9 @@ class PortLock:
         recorded holder). A no-op if not held."""
         handle, self._handle = self._handle, None
         if handle is not None:
-            _check(_lib().llmlb_lock_release(handle))
+            status = _lib()._fast_release(ctypes.c_void_p(handle))
+            if status != OK:
+                _check(status)
 
     def adopt(self) -> None:
         """In a forked child: become the recorded holder (see the C API)."""

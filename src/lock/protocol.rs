@@ -73,7 +73,12 @@ pub struct Holding {
     file: Option<File>,
     id: FileId,
     pub(crate) info: LockInfo,
+    /// How far the next write must cut the file (what we wrote, or more if
+    /// `verify` found the file overwritten by something longer).
     written_len: u64,
+    /// The bytes we last wrote: release compares the file with them instead
+    /// of parsing it (they record `info.pid`).
+    written: Vec<u8>,
     /// The process that took (or adopted) the lock. A forked child that
     /// inherits this value is not the owner: it only closes its descriptor.
     owner_pid: u32,
@@ -247,7 +252,13 @@ pub(crate) fn acquire(target: Target) -> Result<Acquisition, LockError> {
 /// Step 6: write in place at offset 0, then shrink to the written length.
 /// Never truncate to zero first: that makes ext4 flush on close (137 µs vs
 /// 2 µs measured) and opens a window where readers see an empty file.
-fn write_info(path: &Path, file: &File, info: &LockInfo, old_len: u64) -> Result<u64, LockError> {
+/// Returns the bytes written.
+fn write_info(
+    path: &Path,
+    file: &File,
+    info: &LockInfo,
+    old_len: u64,
+) -> Result<Vec<u8>, LockError> {
     let bytes = info.to_bytes();
     sys::write_all_at(file, &bytes, 0)
         .map_err(|e| LockError::io("cannot write lock file", path, e))?;
@@ -259,7 +270,7 @@ fn write_info(path: &Path, file: &File, info: &LockInfo, old_len: u64) -> Result
         file.set_len(new_len)
             .map_err(|e| LockError::io("cannot write lock file", path, e))?;
     }
-    Ok(new_len)
+    Ok(bytes)
 }
 
 impl StaleFile {
@@ -267,7 +278,7 @@ impl StaleFile {
     pub(crate) fn reclaim(self) -> Result<(Holding, Option<LockInfo>), (StaleFile, LockError)> {
         let info = LockInfo::for_current_process(self.target.port);
         match write_info(&self.target.path, &self.file, &info, self.len) {
-            Ok(len) => Ok((
+            Ok(written) => Ok((
                 Holding {
                     target: self.target,
                     file: Some(self.file),
@@ -275,7 +286,8 @@ impl StaleFile {
                     // Our info was made for this PID just above: no second getpid.
                     owner_pid: info.pid,
                     info,
-                    written_len: len,
+                    written_len: written.len() as u64,
+                    written,
                 },
                 self.previous,
             )),
@@ -320,7 +332,7 @@ impl Holding {
         info: LockInfo,
         old_len: u64,
     ) -> Result<Holding, LockError> {
-        let written_len = write_info(&target.path, &file, &info, old_len)?;
+        let written = write_info(&target.path, &file, &info, old_len)?;
         Ok(Holding {
             target,
             file: Some(file),
@@ -329,7 +341,8 @@ impl Holding {
             // this call: reusing its pid spares a getpid syscall.
             owner_pid: info.pid,
             info,
-            written_len,
+            written_len: written.len() as u64,
+            written,
         })
     }
 
@@ -341,8 +354,9 @@ impl Holding {
 
     /// Replaces the recorded info (e.g. to add the exec-mode child's pgid).
     pub(crate) fn rewrite(&mut self, info: LockInfo) -> Result<(), LockError> {
-        let len = write_info(&self.target.path, self.file(), &info, self.written_len)?;
-        self.written_len = len;
+        let written = write_info(&self.target.path, self.file(), &info, self.written_len)?;
+        self.written_len = written.len() as u64;
+        self.written = written;
         self.info = info;
         Ok(())
     }
@@ -425,8 +439,19 @@ impl Holding {
     }
 
     /// The release rule's question: does the file's first JSON value record
-    /// `pid`? One short pread for anything we wrote.
+    /// `pid`? One short pread for anything we wrote; when the file holds
+    /// exactly the bytes we wrote (the common case) they answer without a
+    /// parse, since they record `info.pid`.
     fn file_records(&self, file: &File, pid: u32) -> Result<bool, LockError> {
+        let mut buf = [0u8; 1024];
+        // One byte more than ours: a longer file is not "exactly ours".
+        if let Some(window) = buf.get_mut(..self.written.len() + 1) {
+            let n = sys::read_at(file, window, 0)
+                .map_err(|e| LockError::io("cannot read lock file", &self.target.path, e))?;
+            if window[..n] == self.written[..] {
+                return Ok(self.info.pid == pid);
+            }
+        }
         let content = read_content(&self.target.path, file)?;
         Ok(info::recorded_pid(&content) == Some(pid))
     }
@@ -477,6 +502,7 @@ impl Holding {
         std::mem::swap(&mut self.file, &mut replacement.file);
         std::mem::swap(&mut self.id, &mut replacement.id);
         std::mem::swap(&mut self.written_len, &mut replacement.written_len);
+        std::mem::swap(&mut self.written, &mut replacement.written);
         std::mem::swap(&mut self.target, &mut replacement.target);
         drop(replacement.file.take());
         Ok(Integrity::Restored)
