@@ -294,8 +294,11 @@ class LockDir:
     def _leave(self) -> None:
         self._active.pop()
         if self._closing:
-            with self._cond:
-                self._cond.notify_all()
+            self._notify_closer()
+
+    def _notify_closer(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     def acquire(self, port: int) -> "PortLock":
         """Takes ``port``'s lock: a held :class:`PortLock` (raises
@@ -369,16 +372,26 @@ class PortLock:
     def acquire(self) -> "PortLock":
         if self._handle is not None:
             raise LockError("port %d is already held by this PortLock" % self.port, INVALID_ARGUMENT)
+        # The per-cycle path: each Python step here runs after a system
+        # call has flushed the CPU's caches, so it costs several times what
+        # it costs in a tight loop. Hence LockDir._enter/_leave inlined, and
+        # no conversions.
         lib = _lib()
         out_handle, other = self._out_handle, self._out_other
         handle_ref, other_ref = self._out_refs
         lock_dir = self.lock_dir
         if isinstance(lock_dir, LockDir):
-            directory = lock_dir._enter()
+            active = lock_dir._active
+            active.append(None)  # as LockDir._enter
             try:
+                directory = lock_dir._c_handle
+                if directory is None:
+                    raise LockError("lock dir %s is closed" % lock_dir.path, INVALID_ARGUMENT)
                 status = lib._fast_dir_acquire(directory, self._c_port, handle_ref, other_ref)
             finally:
-                lock_dir._leave()
+                active.pop()  # as LockDir._leave
+                if lock_dir._closing:
+                    lock_dir._notify_closer()
         else:
             made_from, path = self._dir_bytes
             if made_from is not lock_dir:  # first use, or lock_dir was reassigned
@@ -390,7 +403,11 @@ class PortLock:
                 raise AlreadyRunning(_last_error(), self.port, LockInfo._from_c(other))
             _check(status)
         self._handle = out_handle.value
-        self.reclaimed_from = LockInfo._from_c(other)
+        # _from_c's all-zero test first, inline: a clean acquire is the rule.
+        if other.pid or other.port or other.started_at_unix_ms:
+            self.reclaimed_from = LockInfo._from_c(other)
+        else:
+            self.reclaimed_from = None
         return self
 
     def release(self) -> None:
@@ -398,7 +415,9 @@ class PortLock:
         recorded holder). A no-op if not held."""
         handle, self._handle = self._handle, None
         if handle is not None:
-            status = _lib()._fast_release(ctypes.c_void_p(handle))
+            # _out_handle still holds this handle: only acquire writes it,
+            # and only while nothing is held.
+            status = _lib()._fast_release(self._out_handle)
             if status != OK:
                 _check(status)
 
