@@ -3,12 +3,13 @@ floor and filelock's, in one run on one file system (tmpfs when present).
 
     python3 ffi/python/bench.py [--iterations N] [--rounds R] [--base DIR]
 
-Contenders (each in a private lock dir; rounds interleave them, so a burst
-of load on a shared machine hits all alike; the figure is the median over
-rounds of the time per cycle, wall clock and this process's CPU time):
+Contenders (each in a private lock dir; every round times each of them in
+turn, so a burst of load on a shared machine hits all alike; the figure is
+the median over rounds of the time per cycle, wall clock and the timing
+process's CPU time, which waiting for a busy CPU does not inflate):
 
 - C, timed in C by ``ffi/benches/c_cycle.c`` (compiled here with ``cc``
-  against the library this module loads): ``floor_unlink`` (open O_CREAT +
+  against the library this module loads; one process per round): ``floor_unlink`` (open O_CREAT +
   flock + unlink + close), ``c_abi`` (``llmlb_lock_acquire`` by path +
   release), ``c_abi_dir`` (through a dir handle);
 - Python: ``py_floor_unlink`` (the same four calls through ``os`` and
@@ -85,8 +86,9 @@ def loaded_library() -> Path:
     raise OSError("no library")
 
 
-def c_figures(base: Path, lib: Path, iterations: int, rounds: int):
-    """Runs c_cycle.c; {name: (wall_ns, cpu_ns)}, or a reason string."""
+def build_c(base: Path, lib: Path):
+    """Compiles c_cycle.c; a function running one round of it (returning
+    {name: (wall_ns, cpu_ns)}), or a reason string."""
     cc = shutil.which(os.environ.get("CC", "cc"))
     if not cc:
         return "no C compiler (set CC)"
@@ -102,17 +104,24 @@ def c_figures(base: Path, lib: Path, iterations: int, rounds: int):
          "-o", str(exe), "-L", str(libdir), "-lllmlb_lock", "-Wl,-rpath," + str(libdir)],
         check=True,
     )
-    work = base / "c"
-    work.mkdir(mode=0o700)
-    out = subprocess.run(
-        [str(exe), str(work), str(iterations), str(rounds)],
-        check=True, stdout=subprocess.PIPE, text=True,
-    ).stdout
-    figures = {}
-    for line in out.splitlines():
-        name, wall, cpu = line.split()
-        figures[name] = (float(wall), float(cpu))
-    return figures
+    runs = [0]
+
+    def one_round(iterations: int):
+        runs[0] += 1
+        work = base / ("c%d" % runs[0])
+        work.mkdir(mode=0o700)
+        out = subprocess.run(
+            [str(exe), str(work), str(iterations), "1"],
+            check=True, stdout=subprocess.PIPE, text=True,
+        ).stdout
+        shutil.rmtree(work)
+        figures = {}
+        for line in out.splitlines():
+            name, wall, cpu = line.split()
+            figures[name] = (float(wall), float(cpu))
+        return figures
+
+    return one_round
 
 
 def py_contenders(base: Path, file_lock):
@@ -154,19 +163,24 @@ def py_contenders(base: Path, file_lock):
     return contenders
 
 
-def time_py(contenders, iterations: int, rounds: int):
-    """{name: (wall_ns, cpu_ns)}: medians over interleaved rounds."""
-    samples = {name: ([], []) for name in contenders}
+def time_all(contenders, c_round, iterations: int, rounds: int):
+    """{name: (wall_ns, cpu_ns)}: medians over rounds, each round timing the
+    C contenders (one c_cycle process) and then each Python one."""
+    samples = {}
     for fn in contenders.values():  # warm-up
         for _ in range(iterations // 10 + 1):
             fn()
     for _ in range(rounds):
+        if c_round is not None:
+            for name, (wall, cpu) in c_round(iterations).items():
+                samples.setdefault(name, ([], []))[0].append(wall)
+                samples[name][1].append(cpu)
         for name, fn in contenders.items():
             w0, c0 = time.perf_counter_ns(), time.process_time_ns()
             for _ in range(iterations):
                 fn()
             c1, w1 = time.process_time_ns(), time.perf_counter_ns()
-            samples[name][0].append((w1 - w0) / iterations)
+            samples.setdefault(name, ([], []))[0].append((w1 - w0) / iterations)
             samples[name][1].append((c1 - c0) / iterations)
     return {n: (statistics.median(w), statistics.median(c)) for n, (w, c) in samples.items()}
 
@@ -190,16 +204,14 @@ def main() -> int:
               % (base_root, args.rounds, args.iterations, sys.version.split()[0]))
         if why:
             print("==> filelock: SKIPPED (%s)" % why if file_lock is None else "note: filelock " + why)
-        c = c_figures(base, lib, args.iterations, args.rounds)
-        py = time_py(py_contenders(base, file_lock), args.iterations, args.rounds)
+        c_round = build_c(base, lib)
+        if isinstance(c_round, str):
+            print("==> C contenders: SKIPPED (%s)" % c_round)
+            c_round = None
+        rows = time_all(py_contenders(base, file_lock), c_round, args.iterations, args.rounds)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
-    rows = dict(py)
-    if isinstance(c, str):
-        print("==> C contenders: SKIPPED (%s)" % c)
-    else:
-        rows.update(c)
     print("%-16s %12s %12s" % ("cycle", "wall us", "cpu us"))
     for name in ["floor_unlink", "c_abi", "c_abi_dir", "py_floor_unlink", "py_path", "py_dir",
                  "filelock"]:
