@@ -1,6 +1,7 @@
 """The Python wrapper's acquire + release cycle beside the C ABI's, its
 floor and filelock's, in one run on one file system (tmpfs when present).
 
+    cargo build --release -p llmlb-lock-ffi
     python3 ffi/python/bench.py [--iterations N] [--rounds R] [--base DIR]
 
 Contenders (each in a private lock dir; every round times each of them in
@@ -200,6 +201,9 @@ def main() -> int:
     try:
         lib = loaded_library()
         print("library: %s (version %s)" % (lib, llmlb_lock.library_version()))
+        if "debug" in lib.parts:
+            print("warning: a debug build; for figures run `cargo build --release -p llmlb-lock-ffi`"
+                  " or set LLMLB_LOCK_LIB")
         print("file system: %s; %d rounds x %d cycles; Python %s"
               % (base_root, args.rounds, args.iterations, sys.version.split()[0]))
         if why:

@@ -387,6 +387,15 @@ impl Holding {
         Ok(self.take_target())
     }
 
+    /// [`Holding::release`] for a caller that drops the lock whatever the
+    /// outcome (`PortGuard`): nothing is handed back, so nothing is cloned.
+    /// On error the descriptor is still held here, and dropping `self`
+    /// retries once and then closes it (what dropping the handed-back lock
+    /// would do).
+    pub(crate) fn release_dropping(mut self) -> Result<(), LockError> {
+        self.release_in_place()
+    }
+
     fn take_target(&mut self) -> Target {
         self.target.clone()
     }
