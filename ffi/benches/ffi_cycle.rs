@@ -7,15 +7,27 @@
 //! result crosses `catch_unwind`, and the handle is boxed. `c_abi_dir` is the
 //! same cycle through a dir handle (`llmlb_lock_dir_open` once, then
 //! `llmlb_lock_dir_acquire`): no per-call dir work, the Rust API's shape.
+//!
+//! `floor_unlink` (open O_CREAT + flock + unlink + close: our release removes
+//! the file, so every cycle creates an inode) and `floor` (open + flock +
+//! close of a file that stays) run in the same group, so the ratio the README
+//! quotes comes from one run on one file system.
 
+// The floors deliberately bypass the library (flock through fs2 directly):
+// clippy.toml bans lock calls outside src/lock/sys so that the product cannot
+// sidestep the protocol, which is exactly what a floor measurement must do.
+#![allow(clippy::disallowed_methods)]
 // criterion_group! generates an undocumented `pub fn`.
 #![allow(missing_docs)]
 
 use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::ptr;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use fs2::FileExt;
 use llmlb::lock::{acquire_or_reclaim, LockDir};
 use llmlb_lock::{
     llmlb_lock_acquire, llmlb_lock_dir_acquire, llmlb_lock_dir_close, llmlb_lock_dir_open,
@@ -32,6 +44,16 @@ fn primary_fs() -> (&'static str, PathBuf) {
     } else {
         ("tmp", std::env::temp_dir())
     }
+}
+
+fn open_rw_create(path: &Path) -> File {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .expect("open")
 }
 
 fn ffi_cycle(c: &mut Criterion) {
@@ -88,6 +110,30 @@ fn ffi_cycle(c: &mut Criterion) {
     });
     // SAFETY: the live dir handle, closed once after its last use.
     unsafe { llmlb_lock_dir_close(dir) };
+
+    let floor_dir = tmp.path().join("floor_unlink");
+    LockDir::create(&floor_dir).expect("lock dir");
+    let path = floor_dir.join("serve_8000.lock");
+    group.bench_function(BenchmarkId::new(fs, "floor_unlink"), |b| {
+        b.iter(|| {
+            let file = open_rw_create(black_box(&path));
+            file.try_lock_exclusive().expect("uncontended");
+            std::fs::remove_file(&path).expect("unlink");
+            drop(file);
+        });
+    });
+
+    let floor_dir = tmp.path().join("floor");
+    LockDir::create(&floor_dir).expect("lock dir");
+    let path = floor_dir.join("serve_8000.lock");
+    std::fs::write(&path, b"").expect("the floor's file stays");
+    group.bench_function(BenchmarkId::new(fs, "floor"), |b| {
+        b.iter(|| {
+            let file = open_rw_create(black_box(&path));
+            file.try_lock_exclusive().expect("uncontended");
+            drop(file);
+        });
+    });
     group.finish();
 }
 

@@ -146,6 +146,15 @@ def _load() -> ctypes.CDLL:
         fn = getattr(lib, name)
         fn.restype = restype
         fn.argtypes = argtypes
+    # The per-cycle calls again, without argtypes: converting each argument
+    # through argtypes costs about as much as the call itself. Callers pass
+    # exactly the C types (c_void_p handles, a c_uint16 port, byref out
+    # parameters, bytes or None for a path), so libffi sees the same
+    # signature as above.
+    for name in ("llmlb_lock_acquire", "llmlb_lock_dir_acquire", "llmlb_lock_release"):
+        fn = lib[name]  # a new function object, leaving the typed one alone
+        fn.restype = status
+        setattr(lib, "_fast_" + name[len("llmlb_lock_"):], fn)
     return lib
 
 
@@ -155,6 +164,9 @@ _lib_lock = threading.Lock()
 
 def _lib() -> ctypes.CDLL:
     global _lib_cache
+    lib = _lib_cache  # the hot path: loaded once, then read without a lock
+    if lib is not None:
+        return lib
     with _lib_lock:
         if _lib_cache is None:
             _lib_cache = _load()
@@ -251,28 +263,42 @@ class LockDir:
 
     def __init__(self, lock_dir: Optional[PathLike] = None):
         self._handle: Optional[int] = None
-        self._users = 0
-        self._cond = threading.Condition()
+        self._c_handle: Optional[ctypes.c_void_p] = None
+        # One entry per call in progress: list.append and list.pop are atomic,
+        # so a call costs no lock; close() waits on the condition until the
+        # list is empty, and only then do leaving calls notify it.
+        self._active: list = []
+        self._closing = 0
+        self._cond = threading.Condition(threading.Lock())
         # The resolved dir, for messages and lock paths (port 1 is any port).
         self.path = os.path.dirname(lock_path(1, lock_dir))
         handle = ctypes.c_void_p()
         _check(_lib().llmlb_lock_dir_open(_dir_arg(lock_dir), ctypes.byref(handle)))
         self._handle = handle.value
+        self._c_handle = handle
 
     @property
     def closed(self) -> bool:
         return self._handle is None
 
-    def _enter(self) -> int:
-        with self._cond:
-            if self._handle is None:
-                raise LockError("lock dir %s is closed" % self.path, INVALID_ARGUMENT)
-            self._users += 1
-            return self._handle
+    def _enter(self) -> ctypes.c_void_p:
+        # Registered before the handle is read: close() clears the handle
+        # before it looks at the list, so either it waits for this call or
+        # this call sees the handle gone.
+        self._active.append(None)
+        handle = self._c_handle
+        if handle is None:
+            self._leave()
+            raise LockError("lock dir %s is closed" % self.path, INVALID_ARGUMENT)
+        return handle
 
     def _leave(self) -> None:
+        self._active.pop()
+        if self._closing:
+            self._notify_closer()
+
+    def _notify_closer(self) -> None:
         with self._cond:
-            self._users -= 1
             self._cond.notify_all()
 
     def acquire(self, port: int) -> "PortLock":
@@ -287,9 +313,11 @@ class LockDir:
     def close(self) -> None:
         """Closes the handle (idempotent), after calls in progress finish."""
         with self._cond:
-            while self._users:
+            handle, self._handle, self._c_handle = self._handle, None, None
+            self._closing += 1
+            while self._active:
                 self._cond.wait()
-            handle, self._handle = self._handle, None
+            self._closing -= 1
         if handle is not None:
             _lib().llmlb_lock_dir_close(handle)
 
@@ -329,6 +357,13 @@ class PortLock:
         self._handle: Optional[int] = None
         self.reclaimed_from: Optional[LockInfo] = None
         """The dead holder's info when acquire reclaimed a stale lock."""
+        # Out parameters made once, not per acquire (one PortLock is not
+        # used by several threads at once; see the class doc).
+        self._out_handle = ctypes.c_void_p()
+        self._out_other = _Info()
+        self._out_refs = (ctypes.byref(self._out_handle), ctypes.byref(self._out_other))
+        self._c_port = ctypes.c_uint16(self.port)
+        self._dir_bytes = (None, None)  # (lock_dir it was made from, _dir_arg of it)
 
     @property
     def held(self) -> bool:
@@ -338,26 +373,42 @@ class PortLock:
     def acquire(self) -> "PortLock":
         if self._handle is not None:
             raise LockError("port %d is already held by this PortLock" % self.port, INVALID_ARGUMENT)
+        # The per-cycle path: each Python step here runs after a system
+        # call has flushed the CPU's caches, so it costs several times what
+        # it costs in a tight loop. Hence LockDir._enter/_leave inlined, and
+        # no conversions.
         lib = _lib()
-        handle = ctypes.c_void_p()
-        other = _Info()
-        if isinstance(self.lock_dir, LockDir):
-            directory = self.lock_dir._enter()
+        out_handle, other = self._out_handle, self._out_other
+        handle_ref, other_ref = self._out_refs
+        lock_dir = self.lock_dir
+        if isinstance(lock_dir, LockDir):
+            active = lock_dir._active
+            active.append(None)  # as LockDir._enter
             try:
-                status = lib.llmlb_lock_dir_acquire(
-                    directory, self.port, ctypes.byref(handle), ctypes.byref(other)
-                )
+                directory = lock_dir._c_handle
+                if directory is None:
+                    raise LockError("lock dir %s is closed" % lock_dir.path, INVALID_ARGUMENT)
+                status = lib._fast_dir_acquire(directory, self._c_port, handle_ref, other_ref)
             finally:
-                self.lock_dir._leave()
+                active.pop()  # as LockDir._leave
+                if lock_dir._closing:
+                    lock_dir._notify_closer()
         else:
-            status = lib.llmlb_lock_acquire(
-                _dir_arg(self.lock_dir), self.port, ctypes.byref(handle), ctypes.byref(other)
-            )
-        if status == ALREADY_RUNNING:
-            raise AlreadyRunning(_last_error(), self.port, LockInfo._from_c(other))
-        _check(status)
-        self._handle = handle.value
-        self.reclaimed_from = LockInfo._from_c(other)
+            made_from, path = self._dir_bytes
+            if made_from is not lock_dir:  # first use, or lock_dir was reassigned
+                path = _dir_arg(lock_dir)
+                self._dir_bytes = (lock_dir, path)
+            status = lib._fast_acquire(path, self._c_port, handle_ref, other_ref)
+        if status != OK:
+            if status == ALREADY_RUNNING:
+                raise AlreadyRunning(_last_error(), self.port, LockInfo._from_c(other))
+            _check(status)
+        self._handle = out_handle.value
+        # _from_c's all-zero test first, inline: a clean acquire is the rule.
+        if other.pid or other.port or other.started_at_unix_ms:
+            self.reclaimed_from = LockInfo._from_c(other)
+        else:
+            self.reclaimed_from = None
         return self
 
     def release(self) -> None:
@@ -365,7 +416,11 @@ class PortLock:
         recorded holder). A no-op if not held."""
         handle, self._handle = self._handle, None
         if handle is not None:
-            _check(_lib().llmlb_lock_release(handle))
+            # _out_handle still holds this handle: only acquire writes it,
+            # and only while nothing is held.
+            status = _lib()._fast_release(self._out_handle)
+            if status != OK:
+                _check(status)
 
     def adopt(self) -> None:
         """In a forked child: become the recorded holder (see the C API)."""

@@ -11,6 +11,7 @@
  * are not compiled; main says how many did not run.
  */
 #define _XOPEN_SOURCE 700
+#define _DEFAULT_SOURCE /* syscall(2) for the raw fork below */
 
 #include "llmlb_lock.h"
 
@@ -40,6 +41,10 @@ static int unset_env(const char *name) { return _putenv_s(name, ""); }
 static int make_dir(const char *path) { return mkdir(path, 0700); }
 static int set_env(const char *name, const char *value) { return setenv(name, value, 1); }
 static int unset_env(const char *name) { return unsetenv(name); }
+#ifdef __linux__
+#include <signal.h>
+#include <sys/syscall.h>
+#endif
 #endif
 
 static const char *g_root;
@@ -510,6 +515,68 @@ static void test_fork_then_adopt_hands_over(void) {
 }
 #endif /* !_WIN32: fork */
 
+#ifdef __linux__
+/* fork as the kernel does it, without glibc's fork(): no pthread_atfork
+ * handlers run, exactly as in a child made by _Fork, syscall(SYS_fork) or a
+ * runtime that clones by itself. The library caches its PID; a cache that
+ * only an atfork handler resets would still name the parent here. */
+static pid_t raw_fork(void) { return (pid_t)syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0); }
+
+static pid_t raw_getpid(void) { return (pid_t)syscall(SYS_getpid); }
+#endif
+
+/* The library knows its PID without a system call per acquire/release; in a
+ * forked child it must know the child's. Otherwise a child's release would
+ * remove the parent's lock file (it would take the file's PID for its own),
+ * and a child's adopt would be a no-op. */
+static void test_pid_is_fresh_in_a_child_forked_without_atfork(void) {
+#ifdef __linux__
+  char dir[512], path[600];
+  LlmlbLock *lock = NULL, *again = NULL;
+  LlmlbLockInfo info, other;
+  LlmlbLockState state;
+  pid_t child;
+  make_dir_path(dir, sizeof dir, "raw-fork");
+  lock_file(dir, 8016, path, sizeof path);
+  /* A full cycle first, so the parent's PID is certainly cached. */
+  CHECK_STATUS(llmlb_lock_acquire(dir, 8016, &lock, NULL), LLMLB_STATUS_OK);
+  CHECK_STATUS(llmlb_lock_release(lock), LLMLB_STATUS_OK);
+  CHECK_STATUS(llmlb_lock_acquire(dir, 8016, &lock, NULL), LLMLB_STATUS_OK);
+
+  /* A child's release only closes its descriptor. */
+  child = raw_fork();
+  CHECK(child >= 0);
+  if (child == 0) _exit(llmlb_lock_release(lock) == LLMLB_STATUS_OK ? 0 : 1);
+  wait_ok(child);
+  CHECK(exists(path));
+  CHECK_STATUS(llmlb_lock_probe(dir, 8016, &state, &info), LLMLB_STATUS_OK);
+  CHECK(state == LLMLB_STATE_HELD && info.pid == (uint32_t)getpid());
+
+  /* A child's adopt records the child, by its own PID. */
+  child = raw_fork();
+  CHECK(child >= 0);
+  if (child == 0) {
+    if (llmlb_lock_adopt(lock) != LLMLB_STATUS_OK) _exit(1);
+    if (llmlb_lock_info(lock, &info) != LLMLB_STATUS_OK) _exit(2);
+    _exit(info.pid == (uint32_t)raw_getpid() ? 0 : 3);
+  }
+  wait_ok(child);
+  CHECK_STATUS(llmlb_lock_probe(dir, 8016, &state, &info), LLMLB_STATUS_OK);
+  CHECK(state == LLMLB_STATE_HELD && info.pid == (uint32_t)child);
+  /* The parent is no longer the recorded holder: its release only closes,
+   * leaving the (now dead) child's file stale. */
+  CHECK_STATUS(llmlb_lock_release(lock), LLMLB_STATUS_OK);
+  CHECK(exists(path));
+  CHECK_STATUS(llmlb_lock_probe(dir, 8016, &state, &info), LLMLB_STATUS_OK);
+  CHECK(state == LLMLB_STATE_STALE && info.pid == (uint32_t)child);
+  garbage(&other);
+  CHECK_STATUS(llmlb_lock_acquire(dir, 8016, &again, &other), LLMLB_STATUS_OK);
+  CHECK(other.pid == (uint32_t)child);
+  CHECK_STATUS(llmlb_lock_release(again), LLMLB_STATUS_OK);
+  CHECK(!exists(path));
+#endif
+}
+
 static void *fail_on_other_thread(void *arg) {
   LlmlbLock *lock = NULL;
   int *ok = (int *)arg;
@@ -853,6 +920,7 @@ int main(int argc, char **argv) {
   test_release_in_forked_child_keeps_parent_lock();
   test_fork_then_adopt_hands_over();
 #endif
+  test_pid_is_fresh_in_a_child_forked_without_atfork(); /* Linux only: raw clone */
   test_last_error_is_per_thread();
   test_dir_handle_acquire_probe_close();
   test_dir_handle_invalid_arguments();

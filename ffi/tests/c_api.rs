@@ -228,3 +228,47 @@ fn launcher_usage_errors_exit_2() {
         "a usage error must not touch the lock dir"
     );
 }
+
+/// The C timing loop behind `ffi/python/bench.py` compiles with the test
+/// flags and runs: each contender's line is printed, and its cycles left
+/// nothing behind (every lock released, every file removed). Unix's: the
+/// loop is POSIX C (`clock_gettime`, `getrusage`), and under Wine no host
+/// compiler can be started from the test.
+#[cfg(unix)]
+#[test]
+fn c_cycle_bench_runs() {
+    let cc = support::c_compiler();
+    let tmp = tempfile::tempdir().unwrap();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/c_cycle.c");
+    let exe = tmp.path().join("c_cycle");
+    support::compile_c(&cc, &[source], &exe, support::Link::Shared, false);
+    let work = support::private_dir(tmp.path(), "c_cycle-work");
+    let out = Command::new(&exe)
+        .args([work.as_os_str(), "20".as_ref(), "3".as_ref()])
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = text(&out.stdout);
+    for name in ["floor_unlink", "c_abi", "c_abi_dir"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} line: {}", describe(&out)));
+        let figures: Vec<f64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|f| f.parse().unwrap())
+            .collect();
+        assert!(
+            figures.len() == 2 && figures.iter().all(|&f| f > 0.0),
+            "{line}"
+        );
+        let dir = work.join(name);
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "{name} left files"
+        );
+    }
+}

@@ -94,7 +94,7 @@ struct ProcessFacts {
 /// recomputed (rarely: a forked child that adopts) for any other PID.
 fn with_process_facts<R>(f: impl FnOnce(&ProcessFacts) -> R) -> R {
     static FIRST: OnceLock<ProcessFacts> = OnceLock::new();
-    let pid = std::process::id();
+    let pid = sys::current_pid();
     let compute = || ProcessFacts {
         pid,
         host: sys::hostname(),

@@ -70,7 +70,12 @@ pub struct Holding {
     file: Option<File>,
     id: FileId,
     pub(crate) info: LockInfo,
+    /// How far the next write must cut the file (what we wrote, or more if
+    /// `verify` found the file overwritten by something longer).
     written_len: u64,
+    /// The bytes we last wrote: release compares the file with them instead
+    /// of parsing it (they record `info.pid`).
+    written: Vec<u8>,
     /// The process that took (or adopted) the lock. A forked child that
     /// inherits this value is not the owner: it only closes its descriptor.
     owner_pid: u32,
@@ -121,9 +126,13 @@ fn open_error(path: &Path, e: io::Error, action: &'static str) -> LockError {
 }
 
 /// Refuses what we must not read or write even if we could lock it.
-fn check_file(path: &Path, file: &File) -> Result<sys::OpenFileStat, LockError> {
-    let st =
-        sys::stat_open(file).map_err(|e| LockError::io("cannot inspect lock file", path, e))?;
+fn check_file(
+    dir: &sys::DirHandle,
+    path: &Path,
+    file: &File,
+) -> Result<sys::OpenFileStat, LockError> {
+    let st = sys::stat_open(dir, file)
+        .map_err(|e| LockError::io("cannot inspect lock file", path, e))?;
     if !st.is_regular {
         return Err(LockError::UnsafeLockFile {
             path: path.to_path_buf(),
@@ -229,7 +238,7 @@ pub(crate) fn acquire(target: Target) -> Result<Acquisition, LockError> {
         // Step 3.
         let locked =
             sys::try_lock_exclusive(&file).map_err(|e| LockError::io("cannot lock", path, e))?;
-        let st = check_file(path, &file)?;
+        let st = check_file(&target.dir, path, &file)?;
         if locked == TryLock::Contended {
             // Step 8: a shared lock succeeds iff only readers are in the way.
             match sys::try_lock_shared(&file).map_err(|e| LockError::io("cannot lock", path, e))? {
@@ -280,7 +289,13 @@ pub(crate) fn acquire(target: Target) -> Result<Acquisition, LockError> {
 /// Step 6: write in place at offset 0, then shrink to the written length.
 /// Never truncate to zero first: that makes ext4 flush on close (137 µs vs
 /// 2 µs measured) and opens a window where readers see an empty file.
-fn write_info(path: &Path, file: &File, info: &LockInfo, old_len: u64) -> Result<u64, LockError> {
+/// Returns the bytes written.
+fn write_info(
+    path: &Path,
+    file: &File,
+    info: &LockInfo,
+    old_len: u64,
+) -> Result<Vec<u8>, LockError> {
     let bytes = info.to_bytes();
     sys::write_all_at(file, &bytes, 0)
         .map_err(|e| LockError::io("cannot write lock file", path, e))?;
@@ -292,7 +307,7 @@ fn write_info(path: &Path, file: &File, info: &LockInfo, old_len: u64) -> Result
         file.set_len(new_len)
             .map_err(|e| LockError::io("cannot write lock file", path, e))?;
     }
-    Ok(new_len)
+    Ok(bytes)
 }
 
 /// This holder's stop channel (see [`Holding::stop`]).
@@ -317,7 +332,7 @@ impl StaleFile {
             Err(e) => return Err((self, e)),
         };
         match write_info(&self.target.path, &self.file, &info, self.len) {
-            Ok(len) => Ok((
+            Ok(written) => Ok((
                 Holding {
                     stop,
                     target: self.target,
@@ -326,7 +341,8 @@ impl StaleFile {
                     // Our info was made for this PID just above: no second getpid.
                     owner_pid: info.pid,
                     info,
-                    written_len: len,
+                    written_len: written.len() as u64,
+                    written,
                 },
                 self.previous,
             )),
@@ -372,7 +388,7 @@ impl Holding {
         old_len: u64,
     ) -> Result<Holding, LockError> {
         let stop = stop_channel(&target)?;
-        let written_len = write_info(&target.path, &file, &info, old_len)?;
+        let written = write_info(&target.path, &file, &info, old_len)?;
         Ok(Holding {
             stop,
             target,
@@ -382,7 +398,8 @@ impl Holding {
             // this call: reusing its pid spares a getpid syscall.
             owner_pid: info.pid,
             info,
-            written_len,
+            written_len: written.len() as u64,
+            written,
         })
     }
 
@@ -394,8 +411,9 @@ impl Holding {
 
     /// Replaces the recorded info (e.g. to add the exec-mode child's pgid).
     pub(crate) fn rewrite(&mut self, info: LockInfo) -> Result<(), LockError> {
-        let len = write_info(&self.target.path, self.file(), &info, self.written_len)?;
-        self.written_len = len;
+        let written = write_info(&self.target.path, self.file(), &info, self.written_len)?;
+        self.written_len = written.len() as u64;
+        self.written = written;
         self.info = info;
         Ok(())
     }
@@ -403,7 +421,7 @@ impl Holding {
     /// Makes the calling process (a forked child holding the inherited
     /// descriptor) the owner: the file records it, its release removes the file.
     pub(crate) fn adopt(&mut self) -> Result<(), LockError> {
-        let pid = std::process::id();
+        let pid = sys::current_pid();
         if pid == self.owner_pid {
             return Ok(());
         }
@@ -426,6 +444,15 @@ impl Holding {
         Ok(self.take_target())
     }
 
+    /// [`Holding::release`] for a caller that drops the lock whatever the
+    /// outcome (`PortGuard`): nothing is handed back, so nothing is cloned.
+    /// On error the descriptor is still held here, and dropping `self`
+    /// retries once and then closes it (what dropping the handed-back lock
+    /// would do).
+    pub(crate) fn release_dropping(mut self) -> Result<(), LockError> {
+        self.release_in_place()
+    }
+
     fn take_target(&mut self) -> Target {
         self.target.clone()
     }
@@ -435,7 +462,7 @@ impl Holding {
         let Some(file) = self.file.take() else {
             return Ok(());
         };
-        let pid = std::process::id();
+        let pid = sys::current_pid();
         if pid != self.owner_pid {
             drop(file);
             return Ok(());
@@ -478,8 +505,19 @@ impl Holding {
     }
 
     /// The release rule's question: does the file's first JSON value record
-    /// `pid`? One short pread for anything we wrote.
+    /// `pid`? One short pread for anything we wrote; when the file holds
+    /// exactly the bytes we wrote (the common case) they answer without a
+    /// parse, since they record `info.pid`.
     fn file_records(&self, file: &File, pid: u32) -> Result<bool, LockError> {
+        let mut buf = [0u8; 1024];
+        // One byte more than ours: a longer file is not "exactly ours".
+        if let Some(window) = buf.get_mut(..self.written.len() + 1) {
+            let n = sys::read_at(file, window, 0)
+                .map_err(|e| LockError::io("cannot read lock file", &self.target.path, e))?;
+            if window[..n] == self.written[..] {
+                return Ok(self.info.pid == pid);
+            }
+        }
         let content = read_content(&self.target.path, file)?;
         Ok(info::recorded_pid(&content) == Some(pid))
     }
@@ -489,7 +527,7 @@ impl Holding {
     /// protocol as a new acquirer (re-creating a removed lock dir), keeping our
     /// recorded info. A forked non-owner has nothing to check.
     pub(crate) fn verify(&mut self) -> Result<Integrity, LockError> {
-        if self.owner_pid != std::process::id() {
+        if self.owner_pid != sys::current_pid() {
             return Ok(Integrity::Intact);
         }
         let target = &self.target;
@@ -530,6 +568,7 @@ impl Holding {
         std::mem::swap(&mut self.file, &mut replacement.file);
         std::mem::swap(&mut self.id, &mut replacement.id);
         std::mem::swap(&mut self.written_len, &mut replacement.written_len);
+        std::mem::swap(&mut self.written, &mut replacement.written);
         std::mem::swap(&mut self.target, &mut replacement.target);
         drop(replacement.file.take());
         Ok(Integrity::Restored)
@@ -545,7 +584,7 @@ impl Holding {
     /// the file still records it (after a forked child adopts, the parent's
     /// handle is no longer the owner).
     pub(crate) fn is_owner(&self) -> bool {
-        let pid = std::process::id();
+        let pid = sys::current_pid();
         pid == self.owner_pid && self.file_records(self.file(), pid).unwrap_or(false)
     }
 }
@@ -578,7 +617,7 @@ pub(crate) fn probe(target: &Target) -> Result<LockState, LockError> {
             Err(e) if sys::is_transient_open_error(&e) && wait.again() => continue,
             Err(e) => return Err(open_error(path, e, "cannot open lock file")),
         };
-        let st = check_file(path, &file)?;
+        let st = check_file(&target.dir, path, &file)?;
         match sys::try_lock_shared(&file).map_err(|e| LockError::io("cannot lock", path, e))? {
             TryLock::Contended => return Ok(LockState::Held(read_holder(&file, port))),
             TryLock::Acquired => {
@@ -629,7 +668,7 @@ mod tests {
             .unwrap();
         assert_eq!(sys::try_lock_exclusive(&file).unwrap(), TryLock::Acquired);
         let info = LockInfo::for_current_process(target.port);
-        let id = sys::stat_open(&file).unwrap().id;
+        let id = sys::stat_open(&target.dir, &file).unwrap().id;
         let holding = Holding::establish(target.clone(), file, id, info, 0).unwrap();
 
         let (holding, err) = holding.release().map(|_| ()).unwrap_err();

@@ -319,6 +319,12 @@ impl<S: Holds> PortLock<S> {
         }
     }
 
+    /// [`release`](Self::release) for [`PortGuard`], which drops the lock
+    /// either way: the same protocol, without building the `Free` state.
+    pub(crate) fn release_dropping(self) -> Result<(), LockError> {
+        self.state.split().0.release_dropping()
+    }
+
     /// Replaces the recorded `child_pgid` (exec mode records the process group
     /// of the command it runs, so `stop --force` can kill all of it), together
     /// with the identity of the group's leader (the process whose PID is
@@ -544,7 +550,7 @@ impl PortGuard {
         let result = if self.shared {
             on_both!(self.inner, l => super::process::release_shared(l))
         } else {
-            on_both!(self.inner, l => l.release().map(drop).map_err(LockError::from))
+            on_both!(self.inner, l => l.release_dropping())
         };
         tracing::debug!(port, ok = result.is_ok(), "lock released");
         result

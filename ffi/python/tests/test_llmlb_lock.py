@@ -399,6 +399,47 @@ class LockDirTest(LockDirTestCase):
         self.assertGreater(state["wins"], 0)
         self.assertFalse(os.path.exists(self.file(8233)))
 
+    def test_close_waits_for_an_acquire_in_progress(self):
+        # close() frees the C handle only once no call is using it. The
+        # acquire is held inside its C call (a stand-in that waits for the
+        # test) while another thread closes.
+        locks = LockDir(self.dir)
+        lib = llmlb_lock._lib()
+        real = lib._fast_dir_acquire
+        entered, go = threading.Event(), threading.Event()
+
+        def held_in_call(*args):
+            entered.set()
+            self.assertTrue(go.wait(timeout=60), "the test never let the call finish")
+            return real(*args)
+
+        result = {}
+        lib._fast_dir_acquire = held_in_call
+        try:
+            acquirer = threading.Thread(target=lambda: result.update(lock=locks.acquire(8235)))
+            acquirer.start()
+            self.assertTrue(entered.wait(timeout=60), "acquire never reached its C call")
+            closer = threading.Thread(target=locks.close)
+            closer.start()
+            # However long this waits, a correct close() is still waiting:
+            # only a close that did not wait can have finished.
+            closer.join(timeout=0.2)
+            self.assertTrue(closer.is_alive(), "close() did not wait for the call in progress")
+            self.assertTrue(locks.closed)  # new calls are refused meanwhile
+            self.assertRaisesStatus(llmlb_lock.INVALID_ARGUMENT, locks.probe, 8236)
+            go.set()
+            acquirer.join(timeout=60)
+            closer.join(timeout=60)
+            self.assertFalse(acquirer.is_alive() or closer.is_alive(), "a thread hung")
+        finally:
+            go.set()
+            lib._fast_dir_acquire = real
+        lock = result["lock"]
+        self.assertTrue(lock.held)  # taken through the handle before it closed
+        self.assertEqual(probe(8235, self.dir).state, "held")
+        lock.release()
+        self.assertFalse(os.path.exists(self.file(8235)))
+
     def test_bad_dirs_and_use_after_close(self):
         err = self.assertRaisesStatus(llmlb_lock.INVALID_ARGUMENT, LockDir, "relative/locks")
         self.assertIn("relative", str(err))

@@ -275,14 +275,18 @@ fn id_of(meta: &Metadata) -> FileId {
     }
 }
 
-/// One `fstat` of an open lock file.
-pub(crate) fn stat_open(file: &File) -> io::Result<OpenFileStat> {
-    let meta = file.metadata()?;
+/// One `fstat` of an open lock file in `dir`. "Ours" means owned by the
+/// dir's owner, which [`check_dir`] proved is the effective user when the
+/// dir was opened: no `geteuid` per file, and a dir handle opened once
+/// judges every file by the same owner.
+#[allow(clippy::unnecessary_cast)] // st_size is i64 and st_mode u16 on macOS
+pub(crate) fn stat_open(dir: &DirHandle, file: &File) -> io::Result<OpenFileStat> {
+    let st = fstat_fd(file.as_fd())?;
     Ok(OpenFileStat {
-        id: id_of(&meta),
-        len: meta.len(),
-        is_regular: meta.file_type().is_file(),
-        owned_by_us: meta.uid() == euid(),
+        id: stat_id(&st),
+        len: st.st_size as u64,
+        is_regular: (st.st_mode as u32) & (libc::S_IFMT as u32) == libc::S_IFREG as u32,
+        owned_by_us: st.st_uid == dir.uid,
     })
 }
 
@@ -316,6 +320,99 @@ pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<us
 /// `pwrite` all of `data` at `offset`.
 pub(crate) fn write_all_at(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
     file.write_all_at(data, offset)
+}
+
+/// This process's id, without a system call once known.
+///
+/// glibc stopped caching `getpid` (2.25) because a cache goes stale in a
+/// child made by `clone`/`syscall(SYS_fork)`/`_Fork`, which skip the
+/// `pthread_atfork` handlers. So the cache here lives in a page marked
+/// `MADV_WIPEONFORK` (Linux 4.14): the kernel itself hands every forked child
+/// that page zero-filled, however it was forked, and zero means "ask
+/// `getpid`". Where the advice is refused (older kernels) every call asks.
+/// The release rule depends on this being right after fork: a forked child
+/// that believed it was its parent would remove the parent's lock file.
+#[cfg(target_os = "linux")]
+pub(crate) fn current_pid() -> u32 {
+    use std::sync::atomic::Ordering;
+    let cache = pid_cache();
+    if cache.is_null() {
+        return std::process::id();
+    }
+    // SAFETY: a non-null cache points into a page that is mapped for the
+    // rest of the process's life (never unmapped once published).
+    let slot = unsafe { &*cache };
+    match slot.load(Ordering::Relaxed) {
+        0 => {
+            let pid = std::process::id();
+            slot.store(pid, Ordering::Relaxed);
+            pid
+        }
+        pid => pid,
+    }
+}
+
+/// The wipe-on-fork page holding the cached PID; null where the kernel
+/// refuses `MADV_WIPEONFORK` (then nothing is cached). Set up once.
+#[cfg(target_os = "linux")]
+fn pid_cache() -> *const std::sync::atomic::AtomicU32 {
+    use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+    /// 0: not set up yet; 1: unsupported; else the page's address.
+    static PAGE: AtomicUsize = AtomicUsize::new(0);
+    const UNSUPPORTED: usize = 1;
+    match PAGE.load(Ordering::Acquire) {
+        0 => {}
+        UNSUPPORTED => return std::ptr::null(),
+        page => return page as *const AtomicU32,
+    }
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let len = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as usize,
+        _ => 4096,
+    };
+    // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    let mut value = UNSUPPORTED;
+    if page != libc::MAP_FAILED {
+        // SAFETY: `page` is our own mapping of `len` bytes.
+        if unsafe { libc::madvise(page, len, libc::MADV_WIPEONFORK) } == 0 {
+            value = page as usize;
+        } else {
+            // SAFETY: unmapping the mapping made above, which nobody else saw.
+            unsafe { libc::munmap(page, len) };
+        }
+    }
+    match PAGE.compare_exchange(0, value, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => {}
+        Err(winner) => {
+            // Another thread set it up first: use theirs.
+            if value != UNSUPPORTED {
+                // SAFETY: our mapping, never published.
+                unsafe { libc::munmap(value as *mut libc::c_void, len) };
+            }
+            value = winner;
+        }
+    }
+    if value == UNSUPPORTED {
+        std::ptr::null()
+    } else {
+        value as *const AtomicU32
+    }
+}
+
+/// This process's id (`getpid`: no fork-proof place to cache it here).
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn current_pid() -> u32 {
+    std::process::id()
 }
 
 /// The effective user id; lock dirs and files must belong to it.

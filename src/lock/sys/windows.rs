@@ -398,7 +398,7 @@ pub(crate) fn unlock_before_close(file: &File) {
 }
 
 /// One metadata query of an open lock file.
-pub(crate) fn stat_open(file: &File) -> io::Result<OpenFileStat> {
+pub(crate) fn stat_open(_dir: &DirHandle, file: &File) -> io::Result<OpenFileStat> {
     let meta = file.metadata()?;
     Ok(OpenFileStat {
         id: FileId { dev: 0, ino: 0 },
@@ -406,6 +406,12 @@ pub(crate) fn stat_open(file: &File) -> io::Result<OpenFileStat> {
         is_regular: meta.file_type().is_file(),
         owned_by_us: true,
     })
+}
+
+/// This process's id (`GetCurrentProcessId` reads it from the process
+/// block: there is no system call to save).
+pub(crate) fn current_pid() -> u32 {
+    std::process::id()
 }
 
 /// Whether the name exists; ids are not compared on Windows (see module docs).

@@ -1,0 +1,241 @@
+"""The Python wrapper's acquire + release cycle beside the C ABI's, its
+floor and filelock's, in one run on one file system (tmpfs when present).
+
+    cargo build --release -p llmlb-lock-ffi
+    python3 ffi/python/bench.py [--iterations N] [--rounds R] [--base DIR]
+
+Contenders (each in a private lock dir; every round times each of them in
+turn, so a burst of load on a shared machine hits all alike; the figure is
+the median over rounds of the time per cycle, wall clock and the timing
+process's CPU time, which waiting for a busy CPU does not inflate):
+
+- C, timed in C by ``ffi/benches/c_cycle.c`` (compiled here with ``cc``
+  against the library this module loads; one process per round): ``floor_unlink`` (open O_CREAT +
+  flock + unlink + close), ``c_abi`` (``llmlb_lock_acquire`` by path +
+  release), ``c_abi_dir`` (through a dir handle);
+- Python: ``py_floor_unlink`` (the same four calls through ``os`` and
+  ``fcntl``), ``py_path`` (``PortLock(port, "/dir")``), ``py_dir``
+  (``PortLock(port, LockDir(...))``: the dir opened once), and ``filelock``
+  (``FileLock(path)``, version 4.2.12 from PyPI: installed into a venv under
+  ``target/`` when it is not importable; printed as SKIPPED when that fails).
+
+Targets (issue 12): py_dir <= 1.2x c_abi_dir, filelock >= 3x py_dir, and
+c_abi_dir <= 2.0x floor_unlink.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+sys.path.insert(0, str(HERE))
+
+import llmlb_lock  # noqa: E402
+
+PORT = 8000
+FILELOCK_VERSION = "4.2.12"
+VENV = REPO / "target" / "bench-venv"
+REEXEC_GUARD = "LLMLB_BENCH_IN_VENV"
+
+
+def filelock_or_reason():
+    """filelock's FileLock, or why it is missing (after trying the venv)."""
+    try:
+        import filelock
+    except ImportError:
+        return None, "not importable"
+    if filelock.__version__ != FILELOCK_VERSION:
+        return filelock.FileLock, "version %s (wanted %s)" % (filelock.__version__, FILELOCK_VERSION)
+    return filelock.FileLock, None
+
+
+def reexec_in_venv() -> str:
+    """Installs filelock into target/bench-venv and runs this script there;
+    returns why not, if it cannot."""
+    if os.environ.get(REEXEC_GUARD):
+        return "not importable even in %s" % VENV
+    python = VENV / "bin" / "python"
+    try:
+        if not python.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "filelock==" + FILELOCK_VERSION],
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as e:
+        return "could not install filelock==%s into %s: %s" % (FILELOCK_VERSION, VENV, e)
+    env = dict(os.environ, **{REEXEC_GUARD: "1"})
+    os.execve(str(python), [str(python), __file__] + sys.argv[1:], env)
+    raise AssertionError("unreachable")
+
+
+def loaded_library() -> Path:
+    llmlb_lock._lib()
+    for path in llmlb_lock._candidates():
+        if path.is_file():
+            return path
+    raise OSError("no library")
+
+
+def build_c(base: Path, lib: Path):
+    """Compiles c_cycle.c; a function running one round of it (returning
+    {name: (wall_ns, cpu_ns)}), or a reason string."""
+    cc = shutil.which(os.environ.get("CC", "cc"))
+    if not cc:
+        return "no C compiler (set CC)"
+    exe = base / "c_cycle"
+    # The library's file name may not be libllmlb_lock.so (LLMLB_LOCK_LIB):
+    # link against a copy under the standard name.
+    libdir = base / "lib"
+    libdir.mkdir()
+    shutil.copy(lib, libdir / "libllmlb_lock.so")
+    subprocess.run(
+        [cc, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic",
+         "-I", str(REPO / "include"), str(REPO / "ffi" / "benches" / "c_cycle.c"),
+         "-o", str(exe), "-L", str(libdir), "-lllmlb_lock", "-Wl,-rpath," + str(libdir)],
+        check=True,
+    )
+    runs = [0]
+
+    def one_round(iterations: int):
+        runs[0] += 1
+        work = base / ("c%d" % runs[0])
+        work.mkdir(mode=0o700)
+        out = subprocess.run(
+            [str(exe), str(work), str(iterations), "1"],
+            check=True, stdout=subprocess.PIPE, text=True,
+        ).stdout
+        shutil.rmtree(work)
+        figures = {}
+        for line in out.splitlines():
+            name, wall, cpu = line.split()
+            figures[name] = (float(wall), float(cpu))
+        return figures
+
+    return one_round
+
+
+def py_contenders(base: Path, file_lock):
+    """{name: zero-argument cycle function}."""
+    def private(name):
+        d = base / name
+        d.mkdir(mode=0o700)
+        return d
+
+    floor_file = str(private("py_floor_unlink") / ("serve_%d.lock" % PORT))
+
+    def py_floor_unlink():
+        fd = os.open(floor_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.unlink(floor_file)
+        os.close(fd)
+
+    path_lock = llmlb_lock.PortLock(PORT, str(private("py_path")))
+
+    def py_path():
+        path_lock.acquire()
+        path_lock.release()
+
+    dir_lock = llmlb_lock.PortLock(PORT, llmlb_lock.LockDir(str(private("py_dir"))))
+
+    def py_dir():
+        dir_lock.acquire()
+        dir_lock.release()
+
+    contenders = {"py_floor_unlink": py_floor_unlink, "py_path": py_path, "py_dir": py_dir}
+    if file_lock is not None:
+        fl = file_lock(str(private("filelock") / ("serve_%d.lock" % PORT)))
+
+        def filelock_cycle():
+            fl.acquire()
+            fl.release()
+
+        contenders["filelock"] = filelock_cycle
+    return contenders
+
+
+def time_all(contenders, c_round, iterations: int, rounds: int):
+    """{name: (wall_ns, cpu_ns)}: medians over rounds, each round timing the
+    C contenders (one c_cycle process) and then each Python one."""
+    samples = {}
+    for fn in contenders.values():  # warm-up
+        for _ in range(iterations // 10 + 1):
+            fn()
+    for _ in range(rounds):
+        if c_round is not None:
+            for name, (wall, cpu) in c_round(iterations).items():
+                samples.setdefault(name, ([], []))[0].append(wall)
+                samples[name][1].append(cpu)
+        for name, fn in contenders.items():
+            w0, c0 = time.perf_counter_ns(), time.process_time_ns()
+            for _ in range(iterations):
+                fn()
+            c1, w1 = time.process_time_ns(), time.perf_counter_ns()
+            samples.setdefault(name, ([], []))[0].append((w1 - w0) / iterations)
+            samples[name][1].append((c1 - c0) / iterations)
+    return {n: (statistics.median(w), statistics.median(c)) for n, (w, c) in samples.items()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--iterations", type=int, default=2000, help="cycles per round")
+    ap.add_argument("--rounds", type=int, default=15, help="rounds (median taken), at most 101")
+    ap.add_argument("--base", help="where the private lock dirs go (default: /dev/shm, else TMPDIR)")
+    args = ap.parse_args()
+
+    file_lock, why = filelock_or_reason()
+    if file_lock is None:
+        why = reexec_in_venv()  # returns only when it cannot
+    base_root = args.base or ("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir())
+    base = Path(tempfile.mkdtemp(prefix="llmlb-pybench-", dir=base_root))
+    try:
+        lib = loaded_library()
+        print("library: %s (version %s)" % (lib, llmlb_lock.library_version()))
+        if "debug" in lib.parts:
+            print("warning: a debug build; for figures run `cargo build --release -p llmlb-lock-ffi`"
+                  " or set LLMLB_LOCK_LIB")
+        print("file system: %s; %d rounds x %d cycles; Python %s"
+              % (base_root, args.rounds, args.iterations, sys.version.split()[0]))
+        if why:
+            print("==> filelock: SKIPPED (%s)" % why if file_lock is None else "note: filelock " + why)
+        c_round = build_c(base, lib)
+        if isinstance(c_round, str):
+            print("==> C contenders: SKIPPED (%s)" % c_round)
+            c_round = None
+        rows = time_all(py_contenders(base, file_lock), c_round, args.iterations, args.rounds)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+    print("%-16s %12s %12s" % ("cycle", "wall us", "cpu us"))
+    for name in ["floor_unlink", "c_abi", "c_abi_dir", "py_floor_unlink", "py_path", "py_dir",
+                 "filelock"]:
+        if name in rows:
+            wall, cpu = rows[name]
+            print("%-16s %12.2f %12.2f" % (name, wall / 1e3, cpu / 1e3))
+
+    def ratio(a, b, what, target):
+        if a in rows and b in rows:
+            print("%-44s wall %5.2fx  cpu %5.2fx  (target %s)"
+                  % (what, rows[a][0] / rows[b][0], rows[a][1] / rows[b][1], target))
+
+    ratio("c_abi_dir", "floor_unlink", "c_abi_dir / floor_unlink", "<= 2.0x")
+    ratio("c_abi", "floor_unlink", "c_abi / floor_unlink", "-")
+    ratio("py_dir", "c_abi_dir", "py_dir / c_abi_dir (wrapper overhead)", "<= 1.2x")
+    ratio("py_path", "c_abi", "py_path / c_abi", "-")
+    ratio("filelock", "py_dir", "filelock / py_dir (times slower)", ">= 3x")
+    ratio("filelock", "py_path", "filelock / py_path (times slower)", "-")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
