@@ -18,6 +18,7 @@ mod shared;
 mod state;
 mod stop;
 mod sys;
+mod wait;
 
 pub use dir::{
     check_port, default_lock_dir, lock_file_name, port_from_file_name, resolve_lock_dir, LockDir,
@@ -33,6 +34,12 @@ pub use state::{
 pub use stop::{
     how_to_stop, stop_server, StopError, StopEvent, StopOptions, StopOutcome, STOP_POLL_INTERVAL,
 };
+#[cfg(all(feature = "tokio", not(loom)))]
+pub use wait::acquire_timeout_async;
+#[cfg(not(loom))]
+#[doc(hidden)]
+pub use wait::async_impl;
+pub use wait::{acquire_timeout, WAIT_POLL_CAP};
 
 /// What a probe observed about a port: the runtime twin of the typestate, for
 /// status output, the CLI and the C ABI.
