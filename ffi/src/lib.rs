@@ -15,6 +15,7 @@
 
 mod boundary;
 mod dir;
+mod wait;
 
 use std::ffi::{c_char, c_int};
 use std::ptr;
@@ -27,6 +28,7 @@ pub use dir::{
     llmlb_lock_dir_acquire, llmlb_lock_dir_close, llmlb_lock_dir_open, llmlb_lock_dir_probe,
     LlmlbLockDir,
 };
+pub use wait::{llmlb_lock_acquire_timeout, llmlb_lock_dir_acquire_timeout};
 
 /// Result of every `llmlb_lock_*` call. Values are explicit and never reused;
 /// new statuses get new numbers.
