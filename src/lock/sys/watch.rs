@@ -32,14 +32,20 @@ pub(crate) use linux::DirWatch;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod linux {
     use std::ffi::CString;
+    use std::mem::ManuallyDrop;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::sync::Mutex;
 
     use super::*;
 
     /// An inotify instance watching one lock dir for one file name.
     #[derive(Debug)]
     pub(crate) struct DirWatch {
-        fd: OwnedFd,
+        /// Taken only by Drop, which hands it back to [`POOL`].
+        fd: ManuallyDrop<OwnedFd>,
+        /// Our watch; events of earlier users of a pooled instance carry
+        /// other descriptors and are ignored.
+        wd: libc::c_int,
         name: Vec<u8>,
         /// The dir's watch is gone (dir removed, or `IN_IGNORED`): only
         /// timeouts from now on.
@@ -56,6 +62,61 @@ mod linux {
         | libc::IN_MOVE_SELF
         | libc::IN_ONLYDIR;
 
+    /// Closing an inotify instance waits for an SRCU grace period in the
+    /// kernel (`fsnotify_destroy_group`): measured 5–18 ms on a loaded box,
+    /// which a waiter would pay right after taking the port. So instances are
+    /// kept for reuse (watch removed, which does not wait), per process: a
+    /// forked child must not share its parent's instances.
+    static POOL: Mutex<(u32, Vec<OwnedFd>)> = Mutex::new((0, Vec::new()));
+    /// Instances kept at most (each is one fd and a little kernel memory).
+    const POOL_MAX: usize = 4;
+
+    fn pooled_instance() -> io::Result<OwnedFd> {
+        let pid = std::process::id();
+        let reused = POOL.lock().ok().and_then(|mut pool| {
+            if pool.0 != pid {
+                // Inherited over fork (or first use): not ours to share.
+                pool.1.clear();
+                pool.0 = pid;
+            }
+            pool.1.pop()
+        });
+        if let Some(fd) = reused {
+            return Ok(fd);
+        }
+        // SAFETY: plain syscall, no pointers.
+        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    }
+
+    fn give_back(fd: OwnedFd) {
+        if let Ok(mut pool) = POOL.lock() {
+            if pool.0 == std::process::id() && pool.1.len() < POOL_MAX {
+                pool.1.push(fd);
+                return;
+            }
+        }
+        drop(fd); // the slow close, only beyond POOL_MAX
+    }
+
+    impl Drop for DirWatch {
+        fn drop(&mut self) {
+            // SAFETY: fd is not used again after this.
+            let fd = unsafe { ManuallyDrop::take(&mut self.fd) };
+            if !self.dead {
+                // SAFETY: plain syscall on our inotify descriptor. Queued and
+                // later events of this watch (IN_IGNORED) carry its wd and
+                // are ignored by the next user.
+                unsafe { libc::inotify_rm_watch(fd.as_raw_fd(), self.wd) };
+            }
+            give_back(fd);
+        }
+    }
+
     impl AsRawFd for DirWatch {
         fn as_raw_fd(&self) -> std::os::fd::RawFd {
             self.fd.as_raw_fd()
@@ -71,22 +132,19 @@ mod linux {
         /// inotify unavailable or out of instances/watches, or no `/proc`:
         /// the caller polls instead.
         pub(crate) fn new(dir: &DirHandle, name: &str) -> io::Result<DirWatch> {
-            // SAFETY: plain syscall, no pointers.
-            let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-            if raw < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: a fresh descriptor nobody else owns.
-            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            let fd = pooled_instance()?;
             let proc_path = CString::new(format!("/proc/self/fd/{}", dir.as_fd().as_raw_fd()))
                 .map_err(|_| io::ErrorKind::InvalidInput)?;
             // SAFETY: fd is an inotify descriptor; proc_path is NUL-terminated.
             let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), proc_path.as_ptr(), MASK) };
             if wd < 0 {
-                return Err(io::Error::last_os_error());
+                let err = io::Error::last_os_error();
+                give_back(fd);
+                return Err(err);
             }
             Ok(DirWatch {
-                fd,
+                fd: ManuallyDrop::new(fd),
+                wd,
                 name: name.as_bytes().to_vec(),
                 dead: false,
             })
@@ -154,10 +212,15 @@ mod linux {
                         .unwrap_or(raw_name.len())];
                     at = name_end;
                     let mask = ev.mask;
+                    if mask & libc::IN_Q_OVERFLOW != 0 {
+                        wake = Wake::Changed;
+                        continue;
+                    }
+                    if ev.wd != self.wd {
+                        continue; // a previous user's watch (pooled instance)
+                    }
                     if mask & (libc::IN_IGNORED | libc::IN_DELETE_SELF | libc::IN_MOVE_SELF) != 0 {
                         self.dead = mask & libc::IN_IGNORED != 0 || self.dead;
-                        wake = Wake::Changed;
-                    } else if mask & libc::IN_Q_OVERFLOW != 0 {
                         wake = Wake::Changed;
                     } else if name == self.name.as_slice() {
                         if mask & (libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_MOVED_TO) != 0 {
