@@ -113,13 +113,17 @@ impl Rig {
                     .seed
                     .wrapping_mul(6_364_136_223_846_793_005)
                     .wrapping_add(1);
-                Duration::from_millis(2) + FILELOCK_POLL.mul_f64((self.seed >> 11) as f64 / (1u64 << 53) as f64)
+                Duration::from_millis(2)
+                    + FILELOCK_POLL.mul_f64((self.seed >> 11) as f64 / (1u64 << 53) as f64)
             }
         };
         thread::sleep(settle);
         let released = Instant::now();
         held.release().expect("release");
-        let took = self.took.recv_timeout(GENEROUS).expect("the waiter took over");
+        let took = self
+            .took
+            .recv_timeout(GENEROUS)
+            .expect("the waiter took over");
         took.saturating_duration_since(released)
     }
 }

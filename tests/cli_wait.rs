@@ -199,3 +199,22 @@ fn a_waiter_takes_over_from_a_holder_that_dies() {
         waiter.stderr()
     );
 }
+
+#[test]
+fn bad_wait_values_are_usage_errors() {
+    let env = Env::new();
+    for bad in ["abc", "-1", "nan", "inf", ""] {
+        let out = env.run(&[
+            "serve",
+            "--port",
+            "8000",
+            &format!("--wait={bad}"),
+            "--",
+            "true",
+        ]);
+        assert_eq!(out.code(), Some(2), "{bad}: {out:?}");
+        assert!(out.stderr.contains("--wait"), "{bad}: {}", out.stderr);
+        assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    }
+    assert!(!env.locks.exists(), "a usage error creates nothing");
+}

@@ -104,7 +104,12 @@ fn a_waiter_reclaims_from_a_holder_that_dies() {
     let waiter = {
         let dir = LockDir::create(dir.path()).unwrap();
         // The error (never expected here) is dropped: only its kind matters.
-        thread::spawn(move || dir.port(9102).unwrap().acquire_timeout(GENEROUS).map_err(drop))
+        thread::spawn(move || {
+            dir.port(9102)
+                .unwrap()
+                .acquire_timeout(GENEROUS)
+                .map_err(drop)
+        })
     };
     thread::sleep(Duration::from_millis(50));
     go.send(()).unwrap();
