@@ -67,6 +67,8 @@ pub(crate) struct Waiter {
     /// port is free.
     armed: bool,
     watch: Option<sys::DirWatch>,
+    /// A watch was set up (it may since have moved into an async reactor).
+    watched: bool,
 }
 
 impl Waiter {
@@ -79,6 +81,7 @@ impl Waiter {
             backoff: FIRST_POLL,
             armed: false,
             watch: None,
+            watched: false,
         }
     }
 
@@ -104,6 +107,7 @@ impl Waiter {
             return Some(false);
         }
         self.watch = sys::DirWatch::new(&self.target.dir, &self.target.name).ok();
+        self.watched = self.watch.is_some();
         Some(true)
     }
 
@@ -112,7 +116,7 @@ impl Waiter {
     fn next_tick(&mut self) -> Option<Duration> {
         let left = self.left()?;
         let tick = left.min(self.backoff);
-        let cap = if self.watch.is_some() {
+        let cap = if self.watched {
             WATCHED_POLL_CAP
         } else {
             WAIT_POLL_CAP
