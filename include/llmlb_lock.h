@@ -473,6 +473,55 @@ enum LlmlbStatus llmlb_lock_wait_stop(const struct LlmlbLock *lock,
                                       uint32_t timeout_ms,
                                       int *out_requested);
 
+/**
+ * `llmlb_lock_acquire`, waiting up to `timeout_ms` milliseconds for the
+ * port's holder to release it (or die): returns as soon as the lock is
+ * taken. `0` tries once (exactly `llmlb_lock_acquire`);
+ * `UINT32_MAX` never gives up.
+ *
+ * The same statuses and out parameters as `llmlb_lock_acquire`:
+ * `LLMLB_STATUS_ALREADY_RUNNING` only once the timeout has passed, with
+ * `*out_other` holding the holder's info as last seen. Other errors (unsafe
+ * path, I/O) return at once.
+ *
+ * The calling thread sleeps while it waits (inotify on the lock dir on
+ * Linux, a poll of at most 20 ms elsewhere), holding nothing: no lock, no
+ * descriptor on the lock file. It cannot be interrupted: a caller that must
+ * react to signals waits in slices (the Python wrapper uses 200 ms).
+ *
+ * Threads: safe to call from any thread.
+ *
+ * # Safety
+ * As `llmlb_lock_acquire`: `lock_dir` is NULL or a NUL-terminated string;
+ * `out_lock` is NULL or valid for writing a pointer; `out_other` is NULL or
+ * valid for writing an `LlmlbLockInfo`.
+ */
+enum LlmlbStatus llmlb_lock_acquire_timeout(const char *lock_dir,
+                                            uint16_t port,
+                                            uint32_t timeout_ms,
+                                            struct LlmlbLock **out_lock,
+                                            struct LlmlbLockInfo *out_other);
+
+/**
+ * `llmlb_lock_acquire_timeout` in an open lock dir (see
+ * `llmlb_lock_dir_acquire`): the same statuses, out parameters and
+ * `timeout_ms` meaning. A NULL or misaligned `dir` gives
+ * `LLMLB_STATUS_INVALID_ARGUMENT`.
+ *
+ * Threads: safe to call from any thread, also on a handle other threads
+ * are using; the handle must not be closed while a call waits on it.
+ *
+ * # Safety
+ * `dir` is NULL or a live handle from `llmlb_lock_dir_open`; `out_lock` is
+ * NULL or valid for writing a pointer; `out_other` is NULL or valid for
+ * writing an `LlmlbLockInfo`.
+ */
+enum LlmlbStatus llmlb_lock_dir_acquire_timeout(const struct LlmlbLockDir *dir,
+                                                uint16_t port,
+                                                uint32_t timeout_ms,
+                                                struct LlmlbLock **out_lock,
+                                                struct LlmlbLockInfo *out_other);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

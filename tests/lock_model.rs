@@ -62,6 +62,7 @@ fn single() -> impl Strategy<Value = Op> {
     let port = 0..PORTS.len();
     prop_oneof![
         4 => (actor.clone(), port.clone()).prop_map(|(actor, port)| Op::Acquire { actor, port }),
+        1 => (actor.clone(), port.clone()).prop_map(|(actor, port)| Op::Wait { actor, port }),
         3 => (actor.clone(), port.clone()).prop_map(|(actor, port)| Op::Release { actor, port }),
         2 => (actor.clone(), port.clone()).prop_map(|(actor, port)| Op::Reclaim { actor, port }),
         1 => actor.clone().prop_map(|actor| Op::Crash { actor }),
@@ -75,6 +76,8 @@ fn racing(actor: usize) -> impl Strategy<Value = Op> {
     let port = 0..PORTS.len();
     prop_oneof![
         4 => port.clone().prop_map(move |port| Op::Acquire { actor, port }),
+        // A waiter racing acquirers, releases and crashes.
+        3 => port.clone().prop_map(move |port| Op::Wait { actor, port }),
         2 => port.clone().prop_map(move |port| Op::Release { actor, port }),
         1 => port.prop_map(move |port| Op::Reclaim { actor, port }),
         1 => Just(Op::Crash { actor }),

@@ -30,6 +30,7 @@ import ctypes
 import os
 import sys
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Optional, Union
@@ -136,6 +137,14 @@ def _load() -> ctypes.CDLL:
             [dir_p, ctypes.c_uint16, ctypes.POINTER(ctypes.c_int), info_p],
         ),
         "llmlb_lock_dir_close": (None, [dir_p]),
+        "llmlb_lock_acquire_timeout": (
+            status,
+            [ctypes.c_char_p, ctypes.c_uint16, ctypes.c_uint32, ctypes.POINTER(lock_p), info_p],
+        ),
+        "llmlb_lock_dir_acquire_timeout": (
+            status,
+            [dir_p, ctypes.c_uint16, ctypes.c_uint32, ctypes.POINTER(lock_p), info_p],
+        ),
         "llmlb_lock_set_child_pgid": (status, [lock_p, ctypes.c_uint32]),
         "llmlb_lock_fd": (status, [lock_p, ctypes.POINTER(ctypes.c_int)]),
         "llmlb_lock_wait_stop": (status, [lock_p, ctypes.c_uint32, ctypes.POINTER(ctypes.c_int)]),
@@ -301,10 +310,11 @@ class LockDir:
         with self._cond:
             self._cond.notify_all()
 
-    def acquire(self, port: int) -> "PortLock":
+    def acquire(self, port: int, timeout: Optional[float] = None) -> "PortLock":
         """Takes ``port``'s lock: a held :class:`PortLock` (raises
-        :class:`AlreadyRunning` if another holder has it)."""
-        return PortLock(port, self).acquire()
+        :class:`AlreadyRunning` if another holder has it, after waiting up to
+        ``timeout`` seconds as in :meth:`PortLock.acquire`)."""
+        return PortLock(port, self, timeout=timeout).acquire()
 
     def probe(self, port: int) -> "ProbeResult":
         """Observes ``port`` without taking it or creating anything."""
@@ -345,15 +355,28 @@ class PortLock:
     ``acquire()`` takes it (raising :class:`AlreadyRunning` if it is held),
     ``release()`` gives it back and removes the lock file, ``adopt()`` makes
     a forked child the holder. As a context manager it acquires on entry and
-    releases on exit. After ``os.fork()`` a child's ``release()`` only closes
+    releases on exit.
+
+    ``timeout`` (seconds, as py-filelock's): how long ``acquire()`` waits for
+    a held port to be released before raising :class:`AlreadyRunning` with
+    the holder's info. ``None`` or ``0`` tries once; a negative value waits
+    forever. The wait sleeps (inotify on Linux) and returns as soon as the
+    holder releases or dies; Ctrl-C (``KeyboardInterrupt``) interrupts it
+    within 0.2 s, having taken nothing. After ``os.fork()`` a child's ``release()`` only closes
     the child's descriptor unless the child called ``adopt()`` first.
 
     Not for concurrent use from several threads without a lock of your own.
     """
 
-    def __init__(self, port: int, lock_dir: "Union[None, PathLike, LockDir]" = None):
+    def __init__(
+        self,
+        port: int,
+        lock_dir: "Union[None, PathLike, LockDir]" = None,
+        timeout: Optional[float] = None,
+    ):
         self.port = _port_arg(port)
         self.lock_dir = lock_dir
+        self.timeout = timeout
         self._handle: Optional[int] = None
         self.reclaimed_from: Optional[LockInfo] = None
         """The dead holder's info when acquire reclaimed a stale lock."""
@@ -370,13 +393,28 @@ class PortLock:
         """Whether this object holds the lock (acquired and not released)."""
         return self._handle is not None
 
-    def acquire(self) -> "PortLock":
+    def acquire(self, timeout: Optional[float] = None) -> "PortLock":
+        """Takes the lock; if it is held, waits up to ``timeout`` seconds
+        (default: the ``timeout`` given to the constructor; ``0`` tries once,
+        negative waits forever) for it to be released, then raises
+        :class:`AlreadyRunning` with the holder's info as last seen."""
         if self._handle is not None:
             raise LockError("port %d is already held by this PortLock" % self.port, INVALID_ARGUMENT)
-        # The per-cycle path: each Python step here runs after a system
-        # call has flushed the CPU's caches, so it costs several times what
-        # it costs in a tight loop. Hence LockDir._enter/_leave inlined, and
-        # no conversions.
+        timeout = self.timeout if timeout is None else timeout
+        if timeout:
+            handle = ctypes.c_void_p()
+            other = _Info()
+            status = self._acquire_waiting(_deadline(timeout), handle, other)
+            if status == ALREADY_RUNNING:
+                raise AlreadyRunning(_last_error(), self.port, LockInfo._from_c(other))
+            _check(status)
+            self._handle = handle.value
+            self.reclaimed_from = LockInfo._from_c(other)
+            return self
+        # Try once: the per-cycle path. Each Python step here runs after a
+        # system call has flushed the CPU's caches, so it costs several times
+        # what it costs in a tight loop. Hence LockDir._enter/_leave inlined,
+        # and no conversions.
         lib = _lib()
         out_handle, other = self._out_handle, self._out_other
         handle_ref, other_ref = self._out_refs
@@ -410,6 +448,33 @@ class PortLock:
         else:
             self.reclaimed_from = None
         return self
+
+    def _acquire_waiting(self, deadline: Optional[float], handle, other) -> int:
+        # The C call cannot be interrupted, so wait in slices: between them
+        # Python runs its signal handlers (Ctrl-C raises here, nothing held).
+        lib = _lib()
+        while True:
+            slice_ms = _slice_ms(deadline)
+            if isinstance(self.lock_dir, LockDir):
+                directory = self.lock_dir._enter()
+                try:
+                    status = lib.llmlb_lock_dir_acquire_timeout(
+                        directory, self.port, slice_ms, ctypes.byref(handle), ctypes.byref(other)
+                    )
+                finally:
+                    self.lock_dir._leave()
+            else:
+                status = lib.llmlb_lock_acquire_timeout(
+                    _dir_arg(self.lock_dir),
+                    self.port,
+                    slice_ms,
+                    ctypes.byref(handle),
+                    ctypes.byref(other),
+                )
+            if status != ALREADY_RUNNING or slice_ms == 0:
+                return status
+            if deadline is not None and time.monotonic() >= deadline:
+                return status
 
     def release(self) -> None:
         """Releases the lock (removing its file if this process is the
@@ -496,6 +561,28 @@ class PortLock:
 
     def __repr__(self):
         return "PortLock(port=%d, held=%s)" % (self.port, self.held)
+
+
+# The longest one uninterruptible C wait lasts (see PortLock._acquire_waiting).
+_WAIT_SLICE = 0.2
+
+
+def _deadline(timeout: Optional[float]) -> Optional[float]:
+    """When a wait of ``timeout`` seconds ends: now for None/0, never (None)
+    for a negative timeout, as py-filelock's -1."""
+    if timeout is None:
+        return time.monotonic()
+    timeout = float(timeout)
+    if timeout != timeout:  # NaN
+        raise LockError("invalid timeout nan: give seconds, or -1 to wait forever", INVALID_ARGUMENT)
+    if timeout < 0:
+        return None
+    return time.monotonic() + timeout
+
+
+def _slice_ms(deadline: Optional[float]) -> int:
+    left = _WAIT_SLICE if deadline is None else min(deadline - time.monotonic(), _WAIT_SLICE)
+    return max(0, int(left * 1000))
 
 
 class ProbeResult:

@@ -10,7 +10,9 @@ use std::ffi::c_char;
 use std::ops::Deref;
 use std::ptr;
 
-use llmlb::lock::{acquire_or_reclaim, check_port, LockDir, LockError, LockState};
+use std::time::Duration;
+
+use llmlb::lock::{acquire_timeout, check_port, LockDir, LockError, LockState};
 
 use crate::boundary::{self, FfiError, Out};
 use crate::{info_or_zero, LlmlbLock, LlmlbLockInfo, LlmlbLockState, LlmlbStatus};
@@ -107,6 +109,23 @@ pub(crate) unsafe fn acquire(
     out_lock: *mut *mut LlmlbLock,
     out_other: *mut LlmlbLockInfo,
 ) -> LlmlbStatus {
+    // SAFETY: the caller's contract above.
+    unsafe { acquire_waiting(name, dir, port, Duration::ZERO, out_lock, out_other) }
+}
+
+/// [`acquire`] waiting up to `wait` for a holder to release (the
+/// `*_acquire_timeout` functions; `Duration::ZERO` tries once).
+///
+/// # Safety
+/// As [`acquire`].
+pub(crate) unsafe fn acquire_waiting(
+    name: &'static str,
+    dir: DirArg,
+    port: u16,
+    wait: Duration,
+    out_lock: *mut *mut LlmlbLock,
+    out_other: *mut LlmlbLockInfo,
+) -> LlmlbStatus {
     boundary::status(name, || {
         // Both outputs are checked, and each usable one cleared, before either
         // check may fail: a misaligned out_other still leaves *out_lock NULL,
@@ -126,7 +145,7 @@ pub(crate) unsafe fn acquire(
         let port = check_port(port)?;
         // SAFETY: the caller's contract above.
         let dir = unsafe { dir.for_acquire() }?;
-        match acquire_or_reclaim(&dir, port) {
+        match acquire_timeout(&dir, port, wait) {
             Ok(guard) => {
                 if let Some(other) = other.as_mut() {
                     other.write(info_or_zero(guard.reclaimed_from()));

@@ -64,6 +64,7 @@
 mod boundary;
 mod dir;
 mod stop;
+mod wait;
 
 use std::ffi::{c_char, c_int};
 use std::ptr;
@@ -77,6 +78,7 @@ pub use dir::{
     LlmlbLockDir,
 };
 pub use stop::{llmlb_lock_wait_stop, LLMLB_WAIT_FOREVER};
+pub use wait::{llmlb_lock_acquire_timeout, llmlb_lock_dir_acquire_timeout};
 
 /// Result of every `llmlb_lock_*` call. Values are explicit and never reused;
 /// new statuses get new numbers.

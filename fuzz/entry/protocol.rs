@@ -105,7 +105,9 @@ fn probe_of(state: Result<LockState, LockError>) -> Probe {
 impl InProcess {
     fn one(&mut self, op: &Op) -> Seen {
         match *op {
-            Op::Acquire { actor, port } => {
+            // Never generated here (one process, one op at a time: nothing
+            // could free the port during a wait); the model shares the enum.
+            Op::Acquire { actor, port } | Op::Wait { actor, port } => {
                 let free = match self.dir.port(PORTS[port]) {
                     Ok(free) => free,
                     Err(e) => return Seen::Failed(e.to_string()),

@@ -65,10 +65,29 @@ struct ServeArgs {
     /// Address to listen on (ignored in exec mode, passed as LLMLB_HOST).
     #[arg(short = 'H', long, env = "LLMLB_HOST", default_value = "0.0.0.0")]
     host: String,
+    /// If the port is held, wait up to SECS seconds (decimals allowed) for it
+    /// to be released instead of failing; 0 fails at once.
+    #[arg(short, long, value_name = "SECS", default_value = "0", value_parser = parse_wait)]
+    wait: std::time::Duration,
     /// Exec mode: run COMMAND with LLMLB_PORT set instead of the built-in
     /// server, holding the lock until it exits; exit with its code.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<OsString>,
+}
+
+/// `--wait SECS`: a non-negative number of seconds; absurdly large means
+/// forever.
+fn parse_wait(text: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds (e.g. 10 or 0.5)"))?;
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!(
+            "`{text}` is not a number of seconds: give 0 or more (e.g. 10 or 0.5)"
+        ));
+    }
+    Ok(std::time::Duration::try_from_secs_f64(secs).unwrap_or(std::time::Duration::MAX))
 }
 
 #[derive(Debug, clap::Args)]
@@ -212,7 +231,7 @@ pub fn run() -> i32 {
     match cli.command {
         Command::Serve(args) => {
             let host = serve::bare_host(args.host);
-            serve::run(&dir, args.port, host, args.command)
+            serve::run(&dir, args.port, args.wait, host, args.command)
         }
         Command::Stop(args) => stop::run(&dir, args.port, args.timeout, args.force),
         Command::Status(args) => status::run(&dir, args.port, args.format == Format::Json),

@@ -13,8 +13,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use llmlb::lock::{
-    acquire_or_reclaim, how_to_stop, IdentityCheck, LockDir, LockError, LockInfo, PortGuard,
-    SharedLock, WatchEnd, WatchEvent,
+    acquire_or_reclaim, async_impl, how_to_stop, IdentityCheck, LockDir, LockError, LockInfo,
+    PortGuard, SharedLock, WatchEnd, WatchEvent,
 };
 
 use super::signals::{self, Signals};
@@ -82,7 +82,13 @@ fn spawn_watchdog(
 }
 
 /// Runs `serve`; returns the exit code with the lock released.
-pub(crate) fn run(dir: &LockDirChoice, port: u16, host: String, command: Vec<OsString>) -> i32 {
+pub(crate) fn run(
+    dir: &LockDirChoice,
+    port: u16,
+    wait: Duration,
+    host: String,
+    command: Vec<OsString>,
+) -> i32 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -93,12 +99,11 @@ pub(crate) fn run(dir: &LockDirChoice, port: u16, host: String, command: Vec<OsS
     // block_on polls this future on the main thread, which matters in exec
     // mode: the child's parent-death signal is tied to the spawning thread.
     let code = runtime.block_on(async move {
-        #[cfg_attr(not(windows), expect(unused_mut, reason = "watch is Windows-only"))]
         let mut signals = match Signals::install() {
             Ok(s) => s,
             Err(e) => return fail(format!("cannot install signal handlers: {e}")),
         };
-        let guard = match take_lock(dir, port) {
+        let guard = match take_lock(dir, port, wait, &mut signals).await {
             Ok(guard) => guard,
             Err(code) => return code,
         };
@@ -130,11 +135,43 @@ pub(crate) fn run(dir: &LockDirChoice, port: u16, host: String, command: Vec<OsS
     code
 }
 
-/// Creates the dir and takes the port, printing the contract's message when it
-/// is already held. `Err(exit code)` on failure.
-fn take_lock(dir: &LockDirChoice, port: u16) -> Result<PortGuard, i32> {
+/// Creates the dir and takes the port, waiting up to `wait` if it is held
+/// (saying once who holds it; SIGINT/SIGTERM while waiting exits 128 + the
+/// signal's number, having taken nothing), and printing the contract's
+/// message if it is still held. `Err(exit code)` on failure.
+async fn take_lock(
+    dir: &LockDirChoice,
+    port: u16,
+    wait: Duration,
+    signals: &mut Signals,
+) -> Result<PortGuard, i32> {
     let locks = LockDir::create(&dir.path).map_err(fail)?;
-    match acquire_or_reclaim(&locks, port) {
+    let first = match acquire_or_reclaim(&locks, port) {
+        Ok(guard) => return Ok(guard),
+        Err(e) => e,
+    };
+    let result = match first {
+        LockError::AlreadyRunning { .. } | LockError::Busy { .. } if !wait.is_zero() => {
+            let holder = match &first {
+                LockError::AlreadyRunning { holder, .. } => holder.as_deref(),
+                _ => None,
+            };
+            eprintln!("{}", waiting_line(port, holder, wait));
+            // Dropping the wait (on a signal) leaves nothing held or created.
+            tokio::select! {
+                result = async_impl::acquire_timeout(&locks, port, wait) => result,
+                sig = signals.recv() => {
+                    eprintln!(
+                        "Interrupted ({}) while waiting for port {port}; nothing was taken",
+                        signals::name(sig)
+                    );
+                    return Err(signals::exit_code(sig));
+                }
+            }
+        }
+        e => Err(e),
+    };
+    match result {
         Ok(guard) => Ok(guard),
         Err(LockError::AlreadyRunning { port, holder, .. }) => {
             eprintln!(
@@ -151,6 +188,27 @@ fn take_lock(dir: &LockDirChoice, port: u16) -> Result<PortGuard, i32> {
         Err(e) => Err(fail(e)),
     }
 }
+
+/// The one line `serve --wait` prints when it starts waiting.
+fn waiting_line(port: u16, holder: Option<&LockInfo>, wait: Duration) -> String {
+    let who = match holder {
+        Some(info) => format!(
+            "held by PID {} (started: {})",
+            info.pid,
+            info.started_at_display()
+        ),
+        None => "held (holder details unreadable)".to_owned(),
+    };
+    let how_long = if wait >= FOREVER {
+        "until it is released".to_owned()
+    } else {
+        format!("up to {}s for it to be released", wait.as_secs_f64())
+    };
+    format!("Port {port} is {who}; waiting {how_long} (Ctrl-C to give up)")
+}
+
+/// Waits this long or longer are shown as "until it is released".
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 fn already_running(port: u16, holder: Option<&LockInfo>, path: &Path, suffix: &str) -> String {
     let Some(info) = holder else {

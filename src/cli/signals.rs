@@ -104,3 +104,13 @@ pub(crate) fn name(sig: ForwardSignal) -> &'static str {
         _ => "SIGTERM",
     }
 }
+
+/// The exit code of a process that gave up because of `sig`: 128 + the
+/// signal's number, as shells report it (130 for Ctrl-C).
+pub(crate) fn exit_code(sig: ForwardSignal) -> i32 {
+    match sig {
+        ForwardSignal::Interrupt => 130,
+        ForwardSignal::Kill => 137,
+        _ => 143,
+    }
+}

@@ -25,6 +25,7 @@ mod stop;
 // plumbing (process groups, subreaper, signals) have no caller.
 #[cfg_attr(any(not(feature = "cli"), loom), allow(dead_code))]
 mod sys;
+mod wait;
 
 pub use dir::{
     check_port, default_lock_dir, lock_file_name, port_from_file_name, resolve_lock_dir, LockDir,
@@ -42,6 +43,11 @@ pub(crate) use stop::how_to_stop;
 pub use stop::{
     stop_server, StopError, StopEvent, StopOptions, StopOutcome, StopRequest, STOP_POLL_INTERVAL,
 };
+#[cfg(all(any(feature = "cli", feature = "tokio"), not(loom)))]
+pub use wait::acquire_timeout_async;
+#[cfg(all(feature = "cli", not(loom)))]
+pub(crate) use wait::async_impl;
+pub use wait::{acquire_timeout, WAIT_POLL_CAP};
 
 /// What a probe observed about a port: the runtime twin of the typestate, for
 /// status output, the CLI and the C ABI.

@@ -178,6 +178,11 @@ impl PortLock<Free> {
         }
     }
 
+    /// Which lock this is (for the waiter in `wait.rs`).
+    pub(crate) fn free_target(&self) -> &Target {
+        &self.state.target
+    }
+
     /// Free → Held (or → Stale if a holder crashed): takes the port without
     /// blocking.
     ///

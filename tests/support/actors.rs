@@ -3,8 +3,8 @@
 //! holding its own locks under its own PID, driven over pipes with one
 //! command line in and one reply line out.
 //!
-//! Commands (port is a number): `acquire P`, `release P`, `reclaim P`,
-//! `probe P`. Replies: `fresh PID`, `stale PID|-`, `running PID|-`,
+//! Commands (port is a number): `acquire P`, `wait P` (acquire, waiting up
+//! to [`WAIT`] for a release), `release P`, `reclaim P`, `probe P`. Replies: `fresh PID`, `stale PID|-`, `running PID|-`,
 //! `reclaimed PID|- PID`, `released`, `free`, `held PID|-`, `error MESSAGE`.
 //! A crash is a SIGKILL from the driver (nothing in the actor runs), after
 //! which a new actor process takes the slot.
@@ -24,6 +24,10 @@ use super::model::{Op, Probe, Seen, System, ACTORS, PORTS};
 pub const ACTOR_ENV: &str = "LLMLB_MODEL_ACTOR_DIR";
 /// The test that is the actor's `main` (see `tests/lock_model.rs`).
 pub const ACTOR_TEST: &str = "actor_process";
+/// How long a `wait` waits: long enough for the other ops of its batch to
+/// free the port, short enough to keep a case quick. The model accepts
+/// either outcome, so this is no timing assertion.
+pub const WAIT: Duration = Duration::from_millis(50);
 /// Replies carry this prefix, so libtest's own output on stdout is skipped.
 const PREFIX: &str = "actor: ";
 /// Against hangs only: a healthy actor answers in microseconds.
@@ -141,6 +145,7 @@ impl Actors {
 fn command(op: &Op) -> Option<String> {
     let (verb, port) = match *op {
         Op::Acquire { port, .. } => ("acquire", port),
+        Op::Wait { port, .. } => ("wait", port),
         Op::Release { port, .. } => ("release", port),
         Op::Reclaim { port, .. } => ("reclaim", port),
         Op::Probe { port, .. } => ("probe", port),
@@ -162,13 +167,13 @@ fn parse_reply(op: &Op, reply: &str) -> Seen {
     let mut words = reply.split(' ');
     let parsed = match (op, words.next()) {
         (_, Some("error")) => Err(()),
-        (Op::Acquire { .. }, Some("fresh")) => {
+        (Op::Acquire { .. } | Op::Wait { .. }, Some("fresh")) => {
             pid_word(words.next()).and_then(|pid| pid.map(|pid| Seen::Fresh { pid }).ok_or(()))
         }
-        (Op::Acquire { .. }, Some("stale")) => {
+        (Op::Acquire { .. } | Op::Wait { .. }, Some("stale")) => {
             pid_word(words.next()).map(|prev| Seen::Stale { prev })
         }
-        (Op::Acquire { .. }, Some("running")) => {
+        (Op::Acquire { .. } | Op::Wait { .. }, Some("running")) => {
             pid_word(words.next()).map(|holder| Seen::Running { holder })
         }
         (Op::Release { .. }, Some("released")) => Ok(Seen::Released),
@@ -274,7 +279,8 @@ pub fn actor_main(dir: &Path) {
             continue;
         };
         let reply = match verb {
-            "acquire" => acquire(&dir, port, &mut handles),
+            "acquire" => acquire(&dir, port, Duration::ZERO, &mut handles),
+            "wait" => acquire(&dir, port, WAIT, &mut handles),
             "release" => match handles.remove(&port) {
                 Some(Handle::Held(h)) => released(h.release().map(drop).map_err(|e| e.error)),
                 Some(Handle::Reclaimed(h)) => released(h.release().map(drop).map_err(|e| e.error)),
@@ -322,7 +328,7 @@ fn released(result: Result<(), LockError>) -> String {
     }
 }
 
-fn acquire(dir: &LockDir, port: u16, handles: &mut HashMap<u16, Handle>) -> String {
+fn acquire(dir: &LockDir, port: u16, wait: Duration, handles: &mut HashMap<u16, Handle>) -> String {
     if handles.contains_key(&port) {
         return "error already holds a handle".to_string();
     }
@@ -330,7 +336,12 @@ fn acquire(dir: &LockDir, port: u16, handles: &mut HashMap<u16, Handle>) -> Stri
         Ok(free) => free,
         Err(e) => return format!("error {e}"),
     };
-    match free.try_acquire() {
+    let tried = if wait.is_zero() {
+        free.try_acquire()
+    } else {
+        free.acquire_timeout(wait)
+    };
+    match tried {
         Ok(Acquired::Fresh(h)) => {
             let reply = format!("fresh {}", h.info().pid);
             handles.insert(port, Handle::Held(h));

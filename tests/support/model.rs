@@ -39,6 +39,11 @@ pub enum Content {
 pub enum Op {
     /// The actor tries to take the port (`try_acquire`).
     Acquire { actor: usize, port: usize },
+    /// The actor tries to take the port, waiting a short while for it to be
+    /// released (`acquire_timeout`). The model treats it as an acquire at
+    /// some point of its wait: it holds if the port was freed meanwhile (by
+    /// another op of its batch), else it reports the holder.
+    Wait { actor: usize, port: usize },
     /// The actor releases what it holds on the port (drops a stale handle
     /// untouched).
     Release { actor: usize, port: usize },
@@ -60,6 +65,10 @@ impl Op {
         let (a, p) = (|a: usize| a % ACTORS, |p: usize| p % PORTS.len());
         match self.clone() {
             Op::Acquire { actor, port } => Op::Acquire {
+                actor: a(actor),
+                port: p(port),
+            },
+            Op::Wait { actor, port } => Op::Wait {
                 actor: a(actor),
                 port: p(port),
             },
@@ -87,6 +96,7 @@ impl Op {
     pub fn actor(&self) -> Option<usize> {
         match *self {
             Op::Acquire { actor, .. }
+            | Op::Wait { actor, .. }
             | Op::Release { actor, .. }
             | Op::Reclaim { actor, .. }
             | Op::Crash { actor }
@@ -270,7 +280,7 @@ impl Model {
     /// Whether `op` is allowed now (the state machine's explicit preconditions).
     fn allowed(&self, op: &Op) -> bool {
         match *op {
-            Op::Acquire { actor, port } => !self.holds(actor, port),
+            Op::Acquire { actor, port } | Op::Wait { actor, port } => !self.holds(actor, port),
             Op::Release { actor, port } => self.holds(actor, port),
             Op::Reclaim { actor, port } => {
                 matches!(self.ports[port].lock, Lock::Stale { actor: a, .. } if a == actor)
@@ -290,7 +300,7 @@ impl Model {
     /// Applies an allowed actor op and returns what the system must report.
     fn apply(&mut self, op: &Op) -> Seen {
         match *op {
-            Op::Acquire { actor, port: p } => {
+            Op::Acquire { actor, port: p } | Op::Wait { actor, port: p } => {
                 if self.ports[p].lock != Lock::Free {
                     return Seen::Running {
                         holder: self.reader_pid(p),

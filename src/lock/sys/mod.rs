@@ -11,6 +11,9 @@ mod unix;
 #[cfg(unix)]
 pub(crate) use unix::*;
 
+mod watch;
+pub(crate) use watch::{DirWatch, Wake};
+
 #[cfg(windows)]
 mod windows;
 #[cfg(windows)]

@@ -30,6 +30,12 @@ impl DirHandle {
     pub(crate) fn id(&self) -> FileId {
         self.id
     }
+
+    /// The open directory's descriptor (to watch it, see `watch.rs`).
+    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
+    pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
 }
 
 fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
