@@ -402,8 +402,9 @@ class PortLock:
             raise LockError("port %d is already held by this PortLock" % self.port, INVALID_ARGUMENT)
         timeout = self.timeout if timeout is None else timeout
         if timeout:
-            handle = ctypes.c_void_p()
-            other = _Info()
+            # Into the same out-parameters as the fast path: release() hands
+            # _out_handle to the C library.
+            handle, other = self._out_handle, self._out_other
             status = self._acquire_waiting(_deadline(timeout), handle, other)
             if status == ALREADY_RUNNING:
                 raise AlreadyRunning(_last_error(), self.port, LockInfo._from_c(other))
