@@ -15,7 +15,9 @@
  * If the port is held, prints the holder's PID and exits 1. Usage errors
  * exit 2.
  *
- * Build (after `cargo build --release -p llmlb-lock-ffi`):
+ * Build against the installed library (README "Install"):
+ *   cc -o launcher ffi/examples/launcher.c $(pkg-config --cflags --libs llmlb_lock)
+ * or from the repository (after `cargo build --release -p llmlb-lock-ffi`):
  *   cc -std=c11 -Wall -Wextra -pedantic -Iinclude ffi/examples/launcher.c \
  *      target/release/libllmlb_lock.a -lpthread -ldl -lm -o launcher
  */
