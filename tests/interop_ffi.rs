@@ -1,6 +1,6 @@
 //! Interop between `llmlb` and the non-Rust launchers built on the C ABI:
 //! the C launcher (`ffi/examples/launcher.c`) and the Python one
-//! (`ffi/python/launcher.py`) take exactly the lock `llmlb serve` takes, so
+//! (`ffi/python/llmlb_lock/launcher.py`) take exactly the lock `llmlb serve` takes, so
 //! each side refuses the other with the holder's PID, `llmlb status` shows
 //! them, and `llmlb stop` stops them.
 //!
@@ -74,7 +74,7 @@ fn c_launcher(env: &Env) -> LauncherCmd {
 fn python_launcher() -> LauncherCmd {
     vec![
         PathBuf::from(ffi_support::python3()),
-        ffi_support::repo_root().join("ffi/python/launcher.py"),
+        ffi_support::repo_root().join("ffi/python/llmlb_lock/launcher.py"),
     ]
 }
 

@@ -26,7 +26,9 @@
  *      ffi/examples/launcher.c target/x86_64-pc-windows-gnu/release/libllmlb_lock.a \
  *      -lws2_32 -lntdll -luserenv -lbcrypt -o launcher.exe
  *
- * Build (after `cargo build --release -p llmlb-lock-ffi`):
+ * Build against the installed library (README "Install"):
+ *   cc -o launcher ffi/examples/launcher.c $(pkg-config --cflags --libs llmlb_lock)
+ * or from the repository (after `cargo build --release -p llmlb-lock-ffi`):
  *   cc -std=c11 -Wall -Wextra -pedantic -Iinclude ffi/examples/launcher.c \
  *      target/release/libllmlb_lock.a -lpthread -ldl -lm -o launcher
  */

@@ -1,4 +1,5 @@
-"""Tests of ffi/python/launcher.py (the Python twin of the C launcher)."""
+"""Tests of ffi/python/llmlb_lock/launcher.py, installed as ``llmlb-launch`` (the
+Python twin of the C launcher)."""
 
 import os
 import shutil
@@ -11,9 +12,17 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
+import llmlb_lock  # noqa: E402
 from llmlb_lock import PortLock, probe  # noqa: E402
 
-LAUNCHER = os.path.join(HERE, "..", "launcher.py")
+PACKAGE = os.path.dirname(os.path.abspath(llmlb_lock.__file__))
+if os.path.dirname(PACKAGE) == os.path.abspath(os.path.join(HERE, "..")):
+    # The repository's package: run the launcher's file.
+    LAUNCHER = [sys.executable, os.path.join(PACKAGE, "launcher.py")]
+else:
+    # An installed package (.ci/packaging): its console script, beside this
+    # (virtual environment's) Python.
+    LAUNCHER = [os.path.join(os.path.dirname(sys.executable), "llmlb-launch")]
 
 
 class LauncherTest(unittest.TestCase):
@@ -26,7 +35,7 @@ class LauncherTest(unittest.TestCase):
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     def launcher(self, *args):
-        return [sys.executable, LAUNCHER, *args]
+        return [*LAUNCHER, *args]
 
     def test_runs_the_command_with_the_port_and_returns_its_code(self):
         script = "import os, sys; print(os.environ['LLMLB_PORT']); sys.exit(3)"

@@ -19,9 +19,13 @@ checked once, not per call):
         lock = locks.acquire(8000)       # a held PortLock
         print(locks.probe(8001).state)
 
-The library is found through ``LLMLB_LOCK_LIB`` (a file path), else beside
-this module, else in the repository's ``target/release`` then
-``target/debug``.
+The library is loaded at import: from ``LLMLB_LOCK_LIB`` (a file path) if
+set, else the copy installed inside this package (``pip install
+./ffi/python``), else, when run from the repository, cargo's
+``<target dir>/release`` then ``<target dir>/debug`` (the target dir is
+``CARGO_TARGET_DIR`` if set, as for cargo, else ``<repository>/target``).
+If none is there, the import fails with an ``ImportError`` saying how to get
+one.
 """
 
 from __future__ import annotations
@@ -78,28 +82,73 @@ def _library_name() -> str:
     return "libllmlb_lock.so"
 
 
+def _installed_names():
+    # setuptools-rust names the packaged library like an extension module
+    # (libllmlb_lock.abi3.so, ...); the plain name is for a copy put here by
+    # hand.
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    names = ["libllmlb_lock" + suffix for suffix in EXTENSION_SUFFIXES] + [_library_name()]
+    return list(dict.fromkeys(names))  # without duplicates, in order
+
+
+def _repository(here: Path) -> Optional[Path]:
+    """The llmlb repository this module is run from, if any (not when
+    installed): the directory holding include/llmlb_lock.h and ffi/."""
+    for parent in here.parents:
+        if (parent / "include" / "llmlb_lock.h").is_file() and (parent / "ffi" / "Cargo.toml").is_file():
+            return parent
+    return None
+
+
 def _candidates():
+    """Where the library may be, in order."""
     env = os.environ.get("LLMLB_LOCK_LIB")
     if env:
         # An explicit choice: use it or fail, never fall back silently.
         return [Path(env)]
     here = Path(__file__).resolve().parent
-    repo = here.parent.parent  # ffi/python -> repository root
-    name = _library_name()
-    return [here / name, repo / "target" / "release" / name, repo / "target" / "debug" / name]
+    found = [here / name for name in _installed_names()]
+    repo = _repository(here)
+    if repo is not None:
+        target = os.environ.get("CARGO_TARGET_DIR")
+        # Like cargo: a relative CARGO_TARGET_DIR is taken from the current directory.
+        target_dir = Path(target).resolve() if target else repo / "target"
+        name = _library_name()
+        found += [target_dir / "release" / name, target_dir / "debug" / name]
+    return found
 
 
 def _load() -> ctypes.CDLL:
     tried = []
     for path in _candidates():
         if path.is_file():
-            lib = ctypes.CDLL(str(path))
+            try:
+                lib = ctypes.CDLL(str(path))
+            except OSError as e:
+                raise ImportError(
+                    "llmlb_lock: cannot load the llmlb lock library %s (%s); rebuild it "
+                    "for this machine, or set LLMLB_LOCK_LIB to one that loads" % (path, e)
+                ) from None
             break
         tried.append(str(path))
     else:
-        raise OSError(
-            "cannot find the llmlb lock library (tried: %s); build it with "
-            "`cargo build --release -p llmlb-lock-ffi` or set LLMLB_LOCK_LIB" % ", ".join(tried)
+        if os.environ.get("LLMLB_LOCK_LIB"):
+            fix = "point LLMLB_LOCK_LIB at the built %s, or unset it" % _library_name()
+        elif len(tried) > len(_installed_names()):
+            # Run from the repository: a cargo build puts it where we look.
+            fix = (
+                "build it with `cargo build --release -p llmlb-lock-ffi`, "
+                "or set LLMLB_LOCK_LIB to its path"
+            )
+        else:
+            fix = (
+                "reinstall the package (`pip install --force-reinstall ./ffi/python` "
+                "from the llmlb repository), or set LLMLB_LOCK_LIB to the library's path"
+            )
+        raise ImportError(
+            "llmlb_lock: cannot find the llmlb lock library (tried: %s); %s"
+            % (", ".join(tried), fix)
         )
     status = ctypes.c_int  # a C enum is an int
     info_p = ctypes.POINTER(_Info)
@@ -180,6 +229,11 @@ def _lib() -> ctypes.CDLL:
         if _lib_cache is None:
             _lib_cache = _load()
         return _lib_cache
+
+
+# Loaded now, so a missing or unloadable library is reported by the import
+# itself, with the fix, not by the first call.
+_lib()
 
 
 class LockInfo:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""launcher.py PORT -- CMD [ARGS...]
+"""launcher.py PORT -- CMD [ARGS...]  (installed: llmlb-launch PORT -- CMD [ARGS...])
 
 The Python twin of ffi/examples/launcher.c and of `llmlb serve --port PORT
 -- CMD`: takes the per-port lock (lock dir from LLMLB_LOCK_DIR, else the
@@ -27,9 +27,16 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if not __package__:
+    # Run as a file (`python3 ffi/python/llmlb_lock/launcher.py`): import the
+    # package this file is in, not an installed one.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from llmlb_lock import AlreadyRunning, LockError, PortLock  # noqa: E402
+
+# Messages start with the name it was run by: `llmlb-launch` (the console
+# script), else launcher.py.
+PROG = "llmlb-launch" if os.path.basename(sys.argv[0]).startswith("llmlb-launch") else "launcher.py"
 
 # How long CMD's group has after SIGTERM (or a forwarded signal) before
 # SIGKILL, and how long after SIGKILL before we stop waiting.
@@ -125,12 +132,12 @@ def _run_to_end(child: subprocess.Popen, stopping: list, lock: PortLock) -> int:
         if deadline is not None and time.monotonic() >= deadline:
             if killed:
                 print(
-                    "launcher.py: process group %d still has processes after SIGKILL" % child.pid,
+                    PROG + ": process group %d still has processes after SIGKILL" % child.pid,
                     file=sys.stderr,
                 )
                 return code if code is not None else 1
             print(
-                "launcher.py: the command did not exit within %d s; sending SIGKILL to its group"
+                PROG + ": the command did not exit within %d s; sending SIGKILL to its group"
                 % STOP_GRACE,
                 file=sys.stderr,
             )
@@ -143,7 +150,7 @@ def _run_to_end(child: subprocess.Popen, stopping: list, lock: PortLock) -> int:
 
 
 def usage() -> int:
-    print("usage: launcher.py PORT -- CMD [ARGS...]", file=sys.stderr)
+    print("usage: %s PORT -- CMD [ARGS...]" % PROG, file=sys.stderr)
     return 2
 
 
@@ -152,7 +159,7 @@ def main(argv) -> int:
         return usage()
     text = argv[1]
     if not text.isdigit() or not 1 <= int(text) <= 65535:
-        print("launcher.py: invalid port %s: ports are 1..=65535" % text, file=sys.stderr)
+        print(PROG + ": invalid port %s: ports are 1..=65535" % text, file=sys.stderr)
         return 2
     port = int(text)
 
@@ -162,17 +169,17 @@ def main(argv) -> int:
     except AlreadyRunning as e:
         holder = "PID: %d" % e.pid if e.pid is not None else "holder details unreadable"
         print(
-            "launcher.py: server already running on port %d (%s); to stop it: "
+            PROG + ": server already running on port %d (%s); to stop it: "
             "llmlb stop --port %d" % (port, holder, port),
             file=sys.stderr,
         )
         return 1
     except LockError as e:
-        print("launcher.py: %s" % e, file=sys.stderr)
+        print(PROG + ": %s" % e, file=sys.stderr)
         return 1
     if lock.reclaimed_from is not None:
         print(
-            "launcher.py: reclaimed the stale lock of PID %d on port %d"
+            PROG + ": reclaimed the stale lock of PID %d on port %d"
             % (lock.reclaimed_from.pid, port),
             file=sys.stderr,
         )
@@ -221,7 +228,7 @@ def main(argv) -> int:
                 )
             )
     except (OSError, LockError) as e:
-        print("launcher.py: cannot run %s: %s" % (argv[3], e), file=sys.stderr)
+        print(PROG + ": cannot run %s: %s" % (argv[3], e), file=sys.stderr)
         lock.release()
         return 127
     child = children[0]
@@ -232,7 +239,7 @@ def main(argv) -> int:
             lock.set_child_pgid(child.pid)
     except LockError as e:
         print(
-            "launcher.py: warning: cannot record the command's process group: %s" % e,
+            PROG + ": warning: cannot record the command's process group: %s" % e,
             file=sys.stderr,
         )
     for signum in pending:
@@ -241,8 +248,14 @@ def main(argv) -> int:
     try:
         lock.release()
     except LockError as e:
-        print("launcher.py: warning: releasing the lock: %s" % e, file=sys.stderr)
+        print(PROG + ": warning: releasing the lock: %s" % e, file=sys.stderr)
     return code
+
+
+def console_main() -> None:
+    """The ``llmlb-launch`` console script."""
+    sys.exit(main(sys.argv))
+
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv))
