@@ -320,7 +320,7 @@ pub(crate) mod async_impl {
         }
     }
 
-    /// See `acquire_timeout_async`. Public only for the `llmlb` binary.
+    /// See `acquire_timeout_async`, which wraps it; the CLI calls it directly.
     pub async fn acquire_timeout(
         dir: &LockDir,
         port: u16,

@@ -106,6 +106,11 @@ class WaitTest(unittest.TestCase):
             self.reap(pid)
 
     def test_ctrl_c_interrupts_a_wait_and_nothing_is_taken(self):
+        # Python's own Ctrl-C handler, whatever this process inherited: a
+        # shell's background job starts with SIGINT ignored, and Python then
+        # leaves it ignored (the wait below would run to its deadline).
+        old = signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.addCleanup(signal.signal, signal.SIGINT, old)
         pid, go = holder(self.dir, 8303)
         try:
             main = threading.get_ident()
