@@ -3,11 +3,13 @@
 //!
 //! How a waiter sleeps (and why not in the kernel's lock wait):
 //! - Release unlinks the lock file while still holding it, so the moment a
-//!   holder releases is the unlink: on Linux the waiter watches the lock *dir*
-//!   with inotify (the file itself dies with the release) and wakes on the
-//!   unlink, before the old holder has even closed its descriptor.
+//!   holder releases is the unlink: the waiter watches the lock *dir* (the
+//!   file itself dies with the release; inotify on Linux, kqueue on macOS)
+//!   and wakes on the unlink, before the old holder has even closed its
+//!   descriptor.
 //! - A holder that crashes leaves its file: the kernel drops its lock when the
-//!   descriptor closes, which inotify reports as a close-after-write. Failed
+//!   descriptor closes, which inotify reports as a close-after-write (kqueue
+//!   reports nothing: on macOS the poll tick finds a dead holder). Failed
 //!   attempts by other acquirers close their descriptors too, so such a wake
 //!   only triggers a cheap probe (a read-only open that produces no event of
 //!   its own), never a full attempt: waiters cannot wake each other in a storm.
@@ -40,12 +42,14 @@ use super::sys::{self, Wake};
 use super::{LockDir, LockState};
 
 /// The longest a waiter sleeps between two looks at the lock file when
-/// nothing wakes it (no inotify: macOS, Windows, other Unixes, or a lock dir
-/// on NFS). py-filelock polls every 50 ms.
+/// nothing wakes it (no dir watch: Windows, other Unixes, or a lock dir on
+/// NFS), or when the watch cannot see a holder die (kqueue on macOS).
+/// py-filelock polls every 50 ms.
 pub const WAIT_POLL_CAP: Duration = Duration::from_millis(20);
 
-/// With an inotify watch, ticks are only a safety net (events from other
-/// hosts on NFS never arrive), so they may be rarer.
+/// With an inotify watch, which also reports a holder's death, ticks are
+/// only a safety net (events from other hosts on NFS never arrive), so they
+/// may be rarer.
 const WATCHED_POLL_CAP: Duration = Duration::from_millis(50);
 
 /// The first sleep between looks; doubled up to the cap.
@@ -116,7 +120,7 @@ impl Waiter {
     fn next_tick(&mut self) -> Option<Duration> {
         let left = self.left()?;
         let tick = left.min(self.backoff);
-        let cap = if self.watched {
+        let cap = if self.watched && sys::WATCH_SEES_HOLDER_EXIT {
             WATCHED_POLL_CAP
         } else {
             WAIT_POLL_CAP
@@ -159,8 +163,8 @@ impl Waiter {
 /// for its holder to release it (or die): returns as soon as the lock is
 /// free. `Duration::ZERO` tries once; `Duration::MAX` waits forever.
 ///
-/// The wait sleeps (inotify on Linux, a poll capped at [`WAIT_POLL_CAP`]
-/// elsewhere), holds nothing while it sleeps, and re-runs the whole protocol
+/// The wait sleeps (inotify on Linux, kqueue on macOS, a poll capped at
+/// [`WAIT_POLL_CAP`] elsewhere), holds nothing while it sleeps, and re-runs the whole protocol
 /// after every wake. See the module docs of `lock::wait` for the design.
 ///
 /// # Errors
@@ -255,18 +259,19 @@ impl PortLock<Free> {
 pub(crate) mod async_impl {
     use super::*;
 
-    /// A [`Waiter`] whose sleep is a tokio timer and whose inotify descriptor
-    /// is registered with the runtime's reactor: no thread is blocked.
+    /// A [`Waiter`] whose sleep is a tokio timer and whose watch descriptor
+    /// (inotify, or a kqueue, which is itself pollable) is registered with
+    /// the runtime's reactor: no thread is blocked.
     struct AsyncWaiter {
         inner: Waiter,
-        #[cfg(any(target_os = "linux", target_os = "android"))]
+        #[cfg(any(target_os = "linux", target_os = "android", target_os = "macos"))]
         fd: Option<tokio::io::unix::AsyncFd<sys::DirWatch>>,
     }
 
     impl AsyncWaiter {
         async fn pause(&mut self) -> bool {
             if let Some(go) = self.inner.arm() {
-                #[cfg(any(target_os = "linux", target_os = "android"))]
+                #[cfg(any(target_os = "linux", target_os = "android", target_os = "macos"))]
                 {
                     // `with_interest` is deprecated (since tokio 1.54) for
                     // `unsafe register`, whose contract DirWatch keeps: it owns
@@ -278,6 +283,12 @@ pub(crate) mod async_impl {
                             .ok()
                     });
                     self.fd = fd;
+                }
+                // Windows' notification handle cannot join tokio's reactor:
+                // the async waiter polls on the timer there.
+                #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "macos")))]
+                {
+                    self.inner.watch = None;
                 }
                 return go;
             }
@@ -292,7 +303,7 @@ pub(crate) mod async_impl {
             }
         }
 
-        #[cfg(any(target_os = "linux", target_os = "android"))]
+        #[cfg(any(target_os = "linux", target_os = "android", target_os = "macos"))]
         async fn sleep(&mut self, tick: Duration) -> Wake {
             let Some(fd) = &mut self.fd else {
                 tokio::time::sleep(tick).await;
@@ -313,7 +324,7 @@ pub(crate) mod async_impl {
             }
         }
 
-        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "macos")))]
         async fn sleep(&mut self, tick: Duration) -> Wake {
             tokio::time::sleep(tick).await;
             Wake::Timeout
@@ -338,7 +349,7 @@ pub(crate) mod async_impl {
             };
             let waiter = waiter.get_or_insert_with(|| AsyncWaiter {
                 inner: Waiter::new(Target::new(dir, port), timeout),
-                #[cfg(any(target_os = "linux", target_os = "android"))]
+                #[cfg(any(target_os = "linux", target_os = "android", target_os = "macos"))]
                 fd: None,
             });
             if !waiter.pause().await {
@@ -350,7 +361,7 @@ pub(crate) mod async_impl {
 
 /// [`acquire_timeout`] for async code (feature `tokio`, also on with the
 /// default `cli` feature, which has tokio anyway): waits on the
-/// runtime's timer and (on Linux) its reactor, never blocking a runtime
+/// runtime's timer and (on Linux and macOS) its reactor, never blocking a runtime
 /// thread while it waits.
 ///
 /// Cancel-safe: dropping the future (e.g. `tokio::select!` losing, a

@@ -1,10 +1,12 @@
 //! Waking a waiter when a lock file may have been released: inotify on the
-//! lock dir on Linux; elsewhere (macOS, Windows, other Unixes) no watch, and
-//! the waiter polls (see `lock/wait.rs`).
+//! lock dir on Linux, kqueue's `EVFILT_VNODE` on it on macOS, a change
+//! notification on Windows; elsewhere (other Unixes) no watch, and the
+//! waiter polls (see `lock/wait.rs`).
 //!
 //! The dir is watched, not the file: release unlinks the file and the next
 //! holder creates a new one, so a watch on the file would die with it.
-//! Events are filtered by name; a wake is only ever a hint to look again.
+//! inotify names the file an event is about, kqueue and Windows do not (any
+//! entry of the dir); either way a wake is only ever a hint to look again.
 
 use std::io;
 use std::time::Duration;
@@ -21,6 +23,11 @@ pub(crate) enum Wake {
     /// failed attempt. Worth a cheap probe, not a full attempt.
     #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
     Closed,
+    /// Some entry of the lock dir was added, removed or renamed, perhaps
+    /// another port's (kqueue cannot say which): worth a cheap probe, not a
+    /// full attempt, so a busy dir costs waiters only reads.
+    #[cfg_attr(not(any(target_os = "macos", windows)), allow(dead_code))]
+    DirChanged,
     /// The lock file was removed or renamed (a release), the dir itself went
     /// away, or events were lost (queue overflow): worth a full attempt.
     Changed,
@@ -235,15 +242,252 @@ mod linux {
     }
 }
 
+/// Whether this platform's watch reports a holder that died (its last close
+/// of the lock file). Where it does not, the waiter's poll tick finds a dead
+/// holder, so ticks stay as short as without a watch.
+pub(crate) const WATCH_SEES_HOLDER_EXIT: bool =
+    cfg!(any(target_os = "linux", target_os = "android"));
+
+#[cfg(target_os = "macos")]
+pub(crate) use macos::DirWatch;
+
+#[cfg(target_os = "macos")]
+mod macos {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    use super::*;
+
+    /// A kqueue with one `EVFILT_VNODE` filter on the lock dir's descriptor.
+    ///
+    /// A dir's vnode reports `NOTE_WRITE` when an entry is added, removed or
+    /// renamed: the release's unlink among them. A holder that dies leaves
+    /// its file, and the dir does not change; the waiter's poll tick covers
+    /// that ([`WATCH_SEES_HOLDER_EXIT`] is false here). Closing a kqueue is
+    /// cheap, so nothing is pooled; kqueues are not inherited over `fork`.
+    #[derive(Debug)]
+    pub(crate) struct DirWatch {
+        kq: OwnedFd,
+        /// The dir was removed, renamed or revoked: only timeouts from now on.
+        dead: bool,
+    }
+
+    impl AsRawFd for DirWatch {
+        fn as_raw_fd(&self) -> std::os::fd::RawFd {
+            self.kq.as_raw_fd()
+        }
+    }
+
+    /// Entries changed; the dir itself removed, renamed or revoked.
+    const FFLAGS: u32 =
+        libc::NOTE_WRITE | libc::NOTE_DELETE | libc::NOTE_RENAME | libc::NOTE_REVOKE;
+
+    impl DirWatch {
+        /// Watches the open dir `dir` itself (its descriptor: a path re-pointed
+        /// later does not matter). `_name` is unused: kqueue cannot filter by
+        /// entry name.
+        ///
+        /// # Errors
+        /// kqueue unavailable or out of descriptors: the caller polls instead.
+        pub(crate) fn new(dir: &DirHandle, _name: &str) -> io::Result<DirWatch> {
+            // SAFETY: plain syscall, no pointers.
+            let raw = unsafe { libc::kqueue() };
+            if raw < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: a fresh descriptor nobody else owns.
+            let kq = unsafe { OwnedFd::from_raw_fd(raw) };
+            // SAFETY: plain syscall on our descriptor (no O_CLOEXEC for kqueue()).
+            unsafe { libc::fcntl(kq.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+            // SAFETY: kevent is plain data; all-zero is a valid value.
+            let mut change: libc::kevent = unsafe { std::mem::zeroed() };
+            change.ident = dir.as_fd().as_raw_fd() as libc::uintptr_t;
+            change.filter = libc::EVFILT_VNODE;
+            change.flags = libc::EV_ADD | libc::EV_CLEAR;
+            change.fflags = FFLAGS;
+            // SAFETY: one valid change, no event list, no timeout.
+            let n = unsafe {
+                libc::kevent(
+                    kq.as_raw_fd(),
+                    &change,
+                    1,
+                    std::ptr::null_mut(),
+                    0,
+                    std::ptr::null(),
+                )
+            };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(DirWatch { kq, dead: false })
+        }
+
+        /// Sleeps until the dir changes or `timeout`, then reads what is queued.
+        pub(crate) fn wait(&mut self, timeout: Duration) -> Wake {
+            if self.dead {
+                std::thread::sleep(timeout);
+                return Wake::Timeout;
+            }
+            self.next(Some(timeout))
+        }
+
+        /// Reads (without blocking) what is queued.
+        pub(crate) fn drain(&mut self) -> Wake {
+            if self.dead {
+                return Wake::Timeout;
+            }
+            self.next(None)
+        }
+
+        /// One `kevent` call: waits up to `timeout` (`None`: not at all). With
+        /// `EV_CLEAR` the filter's state resets on every read, so one event
+        /// carries every change since the last one.
+        fn next(&mut self, timeout: Option<Duration>) -> Wake {
+            let t = timeout.unwrap_or(Duration::ZERO);
+            let ts = libc::timespec {
+                tv_sec: t.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+                tv_nsec: t.subsec_nanos() as libc::c_long,
+            };
+            // SAFETY: kevent is plain data; all-zero is a valid value.
+            let mut ev: libc::kevent = unsafe { std::mem::zeroed() };
+            // SAFETY: room for one event; ts is a valid timespec. EINTR ends
+            // the sleep early (a tick).
+            let n =
+                unsafe { libc::kevent(self.kq.as_raw_fd(), std::ptr::null(), 0, &mut ev, 1, &ts) };
+            if n < 0 {
+                return if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    Wake::Timeout
+                } else {
+                    self.dead = true;
+                    Wake::Changed
+                };
+            }
+            if n == 0 {
+                return Wake::Timeout;
+            }
+            if ev.flags & libc::EV_ERROR != 0
+                || ev.fflags & (libc::NOTE_DELETE | libc::NOTE_RENAME | libc::NOTE_REVOKE) != 0
+            {
+                self.dead = true;
+                return Wake::Changed;
+            }
+            Wake::DirChanged
+        }
+    }
+}
+
+#[cfg(windows)]
+pub(crate) use windows::DirWatch;
+
+#[cfg(windows)]
+mod windows {
+    use std::os::windows::ffi::OsStrExt as _;
+
+    use windows_sys::Win32::Foundation::{
+        HANDLE, INVALID_HANDLE_VALUE, WAIT_OBJECT_0, WAIT_TIMEOUT,
+    };
+    use windows_sys::Win32::Storage::FileSystem::{
+        FindCloseChangeNotification, FindFirstChangeNotificationW, FindNextChangeNotification,
+        FILE_NOTIFY_CHANGE_FILE_NAME,
+    };
+    use windows_sys::Win32::System::Threading::WaitForSingleObject;
+
+    use super::*;
+
+    /// A change notification on the lock dir: signalled when a name in it is
+    /// created, deleted or renamed (the release's delete among them), not for
+    /// writes. A holder that dies leaves its file: the poll tick covers that
+    /// ([`WATCH_SEES_HOLDER_EXIT`] is false here).
+    #[derive(Debug)]
+    pub(crate) struct DirWatch {
+        handle: HANDLE,
+        /// Re-arming failed (the dir went away): only timeouts from now on.
+        dead: bool,
+    }
+
+    // SAFETY: a change notification handle is a kernel object handle, usable
+    // from any thread; only `&mut self` methods and Drop use it.
+    unsafe impl Send for DirWatch {}
+
+    impl Drop for DirWatch {
+        fn drop(&mut self) {
+            // SAFETY: our handle, not used after this.
+            unsafe { FindCloseChangeNotification(self.handle) };
+        }
+    }
+
+    impl DirWatch {
+        /// Watches the checked dir by its path (Windows' `DirHandle` is one;
+        /// a path re-pointed later only costs a missed hint). `_name` is
+        /// unused: the notification cannot filter by name.
+        ///
+        /// # Errors
+        /// The notification could not be set up: the caller polls instead.
+        pub(crate) fn new(dir: &DirHandle, _name: &str) -> io::Result<DirWatch> {
+            let wide: Vec<u16> = dir.path().as_os_str().encode_wide().chain([0]).collect();
+            // SAFETY: wide is NUL-terminated; not the subtree, names only.
+            let handle = unsafe {
+                FindFirstChangeNotificationW(wide.as_ptr(), 0, FILE_NOTIFY_CHANGE_FILE_NAME)
+            };
+            if handle == INVALID_HANDLE_VALUE {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(DirWatch {
+                handle,
+                dead: false,
+            })
+        }
+
+        /// Sleeps until a name in the dir changes or `timeout`.
+        pub(crate) fn wait(&mut self, timeout: Duration) -> Wake {
+            if self.dead {
+                std::thread::sleep(timeout);
+                return Wake::Timeout;
+            }
+            // Round up: a 0.3 ms timeout must not become a busy 0. Below
+            // INFINITE (u32::MAX): the caller's ticks are short anyway.
+            let ms = timeout
+                .as_micros()
+                .div_ceil(1000)
+                .min(u128::from(u32::MAX - 1)) as u32;
+            // SAFETY: our handle.
+            match unsafe { WaitForSingleObject(self.handle, ms) } {
+                WAIT_TIMEOUT => Wake::Timeout,
+                WAIT_OBJECT_0 => {
+                    // Re-arm for the next wait; changes meanwhile are kept.
+                    // SAFETY: our handle.
+                    if unsafe { FindNextChangeNotification(self.handle) } == 0 {
+                        self.dead = true;
+                        return Wake::Changed;
+                    }
+                    Wake::DirChanged
+                }
+                _ => {
+                    self.dead = true;
+                    Wake::Changed
+                }
+            }
+        }
+    }
+}
+
 /// No watch on this platform: `new` always fails, and the waiter polls.
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "macos",
+    windows
+)))]
 #[derive(Debug)]
 pub(crate) struct DirWatch(std::convert::Infallible);
 
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "macos",
+    windows
+)))]
 impl DirWatch {
-    /// Always `Unsupported` (macOS could use kqueue's `EVFILT_VNODE` on the
-    /// dir; not done yet: the bounded poll serves there).
+    /// Always `Unsupported`: the bounded poll serves here.
     pub(crate) fn new(_dir: &DirHandle, _name: &str) -> io::Result<DirWatch> {
         Err(io::ErrorKind::Unsupported.into())
     }
@@ -251,5 +495,59 @@ impl DirWatch {
     /// Unreachable: no `DirWatch` exists on this platform.
     pub(crate) fn wait(&mut self, _timeout: Duration) -> Wake {
         match self.0 {}
+    }
+}
+
+#[cfg(all(
+    test,
+    any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        windows
+    )
+))]
+mod tests {
+    use super::*;
+
+    const NAME: &str = "serve_8000.lock";
+
+    /// A watch on a fresh dir: quiet while nothing happens, and woken (worth
+    /// at least a probe) by the release's removal of the lock file. Fails if
+    /// the platform's watch never fires: `wait` would run to its timeout.
+    #[test]
+    fn a_release_wakes_the_watch_and_silence_does_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = super::super::open_dir(tmp.path()).unwrap();
+        let file = tmp.path().join(NAME);
+        std::fs::write(&file, b"{}").unwrap();
+
+        let mut watch = DirWatch::new(&dir, NAME).unwrap();
+        assert_eq!(watch.wait(Duration::from_millis(20)), Wake::Timeout);
+
+        std::fs::remove_file(&file).unwrap();
+        // Generous against a loaded machine; a working watch returns at once.
+        let wake = watch.wait(Duration::from_secs(30));
+        assert!(
+            matches!(wake, Wake::Changed | Wake::DirChanged),
+            "after the lock file's removal: {wake:?}"
+        );
+    }
+
+    /// The lock dir itself removed: the watch says so (or goes quiet), and
+    /// never blocks past its timeout afterwards.
+    #[test]
+    fn a_removed_dir_ends_in_timeouts_not_hangs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("locks");
+        std::fs::create_dir(&path).unwrap();
+        let dir = super::super::open_dir(&path).unwrap();
+        let mut watch = DirWatch::new(&dir, NAME).unwrap();
+        drop(dir);
+        std::fs::remove_dir(&path).unwrap();
+        for _ in 0..3 {
+            let _ = watch.wait(Duration::from_millis(10));
+        }
+        assert_eq!(watch.wait(Duration::from_millis(10)), Wake::Timeout);
     }
 }

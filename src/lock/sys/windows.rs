@@ -85,6 +85,11 @@ impl DirHandle {
     pub(crate) fn id(&self) -> FileId {
         FileId { dev: 0, ino: 0 }
     }
+
+    /// The path the directory was checked at (Windows works by path).
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 /// Opens the directory at `path`, refusing a symlink (reparse point) or a
