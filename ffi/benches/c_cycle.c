@@ -15,6 +15,11 @@
  * process's CPU time (user + system, which waiting for a busy CPU does not
  * inflate).
  *
+ * Built with -DC_CYCLE_NO_MAIN -shared -fPIC it is a library instead:
+ * bench.py loads it into the Python process and times C and Python rounds
+ * alternately in that one process (c_cycle_setup, c_cycle_time,
+ * c_cycle_teardown below), so both meet the same CPU, caches and load.
+ *
  * - floor_unlink: open(O_CREAT) + flock + unlink + close (our release
  *   removes the file, so each cycle creates an inode);
  * - c_abi: llmlb_lock_acquire(path) + llmlb_lock_release;
@@ -76,6 +81,48 @@ static void c_abi_dir(void) {
 
 static void (*const RUN[CONTENDERS])(void) = {floor_unlink, c_abi, c_abi_dir};
 
+/* Creates each contender's dir under base (which must exist) and opens the
+ * dir handle. 0 on success; -1 with a message on stderr. */
+int c_cycle_setup(const char *base) {
+  int c;
+  for (c = 0; c < CONTENDERS; c++) {
+    int n = snprintf(g_dirs[c], sizeof g_dirs[c], "%s/%s", base, NAMES[c]);
+    if (n < 0 || (size_t)n >= sizeof g_dirs[c]) {
+      fprintf(stderr, "c_cycle: base dir path too long\n");
+      return -1;
+    }
+    if (mkdir(g_dirs[c], 0700) != 0) {
+      fprintf(stderr, "c_cycle: cannot create %s\n", g_dirs[c]);
+      return -1;
+    }
+  }
+  snprintf(g_floor_file, sizeof g_floor_file, "%s/serve_%d.lock", g_dirs[FLOOR_UNLINK], PORT);
+  if (llmlb_lock_dir_open(g_dirs[C_ABI_DIR], &g_handle) != LLMLB_STATUS_OK) {
+    fprintf(stderr, "c_cycle: dir open: %s\n", llmlb_last_error());
+    return -1;
+  }
+  return 0;
+}
+
+/* Runs `iterations` cycles of contender `c` (0 floor_unlink, 1 c_abi,
+ * 2 c_abi_dir); writes the time per cycle (wall, and this process's CPU).
+ * Exits the process if a cycle fails: a benchmark of a failing cycle would
+ * be a lie. */
+void c_cycle_time(int c, long iterations, double *wall_ns, double *cpu_ns) {
+  double w0 = now_ns(CLOCK_MONOTONIC), c0 = now_ns(CLOCK_PROCESS_CPUTIME_ID);
+  long i;
+  if (c < 0 || c >= CONTENDERS || iterations < 1) die("c_cycle_time: bad arguments");
+  for (i = 0; i < iterations; i++) RUN[c]();
+  *cpu_ns = (now_ns(CLOCK_PROCESS_CPUTIME_ID) - c0) / (double)iterations;
+  *wall_ns = (now_ns(CLOCK_MONOTONIC) - w0) / (double)iterations;
+}
+
+void c_cycle_teardown(void) {
+  llmlb_lock_dir_close(g_handle);
+  g_handle = NULL;
+}
+
+#ifndef C_CYCLE_NO_MAIN
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return (x > y) - (x < y);
@@ -88,9 +135,9 @@ static double median(double *v, int n) {
 
 int main(int argc, char **argv) {
   static double wall[CONTENDERS][MAX_ROUNDS], cpu[CONTENDERS][MAX_ROUNDS];
+  double w, u;
   long iterations;
   int rounds, c, r;
-  long i;
   if (argc != 4) {
     fprintf(stderr, "usage: %s LOCK_BASE_DIR ITERATIONS ROUNDS\n", argv[0]);
     return 2;
@@ -101,26 +148,14 @@ int main(int argc, char **argv) {
     fprintf(stderr, "c_cycle: ITERATIONS >= 1, ROUNDS in 1..=%d\n", MAX_ROUNDS);
     return 2;
   }
-  for (c = 0; c < CONTENDERS; c++) {
-    int n = snprintf(g_dirs[c], sizeof g_dirs[c], "%s/%s", argv[1], NAMES[c]);
-    if (n < 0 || (size_t)n >= sizeof g_dirs[c]) die("base dir path too long");
-    if (mkdir(g_dirs[c], 0700) != 0) die("cannot create a contender's dir");
-  }
-  snprintf(g_floor_file, sizeof g_floor_file, "%s/serve_%d.lock", g_dirs[FLOOR_UNLINK], PORT);
-  if (llmlb_lock_dir_open(g_dirs[C_ABI_DIR], &g_handle) != LLMLB_STATUS_OK) die("dir open");
-
+  if (c_cycle_setup(argv[1]) != 0) return 1;
   for (c = 0; c < CONTENDERS; c++) /* warm-up: page cache, dentries, PID cache */
-    for (i = 0; i < iterations / 10 + 1; i++) RUN[c]();
-  for (r = 0; r < rounds; r++) {
-    for (c = 0; c < CONTENDERS; c++) {
-      double w0 = now_ns(CLOCK_MONOTONIC), c0 = now_ns(CLOCK_PROCESS_CPUTIME_ID);
-      for (i = 0; i < iterations; i++) RUN[c]();
-      cpu[c][r] = (now_ns(CLOCK_PROCESS_CPUTIME_ID) - c0) / (double)iterations;
-      wall[c][r] = (now_ns(CLOCK_MONOTONIC) - w0) / (double)iterations;
-    }
-  }
+    c_cycle_time(c, iterations / 10 + 1, &w, &u);
+  for (r = 0; r < rounds; r++)
+    for (c = 0; c < CONTENDERS; c++) c_cycle_time(c, iterations, &wall[c][r], &cpu[c][r]);
   for (c = 0; c < CONTENDERS; c++)
     printf("%s %.0f %.0f\n", NAMES[c], median(wall[c], rounds), median(cpu[c], rounds));
-  llmlb_lock_dir_close(g_handle);
+  c_cycle_teardown();
   return 0;
 }
+#endif

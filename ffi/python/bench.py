@@ -2,17 +2,20 @@
 floor and filelock's, in one run on one file system (tmpfs when present).
 
     cargo build --release -p llmlb-lock-ffi
-    python3 ffi/python/bench.py [--iterations N] [--rounds R] [--base DIR]
+    python3 ffi/python/bench.py [--iterations N] [--rounds R] [--base DIR] [--no-filelock]
 
-Contenders (each in a private lock dir; every round times each of them in
-turn, so a burst of load on a shared machine hits all alike; the figure is
-the median over rounds of the time per cycle, wall clock and the timing
-process's CPU time, which waiting for a busy CPU does not inflate):
+Contenders (each in a private lock dir; all in this one process, every
+round timing each of them once, in an order rotated from round to round, so
+a burst of load on a shared machine hits all alike; the figure is the median
+over rounds of the time per cycle, wall clock and the process's CPU time,
+which waiting for a busy CPU does not inflate; a ratio is the median of the
+rounds' own ratios, each between two timings of one round):
 
-- C, timed in C by ``ffi/benches/c_cycle.c`` (compiled here with ``cc``
-  against the library this module loads; one process per round): ``floor_unlink`` (open O_CREAT +
-  flock + unlink + close), ``c_abi`` (``llmlb_lock_acquire`` by path +
-  release), ``c_abi_dir`` (through a dir handle);
+- C, timed in C by ``ffi/benches/c_cycle.c`` (compiled here with ``cc`` as
+  a library against a copy of the library this module loads, and loaded
+  into this process): ``floor_unlink`` (open O_CREAT + flock + unlink +
+  close), ``c_abi`` (``llmlb_lock_acquire`` by path + release),
+  ``c_abi_dir`` (through a dir handle);
 - Python: ``py_floor_unlink`` (the same four calls through ``os`` and
   ``fcntl``), ``py_path`` (``PortLock(port, "/dir")``), ``py_dir``
   (``PortLock(port, LockDir(...))``: the dir opened once), and ``filelock``
@@ -26,6 +29,7 @@ c_abi_dir <= 2.0x floor_unlink.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import fcntl
 import os
 import shutil
@@ -87,13 +91,17 @@ def loaded_library() -> Path:
     raise OSError("no library")
 
 
+C_CONTENDERS = ("floor_unlink", "c_abi", "c_abi_dir")  # c_cycle.c's order
+
+
 def build_c(base: Path, lib: Path):
-    """Compiles c_cycle.c; a function running one round of it (returning
-    {name: (wall_ns, cpu_ns)}), or a reason string."""
+    """Compiles c_cycle.c as a library and loads it into this process:
+    {name: function(iterations) -> (wall_ns, cpu_ns) per cycle}, or a
+    reason string."""
     cc = shutil.which(os.environ.get("CC", "cc"))
     if not cc:
         return "no C compiler (set CC)"
-    exe = base / "c_cycle"
+    so = base / "c_cycle.so"
     # The library's file name may not be libllmlb_lock.so (LLMLB_LOCK_LIB):
     # link against a copy under the standard name.
     libdir = base / "lib"
@@ -101,28 +109,41 @@ def build_c(base: Path, lib: Path):
     shutil.copy(lib, libdir / "libllmlb_lock.so")
     subprocess.run(
         [cc, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic",
+         "-shared", "-fPIC", "-DC_CYCLE_NO_MAIN",
          "-I", str(REPO / "include"), str(REPO / "ffi" / "benches" / "c_cycle.c"),
-         "-o", str(exe), "-L", str(libdir), "-lllmlb_lock", "-Wl,-rpath," + str(libdir)],
+         "-o", str(so), "-L", str(libdir), "-lllmlb_lock", "-Wl,-rpath," + str(libdir)],
         check=True,
     )
-    runs = [0]
+    c = ctypes.CDLL(str(so))
+    c.c_cycle_setup.argtypes = [ctypes.c_char_p]
+    c.c_cycle_setup.restype = ctypes.c_int
+    c.c_cycle_time.argtypes = [ctypes.c_int, ctypes.c_long,
+                               ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_double)]
+    c.c_cycle_time.restype = None
+    work = base / "c"
+    work.mkdir(mode=0o700)
+    if c.c_cycle_setup(str(work).encode()) != 0:
+        return "c_cycle_setup failed (see above)"
 
-    def one_round(iterations: int):
-        runs[0] += 1
-        work = base / ("c%d" % runs[0])
-        work.mkdir(mode=0o700)
-        out = subprocess.run(
-            [str(exe), str(work), str(iterations), "1"],
-            check=True, stdout=subprocess.PIPE, text=True,
-        ).stdout
-        shutil.rmtree(work)
-        figures = {}
-        for line in out.splitlines():
-            name, wall, cpu = line.split()
-            figures[name] = (float(wall), float(cpu))
-        return figures
+    def timer(index):
+        def time_c(iterations: int):
+            wall, cpu = ctypes.c_double(), ctypes.c_double()
+            c.c_cycle_time(index, iterations, ctypes.byref(wall), ctypes.byref(cpu))
+            return wall.value, cpu.value
+        return time_c
 
-    return one_round
+    return {name: timer(i) for i, name in enumerate(C_CONTENDERS)}
+
+
+def python_timer(fn):
+    """A function(iterations) -> (wall_ns, cpu_ns) per cycle of fn()."""
+    def time_py(iterations: int):
+        w0, c0 = time.perf_counter_ns(), time.process_time_ns()
+        for _ in range(iterations):
+            fn()
+        c1, w1 = time.process_time_ns(), time.perf_counter_ns()
+        return (w1 - w0) / iterations, (c1 - c0) / iterations
+    return time_py
 
 
 def py_contenders(base: Path, file_lock):
@@ -164,38 +185,38 @@ def py_contenders(base: Path, file_lock):
     return contenders
 
 
-def time_all(contenders, c_round, iterations: int, rounds: int):
-    """{name: (wall_ns, cpu_ns)}: medians over rounds, each round timing the
-    C contenders (one c_cycle process) and then each Python one."""
-    samples = {}
-    for fn in contenders.values():  # warm-up
-        for _ in range(iterations // 10 + 1):
-            fn()
-    for _ in range(rounds):
-        if c_round is not None:
-            for name, (wall, cpu) in c_round(iterations).items():
-                samples.setdefault(name, ([], []))[0].append(wall)
-                samples[name][1].append(cpu)
-        for name, fn in contenders.items():
-            w0, c0 = time.perf_counter_ns(), time.process_time_ns()
-            for _ in range(iterations):
-                fn()
-            c1, w1 = time.process_time_ns(), time.perf_counter_ns()
-            samples.setdefault(name, ([], []))[0].append((w1 - w0) / iterations)
-            samples[name][1].append((c1 - c0) / iterations)
-    return {n: (statistics.median(w), statistics.median(c)) for n, (w, c) in samples.items()}
+def time_all(timers, iterations: int, rounds: int):
+    """{name: [(wall_ns, cpu_ns) per round]}. Every round times every
+    contender once, in an order rotated from round to round, all in this
+    process: a burst of load, or a position in the round, hits all alike."""
+    names = list(timers)
+    for name in names:  # warm-up: page cache, dentries, PID cache, bytecode
+        timers[name](iterations // 10 + 1)
+    samples = {name: [] for name in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            samples[name].append(timers[name](iterations))
+    return samples
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--iterations", type=int, default=2000, help="cycles per round")
-    ap.add_argument("--rounds", type=int, default=15, help="rounds (median taken), at most 101")
+    ap.add_argument("--rounds", type=int, default=15, help="rounds (median taken)")
     ap.add_argument("--base", help="where the private lock dirs go (default: /dev/shm, else TMPDIR)")
+    ap.add_argument("--no-filelock", action="store_true",
+                    help="leave filelock out (no venv, no download): a quick check that this runs")
     args = ap.parse_args()
+    if args.iterations < 1 or args.rounds < 1:
+        ap.error("--iterations and --rounds must be at least 1")
 
-    file_lock, why = filelock_or_reason()
-    if file_lock is None:
-        why = reexec_in_venv()  # returns only when it cannot
+    if args.no_filelock:
+        file_lock, why = None, "--no-filelock"
+    else:
+        file_lock, why = filelock_or_reason()
+        if file_lock is None:
+            why = reexec_in_venv()  # returns only when it cannot
     base_root = args.base or ("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir())
     base = Path(tempfile.mkdtemp(prefix="llmlb-pybench-", dir=base_root))
     try:
@@ -208,25 +229,38 @@ def main() -> int:
               % (base_root, args.rounds, args.iterations, sys.version.split()[0]))
         if why:
             print("==> filelock: SKIPPED (%s)" % why if file_lock is None else "note: filelock " + why)
-        c_round = build_c(base, lib)
-        if isinstance(c_round, str):
-            print("==> C contenders: SKIPPED (%s)" % c_round)
-            c_round = None
-        rows = time_all(py_contenders(base, file_lock), c_round, args.iterations, args.rounds)
+        timers = build_c(base, lib)
+        if isinstance(timers, str):
+            print("==> C contenders: SKIPPED (%s)" % timers)
+            timers = {}
+        for name, fn in py_contenders(base, file_lock).items():
+            timers[name] = python_timer(fn)
+        samples = time_all(timers, args.iterations, args.rounds)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
-    print("%-16s %12s %12s" % ("cycle", "wall us", "cpu us"))
+    print("%-16s %12s %12s" % ("cycle (median)", "wall us", "cpu us"))
     for name in ["floor_unlink", "c_abi", "c_abi_dir", "py_floor_unlink", "py_path", "py_dir",
                  "filelock"]:
-        if name in rows:
-            wall, cpu = rows[name]
-            print("%-16s %12.2f %12.2f" % (name, wall / 1e3, cpu / 1e3))
+        if name in samples:
+            print("%-16s %12.2f %12.2f" % (
+                name,
+                statistics.median(w for w, _ in samples[name]) / 1e3,
+                statistics.median(c for _, c in samples[name]) / 1e3,
+            ))
+
+    print("ratios: the median of the rounds' own ratios (each round times both sides),")
+    print("and in brackets the middle half of them")
 
     def ratio(a, b, what, target):
-        if a in rows and b in rows:
-            print("%-44s wall %5.2fx  cpu %5.2fx  (target %s)"
-                  % (what, rows[a][0] / rows[b][0], rows[a][1] / rows[b][1], target))
+        if a in samples and b in samples:
+            figures = []
+            for side in (0, 1):  # wall, cpu
+                per_round = sorted(x[side] / y[side] for x, y in zip(samples[a], samples[b]))
+                q = len(per_round) // 4
+                figures += [statistics.median(per_round), per_round[q], per_round[-1 - q]]
+            print("%-38s wall %5.2fx [%4.2f-%4.2f]  cpu %5.2fx [%4.2f-%4.2f]  (target %s)"
+                  % ((what,) + tuple(figures) + (target,)))
 
     ratio("c_abi_dir", "floor_unlink", "c_abi_dir / floor_unlink", "<= 2.0x")
     ratio("c_abi", "floor_unlink", "c_abi / floor_unlink", "-")
