@@ -17,7 +17,9 @@ rounds' own ratios, each between two timings of one round):
   close), ``c_abi`` (``llmlb_lock_acquire`` by path + release),
   ``c_abi_dir`` (through a dir handle);
 - Python: ``py_floor_unlink`` (the same four calls through ``os`` and
-  ``fcntl``), ``py_path`` (``PortLock(port, "/dir")``), ``py_dir``
+  ``fcntl``), ``ctypes_only`` (``c_abi_dir``'s two C calls through ctypes
+  with ready-made arguments, no wrapper: the floor for any ctypes binding),
+  ``py_path`` (``PortLock(port, "/dir")``), ``py_dir``
   (``PortLock(port, LockDir(...))``: the dir opened once), and ``filelock``
   (``FileLock(path)``, version 4.2.12 from PyPI: installed into a venv under
   ``target/`` when it is not importable; printed as SKIPPED when that fails).
@@ -173,7 +175,25 @@ def py_contenders(base: Path, file_lock):
         dir_lock.acquire()
         dir_lock.release()
 
-    contenders = {"py_floor_unlink": py_floor_unlink, "py_path": py_path, "py_dir": py_dir}
+    # What ctypes alone costs: the same two C calls with ready-made arguments
+    # and no wrapper around them (what no Python binding over ctypes can beat).
+    lib = llmlb_lock._lib()
+    raw_dir = llmlb_lock.LockDir(str(private("ctypes_only")))
+    raw_acquire, raw_release = lib._fast_dir_acquire, lib._fast_release
+    # The handle alone: raw_dir (which closes it when collected) lives as
+    # long as this function object does.
+    raw_args = (raw_dir._c_handle, ctypes.c_uint16(PORT))
+    raw_handle, raw_other = ctypes.c_void_p(), llmlb_lock._Info()
+    raw_refs = (ctypes.byref(raw_handle), ctypes.byref(raw_other))
+
+    def ctypes_only():
+        if raw_acquire(*raw_args, *raw_refs) != llmlb_lock.OK:
+            raise RuntimeError("ctypes_only: acquire failed")
+        raw_release(raw_handle)
+
+    ctypes_only.keep_open = raw_dir
+    contenders = {"py_floor_unlink": py_floor_unlink, "py_path": py_path, "py_dir": py_dir,
+                  "ctypes_only": ctypes_only}
     if file_lock is not None:
         fl = file_lock(str(private("filelock") / ("serve_%d.lock" % PORT)))
 
@@ -240,8 +260,8 @@ def main() -> int:
         shutil.rmtree(base, ignore_errors=True)
 
     print("%-16s %12s %12s" % ("cycle (median)", "wall us", "cpu us"))
-    for name in ["floor_unlink", "c_abi", "c_abi_dir", "py_floor_unlink", "py_path", "py_dir",
-                 "filelock"]:
+    for name in ["floor_unlink", "c_abi", "c_abi_dir", "py_floor_unlink", "ctypes_only", "py_path",
+                 "py_dir", "filelock"]:
         if name in samples:
             print("%-16s %12.2f %12.2f" % (
                 name,
@@ -259,12 +279,13 @@ def main() -> int:
                 per_round = sorted(x[side] / y[side] for x, y in zip(samples[a], samples[b]))
                 q = len(per_round) // 4
                 figures += [statistics.median(per_round), per_round[q], per_round[-1 - q]]
-            print("%-38s wall %5.2fx [%4.2f-%4.2f]  cpu %5.2fx [%4.2f-%4.2f]  (target %s)"
+            print("%-40s wall %5.2fx [%4.2f-%4.2f]  cpu %5.2fx [%4.2f-%4.2f]  (target %s)"
                   % ((what,) + tuple(figures) + (target,)))
 
     ratio("c_abi_dir", "floor_unlink", "c_abi_dir / floor_unlink", "<= 2.0x")
     ratio("c_abi", "floor_unlink", "c_abi / floor_unlink", "-")
     ratio("py_dir", "c_abi_dir", "py_dir / c_abi_dir (wrapper overhead)", "<= 1.2x")
+    ratio("ctypes_only", "c_abi_dir", "ctypes_only / c_abi_dir (ctypes itself)", "-")
     ratio("py_path", "c_abi", "py_path / c_abi", "-")
     ratio("filelock", "py_dir", "filelock / py_dir (times slower)", ">= 3x")
     ratio("filelock", "py_path", "filelock / py_path (times slower)", "-")

@@ -59,6 +59,7 @@ fn bench_script_runs() {
         "c_abi ",
         "c_abi_dir ",
         "py_floor_unlink ",
+        "ctypes_only ",
         "py_path ",
         "py_dir ",
         "py_dir / c_abi_dir",

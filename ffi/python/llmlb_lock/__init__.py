@@ -232,8 +232,11 @@ def _lib() -> ctypes.CDLL:
 
 
 # Loaded now, so a missing or unloadable library is reported by the import
-# itself, with the fix, not by the first call.
-_lib()
+# itself, with the fix, not by the first call. The per-cycle calls as module
+# globals: the cheapest lookup there is on the hot path.
+_fast_acquire = _lib()._fast_acquire
+_fast_dir_acquire = _lib()._fast_dir_acquire
+_fast_release = _lib()._fast_release
 
 
 class LockInfo:
@@ -470,7 +473,6 @@ class PortLock:
         # system call has flushed the CPU's caches, so it costs several times
         # what it costs in a tight loop. Hence LockDir._enter/_leave inlined,
         # and no conversions.
-        lib = _lib()
         out_handle, other = self._out_handle, self._out_other
         handle_ref, other_ref = self._out_refs
         lock_dir = self.lock_dir
@@ -481,7 +483,7 @@ class PortLock:
                 directory = lock_dir._c_handle
                 if directory is None:
                     raise LockError("lock dir %s is closed" % lock_dir.path, INVALID_ARGUMENT)
-                status = lib._fast_dir_acquire(directory, self._c_port, handle_ref, other_ref)
+                status = _fast_dir_acquire(directory, self._c_port, handle_ref, other_ref)
             finally:
                 active.pop()  # as LockDir._leave
                 if lock_dir._closing:
@@ -491,7 +493,7 @@ class PortLock:
             if made_from is not lock_dir:  # first use, or lock_dir was reassigned
                 path = _dir_arg(lock_dir)
                 self._dir_bytes = (lock_dir, path)
-            status = lib._fast_acquire(path, self._c_port, handle_ref, other_ref)
+            status = _fast_acquire(path, self._c_port, handle_ref, other_ref)
         if status != OK:
             if status == ALREADY_RUNNING:
                 raise AlreadyRunning(_last_error(), self.port, LockInfo._from_c(other))
@@ -538,7 +540,7 @@ class PortLock:
         if handle is not None:
             # _out_handle still holds this handle: only acquire writes it,
             # and only while nothing is held.
-            status = _lib()._fast_release(self._out_handle)
+            status = _fast_release(self._out_handle)
             if status != OK:
                 _check(status)
 

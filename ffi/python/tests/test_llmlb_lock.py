@@ -404,8 +404,7 @@ class LockDirTest(LockDirTestCase):
         # acquire is held inside its C call (a stand-in that waits for the
         # test) while another thread closes.
         locks = LockDir(self.dir)
-        lib = llmlb_lock._lib()
-        real = lib._fast_dir_acquire
+        real = llmlb_lock._fast_dir_acquire
         entered, go = threading.Event(), threading.Event()
 
         def held_in_call(*args):
@@ -414,7 +413,7 @@ class LockDirTest(LockDirTestCase):
             return real(*args)
 
         result = {}
-        lib._fast_dir_acquire = held_in_call
+        llmlb_lock._fast_dir_acquire = held_in_call
         try:
             acquirer = threading.Thread(target=lambda: result.update(lock=locks.acquire(8235)))
             acquirer.start()
@@ -433,7 +432,7 @@ class LockDirTest(LockDirTestCase):
             self.assertFalse(acquirer.is_alive() or closer.is_alive(), "a thread hung")
         finally:
             go.set()
-            lib._fast_dir_acquire = real
+            llmlb_lock._fast_dir_acquire = real
         lock = result["lock"]
         self.assertTrue(lock.held)  # taken through the handle before it closed
         self.assertEqual(probe(8235, self.dir).state, "held")
