@@ -182,7 +182,7 @@ def py_contenders(base: Path, file_lock):
     raw_acquire, raw_release = lib._fast_dir_acquire, lib._fast_release
     # The handle alone: raw_dir (which closes it when collected) lives as
     # long as this function object does.
-    raw_args = (raw_dir._c_handle, ctypes.c_uint16(PORT))
+    raw_args = (ctypes.c_void_p(raw_dir._handle), ctypes.c_uint16(PORT))
     raw_handle, raw_other = ctypes.c_void_p(), llmlb_lock._Info()
     raw_refs = (ctypes.byref(raw_handle), ctypes.byref(raw_other))
 
@@ -241,7 +241,9 @@ def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="llmlb-pybench-", dir=base_root))
     try:
         lib = loaded_library()
-        print("library: %s (version %s)" % (lib, llmlb_lock.library_version()))
+        print("library: %s (version %s); per-cycle calls through %s"
+              % (lib, llmlb_lock.library_version(),
+                 "_speedups" if llmlb_lock.speedups() else "ctypes (no _speedups module built)"))
         if "debug" in lib.parts:
             print("warning: a debug build; for figures run `cargo build --release -p llmlb-lock-ffi`"
                   " or set LLMLB_LOCK_LIB")

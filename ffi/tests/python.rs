@@ -4,17 +4,37 @@
 
 mod support;
 
+use std::path::Path;
 use std::process::Command;
 
-#[test]
-fn python_tests_pass() {
-    let python = support::python3();
+/// Copies the package (its `.py` files and `py.typed`, never a built
+/// extension lying in the checkout) and the tests into `to`, as
+/// `.ci/packaging` runs them from an installed package: the tests import
+/// the copy beside them.
+fn copy_package(to: &Path) {
     let python_dir = support::repo_root().join("ffi/python");
-    let out = Command::new(python)
+    for sub in ["llmlb_lock", "tests"] {
+        std::fs::create_dir(to.join(sub)).unwrap();
+        for entry in std::fs::read_dir(python_dir.join(sub)).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            if name.ends_with(".py") || name == "py.typed" {
+                std::fs::copy(&path, to.join(sub).join(&name)).unwrap();
+            }
+        }
+    }
+}
+
+/// Runs the unittest suite in `root` against the library this `cargo test`
+/// built; `speedups`: whether the suite must find the `_speedups` module
+/// in use (`LLMLB_EXPECT_SPEEDUPS`, checked by the suite itself).
+fn run_suite(root: &Path, speedups: bool) {
+    let out = Command::new(support::python3())
         .args(["-m", "unittest", "discover", "-v", "-s"])
-        .arg(python_dir.join("tests"))
-        .current_dir(&python_dir)
+        .arg(root.join("tests"))
+        .current_dir(root)
         .env("LLMLB_LOCK_LIB", support::shared_lib())
+        .env("LLMLB_EXPECT_SPEEDUPS", if speedups { "1" } else { "0" })
         .env_remove("LLMLB_LOCK_DIR")
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
@@ -24,6 +44,65 @@ fn python_tests_pass() {
     assert!(stderr.contains("\nOK"), "{stderr}");
     // unittest skips pass silently too: none are expected.
     assert!(!stderr.contains("skipped"), "{stderr}");
+}
+
+/// The suite through ctypes: the package as a checkout has it, no
+/// extension built.
+#[test]
+fn python_tests_pass() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_package(tmp.path());
+    run_suite(tmp.path(), false);
+}
+
+/// The same suite with `_speedups` compiled (as `pip install` builds it:
+/// stable ABI, named `*.abi3.so`) into the package copy.
+#[test]
+fn python_tests_pass_with_speedups() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_package(tmp.path());
+    let config = Command::new(support::python3())
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['include'])",
+        ])
+        .output()
+        .unwrap();
+    assert!(config.status.success(), "{config:?}");
+    let include = String::from_utf8(config.stdout).unwrap();
+    let include = Path::new(include.trim());
+    if !include.join("Python.h").is_file() {
+        support::prereq::fail(
+            &format!("no Python.h in {} (Python's C headers)", include.display()),
+            "install them (e.g. `apt-get install python3-dev`)",
+        );
+    }
+    let source = support::repo_root().join("ffi/python/llmlb_lock/_speedups.c");
+    let built = tmp.path().join("llmlb_lock/_speedups.abi3.so");
+    let cc = Command::new(support::c_compiler())
+        .args([
+            "-std=c11",
+            "-shared",
+            "-fPIC",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pedantic",
+        ])
+        .arg("-I")
+        .arg(include)
+        .arg(&source)
+        .arg("-o")
+        .arg(&built)
+        .output()
+        .unwrap();
+    assert!(
+        cc.status.success(),
+        "compiling _speedups.c failed:\n{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    run_suite(tmp.path(), true);
 }
 
 /// `ffi/python/bench.py`, the wrapper's benchmark, runs end to end on a

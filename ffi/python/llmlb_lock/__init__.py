@@ -232,11 +232,66 @@ def _lib() -> ctypes.CDLL:
 
 
 # Loaded now, so a missing or unloadable library is reported by the import
-# itself, with the fix, not by the first call. The per-cycle calls as module
-# globals: the cheapest lookup there is on the hot path.
-_fast_acquire = _lib()._fast_acquire
-_fast_dir_acquire = _lib()._fast_dir_acquire
-_fast_release = _lib()._fast_release
+# itself, with the fix, not by the first call.
+_lib()
+
+# The per-cycle calls (try-once acquire, release), as module globals: the
+# cheapest lookup there is on the hot path. Through the _speedups extension
+# module when it is built (`pip install` builds it), bound to the library
+# ctypes loaded; through untyped ctypes otherwise. The two take their
+# arguments in different forms, made once by LockDir and PortLock:
+# _as_arg(c_void_p) -> the dir handle argument, _out_args(handle, info) ->
+# the out-parameter arguments (release takes the first of them), _port_arg_of(port).
+try:
+    from . import _speedups  # type: ignore[attr-defined]
+except ImportError:
+    _speedups = None
+
+if _speedups is not None:
+
+    def _address(fn) -> int:
+        return ctypes.cast(fn, ctypes.c_void_p).value
+
+    _speedups.bind(
+        _address(_lib().llmlb_lock_acquire),
+        _address(_lib().llmlb_lock_dir_acquire),
+        _address(_lib().llmlb_lock_release),
+    )
+    _fast_acquire = _speedups.acquire
+    _fast_dir_acquire = _speedups.dir_acquire
+    _fast_release = _speedups.release  # takes the out-parameter's address
+
+    def _as_arg(handle: ctypes.c_void_p):
+        return handle.value
+
+    def _out_args(handle: ctypes.c_void_p, info: "_Info"):
+        return (ctypes.addressof(handle), ctypes.addressof(info))
+
+    def _port_arg_of(port: int):
+        return port
+
+else:
+    _fast_acquire = _lib()._fast_acquire
+    _fast_dir_acquire = _lib()._fast_dir_acquire
+    _fast_release = _lib()._fast_release  # takes the handle (a c_void_p)
+
+    def _as_arg(handle: ctypes.c_void_p):
+        return handle
+
+    def _out_args(handle: ctypes.c_void_p, info: "_Info"):
+        # byref: what ctypes passes as a pointer; the handle object itself
+        # is what release passes by value.
+        return (ctypes.byref(handle), ctypes.byref(info))
+
+    def _port_arg_of(port: int):
+        return ctypes.c_uint16(port)
+
+
+def speedups() -> bool:
+    """Whether the per-cycle calls go through the compiled ``_speedups``
+    module (built by ``pip install``) rather than ctypes. Both call the same
+    library with the same arguments; only the cost differs."""
+    return _speedups is not None
 
 
 class LockInfo:
@@ -307,7 +362,16 @@ def _dir_arg(lock_dir: "Union[None, PathLike, LockDir]") -> Optional[bytes]:
     # them with a clear INVALID_ARGUMENT rather than guessing.
     if isinstance(lock_dir, LockDir):
         return os.fsencode(lock_dir.path)
-    return None if lock_dir is None else os.fsencode(lock_dir)
+    if lock_dir is None:
+        return None
+    path = os.fsencode(lock_dir)
+    if b"\0" in path:
+        # C would see the path cut at the NUL: another dir than the one named.
+        raise LockError(
+            "lock dir %r contains a NUL byte; name a dir without one" % (os.fsdecode(path),),
+            INVALID_ARGUMENT,
+        )
+    return path
 
 
 def _port_arg(port: int) -> int:
@@ -341,7 +405,7 @@ class LockDir:
         handle = ctypes.c_void_p()
         _check(_lib().llmlb_lock_dir_open(_dir_arg(lock_dir), ctypes.byref(handle)))
         self._handle = handle.value
-        self._c_handle = handle
+        self._c_handle = _as_arg(handle)  # the form the per-cycle calls take
 
     @property
     def closed(self) -> bool:
@@ -441,8 +505,10 @@ class PortLock:
         # used by several threads at once; see the class doc).
         self._out_handle = ctypes.c_void_p()
         self._out_other = _Info()
-        self._out_refs = (ctypes.byref(self._out_handle), ctypes.byref(self._out_other))
-        self._c_port = ctypes.c_uint16(self.port)
+        self._out_refs = _out_args(self._out_handle, self._out_other)
+        # release's argument: the handle (ctypes) or where it is (_speedups).
+        self._release_arg = self._out_handle if _speedups is None else self._out_refs[0]
+        self._c_port = _port_arg_of(self.port)
         self._dir_bytes = (None, None)  # (lock_dir it was made from, _dir_arg of it)
 
     @property
@@ -540,7 +606,7 @@ class PortLock:
         if handle is not None:
             # _out_handle still holds this handle: only acquire writes it,
             # and only while nothing is held.
-            status = _fast_release(self._out_handle)
+            status = _fast_release(self._release_arg)
             if status != OK:
                 _check(status)
 

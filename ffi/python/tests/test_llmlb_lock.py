@@ -244,6 +244,22 @@ class ErrorTest(LockDirTestCase):
         err = self.assertStatus(llmlb_lock.INVALID_ARGUMENT, probe, 8210, bad)
         self.assertIn("UTF-8", str(err))
 
+    def test_a_nul_in_the_dir_is_refused_not_cut(self):
+        # C strings end at the NUL: "<dir>\0x" would have locked in <dir>.
+        os.mkdir(self.dir, 0o700)
+        cut = self.dir + "\0elsewhere"
+        for call in (
+            PortLock(8212, cut).acquire,
+            lambda: PortLock(8212, cut).acquire(timeout=0.05),
+            lambda: probe(8212, cut),
+            lambda: lock_path(8212, cut),
+            lambda: LockDir(cut),
+        ):
+            err = self.assertStatus(llmlb_lock.INVALID_ARGUMENT, call)
+            self.assertIn("NUL", str(err))
+            self.assertNotIn("\n", str(err))
+        self.assertEqual(os.listdir(self.dir), [])
+
     def test_unsafe_dir_and_symlinked_lock_file(self):
         os.mkdir(self.dir, 0o700)
         os.chmod(self.dir, 0o777)
@@ -312,6 +328,25 @@ class ProbeAndPathTest(LockDirTestCase):
 
     def test_library_version(self):
         self.assertRegex(llmlb_lock.library_version(), r"^\d+\.\d+\.\d+")
+
+    def test_per_cycle_calls_take_the_expected_path(self):
+        # Which path this run must exercise: the harness says (cargo test
+        # runs the suite once without the _speedups module and once with it
+        # built; .ci/packaging expects pip to have built it).
+        expected = os.environ.get("LLMLB_EXPECT_SPEEDUPS")
+        if expected not in ("0", "1"):
+            self.skipTest("LLMLB_EXPECT_SPEEDUPS is not 0 or 1: the expected path is unknown")
+        self.assertEqual(llmlb_lock.speedups(), expected == "1")
+        # Either path: the lock is taken, seen and given back by those calls.
+        lock = PortLock(8237, self.dir).acquire()
+        self.assertEqual(probe(8237, self.dir).state, "held")
+        lock.release()
+        self.assertEqual(probe(8237, self.dir).state, "free")
+        with LockDir(self.dir) as locks:
+            lock = locks.acquire(8238)
+            self.assertEqual(probe(8238, self.dir).state, "held")
+            lock.release()
+        self.assertEqual(probe(8238, self.dir).state, "free")
 
 
 class LockDirTest(LockDirTestCase):
