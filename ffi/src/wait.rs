@@ -29,8 +29,9 @@ fn wait_for(timeout_ms: u32) -> Duration {
 /// `*out_other` holding the holder's info as last seen. Other errors (unsafe
 /// path, I/O) return at once.
 ///
-/// The calling thread sleeps while it waits (inotify on the lock dir on
-/// Linux, a poll of at most 20 ms elsewhere), holding nothing: no lock, no
+/// The calling thread sleeps while it waits (on a watch of the lock dir:
+/// inotify on Linux, kqueue on macOS, a change notification on Windows; and
+/// a poll of at most 20 ms, 50 ms with inotify), holding nothing: no lock, no
 /// descriptor on the lock file. It cannot be interrupted: a caller that must
 /// react to signals waits in slices (the Python wrapper uses 200 ms).
 ///

@@ -15,9 +15,9 @@
 //!   its own), never a full attempt: waiters cannot wake each other in a storm.
 //! - Whatever wakes a waiter, it re-runs the whole acquire protocol (inode
 //!   re-check included): a wake is a hint, never a grant.
-//! - Everywhere (and as a safety net on Linux: NFS, lost events, no inotify
-//!   instances left) a bounded poll: backoff from 1 ms, capped at
-//!   [`WAIT_POLL_CAP`].
+//! - Everywhere (and as a safety net under a watch: NFS, lost events, no
+//!   inotify instances left, a holder's death that kqueue or Windows cannot
+//!   see) a bounded poll: backoff from 1 ms, capped at [`WAIT_POLL_CAP`].
 //! - A blocking `flock` in a helper thread was rejected: it wakes on the
 //!   released, already unlinked inode (so it must re-check anyway), it cannot
 //!   be cancelled at a deadline or when an async caller gives up without

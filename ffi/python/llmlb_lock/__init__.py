@@ -481,7 +481,7 @@ class PortLock:
     ``timeout`` (seconds, as py-filelock's): how long ``acquire()`` waits for
     a held port to be released before raising :class:`AlreadyRunning` with
     the holder's info. ``None`` or ``0`` tries once; a negative value waits
-    forever. The wait sleeps (inotify on Linux) and returns as soon as the
+    forever. The wait sleeps (on a watch of the lock dir) and returns as soon as the
     holder releases or dies; Ctrl-C (``KeyboardInterrupt``) interrupts it
     within 0.2 s, having taken nothing. After ``os.fork()`` a child's ``release()`` only closes
     the child's descriptor unless the child called ``adopt()`` first.
