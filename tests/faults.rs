@@ -730,10 +730,15 @@ fn wait_restored(env: &Env, port: u16, pid: u32, what: &str) {
 }
 
 /// A second `serve` while the first holds the port: refused, file untouched.
+/// The first is stopped meanwhile (SIGSTOP): its watchdog must not be what
+/// changes the file while this looks.
 fn assert_second_serve_refused(env: &Env, port: u16, first: u32) {
     let file = env.lock_file(port);
+    cli_support::signal(first, libc::SIGSTOP);
     let before = std::fs::read(&file).unwrap();
     let out = run_to_end(env.cmd(&["serve", "--port", &port.to_string(), "--host", "127.0.0.1"]));
+    let after = std::fs::read(&file).unwrap();
+    cli_support::signal(first, libc::SIGCONT);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -743,8 +748,8 @@ fn assert_second_serve_refused(env: &Env, port: u16, first: u32) {
         "{stderr}"
     );
     assert_eq!(
-        std::fs::read(&file).unwrap(),
-        before,
+        String::from_utf8_lossy(&after),
+        String::from_utf8_lossy(&before),
         "holder's file touched"
     );
 }

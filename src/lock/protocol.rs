@@ -219,6 +219,13 @@ impl ShortWait {
 /// Steps 2–5: open without truncating or following links, try the exclusive
 /// lock, re-check the inode, and classify the content.
 pub(crate) fn acquire(target: Target) -> Result<Acquisition, LockError> {
+    acquire_as(target, None)
+}
+
+/// [`acquire`], writing `info` into a fresh file instead of new info for this
+/// process: the watchdog re-establishing a holder's file writes the holder's
+/// own info at once, so no reader ever sees another start time in between.
+fn acquire_as(target: Target, info: Option<&LockInfo>) -> Result<Acquisition, LockError> {
     let path = target.path.as_path();
     let mut wait = ShortWait::new();
     for _ in 0..INODE_RETRIES {
@@ -266,7 +273,9 @@ pub(crate) fn acquire(target: Target) -> Result<Acquisition, LockError> {
         }
         // Step 5: content means the previous holder died without releasing.
         if st.len == 0 {
-            let info = LockInfo::for_current_process(target.port);
+            let info = info
+                .cloned()
+                .unwrap_or_else(|| LockInfo::for_current_process(target.port));
             return Holding::establish(target, file, st.id, info, 0).map(Acquisition::Fresh);
         }
         let content = read_content(path, &file)?;
@@ -327,6 +336,14 @@ impl StaleFile {
     /// Stale → Reclaimed: overwrite the dead holder's info with ours.
     pub(crate) fn reclaim(self) -> Result<(Holding, Option<LockInfo>), (StaleFile, LockError)> {
         let info = LockInfo::for_current_process(self.target.port);
+        self.reclaim_as(info)
+    }
+
+    /// [`reclaim`](Self::reclaim) writing `info` (see [`acquire_as`]).
+    fn reclaim_as(
+        self,
+        info: LockInfo,
+    ) -> Result<(Holding, Option<LockInfo>), (StaleFile, LockError)> {
         let stop = match stop_channel(&self.target) {
             Ok(stop) => stop,
             Err(e) => return Err((self, e)),
@@ -554,15 +571,18 @@ impl Holding {
         // acquirers open the new name (in whatever dir the path names now,
         // re-created if it was removed). Take that name like anyone else would.
         let dir = LockDir::create(&target.dir_path)?;
-        let mut replacement = match acquire(Target::new(&dir, target.port)) {
+        // Our own info from the first write: readers never see another start
+        // time, whatever moment they look.
+        let mut replacement = match acquire_as(Target::new(&dir, target.port), Some(&self.info)) {
             Ok(Acquisition::Fresh(holding)) => holding,
-            Ok(Acquisition::Stale(stale)) => stale.reclaim().map_err(|(_, e)| e)?.0,
+            Ok(Acquisition::Stale(stale)) => {
+                stale.reclaim_as(self.info.clone()).map_err(|(_, e)| e)?.0
+            }
             Err(LockError::AlreadyRunning { holder, .. }) => {
                 return Ok(Integrity::Lost(holder.map(|h| *h)))
             }
             Err(e) => return Err(e),
         };
-        replacement.rewrite(self.info.clone())?;
         // Swap the descriptors: we keep the new file; the old, nameless one is
         // closed without touching any name.
         std::mem::swap(&mut self.file, &mut replacement.file);
