@@ -20,6 +20,11 @@ fn main() {
     linux::main();
 }
 
+/// What counts as CI, from the one place the other tests read it too.
+#[cfg(target_os = "linux")]
+#[path = "support/prereq.rs"]
+mod prereq;
+
 #[cfg(target_os = "linux")]
 mod linux {
     use std::io::{BufRead, BufReader, Read};
@@ -28,6 +33,8 @@ mod linux {
     use std::time::{Duration, Instant};
 
     use llmlb::lock::{acquire_or_reclaim, LockDir};
+
+    use crate::prereq;
 
     const ROLE: &str = "LLMLB_TRUST_ROLE";
     const SCENARIO: &str = "LLMLB_TRUST_SCENARIO";
@@ -91,10 +98,6 @@ mod linux {
     enum Ran {
         Yes,
         Skipped(String),
-    }
-
-    fn in_ci() -> bool {
-        std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
     }
 
     fn run_scenario(name: &str) {
@@ -233,7 +236,7 @@ mod linux {
             .is_ok_and(|s| s.success());
         if !usable {
             let why = "needs `unshare` (util-linux) with user and PID namespaces";
-            assert!(!in_ci(), "prerequisite missing in CI: {why}");
+            assert!(!prereq::in_ci(), "prerequisite missing in CI: {why}");
             return Ran::Skipped(why.to_owned());
         }
         let status = Command::new("unshare")

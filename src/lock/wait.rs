@@ -99,10 +99,11 @@ impl Waiter {
         }
     }
 
-    /// The first call after a failed attempt starts watching, then asks for
-    /// one more attempt at once (a release between that attempt and the watch
+    /// The first call after a failed attempt starts watching (if `watch`: a
+    /// caller that cannot wait on the watch passes false), then asks for one
+    /// more attempt at once (a release between that attempt and the watch
     /// would otherwise be missed). Returns whether the caller should attempt.
-    fn arm(&mut self) -> Option<bool> {
+    fn arm(&mut self, watch: bool) -> Option<bool> {
         if self.armed {
             return None;
         }
@@ -110,7 +111,9 @@ impl Waiter {
         if self.left().is_none() {
             return Some(false);
         }
-        self.watch = sys::DirWatch::new(&self.target.dir, &self.target.name).ok();
+        self.watch = watch
+            .then(|| sys::DirWatch::new(&self.target.dir, &self.target.name).ok())
+            .flatten();
         self.watched = self.watch.is_some();
         Some(true)
     }
@@ -138,7 +141,7 @@ impl Waiter {
     /// After a failed attempt: sleeps until the port may be free. `true`:
     /// attempt again; `false`: the deadline has passed.
     pub(crate) fn pause(&mut self) -> bool {
-        if let Some(go) = self.arm() {
+        if let Some(go) = self.arm(true) {
             return go;
         }
         loop {
@@ -270,7 +273,14 @@ pub(crate) mod async_impl {
 
     impl AsyncWaiter {
         async fn pause(&mut self) -> bool {
-            if let Some(go) = self.inner.arm() {
+            // Windows' notification handle cannot join tokio's reactor: the
+            // async waiter polls on the timer there, with no watch set up.
+            let reactor_can_watch = cfg!(any(
+                target_os = "linux",
+                target_os = "android",
+                target_os = "macos"
+            ));
+            if let Some(go) = self.inner.arm(reactor_can_watch) {
                 #[cfg(any(target_os = "linux", target_os = "android", target_os = "macos"))]
                 {
                     // `with_interest` is deprecated (since tokio 1.54) for
@@ -283,12 +293,6 @@ pub(crate) mod async_impl {
                             .ok()
                     });
                     self.fd = fd;
-                }
-                // Windows' notification handle cannot join tokio's reactor:
-                // the async waiter polls on the timer there.
-                #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "macos")))]
-                {
-                    self.inner.watch = None;
                 }
                 return go;
             }
