@@ -241,7 +241,8 @@ _lib()
 # ctypes loaded; through untyped ctypes otherwise. The two take their
 # arguments in different forms, made once by LockDir and PortLock:
 # _as_arg(c_void_p) -> the dir handle argument, _out_args(handle, info) ->
-# the out-parameter arguments (release takes the first of them), _port_arg_of(port).
+# the out-parameter arguments, _release_arg_of(handle, out_args) -> release's
+# argument, _port_arg_of(port).
 try:
     from . import _speedups  # type: ignore[attr-defined]
 except ImportError:
@@ -267,6 +268,9 @@ if _speedups is not None:
     def _out_args(handle: ctypes.c_void_p, info: "_Info"):
         return (ctypes.addressof(handle), ctypes.addressof(info))
 
+    def _release_arg_of(handle: ctypes.c_void_p, out_args):
+        return out_args[0]  # where acquire wrote the handle
+
     def _port_arg_of(port: int):
         return port
 
@@ -282,6 +286,9 @@ else:
         # byref: what ctypes passes as a pointer; the handle object itself
         # is what release passes by value.
         return (ctypes.byref(handle), ctypes.byref(info))
+
+    def _release_arg_of(handle: ctypes.c_void_p, out_args):
+        return handle  # passed by value: the pointer acquire wrote
 
     def _port_arg_of(port: int):
         return ctypes.c_uint16(port)
@@ -393,7 +400,8 @@ class LockDir:
 
     def __init__(self, lock_dir: Optional[PathLike] = None):
         self._handle: Optional[int] = None
-        self._c_handle: Optional[ctypes.c_void_p] = None
+        # The handle in the form the per-cycle calls take (see _as_arg).
+        self._c_handle: Optional[object] = None
         # One entry per call in progress: list.append and list.pop are atomic,
         # so a call costs no lock; close() waits on the condition until the
         # list is empty, and only then do leaving calls notify it.
@@ -506,8 +514,7 @@ class PortLock:
         self._out_handle = ctypes.c_void_p()
         self._out_other = _Info()
         self._out_refs = _out_args(self._out_handle, self._out_other)
-        # release's argument: the handle (ctypes) or where it is (_speedups).
-        self._release_arg = self._out_handle if _speedups is None else self._out_refs[0]
+        self._release_arg = _release_arg_of(self._out_handle, self._out_refs)
         self._c_port = _port_arg_of(self.port)
         self._dir_bytes = (None, None)  # (lock_dir it was made from, _dir_arg of it)
 
