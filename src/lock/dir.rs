@@ -24,7 +24,8 @@ pub const LOCK_DIR_ENV: &str = "LLMLB_LOCK_DIR";
 /// after the check cannot redirect a lock. Clones share the descriptor.
 #[derive(Debug, Clone)]
 pub struct LockDir {
-    path: PathBuf,
+    /// Shared with every [`Target`](super::protocol::Target) made from it.
+    path: Arc<Path>,
     handle: Arc<sys::DirHandle>,
 }
 
@@ -144,7 +145,7 @@ impl LockDir {
         };
         sys::check_dir(&handle).map_err(refused)?;
         Ok(Some(LockDir {
-            path: path.to_path_buf(),
+            path: Arc::from(path),
             handle: Arc::new(handle),
         }))
     }
@@ -156,6 +157,11 @@ impl LockDir {
 
     /// The directory.
     pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The path, shared with every [`PortLock`] made from it.
+    pub(crate) fn shared_path(&self) -> &Arc<Path> {
         &self.path
     }
 
@@ -195,14 +201,14 @@ impl LockDir {
     /// [`LockError::Io`] if the directory cannot be listed.
     pub fn scan(&self) -> Result<Vec<PortReport>, LockError> {
         let names = sys::list_names(&self.handle)
-            .map_err(|e| LockError::io("cannot list lock dir", &self.path, e))?;
+            .map_err(|e| LockError::io("cannot list lock dir", self.path(), e))?;
         let mut reports = Vec::new();
         for name in names {
             let Some(port) = name.to_str().and_then(port_from_file_name) else {
                 continue;
             };
             let target = Target::new(self, port);
-            let path = target.path.clone();
+            let path = target.path().to_path_buf();
             let state = protocol::probe(&target);
             if matches!(state, Ok(LockState::Free)) {
                 continue;

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::sys;
 
+mod json;
+
 /// Largest lock file content we read. Real info is a few hundred bytes; a
 /// bigger file is garbage and is classified unreadable without allocating it.
 pub const MAX_INFO_LEN: usize = 16 * 1024;
@@ -58,6 +60,7 @@ pub struct LockInfo {
     /// Process id of the holder (the process that will answer `SIGTERM`).
     pub pid: u32,
     /// When the holder took the lock, RFC 3339 UTC.
+    #[serde(serialize_with = "json::serialize_started_at")]
     pub started_at: DateTime<Utc>,
     /// The port this lock guards (always equal to the port in the file name).
     pub port: u16,
@@ -142,13 +145,11 @@ impl LockInfo {
         self.started_at.to_rfc3339_opts(SecondsFormat::Secs, true)
     }
 
-    /// The bytes written to the lock file: compact JSON and a newline.
+    /// The bytes written to the lock file: compact JSON (exactly what
+    /// `serde_json` makes of this struct) and a newline.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
-        // Serializing plain strings and numbers into a Vec cannot fail.
-        if serde_json::to_writer(&mut out, self).is_err() {
-            out.clear();
-        }
+        json::write(self, &mut out);
         out.push(b'\n');
         out
     }

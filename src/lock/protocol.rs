@@ -11,13 +11,15 @@
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::error::LockError;
 use super::info::{self, LockInfo, MAX_INFO_LEN};
+#[cfg(doc)]
+use super::lock_file_name;
 use super::sys::{self, FileId, TryLock};
-use super::{lock_file_name, LockDir, LockState};
+use super::{LockDir, LockState};
 
 /// How often acquire reopens when the path keeps naming a different inode
 /// than the one it locked (each retry means a holder released meanwhile).
@@ -32,33 +34,91 @@ const READER_WINDOW: Duration = Duration::from_millis(100);
 const INFO_RETRY_SLEEPS_US: [u64; 4] = [100, 200, 400, 800];
 
 /// Which lock: the port, its file's name in the open lock dir, and the full
-/// path for messages.
+/// path for messages. Made on every acquire, so nothing in it is allocated
+/// then: the dir's path is shared, the name inline, the full path joined
+/// only when something asks for it (messages, `PortLock::path`).
 #[derive(Debug, Clone)]
 pub struct Target {
     pub(crate) port: u16,
     pub(crate) dir: Arc<sys::DirHandle>,
     /// The lock dir's path, kept to re-open it if it is removed or replaced.
-    pub(crate) dir_path: PathBuf,
-    pub(crate) name: String,
-    pub(crate) path: PathBuf,
+    pub(crate) dir_path: Arc<Path>,
+    pub(crate) name: LockFileName,
+    path: OnceLock<PathBuf>,
 }
 
 impl Target {
     pub(crate) fn new(dir: &LockDir, port: u16) -> Target {
-        let name = lock_file_name(port);
         Target {
             port,
             dir: Arc::clone(dir.handle()),
-            dir_path: dir.path().to_path_buf(),
-            path: dir.path().join(&name),
-            name,
+            dir_path: Arc::clone(dir.shared_path()),
+            name: LockFileName::new(port),
+            path: OnceLock::new(),
         }
+    }
+
+    /// `<dir>/serve_<port>.lock`.
+    pub(crate) fn path(&self) -> &Path {
+        self.path
+            .get_or_init(|| self.dir_path.join(self.name.as_str()))
     }
 
     /// What the name is now (`None`: gone).
     fn current_id(&self) -> Result<Option<FileId>, LockError> {
         sys::name_id(&self.dir, &self.name)
-            .map_err(|e| LockError::io("cannot inspect lock file", &self.path, e))
+            .map_err(|e| LockError::io("cannot inspect lock file", self.path(), e))
+    }
+}
+
+/// `serve_<port>.lock` ([`lock_file_name`]), held inline.
+#[derive(Clone, Copy)]
+pub(crate) struct LockFileName {
+    bytes: [u8; LockFileName::MAX_LEN],
+    len: usize,
+}
+
+impl LockFileName {
+    /// `serve_65535.lock`
+    const MAX_LEN: usize = 16;
+
+    fn new(port: u16) -> LockFileName {
+        let mut bytes = [0u8; LockFileName::MAX_LEN];
+        let mut len = 0;
+        let mut digits = [0u8; 5];
+        let mut start = digits.len();
+        let mut rest = port;
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        for part in [&b"serve_"[..], &digits[start..], b".lock"] {
+            bytes[len..len + part.len()].copy_from_slice(part);
+            len += part.len();
+        }
+        LockFileName { bytes, len }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Only ASCII was written.
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for LockFileName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for LockFileName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
     }
 }
 
@@ -110,8 +170,11 @@ pub enum Integrity {
 
 /// What [`acquire`] found once it held the lock.
 pub(crate) enum Acquisition {
-    Fresh(Holding),
-    Stale(StaleFile),
+    /// Boxed from the start: the typestate and the C ABI move it several
+    /// times on the way to the caller, and it is a few hundred bytes.
+    Fresh(Box<Holding>),
+    /// Boxed like `Fresh`.
+    Stale(Box<StaleFile>),
 }
 
 fn open_error(path: &Path, e: io::Error, action: &'static str) -> LockError {
@@ -126,24 +189,18 @@ fn open_error(path: &Path, e: io::Error, action: &'static str) -> LockError {
 }
 
 /// Refuses what we must not read or write even if we could lock it.
-fn check_file(
-    dir: &sys::DirHandle,
-    path: &Path,
-    file: &File,
-) -> Result<sys::OpenFileStat, LockError> {
-    let st = sys::stat_open(dir, file)
-        .map_err(|e| LockError::io("cannot inspect lock file", path, e))?;
+fn check_file(target: &Target, file: &File) -> Result<sys::OpenFileStat, LockError> {
+    let st = sys::stat_open(&target.dir, file)
+        .map_err(|e| LockError::io("cannot inspect lock file", target.path(), e))?;
+    let unsafe_file = |reason| LockError::UnsafeLockFile {
+        path: target.path().to_path_buf(),
+        reason,
+    };
     if !st.is_regular {
-        return Err(LockError::UnsafeLockFile {
-            path: path.to_path_buf(),
-            reason: "is not a regular file",
-        });
+        return Err(unsafe_file("is not a regular file"));
     }
     if !st.owned_by_us {
-        return Err(LockError::UnsafeLockFile {
-            path: path.to_path_buf(),
-            reason: "is owned by another user",
-        });
+        return Err(unsafe_file("is owned by another user"));
     }
     Ok(st)
 }
@@ -226,7 +283,6 @@ pub(crate) fn acquire(target: Target) -> Result<Acquisition, LockError> {
 /// process: the watchdog re-establishing a holder's file writes the holder's
 /// own info at once, so no reader ever sees another start time in between.
 fn acquire_as(target: Target, info: Option<&LockInfo>) -> Result<Acquisition, LockError> {
-    let path = target.path.as_path();
     let mut wait = ShortWait::new();
     for _ in 0..INODE_RETRIES {
         // Step 2. No O_TRUNC: the loser of a race must not touch the winner's file.
@@ -238,22 +294,26 @@ fn acquire_as(target: Target, info: Option<&LockInfo>) -> Result<Acquisition, Lo
                 if wait.again() {
                     continue;
                 }
-                return Err(LockError::Busy { path: target.path });
+                return Err(LockError::Busy {
+                    path: target.path().to_path_buf(),
+                });
             }
-            Err(e) => return Err(open_error(path, e, "cannot open lock file")),
+            Err(e) => return Err(open_error(target.path(), e, "cannot open lock file")),
         };
         // Step 3.
-        let locked =
-            sys::try_lock_exclusive(&file).map_err(|e| LockError::io("cannot lock", path, e))?;
-        let st = check_file(&target.dir, path, &file)?;
+        let locked = sys::try_lock_exclusive(&file)
+            .map_err(|e| LockError::io("cannot lock", target.path(), e))?;
+        let st = check_file(&target, &file)?;
         if locked == TryLock::Contended {
             // Step 8: a shared lock succeeds iff only readers are in the way.
-            match sys::try_lock_shared(&file).map_err(|e| LockError::io("cannot lock", path, e))? {
+            match sys::try_lock_shared(&file)
+                .map_err(|e| LockError::io("cannot lock", target.path(), e))?
+            {
                 TryLock::Contended => {
                     return Err(LockError::AlreadyRunning {
                         port: target.port,
                         holder: read_holder(&file, target.port).map(Box::new),
-                        path: target.path,
+                        path: target.path().to_path_buf(),
                     })
                 }
                 TryLock::Acquired => {
@@ -262,7 +322,9 @@ fn acquire_as(target: Target, info: Option<&LockInfo>) -> Result<Acquisition, Lo
                     if wait.again() {
                         continue;
                     }
-                    return Err(LockError::Busy { path: target.path });
+                    return Err(LockError::Busy {
+                        path: target.path().to_path_buf(),
+                    });
                 }
             }
         }
@@ -278,19 +340,19 @@ fn acquire_as(target: Target, info: Option<&LockInfo>) -> Result<Acquisition, Lo
                 .unwrap_or_else(|| LockInfo::for_current_process(target.port));
             return Holding::establish(target, file, st.id, info, 0).map(Acquisition::Fresh);
         }
-        let content = read_content(path, &file)?;
+        let content = read_content(target.path(), &file)?;
         let previous = LockInfo::parse_for_port(&content, target.port);
-        return Ok(Acquisition::Stale(StaleFile {
+        return Ok(Acquisition::Stale(Box::new(StaleFile {
             target,
             file,
             id: st.id,
             len: content.len() as u64,
             previous,
-        }));
+        })));
     }
     Err(LockError::io(
         "lock file keeps being replaced while we lock it",
-        path,
+        target.path(),
         io::Error::other("gave up after repeated inode changes; retry"),
     ))
 }
@@ -300,21 +362,21 @@ fn acquire_as(target: Target, info: Option<&LockInfo>) -> Result<Acquisition, Lo
 /// 2 µs measured) and opens a window where readers see an empty file.
 /// Returns the bytes written.
 fn write_info(
-    path: &Path,
+    target: &Target,
     file: &File,
     info: &LockInfo,
     old_len: u64,
 ) -> Result<Vec<u8>, LockError> {
     let bytes = info.to_bytes();
     sys::write_all_at(file, &bytes, 0)
-        .map_err(|e| LockError::io("cannot write lock file", path, e))?;
+        .map_err(|e| LockError::io("cannot write lock file", target.path(), e))?;
     let new_len = bytes.len() as u64;
     // Over an existing file, always cut to our length: the file may have grown
     // since we measured it (a writer that ignores the lock), and a reader must
     // never see our info followed by someone else's tail.
     if old_len != 0 {
         file.set_len(new_len)
-            .map_err(|e| LockError::io("cannot write lock file", path, e))?;
+            .map_err(|e| LockError::io("cannot write lock file", target.path(), e))?;
     }
     Ok(bytes)
 }
@@ -326,7 +388,7 @@ fn stop_channel(target: &Target) -> Result<Arc<sys::StopChannel>, LockError> {
         .map_err(|e| {
             LockError::io(
                 "cannot create the stop channel for lock file",
-                &target.path,
+                target.path(),
                 e,
             )
         })
@@ -334,7 +396,9 @@ fn stop_channel(target: &Target) -> Result<Arc<sys::StopChannel>, LockError> {
 
 impl StaleFile {
     /// Stale → Reclaimed: overwrite the dead holder's info with ours.
-    pub(crate) fn reclaim(self) -> Result<(Holding, Option<LockInfo>), (StaleFile, LockError)> {
+    pub(crate) fn reclaim(
+        self,
+    ) -> Result<(Box<Holding>, Option<LockInfo>), (StaleFile, LockError)> {
         let info = LockInfo::for_current_process(self.target.port);
         self.reclaim_as(info)
     }
@@ -343,14 +407,14 @@ impl StaleFile {
     fn reclaim_as(
         self,
         info: LockInfo,
-    ) -> Result<(Holding, Option<LockInfo>), (StaleFile, LockError)> {
+    ) -> Result<(Box<Holding>, Option<LockInfo>), (StaleFile, LockError)> {
         let stop = match stop_channel(&self.target) {
             Ok(stop) => stop,
             Err(e) => return Err((self, e)),
         };
-        match write_info(&self.target.path, &self.file, &info, self.len) {
+        match write_info(&self.target, &self.file, &info, self.len) {
             Ok(written) => Ok((
-                Holding {
+                Box::new(Holding {
                     stop,
                     target: self.target,
                     file: Some(self.file),
@@ -360,7 +424,7 @@ impl StaleFile {
                     info,
                     written_len: written.len() as u64,
                     written,
-                },
+                }),
                 self.previous,
             )),
             Err(e) => Err((self, e)),
@@ -380,7 +444,7 @@ impl StaleFile {
         match sys::remove_held(&target.dir, &target.name, file) {
             Ok(()) => Ok(target),
             Err((file, e)) => {
-                let err = LockError::io("cannot remove stale lock file", &target.path, e);
+                let err = LockError::io("cannot remove stale lock file", target.path(), e);
                 Err((
                     StaleFile {
                         target,
@@ -403,10 +467,10 @@ impl Holding {
         id: FileId,
         info: LockInfo,
         old_len: u64,
-    ) -> Result<Holding, LockError> {
+    ) -> Result<Box<Holding>, LockError> {
         let stop = stop_channel(&target)?;
-        let written = write_info(&target.path, &file, &info, old_len)?;
-        Ok(Holding {
+        let written = write_info(&target, &file, &info, old_len)?;
+        Ok(Box::new(Holding {
             stop,
             target,
             file: Some(file),
@@ -417,7 +481,7 @@ impl Holding {
             info,
             written_len: written.len() as u64,
             written,
-        })
+        }))
     }
 
     pub(crate) fn file(&self) -> &File {
@@ -428,7 +492,7 @@ impl Holding {
 
     /// Replaces the recorded info (e.g. to add the exec-mode child's pgid).
     pub(crate) fn rewrite(&mut self, info: LockInfo) -> Result<(), LockError> {
-        let written = write_info(&self.target.path, self.file(), &info, self.written_len)?;
+        let written = write_info(&self.target, self.file(), &info, self.written_len)?;
         self.written_len = written.len() as u64;
         self.written = written;
         self.info = info;
@@ -454,7 +518,7 @@ impl Holding {
     /// Step 7 and 9: remove the file only if we own it *and* the file (still
     /// the inode we locked) records us; otherwise only close our descriptor,
     /// never unlock: a forked child shares the lock with its parent.
-    pub(crate) fn release(mut self) -> Result<Target, (Holding, LockError)> {
+    pub(crate) fn release(mut self: Box<Self>) -> Result<Target, (Box<Holding>, LockError)> {
         if let Err(e) = self.release_in_place() {
             return Err((self, e));
         }
@@ -466,7 +530,7 @@ impl Holding {
     /// On error the descriptor is still held here, and dropping `self`
     /// retries once and then closes it (what dropping the handed-back lock
     /// would do).
-    pub(crate) fn release_dropping(mut self) -> Result<(), LockError> {
+    pub(crate) fn release_dropping(mut self: Box<Self>) -> Result<(), LockError> {
         self.release_in_place()
     }
 
@@ -498,7 +562,6 @@ impl Holding {
                 return Err(e);
             }
         }
-        let path = &self.target.path;
         match sys::name_id(&self.target.dir, &self.target.name) {
             Ok(Some(id)) if id == self.id => {}
             // Someone removed or replaced our file by hand: not ours to delete.
@@ -509,6 +572,7 @@ impl Holding {
             }
             Err(e) => {
                 self.file = Some(file);
+                let path = self.target.path();
                 return Err(LockError::io("cannot inspect lock file", path, e));
             }
         }
@@ -516,7 +580,11 @@ impl Holding {
             Ok(()) => Ok(()),
             Err((file, e)) => {
                 self.file = Some(file);
-                Err(LockError::io("cannot remove lock file", path, e))
+                Err(LockError::io(
+                    "cannot remove lock file",
+                    self.target.path(),
+                    e,
+                ))
             }
         }
     }
@@ -530,12 +598,12 @@ impl Holding {
         // One byte more than ours: a longer file is not "exactly ours".
         if let Some(window) = buf.get_mut(..self.written.len() + 1) {
             let n = sys::read_at(file, window, 0)
-                .map_err(|e| LockError::io("cannot read lock file", &self.target.path, e))?;
+                .map_err(|e| LockError::io("cannot read lock file", self.target.path(), e))?;
             if window[..n] == self.written[..] {
                 return Ok(self.info.pid == pid);
             }
         }
-        let content = read_content(&self.target.path, file)?;
+        let content = read_content(self.target.path(), file)?;
         Ok(info::recorded_pid(&content) == Some(pid))
     }
 
@@ -551,14 +619,14 @@ impl Holding {
         // The dir's name must still lead to the dir we hold open (it may have
         // been removed, moved or replaced), and the file's name to our inode.
         let dir_named = sys::path_id(&target.dir_path)
-            .map_err(|e| LockError::io("cannot inspect lock dir", &target.dir_path, e))?
+            .map_err(|e| LockError::io("cannot inspect lock dir", &*target.dir_path, e))?
             == Some(target.dir.id());
         if dir_named && target.current_id()? == Some(self.id) {
             // Same inode, but overwritten in place (`echo x > file`)? Then
             // `status` and `stop` could no longer name us: write our info
             // back. Valid info naming another process is left alone: that
             // is a forked child that adopted the lock.
-            let content = read_content(&target.path, self.file())?;
+            let content = read_content(target.path(), self.file())?;
             if LockInfo::parse_for_port(&content, target.port).is_some() {
                 return Ok(Integrity::Intact);
             }
@@ -570,7 +638,7 @@ impl Holding {
         // Our inode lost its name: its lock now protects nothing, because new
         // acquirers open the new name (in whatever dir the path names now,
         // re-created if it was removed). Take that name like anyone else would.
-        let dir = LockDir::create(&target.dir_path)?;
+        let dir = LockDir::create(&*target.dir_path)?;
         // Our own info from the first write: readers never see another start
         // time, whatever moment they look.
         let mut replacement = match acquire_as(Target::new(&dir, target.port), Some(&self.info)) {
@@ -627,7 +695,7 @@ impl Drop for Holding {
 /// Step 8: observe a port without taking it. Never creates anything; holds at
 /// most a shared lock for the duration of one read, which acquirers wait out.
 pub(crate) fn probe(target: &Target) -> Result<LockState, LockError> {
-    let (path, port) = (target.path.as_path(), target.port);
+    let port = target.port;
     let mut wait = ShortWait::new();
     for _ in 0..INODE_RETRIES {
         let file = match sys::open_for_probe(&target.dir, &target.name) {
@@ -635,10 +703,12 @@ pub(crate) fn probe(target: &Target) -> Result<LockState, LockError> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LockState::Free),
             // Windows: a releasing holder is deleting the file; look again.
             Err(e) if sys::is_transient_open_error(&e) && wait.again() => continue,
-            Err(e) => return Err(open_error(path, e, "cannot open lock file")),
+            Err(e) => return Err(open_error(target.path(), e, "cannot open lock file")),
         };
-        let st = check_file(&target.dir, path, &file)?;
-        match sys::try_lock_shared(&file).map_err(|e| LockError::io("cannot lock", path, e))? {
+        let st = check_file(target, &file)?;
+        match sys::try_lock_shared(&file)
+            .map_err(|e| LockError::io("cannot lock", target.path(), e))?
+        {
             TryLock::Contended => return Ok(LockState::Held(read_holder(&file, port))),
             TryLock::Acquired => {
                 // Nobody holds it. Released between our open and lock? Then
@@ -647,7 +717,7 @@ pub(crate) fn probe(target: &Target) -> Result<LockState, LockError> {
                     continue;
                 }
                 // Stable while we hold the shared lock: writers need exclusive.
-                let content = read_content(path, &file)?;
+                let content = read_content(target.path(), &file)?;
                 sys::unlock_before_close(&file);
                 drop(file);
                 return Ok(if content.is_empty() {
@@ -662,7 +732,7 @@ pub(crate) fn probe(target: &Target) -> Result<LockState, LockError> {
     }
     Err(LockError::io(
         "lock file keeps being replaced while we probe it",
-        path,
+        target.path(),
         io::Error::other("gave up after repeated inode changes; retry"),
     ))
 }
@@ -684,7 +754,7 @@ mod tests {
             .write(true)
             .create(true)
             .truncate(false)
-            .open(&target.path)
+            .open(target.path())
             .unwrap();
         assert_eq!(sys::try_lock_exclusive(&file).unwrap(), TryLock::Acquired);
         let info = LockInfo::for_current_process(target.port);

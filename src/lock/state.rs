@@ -26,8 +26,8 @@ mod sealed {
         type Extra;
         fn holding(&self) -> &Holding;
         fn holding_mut(&mut self) -> &mut Holding;
-        fn split(self) -> (Holding, Self::Extra);
-        fn join(holding: Holding, extra: Self::Extra) -> Self;
+        fn split(self) -> (Box<Holding>, Self::Extra);
+        fn join(holding: Box<Holding>, extra: Self::Extra) -> Self;
     }
 }
 
@@ -43,20 +43,20 @@ pub struct Free {
 
 /// Held by this handle, taken cleanly: the file records this process.
 pub struct Held {
-    holding: Holding,
+    holding: Box<Holding>,
 }
 
 /// Locked by this handle, but the file still holds the info of a holder that
 /// died without releasing; [`PortLock::reclaim`] overwrites it, dropping
 /// leaves the stale file exactly as found.
 pub struct Stale {
-    stale: StaleFile,
+    stale: Box<StaleFile>,
 }
 
 /// Held by this handle after reclaiming a stale lock; remembers the dead
 /// holder's info.
 pub struct Reclaimed {
-    holding: Holding,
+    holding: Box<Holding>,
     previous: Option<LockInfo>,
 }
 
@@ -167,7 +167,7 @@ impl<S: State> PortLock<S> {
 
     /// The lock file, `<dir>/serve_<port>.lock`.
     pub fn path(&self) -> &Path {
-        &sealed::Sealed::target(&self.state).path
+        sealed::Sealed::target(&self.state).path()
     }
 }
 
@@ -216,14 +216,16 @@ impl PortLock<Stale> {
     /// `Io` if the file cannot be written; the stale lock (still locked) comes
     /// back in the error.
     pub fn reclaim(self) -> Result<PortLock<Reclaimed>, TransitionError<Stale>> {
-        match self.state.stale.reclaim() {
+        match (*self.state.stale).reclaim() {
             Ok((holding, previous)) => Ok(PortLock {
                 state: Reclaimed { holding, previous },
             }),
             Err((stale, error)) => Err(TransitionError {
                 error,
                 lock: PortLock {
-                    state: Stale { stale },
+                    state: Stale {
+                        stale: Box::new(stale),
+                    },
                 },
             }),
         }
@@ -236,14 +238,16 @@ impl PortLock<Stale> {
     /// # Errors
     /// `Io` if the file cannot be removed; the stale lock comes back.
     pub fn discard(self) -> Result<PortLock<Free>, TransitionError<Stale>> {
-        match self.state.stale.discard() {
+        match (*self.state.stale).discard() {
             Ok(target) => Ok(PortLock {
                 state: Free { target },
             }),
             Err((stale, error)) => Err(TransitionError {
                 error,
                 lock: PortLock {
-                    state: Stale { stale },
+                    state: Stale {
+                        stale: Box::new(stale),
+                    },
                 },
             }),
         }
@@ -271,10 +275,10 @@ impl sealed::SealedHolds for Held {
     fn holding_mut(&mut self) -> &mut Holding {
         &mut self.holding
     }
-    fn split(self) -> (Holding, ()) {
+    fn split(self) -> (Box<Holding>, ()) {
         (self.holding, ())
     }
-    fn join(holding: Holding, (): ()) -> Self {
+    fn join(holding: Box<Holding>, (): ()) -> Self {
         Held { holding }
     }
 }
@@ -287,10 +291,10 @@ impl sealed::SealedHolds for Reclaimed {
     fn holding_mut(&mut self) -> &mut Holding {
         &mut self.holding
     }
-    fn split(self) -> (Holding, Option<LockInfo>) {
+    fn split(self) -> (Box<Holding>, Option<LockInfo>) {
         (self.holding, self.previous)
     }
-    fn join(holding: Holding, previous: Option<LockInfo>) -> Self {
+    fn join(holding: Box<Holding>, previous: Option<LockInfo>) -> Self {
         Reclaimed { holding, previous }
     }
 }
