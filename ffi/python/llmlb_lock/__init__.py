@@ -35,6 +35,7 @@ import os
 import sys
 import threading
 import time
+from collections import deque
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Optional, Union
@@ -58,6 +59,12 @@ INVALID_ARGUMENT = 2
 IO_ERROR = 3
 UNSAFE_PATH = 4
 PANIC = 5
+# Not a C status: what the per-cycle acquires (_fast_acquire and
+# _fast_dir_acquire) return for OK when the lock was reclaimed from a dead
+# holder, whose info is then in out_other. A clean acquire returns OK, so the
+# rule costs the wrapper no look at out_other.
+_OK_RECLAIMED = -1
+_NOT_MADE = object()  # a cache slot not filled yet
 
 _STATES = {0: "free", 1: "held", 2: "stale"}
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -72,6 +79,11 @@ class _Info(ctypes.Structure):
         ("port", ctypes.c_uint16),
         ("started_at_unix_ms", ctypes.c_int64),
     ]
+
+
+def _records_a_holder(info: _Info) -> bool:
+    # All zeros is the C API's "none or unreadable".
+    return bool(info.pid or info.port or info.started_at_unix_ms)
 
 
 def _library_name() -> str:
@@ -258,6 +270,9 @@ if _speedups is not None:
         _address(_lib().llmlb_lock_dir_acquire),
         _address(_lib().llmlb_lock_release),
     )
+    # Each takes one tuple, (lock dir, port, out_lock, out_other), made once
+    # per PortLock (see _acquire_args), and returns the status, or
+    # _OK_RECLAIMED for OK with out_other filled in.
     _fast_acquire = _speedups.acquire
     _fast_dir_acquire = _speedups.dir_acquire
     _fast_release = _speedups.release  # takes the out-parameter's address
@@ -275,8 +290,24 @@ if _speedups is not None:
         return port
 
 else:
-    _fast_acquire = _lib()._fast_acquire
-    _fast_dir_acquire = _lib()._fast_dir_acquire
+    _ctypes_acquire = _lib()._fast_acquire
+    _ctypes_dir_acquire = _lib()._fast_dir_acquire
+
+    # As _speedups' two: one tuple of the C arguments; the status, or
+    # _OK_RECLAIMED for OK with out_other filled in (args[3], a byref()
+    # object: _obj is the _Info it refers to).
+    def _fast_acquire(args) -> int:
+        status = _ctypes_acquire(*args)
+        if status == OK and _records_a_holder(args[3]._obj):
+            return _OK_RECLAIMED
+        return status
+
+    def _fast_dir_acquire(args) -> int:
+        status = _ctypes_dir_acquire(*args)
+        if status == OK and _records_a_holder(args[3]._obj):
+            return _OK_RECLAIMED
+        return status
+
     _fast_release = _lib()._fast_release  # takes the handle (a c_void_p)
 
     def _as_arg(handle: ctypes.c_void_p):
@@ -314,8 +345,7 @@ class LockInfo:
 
     @classmethod
     def _from_c(cls, info: _Info) -> Optional["LockInfo"]:
-        # All zeros is the C API's "none or unreadable".
-        if info.pid == 0 and info.port == 0 and info.started_at_unix_ms == 0:
+        if not _records_a_holder(info):
             return None
         started = _EPOCH + timedelta(milliseconds=info.started_at_unix_ms)
         return cls(int(info.pid), int(info.port), started)
@@ -402,10 +432,11 @@ class LockDir:
         self._handle: Optional[int] = None
         # The handle in the form the per-cycle calls take (see _as_arg).
         self._c_handle: Optional[object] = None
-        # One entry per call in progress: list.append and list.pop are atomic,
-        # so a call costs no lock; close() waits on the condition until the
-        # list is empty, and only then do leaving calls notify it.
-        self._active: list = []
+        # One entry per call in progress: deque.append and deque.pop are
+        # atomic, so a call costs no lock (and, unlike a list going from 0 to
+        # 1 entry and back, no reallocation); close() waits on the condition
+        # until it is empty, and only then do leaving calls notify it.
+        self._active: deque = deque()
         self._closing = 0
         self._cond = threading.Condition(threading.Lock())
         # The resolved dir, for messages and lock paths (port 1 is any port).
@@ -506,7 +537,9 @@ class PortLock:
         self.port = _port_arg(port)
         self.lock_dir = lock_dir
         self.timeout = timeout
-        self._handle: Optional[int] = None
+        # Whether this object holds the lock; the handle itself stays in
+        # _out_handle, where acquire wrote it, until release.
+        self._held = False
         self.reclaimed_from: Optional[LockInfo] = None
         """The dead holder's info when acquire reclaimed a stale lock."""
         # Out parameters made once, not per acquire (one PortLock is not
@@ -516,19 +549,21 @@ class PortLock:
         self._out_refs = _out_args(self._out_handle, self._out_other)
         self._release_arg = _release_arg_of(self._out_handle, self._out_refs)
         self._c_port = _port_arg_of(self.port)
-        self._dir_bytes = (None, None)  # (lock_dir it was made from, _dir_arg of it)
+        # (the lock_dir they were made for, the per-cycle acquire's arguments);
+        # not made yet: None is a lock_dir (the default dir), this is not.
+        self._acquire_args: tuple = (_NOT_MADE, None)
 
     @property
     def held(self) -> bool:
         """Whether this object holds the lock (acquired and not released)."""
-        return self._handle is not None
+        return self._held
 
     def acquire(self, timeout: Optional[float] = None) -> "PortLock":
         """Takes the lock; if it is held, waits up to ``timeout`` seconds
         (default: the ``timeout`` given to the constructor; ``0`` tries once,
         negative waits forever) for it to be released, then raises
         :class:`AlreadyRunning` with the holder's info as last seen."""
-        if self._handle is not None:
+        if self._held:
             raise LockError("port %d is already held by this PortLock" % self.port, INVALID_ARGUMENT)
         timeout = self.timeout if timeout is None else timeout
         if timeout:
@@ -539,45 +574,58 @@ class PortLock:
             if status == ALREADY_RUNNING:
                 raise AlreadyRunning(_last_error(), self.port, LockInfo._from_c(other))
             _check(status)
-            self._handle = handle.value
+            self._held = True
             self.reclaimed_from = LockInfo._from_c(other)
             return self
         # Try once: the per-cycle path. Each Python step here runs after a
         # system call has flushed the CPU's caches, so it costs several times
         # what it costs in a tight loop. Hence LockDir._enter/_leave inlined,
         # and no conversions.
-        out_handle, other = self._out_handle, self._out_other
-        handle_ref, other_ref = self._out_refs
         lock_dir = self.lock_dir
+        made_for, args = self._acquire_args
+        if made_for is not lock_dir:  # first use, or lock_dir was reassigned
+            args = self._make_acquire_args(lock_dir)
         if isinstance(lock_dir, LockDir):
             active = lock_dir._active
             active.append(None)  # as LockDir._enter
             try:
-                directory = lock_dir._c_handle
-                if directory is None:
+                # Registered, so close() waits for us if the dir is still open,
+                # and then the handle in args is valid for the whole call.
+                if lock_dir._c_handle is None:
                     raise LockError("lock dir %s is closed" % lock_dir.path, INVALID_ARGUMENT)
-                status = _fast_dir_acquire(directory, self._c_port, handle_ref, other_ref)
+                status = _fast_dir_acquire(args)
             finally:
                 active.pop()  # as LockDir._leave
                 if lock_dir._closing:
                     lock_dir._notify_closer()
         else:
-            made_from, path = self._dir_bytes
-            if made_from is not lock_dir:  # first use, or lock_dir was reassigned
-                path = _dir_arg(lock_dir)
-                self._dir_bytes = (lock_dir, path)
-            status = _fast_acquire(path, self._c_port, handle_ref, other_ref)
-        if status != OK:
-            if status == ALREADY_RUNNING:
-                raise AlreadyRunning(_last_error(), self.port, LockInfo._from_c(other))
-            _check(status)
-        self._handle = out_handle.value
-        # _from_c's all-zero test first, inline: a clean acquire is the rule.
-        if other.pid or other.port or other.started_at_unix_ms:
-            self.reclaimed_from = LockInfo._from_c(other)
+            status = _fast_acquire(args)
+        if status:  # a clean acquire returns OK: nothing to look at
+            if status != _OK_RECLAIMED:
+                if status == ALREADY_RUNNING:
+                    raise AlreadyRunning(_last_error(), self.port, LockInfo._from_c(self._out_other))
+                _check(status)
+            self._held = True
+            self.reclaimed_from = LockInfo._from_c(self._out_other)
         else:
+            self._held = True
             self.reclaimed_from = None
         return self
+
+    def _make_acquire_args(self, lock_dir) -> tuple:
+        """The per-cycle acquire's arguments for ``lock_dir``, made once: a
+        LockDir's handle never changes while it is open (acquire checks that
+        it still is), nor does a path's encoding."""
+        handle_ref, other_ref = self._out_refs
+        if isinstance(lock_dir, LockDir):
+            directory = lock_dir._c_handle
+            if directory is None:
+                raise LockError("lock dir %s is closed" % lock_dir.path, INVALID_ARGUMENT)
+        else:
+            directory = _dir_arg(lock_dir)
+        args = (directory, self._c_port, handle_ref, other_ref)
+        self._acquire_args = (lock_dir, args)
+        return args
 
     def _acquire_waiting(self, deadline: Optional[float], handle, other) -> int:
         # The C call cannot be interrupted, so wait in slices: between them
@@ -609,8 +657,8 @@ class PortLock:
     def release(self) -> None:
         """Releases the lock (removing its file if this process is the
         recorded holder). A no-op if not held."""
-        handle, self._handle = self._handle, None
-        if handle is not None:
+        if self._held:
+            self._held = False
             # _out_handle still holds this handle: only acquire writes it,
             # and only while nothing is held.
             status = _fast_release(self._release_arg)
@@ -670,10 +718,10 @@ class PortLock:
     def path(self) -> str:
         return lock_path(self.port, self.lock_dir)
 
-    def _require(self) -> int:
-        if self._handle is None:
+    def _require(self) -> ctypes.c_void_p:
+        if not self._held:
             raise LockError("port %d is not held by this PortLock" % self.port, INVALID_ARGUMENT)
-        return self._handle
+        return self._out_handle
 
     def __enter__(self) -> "PortLock":
         return self.acquire()

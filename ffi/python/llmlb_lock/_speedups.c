@@ -27,8 +27,15 @@
 
 #include <stdint.h>
 
-typedef int (*acquire_fn)(const char *lock_dir, uint16_t port, void **out_lock, void *out_other);
-typedef int (*dir_acquire_fn)(const void *dir, uint16_t port, void **out_lock, void *out_other);
+/* LlmlbLockInfo (include/llmlb_lock.h), as the wrapper's _Info mirrors it. */
+typedef struct {
+  uint32_t pid;
+  uint16_t port;
+  int64_t started_at_unix_ms;
+} lock_info;
+
+typedef int (*acquire_fn)(const char *lock_dir, uint16_t port, void **out_lock, lock_info *out_other);
+typedef int (*dir_acquire_fn)(const void *dir, uint16_t port, void **out_lock, lock_info *out_other);
 typedef int (*release_fn)(void *lock);
 
 static acquire_fn g_acquire;
@@ -47,9 +54,11 @@ static void *address(PyObject *args, Py_ssize_t i) {
   return p;
 }
 
+/* args is a tuple of n items (a METH_VARARGS call's, or the one argument of
+ * a METH_O call that takes its arguments as a tuple). */
 static int arity(PyObject *args, Py_ssize_t n, const char *name) {
-  if (PyTuple_Size(args) == n) return 0;
-  PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments", name, n);
+  if (PyTuple_Check(args) && PyTuple_Size(args) == n) return 0;
+  PyErr_Format(PyExc_TypeError, "%s() takes a tuple of %zd items", name, n);
   return -1;
 }
 
@@ -90,7 +99,21 @@ static int port_arg(PyObject *args, Py_ssize_t i, uint16_t *port) {
   return 0;
 }
 
-/* dir_acquire(dir, port, out_lock, out_other) -> status */
+/* Not a library status: OK, and out_other holds the info of the dead holder
+ * the lock was reclaimed from (the wrapper's _OK_RECLAIMED). A clean acquire
+ * returns OK, so the wrapper need not look at out_other at all. */
+#define OK_RECLAIMED (-1)
+
+static PyObject *acquire_result(int status, const lock_info *other) {
+  if (status == 0 && (other->pid != 0 || other->port != 0 || other->started_at_unix_ms != 0))
+    status = OK_RECLAIMED;
+  return PyLong_FromLong(status);
+}
+
+/* dir_acquire((dir, port, out_lock, out_other)) -> status or OK_RECLAIMED
+ *
+ * One tuple, not four arguments: each PortLock makes it once, so a call
+ * builds no argument tuple (METH_FASTCALL is not in the 3.8 stable ABI). */
 static PyObject *dir_acquire(PyObject *self, PyObject *args) {
   void *dir, *out_lock, *out_other;
   uint16_t port;
@@ -102,12 +125,13 @@ static PyObject *dir_acquire(PyObject *self, PyObject *args) {
       (out_lock = address(args, 2)) == NULL || (out_other = address(args, 3)) == NULL)
     return NULL;
   ts = PyEval_SaveThread();
-  status = g_dir_acquire(dir, port, (void **)out_lock, out_other);
+  status = g_dir_acquire(dir, port, (void **)out_lock, (lock_info *)out_other);
   PyEval_RestoreThread(ts);
-  return PyLong_FromLong(status);
+  return acquire_result(status, (const lock_info *)out_other);
 }
 
-/* acquire(lock_dir: bytes or None, port, out_lock, out_other) -> status */
+/* acquire((lock_dir: bytes or None, port, out_lock, out_other)) -> status
+ * or OK_RECLAIMED; one tuple, as dir_acquire's. */
 static PyObject *acquire(PyObject *self, PyObject *args) {
   PyObject *dir_obj;
   const char *dir = NULL;
@@ -128,21 +152,26 @@ static PyObject *acquire(PyObject *self, PyObject *args) {
       (out_other = address(args, 3)) == NULL)
     return NULL;
   ts = PyEval_SaveThread();
-  status = g_acquire(dir, port, (void **)out_lock, out_other);
+  status = g_acquire(dir, port, (void **)out_lock, (lock_info *)out_other);
   PyEval_RestoreThread(ts);
-  return PyLong_FromLong(status);
+  return acquire_result(status, (const lock_info *)out_other);
 }
 
 /* release(out_lock) -> status: releases the lock whose handle an acquire
  * wrote to out_lock (the wrapper keeps it there while it holds the lock, so
  * one argument serves every release of a PortLock). */
-static PyObject *release(PyObject *self, PyObject *args) {
+static PyObject *release(PyObject *self, PyObject *arg) {
   void **out_lock, *lock;
   int status;
   PyThreadState *ts;
   (void)self;
-  if (bound() != 0 || arity(args, 1, "release") != 0) return NULL;
-  if ((out_lock = (void **)address(args, 0)) == NULL) return NULL;
+  if (bound() != 0) return NULL;
+  out_lock = (void **)PyLong_AsVoidPtr(arg);
+  if (out_lock == NULL) {
+    if (!PyErr_Occurred())
+      PyErr_SetString(PyExc_ValueError, "llmlb_lock._speedups: a NULL address");
+    return NULL;
+  }
   if ((lock = *out_lock) == NULL) {
     PyErr_SetString(PyExc_ValueError, "llmlb_lock._speedups: release of a NULL lock");
     return NULL;
@@ -155,10 +184,11 @@ static PyObject *release(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"bind", bind, METH_VARARGS, "bind(acquire, dir_acquire, release): the library's functions."},
-    {"acquire", acquire, METH_VARARGS, "acquire(lock_dir, port, out_lock, out_other) -> status"},
-    {"dir_acquire", dir_acquire, METH_VARARGS,
-     "dir_acquire(dir, port, out_lock, out_other) -> status"},
-    {"release", release, METH_VARARGS, "release(out_lock) -> status"},
+    {"acquire", acquire, METH_O,
+     "acquire((lock_dir, port, out_lock, out_other)) -> status, or -1: OK, reclaimed"},
+    {"dir_acquire", dir_acquire, METH_O,
+     "dir_acquire((dir, port, out_lock, out_other)) -> status, or -1: OK, reclaimed"},
+    {"release", release, METH_O, "release(out_lock) -> status"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -62,6 +62,43 @@ class LockDirTestCase(unittest.TestCase):
 
 
 class PortLockTest(LockDirTestCase):
+    def test_each_acquire_takes_the_lock_in_the_lock_dir_assigned_now(self):
+        # The per-cycle arguments are made once per lock_dir: reassigning
+        # it (to a path, a LockDir, or None for the default) must take the
+        # next acquire there, and a closed LockDir must be refused.
+        other = os.path.join(self._tmp, "other")
+        lock = PortLock(8201, self.dir)
+        with LockDir(other) as opened:
+            for lock_dir, where in (
+                (self.dir, self.dir),
+                (opened, other),
+                (other, other),
+                (self.dir, self.dir),
+            ):
+                lock.lock_dir = lock_dir
+                lock.acquire()
+                self.assertTrue(os.path.exists(os.path.join(where, "serve_8201.lock")), lock_dir)
+                lock.release()
+                self.assertFalse(os.listdir(where), lock_dir)
+            lock.lock_dir = opened
+        self.assertRaisesRegex(LockError, "closed", lock.acquire)
+        self.assertFalse(lock.held)
+        default = tempfile.mkdtemp(prefix="llmlb-py-default-")
+        old = os.environ.get("LLMLB_LOCK_DIR")
+        try:
+            os.chmod(default, 0o700)
+            os.environ["LLMLB_LOCK_DIR"] = default
+            lock.lock_dir = None
+            lock.acquire()
+            self.assertTrue(os.path.exists(os.path.join(default, "serve_8201.lock")))
+            lock.release()
+        finally:
+            if old is None:
+                del os.environ["LLMLB_LOCK_DIR"]
+            else:
+                os.environ["LLMLB_LOCK_DIR"] = old
+            shutil.rmtree(default, ignore_errors=True)
+
     def test_context_manager_takes_and_releases(self):
         with PortLock(8200, self.dir) as lock:
             self.assertTrue(lock.held)
