@@ -16,8 +16,6 @@ use std::time::{Duration, Instant};
 
 use super::error::LockError;
 use super::info::{self, LockInfo, MAX_INFO_LEN};
-#[cfg(doc)]
-use super::lock_file_name;
 use super::sys::{self, FileId, TryLock};
 use super::{LockDir, LockState};
 
@@ -43,7 +41,7 @@ pub struct Target {
     pub(crate) dir: Arc<sys::DirHandle>,
     /// The lock dir's path, kept to re-open it if it is removed or replaced.
     pub(crate) dir_path: Arc<Path>,
-    pub(crate) name: LockFileName,
+    pub(crate) name: sys::LockName,
     path: OnceLock<PathBuf>,
 }
 
@@ -53,7 +51,7 @@ impl Target {
             port,
             dir: Arc::clone(dir.handle()),
             dir_path: Arc::clone(dir.shared_path()),
-            name: LockFileName::new(port),
+            name: sys::LockName::for_port(port),
             path: OnceLock::new(),
         }
     }
@@ -68,57 +66,6 @@ impl Target {
     fn current_id(&self) -> Result<Option<FileId>, LockError> {
         sys::name_id(&self.dir, &self.name)
             .map_err(|e| LockError::io("cannot inspect lock file", self.path(), e))
-    }
-}
-
-/// `serve_<port>.lock` ([`lock_file_name`]), held inline.
-#[derive(Clone, Copy)]
-pub(crate) struct LockFileName {
-    bytes: [u8; LockFileName::MAX_LEN],
-    len: usize,
-}
-
-impl LockFileName {
-    /// `serve_65535.lock`
-    const MAX_LEN: usize = 16;
-
-    fn new(port: u16) -> LockFileName {
-        let mut bytes = [0u8; LockFileName::MAX_LEN];
-        let mut len = 0;
-        let mut digits = [0u8; 5];
-        let mut start = digits.len();
-        let mut rest = port;
-        loop {
-            start -= 1;
-            digits[start] = b'0' + (rest % 10) as u8;
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
-        for part in [&b"serve_"[..], &digits[start..], b".lock"] {
-            bytes[len..len + part.len()].copy_from_slice(part);
-            len += part.len();
-        }
-        LockFileName { bytes, len }
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        // Only ASCII was written.
-        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
-    }
-}
-
-impl std::ops::Deref for LockFileName {
-    type Target = str;
-    fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl std::fmt::Debug for LockFileName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.as_str().fmt(f)
     }
 }
 

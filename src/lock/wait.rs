@@ -112,7 +112,7 @@ impl Waiter {
             return Some(false);
         }
         self.watch = watch
-            .then(|| sys::DirWatch::new(&self.target.dir, &self.target.name).ok())
+            .then(|| sys::DirWatch::new(&self.target.dir, self.target.name.as_str()).ok())
             .flatten();
         self.watched = self.watch.is_some();
         Some(true)

@@ -94,7 +94,11 @@ fn number(out: &mut Vec<u8>, value: u64) {
 /// A JSON string; serde_json escapes exactly the control characters, `"`
 /// and `\`, so anything without them is copied as it is.
 fn string(out: &mut Vec<u8>, text: &str) {
-    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    // Without an early exit, so that the compiler checks many bytes at once.
+    let needs_escape = text.bytes().fold(false, |any, b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if !needs_escape {
         out.push(b'"');
         out.extend_from_slice(text.as_bytes());
         out.push(b'"');

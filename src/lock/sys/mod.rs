@@ -19,6 +19,62 @@ mod windows;
 #[cfg(windows)]
 pub(crate) use windows::*;
 
+/// A lock file's name, `serve_<port>.lock` ([`lock_file_name`]), inline and
+/// NUL-terminated. Every acquire makes one and hands it to four system calls:
+/// neither making it nor using it allocates or re-validates.
+///
+/// [`lock_file_name`]: crate::lock::lock_file_name
+#[derive(Clone, Copy)]
+pub(crate) struct LockName {
+    /// The name's ASCII bytes, then a NUL, then zeros.
+    bytes: [u8; LockName::MAX_LEN + 1],
+    len: usize,
+}
+
+impl LockName {
+    /// `serve_65535.lock`
+    const MAX_LEN: usize = 16;
+
+    pub(crate) fn for_port(port: u16) -> LockName {
+        let mut digits = [0u8; 5];
+        let mut start = digits.len();
+        let mut rest = port;
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        let mut bytes = [0u8; LockName::MAX_LEN + 1];
+        let mut len = 0;
+        for part in [&b"serve_"[..], &digits[start..], b".lock"] {
+            bytes[len..len + part.len()].copy_from_slice(part);
+            len += part.len();
+        }
+        LockName { bytes, len }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // SAFETY: `for_port` wrote only ASCII bytes before `len`.
+        unsafe { std::str::from_utf8_unchecked(&self.bytes[..self.len]) }
+    }
+
+    #[cfg(unix)]
+    pub(crate) fn as_c_str(&self) -> &std::ffi::CStr {
+        // SAFETY: `for_port` wrote no NUL before `len`, and the byte at
+        // `len` is a NUL (the array is one longer than the longest name).
+        unsafe { std::ffi::CStr::from_bytes_with_nul_unchecked(&self.bytes[..=self.len]) }
+    }
+}
+
+impl std::fmt::Debug for LockName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
+
 /// What identifies a file independently of its name: `(dev, ino)` on Unix.
 ///
 /// Two opens name the same file exactly when their ids are equal; this is how
@@ -70,4 +126,19 @@ impl DirRefusal {
 pub(crate) enum TryLock {
     Acquired,
     Contended,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LockName;
+
+    #[test]
+    fn lock_names_are_the_lock_file_names() {
+        for port in 0..=u16::MAX {
+            let name = LockName::for_port(port);
+            assert_eq!(name.as_str(), crate::lock::lock_file_name(port));
+            #[cfg(unix)]
+            assert_eq!(name.as_c_str().to_bytes(), name.as_str().as_bytes());
+        }
+    }
 }

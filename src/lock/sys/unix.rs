@@ -10,7 +10,7 @@ use std::path::Path;
 
 use fs2::FileExt as Fs2FileExt;
 
-use super::{DirRefusal, FileId, OpenFileStat, TryLock};
+use super::{DirRefusal, FileId, LockName, OpenFileStat, TryLock};
 use crate::lock::info::ProcessIdentity;
 
 /// An open lock directory: `O_DIRECTORY | O_NOFOLLOW`, so the descriptor is
@@ -44,22 +44,6 @@ fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
     } else {
         Ok(rc)
     }
-}
-
-/// Runs `f` with `name` as a C string without allocating: lock file names are
-/// short (`serve_65535.lock`).
-fn with_c_name<R>(name: &str, f: impl FnOnce(&CStr) -> io::Result<R>) -> io::Result<R> {
-    let mut buf = [0u8; 64];
-    let bytes = name.as_bytes();
-    if bytes.len() >= buf.len() || bytes.contains(&0) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "lock file name too long or contains NUL",
-        ));
-    }
-    buf[..bytes.len()].copy_from_slice(bytes);
-    let c = CStr::from_bytes_until_nul(&buf).map_err(|_| io::ErrorKind::InvalidInput)?;
-    f(c)
 }
 
 fn fstat_fd(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
@@ -127,17 +111,20 @@ pub(crate) fn dir_fix_hint(dir: &Path, refusal: DirRefusal) -> String {
     }
 }
 
-fn openat(dir: &DirHandle, name: &str, flags: libc::c_int) -> io::Result<File> {
-    with_c_name(name, |c| {
-        let flags = flags | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
-        // SAFETY: the dir fd is open for &dir's lifetime; c is NUL-terminated;
-        // the mode argument is read only with O_CREAT.
-        let raw = cvt(unsafe {
-            libc::openat(dir.fd.as_raw_fd(), c.as_ptr(), flags, 0o600 as libc::c_uint)
-        })?;
-        // SAFETY: openat returned a fresh descriptor that nothing else owns.
-        Ok(unsafe { File::from_raw_fd(raw) })
-    })
+fn openat(dir: &DirHandle, name: &LockName, flags: libc::c_int) -> io::Result<File> {
+    let flags = flags | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    // SAFETY: the dir fd is open for &dir's lifetime; the name is
+    // NUL-terminated; the mode argument is read only with O_CREAT.
+    let raw = cvt(unsafe {
+        libc::openat(
+            dir.fd.as_raw_fd(),
+            name.as_c_str().as_ptr(),
+            flags,
+            0o600 as libc::c_uint,
+        )
+    })?;
+    // SAFETY: openat returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { File::from_raw_fd(raw) })
 }
 
 /// Opens (creating if needed) the lock file `name` in `dir` for the holder:
@@ -145,12 +132,12 @@ fn openat(dir: &DirHandle, name: &str, flags: libc::c_int) -> io::Result<File> {
 /// close-on-exec, and without `O_TRUNC`: a contender must never clobber the
 /// info of the process that holds the lock. `O_NONBLOCK` keeps a FIFO planted
 /// there from hanging us; it has no effect on regular files.
-pub(crate) fn open_for_lock(dir: &DirHandle, name: &str) -> io::Result<File> {
+pub(crate) fn open_for_lock(dir: &DirHandle, name: &LockName) -> io::Result<File> {
     openat(dir, name, libc::O_RDWR | libc::O_CREAT)
 }
 
 /// Opens an existing lock file read-only for probing; never creates it.
-pub(crate) fn open_for_probe(dir: &DirHandle, name: &str) -> io::Result<File> {
+pub(crate) fn open_for_probe(dir: &DirHandle, name: &LockName) -> io::Result<File> {
     openat(dir, name, libc::O_RDONLY)
 }
 
@@ -161,23 +148,20 @@ pub(crate) fn is_symlink_error(err: &io::Error) -> bool {
 
 /// `fstatat(AT_SYMLINK_NOFOLLOW)`: the id of what `name` in `dir` is now,
 /// `None` if the name is gone.
-pub(crate) fn name_id(dir: &DirHandle, name: &str) -> io::Result<Option<FileId>> {
-    let result = with_c_name(name, |c| {
-        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-        // SAFETY: valid dir fd, NUL-terminated name, st valid for one stat.
-        cvt(unsafe {
-            libc::fstatat(
-                dir.fd.as_raw_fd(),
-                c.as_ptr(),
-                st.as_mut_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        })?;
-        // SAFETY: fstatat succeeded.
-        Ok(stat_id(&unsafe { st.assume_init() }))
+pub(crate) fn name_id(dir: &DirHandle, name: &LockName) -> io::Result<Option<FileId>> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: valid dir fd, NUL-terminated name, st valid for one stat.
+    let result = cvt(unsafe {
+        libc::fstatat(
+            dir.fd.as_raw_fd(),
+            name.as_c_str().as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
     });
     match result {
-        Ok(id) => Ok(Some(id)),
+        // SAFETY: fstatat succeeded, so it filled `st`.
+        Ok(_) => Ok(Some(stat_id(&unsafe { st.assume_init() }))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
@@ -730,13 +714,11 @@ pub(crate) fn signal_group(pgid: u32, sig: Signal) -> io::Result<()> {
 /// On failure the descriptor (and so the lock) is handed back untouched.
 pub(crate) fn remove_held(
     dir: &DirHandle,
-    name: &str,
+    name: &LockName,
     file: File,
 ) -> Result<(), (File, io::Error)> {
-    let unlinked = with_c_name(name, |c| {
-        // SAFETY: valid dir fd and NUL-terminated name.
-        cvt(unsafe { libc::unlinkat(dir.fd.as_raw_fd(), c.as_ptr(), 0) })
-    });
+    // SAFETY: valid dir fd and NUL-terminated name.
+    let unlinked = cvt(unsafe { libc::unlinkat(dir.fd.as_raw_fd(), name.as_c_str().as_ptr(), 0) });
     match unlinked {
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -63,7 +63,7 @@ use windows_sys::Win32::System::Threading::{
 };
 use windows_sys::Win32::System::IO::OVERLAPPED;
 
-use super::{DirRefusal, FileId, OpenFileStat, TryLock};
+use super::{DirRefusal, FileId, LockName, OpenFileStat, TryLock};
 use crate::lock::info::ProcessIdentity;
 
 const FILE_SHARE_READ: u32 = 0x1;
@@ -248,17 +248,17 @@ pub(crate) fn dir_fix_hint(_dir: &Path, refusal: DirRefusal) -> String {
 /// While a releasing holder deletes the file ([`remove_held`]), this fails
 /// for that instant with a sharing violation (Wine) or `ERROR_DELETE_PENDING`
 /// (Windows): see [`is_transient_open_error`].
-pub(crate) fn open_for_lock(dir: &DirHandle, name: &str) -> io::Result<File> {
+pub(crate) fn open_for_lock(dir: &DirHandle, name: &LockName) -> io::Result<File> {
     open_lock_file(
         OpenOptions::new().read(true).write(true).create(true),
-        &dir.path.join(name),
+        &dir.path.join(name.as_str()),
     )
 }
 
 /// Opens an existing lock file read-only for probing (same sharing as
 /// [`open_for_lock`]).
-pub(crate) fn open_for_probe(dir: &DirHandle, name: &str) -> io::Result<File> {
-    open_lock_file(OpenOptions::new().read(true), &dir.path.join(name))
+pub(crate) fn open_for_probe(dir: &DirHandle, name: &LockName) -> io::Result<File> {
+    open_lock_file(OpenOptions::new().read(true), &dir.path.join(name.as_str()))
 }
 
 /// Every handle to a lock file shares reads and writes but never deletion:
@@ -314,8 +314,8 @@ pub(crate) fn is_transient_open_error(err: &io::Error) -> bool {
 }
 
 /// Whether `name` exists in `dir` (ids are not compared on Windows).
-pub(crate) fn name_id(dir: &DirHandle, name: &str) -> io::Result<Option<FileId>> {
-    path_id(&dir.path.join(name))
+pub(crate) fn name_id(dir: &DirHandle, name: &LockName) -> io::Result<Option<FileId>> {
+    path_id(&dir.path.join(name.as_str()))
 }
 
 /// The names in `dir`.
@@ -618,7 +618,7 @@ pub(crate) fn signal_group(_pgid: u32, _sig: Signal) -> io::Result<()> {
 /// `DeleteFile` has it open get [`is_transient_open_error`] and retry.
 pub(crate) fn remove_held(
     dir: &DirHandle,
-    name: &str,
+    name: &LockName,
     file: File,
 ) -> Result<(), (File, io::Error)> {
     if let Err(e) = file.set_len(0) {
@@ -626,7 +626,7 @@ pub(crate) fn remove_held(
     }
     unlock_before_close(&file);
     drop(file);
-    let path = dir.path.join(name);
+    let path = dir.path.join(name.as_str());
     for sleep_us in [0, 200, 400, 800, 1600, 3200] {
         std::thread::sleep(std::time::Duration::from_micros(sleep_us));
         // Deleted, already gone, or an error a retry will not fix: the lock
@@ -996,11 +996,11 @@ mod tests {
     fn the_holder_lock_leaves_the_info_unlocked_and_unlock_frees_it() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = open_dir(tmp.path()).unwrap();
-        let holder = open_for_lock(&dir, "serve_1.lock").unwrap();
+        let holder = open_for_lock(&dir, &LockName::for_port(1)).unwrap();
         write_all_at(&holder, br#"{"pid":1}"#, 0).unwrap();
         assert_eq!(try_lock_exclusive(&holder).unwrap(), TryLock::Acquired);
 
-        let reader = open_for_probe(&dir, "serve_1.lock").unwrap();
+        let reader = open_for_probe(&dir, &LockName::for_port(1)).unwrap();
         assert_eq!(try_lock_shared(&reader).unwrap(), TryLock::Contended);
         // Everything below the lock byte, the info included, is free.
         assert!(lock_shared_from_start(&reader, LOCK_OFFSET));
@@ -1009,7 +1009,7 @@ mod tests {
         drop(reader);
 
         unlock_before_close(&holder);
-        let prober = open_for_probe(&dir, "serve_1.lock").unwrap();
+        let prober = open_for_probe(&dir, &LockName::for_port(1)).unwrap();
         assert_eq!(try_lock_shared(&prober).unwrap(), TryLock::Acquired);
         drop(holder);
     }
@@ -1055,7 +1055,8 @@ mod tests {
         std::fs::write(&path, b"").unwrap();
         let deleter = delete_in_progress(&path);
 
-        let err = open_for_lock(&open_dir(dir.path()).unwrap(), "serve_4242.lock").unwrap_err();
+        let err =
+            open_for_lock(&open_dir(dir.path()).unwrap(), &LockName::for_port(4242)).unwrap_err();
         assert!(is_transient_open_error(&err), "{err:?}");
         match acquire_or_reclaim(&dir, 4242) {
             Err(LockError::Busy { path: busy }) => assert_eq!(busy, path),
@@ -1085,7 +1086,8 @@ mod tests {
         let dir = LockDir::create(tmp.path().join("locks")).unwrap();
         let path = dir.lock_path(4243);
         let guard = acquire_or_reclaim(&dir, 4243).unwrap();
-        let reader = open_for_probe(&open_dir(dir.path()).unwrap(), "serve_4243.lock").unwrap();
+        let reader =
+            open_for_probe(&open_dir(dir.path()).unwrap(), &LockName::for_port(4243)).unwrap();
         guard.release().unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
         assert_eq!(dir.probe(4243).unwrap(), LockState::Free);
