@@ -1,9 +1,10 @@
-//! Windows targets only: builds the C API tests (`tests/api.c`) for
-//! `tests/c_api.rs` with the host's mingw-w64 compiler, because the test
-//! itself runs where no host compiler can be started (under Wine, which runs
-//! a Linux program only blindly: no exit code, no output).
+//! Windows targets only: builds the C API tests (`tests/api.c`) and the C
+//! launcher (`examples/launcher.c`) for `tests/c_api.rs` with the host's
+//! mingw-w64 compiler, because the test itself runs where no host compiler
+//! can be started (under Wine, which runs a Linux program only blindly: no
+//! exit code, no output).
 //!
-//! The library is not built yet when this runs, so `api.exe` links against
+//! The library is not built yet when this runs, so each exe links against
 //! an import library made with `dlltool` from the function names of the
 //! committed header (`include/llmlb_lock.h`, which `tests/header.rs` keeps
 //! equal to the library); at run time the test puts `api.exe` beside the
@@ -11,9 +12,10 @@
 //! always the current one.
 //!
 //! Never fails the build (a Windows user of the library needs no C
-//! compiler): the outcome goes to `$OUT_DIR/c-tests.txt`, one line
-//! `ok <exe>`, `missing <why>` or `failed <compiler output>`, which the test
-//! reports. Other targets: nothing to do.
+//! compiler): the outcome for each exe goes to `$OUT_DIR/c-<name>.txt`
+//! (`c-api.txt`, `c-launcher.txt`), one line `ok <exe>`, `missing <why>` or
+//! `failed <compiler output>`, which the test reports. Other targets: nothing
+//! to do.
 
 use std::env;
 use std::fs;
@@ -23,20 +25,30 @@ use std::process::Command;
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=tests/api.c");
+    println!("cargo:rerun-if-changed=examples/launcher.c");
     println!("cargo:rerun-if-changed=../include/llmlb_lock.h");
     println!("cargo:rerun-if-env-changed=LLMLB_MINGW_CC");
     if env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("windows") {
         return;
     }
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let report = match build_c_tests(&out) {
-        Ok(exe) => format!("ok {}", exe.display()),
-        Err(Outcome::Missing(why)) => format!("missing {why}"),
-        Err(Outcome::Failed(output)) => format!("failed {output}"),
-    };
-    fs::write(out.join("c-tests.txt"), report).expect("write $OUT_DIR/c-tests.txt");
+    let built = import_library(&out);
+    for (name, source) in [("api", "tests/api.c"), ("launcher", "examples/launcher.c")] {
+        let report = match built
+            .as_ref()
+            .map_err(Outcome::clone)
+            .and_then(|(cc, lib)| build_exe(cc, lib, source, &out.join(format!("{name}.exe"))))
+        {
+            Ok(exe) => format!("ok {}", exe.display()),
+            Err(Outcome::Missing(why)) => format!("missing {why}"),
+            Err(Outcome::Failed(output)) => format!("failed {output}"),
+        };
+        let path = out.join(format!("c-{name}.txt"));
+        fs::write(&path, report).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
 }
 
+#[derive(Clone)]
 enum Outcome {
     /// No compiler for the target on this host.
     Missing(String),
@@ -44,9 +56,13 @@ enum Outcome {
     Failed(String),
 }
 
-fn build_c_tests(out: &Path) -> Result<PathBuf, Outcome> {
-    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
-    let header = manifest.join("../include/llmlb_lock.h");
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"))
+}
+
+/// The mingw-w64 compiler and an import library for `llmlb_lock.dll`.
+fn import_library(out: &Path) -> Result<(String, PathBuf), Outcome> {
+    let header = manifest_dir().join("../include/llmlb_lock.h");
     let arch = match env::var("CARGO_CFG_TARGET_ARCH").as_deref() {
         Ok("x86") => "i686".to_owned(),
         Ok(arch) => arch.to_owned(),
@@ -83,20 +99,24 @@ fn build_c_tests(out: &Path) -> Result<PathBuf, Outcome> {
         .arg(&def_path)
         .args(["-D", "llmlb_lock.dll", "-l"])
         .arg(&import_lib))?;
+    Ok((cc, import_lib))
+}
 
-    // As the Unix build in tests/support: strict warnings. -static links
-    // libgcc and winpthreads in, so the exe needs nothing but the DLL.
-    let exe = out.join("api.exe");
-    run(Command::new(&cc)
+/// Compiles `source` (relative to this package) into `exe`. As the Unix
+/// build in tests/support: strict warnings. -static links libgcc and
+/// winpthreads in, so the exe needs nothing but the DLL.
+fn build_exe(cc: &str, import_lib: &Path, source: &str, exe: &Path) -> Result<PathBuf, Outcome> {
+    let manifest = manifest_dir();
+    run(Command::new(cc)
         .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-g"])
         .args(["-static", "-pthread"])
         .arg("-I")
         .arg(manifest.join("../include"))
-        .arg(manifest.join("tests/api.c"))
-        .arg(&import_lib)
+        .arg(manifest.join(source))
+        .arg(import_lib)
         .arg("-o")
-        .arg(&exe))?;
-    Ok(exe)
+        .arg(exe))?;
+    Ok(exe.to_path_buf())
 }
 
 /// The `llmlb_*` functions the header declares (cbindgen puts each

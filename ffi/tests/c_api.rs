@@ -3,10 +3,10 @@
 //! `-Wall -Wextra -Werror -pedantic` (plus ASan/UBSan for the API tests where
 //! they work), and runs them.
 //!
-//! On Windows the API tests (`api.c`) are compiled on the host by
-//! `ffi/build.rs` (this test may run under Wine, where no host compiler can
-//! be started) and run here against the freshly built `llmlb_lock.dll`. The
-//! launcher tests are Unix's (`launcher.c` uses fork, exec and signals).
+//! On Windows the API tests (`api.c`) and the launcher (`launcher.c`'s
+//! Windows branch) are compiled on the host by `ffi/build.rs` (this test may
+//! run under Wine, where no host compiler can be started) and run here
+//! against the freshly built `llmlb_lock.dll`.
 
 mod support;
 
@@ -18,14 +18,15 @@ use std::process::Command;
 #[cfg(unix)]
 use std::process::Stdio;
 
-#[cfg(unix)]
 use llmlb::lock::LockState;
 use support::{describe, text};
 
 /// What `ffi/build.rs` left for this test: `ok <exe>`, `missing <why>` or
-/// `failed <compiler output>`.
+/// `failed <compiler output>`, for the API tests and for the launcher.
 #[cfg(windows)]
-const WINDOWS_C_TESTS: &str = include_str!(concat!(env!("OUT_DIR"), "/c-tests.txt"));
+const WINDOWS_C_TESTS: &str = include_str!(concat!(env!("OUT_DIR"), "/c-api.txt"));
+#[cfg(windows)]
+const WINDOWS_LAUNCHER: &str = include_str!(concat!(env!("OUT_DIR"), "/c-launcher.txt"));
 
 /// A path the build script printed on the host, as this process sees it:
 /// under Wine the host's `/` is drive `Z:`.
@@ -38,27 +39,47 @@ fn host_path(path: &str) -> std::path::PathBuf {
     }
 }
 
+/// The exe `ffi/build.rs` built (`report`: its line), copied beside the DLL
+/// this cargo test built from the current source (lib_dir() refuses a stale
+/// one): Windows looks in the exe's dir first. `None` (after
+/// `skip_unless_ci`, which fails under CI) if there is no mingw compiler.
+#[cfg(windows)]
+fn windows_exe(
+    report: &str,
+    name: &str,
+    what: &str,
+    tmp: &std::path::Path,
+) -> Option<std::path::PathBuf> {
+    let exe = match report.split_once(' ') {
+        Some(("ok", exe)) => host_path(exe.trim()),
+        Some(("missing", why)) => {
+            support::prereq::skip_unless_ci(why, "then rebuild", what);
+            return None;
+        }
+        _ => panic!("ffi/build.rs could not build {what}: {report}"),
+    };
+    let run_dir = tmp.join("bin");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let copy = run_dir.join(format!("{name}.exe"));
+    std::fs::copy(&exe, &copy).unwrap_or_else(|e| panic!("copy {}: {e}", exe.display()));
+    std::fs::copy(support::shared_lib(), run_dir.join("llmlb_lock.dll")).unwrap();
+    Some(copy)
+}
+
 #[cfg(windows)]
 #[test]
 fn c_api_tests_pass() {
-    let exe = match WINDOWS_C_TESTS.split_once(' ') {
-        Some(("ok", exe)) => host_path(exe.trim()),
-        Some(("missing", why)) => {
-            support::prereq::skip_unless_ci(why, "then rebuild", "the C API tests (api.c)");
-            return;
-        }
-        _ => panic!("ffi/build.rs could not build the C API tests: {WINDOWS_C_TESTS}"),
-    };
-    // api.exe beside the DLL this cargo test built from the current source
-    // (lib_dir() refuses a stale one): Windows looks in the exe's dir first.
     let tmp = tempfile::tempdir().unwrap();
-    let run_dir = tmp.path().join("bin");
-    std::fs::create_dir(&run_dir).unwrap();
-    std::fs::copy(&exe, run_dir.join("api.exe"))
-        .unwrap_or_else(|e| panic!("copy {}: {e}", exe.display()));
-    std::fs::copy(support::shared_lib(), run_dir.join("llmlb_lock.dll")).unwrap();
+    let Some(exe) = windows_exe(
+        WINDOWS_C_TESTS,
+        "api",
+        "the C API tests (api.c)",
+        tmp.path(),
+    ) else {
+        return;
+    };
     let work = support::private_dir(tmp.path(), "api-work");
-    let out = Command::new(run_dir.join("api.exe"))
+    let out = Command::new(exe)
         .arg(&work)
         .current_dir(&work)
         .env_remove("LLMLB_LOCK_DIR")
@@ -70,6 +91,126 @@ fn c_api_tests_pass() {
         describe(&out)
     );
     assert!(text(&out.stdout).contains("passed"), "{}", describe(&out));
+}
+
+/// The command the Windows launcher runs in its test: this test binary
+/// again, which writes its PID where `LLMLB_TEST_CHILD_PID_FILE` says and
+/// then sleeps until its job is terminated.
+#[cfg(windows)]
+#[test]
+#[ignore = "helper process, not a test: run by windows_launcher_holds_the_port_until_llmlb_stop"]
+fn windows_launcher_child() {
+    let pid_file = std::env::var_os("LLMLB_TEST_CHILD_PID_FILE")
+        .expect("run by windows_launcher_holds_the_port_until_llmlb_stop, which sets it");
+    let port = std::env::var("LLMLB_PORT").expect("the launcher sets LLMLB_PORT");
+    let partial = std::path::Path::new(&pid_file).with_extension("partial");
+    std::fs::write(&partial, format!("{} {port}", std::process::id())).unwrap();
+    std::fs::rename(&partial, &pid_file).unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(600));
+    panic!("the launcher's job never ended this command");
+}
+
+/// The launcher's Windows branch end to end: it holds the port (the library
+/// sees its PID), refuses a second launcher naming it, and `llmlb stop`
+/// (`stop_server`, through the lock's stop channel) ends it and its command
+/// (Wine cannot deliver CTRL_BREAK, so the job is terminated after the
+/// grace) and leaves the port free.
+#[cfg(windows)]
+#[test]
+fn windows_launcher_holds_the_port_until_llmlb_stop() {
+    use llmlb::lock::{probe, stop_server, ProcessIdentity, StopOptions, StopOutcome};
+    use std::time::{Duration, Instant};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(exe) = windows_exe(
+        WINDOWS_LAUNCHER,
+        "launcher",
+        "the C launcher (launcher.c)",
+        tmp.path(),
+    ) else {
+        return;
+    };
+    let lock_dir = support::private_dir(tmp.path(), "locks");
+    let pid_file = tmp.path().join("child.pid");
+    let me = std::env::current_exe().unwrap();
+    let port = 8131u16;
+    let launch = |marker: &std::path::Path| {
+        let mut cmd = Command::new(&exe);
+        cmd.arg(port.to_string())
+            .arg("--")
+            .arg(&me)
+            .args([
+                "--exact",
+                "windows_launcher_child",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("LLMLB_LOCK_DIR", &lock_dir)
+            .env("LLMLB_TEST_CHILD_PID_FILE", marker)
+            .stdin(std::process::Stdio::null());
+        cmd
+    };
+    let mut first = launch(&pid_file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Generous: Wine starts processes slowly, more so under load.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let child_pid = loop {
+        if let Ok(text) = std::fs::read_to_string(&pid_file) {
+            let (pid, seen_port) = text.split_once(' ').expect("\"PID PORT\"");
+            assert_eq!(seen_port, port.to_string(), "LLMLB_PORT");
+            break pid.parse::<u32>().unwrap();
+        }
+        if let Some(status) = first.try_wait().unwrap() {
+            panic!("the launcher exited before its command started: {status}");
+        }
+        assert!(Instant::now() < deadline, "the command never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    match probe(&lock_dir, port).unwrap() {
+        LockState::Held(Some(info)) => assert_eq!(info.pid, first.id()),
+        other => panic!("expected held by the launcher, got {other:?}"),
+    }
+
+    let second_marker = tmp.path().join("second.pid");
+    let second = launch(&second_marker).output().unwrap();
+    assert_eq!(second.status.code(), Some(1), "{}", describe(&second));
+    let err = text(&second.stderr);
+    assert!(err.contains(&format!("PID: {}", first.id())), "{err}");
+    assert!(
+        !second_marker.exists(),
+        "the refused launcher ran its command"
+    );
+
+    let options = StopOptions {
+        timeout: Duration::from_secs(120),
+        force: false,
+    };
+    match stop_server(&lock_dir, port, &options, |_| {}).unwrap() {
+        StopOutcome::Stopped { info } => assert_eq!(info.pid, first.id()),
+        other => panic!("expected the launcher stopped, got {other:?}"),
+    }
+    let status = first.wait().unwrap();
+    // The command's exit code: 1 from TerminateJobObject after the grace
+    // (Wine), or STATUS_CONTROL_C_EXIT where CTRL_BREAK reached it.
+    const STATUS_CONTROL_C_EXIT: i32 = 0xC000_013A_u32 as i32;
+    assert!(
+        matches!(status.code(), Some(1 | STATUS_CONTROL_C_EXIT)),
+        "launcher: {status}"
+    );
+    assert_eq!(probe(&lock_dir, port).unwrap(), LockState::Free);
+    assert!(!lock_dir.join(format!("serve_{port}.lock")).exists());
+    let gone_by = Instant::now() + Duration::from_secs(60);
+    while ProcessIdentity::of_pid(child_pid).is_some() {
+        assert!(
+            Instant::now() < gone_by,
+            "the command outlived its launcher"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[cfg(unix)]
