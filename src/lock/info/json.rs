@@ -33,27 +33,30 @@ pub(super) fn write(info: &LockInfo, out: &mut Vec<u8>) {
     timestamp(out, started_at);
     out.extend_from_slice(b",\"port\":");
     number(out, u64::from(*port));
-    if let Some(host) = host {
-        out.extend_from_slice(b",\"host\":");
-        string(out, host);
-    }
-    if let Some(identity) = identity {
-        out.extend_from_slice(b",\"identity\":");
-        process_identity(out, identity);
-    }
-    if let Some(pgid) = child_pgid {
-        out.extend_from_slice(b",\"child_pgid\":");
+    optional(out, b",\"host\":", host, |out, host| string(out, host));
+    optional(out, b",\"identity\":", identity, process_identity);
+    optional(out, b",\"child_pgid\":", child_pgid, |out, pgid| {
         number(out, u64::from(*pgid));
-    }
-    if let Some(identity) = child_identity {
-        out.extend_from_slice(b",\"child_identity\":");
-        process_identity(out, identity);
-    }
-    if let Some(version) = version {
-        out.extend_from_slice(b",\"version\":");
-        string(out, version);
-    }
+    });
+    optional(
+        out,
+        b",\"child_identity\":",
+        child_identity,
+        process_identity,
+    );
+    optional(out, b",\"version\":", version, |out, version| {
+        string(out, version)
+    });
     out.push(b'}');
+}
+
+/// `key` and the value, if present: the derive's
+/// `skip_serializing_if = "Option::is_none"`.
+fn optional<T>(out: &mut Vec<u8>, key: &[u8], value: &Option<T>, write: impl Fn(&mut Vec<u8>, &T)) {
+    if let Some(value) = value {
+        out.extend_from_slice(key);
+        write(out, value);
+    }
 }
 
 fn process_identity(out: &mut Vec<u8>, identity: &ProcessIdentity) {

@@ -36,23 +36,13 @@ impl LockName {
     const MAX_LEN: usize = 16;
 
     pub(crate) fn for_port(port: u16) -> LockName {
-        let mut digits = [0u8; 5];
-        let mut start = digits.len();
-        let mut rest = port;
-        loop {
-            start -= 1;
-            digits[start] = b'0' + (rest % 10) as u8;
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
+        use std::io::Write as _;
         let mut bytes = [0u8; LockName::MAX_LEN + 1];
-        let mut len = 0;
-        for part in [&b"serve_"[..], &digits[start..], b".lock"] {
-            bytes[len..len + part.len()].copy_from_slice(part);
-            len += part.len();
-        }
+        let mut rest = &mut bytes[..LockName::MAX_LEN];
+        // The longest name fits, so this cannot fail; the test below checks
+        // every port.
+        let _ = write!(rest, "serve_{port}.lock");
+        let len = LockName::MAX_LEN - rest.len();
         LockName { bytes, len }
     }
 
