@@ -253,6 +253,44 @@ fn c_api_tests_pass() {
     }
 }
 
+/// `benches/c_ab.c`, the harness behind the README's before/after row of the
+/// C-ABI cycle, builds and runs (the library built now against itself, a
+/// few cycles: only that it works, not how fast).
+#[cfg(unix)]
+#[test]
+fn ab_bench_harness_runs() {
+    let cc = support::c_compiler();
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("c_ab");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/c_ab.c");
+    support::compile_c(&cc, &[source], &exe, support::Link::Shared, false);
+    let base = support::private_dir(tmp.path(), "ab");
+    let lib = support::shared_lib();
+    let out = Command::new(&exe)
+        .arg(&base)
+        .arg(&lib)
+        .arg(&lib)
+        .env("C_AB_ROUNDS", "3")
+        .env("C_AB_CYCLES", "20")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    for line in &lines[..2] {
+        assert!(line.starts_with(lib.to_str().unwrap()), "{stdout}");
+        assert!(line.contains("/ floor_unlink"), "{stdout}");
+    }
+    assert!(lines[2].starts_with("floor_unlink"), "{stdout}");
+    assert!(lines[2].contains("1.00x [1.00-1.00]"), "{stdout}");
+    // Each library's lock dir is left empty: every acquire was released.
+    for dir in ["lib0", "lib1"] {
+        let left: Vec<_> = std::fs::read_dir(base.join(dir)).unwrap().collect();
+        assert!(left.is_empty(), "{dir}: {left:?}");
+    }
+}
+
 #[cfg(unix)]
 struct Launcher {
     exe: std::path::PathBuf,
