@@ -58,8 +58,18 @@ impl Target {
 
     /// `<dir>/serve_<port>.lock`.
     pub(crate) fn path(&self) -> &Path {
-        self.path
-            .get_or_init(|| self.dir_path.join(self.name.as_str()))
+        self.path.get_or_init(|| self.joined_path())
+    }
+
+    /// [`path`](Self::path), owned: for an error that consumes the target
+    /// (a refused acquire, which a waiter meets on every attempt), without
+    /// joining and then copying.
+    fn into_path(mut self) -> PathBuf {
+        self.path.take().unwrap_or_else(|| self.joined_path())
+    }
+
+    fn joined_path(&self) -> PathBuf {
+        self.dir_path.join(self.name.as_str())
     }
 
     /// What the name is now (`None`: gone).
@@ -242,7 +252,7 @@ fn acquire_as(target: Target, info: Option<&LockInfo>) -> Result<Acquisition, Lo
                     continue;
                 }
                 return Err(LockError::Busy {
-                    path: target.path().to_path_buf(),
+                    path: target.into_path(),
                 });
             }
             Err(e) => return Err(open_error(target.path(), e, "cannot open lock file")),
@@ -260,7 +270,7 @@ fn acquire_as(target: Target, info: Option<&LockInfo>) -> Result<Acquisition, Lo
                     return Err(LockError::AlreadyRunning {
                         port: target.port,
                         holder: read_holder(&file, target.port).map(Box::new),
-                        path: target.path().to_path_buf(),
+                        path: target.into_path(),
                     })
                 }
                 TryLock::Acquired => {
@@ -270,7 +280,7 @@ fn acquire_as(target: Target, info: Option<&LockInfo>) -> Result<Acquisition, Lo
                         continue;
                     }
                     return Err(LockError::Busy {
-                        path: target.path().to_path_buf(),
+                        path: target.into_path(),
                     });
                 }
             }

@@ -290,23 +290,20 @@ if _speedups is not None:
         return port
 
 else:
-    _ctypes_acquire = _lib()._fast_acquire
-    _ctypes_dir_acquire = _lib()._fast_dir_acquire
+    def _saying_reclaimed(call):
+        # As _speedups' acquires: one tuple of the C arguments; the status,
+        # or _OK_RECLAIMED for OK with out_other filled in (args[3], a
+        # byref() object: _obj is the _Info it refers to).
+        def acquire(args) -> int:
+            status = call(*args)
+            if status == OK and _records_a_holder(args[3]._obj):
+                return _OK_RECLAIMED
+            return status
 
-    # As _speedups' two: one tuple of the C arguments; the status, or
-    # _OK_RECLAIMED for OK with out_other filled in (args[3], a byref()
-    # object: _obj is the _Info it refers to).
-    def _fast_acquire(args) -> int:
-        status = _ctypes_acquire(*args)
-        if status == OK and _records_a_holder(args[3]._obj):
-            return _OK_RECLAIMED
-        return status
+        return acquire
 
-    def _fast_dir_acquire(args) -> int:
-        status = _ctypes_dir_acquire(*args)
-        if status == OK and _records_a_holder(args[3]._obj):
-            return _OK_RECLAIMED
-        return status
+    _fast_acquire = _saying_reclaimed(_lib()._fast_acquire)
+    _fast_dir_acquire = _saying_reclaimed(_lib()._fast_dir_acquire)
 
     _fast_release = _lib()._fast_release  # takes the handle (a c_void_p)
 
@@ -600,16 +597,13 @@ class PortLock:
                     lock_dir._notify_closer()
         else:
             status = _fast_acquire(args)
-        if status:  # a clean acquire returns OK: nothing to look at
-            if status != _OK_RECLAIMED:
-                if status == ALREADY_RUNNING:
-                    raise AlreadyRunning(_last_error(), self.port, LockInfo._from_c(self._out_other))
-                _check(status)
-            self._held = True
-            self.reclaimed_from = LockInfo._from_c(self._out_other)
-        else:
-            self._held = True
-            self.reclaimed_from = None
+        if status and status != _OK_RECLAIMED:
+            if status == ALREADY_RUNNING:
+                raise AlreadyRunning(_last_error(), self.port, LockInfo._from_c(self._out_other))
+            _check(status)
+        self._held = True
+        # A clean acquire returns OK: nothing to look at.
+        self.reclaimed_from = LockInfo._from_c(self._out_other) if status else None
         return self
 
     def _make_acquire_args(self, lock_dir) -> tuple:

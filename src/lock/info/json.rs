@@ -106,7 +106,7 @@ fn string(out: &mut Vec<u8>, text: &str) {
         out.extend_from_slice(text.as_bytes());
         out.push(b'"');
     } else {
-        serde_via_serde_json(out, text);
+        via_serde_json(out, text);
     }
 }
 
@@ -118,13 +118,13 @@ fn timestamp(out: &mut Vec<u8>, at: &DateTime<Utc>) {
             out.extend_from_slice(&buf[..len]);
             out.push(b'"');
         }
-        None => serde_via_serde_json(out, at),
+        None => via_serde_json(out, at),
     }
 }
 
 /// serde_json into a Vec fails only for values that cannot be JSON (maps
 /// with non-string keys and the like), which strings and timestamps are not.
-fn serde_via_serde_json(out: &mut Vec<u8>, value: &(impl Serialize + ?Sized)) {
+fn via_serde_json(out: &mut Vec<u8>, value: &(impl Serialize + ?Sized)) {
     let before = out.len();
     if serde_json::to_writer(&mut *out, value).is_err() {
         out.truncate(before);
