@@ -69,6 +69,7 @@ fn import_library(out: &Path) -> Result<(String, PathBuf), Outcome> {
         Err(_) => "x86_64".to_owned(),
     };
     let cc = env::var("LLMLB_MINGW_CC").unwrap_or_else(|_| format!("{arch}-w64-mingw32-gcc"));
+    rerun_when_compiler_changes(&cc);
     match Command::new(&cc).arg("--version").output() {
         Ok(o) if o.status.success() => {}
         _ => {
@@ -100,6 +101,31 @@ fn import_library(out: &Path) -> Result<(String, PathBuf), Outcome> {
         .args(["-D", "llmlb_lock.dll", "-l"])
         .arg(&import_lib))?;
     Ok((cc, import_lib))
+}
+
+/// Makes cargo run this script again when the compiler appears, moves or
+/// is upgraded. Without it, a build that found no compiler records "missing"
+/// for good: cargo would never re-run the script after the compiler is
+/// installed (as CI does, between the cross-check and the Windows suite).
+/// A path that does not exist counts as changed on every build, so while the
+/// compiler is missing the probe repeats; once found, its resolved path pins
+/// it.
+fn rerun_when_compiler_changes(cc: &str) {
+    let named = Path::new(cc);
+    let resolved = if named.components().count() > 1 {
+        Some(named.to_path_buf())
+    } else {
+        env::var_os("PATH").and_then(|path| {
+            env::split_paths(&path)
+                .map(|dir| dir.join(named))
+                .find(|candidate| candidate.is_file())
+        })
+    };
+    match resolved.and_then(|path| fs::canonicalize(&path).ok().or(Some(path))) {
+        Some(path) => println!("cargo:rerun-if-changed={}", path.display()),
+        // Missing: name a path that cannot exist, so cargo re-runs the probe.
+        None => println!("cargo:rerun-if-changed=/nonexistent/llmlb-mingw-probe/{cc}"),
+    }
 }
 
 /// Compiles `source` (relative to this package) into `exe`. As the Unix
