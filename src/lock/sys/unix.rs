@@ -405,6 +405,29 @@ pub(crate) fn current_pid() -> u32 {
     std::process::id()
 }
 
+/// How many times this process has forked (as counted by a
+/// `pthread_atfork` parent handler, registered on the first call, so forks
+/// before any lock was taken are not counted and need not be). A lock whose
+/// count changed since it was taken may share its open file description
+/// with a child: its release must not unlink the name under that child.
+/// `posix_spawn` and `vfork`-style spawns run no handlers; their children
+/// exec at once, and lock descriptors are close-on-exec. `None` if the
+/// handler could not be registered: forks cannot be ruled out.
+pub(crate) fn fork_count() -> Option<u64> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static FORKS: AtomicU64 = AtomicU64::new(0);
+    static COUNTING: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    extern "C" fn forked_parent() {
+        FORKS.fetch_add(1, Ordering::Relaxed);
+    }
+    let counting = *COUNTING.get_or_init(|| {
+        // SAFETY: registers a handler that only bumps an atomic (async-signal
+        // safe, as a fork handler must be); nothing is ever unregistered.
+        unsafe { libc::pthread_atfork(None, Some(forked_parent), None) == 0 }
+    });
+    counting.then(|| FORKS.load(Ordering::Relaxed))
+}
+
 /// The effective user id; lock dirs and files must belong to it.
 pub(crate) fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -448,7 +471,35 @@ pub(crate) fn process_identity(pid: u32) -> Option<ProcessIdentity> {
     Some(ProcessIdentity {
         boot_id: boot_id(),
         start_ticks: Some(start_ticks(&stat)?),
+        pid_ns: None,
     })
+}
+
+/// The calling process's identity, with its PID namespace. Read through
+/// `/proc/self`, which always describes the caller: in a PID namespace
+/// without its own `/proc` (`unshare --pid --fork`), `/proc/<getpid()>` is
+/// another process of the outer namespace.
+#[cfg(target_os = "linux")]
+pub(crate) fn own_identity() -> Option<ProcessIdentity> {
+    use std::os::unix::fs::MetadataExt;
+    let stat = std::fs::read("/proc/self/stat").ok()?;
+    // The link's target, an nsfs inode: equal for every process of one
+    // PID namespace, different across namespaces (containers).
+    let pid_ns = std::fs::metadata("/proc/self/ns/pid")
+        .ok()
+        .map(|ns| format!("{}:{}", ns.dev(), ns.ino()));
+    Some(ProcessIdentity {
+        boot_id: boot_id(),
+        start_ticks: Some(start_ticks(&stat)?),
+        pid_ns,
+    })
+}
+
+/// The calling process's identity (see the Linux version); no PID namespace
+/// here.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn own_identity() -> Option<ProcessIdentity> {
+    process_identity(current_pid())
 }
 
 /// Field 22 (starttime) of a `/proc/<pid>/stat` line. The command name
@@ -506,6 +557,7 @@ pub(crate) fn process_identity(pid: u32) -> Option<ProcessIdentity> {
     Some(ProcessIdentity {
         boot_id: boot_time(),
         start_ticks: Some(start),
+        pid_ns: None,
     })
 }
 
@@ -583,41 +635,130 @@ pub(crate) struct PinnedProcess {
     pidfd: Option<OwnedFd>,
 }
 
-/// Pins process `pid`: `NotFound` if no such process exists now.
+/// Pins process `pid`: `NotFound` if no such process exists now; any other
+/// error is what it is (a thread id, `/proc` from another PID namespace,
+/// `EMFILE`, `EACCES`), never "gone".
+///
+/// On Linux the pin is a pidfd, and it is checked against this process's
+/// `/proc` (`/proc/self/fdinfo/<pidfd>` shows the pinned process's number
+/// there): a `/proc` mounted from another PID namespace would make every
+/// later `/proc/<pid>` read describe someone else, so it is refused. Without
+/// pidfds (`ENOSYS`, or `EPERM` from a seccomp filter) the number is kept,
+/// but only for a thread-group leader (`Tgid` = `pid`).
 pub(crate) fn pin_process(pid: u32) -> io::Result<PinnedProcess> {
-    let pid = valid_pid(pid)?;
+    let raw_pid = valid_pid(pid)?;
     #[cfg(target_os = "linux")]
     {
         // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, raw_pid, 0) };
         if raw >= 0 {
             // SAFETY: a fresh descriptor that nothing else owns; fds fit c_int.
             let fd = unsafe { OwnedFd::from_raw_fd(raw as libc::c_int) };
+            check_pidfd_in_this_proc(&fd, pid)?;
             return Ok(PinnedProcess {
-                pid,
+                pid: raw_pid,
                 pidfd: Some(fd),
             });
         }
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
             Some(libc::ESRCH) => return Err(io::ErrorKind::NotFound.into()),
+            // pidfd_open refuses a thread that does not lead its group.
+            Some(libc::EINVAL) => return Err(not_a_process(pid)),
             // No pidfds here (old kernel, seccomp): fall back to the number.
-            Some(libc::ENOSYS) | Some(libc::EPERM) | Some(libc::EINVAL) => {}
+            Some(libc::ENOSYS) | Some(libc::EPERM) => {}
             _ => return Err(err),
         }
-        Ok(PinnedProcess { pid, pidfd: None })
+        check_leads_thread_group(pid)?;
+        Ok(PinnedProcess {
+            pid: raw_pid,
+            pidfd: None,
+        })
     }
     #[cfg(not(target_os = "linux"))]
     {
         // SAFETY: signal 0 only checks that the process exists.
-        if unsafe { libc::kill(pid, 0) } != 0 {
+        if unsafe { libc::kill(raw_pid, 0) } != 0 {
             let err = io::Error::last_os_error();
             if err.raw_os_error() == Some(libc::ESRCH) {
                 return Err(io::ErrorKind::NotFound.into());
             }
         }
-        Ok(PinnedProcess { pid })
+        Ok(PinnedProcess { pid: raw_pid })
     }
+}
+
+#[cfg(target_os = "linux")]
+fn not_a_process(pid: u32) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{pid} is a thread of another process, not a process"),
+    )
+}
+
+/// The `Pid:` line of `/proc/self/fdinfo/<pidfd>`: the pinned process's
+/// number in the PID namespace of this `/proc`. It must be `pid` (the
+/// number in ours); `0` means the process is not visible in that namespace,
+/// `-1` that it has exited. Kernels before 5.4 have no such line: nothing to
+/// check there.
+#[cfg(target_os = "linux")]
+fn check_pidfd_in_this_proc(fd: &OwnedFd, pid: u32) -> io::Result<()> {
+    let fdinfo = match std::fs::read(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())) {
+        Ok(fdinfo) => fdinfo,
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot read /proc/self/fdinfo to check that /proc shows PID {pid}: {e}"),
+            ))
+        }
+    };
+    let Some(shown) = proc_field(&fdinfo, b"Pid:") else {
+        return Ok(());
+    };
+    match shown {
+        Some(n) if n == i64::from(pid) => Ok(()),
+        Some(-1) => Err(io::ErrorKind::NotFound.into()),
+        _ => Err(io::Error::other(format!(
+            "this /proc belongs to another PID namespace (PID {pid} here is {} there), so \
+             nothing read from /proc/{pid} describes it; run stop where /proc matches \
+             (mount a /proc for this namespace)",
+            match shown {
+                Some(0) | None => "not visible".to_owned(),
+                Some(n) => format!("PID {n}"),
+            }
+        ))),
+    }
+}
+
+/// Refuses a number that is a thread of another process (the fallback's
+/// twin of pidfd_open's `EINVAL`): `/proc/<pid>/status` `Tgid` must be `pid`.
+#[cfg(target_os = "linux")]
+fn check_leads_thread_group(pid: u32) -> io::Result<()> {
+    let status = match std::fs::read(format!("/proc/{pid}/status")) {
+        Ok(status) => status,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(e),
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot read /proc/{pid}/status: {e}"),
+            ))
+        }
+    };
+    match proc_field(&status, b"Tgid:") {
+        Some(Some(tgid)) if tgid == i64::from(pid) => Ok(()),
+        _ => Err(not_a_process(pid)),
+    }
+}
+
+/// The number after `key` on its line of a `/proc` key-value file: `None`
+/// if there is no such line, `Some(None)` if it does not parse.
+#[cfg(target_os = "linux")]
+fn proc_field(text: &[u8], key: &[u8]) -> Option<Option<i64>> {
+    let line = text
+        .split(|&b| b == b'\n')
+        .find(|line| line.starts_with(key))?;
+    let value = std::str::from_utf8(&line[key.len()..]).ok().map(str::trim);
+    Some(value.and_then(|v| v.parse().ok()))
 }
 
 impl PinnedProcess {
@@ -679,6 +820,41 @@ impl PinnedProcess {
             0 => Ok(()),
             _ => Err(esrch_as_not_found(io::Error::last_os_error())),
         }
+    }
+}
+
+impl PinnedProcess {
+    /// Sends `sig` to the process group the pinned process belongs to.
+    /// Through the pidfd with `PIDFD_SIGNAL_PROCESS_GROUP` where the kernel
+    /// has it (Linux 6.9+), so the group is reached through the verified
+    /// process, never by a bare number; elsewhere (older kernels, no pidfd,
+    /// other Unix) `kill(-pid)`, for a caller that has just verified that the
+    /// pinned process leads its group.
+    pub(crate) fn signal_own_group(&self, sig: Signal) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        if let Some(fd) = &self.pidfd {
+            /// `PIDFD_SIGNAL_PROCESS_GROUP` from `<linux/pidfd.h>` (6.9).
+            const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 1 << 2;
+            // SAFETY: valid pidfd; a NULL siginfo means "as kill(2) would".
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    sig.raw(),
+                    std::ptr::null::<libc::siginfo_t>(),
+                    PIDFD_SIGNAL_PROCESS_GROUP,
+                )
+            };
+            if rc == 0 {
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            // EINVAL: a kernel without the flag; fall back to the number.
+            if err.raw_os_error() != Some(libc::EINVAL) {
+                return Err(esrch_as_not_found(err));
+            }
+        }
+        signal_group(self.pid as u32, sig)
     }
 }
 

@@ -520,7 +520,18 @@ pub(crate) fn process_identity(pid: u32) -> Option<ProcessIdentity> {
     Some(ProcessIdentity {
         boot_id: None,
         start_ticks: Some(creation_time(&handle).ok()?),
+        pid_ns: None,
     })
+}
+
+/// Forks of this process: Windows has no `fork`, so always the same count.
+pub(crate) fn fork_count() -> Option<u64> {
+    Some(0)
+}
+
+/// The calling process's identity (Windows has no PID namespaces).
+pub(crate) fn own_identity() -> Option<ProcessIdentity> {
+    process_identity(current_pid())
 }
 
 /// Signals `stop` may send (only `Kill` exists on Windows, as termination).
@@ -590,6 +601,13 @@ impl PinnedProcess {
 
     fn raw(&self) -> HANDLE {
         self.handle.as_handle().as_raw_handle() as HANDLE
+    }
+}
+
+impl PinnedProcess {
+    /// Not supported on Windows (no process groups to signal).
+    pub(crate) fn signal_own_group(&self, sig: Signal) -> io::Result<()> {
+        signal_group(0, sig)
     }
 }
 
