@@ -698,9 +698,9 @@ impl Holding {
             Ok(Acquisition::Stale(_)) => Ok(()),
             Err(LockError::AlreadyRunning { holder, .. }) => {
                 if holder.is_some_and(|h| h.pid == me) {
-                    tracing::info!(
+                    tracing::warn!(
                         port = self.target.port,
-                        "released; processes that inherited the lock (forked or started under it) still hold port {}, until they exit",
+                        "released, but a process that inherited the lock (forked, or started under it outside the command's process group) still holds it; port {} stays locked until it exits",
                         self.target.port
                     );
                 }

@@ -663,8 +663,14 @@ pub(crate) fn pin_process(pid: u32) -> io::Result<PinnedProcess> {
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
             Some(libc::ESRCH) => return Err(io::ErrorKind::NotFound.into()),
-            // pidfd_open refuses a thread that does not lead its group.
-            Some(libc::EINVAL) => return Err(not_a_process(pid)),
+            // pidfd_open refuses a thread that does not lead its group:
+            // EINVAL, ENOENT on newer kernels. A thread id is refused (a
+            // signal to it would reach its whole process); a number that
+            // is gone is "gone"; anything else is reported as it is.
+            Some(libc::EINVAL) | Some(libc::ENOENT) => {
+                check_leads_thread_group(pid)?;
+                return Err(io::Error::other(format!("pidfd_open({pid}): {err}")));
+            }
             // No pidfds here (old kernel, seccomp): fall back to the number.
             Some(libc::ENOSYS) | Some(libc::EPERM) => {}
             _ => return Err(err),
