@@ -129,7 +129,7 @@ pub enum Integrity {
     Restored,
     /// The file had been removed or replaced, and another process has since
     /// taken the port's lock (its info if readable): we no longer hold the port.
-    Lost(Option<LockInfo>),
+    Lost(Option<Box<LockInfo>>),
     /// The file had been removed or replaced while other processes share this
     /// lock's open file description (an exec-mode command's tree, forked
     /// workers). The name has been re-taken and is held here, but they still
@@ -774,9 +774,7 @@ impl Holding {
             Ok(Acquisition::Stale(stale)) => {
                 stale.reclaim_as(self.info.clone()).map_err(|(_, e)| e)?.0
             }
-            Err(LockError::AlreadyRunning { holder, .. }) => {
-                return Ok(Integrity::Lost(holder.map(|h| *h)))
-            }
+            Err(LockError::AlreadyRunning { holder, .. }) => return Ok(Integrity::Lost(holder)),
             Err(e) => return Err(e),
         };
         // Swap the descriptors: we keep the new file; the old, nameless one is

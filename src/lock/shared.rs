@@ -134,7 +134,7 @@ pub enum WatchEnd {
     /// port since (its info if readable): this process no longer holds it and
     /// should shut down (then release, which removes nothing of the new
     /// holder's).
-    Lost(Option<LockInfo>),
+    Lost(Option<Box<LockInfo>>),
     /// The lock file was removed or replaced while other processes share the
     /// lock (see [`Integrity::Detached`]): the name is held again, but what
     /// shares the lock holds only the old file. End it, then release.

@@ -57,7 +57,9 @@ pub struct Stale {
 /// holder's info.
 pub struct Reclaimed {
     holding: Box<Holding>,
-    previous: Option<LockInfo>,
+    /// Boxed: the guard's two variants stay small, and a clean acquire
+    /// carries none.
+    previous: Option<Box<LockInfo>>,
 }
 
 impl sealed::Sealed for Free {
@@ -233,7 +235,10 @@ impl PortLock<Stale> {
     pub fn reclaim(self) -> Result<PortLock<Reclaimed>, TransitionError<Stale>> {
         match (*self.state.stale).reclaim() {
             Ok((holding, previous)) => Ok(PortLock {
-                state: Reclaimed { holding, previous },
+                state: Reclaimed {
+                    holding,
+                    previous: previous.map(Box::new),
+                },
             }),
             Err((stale, error)) => Err(TransitionError {
                 error,
@@ -272,7 +277,7 @@ impl PortLock<Stale> {
 impl PortLock<Reclaimed> {
     /// What the dead holder had recorded, if it was readable.
     pub fn previous(&self) -> Option<&LockInfo> {
-        self.state.previous.as_ref()
+        self.state.previous.as_deref()
     }
 }
 
@@ -299,17 +304,17 @@ impl sealed::SealedHolds for Held {
 }
 
 impl sealed::SealedHolds for Reclaimed {
-    type Extra = Option<LockInfo>;
+    type Extra = Option<Box<LockInfo>>;
     fn holding(&self) -> &Holding {
         &self.holding
     }
     fn holding_mut(&mut self) -> &mut Holding {
         &mut self.holding
     }
-    fn split(self) -> (Box<Holding>, Option<LockInfo>) {
+    fn split(self) -> (Box<Holding>, Option<Box<LockInfo>>) {
         (self.holding, self.previous)
     }
-    fn join(holding: Box<Holding>, previous: Option<LockInfo>) -> Self {
+    fn join(holding: Box<Holding>, previous: Option<Box<LockInfo>>) -> Self {
         Reclaimed { holding, previous }
     }
 }
