@@ -365,9 +365,14 @@ pub(crate) fn how_to_stop(
 ///   on the word of a probe that found the port free).
 /// - A stale file: removed without signalling anything (its PID may belong to
 ///   an unrelated process by now): [`StopOutcome::StaleRemoved`].
-/// - Held: pins the recorded process (a pidfd on Linux) and signals it only
-///   if it is provably the process that wrote the file
-///   ([`IdentityCheck::Same`]); reports [`StopEvent::Stopping`], sends
+/// - Held by a holder on another host or in another PID namespace, or by
+///   inheritors of a holder that released it ([`LockInfo::released_by`]):
+///   refused, nothing signalled ([`StopError::NotVerified`],
+///   [`StopError::Released`]).
+/// - Held: pins the recorded process (a pidfd on Linux, checked against this
+///   `/proc`; a thread id or an unpinnable process is refused with
+///   [`StopError::Unpinnable`]) and signals it only if it is provably the
+///   process that wrote the file ([`IdentityCheck::Same`]); reports [`StopEvent::Stopping`], sends
 ///   `SIGTERM` through the pin (Windows: sets the holder's stop channel, see
 ///   [`StopRequest`]; a holder without one is refused, or with `force`
 ///   terminated at once), and probes the lock every
