@@ -14,8 +14,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::error::printable;
 use super::error::LockError;
+use super::error::{printable, shell_quoted};
 use super::info::{IdentityCheck, LockInfo, ProcessIdentity};
 use super::state::Acquired;
 use super::sys::{self, Signal};
@@ -249,7 +249,7 @@ fn find_holder(path: &Path) -> String {
             printable(path)
         )
     } else {
-        format!("`fuser {}`", printable(path))
+        format!("`fuser {}`", shell_quoted(path))
     }
 }
 
@@ -257,7 +257,8 @@ fn not_verified_line(port: u16, pid: u32, check: &IdentityCheck, path: &Path) ->
     let find = find_holder(path);
     match check {
         IdentityCheck::OtherHost(host) => format!(
-            "server on port {port} (PID: {pid}) was started on host {host}, not this one; nothing was signalled: stop it there"
+            "server on port {port} (PID: {pid}) was started on host {}, not this one; nothing was signalled: stop it there",
+            printable(host)
         ),
         IdentityCheck::Gone => format!(
             "lock for port {port} is held, but its recorded PID {pid} has exited (a process that inherited the lock holds it); nothing was signalled: find the holder with {find}"
@@ -273,7 +274,8 @@ fn not_verified_line(port: u16, pid: u32, check: &IdentityCheck, path: &Path) ->
 
 /// How a user can stop the holder of `port`, as a sentence for messages:
 /// only a fix that works for this holder. `llmlb stop` (with `stop_args`
-/// appended, e.g. ` --lock-dir DIR`) where it would verify and signal the
+/// appended, e.g. ` --lock-dir DIR`, its paths already quoted with
+/// [`shell_quoted`]) where it would verify and signal the
 /// holder; "stop it there" for a holder on another host; the way to find an
 /// inheritor for a holder whose recorded PID is gone or reused; and no
 /// command at all where nothing here can verify the holder. CLI wording
@@ -291,7 +293,7 @@ pub(crate) fn how_to_stop(
     match info.check_identity() {
         IdentityCheck::Same => format!("to stop it: llmlb stop --port {port}{stop_args}"),
         IdentityCheck::OtherHost(host) => {
-            format!("it runs on host {host}: stop it there")
+            format!("it runs on host {}: stop it there", printable(&host))
         }
         IdentityCheck::Gone | IdentityCheck::Reused => format!(
             "its recorded PID {} has exited and a process that inherited the lock holds it: find it with {}",
