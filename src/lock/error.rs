@@ -395,3 +395,25 @@ mod tests {
         assert_eq!(printable(bytes).to_string(), "/tmp/\u{fffd}x");
     }
 }
+
+#[cfg(all(test, windows))]
+mod windows_tests {
+    use super::*;
+
+    /// cmd and PowerShell: plain paths bare, anything else in double
+    /// quotes, and never a raw control character.
+    #[test]
+    fn shell_quoted_paths_for_cmd_and_powershell() {
+        assert_eq!(
+            shell_quoted(r"C:\llmlb\locks").to_string(),
+            r"C:\llmlb\locks"
+        );
+        assert_eq!(
+            shell_quoted(r"C:\Users\it's a dir\x").to_string(),
+            r#""C:\Users\it's a dir\x""#
+        );
+        assert_eq!(shell_quoted("").to_string(), r#""""#);
+        let word = shell_quoted("C:\\a\nb").to_string();
+        assert!(!word.chars().any(char::is_control), "{word:?}");
+    }
+}
