@@ -315,8 +315,9 @@ fn man_page() -> std::io::Result<Vec<u8>> {
             ".SH ENVIRONMENT\n",
             ".TP\nLLMLB_LOCK_DIR\nDirectory of the lock files (absolute); \\-\\-lock\\-dir overrides it. ",
             "Unset, a per\\-user dir that no other variable (not TMPDIR, not XDG_RUNTIME_DIR) moves, so every ",
-            "session of a user (ssh, tmux, cron, sudo) finds the same locks: /tmp/llmlb\\-<uid>, for root ",
-            "/run/llmlb. Set it to one directory in every session to share locks between users on purpose.\n",
+            "session of a user (ssh, tmux, cron) finds the same locks: /tmp/llmlb\\-<uid>, for root ",
+            "/run/llmlb. Set it to one directory (yours alone) everywhere to share locks between the ",
+            "sessions and services of one account on purpose.\n",
             ".TP\nLLMLB_PORT, LLMLB_HOST\nDefaults for serve's \\-\\-port and \\-\\-host; set for COMMAND in exec mode.\n",
             ".TP\nLLMLB_LOG_LEVEL, RUST_LOG\nLog level of the messages on stderr (default info).\n",
         )

@@ -89,7 +89,8 @@ pub fn resolve_lock_dir(explicit: Option<&Path>) -> PathBuf {
 /// - Windows: `%LOCALAPPDATA%\llmlb\locks`, from the known-folder API, not
 ///   the variable (nor `%TEMP%`).
 ///
-/// Users who want to share one dir on purpose set `LLMLB_LOCK_DIR` to it.
+/// To share one dir on purpose (the sessions and services of one account:
+/// a lock dir must be the user's alone), set `LLMLB_LOCK_DIR` to it everywhere.
 ///
 /// # Security
 /// Per user on purpose: a dir shared by all users would let any local user
