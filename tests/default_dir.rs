@@ -1,8 +1,10 @@
 //! The default lock dir is a function of the user alone (issue 17 §5): two
 //! sessions of one user with different `TMPDIR` and `XDG_RUNTIME_DIR` (ssh,
 //! tmux, cron, `pam_tmpdir`) meet in one dir, so the second `serve` of a port
-//! is refused and `status`/`stop` of either session see the holder; and a
-//! default dir squatted by another user is refused with the fix that works.
+//! is refused and `status`/`stop` of either session see the holder; a
+//! default dir squatted by another user is refused with the fix that works;
+//! and the user's own default dir, loosened by hand, gets a `chmod` that
+//! works when pasted.
 //!
 //! The default dir is a real system path (`/run/llmlb` for root,
 //! `/tmp/llmlb-<uid>` for others), so every scenario runs as a shell script
@@ -211,4 +213,40 @@ $AS env LLMLB_LOCK_DIR=/tmp/home/mine "$B" serve -p "$P" -- true; echo "with_fix
         }
     }
     assert_eq!(field(&stdout, "with_fix"), "0", "{report}");
+}
+
+/// The user's own default dir, loosened by hand (mode 0777), is the one dir
+/// whose hint is `chmod 700`: pasted into `sh` as printed, it makes the next
+/// `serve` work.
+#[test]
+fn own_default_dir_made_world_writable_gets_a_chmod_that_works() {
+    let script = format!(
+        r#"
+AS="setpriv --reuid={USER} --regid={USER} --clear-groups"
+mkdir -m 777 /tmp/llmlb-{USER} && chown {USER}:{USER} /tmp/llmlb-{USER} && chmod 777 /tmp/llmlb-{USER}
+$AS "$B" serve -p "$P" -- true >/tmp/serve.out 2>&1; echo "refused=$?"
+echo "--- said"; cat /tmp/serve.out; echo "--- end"
+hint=$(sed -n 's/.*`\(chmod [^`]*\)`.*/\1/p' /tmp/serve.out)
+echo "hint=$hint"
+$AS sh -c "$hint"; echo "pasted=$?"
+$AS "$B" serve -p "$P" -- true; echo "after=$?"
+"#
+    );
+    let Some((out, _)) = in_namespace(&script) else {
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = format!(
+        "{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{report}");
+    assert_eq!(field(&stdout, "refused"), "1", "{report}");
+    assert_eq!(
+        field(&stdout, "hint"),
+        format!("chmod 700 /tmp/llmlb-{USER}"),
+        "{report}"
+    );
+    assert_eq!(field(&stdout, "pasted"), "0", "{report}");
+    assert_eq!(field(&stdout, "after"), "0", "{report}");
 }
