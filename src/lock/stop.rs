@@ -14,8 +14,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::error::printable;
 use super::error::LockError;
+use super::error::{printable, shell_quoted};
 use super::info::{IdentityCheck, LockInfo, ProcessIdentity};
 use super::sys::{self, Signal};
 use super::{check_port, LockDir, LockState};
@@ -274,7 +274,7 @@ fn find_holder(path: &Path) -> String {
             printable(path)
         )
     } else {
-        format!("`fuser {}`", printable(path))
+        format!("`fuser {}`", shell_quoted(path))
     }
 }
 
@@ -286,7 +286,7 @@ fn unpinnable_line(port: u16, pid: u32, error: &std::io::Error) -> String {
         std::io::ErrorKind::PermissionDenied => {
             "permission denied (the server runs as another user): run stop as that user".to_owned()
         }
-        _ => printable(Path::new(&error.to_string())).to_string(),
+        _ => printable(&error.to_string()).to_string(),
     };
     format!(
         "cannot verify that PID {pid} is the server on port {port}: {why}; nothing was signalled"
@@ -298,7 +298,7 @@ fn not_verified_line(port: u16, pid: u32, check: &IdentityCheck, path: &Path) ->
     match check {
         IdentityCheck::OtherHost(host) => format!(
             "server on port {port} (PID: {pid}) was started on host {}, not this one; nothing was signalled: stop it there",
-            printable(Path::new(host))
+            printable(host)
         ),
         IdentityCheck::OtherPidNamespace => format!(
             "server on port {port} (PID: {pid}) runs in another PID namespace (a container); nothing was signalled: stop it there"
@@ -317,7 +317,8 @@ fn not_verified_line(port: u16, pid: u32, check: &IdentityCheck, path: &Path) ->
 
 /// How a user can stop the holder of `port`, as a sentence for messages:
 /// only a fix that works for this holder. `llmlb stop` (with `stop_args`
-/// appended, e.g. ` --lock-dir DIR`) where it would verify and signal the
+/// appended, e.g. ` --lock-dir DIR`, its paths already quoted with
+/// [`shell_quoted`]) where it would verify and signal the
 /// holder; "stop it there" for a holder on another host; the way to find an
 /// inheritor for a holder whose recorded PID is gone or reused; and no
 /// command at all where nothing here can verify the holder. CLI wording
@@ -342,7 +343,7 @@ pub(crate) fn how_to_stop(
     match info.check_identity() {
         IdentityCheck::Same => format!("to stop it: llmlb stop --port {port}{stop_args}"),
         IdentityCheck::OtherHost(host) => {
-            format!("it runs on host {}: stop it there", printable(Path::new(&host)))
+            format!("it runs on host {}: stop it there", printable(&host))
         }
         IdentityCheck::OtherPidNamespace => {
             "it runs in another PID namespace (a container): stop it there".to_owned()

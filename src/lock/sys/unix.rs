@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt as _, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use fs2::FileExt as Fs2FileExt;
 
@@ -96,14 +96,34 @@ pub(crate) fn check_dir(dir: &DirHandle) -> Result<(), DirRefusal> {
     Ok(())
 }
 
-/// The fix that works for this refusal, for error messages: only the owner
-/// can `chmod`, and nobody can make a symlink or a file into our dir.
+/// The fix that works for this refusal, for error messages: only a fix the
+/// reader can and may run. `chmod` only for the user's own default dir
+/// (llmlb made it 0700; someone loosened it): a dir named by `LLMLB_LOCK_DIR`
+/// may be shared (`/tmp`, `/dev/shm`, `/var/tmp`, a team's dir), and root
+/// running `chmod 700` on it would lock every other user and daemon out, so
+/// for those a private subdirectory, which llmlb creates 0700. Nobody can
+/// make a symlink, a file or another user's dir into ours. Paths are quoted
+/// for a POSIX shell ([`shell_quoted`](crate::lock::shell_quoted)).
 pub(crate) fn dir_fix_hint(dir: &Path, refusal: DirRefusal) -> String {
+    use crate::lock::error::shell_quoted;
+    let own_default = dir == default_dir();
     match refusal {
-        DirRefusal::OpenToOthers => format!(
-            "run `chmod 700 {}`, or set LLMLB_LOCK_DIR (or --lock-dir) to a directory only you can write",
-            crate::lock::error::printable(dir)
+        DirRefusal::OpenToOthers if own_default => format!(
+            "run `chmod 700 {}` (your own default lock dir), or set LLMLB_LOCK_DIR (or --lock-dir) to a directory only you can write",
+            shell_quoted(dir)
         ),
+        DirRefusal::OpenToOthers => {
+            let private = dir.join(format!("llmlb-{}", euid()));
+            format!(
+                "others may depend on its permissions, so do not chmod it; use a private subdirectory, which llmlb creates with mode 0700: `export LLMLB_LOCK_DIR={}` (or --lock-dir {})",
+                shell_quoted(&private),
+                shell_quoted(&private)
+            )
+        }
+        DirRefusal::ForeignOwner if own_default => {
+            "another user created it first (anyone can create a directory there); set LLMLB_LOCK_DIR (or --lock-dir) to a directory you own (e.g. under your home directory)"
+                .to_owned()
+        }
         DirRefusal::Symlink | DirRefusal::NotDirectory | DirRefusal::ForeignOwner => {
             "set LLMLB_LOCK_DIR (or --lock-dir) to a directory you own (e.g. under your home directory)"
                 .to_owned()
@@ -434,9 +454,64 @@ pub(crate) fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Name of the per-user default lock dir under the temp dir.
-pub(crate) fn default_dir_name() -> String {
-    format!("llmlb-{}", euid())
+/// The default lock dir: a function of the effective user alone, so that
+/// every session of one user (a login shell, ssh, tmux, cron, `sudo`,
+/// `pam_tmpdir`) finds the same dir and so the same locks. No environment
+/// variable moves it (`LLMLB_LOCK_DIR` is read above, in `resolve_lock_dir`):
+/// not `TMPDIR`, which differs between sessions, and not `XDG_RUNTIME_DIR`,
+/// which cron lacks and logind removes at logout while a server runs on.
+///
+/// - macOS: `llmlb-<euid>` in the per-user temp dir the system keeps for
+///   this user (`confstr(_CS_DARWIN_USER_TEMP_DIR)`, what `TMPDIR` is set to
+///   in a login session, but asked of the system, not of the environment);
+///   `/tmp/llmlb-<euid>` if that fails.
+/// - Other Unix: `/tmp/llmlb-<euid>`; for root `/run/llmlb` where `/run` is
+///   a directory (root-only and cleared at boot, so nobody can squat it).
+pub(crate) fn default_dir() -> PathBuf {
+    #[cfg(target_vendor = "apple")]
+    if let Some(dir) = darwin_user_temp_dir() {
+        return dir.join(format!("llmlb-{}", euid()));
+    }
+    default_dir_for(euid(), Path::new("/run").is_dir())
+}
+
+/// [`default_dir`] off macOS, for `euid` on a system where `/run` is (or is
+/// not) a directory.
+fn default_dir_for(euid: u32, run_is_dir: bool) -> PathBuf {
+    if euid == 0 && run_is_dir {
+        PathBuf::from("/run/llmlb")
+    } else {
+        PathBuf::from(format!("/tmp/llmlb-{euid}"))
+    }
+}
+
+/// The per-user temp dir of macOS (`/var/folders/…/T/`), from the system
+/// rather than `TMPDIR`; `None` if it cannot be had or is not absolute.
+#[cfg(target_vendor = "apple")]
+fn darwin_user_temp_dir() -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStringExt as _;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: `buf` is writable for its whole length, which is passed.
+    let len = unsafe {
+        libc::confstr(
+            libc::_CS_DARWIN_USER_TEMP_DIR,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    // 0: an error; more than the buffer: truncated (never for a real path).
+    if len == 0 || len > buf.len() {
+        return None;
+    }
+    buf.truncate(len - 1); // the count includes the terminating NUL
+    let dir = PathBuf::from(std::ffi::OsString::from_vec(buf));
+    dir.is_absolute().then_some(dir)
+}
+
+/// Whether a file or directory (from `lstat`) belongs to a user other than
+/// the effective one.
+pub(crate) fn owned_by_another_user(meta: &Metadata) -> bool {
+    meta.uid() != euid()
 }
 
 /// Creates `dir` (and missing parents) with mode 0700. An existing dir is fine:
