@@ -317,3 +317,22 @@ fn status_shows_a_host_column_only_when_a_holder_is_on_another_host() {
     assert_ne!(mine[2], "build-7.example.invalid");
     drop(guard);
 }
+
+/// A reader that stops reading (`llmlb completions bash | grep -q …`, as
+/// `.ci/lean` does, or `| head`) gets a quiet exit 0, never a panic: the
+/// read end is closed here before llmlb writes a byte.
+#[test]
+fn generated_documents_tolerate_a_reader_that_went_away() {
+    let env = Env::new();
+    for args in [&["completions", "bash"][..], &["man"][..]] {
+        let mut cmd = env.cmd(args);
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        drop(child.stdout.take()); // the reader is gone
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

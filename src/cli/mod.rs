@@ -239,19 +239,28 @@ pub fn run() -> i32 {
         Command::Stop(args) => stop::run(&dir, args.port, args.timeout, args.force),
         Command::Status(args) => status::run(&dir, args.port, args.format == Format::Json),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "llmlb", &mut std::io::stdout());
-            0
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "llmlb", &mut script);
+            print_document(&script, "completions")
         }
-        Command::Man => {
-            use std::io::Write as _;
-            match man_page() {
-                Ok(page) => match std::io::stdout().write_all(&page) {
-                    Ok(()) => 0,
-                    Err(e) => fail(format!("cannot write the man page to stdout: {e}")),
-                },
-                Err(e) => fail(format!("cannot render the man page: {e}")),
-            }
-        }
+        Command::Man => match man_page() {
+            Ok(page) => print_document(&page, "the man page"),
+            Err(e) => fail(format!("cannot render the man page: {e}")),
+        },
+    }
+}
+
+/// Writes a generated document to stdout. A reader that stopped reading
+/// (`llmlb completions bash | grep -q …`, `| head`) is not an error: it got
+/// what it wanted, so this exits 0 quietly, as a pipeline expects of a
+/// producer (clap_complete writing straight to stdout panicked there).
+fn print_document(bytes: &[u8], what: &str) -> i32 {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => fail(format!("cannot write {what} to stdout: {e}")),
     }
 }
 
