@@ -823,25 +823,101 @@ pub(crate) fn configure_child(cmd: &mut std::process::Command) {
 }
 
 /// Puts the child `pid` (spawned suspended by a command prepared with
-/// [`configure_child`]) into a new kill-on-close job, then resumes it. On
-/// failure the child is terminated (it never ran).
+/// [`configure_child`]) into a new kill-on-close job, then resumes it.
+///
+/// # Errors
+/// The OS error of the step that failed (opening the child, making the job,
+/// assigning the child to it, resuming it). On every error the child is
+/// terminated first: it never ran, and left suspended it would never exit,
+/// so a caller waiting for it would wait forever.
 pub(crate) fn attach_child(pid: u32) -> io::Result<ChildTree> {
-    let process = open_process(pid, PROCESS_SET_QUOTA | PROCESS_TERMINATE)?;
-    let raw_process = process.as_handle().as_raw_handle() as HANDLE;
-    let attached = new_kill_on_close_job().and_then(|job| {
-        let raw_job = job.as_handle().as_raw_handle() as HANDLE;
-        // SAFETY: both handles are open for the call.
-        if unsafe { AssignProcessToJobObject(raw_job, raw_process) } == 0 {
-            return Err(io::Error::last_os_error());
-        }
-        resume_threads(pid)?;
-        Ok(ChildTree { job, group: pid })
-    });
+    // One exit: the steps return their error here (no `?` in this
+    // function), so no failure can skip the termination below.
+    let process = open_child(pid);
+    let attached = match &process {
+        Ok(process) => into_new_job(pid, process),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("cannot open the new process {pid}: {e}"),
+        )),
+    };
     if attached.is_err() {
-        // SAFETY: the handle is open and has PROCESS_TERMINATE.
-        unsafe { TerminateProcess(raw_process, 1) };
+        terminate_unstarted(pid, process.as_ref().ok());
     }
     attached
+}
+
+/// The steps of [`attach_child`] that can fail, for [`fail_point`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AttachStep {
+    Open,
+    Job,
+    Assign,
+    Resume,
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The step of [`attach_child`] a test makes fail on its thread.
+    static FAIL_AT: std::cell::Cell<Option<AttachStep>> = const { std::cell::Cell::new(None) };
+}
+
+/// `Ok` outside tests; in a test, an error at the step it chose to fail.
+fn fail_point(step: AttachStep) -> io::Result<()> {
+    #[cfg(test)]
+    if FAIL_AT.with(std::cell::Cell::get) == Some(step) {
+        return Err(io::Error::other(format!("injected failure at {step:?}")));
+    }
+    let _ = step;
+    Ok(())
+}
+
+fn open_child(pid: u32) -> io::Result<OwnedHandle> {
+    fail_point(AttachStep::Open)?;
+    open_process(pid, PROCESS_SET_QUOTA | PROCESS_TERMINATE)
+}
+
+/// [`attach_child`]'s steps after the open: a new job, the child in it, the
+/// child resumed.
+fn into_new_job(pid: u32, process: &OwnedHandle) -> io::Result<ChildTree> {
+    fail_point(AttachStep::Job)?;
+    let job = new_kill_on_close_job()?;
+    fail_point(AttachStep::Assign)?;
+    let raw_job = job.as_handle().as_raw_handle() as HANDLE;
+    let raw_process = process.as_handle().as_raw_handle() as HANDLE;
+    // SAFETY: both handles are open for the call.
+    if unsafe { AssignProcessToJobObject(raw_job, raw_process) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    fail_point(AttachStep::Resume)?;
+    resume_threads(pid)?;
+    Ok(ChildTree { job, group: pid })
+}
+
+/// Terminates the suspended child after a failed attach: through `process`
+/// if it was opened, else through a handle opened for termination alone
+/// (the caller's own handle from `CreateProcess` is the last resort: see
+/// `cli::exec`). A failure is logged; there is nothing else to try here.
+fn terminate_unstarted(pid: u32, process: Option<&OwnedHandle>) {
+    let opened;
+    let handle = match process {
+        Some(handle) => handle,
+        None => match open_process(pid, PROCESS_TERMINATE) {
+            Ok(handle) => {
+                opened = handle;
+                &opened
+            }
+            Err(e) => {
+                tracing::warn!("cannot terminate the new process {pid}, left suspended: {e}");
+                return;
+            }
+        },
+    };
+    // SAFETY: the handle is open and has PROCESS_TERMINATE.
+    if unsafe { TerminateProcess(handle.as_handle().as_raw_handle() as HANDLE, 1) } == 0 {
+        let e = io::Error::last_os_error();
+        tracing::warn!("cannot terminate the new process {pid}, left suspended: {e}");
+    }
 }
 
 fn new_kill_on_close_job() -> io::Result<OwnedHandle> {
@@ -1195,6 +1271,72 @@ mod tests {
 
         let err = request_stop(&a, 4003, std::process::id(), &me).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+    }
+
+    /// Spawns `cmd /c exit 7` as exec mode does (suspended, see
+    /// [`configure_child`]), then attaches it with `fail` injected.
+    fn attach_suspended(fail: Option<AttachStep>) -> (std::process::Child, io::Result<ChildTree>) {
+        let mut cmd = std::process::Command::new("cmd");
+        cmd.args(["/c", "exit 7"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        configure_child(&mut cmd);
+        let child = cmd.spawn().unwrap();
+        FAIL_AT.with(|f| f.set(fail));
+        let attached = attach_child(child.id());
+        FAIL_AT.with(|f| f.set(None));
+        (child, attached)
+    }
+
+    /// The exit code of `child` once it has exited; `None` if it is still
+    /// there after 15 s (suspended for good: a caller would hang).
+    fn exit_code_within_patience(child: &std::process::Child) -> Option<u32> {
+        use windows_sys::Win32::System::Threading::GetExitCodeProcess;
+        let raw = child.as_raw_handle() as HANDLE;
+        // SAFETY: std's handle to the child is open for the call.
+        if unsafe { WaitForSingleObject(raw, 15_000) } != WAIT_OBJECT_0 {
+            return None;
+        }
+        let mut code = 0;
+        // SAFETY: as above; `code` is writable.
+        assert_ne!(unsafe { GetExitCodeProcess(raw, &mut code) }, 0);
+        Some(code)
+    }
+
+    /// Issue 17 §7: whichever step of the attach fails, opening the child
+    /// included, the suspended child is terminated (it never ran: not its
+    /// own exit code 7, but 1 from our termination or 0 from its job's
+    /// kill-on-close) instead of left suspended, where exec mode would wait
+    /// for it forever. Without a failure it runs and exits 7 by itself.
+    #[test]
+    fn a_failed_attach_terminates_the_suspended_child_at_every_step() {
+        let (mut child, attached) = attach_suspended(None);
+        let tree = attached.unwrap();
+        assert_eq!(exit_code_within_patience(&child), Some(7));
+        child.wait().unwrap();
+        drop(tree);
+        for step in [
+            AttachStep::Open,
+            AttachStep::Job,
+            AttachStep::Assign,
+            AttachStep::Resume,
+        ] {
+            let (mut child, attached) = attach_suspended(Some(step));
+            let err = attached.unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("injected failure at {step:?}")),
+                "{err}"
+            );
+            let code = exit_code_within_patience(&child);
+            if code.is_none() {
+                let _ = child.kill();
+            }
+            assert!(
+                matches!(code, Some(0 | 1)),
+                "after a failure at {step:?}: {code:?}"
+            );
+            child.wait().unwrap();
+        }
     }
 
     /// The handle pins one process: its identity is stable, it is reported
