@@ -470,3 +470,48 @@ fn force_on_exec_mode_ends_a_command_that_ignores_ctrl_break() {
     wait_until("the command to die with its job", || !running(child));
     assert!(!env.lock_file(port).exists());
 }
+
+/// Windows (issue 17 §7, reproduced under Wine every time): an exec-mode
+/// llmlb is killed (TerminateProcess, as a crash would), its job ends the
+/// command, and a new `serve` reclaims the port; three rounds in a row,
+/// with the dead servers' handles kept open (as a supervisor keeps them).
+/// Wine hands freed PIDs out again at once, so the reclaimer may carry a
+/// dead holder's number: `stop` must still recognise the live reclaimer as
+/// the holder and stop it, never report its PID as exited.
+#[cfg(windows)]
+#[test]
+fn stop_after_kills_and_reclaims_stops_the_live_reclaimer() {
+    let env = Env::new();
+    let port = free_port();
+    let p = port.to_string();
+    let serve = || env.spawn(&["serve", "-p", &p, "--", "ping", "-n", "1000", "127.0.0.1"]);
+    let recorded = |server: &Proc| {
+        let pid = server.pid();
+        wait_until(&format!("PID {pid} to record the lock"), || {
+            std::fs::read(env.lock_file(port))
+                .ok()
+                .and_then(|bytes| llmlb::lock::LockInfo::parse(&bytes))
+                .is_some_and(|info| info.pid == pid)
+        });
+    };
+    let mut dead = Vec::new();
+    for _ in 0..3 {
+        let mut server = serve();
+        recorded(&server);
+        server.kill();
+        dead.push(server);
+    }
+    let mut server = serve();
+    recorded(&server);
+    let pids: Vec<u32> = dead.iter().map(Proc::pid).collect();
+    let out = env.run(&["stop", "--port", &p]);
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "{out:?} (killed: {pids:?}, live: {})",
+        server.pid()
+    );
+    assert!(out.stdout.ends_with("Server stopped\n"), "{out:?}");
+    server.wait();
+    assert!(!env.lock_file(port).exists());
+}

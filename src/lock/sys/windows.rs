@@ -471,20 +471,31 @@ pub(crate) fn hostname() -> String {
     std::env::var("COMPUTERNAME").unwrap_or_default()
 }
 
-/// Opens process `pid` with `access`: `NotFound` if there is no such process.
+/// Opens process `pid` with `access`: `NotFound` if there is no such
+/// process, `PermissionDenied` if it exists but we may not open it (see
+/// [`open_process_error`]).
 fn open_process(pid: u32, access: u32) -> io::Result<OwnedHandle> {
     // SAFETY: OpenProcess takes plain values and returns a new handle or NULL.
     let raw = unsafe { OpenProcess(access, 0, pid) };
     if raw.is_null() {
-        let err = io::Error::last_os_error();
-        // What OpenProcess reports for a PID that names no process.
-        if err.raw_os_error() == Some(ERROR_INVALID_PARAMETER as i32) {
-            return Err(io::ErrorKind::NotFound.into());
-        }
-        return Err(err);
+        return Err(open_process_error(io::Error::last_os_error()));
     }
     // SAFETY: a fresh handle that nothing else owns.
     Ok(unsafe { OwnedHandle::from_raw_handle(raw as _) })
+}
+
+/// What a failed `OpenProcess` means: `ERROR_INVALID_PARAMETER` is what it
+/// reports for a PID that names no process (`NotFound`); anything else is
+/// kept as the OS error, so the caller tells "gone" from "cannot open". In
+/// particular `ERROR_ACCESS_DENIED` (kind `PermissionDenied`) is a process
+/// that exists but is protected from us: an elevated (administrator) process
+/// seen from a non-elevated one, or another user's. It must never be taken
+/// for an exited process.
+fn open_process_error(err: io::Error) -> io::Error {
+    match err.raw_os_error().map(|code| code as u32) {
+        Some(ERROR_INVALID_PARAMETER) => io::ErrorKind::NotFound.into(),
+        _ => err,
+    }
 }
 
 /// The creation time of the process behind `handle`, as a `FILETIME` in one
@@ -538,7 +549,14 @@ pub(crate) struct PinnedProcess {
     handle: OwnedHandle,
 }
 
-/// Pins process `pid` by opening it once: `NotFound` if no such process exists.
+/// Pins process `pid` by opening it once (query, wait and terminate rights).
+///
+/// # Errors
+/// `NotFound` if no such process exists; `PermissionDenied` (the raw
+/// `ERROR_ACCESS_DENIED`) if it exists but may not be opened with those
+/// rights, e.g. an elevated holder seen from a non-elevated `stop`, which
+/// must then say "access denied: run stop elevated (as administrator)", not
+/// that the holder has exited.
 pub(crate) fn pin_process(pid: u32) -> io::Result<PinnedProcess> {
     let handle = open_process(
         pid,
@@ -1337,6 +1355,27 @@ mod tests {
             );
             child.wait().unwrap();
         }
+    }
+
+    /// Issue 17 §7: only "no such process" is `NotFound`; access denied (an
+    /// elevated holder, for a non-elevated `stop`) stays a permission error
+    /// with its OS code, so it is never reported as an exited PID.
+    #[test]
+    fn a_pin_tells_a_missing_process_from_one_it_may_not_open() {
+        let gone = open_process_error(io::Error::from_raw_os_error(ERROR_INVALID_PARAMETER as i32));
+        assert_eq!(gone.kind(), io::ErrorKind::NotFound);
+        let denied = open_process_error(io::Error::from_raw_os_error(ERROR_ACCESS_DENIED as i32));
+        assert_eq!(denied.kind(), io::ErrorKind::PermissionDenied);
+        assert_eq!(denied.raw_os_error(), Some(ERROR_ACCESS_DENIED as i32));
+        let other = open_process_error(io::Error::from_raw_os_error(8)); // not enough memory
+        assert_eq!(other.raw_os_error(), Some(8));
+        assert_ne!(other.kind(), io::ErrorKind::NotFound);
+
+        // A PID that names nothing: the largest multiple of 4 (Windows PIDs
+        // are multiples of 4 and come from a table far smaller than that).
+        let err = pin_process(0xFFFF_FFFC).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        assert!(pin_process(std::process::id()).is_ok());
     }
 
     /// The handle pins one process: its identity is stable, it is reported
