@@ -40,7 +40,9 @@ use windows_sys::Win32::Foundation::{
     ERROR_SHARING_VIOLATION, FILETIME, HANDLE, NTSTATUS, STATUS_DELETE_PENDING, WAIT_OBJECT_0,
     WAIT_TIMEOUT,
 };
-use windows_sys::Win32::Security::Authorization::{GetSecurityInfo, SE_FILE_OBJECT};
+use windows_sys::Win32::Security::Authorization::{
+    GetSecurityInfo, SetSecurityInfo, SE_FILE_OBJECT, SE_KERNEL_OBJECT, SE_OBJECT_TYPE,
+};
 use windows_sys::Win32::Security::{
     GetLengthSid, GetTokenInformation, IsValidSid, TokenOwner, TokenUser,
     OWNER_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR, PSID, TOKEN_INFORMATION_CLASS, TOKEN_OWNER,
@@ -141,14 +143,20 @@ fn dir_owner_sid(path: &Path) -> io::Result<Option<Vec<u8>>> {
         .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE)
         .custom_flags(FILE_FLAG_BACKUP_SEMANTICS | FILE_FLAG_OPEN_REPARSE_POINT)
         .open(path)?;
+    owner_sid(dir.as_raw_handle() as HANDLE, SE_FILE_OBJECT)
+}
+
+/// The owner SID of the object behind `handle` (opened with `READ_CONTROL`),
+/// `None` if it has none.
+fn owner_sid(handle: HANDLE, kind: SE_OBJECT_TYPE) -> io::Result<Option<Vec<u8>>> {
     let mut owner: PSID = std::ptr::null_mut();
     let mut descriptor: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
-    // SAFETY: the handle is open for the call; the out-pointers are valid;
-    // the unused ones may be NULL for OWNER_SECURITY_INFORMATION.
+    // SAFETY: the caller's handle is open for the call; the out-pointers are
+    // valid; the unused ones may be NULL for OWNER_SECURITY_INFORMATION.
     let err = unsafe {
         GetSecurityInfo(
-            dir.as_raw_handle() as HANDLE,
-            SE_FILE_OBJECT,
+            handle,
+            kind,
             OWNER_SECURITY_INFORMATION,
             &mut owner,
             std::ptr::null_mut(),
@@ -184,7 +192,8 @@ unsafe fn sid_bytes(sid: PSID) -> Option<Vec<u8>> {
 }
 
 /// The SIDs a dir of ours may be owned by: our token's user and its default
-/// owner (read once; a process's token does not change its user).
+/// owner, in that order (read once; a process's token does not change its
+/// user). The stop channel's DACL grants the first.
 fn own_sids() -> Result<&'static [Vec<u8>], ()> {
     static SIDS: std::sync::OnceLock<Result<Vec<Vec<u8>>, ()>> = std::sync::OnceLock::new();
     SIDS.get_or_init(|| {
@@ -744,24 +753,169 @@ pub(crate) struct StopChannel {
 /// holder's info is written (so a `stop` that reads the info finds it).
 ///
 /// # Security
-/// The event gets the process's default DACL: the same user (plus SYSTEM and
-/// administrators) may open it, nobody else. An event that already exists
-/// under the name (someone of the same user made it first) is reset and used:
-/// whoever could create it could as well set it.
+/// The event's name is predictable, and any process in this session (`Local\`
+/// is per session, not per user) may create an object of that name first:
+/// with a DACL that locks us out (every start would fail) or one that lets
+/// it set our stop request. So the event is created with an owner-only DACL
+/// (all access for our token's user, nobody else; [`OwnerOnlyDacl`]), and an
+/// event that already exists is used only if its owner is one of ours (our
+/// user, or our token's default owner as for lock dirs); its DACL is then
+/// replaced by ours. One that is another user's, or that denies us access,
+/// is refused with an error that names it; the next start has another PID,
+/// hence another name.
+///
+/// # Errors
+/// `PermissionDenied` for a squatted name (see above); the OS error if the
+/// token, the DACL or the event cannot be made.
 pub(crate) fn create_stop_channel(dir: &DirHandle, port: u16) -> io::Result<StopChannel> {
+    use windows_sys::Win32::Foundation::{GetLastError, ERROR_ALREADY_EXISTS};
+    use windows_sys::Win32::Security::SECURITY_ATTRIBUTES;
     use windows_sys::Win32::System::Threading::{CreateEventW, ResetEvent};
     let name = stop_event_name(dir, port, std::process::id())?;
-    // SAFETY: NULL security attributes (default DACL, not inheritable) and a
-    // NUL-terminated UTF-16 name that outlives the call.
-    let raw = unsafe { CreateEventW(std::ptr::null(), 1, 0, name.as_ptr()) };
+    let shown = String::from_utf16_lossy(&name[..name.len() - 1]);
+    let ours = own_sids()
+        .map_err(|()| io::Error::other("cannot read this process's user from its token"))?;
+    let dacl = OwnerOnlyDacl::new(
+        ours.first()
+            .ok_or_else(|| io::Error::other("this process's token has no user SID"))?,
+    )?;
+    let mut descriptor = dacl.descriptor()?;
+    let attributes = SECURITY_ATTRIBUTES {
+        nLength: std::mem::size_of::<SECURITY_ATTRIBUTES>() as u32,
+        lpSecurityDescriptor: std::ptr::from_mut(&mut descriptor).cast(),
+        bInheritHandle: 0,
+    };
+    // SAFETY: `attributes` points to a valid descriptor whose DACL (`dacl`)
+    // outlives the call; the name is NUL-terminated UTF-16 and outlives it.
+    let raw = unsafe { CreateEventW(&attributes, 1, 0, name.as_ptr()) };
     if raw.is_null() {
-        return Err(io::Error::last_os_error());
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(ERROR_ACCESS_DENIED as i32) {
+            // Only an existing object can deny us: ours would grant us all.
+            return Err(squatted(&shown, "denies this user access"));
+        }
+        return Err(err);
     }
+    // SAFETY: reads the calling thread's last error, set by CreateEventW.
+    let existed = unsafe { GetLastError() } == ERROR_ALREADY_EXISTS;
     // SAFETY: a fresh handle that nothing else owns.
     let event = unsafe { OwnedHandle::from_raw_handle(raw as _) };
+    if existed {
+        // Made by someone else: CreateEventW opened it with all access
+        // (READ_CONTROL and WRITE_DAC included), ignoring our descriptor.
+        match owner_sid(raw, SE_KERNEL_OBJECT) {
+            Ok(Some(owner)) if ours.contains(&owner) => dacl.apply(raw)?,
+            Ok(_) => return Err(squatted(&shown, "is owned by another user")),
+            Err(e) => {
+                return Err(squatted(
+                    &shown,
+                    &format!("has an owner that cannot be read ({e})"),
+                ))
+            }
+        }
+    }
     // SAFETY: the handle is open (a reset of a fresh event is a no-op).
     unsafe { ResetEvent(raw) };
     Ok(StopChannel { event })
+}
+
+/// The refusal of a stop channel name someone else took first.
+fn squatted(name: &str, how: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!(
+            "an event named {name} already exists and {how}: another process in this session made it to block or stop this server; not using it (start again: the name includes the PID)"
+        ),
+    )
+}
+
+/// A DACL with one entry: all access for one SID (our token's user).
+struct OwnerOnlyDacl {
+    /// The ACL, in a buffer aligned for it.
+    acl: Vec<u64>,
+}
+
+impl OwnerOnlyDacl {
+    fn new(sid: &[u8]) -> io::Result<OwnerOnlyDacl> {
+        use windows_sys::Win32::Security::{
+            AddAccessAllowedAce, InitializeAcl, ACCESS_ALLOWED_ACE, ACL, ACL_REVISION,
+        };
+        use windows_sys::Win32::System::Threading::EVENT_ALL_ACCESS;
+        // The ACE's SidStart field is the first 4 bytes of the SID.
+        let len = std::mem::size_of::<ACL>() + std::mem::size_of::<ACCESS_ALLOWED_ACE>()
+            - std::mem::size_of::<u32>()
+            + sid.len();
+        let mut acl = vec![0u64; len.div_ceil(8)];
+        let mut sid = sid.to_vec();
+        let pacl: *mut ACL = acl.as_mut_ptr().cast();
+        // SAFETY: `acl` is writable for `len` bytes and aligned for ACL;
+        // `sid` holds a valid SID (from the token) for the call.
+        let ok = unsafe {
+            InitializeAcl(pacl, len as u32, ACL_REVISION) != 0
+                && AddAccessAllowedAce(
+                    pacl,
+                    ACL_REVISION,
+                    EVENT_ALL_ACCESS,
+                    sid.as_mut_ptr().cast(),
+                ) != 0
+        };
+        if !ok {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(OwnerOnlyDacl { acl })
+    }
+
+    fn as_ptr(&self) -> *const windows_sys::Win32::Security::ACL {
+        self.acl.as_ptr().cast()
+    }
+
+    /// An absolute security descriptor with this DACL (valid while `self`
+    /// is: it points to the ACL) and the creator's default owner.
+    fn descriptor(&self) -> io::Result<windows_sys::Win32::Security::SECURITY_DESCRIPTOR> {
+        use windows_sys::Win32::Security::{
+            InitializeSecurityDescriptor, SetSecurityDescriptorDacl, SECURITY_DESCRIPTOR,
+        };
+        /// `SECURITY_DESCRIPTOR_REVISION` (in a windows-sys feature we do
+        /// not otherwise need).
+        const REVISION: u32 = 1;
+        // SAFETY: all-zero is a valid SECURITY_DESCRIPTOR to initialise.
+        let mut sd: SECURITY_DESCRIPTOR = unsafe { std::mem::zeroed() };
+        let psd: PSECURITY_DESCRIPTOR = std::ptr::from_mut(&mut sd).cast();
+        // SAFETY: `psd` points to `sd`, writable for the calls; the ACL is
+        // valid and only referenced, not copied.
+        let ok = unsafe {
+            InitializeSecurityDescriptor(psd, REVISION) != 0
+                && SetSecurityDescriptorDacl(psd, 1, self.as_ptr(), 0) != 0
+        };
+        if !ok {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(sd)
+    }
+
+    /// Replaces the DACL of the kernel object behind `handle` (opened with
+    /// `WRITE_DAC`) by this one, protected from inheritance.
+    fn apply(&self, handle: HANDLE) -> io::Result<()> {
+        use windows_sys::Win32::Security::{
+            DACL_SECURITY_INFORMATION, PROTECTED_DACL_SECURITY_INFORMATION,
+        };
+        // SAFETY: the caller's handle is open; the ACL is valid for the call.
+        let err = unsafe {
+            SetSecurityInfo(
+                handle,
+                SE_KERNEL_OBJECT,
+                DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                self.as_ptr(),
+                std::ptr::null(),
+            )
+        };
+        if err != 0 {
+            return Err(io::Error::from_raw_os_error(err as i32));
+        }
+        Ok(())
+    }
 }
 
 impl StopChannel {
@@ -1376,6 +1530,123 @@ mod tests {
         let err = pin_process(0xFFFF_FFFC).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
         assert!(pin_process(std::process::id()).is_ok());
+    }
+
+    /// A squatter's event under the name of our stop channel for `port` in
+    /// `dir`, with the security descriptor `sddl` (SDDL), made by this test
+    /// process before the channel (a process of the same session would do
+    /// the same). `Err` if the descriptor cannot be given (the owner of
+    /// `O:` must be one the caller may assign).
+    fn squat(dir: &DirHandle, port: u16, sddl: &str) -> io::Result<OwnedHandle> {
+        use windows_sys::Win32::Security::Authorization::{
+            ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1,
+        };
+        use windows_sys::Win32::Security::SECURITY_ATTRIBUTES;
+        use windows_sys::Win32::System::Threading::CreateEventW;
+        let name = stop_event_name(dir, port, std::process::id()).unwrap();
+        let wide: Vec<u16> = sddl.encode_utf16().chain(Some(0)).collect();
+        let mut sd: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+        // SAFETY: a NUL-terminated string in; `sd` receives a LocalAlloc'ed
+        // descriptor, freed below.
+        let ok = unsafe {
+            ConvertStringSecurityDescriptorToSecurityDescriptorW(
+                wide.as_ptr(),
+                SDDL_REVISION_1,
+                &mut sd,
+                std::ptr::null_mut(),
+            )
+        };
+        assert_ne!(ok, 0, "{sddl}: {}", io::Error::last_os_error());
+        let attributes = SECURITY_ATTRIBUTES {
+            nLength: std::mem::size_of::<SECURITY_ATTRIBUTES>() as u32,
+            lpSecurityDescriptor: sd,
+            bInheritHandle: 0,
+        };
+        // SAFETY: valid attributes and name for the call.
+        let raw = unsafe { CreateEventW(&attributes, 1, 0, name.as_ptr()) };
+        let result = if raw.is_null() {
+            Err(io::Error::last_os_error())
+        } else {
+            // SAFETY: a fresh handle that nothing else owns.
+            Ok(unsafe { OwnedHandle::from_raw_handle(raw as _) })
+        };
+        // SAFETY: allocated by the conversion above.
+        unsafe { LocalFree(sd as _) };
+        result
+    }
+
+    /// The number of entries in the DACL of the event behind `handle`.
+    fn dacl_entries(handle: &OwnedHandle) -> u16 {
+        use windows_sys::Win32::Security::{ACL, DACL_SECURITY_INFORMATION};
+        let mut dacl: *mut ACL = std::ptr::null_mut();
+        let mut sd: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+        // SAFETY: the handle is open; valid out-pointers.
+        let err = unsafe {
+            GetSecurityInfo(
+                handle.as_raw_handle() as HANDLE,
+                SE_KERNEL_OBJECT,
+                DACL_SECURITY_INFORMATION,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                &mut dacl,
+                std::ptr::null_mut(),
+                &mut sd,
+            )
+        };
+        assert_eq!(err, 0);
+        assert!(!dacl.is_null(), "a NULL DACL grants everyone everything");
+        // SAFETY: `dacl` points into `sd`, valid until the LocalFree.
+        let count = unsafe { (*dacl).AceCount };
+        // SAFETY: allocated by GetSecurityInfo.
+        unsafe { LocalFree(sd as _) };
+        count
+    }
+
+    /// Issue 17 §7: our stop channel has an owner-only DACL (one entry).
+    /// A name taken first with a DACL that locks us out is refused with a
+    /// message that names it and says why; one taken by a process of our
+    /// own user that lets everyone in (WD: Everyone) is used, with its DACL
+    /// replaced by ours, so no one else can set our stop request.
+    #[test]
+    fn a_squatted_stop_channel_is_refused_or_made_owner_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = open_dir(tmp.path()).unwrap();
+
+        let channel = create_stop_channel(&dir, 4101).unwrap();
+        assert_eq!(dacl_entries(&channel.event), 1);
+
+        let _locked_out = squat(&dir, 4102, "D:P").unwrap();
+        let err = create_stop_channel(&dir, 4102).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("Local\\llmlb-stop-")
+                && text.contains(&format!("-4102-{}", std::process::id()))
+                && text.contains("already exists and denies this user access"),
+            "{text}"
+        );
+        assert!(!text.contains('\n') && !text.contains("Os {"), "{text}");
+
+        let open_to_all = squat(&dir, 4103, "D:P(A;;GA;;;WD)").unwrap();
+        assert!(dacl_entries(&open_to_all) >= 1);
+        let channel = create_stop_channel(&dir, 4103).unwrap();
+        assert_eq!(dacl_entries(&channel.event), 1);
+        // The squatter's entry for Everyone is gone: what it opens from now on
+        // gets only what our user is granted (it is our user here).
+        drop(open_to_all);
+
+        // Another user's (SYSTEM's here, S-1-5-18) event that lets us in. Wine
+        // lets any process assign any owner, as Windows lets an elevated one
+        // with SeRestorePrivilege; a plain Windows user cannot make this.
+        let foreign = squat(&dir, 4104, "O:SYD:P(A;;GA;;;WD)")
+            .expect("an owner this process may not assign: run elevated on Windows");
+        let foreign_owner = owner_sid(foreign.as_raw_handle() as HANDLE, SE_KERNEL_OBJECT);
+        assert_eq!(foreign_owner.unwrap(), Some(sid(5, &[18])));
+        let err = create_stop_channel(&dir, 4104).unwrap_err();
+        assert!(
+            err.to_string().contains("is owned by another user"),
+            "{err}"
+        );
     }
 
     /// The handle pins one process: its identity is stable, it is reported
