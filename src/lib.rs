@@ -32,7 +32,7 @@
 //! # let tmp = tempfile::tempdir().unwrap();
 //! # let dir_path = tmp.path().join("locks");
 //! // In a program: LockDir::create(llmlb::lock::resolve_lock_dir(None)),
-//! // the CLI's dir ($LLMLB_LOCK_DIR, else a per-user temp dir).
+//! // the CLI's dir ($LLMLB_LOCK_DIR, else the per-user default_lock_dir()).
 //! let dir = LockDir::create(&dir_path)?;
 //! let guard = acquire_or_reclaim(&dir, 8000)?; // serve port 8000 while `guard` lives
 //!

@@ -484,6 +484,13 @@ fn read_only_lock_dir_is_a_clear_error() {
     // A lock dir that cannot even be created on a read-only file system.
     let out = llmlb_in_namespace(&mount, "mount -t tmpfs -o ro tmpfs \"$1\"", &serve);
     assert_clear_error(&out, &mount.join("locks"), "read-only, no lock dir");
+    // It says which ancestor is in the way and why, without a raw OS error.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let said = format!("{} is on a read-only file system", mount.display());
+    assert!(
+        stderr.contains(&said) && !stderr.contains("os error"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -351,3 +351,30 @@ fn c_launcher_group_is_recorded_and_reached_by_stop_force() {
 fn python_launcher_group_is_recorded_and_reached_by_stop_force() {
     launcher_group_is_recorded_and_reached_by_stop_force(python_launcher(), Env::new(), 8404);
 }
+
+/// The C ABI and Python have no default dir of their own: `lock_dir=None`
+/// (NULL) is the library's `default_lock_dir()`, which no `TMPDIR` or
+/// `XDG_RUNTIME_DIR` moves (issue 17 §5).
+#[test]
+fn python_and_c_default_dir_is_the_librarys() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(ffi_support::python3())
+        .args([
+            "-c",
+            "import sys, llmlb_lock; sys.stdout.write(llmlb_lock.lock_path(8000))",
+        ])
+        .env("PYTHONPATH", ffi_support::repo_root().join("ffi/python"))
+        .env("LLMLB_LOCK_LIB", ffi_support::shared_lib())
+        .env_remove("LLMLB_LOCK_DIR")
+        .env("TMPDIR", elsewhere.path())
+        .env("XDG_RUNTIME_DIR", elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        Path::new(&text(&out.stdout)),
+        llmlb::lock::default_lock_dir().join("serve_8000.lock"),
+        "{}",
+        describe(&out)
+    );
+}

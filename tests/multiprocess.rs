@@ -223,6 +223,14 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Held by each test that forks, for as long as its child lives. A fork
+/// copies every descriptor of this process, other tests' locks included: a
+/// child forked by one test shares another test's lock until it exits, and
+/// the owner's release then rightly leaves that lock to the child. The tests
+/// here are about their own children only.
+#[cfg(unix)]
+static FORKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[cfg(unix)]
 fn held_by(dir: &LockDir) -> Option<u32> {
     match dir.probe(PORT).unwrap() {
@@ -236,6 +244,7 @@ fn held_by(dir: &LockDir) -> Option<u32> {
 #[cfg(unix)]
 #[test]
 fn forked_child_drop_leaves_parent_lock_alone() {
+    let _forking = FORKING.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let dir = LockDir::create(tmp.path().join("locks")).unwrap();
     let guard = acquire_or_reclaim(&dir, PORT).unwrap();
@@ -267,6 +276,7 @@ fn forked_child_drop_leaves_parent_lock_alone() {
 #[cfg(unix)]
 #[test]
 fn forked_child_adopts_and_parent_release_only_closes() {
+    let _forking = FORKING.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let dir = LockDir::create(tmp.path().join("locks")).unwrap();
     let mut guard = acquire_or_reclaim(&dir, PORT).unwrap();

@@ -154,7 +154,8 @@ pub struct LlmlbLock {
 ///
 /// `lock_dir`: an absolute UTF-8 path, created (mode 0700) if missing; NULL
 /// means the default, exactly as the `llmlb` CLI resolves it
-/// (`LLMLB_LOCK_DIR` if set, else a per-user temp dir). Borrowed for the call.
+/// (`LLMLB_LOCK_DIR` if set, else the per-user default dir, e.g.
+/// `/tmp/llmlb-<uid>`, which no other variable moves). Borrowed for the call.
 ///
 /// On `LLMLB_STATUS_OK`, `*out_lock` is a new handle owned by the caller
 /// (free it with `llmlb_lock_release`) and `*out_other`, if `out_other` is not

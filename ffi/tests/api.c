@@ -514,6 +514,56 @@ static void test_fork_then_adopt_hands_over(void) {
   CHECK(close(to_child[0]) == 0 && close(to_child[1]) == 0);
   CHECK(close(to_parent[0]) == 0 && close(to_parent[1]) == 0);
 }
+
+/* The owner releases while a plain fork()ed worker still shares the lock (a
+ * prefork server whose SIGTERM handler releases): the name must not be
+ * unlinked under the worker, or the next acquirer would create a new file and
+ * hold the port beside it. The record then names no holder (released_by), and
+ * once the worker exits the port is stale and taken again. */
+static void test_owner_release_keeps_the_port_held_by_a_forked_worker(void) {
+  char dir[512], path[600], text[1024], expect[64], byte;
+  LlmlbLock *lock = NULL, *again = NOT_NULL_LOCK;
+  LlmlbLockInfo info;
+  LlmlbLockState state;
+  int to_child[2];
+  size_t n;
+  FILE *f;
+  pid_t child;
+  make_dir_path(dir, sizeof dir, "fork-owner-release");
+  lock_file(dir, 8030, path, sizeof path);
+  CHECK(pipe(to_child) == 0);
+  CHECK_STATUS(llmlb_lock_acquire(dir, 8030, &lock, NULL), LLMLB_STATUS_OK);
+
+  child = fork();
+  CHECK(child >= 0);
+  if (child == 0) { /* a worker: keeps the inherited lock until told */
+    close(to_child[1]);
+    _exit(read(to_child[0], &byte, 1) == 1 ? 0 : 1);
+  }
+  CHECK(close(to_child[0]) == 0);
+  CHECK_STATUS(llmlb_lock_release(lock), LLMLB_STATUS_OK);
+
+  CHECK(exists(path));
+  CHECK_STATUS(llmlb_lock_acquire(dir, 8030, &again, &info), LLMLB_STATUS_ALREADY_RUNNING);
+  CHECK(again == NULL);
+  f = fopen(path, "r");
+  CHECK(f != NULL);
+  n = fread(text, 1, sizeof text - 1, f);
+  text[n] = '\0';
+  fclose(f);
+  snprintf(expect, sizeof expect, "\"released_by\":%ld", (long)getpid());
+  CHECK(strstr(text, expect) != NULL);
+
+  CHECK(write(to_child[1], "x", 1) == 1);
+  wait_ok(child);
+  CHECK_STATUS(llmlb_lock_probe(dir, 8030, &state, &info), LLMLB_STATUS_OK);
+  CHECK(state == LLMLB_STATE_STALE);
+  again = NULL;
+  CHECK_STATUS(llmlb_lock_acquire(dir, 8030, &again, NULL), LLMLB_STATUS_OK);
+  CHECK_STATUS(llmlb_lock_release(again), LLMLB_STATUS_OK);
+  CHECK(!exists(path));
+  CHECK(close(to_child[1]) == 0);
+}
 #endif /* !_WIN32: fork */
 
 #ifdef __linux__
@@ -1012,6 +1062,7 @@ int main(int argc, char **argv) {
 #ifndef _WIN32
   test_release_in_forked_child_keeps_parent_lock();
   test_fork_then_adopt_hands_over();
+  test_owner_release_keeps_the_port_held_by_a_forked_worker();
 #endif
   test_pid_is_fresh_in_a_child_forked_without_atfork(); /* Linux only: raw clone */
   test_last_error_is_per_thread();

@@ -1,10 +1,11 @@
 //! Fuzz entry `lock_info`: arbitrary bytes as a lock file's content.
 //!
 //! Whatever the bytes, classification never panics; content that parses is
-//! internally consistent and round-trips through `to_bytes()`. Shared by the
+//! internally consistent, round-trips through `to_bytes()`, and shows up in
+//! messages without raw control characters. Shared by the
 //! libFuzzer target and the stable corpus replay (`tests/fuzz_replay.rs`).
 
-use llmlb::lock::{LockInfo, MAX_INFO_LEN};
+use llmlb::lock::{LockError, LockInfo, StopError, MAX_INFO_LEN};
 
 /// Classifies `data` as a lock file's content and checks what parses.
 pub fn run(data: &[u8]) {
@@ -58,4 +59,30 @@ pub fn run(data: &[u8]) {
     }
     // Display helpers never panic on anything that parsed.
     let _ = info.started_at_display();
+
+    // Messages that show a holder's info (its host name, read from the
+    // file) stay one line without raw control characters: a hostile file
+    // cannot forge a line or colours on the reader's terminal.
+    let path = std::path::PathBuf::from("/locks/serve_8000.lock");
+    let messages = [
+        LockError::AlreadyRunning {
+            port: info.port,
+            path: path.clone(),
+            holder: Some(Box::new(info.clone())),
+        }
+        .to_string(),
+        StopError::NotVerified {
+            port: info.port,
+            pid: info.pid,
+            check: info.check_identity(),
+            path,
+        }
+        .to_string(),
+    ];
+    for message in messages {
+        assert!(
+            !message.chars().any(char::is_control),
+            "control characters from the lock file reach a message: {message:?}"
+        );
+    }
 }

@@ -123,12 +123,22 @@ impl InProcess {
                         self.handles.insert((actor, port), Handle::Stale(s));
                         Seen::Stale { prev }
                     }
-                    Err(e) => match e.error {
-                        LockError::AlreadyRunning { holder, .. } => Seen::Running {
-                            holder: holder.map(|h| h.pid),
-                        },
-                        other => Seen::Failed(other.to_string()),
-                    },
+                    Err(e) => {
+                        // What a contender is told shows the holder's file
+                        // content (its host name): never a raw control
+                        // character that could forge a line or colours.
+                        let message = e.error.to_string();
+                        assert!(
+                            !message.chars().any(char::is_control),
+                            "control characters from a lock file reach the message: {message:?}"
+                        );
+                        match e.error {
+                            LockError::AlreadyRunning { holder, .. } => Seen::Running {
+                                holder: holder.map(|h| h.pid),
+                            },
+                            _ => Seen::Failed(message),
+                        }
+                    }
                 }
             }
             Op::Release { actor, port } => {

@@ -26,8 +26,10 @@ pub(crate) const EXIT_FAILURE: i32 = 1;
 #[command(name = "llmlb", version, propagate_version = true)]
 pub(crate) struct Cli {
     /// Directory of the lock files; a relative path is taken from the current
-    /// directory. Default: $LLMLB_LOCK_DIR if set (must be absolute), else
-    /// <temp dir>/llmlb-<uid>.
+    /// directory. Default: $LLMLB_LOCK_DIR if set (must be absolute), else a
+    /// per-user dir that no other variable moves: /tmp/llmlb-<uid> (root:
+    /// /run/llmlb; macOS: in the per-user temp dir; Windows:
+    /// %LOCALAPPDATA%\llmlb\locks).
     #[arg(long, global = true, value_name = "DIR")]
     lock_dir: Option<PathBuf>,
 
@@ -128,10 +130,11 @@ pub(crate) struct LockDirChoice {
 
 impl LockDirChoice {
     /// ` --lock-dir DIR` when the dir came from the flag, else empty: appended
-    /// to the `llmlb stop` hints so they work as printed.
+    /// to the `llmlb stop` hints so they work as printed (the path quoted for
+    /// the shell, see [`llmlb::lock::shell_quoted`]).
     pub(crate) fn hint_suffix(&self) -> String {
         if self.from_flag {
-            format!(" --lock-dir {}", self.path.display())
+            format!(" --lock-dir {}", llmlb::lock::shell_quoted(&self.path))
         } else {
             String::new()
         }
@@ -310,7 +313,11 @@ fn man_page() -> std::io::Result<Vec<u8>> {
     page.extend_from_slice(
         concat!(
             ".SH ENVIRONMENT\n",
-            ".TP\nLLMLB_LOCK_DIR\nDirectory of the lock files (absolute); \\-\\-lock\\-dir overrides it.\n",
+            ".TP\nLLMLB_LOCK_DIR\nDirectory of the lock files (absolute); \\-\\-lock\\-dir overrides it. ",
+            "Unset, a per\\-user dir that no other variable (not TMPDIR, not XDG_RUNTIME_DIR) moves, so every ",
+            "session of a user (ssh, tmux, cron) finds the same locks: /tmp/llmlb\\-<uid>, for root ",
+            "/run/llmlb. Set it to one directory (yours alone) everywhere to share locks between the ",
+            "sessions and services of one account on purpose.\n",
             ".TP\nLLMLB_PORT, LLMLB_HOST\nDefaults for serve's \\-\\-port and \\-\\-host; set for COMMAND in exec mode.\n",
             ".TP\nLLMLB_LOG_LEVEL, RUST_LOG\nLog level of the messages on stderr (default info).\n",
         )

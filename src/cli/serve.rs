@@ -68,15 +68,22 @@ fn spawn_watchdog(
                     tracing::warn!("cannot check the lock file for port {port}: {e}")
                 }
             });
-            if let WatchEnd::Lost(holder) = end {
-                let who = holder.map_or_else(
-                    || "another process".to_owned(),
-                    |h| format!("PID {}", h.pid),
-                );
-                let _ = lost_tx.send(format!(
-                    "the lock file for port {port} was removed by hand and {who} has taken the port's lock since; shutting down"
-                ));
-            }
+            let why = match end {
+                WatchEnd::Lost(holder) => {
+                    let who = holder.map_or_else(
+                        || "another process".to_owned(),
+                        |h| format!("PID {}", h.pid),
+                    );
+                    format!(
+                        "the lock file for port {port} was removed by hand and {who} has taken the port's lock since; shutting down"
+                    )
+                }
+                WatchEnd::Detached => format!(
+                    "the lock file for port {port} was removed or replaced by hand while the command's processes share the lock: a new file would not cover them, so the port counts as lost; ending the command and shutting down"
+                ),
+                _ => return,
+            };
+            let _ = lost_tx.send(why);
         })?;
     Ok((LockLost(Some(lost_rx)), thread))
 }
@@ -226,7 +233,7 @@ fn already_running(port: u16, holder: Option<&LockInfo>, path: &Path, suffix: &s
     // The kill line only where `stop` itself would signal: the same process
     // on this host, verified.
     match info.check_identity() {
-        IdentityCheck::Same => format!(
+        IdentityCheck::Same if !info.holder_released() => format!(
             "{head}To stop: llmlb stop --port {port}{suffix}\n\
              Or:      {}",
             kill_command(pid)

@@ -47,6 +47,27 @@ impl Row {
         }
     }
 
+    /// Where the holder of a held port is, as far as this process can tell:
+    /// `"local"` (a process here, whose PID `stop` can verify),
+    /// `"other_host"`, `"other_pid_namespace"` (a container: its PID means
+    /// nothing here), or `"inherited"` (the recorded PID released the lock
+    /// while processes that inherited its descriptor still hold it). `None`
+    /// unless held with readable info.
+    fn holder_kind(&self) -> Option<&'static str> {
+        let Ok(LockState::Held(Some(info))) = &self.state else {
+            return None;
+        };
+        Some(if info.holder_released() {
+            "inherited"
+        } else {
+            match info.check_identity() {
+                IdentityCheck::OtherHost(_) => "other_host",
+                IdentityCheck::OtherPidNamespace => "other_pid_namespace",
+                _ => "local",
+            }
+        })
+    }
+
     fn uptime_secs(&self) -> Option<i64> {
         match &self.state {
             Ok(LockState::Held(Some(info))) => {
@@ -63,6 +84,7 @@ impl Row {
             "pid": info.map(|i| i.pid),
             "started_at": info.map(LockInfo::started_at_display),
             "state": self.state_word(),
+            "holder": self.holder_kind(),
             "uptime_secs": self.uptime_secs(),
             "host": info.and_then(|i| i.host.clone()),
             "child_pgid": info.and_then(|i| i.child_pgid),
@@ -106,11 +128,15 @@ fn table(rows: &[Row]) -> String {
     let mut lines: Vec<Vec<String>> = vec![header.into_iter().map(String::from).collect()];
     for row in rows {
         let info = row.info();
-        let state = match &row.state {
-            Ok(LockState::Held(_)) => "Running",
-            Ok(LockState::Stale(_)) => "Stale",
-            Ok(LockState::Free) => "Free",
-            Err(_) => "Unknown",
+        let state = match (&row.state, row.holder_kind()) {
+            (Ok(LockState::Held(_)), Some("other_pid_namespace")) => {
+                "Running (in another PID namespace)"
+            }
+            (Ok(LockState::Held(_)), Some("inherited")) => "Running (inherited; PID released it)",
+            (Ok(LockState::Held(_)), _) => "Running",
+            (Ok(LockState::Stale(_)), _) => "Stale",
+            (Ok(LockState::Free), _) => "Free",
+            (Err(_), _) => "Unknown",
         };
         let mut line = vec![
             row.port.to_string(),

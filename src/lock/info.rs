@@ -18,11 +18,16 @@ mod json;
 pub const MAX_INFO_LEN: usize = 16 * 1024;
 
 /// Identity of a process that survives PID reuse: on Linux, its start time in
-/// clock ticks since boot (`/proc/<pid>/stat` field 22) plus the boot id.
+/// clock ticks since boot (`/proc/<pid>/stat` field 22) plus the boot id,
+/// and, for a lock's holder, its PID namespace.
 ///
 /// Two identities with both parts present and equal name the same process; a
 /// reused PID has a different start time, and a reboot a different boot id.
+/// A PID means something only in its own PID namespace: a holder that
+/// recorded another namespace than the reader's is never matched by number
+/// ([`IdentityCheck::OtherPidNamespace`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ProcessIdentity {
     /// `/proc/sys/kernel/random/boot_id` on Linux, `kern.boottime` on macOS;
     /// none on Windows, whose start time is absolute.
@@ -33,6 +38,11 @@ pub struct ProcessIdentity {
     /// Windows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_ticks: Option<u64>,
+    /// The PID namespace the PID is numbered in, as `"<st_dev>:<st_ino>"` of
+    /// `/proc/self/ns/pid` (Linux; recorded by a lock's holder for itself).
+    /// Absent in files written before it existed: those are judged as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_ns: Option<String>,
 }
 
 impl ProcessIdentity {
@@ -40,6 +50,20 @@ impl ProcessIdentity {
     /// (Linux, macOS, Windows); `None` if the process does not exist or the platform has none.
     pub fn of_pid(pid: u32) -> Option<ProcessIdentity> {
         sys::process_identity(pid)
+    }
+
+    /// The calling process's own identity, read through `/proc/self` on
+    /// Linux (never `/proc/<getpid()>`, which in a PID namespace without its
+    /// own `/proc` describes another process), with its PID namespace.
+    pub fn of_current_process() -> Option<ProcessIdentity> {
+        sys::own_identity()
+    }
+
+    /// Whether `self` and `other` name the same process: boot marker and
+    /// start time equal (the namespace is judged separately, before any
+    /// number is looked up).
+    pub(crate) fn same_process(&self, other: &ProcessIdentity) -> bool {
+        self.boot_id == other.boot_id && self.start_ticks == other.start_ticks
     }
 
     /// Both parts present, where the platform has both: Windows' creation
@@ -82,6 +106,12 @@ pub struct LockInfo {
     /// Version of the llmlb library that wrote the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// Set (to `pid`) when the recorded holder released the lock while
+    /// processes that inherited its descriptor (forked workers, an exec-mode
+    /// command's descendants) still hold it: `pid` then names a process that
+    /// no longer holds the port, and `stop` signals nothing on its strength.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_by: Option<u32>,
 }
 
 /// Per-process facts computed once, not per acquire (the host name and the
@@ -101,7 +131,7 @@ fn with_process_facts<R>(f: impl FnOnce(&ProcessFacts) -> R) -> R {
     let compute = || ProcessFacts {
         pid,
         host: sys::hostname(),
-        identity: sys::process_identity(pid),
+        identity: sys::own_identity(),
     };
     let cached = FIRST.get_or_init(compute);
     if cached.pid == pid {
@@ -123,6 +153,7 @@ impl LockInfo {
             child_pgid: None,
             child_identity: None,
             version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+            released_by: None,
         })
     }
 
@@ -137,6 +168,7 @@ impl LockInfo {
             child_pgid: None,
             child_identity: None,
             version: None,
+            released_by: None,
         }
     }
 
@@ -182,14 +214,30 @@ impl LockInfo {
             }
             _ => {}
         }
+        // The namespace first: in another PID namespace the number names
+        // some unrelated process here, whatever it looks like.
+        if let Some(theirs) = self.identity.as_ref().and_then(|i| i.pid_ns.as_ref()) {
+            let ours =
+                with_process_facts(|facts| facts.identity.as_ref().and_then(|i| i.pid_ns.clone()));
+            if ours.as_ref() != Some(theirs) {
+                return IdentityCheck::OtherPidNamespace;
+            }
+        }
         let Some(recorded) = self.identity.as_ref().filter(|i| i.is_complete()) else {
             return IdentityCheck::Unknown;
         };
         match sys::process_identity(self.pid) {
             None => IdentityCheck::Gone,
-            Some(now) if now == *recorded => IdentityCheck::Same,
+            Some(now) if now.same_process(recorded) => IdentityCheck::Same,
             Some(_) => IdentityCheck::Reused,
         }
+    }
+
+    /// Whether the recorded holder has released the lock while processes that
+    /// inherited its descriptor still hold it ([`LockInfo::released_by`]):
+    /// its PID no longer names a holder.
+    pub fn holder_released(&self) -> bool {
+        self.released_by.is_some()
     }
 }
 
@@ -205,6 +253,10 @@ pub enum IdentityCheck {
     Gone,
     /// The info was written on another host (named); PIDs mean nothing here.
     OtherHost(String),
+    /// The holder recorded a PID namespace other than this process's (a
+    /// container, `unshare --pid`): its PID names an unrelated process here,
+    /// or none.
+    OtherPidNamespace,
     /// The info carries no identity token, or this platform cannot read one.
     Unknown,
 }

@@ -31,7 +31,7 @@ pub use dir::{
     check_port, default_lock_dir, lock_file_name, port_from_file_name, resolve_lock_dir, LockDir,
     PortReport, LOCK_DIR_ENV,
 };
-pub use error::{printable, LockError, Printable, TransitionError};
+pub use error::{printable, shell_quoted, LockError, Printable, ShellQuoted, TransitionError};
 pub use info::{IdentityCheck, LockInfo, ProcessIdentity, MAX_INFO_LEN};
 pub use protocol::Integrity;
 pub use shared::{Guard, SharedLock, WatchEnd, WatchEvent, Watchdog};

@@ -27,8 +27,7 @@
 use std::io;
 use std::process::{Command, ExitStatus};
 
-use super::error::LockError;
-use super::state::{Acquired, Holds, PortGuard, PortLock};
+use super::state::PortGuard;
 use super::sys;
 
 /// Environment variable naming the lock descriptor the command inherits.
@@ -185,48 +184,4 @@ pub(crate) enum ForwardSignal {
     Terminate,
     /// `SIGKILL`: the deadline after `SIGTERM` passed.
     Kill,
-}
-
-/// Release of a lock whose description was handed to children: close ours,
-/// then take the port again like any acquirer would. Free or stale with our
-/// record → nobody else holds it: remove the file through the protocol. Held
-/// and still recording us → a process that inherited the description (one
-/// that left the command's group, so the clean-up did not reach it) still
-/// holds it: leave the file, held, for `status` and `stop` to see. Held by
-/// someone else → they took the port after we let go; not ours to touch.
-///
-/// Between our close and the re-take a contender may see the file as stale
-/// and reclaim it: it then rightly owns the port.
-pub(crate) fn release_shared<S: Holds>(lock: PortLock<S>) -> Result<(), LockError> {
-    if !lock.is_owner() {
-        // A forked non-owner (or a parent whose child adopted): only closes.
-        return lock.release().map(drop).map_err(LockError::from);
-    }
-    let me = std::process::id();
-    let port = lock.port();
-    let free = lock.close_keeping_file();
-    match free.try_acquire() {
-        Ok(Acquired::Fresh(held)) => held.release().map(drop).map_err(LockError::from),
-        Ok(Acquired::Stale(stale)) => {
-            if stale.previous().map(|info| info.pid) == Some(me) {
-                stale.discard().map(drop).map_err(LockError::from)
-            } else {
-                // Someone else's stale file (ours was replaced by hand):
-                // dropping leaves it exactly as found.
-                Ok(())
-            }
-        }
-        Err(e) => match e.error {
-            LockError::AlreadyRunning { holder, .. } => {
-                if holder.is_some_and(|h| h.pid == me) {
-                    tracing::warn!(
-                        port,
-                        "a process started under the lock (outside the command's process group) still holds it; port {port} stays locked until it exits"
-                    );
-                }
-                Ok(())
-            }
-            other => Err(other),
-        },
-    }
 }

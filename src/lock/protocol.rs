@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::error::LockError;
-use super::info::{self, LockInfo, MAX_INFO_LEN};
+use super::info::{self, IdentityCheck, LockInfo, MAX_INFO_LEN};
 use super::sys::{self, FileId, TryLock};
 use super::{LockDir, LockState};
 
@@ -100,6 +100,13 @@ pub struct Holding {
     /// where it sends `SIGTERM`). Made before the info is written, so a
     /// `stop` that reads the info always finds it.
     pub(crate) stop: Arc<sys::StopChannel>,
+    /// Whether the descriptor was handed out for a child to inherit (exec
+    /// mode, `lock_fd`): other processes may share the lock's description.
+    shared: bool,
+    /// [`sys::fork_count`] when this process took (or adopted) the lock: a
+    /// fork since then (or forks that cannot be counted, `None`) means a
+    /// child may share the description.
+    forks_seen: Option<u64>,
 }
 
 /// The exclusively locked file of a crashed holder, not yet overwritten.
@@ -122,7 +129,15 @@ pub enum Integrity {
     Restored,
     /// The file had been removed or replaced, and another process has since
     /// taken the port's lock (its info if readable): we no longer hold the port.
-    Lost(Option<LockInfo>),
+    Lost(Option<Box<LockInfo>>),
+    /// The file had been removed or replaced while other processes share this
+    /// lock's open file description (an exec-mode command's tree, forked
+    /// workers). The name has been re-taken and is held here, but they still
+    /// hold only the old, nameless file: once this process is gone, nothing
+    /// would keep the port from a new server while they still serve it. The
+    /// port counts as lost: end what shares the lock (as for
+    /// [`Lost`](Self::Lost)), then release.
+    Detached,
 }
 
 /// What [`acquire`] found once it held the lock.
@@ -240,6 +255,89 @@ pub(crate) fn acquire(target: Target) -> Result<Acquisition, LockError> {
 /// process: the watchdog re-establishing a holder's file writes the holder's
 /// own info at once, so no reader ever sees another start time in between.
 fn acquire_as(target: Target, info: Option<&LockInfo>) -> Result<Acquisition, LockError> {
+    let (target, file, st) = lock_name(target)?;
+    // Step 5: content means the previous holder died without releasing.
+    if st.len == 0 {
+        let info = info
+            .cloned()
+            .unwrap_or_else(|| LockInfo::for_current_process(target.port));
+        return Holding::establish(target, file, st.id, info, 0).map(Acquisition::Fresh);
+    }
+    stale_file(target, file, &st).map(Acquisition::Stale)
+}
+
+/// `stop`'s way to a stale file: [`acquire`] without ever writing. `stop`
+/// only removes what a dead holder left; it never records itself, so a
+/// `serve` racing it never meets a live process named in the file. `None`
+/// when the name held no content: the empty file (ours, if the open created
+/// it) has been removed again under the lock.
+pub(crate) fn acquire_to_discard(target: Target) -> Result<Option<Box<StaleFile>>, LockError> {
+    let (target, file, st) = lock_name(target)?;
+    if st.len == 0 {
+        return match sys::remove_held(&target.dir, &target.name, file) {
+            Ok(()) => Ok(None),
+            Err((_, e)) => Err(LockError::io(
+                "cannot remove empty lock file",
+                target.path(),
+                e,
+            )),
+        };
+    }
+    stale_file(target, file, &st).map(Some)
+}
+
+fn stale_file(
+    target: Target,
+    file: File,
+    st: &sys::OpenFileStat,
+) -> Result<Box<StaleFile>, LockError> {
+    let content = read_content(target.path(), &file)?;
+    let previous = LockInfo::parse_for_port(&content, target.port);
+    Ok(Box::new(StaleFile {
+        target,
+        file,
+        id: st.id,
+        len: content.len() as u64,
+        previous,
+    }))
+}
+
+/// What keeps a lock file from an acquirer's exclusive lock.
+enum InTheWay {
+    /// Only readers' shared locks (probes, `status`; step 8): they go in
+    /// microseconds.
+    Readers,
+    /// An exclusive lock on a file whose recorded process provably no longer
+    /// exists on this host and in this PID namespace: most likely `stop` (or
+    /// another acquirer) judging or removing a dead holder's file for a
+    /// moment, or else an inheritor of that holder. Its info.
+    DeadHolder(Option<Box<LockInfo>>),
+    /// A holder: its info if readable. A file that says its holder released
+    /// it to inheritors is really held.
+    Holder(Option<Box<LockInfo>>),
+}
+
+fn in_the_way(file: &File, port: u16) -> io::Result<InTheWay> {
+    // Step 8: a shared lock succeeds iff only readers are in the way.
+    if sys::try_lock_shared(file)? == TryLock::Acquired {
+        sys::unlock_before_close(file);
+        return Ok(InTheWay::Readers);
+    }
+    let holder = read_holder(file, port).map(Box::new);
+    let dead = holder.as_ref().is_some_and(|holder| {
+        !holder.holder_released() && holder.check_identity() == IdentityCheck::Gone
+    });
+    Ok(if dead {
+        InTheWay::DeadHolder(holder)
+    } else {
+        InTheWay::Holder(holder)
+    })
+}
+
+/// Steps 2-4: open without truncating or following links, try the exclusive
+/// lock, and re-check that the name still leads to the inode we locked.
+/// Returns the locked file with its stat.
+fn lock_name(target: Target) -> Result<(Target, File, sys::OpenFileStat), LockError> {
     let mut wait = ShortWait::new();
     for _ in 0..INODE_RETRIES {
         // Step 2. No O_TRUNC: the loser of a race must not touch the winner's file.
@@ -262,19 +360,10 @@ fn acquire_as(target: Target, info: Option<&LockInfo>) -> Result<Acquisition, Lo
             .map_err(|e| LockError::io("cannot lock", target.path(), e))?;
         let st = check_file(&target, &file)?;
         if locked == TryLock::Contended {
-            // Step 8: a shared lock succeeds iff only readers are in the way.
-            match sys::try_lock_shared(&file)
+            let holder = match in_the_way(&file, target.port)
                 .map_err(|e| LockError::io("cannot lock", target.path(), e))?
             {
-                TryLock::Contended => {
-                    return Err(LockError::AlreadyRunning {
-                        port: target.port,
-                        holder: read_holder(&file, target.port).map(Box::new),
-                        path: target.into_path(),
-                    })
-                }
-                TryLock::Acquired => {
-                    sys::unlock_before_close(&file);
+                InTheWay::Readers => {
                     drop(file); // releases our shared lock
                     if wait.again() {
                         continue;
@@ -283,29 +372,30 @@ fn acquire_as(target: Target, info: Option<&LockInfo>) -> Result<Acquisition, Lo
                         path: target.into_path(),
                     });
                 }
-            }
+                // `stop` never makes a concurrent start fail: its moment
+                // on a dead holder's file is waited out. Still there after
+                // the window: an inheritor holds the port.
+                InTheWay::DeadHolder(holder) => {
+                    drop(file);
+                    if wait.again() {
+                        continue;
+                    }
+                    holder
+                }
+                InTheWay::Holder(holder) => holder,
+            };
+            return Err(LockError::AlreadyRunning {
+                port: target.port,
+                holder,
+                path: target.into_path(),
+            });
         }
         // Step 4: a holder unlinks on release while still holding, so the
         // inode we opened may be dead; then only the new file counts.
         if target.current_id()? != Some(st.id) {
             continue;
         }
-        // Step 5: content means the previous holder died without releasing.
-        if st.len == 0 {
-            let info = info
-                .cloned()
-                .unwrap_or_else(|| LockInfo::for_current_process(target.port));
-            return Holding::establish(target, file, st.id, info, 0).map(Acquisition::Fresh);
-        }
-        let content = read_content(target.path(), &file)?;
-        let previous = LockInfo::parse_for_port(&content, target.port);
-        return Ok(Acquisition::Stale(Box::new(StaleFile {
-            target,
-            file,
-            id: st.id,
-            len: content.len() as u64,
-            previous,
-        })));
+        return Ok((target, file, st));
     }
     Err(LockError::io(
         "lock file keeps being replaced while we lock it",
@@ -381,6 +471,8 @@ impl StaleFile {
                     info,
                     written_len: written.len() as u64,
                     written,
+                    shared: false,
+                    forks_seen: sys::fork_count(),
                 }),
                 self.previous,
             )),
@@ -438,6 +530,8 @@ impl Holding {
             info,
             written_len: written.len() as u64,
             written,
+            shared: false,
+            forks_seen: sys::fork_count(),
         }))
     }
 
@@ -469,7 +563,22 @@ impl Holding {
         info.child_identity = self.info.child_identity.clone();
         self.rewrite(info)?;
         self.owner_pid = pid;
+        // Forks before the adoption made no child of ours share it.
+        self.forks_seen = sys::fork_count();
         Ok(())
+    }
+
+    /// Records that the descriptor is handed to a child (exec mode,
+    /// `lock_fd`): release then accounts for processes sharing it.
+    pub(crate) fn mark_shared(&mut self) {
+        self.shared = true;
+    }
+
+    /// Whether another process may share this lock's open file description:
+    /// the descriptor was handed out, or this process forked since it took
+    /// the lock (a forked child holds the same lock until it exits).
+    fn may_be_shared(&self) -> bool {
+        self.shared || self.forks_seen.is_none() || sys::fork_count() != self.forks_seen
     }
 
     /// Step 7 and 9: remove the file only if we own it *and* the file (still
@@ -533,6 +642,9 @@ impl Holding {
                 return Err(LockError::io("cannot inspect lock file", path, e));
             }
         }
+        if self.may_be_shared() {
+            return self.release_shared(file);
+        }
         match sys::remove_held(&self.target.dir, &self.target.name, file) {
             Ok(()) => Ok(()),
             Err((file, e)) => {
@@ -544,6 +656,65 @@ impl Holding {
                 ))
             }
         }
+    }
+
+    /// The owner's release when other processes may share the lock's open
+    /// file description (a forked worker, an exec-mode command's tree).
+    /// Unlinking now would leave them locking a nameless inode while the next
+    /// acquirer creates a new file: two holders. Instead:
+    ///
+    /// 1. mark the record released (`released_by`), while still holding it,
+    ///    so the file never names us as a holder once we let go: `stop`
+    ///    must not signal a process that no longer holds the port;
+    /// 2. close our descriptor without unlocking (an unlock would drop the
+    ///    sharers' lock too);
+    /// 3. take the port again like any acquirer: if we get it, nobody shares
+    ///    it any more and the file is removed through the protocol; if it is
+    ///    held, the sharers hold the port on the file that says they
+    ///    inherited it, and it becomes stale when the last one exits.
+    ///
+    /// Between 2 and 3 a contender may find the file stale and reclaim it: it
+    /// then rightly owns the port. Errors before step 2 hand the descriptor
+    /// back (still held); after it the lock is no longer ours to return, so a
+    /// failed re-take is logged and leaves at worst a stale file, which the
+    /// next acquirer reclaims.
+    fn release_shared(&mut self, file: File) -> Result<(), LockError> {
+        let mut released = self.info.clone();
+        released.released_by = Some(self.info.pid);
+        if let Err(e) = write_info(&self.target, &file, &released, self.written_len) {
+            self.file = Some(file);
+            return Err(e);
+        }
+        drop(file);
+        let me = self.info.pid;
+        let outcome = match acquire(self.target.clone()) {
+            // The file vanished meanwhile and we made a fresh one: remove it.
+            Ok(Acquisition::Fresh(held)) => held.release_dropping(),
+            Ok(Acquisition::Stale(stale)) if stale.previous.as_ref().map(|i| i.pid) == Some(me) => {
+                stale.discard().map(drop).map_err(|(_, e)| e)
+            }
+            // Someone else's stale file (a sharer adopted, then died):
+            // dropping leaves it exactly as found, for the next acquirer.
+            Ok(Acquisition::Stale(_)) => Ok(()),
+            Err(LockError::AlreadyRunning { holder, .. }) => {
+                if holder.is_some_and(|h| h.pid == me) {
+                    tracing::warn!(
+                        port = self.target.port,
+                        "released, but a process that inherited the lock (forked, or started under it outside the command's process group) still holds it; port {} stays locked until it exits",
+                        self.target.port
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(
+                port = self.target.port,
+                "released, but the lock file could not be tidied: {e} (the next start reclaims it)"
+            );
+        }
+        Ok(())
     }
 
     /// The release rule's question: does the file's first JSON value record
@@ -603,9 +774,7 @@ impl Holding {
             Ok(Acquisition::Stale(stale)) => {
                 stale.reclaim_as(self.info.clone()).map_err(|(_, e)| e)?.0
             }
-            Err(LockError::AlreadyRunning { holder, .. }) => {
-                return Ok(Integrity::Lost(holder.map(|h| *h)))
-            }
+            Err(LockError::AlreadyRunning { holder, .. }) => return Ok(Integrity::Lost(holder)),
             Err(e) => return Err(e),
         };
         // Swap the descriptors: we keep the new file; the old, nameless one is
@@ -616,6 +785,9 @@ impl Holding {
         std::mem::swap(&mut self.written, &mut replacement.written);
         std::mem::swap(&mut self.target, &mut replacement.target);
         drop(replacement.file.take());
+        if self.may_be_shared() {
+            return Ok(Integrity::Detached);
+        }
         Ok(Integrity::Restored)
     }
 

@@ -134,7 +134,11 @@ pub enum WatchEnd {
     /// port since (its info if readable): this process no longer holds it and
     /// should shut down (then release, which removes nothing of the new
     /// holder's).
-    Lost(Option<LockInfo>),
+    Lost(Option<Box<LockInfo>>),
+    /// The lock file was removed or replaced while other processes share the
+    /// lock (see [`Integrity::Detached`]): the name is held again, but what
+    /// shares the lock holds only the old file. End it, then release.
+    Detached,
 }
 
 impl<T: Guard> SharedLock<T> {
@@ -196,6 +200,7 @@ impl<T: Guard> Watchdog<T> {
                 Ok(Integrity::Intact) => {}
                 Ok(Integrity::Restored) => report(WatchEvent::Restored),
                 Ok(Integrity::Lost(holder)) => return WatchEnd::Lost(holder),
+                Ok(Integrity::Detached) => return WatchEnd::Detached,
                 Err(e) => report(WatchEvent::CannotCheck(e)),
             }
             slot = self.inner.slot();

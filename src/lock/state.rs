@@ -57,7 +57,9 @@ pub struct Stale {
 /// holder's info.
 pub struct Reclaimed {
     holding: Box<Holding>,
-    previous: Option<LockInfo>,
+    /// Boxed: the guard's two variants stay small, and a clean acquire
+    /// carries none.
+    previous: Option<Box<LockInfo>>,
 }
 
 impl sealed::Sealed for Free {
@@ -202,6 +204,21 @@ impl PortLock<Free> {
             Err(error) => Err(TransitionError { error, lock: self }),
         }
     }
+
+    /// Free → Stale for `stop`, which only tidies up: takes a dead holder's
+    /// file without ever writing to it, and never records this process.
+    /// `Ok(None)` when the name held no content (an empty file is removed
+    /// again under the lock).
+    ///
+    /// # Errors
+    /// As [`try_acquire`](Self::try_acquire).
+    pub(crate) fn try_take_stale(&self) -> Result<Option<PortLock<Stale>>, LockError> {
+        Ok(
+            protocol::acquire_to_discard(self.state.target.clone())?.map(|stale| PortLock {
+                state: Stale { stale },
+            }),
+        )
+    }
 }
 
 impl PortLock<Stale> {
@@ -218,7 +235,10 @@ impl PortLock<Stale> {
     pub fn reclaim(self) -> Result<PortLock<Reclaimed>, TransitionError<Stale>> {
         match (*self.state.stale).reclaim() {
             Ok((holding, previous)) => Ok(PortLock {
-                state: Reclaimed { holding, previous },
+                state: Reclaimed {
+                    holding,
+                    previous: previous.map(Box::new),
+                },
             }),
             Err((stale, error)) => Err(TransitionError {
                 error,
@@ -257,7 +277,7 @@ impl PortLock<Stale> {
 impl PortLock<Reclaimed> {
     /// What the dead holder had recorded, if it was readable.
     pub fn previous(&self) -> Option<&LockInfo> {
-        self.state.previous.as_ref()
+        self.state.previous.as_deref()
     }
 }
 
@@ -284,17 +304,17 @@ impl sealed::SealedHolds for Held {
 }
 
 impl sealed::SealedHolds for Reclaimed {
-    type Extra = Option<LockInfo>;
+    type Extra = Option<Box<LockInfo>>;
     fn holding(&self) -> &Holding {
         &self.holding
     }
     fn holding_mut(&mut self) -> &mut Holding {
         &mut self.holding
     }
-    fn split(self) -> (Box<Holding>, Option<LockInfo>) {
+    fn split(self) -> (Box<Holding>, Option<Box<LockInfo>>) {
         (self.holding, self.previous)
     }
-    fn join(holding: Box<Holding>, previous: Option<LockInfo>) -> Self {
+    fn join(holding: Box<Holding>, previous: Option<Box<LockInfo>>) -> Self {
         Reclaimed { holding, previous }
     }
 }
@@ -389,17 +409,6 @@ impl<S: Holds> PortLock<S> {
         holding.abandon();
     }
 
-    /// Closes this handle's descriptor without touching the file and returns
-    /// the free lock, to look again at who holds the port (exec mode's
-    /// release, see `process::release_shared`).
-    pub(crate) fn close_keeping_file(self) -> PortLock<Free> {
-        let target = sealed::Sealed::target(&self.state).clone();
-        self.abandon();
-        PortLock {
-            state: Free { target },
-        }
-    }
-
     /// Where `llmlb stop` asks this holder to shut down: a handle to wait on
     /// (see [`StopRequest`](super::StopRequest)), cheap to clone and usable
     /// after the lock is released.
@@ -407,9 +416,13 @@ impl<S: Holds> PortLock<S> {
         super::StopRequest::new(std::sync::Arc::clone(&self.state.holding().stop))
     }
 
-    /// The open lock file (exec mode hands its description to the child).
-    pub(crate) fn lock_file(&self) -> &std::fs::File {
-        self.state.holding().file()
+    /// The open lock file, to hand its description to a child (exec mode,
+    /// `lock_fd`): marks the lock as shared, so its release accounts for
+    /// the processes that inherit it.
+    pub(crate) fn share_file(&mut self) -> &std::fs::File {
+        let holding = self.state.holding_mut();
+        holding.mark_shared();
+        holding.file()
     }
 }
 
@@ -418,9 +431,6 @@ impl<S: Holds> PortLock<S> {
 /// Dropping it releases.
 pub struct PortGuard {
     inner: GuardInner,
-    /// The lock's open file description was handed to a child (exec mode):
-    /// release must then find out whether the child's tree still holds it.
-    shared: bool,
 }
 
 enum GuardInner {
@@ -450,7 +460,6 @@ pub fn acquire_or_reclaim(dir: &super::LockDir, port: u16) -> Result<PortGuard, 
     let guard = match dir.port(port)?.try_acquire()? {
         Acquired::Fresh(held) => PortGuard {
             inner: GuardInner::Held(held),
-            shared: false,
         },
         Acquired::Stale(stale) => {
             match stale.previous() {
@@ -463,7 +472,6 @@ pub fn acquire_or_reclaim(dir: &super::LockDir, port: u16) -> Result<PortGuard, 
             }
             PortGuard {
                 inner: GuardInner::Reclaimed(stale.reclaim()?),
-                shared: false,
             }
         }
     };
@@ -556,11 +564,7 @@ impl PortGuard {
     /// exits (then it is stale).
     pub fn release(self) -> Result<(), LockError> {
         let port = self.port();
-        let result = if self.shared {
-            on_both!(self.inner, l => super::process::release_shared(l))
-        } else {
-            on_both!(self.inner, l => l.release_dropping())
-        };
+        let result = on_both!(self.inner, l => l.release_dropping());
         tracing::debug!(port, ok = result.is_ok(), "lock released");
         result
     }
@@ -573,8 +577,7 @@ impl PortGuard {
     /// The open lock file, to hand its description to a child; marks the
     /// guard as shared (see [`release`](Self::release)).
     pub(crate) fn share_file(&mut self) -> &std::fs::File {
-        self.shared = true;
-        on_both!(&self.inner, l => l.lock_file())
+        on_both!(&mut self.inner, l => l.share_file())
     }
 }
 

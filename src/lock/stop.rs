@@ -14,10 +14,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::error::printable;
 use super::error::LockError;
+use super::error::{printable, shell_quoted};
 use super::info::{IdentityCheck, LockInfo, ProcessIdentity};
-use super::state::Acquired;
 use super::sys::{self, Signal};
 use super::{check_port, LockDir, LockState};
 
@@ -177,6 +176,32 @@ pub enum StopError {
         /// The lock file.
         path: PathBuf,
     },
+    /// The recorded process could not be pinned for a reason other than "it
+    /// has exited": permission denied (another user, an elevated holder), a
+    /// thread id instead of a process, a `/proc` from another PID namespace,
+    /// no descriptor left. Nothing was signalled.
+    #[error("{}", unpinnable_line(*port, *pid, error))]
+    Unpinnable {
+        /// The port.
+        port: u16,
+        /// The recorded PID.
+        pid: u32,
+        /// Why it could not be pinned (part of the message, so not a
+        /// `source()`).
+        error: std::io::Error,
+    },
+    /// The recorded holder released the lock while processes that inherited
+    /// its descriptor still hold it ([`LockInfo::released_by`]): the PID in
+    /// the file is not a holder, so nothing was signalled.
+    #[error("lock for port {port} is held by a process that inherited it from PID {pid}, which has released it; nothing was signalled: find the holder with {}", find_holder(path))]
+    Released {
+        /// The port.
+        port: u16,
+        /// The PID that released the lock.
+        pid: u32,
+        /// The lock file.
+        path: PathBuf,
+    },
     /// Sending a signal failed (e.g. permission denied).
     #[error("cannot signal server on port {port} (PID: {pid}): {error}")]
     Signal {
@@ -249,15 +274,34 @@ fn find_holder(path: &Path) -> String {
             printable(path)
         )
     } else {
-        format!("`fuser {}`", printable(path))
+        format!("`fuser {}`", shell_quoted(path))
     }
+}
+
+fn unpinnable_line(port: u16, pid: u32, error: &std::io::Error) -> String {
+    let why = match error.kind() {
+        std::io::ErrorKind::PermissionDenied if cfg!(windows) => {
+            "access denied (the server runs elevated or as another user): run stop elevated, as administrator".to_owned()
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "permission denied (the server runs as another user): run stop as that user".to_owned()
+        }
+        _ => printable(&error.to_string()).to_string(),
+    };
+    format!(
+        "cannot verify that PID {pid} is the server on port {port}: {why}; nothing was signalled"
+    )
 }
 
 fn not_verified_line(port: u16, pid: u32, check: &IdentityCheck, path: &Path) -> String {
     let find = find_holder(path);
     match check {
         IdentityCheck::OtherHost(host) => format!(
-            "server on port {port} (PID: {pid}) was started on host {host}, not this one; nothing was signalled: stop it there"
+            "server on port {port} (PID: {pid}) was started on host {}, not this one; nothing was signalled: stop it there",
+            printable(host)
+        ),
+        IdentityCheck::OtherPidNamespace => format!(
+            "server on port {port} (PID: {pid}) runs in another PID namespace (a container); nothing was signalled: stop it there"
         ),
         IdentityCheck::Gone => format!(
             "lock for port {port} is held, but its recorded PID {pid} has exited (a process that inherited the lock holds it); nothing was signalled: find the holder with {find}"
@@ -273,7 +317,8 @@ fn not_verified_line(port: u16, pid: u32, check: &IdentityCheck, path: &Path) ->
 
 /// How a user can stop the holder of `port`, as a sentence for messages:
 /// only a fix that works for this holder. `llmlb stop` (with `stop_args`
-/// appended, e.g. ` --lock-dir DIR`) where it would verify and signal the
+/// appended, e.g. ` --lock-dir DIR`, its paths already quoted with
+/// [`shell_quoted`]) where it would verify and signal the
 /// holder; "stop it there" for a holder on another host; the way to find an
 /// inheritor for a holder whose recorded PID is gone or reused; and no
 /// command at all where nothing here can verify the holder. CLI wording
@@ -288,10 +333,20 @@ pub(crate) fn how_to_stop(
     let Some(info) = holder else {
         return format!("to stop it: llmlb stop --port {port}{stop_args}");
     };
+    if info.holder_released() {
+        return format!(
+            "PID {} released it, and a process that inherited the lock holds it: find it with {}",
+            info.pid,
+            find_holder(lock_path)
+        );
+    }
     match info.check_identity() {
         IdentityCheck::Same => format!("to stop it: llmlb stop --port {port}{stop_args}"),
         IdentityCheck::OtherHost(host) => {
-            format!("it runs on host {host}: stop it there")
+            format!("it runs on host {}: stop it there", printable(&host))
+        }
+        IdentityCheck::OtherPidNamespace => {
+            "it runs in another PID namespace (a container): stop it there".to_owned()
         }
         IdentityCheck::Gone | IdentityCheck::Reused => format!(
             "its recorded PID {} has exited and a process that inherited the lock holds it: find it with {}",
@@ -311,9 +366,14 @@ pub(crate) fn how_to_stop(
 ///   on the word of a probe that found the port free).
 /// - A stale file: removed without signalling anything (its PID may belong to
 ///   an unrelated process by now): [`StopOutcome::StaleRemoved`].
-/// - Held: pins the recorded process (a pidfd on Linux) and signals it only
-///   if it is provably the process that wrote the file
-///   ([`IdentityCheck::Same`]); reports [`StopEvent::Stopping`], sends
+/// - Held by a holder on another host or in another PID namespace, or by
+///   inheritors of a holder that released it ([`LockInfo::released_by`]):
+///   refused, nothing signalled ([`StopError::NotVerified`],
+///   [`StopError::Released`]).
+/// - Held: pins the recorded process (a pidfd on Linux, checked against this
+///   `/proc`; a thread id or an unpinnable process is refused with
+///   [`StopError::Unpinnable`]) and signals it only if it is provably the
+///   process that wrote the file ([`IdentityCheck::Same`]); reports [`StopEvent::Stopping`], sends
 ///   `SIGTERM` through the pin (Windows: sets the holder's stop channel, see
 ///   [`StopRequest`]; a holder without one is refused, or with `force`
 ///   terminated at once), and probes the lock every
@@ -358,6 +418,13 @@ pub fn stop_server(
                     return Ok(outcome);
                 }
             }
+            LockState::Held(Some(info)) if info.holder_released() => {
+                return Err(StopError::Released {
+                    port,
+                    pid: info.pid,
+                    path: dir.lock_path(port),
+                });
+            }
             LockState::Held(Some(info)) => {
                 if let Some(outcome) = stop_holder(&dir, port, info, options, &mut on_event)? {
                     return Ok(outcome);
@@ -393,22 +460,20 @@ fn became_readable(dir: &LockDir, port: u16) -> Result<bool, StopError> {
 }
 
 /// Removes a stale file through the protocol (lock, check, unlink): `None` if
-/// someone took the port meanwhile.
+/// someone took the port meanwhile. Never writes the file: a `serve` racing
+/// this sees at most the dead holder's info under a passing lock, which it
+/// waits out, and never this process's.
 fn remove_stale(dir: &LockDir, port: u16) -> Result<Option<StopOutcome>, StopError> {
-    match dir.port(port)?.try_acquire() {
-        Ok(Acquired::Stale(stale)) => {
+    match dir.port(port)?.try_take_stale() {
+        Ok(Some(stale)) => {
             let previous = stale.previous().cloned();
             stale.discard().map_err(LockError::from)?;
             Ok(Some(StopOutcome::StaleRemoved { previous }))
         }
-        // The file was emptied or removed in between: we created a fresh one;
-        // releasing removes it again.
-        Ok(Acquired::Fresh(held)) => {
-            held.release().map_err(LockError::from)?;
-            Ok(Some(StopOutcome::NotRunning))
-        }
-        Err(e) if e.error.is_already_running() => Ok(None),
-        Err(e) => Err(e.error.into()),
+        // The file was emptied or removed in between: nothing to remove.
+        Ok(None) => Ok(Some(StopOutcome::NotRunning)),
+        Err(e) if e.is_already_running() => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -440,22 +505,32 @@ struct Holder {
 impl Holder {
     /// Pins `info.pid`, then checks that the pinned process is the one that
     /// wrote `info`. Pinning first matters: a process that is alive with the
-    /// recorded identity after the pin was taken is the pinned one.
+    /// recorded identity after the pin was taken is the pinned one. A holder
+    /// on another host or in another PID namespace is refused before its
+    /// number is even looked up: here it names someone else.
     #[allow(clippy::result_large_err)] // the refusal hands the info back; a cold path
-    fn verify(info: LockInfo) -> Result<Holder, (LockInfo, IdentityCheck)> {
+    fn verify(info: LockInfo) -> Result<Holder, (LockInfo, Refusal)> {
+        let elsewhere = info.check_identity();
+        if matches!(
+            elsewhere,
+            IdentityCheck::OtherHost(_) | IdentityCheck::OtherPidNamespace
+        ) {
+            return Err((info, Refusal::Check(elsewhere)));
+        }
         let process = match sys::pin_process(info.pid) {
             Ok(process) => process,
-            Err(_) => {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let check = match info.check_identity() {
                     IdentityCheck::Same => IdentityCheck::Gone,
                     other => other,
                 };
-                return Err((info, check));
+                return Err((info, Refusal::Check(check)));
             }
+            Err(e) => return Err((info, Refusal::Pin(e))),
         };
         match info.check_identity() {
             IdentityCheck::Same => Ok(Holder { info, process }),
-            check => Err((info, check)),
+            check => Err((info, Refusal::Check(check))),
         }
     }
 
@@ -497,6 +572,14 @@ impl Holder {
     }
 }
 
+/// Why [`Holder::verify`] refused.
+enum Refusal {
+    /// The identity check's verdict (never [`IdentityCheck::Same`]).
+    Check(IdentityCheck),
+    /// The process could not be pinned, for a reason other than "exited".
+    Pin(std::io::Error),
+}
+
 /// `SIGKILL`s the exec child's process group recorded in `info`, only while
 /// its leader (the process whose PID is the pgid) is still the recorded
 /// process: a bare group number may name someone else's group by now.
@@ -514,7 +597,8 @@ fn kill_verified_group(info: &LockInfo) -> bool {
     if leader.has_exited() == Some(true) {
         return false;
     }
-    sys::signal_group(pgid, Signal::Kill).is_ok()
+    // Through the pinned leader where the kernel can (never a bare number).
+    leader.signal_own_group(Signal::Kill).is_ok()
 }
 
 /// Whether `info` records an exec child's group whose leader is verified now.
@@ -601,14 +685,19 @@ fn stop_holder(
             // It may have let go while we looked, or a new holder may have
             // come: only a probe that still shows this holder is a refusal.
             return match dir.probe(port)? {
-                LockState::Held(Some(now)) if same_holder(&now, &info) => {
-                    Err(StopError::NotVerified {
+                LockState::Held(Some(now)) if same_holder(&now, &info) => Err(match check {
+                    Refusal::Check(check) => StopError::NotVerified {
                         port,
                         pid: info.pid,
                         check,
                         path: dir.lock_path(port),
-                    })
-                }
+                    },
+                    Refusal::Pin(error) => StopError::Unpinnable {
+                        port,
+                        pid: info.pid,
+                        error,
+                    },
+                }),
                 _ => Ok(None),
             };
         }

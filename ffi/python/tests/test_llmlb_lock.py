@@ -188,6 +188,33 @@ class PortLockTest(LockDirTestCase):
         for fd in (to_child_r, to_child_w, to_parent_r, to_parent_w):
             os.close(fd)
 
+    def test_owner_release_keeps_the_port_held_by_a_forked_worker(self):
+        # A prefork server whose SIGTERM handler releases while a worker
+        # runs: the name stays (else the next acquire would make a second
+        # holder beside the worker) and names no holder that released it.
+        lock = PortLock(8212, self.dir).acquire()
+        r, w = os.pipe()
+
+        def worker():
+            os.close(w)
+            assert os.read(r, 1) == b"x"
+
+        child = fork_and_run(worker)
+        os.close(r)
+        lock.release()
+        self.assertTrue(os.path.exists(self.file(8212)))
+        with self.assertRaises(AlreadyRunning):
+            PortLock(8212, self.dir).acquire()
+        with open(self.file(8212)) as f:
+            self.assertEqual(json.load(f)["released_by"], os.getpid())
+        os.write(w, b"x")
+        os.close(w)
+        wait_ok(self, child)
+        self.assertEqual(probe(8212, self.dir).state, "stale")
+        with PortLock(8212, self.dir) as again:
+            self.assertEqual(again.reclaimed_from.pid, os.getpid())
+        self.assertFalse(os.path.exists(self.file(8212)))
+
     def test_adopt_in_the_owner_is_a_no_op(self):
         with PortLock(8205, self.dir) as lock:
             before = lock.info
@@ -240,6 +267,10 @@ class ChildTest(LockDirTestCase):
             lock.release()
             seen = probe(8208, self.dir)
             self.assertEqual((seen.state, seen.info.pid), ("held", os.getpid()))
+            # We live on, but no longer hold it: the record says so, so
+            # `stop` never signals us for the child's lock.
+            with open(self.file(8208)) as f:
+                self.assertEqual(json.load(f)["released_by"], os.getpid())
         finally:
             child.kill()
             child.wait()

@@ -26,6 +26,7 @@ pub(super) fn write(info: &LockInfo, out: &mut Vec<u8>) {
         child_pgid,
         child_identity,
         version,
+        released_by,
     } = info;
     out.extend_from_slice(b"{\"pid\":");
     number(out, u64::from(*pid));
@@ -47,6 +48,9 @@ pub(super) fn write(info: &LockInfo, out: &mut Vec<u8>) {
     optional(out, b",\"version\":", version, |out, version| {
         string(out, version)
     });
+    optional(out, b",\"released_by\":", released_by, |out, pid| {
+        number(out, u64::from(*pid));
+    });
     out.push(b'}');
 }
 
@@ -63,18 +67,27 @@ fn process_identity(out: &mut Vec<u8>, identity: &ProcessIdentity) {
     let ProcessIdentity {
         boot_id,
         start_ticks,
+        pid_ns,
     } = identity;
     out.push(b'{');
+    let mut first = true;
+    let mut key = |out: &mut Vec<u8>, key: &[u8]| {
+        if !std::mem::take(&mut first) {
+            out.push(b',');
+        }
+        out.extend_from_slice(key);
+    };
     if let Some(boot_id) = boot_id {
-        out.extend_from_slice(b"\"boot_id\":");
+        key(out, b"\"boot_id\":");
         string(out, boot_id);
     }
     if let Some(ticks) = start_ticks {
-        if boot_id.is_some() {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"\"start_ticks\":");
+        key(out, b"\"start_ticks\":");
         number(out, *ticks);
+    }
+    if let Some(pid_ns) = pid_ns {
+        key(out, b"\"pid_ns\":");
+        string(out, pid_ns);
     }
     out.push(b'}');
 }
@@ -257,11 +270,14 @@ mod tests {
         info.identity = Some(ProcessIdentity {
             boot_id: None,
             start_ticks: Some(u64::MAX),
+            pid_ns: Some("4:\u{1b}[31m".to_owned()),
         });
         info.child_identity = Some(ProcessIdentity {
             boot_id: None,
             start_ticks: None,
+            pid_ns: None,
         });
+        info.released_by = Some(0);
         assert_eq!(ours(&info), serde_bytes(&info));
     }
 
@@ -270,10 +286,12 @@ mod tests {
             (
                 proptest::option::of(".*"),
                 proptest::option::of(any::<u64>()),
+                proptest::option::of(".*"),
             )
-                .prop_map(|(boot_id, start_ticks)| ProcessIdentity {
+                .prop_map(|(boot_id, start_ticks, pid_ns)| ProcessIdentity {
                     boot_id,
                     start_ticks,
+                    pid_ns,
                 }),
         )
     }
@@ -307,6 +325,7 @@ mod tests {
             child_pgid in proptest::option::of(any::<u32>()),
             child_identity in any_identity(),
             version in proptest::option::of("[ -~]{0,12}"),
+            released_by in proptest::option::of(any::<u32>()),
         ) {
             let info = LockInfo {
                 pid,
@@ -317,6 +336,7 @@ mod tests {
                 child_pgid,
                 child_identity,
                 version,
+                released_by,
             };
             prop_assert_eq!(
                 String::from_utf8(ours(&info)).expect("UTF-8"),

@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt as _, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use fs2::FileExt as Fs2FileExt;
 
@@ -96,14 +96,34 @@ pub(crate) fn check_dir(dir: &DirHandle) -> Result<(), DirRefusal> {
     Ok(())
 }
 
-/// The fix that works for this refusal, for error messages: only the owner
-/// can `chmod`, and nobody can make a symlink or a file into our dir.
+/// The fix that works for this refusal, for error messages: only a fix the
+/// reader can and may run. `chmod` only for the user's own default dir
+/// (llmlb made it 0700; someone loosened it): a dir named by `LLMLB_LOCK_DIR`
+/// may be shared (`/tmp`, `/dev/shm`, `/var/tmp`, a team's dir), and root
+/// running `chmod 700` on it would lock every other user and daemon out, so
+/// for those a private subdirectory, which llmlb creates 0700. Nobody can
+/// make a symlink, a file or another user's dir into ours. Paths are quoted
+/// for a POSIX shell ([`shell_quoted`](crate::lock::shell_quoted)).
 pub(crate) fn dir_fix_hint(dir: &Path, refusal: DirRefusal) -> String {
+    use crate::lock::error::shell_quoted;
+    let own_default = dir == default_dir();
     match refusal {
-        DirRefusal::OpenToOthers => format!(
-            "run `chmod 700 {}`, or set LLMLB_LOCK_DIR (or --lock-dir) to a directory only you can write",
-            crate::lock::error::printable(dir)
+        DirRefusal::OpenToOthers if own_default => format!(
+            "run `chmod 700 {}` (your own default lock dir), or set LLMLB_LOCK_DIR (or --lock-dir) to a directory only you can write",
+            shell_quoted(dir)
         ),
+        DirRefusal::OpenToOthers => {
+            let private = dir.join(format!("llmlb-{}", euid()));
+            format!(
+                "others may depend on its permissions, so do not chmod it; use a private subdirectory, which llmlb creates with mode 0700: `export LLMLB_LOCK_DIR={}` (or --lock-dir {})",
+                shell_quoted(&private),
+                shell_quoted(&private)
+            )
+        }
+        DirRefusal::ForeignOwner if own_default => {
+            "another user created it first (anyone can create a directory there); set LLMLB_LOCK_DIR (or --lock-dir) to a directory you own (e.g. under your home directory)"
+                .to_owned()
+        }
         DirRefusal::Symlink | DirRefusal::NotDirectory | DirRefusal::ForeignOwner => {
             "set LLMLB_LOCK_DIR (or --lock-dir) to a directory you own (e.g. under your home directory)"
                 .to_owned()
@@ -405,15 +425,93 @@ pub(crate) fn current_pid() -> u32 {
     std::process::id()
 }
 
+/// How many times this process has forked (as counted by a
+/// `pthread_atfork` parent handler, registered on the first call, so forks
+/// before any lock was taken are not counted and need not be). A lock whose
+/// count changed since it was taken may share its open file description
+/// with a child: its release must not unlink the name under that child.
+/// `posix_spawn` and `vfork`-style spawns run no handlers; their children
+/// exec at once, and lock descriptors are close-on-exec. `None` if the
+/// handler could not be registered: forks cannot be ruled out.
+pub(crate) fn fork_count() -> Option<u64> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static FORKS: AtomicU64 = AtomicU64::new(0);
+    static COUNTING: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    extern "C" fn forked_parent() {
+        FORKS.fetch_add(1, Ordering::Relaxed);
+    }
+    let counting = *COUNTING.get_or_init(|| {
+        // SAFETY: registers a handler that only bumps an atomic (async-signal
+        // safe, as a fork handler must be); nothing is ever unregistered.
+        unsafe { libc::pthread_atfork(None, Some(forked_parent), None) == 0 }
+    });
+    counting.then(|| FORKS.load(Ordering::Relaxed))
+}
+
 /// The effective user id; lock dirs and files must belong to it.
 pub(crate) fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
 }
 
-/// Name of the per-user default lock dir under the temp dir.
-pub(crate) fn default_dir_name() -> String {
-    format!("llmlb-{}", euid())
+/// The default lock dir: a function of the effective user alone, so that
+/// every session of one user (a login shell, ssh, tmux, cron, `sudo`,
+/// `pam_tmpdir`) finds the same dir and so the same locks. No environment
+/// variable moves it (`LLMLB_LOCK_DIR` is read above, in `resolve_lock_dir`):
+/// not `TMPDIR`, which differs between sessions, and not `XDG_RUNTIME_DIR`,
+/// which cron lacks and logind removes at logout while a server runs on.
+///
+/// - macOS: `llmlb-<euid>` in the per-user temp dir the system keeps for
+///   this user (`confstr(_CS_DARWIN_USER_TEMP_DIR)`, what `TMPDIR` is set to
+///   in a login session, but asked of the system, not of the environment);
+///   `/tmp/llmlb-<euid>` if that fails.
+/// - Other Unix: `/tmp/llmlb-<euid>`; for root `/run/llmlb` where `/run` is
+///   a directory (root-only and cleared at boot, so nobody can squat it).
+pub(crate) fn default_dir() -> PathBuf {
+    #[cfg(target_vendor = "apple")]
+    if let Some(dir) = darwin_user_temp_dir() {
+        return dir.join(format!("llmlb-{}", euid()));
+    }
+    default_dir_for(euid(), Path::new("/run").is_dir())
+}
+
+/// [`default_dir`] off macOS, for `euid` on a system where `/run` is (or is
+/// not) a directory.
+fn default_dir_for(euid: u32, run_is_dir: bool) -> PathBuf {
+    if euid == 0 && run_is_dir {
+        PathBuf::from("/run/llmlb")
+    } else {
+        PathBuf::from(format!("/tmp/llmlb-{euid}"))
+    }
+}
+
+/// The per-user temp dir of macOS (`/var/folders/…/T/`), from the system
+/// rather than `TMPDIR`; `None` if it cannot be had or is not absolute.
+#[cfg(target_vendor = "apple")]
+fn darwin_user_temp_dir() -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStringExt as _;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: `buf` is writable for its whole length, which is passed.
+    let len = unsafe {
+        libc::confstr(
+            libc::_CS_DARWIN_USER_TEMP_DIR,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    // 0: an error; more than the buffer: truncated (never for a real path).
+    if len == 0 || len > buf.len() {
+        return None;
+    }
+    buf.truncate(len - 1); // the count includes the terminating NUL
+    let dir = PathBuf::from(std::ffi::OsString::from_vec(buf));
+    dir.is_absolute().then_some(dir)
+}
+
+/// Whether a file or directory (from `lstat`) belongs to a user other than
+/// the effective one.
+pub(crate) fn owned_by_another_user(meta: &Metadata) -> bool {
+    meta.uid() != euid()
 }
 
 /// Creates `dir` (and missing parents) with mode 0700. An existing dir is fine:
@@ -448,7 +546,35 @@ pub(crate) fn process_identity(pid: u32) -> Option<ProcessIdentity> {
     Some(ProcessIdentity {
         boot_id: boot_id(),
         start_ticks: Some(start_ticks(&stat)?),
+        pid_ns: None,
     })
+}
+
+/// The calling process's identity, with its PID namespace. Read through
+/// `/proc/self`, which always describes the caller: in a PID namespace
+/// without its own `/proc` (`unshare --pid --fork`), `/proc/<getpid()>` is
+/// another process of the outer namespace.
+#[cfg(target_os = "linux")]
+pub(crate) fn own_identity() -> Option<ProcessIdentity> {
+    use std::os::unix::fs::MetadataExt;
+    let stat = std::fs::read("/proc/self/stat").ok()?;
+    // The link's target, an nsfs inode: equal for every process of one
+    // PID namespace, different across namespaces (containers).
+    let pid_ns = std::fs::metadata("/proc/self/ns/pid")
+        .ok()
+        .map(|ns| format!("{}:{}", ns.dev(), ns.ino()));
+    Some(ProcessIdentity {
+        boot_id: boot_id(),
+        start_ticks: Some(start_ticks(&stat)?),
+        pid_ns,
+    })
+}
+
+/// The calling process's identity (see the Linux version); no PID namespace
+/// here.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn own_identity() -> Option<ProcessIdentity> {
+    process_identity(current_pid())
 }
 
 /// Field 22 (starttime) of a `/proc/<pid>/stat` line. The command name
@@ -506,6 +632,7 @@ pub(crate) fn process_identity(pid: u32) -> Option<ProcessIdentity> {
     Some(ProcessIdentity {
         boot_id: boot_time(),
         start_ticks: Some(start),
+        pid_ns: None,
     })
 }
 
@@ -583,41 +710,136 @@ pub(crate) struct PinnedProcess {
     pidfd: Option<OwnedFd>,
 }
 
-/// Pins process `pid`: `NotFound` if no such process exists now.
+/// Pins process `pid`: `NotFound` if no such process exists now; any other
+/// error is what it is (a thread id, `/proc` from another PID namespace,
+/// `EMFILE`, `EACCES`), never "gone".
+///
+/// On Linux the pin is a pidfd, and it is checked against this process's
+/// `/proc` (`/proc/self/fdinfo/<pidfd>` shows the pinned process's number
+/// there): a `/proc` mounted from another PID namespace would make every
+/// later `/proc/<pid>` read describe someone else, so it is refused. Without
+/// pidfds (`ENOSYS`, or `EPERM` from a seccomp filter) the number is kept,
+/// but only for a thread-group leader (`Tgid` = `pid`).
 pub(crate) fn pin_process(pid: u32) -> io::Result<PinnedProcess> {
-    let pid = valid_pid(pid)?;
+    let raw_pid = valid_pid(pid)?;
     #[cfg(target_os = "linux")]
     {
         // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, raw_pid, 0) };
         if raw >= 0 {
             // SAFETY: a fresh descriptor that nothing else owns; fds fit c_int.
             let fd = unsafe { OwnedFd::from_raw_fd(raw as libc::c_int) };
+            check_pidfd_in_this_proc(&fd, pid)?;
             return Ok(PinnedProcess {
-                pid,
+                pid: raw_pid,
                 pidfd: Some(fd),
             });
         }
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
             Some(libc::ESRCH) => return Err(io::ErrorKind::NotFound.into()),
+            // pidfd_open refuses a thread that does not lead its group:
+            // EINVAL, ENOENT on newer kernels. A thread id is refused (a
+            // signal to it would reach its whole process); a number that
+            // is gone is "gone"; anything else is reported as it is.
+            Some(libc::EINVAL) | Some(libc::ENOENT) => {
+                check_leads_thread_group(pid)?;
+                return Err(io::Error::other(format!("pidfd_open({pid}): {err}")));
+            }
             // No pidfds here (old kernel, seccomp): fall back to the number.
-            Some(libc::ENOSYS) | Some(libc::EPERM) | Some(libc::EINVAL) => {}
+            Some(libc::ENOSYS) | Some(libc::EPERM) => {}
             _ => return Err(err),
         }
-        Ok(PinnedProcess { pid, pidfd: None })
+        check_leads_thread_group(pid)?;
+        Ok(PinnedProcess {
+            pid: raw_pid,
+            pidfd: None,
+        })
     }
     #[cfg(not(target_os = "linux"))]
     {
         // SAFETY: signal 0 only checks that the process exists.
-        if unsafe { libc::kill(pid, 0) } != 0 {
+        if unsafe { libc::kill(raw_pid, 0) } != 0 {
             let err = io::Error::last_os_error();
             if err.raw_os_error() == Some(libc::ESRCH) {
                 return Err(io::ErrorKind::NotFound.into());
             }
         }
-        Ok(PinnedProcess { pid })
+        Ok(PinnedProcess { pid: raw_pid })
     }
+}
+
+#[cfg(target_os = "linux")]
+fn not_a_process(pid: u32) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{pid} is a thread of another process, not a process"),
+    )
+}
+
+/// The `Pid:` line of `/proc/self/fdinfo/<pidfd>`: the pinned process's
+/// number in the PID namespace of this `/proc`. It must be `pid` (the
+/// number in ours); `0` means the process is not visible in that namespace,
+/// `-1` that it has exited. Kernels before 5.4 have no such line: nothing to
+/// check there.
+#[cfg(target_os = "linux")]
+fn check_pidfd_in_this_proc(fd: &OwnedFd, pid: u32) -> io::Result<()> {
+    let fdinfo = match std::fs::read(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())) {
+        Ok(fdinfo) => fdinfo,
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot read /proc/self/fdinfo to check that /proc shows PID {pid}: {e}"),
+            ))
+        }
+    };
+    let Some(shown) = proc_field(&fdinfo, b"Pid:") else {
+        return Ok(());
+    };
+    match shown {
+        Some(n) if n == i64::from(pid) => Ok(()),
+        Some(-1) => Err(io::ErrorKind::NotFound.into()),
+        _ => Err(io::Error::other(format!(
+            "this /proc belongs to another PID namespace (PID {pid} here is {} there), so \
+             nothing read from /proc/{pid} describes it; run stop where /proc matches \
+             (mount a /proc for this namespace)",
+            match shown {
+                Some(0) | None => "not visible".to_owned(),
+                Some(n) => format!("PID {n}"),
+            }
+        ))),
+    }
+}
+
+/// Refuses a number that is a thread of another process (the fallback's
+/// twin of pidfd_open's `EINVAL`): `/proc/<pid>/status` `Tgid` must be `pid`.
+#[cfg(target_os = "linux")]
+fn check_leads_thread_group(pid: u32) -> io::Result<()> {
+    let status = match std::fs::read(format!("/proc/{pid}/status")) {
+        Ok(status) => status,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(e),
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot read /proc/{pid}/status: {e}"),
+            ))
+        }
+    };
+    match proc_field(&status, b"Tgid:") {
+        Some(Some(tgid)) if tgid == i64::from(pid) => Ok(()),
+        _ => Err(not_a_process(pid)),
+    }
+}
+
+/// The number after `key` on its line of a `/proc` key-value file: `None`
+/// if there is no such line, `Some(None)` if it does not parse.
+#[cfg(target_os = "linux")]
+fn proc_field(text: &[u8], key: &[u8]) -> Option<Option<i64>> {
+    let line = text
+        .split(|&b| b == b'\n')
+        .find(|line| line.starts_with(key))?;
+    let value = std::str::from_utf8(&line[key.len()..]).ok().map(str::trim);
+    Some(value.and_then(|v| v.parse().ok()))
 }
 
 impl PinnedProcess {
@@ -679,6 +901,41 @@ impl PinnedProcess {
             0 => Ok(()),
             _ => Err(esrch_as_not_found(io::Error::last_os_error())),
         }
+    }
+}
+
+impl PinnedProcess {
+    /// Sends `sig` to the process group the pinned process belongs to.
+    /// Through the pidfd with `PIDFD_SIGNAL_PROCESS_GROUP` where the kernel
+    /// has it (Linux 6.9+), so the group is reached through the verified
+    /// process, never by a bare number; elsewhere (older kernels, no pidfd,
+    /// other Unix) `kill(-pid)`, for a caller that has just verified that the
+    /// pinned process leads its group.
+    pub(crate) fn signal_own_group(&self, sig: Signal) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        if let Some(fd) = &self.pidfd {
+            /// `PIDFD_SIGNAL_PROCESS_GROUP` from `<linux/pidfd.h>` (6.9).
+            const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 1 << 2;
+            // SAFETY: valid pidfd; a NULL siginfo means "as kill(2) would".
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    sig.raw(),
+                    std::ptr::null::<libc::siginfo_t>(),
+                    PIDFD_SIGNAL_PROCESS_GROUP,
+                )
+            };
+            if rc == 0 {
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            // EINVAL: a kernel without the flag; fall back to the number.
+            if err.raw_os_error() != Some(libc::EINVAL) {
+                return Err(esrch_as_not_found(err));
+            }
+        }
+        signal_group(self.pid as u32, sig)
     }
 }
 

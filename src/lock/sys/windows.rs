@@ -465,12 +465,61 @@ pub(crate) fn write_all_at(file: &File, mut data: &[u8], mut offset: u64) -> io:
     Ok(())
 }
 
-/// `%TEMP%` is already per user, so the default dir needs no user suffix.
-pub(crate) fn default_dir_name() -> String {
-    "llmlb".to_owned()
+/// The default lock dir: `llmlb\\locks` in the user's local application data
+/// folder (`FOLDERID_LocalAppData`, usually `C:\\Users\\<user>\\AppData\\Local`),
+/// asked of the known-folder API rather than read from `%TEMP%` or
+/// `%LOCALAPPDATA%`, so every session of the user finds the same dir. Where
+/// the API fails (a profile that is not loaded) it falls back to
+/// `<temp dir>\\llmlb`, the only per-user place left to ask for.
+pub(crate) fn default_dir() -> PathBuf {
+    match local_app_data() {
+        Some(base) => base.join("llmlb").join("locks"),
+        None => std::env::temp_dir().join("llmlb"),
+    }
 }
 
-/// Creates `dir` and missing parents (ACLs of `%TEMP%` already make it private).
+/// `SHGetKnownFolderPath(FOLDERID_LocalAppData)`; `None` on failure or a
+/// path that is not absolute.
+fn local_app_data() -> Option<PathBuf> {
+    use std::os::windows::ffi::OsStringExt as _;
+    use windows_sys::Win32::System::Com::CoTaskMemFree;
+    use windows_sys::Win32::UI::Shell::{
+        FOLDERID_LocalAppData, SHGetKnownFolderPath, KF_FLAG_DEFAULT,
+    };
+    let mut raw: *mut u16 = std::ptr::null_mut();
+    // SAFETY: a valid folder id, no token (the calling user), and `raw`
+    // receives a string the API allocates.
+    let hr = unsafe {
+        SHGetKnownFolderPath(
+            &FOLDERID_LocalAppData,
+            KF_FLAG_DEFAULT as _,
+            std::ptr::null_mut(),
+            &mut raw,
+        )
+    };
+    let path = if hr >= 0 && !raw.is_null() {
+        // SAFETY: on success `raw` is a NUL-terminated UTF-16 string.
+        let len = unsafe { (0..).take_while(|&i| *raw.add(i) != 0).count() };
+        // SAFETY: `len` units before the NUL are readable.
+        let units = unsafe { std::slice::from_raw_parts(raw, len) };
+        Some(PathBuf::from(std::ffi::OsString::from_wide(units)))
+    } else {
+        None
+    };
+    // SAFETY: the caller frees the string whether or not the call succeeded
+    // (freeing NULL is a no-op).
+    unsafe { CoTaskMemFree(raw as *const std::ffi::c_void) };
+    path.filter(|p| p.is_absolute())
+}
+
+/// Never from metadata alone on Windows: ownership is judged on the open
+/// dir's owner SID by [`check_dir`].
+pub(crate) fn owned_by_another_user(_meta: &std::fs::Metadata) -> bool {
+    false
+}
+
+/// Creates `dir` and missing parents (the ACLs of the user's profile folder
+/// already make it private).
 pub(crate) fn create_dir(dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dir)
 }
@@ -540,7 +589,18 @@ pub(crate) fn process_identity(pid: u32) -> Option<ProcessIdentity> {
     Some(ProcessIdentity {
         boot_id: None,
         start_ticks: Some(creation_time(&handle).ok()?),
+        pid_ns: None,
     })
+}
+
+/// Forks of this process: Windows has no `fork`, so always the same count.
+pub(crate) fn fork_count() -> Option<u64> {
+    Some(0)
+}
+
+/// The calling process's identity (Windows has no PID namespaces).
+pub(crate) fn own_identity() -> Option<ProcessIdentity> {
+    process_identity(current_pid())
 }
 
 /// Signals `stop` may send (only `Kill` exists on Windows, as termination).
@@ -617,6 +677,13 @@ impl PinnedProcess {
 
     fn raw(&self) -> HANDLE {
         self.handle.as_handle().as_raw_handle() as HANDLE
+    }
+}
+
+impl PinnedProcess {
+    /// Not supported on Windows (no process groups to signal).
+    pub(crate) fn signal_own_group(&self, sig: Signal) -> io::Result<()> {
+        signal_group(0, sig)
     }
 }
 
