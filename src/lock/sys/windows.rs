@@ -598,9 +598,62 @@ pub(crate) fn fork_count() -> Option<u64> {
     Some(0)
 }
 
-/// The calling process's identity (Windows has no PID namespaces).
+/// The calling process's identity, with the PID namespace it is numbered in
+/// ([`pid_namespace`]).
 pub(crate) fn own_identity() -> Option<ProcessIdentity> {
-    process_identity(current_pid())
+    let mut identity = process_identity(current_pid())?;
+    identity.pid_ns = pid_namespace();
+    Some(identity)
+}
+
+/// What the PIDs of this process's world are numbered in: one Windows
+/// installation, named by its `MachineGuid` (made at setup, under
+/// `HKLM\SOFTWARE\Microsoft\Cryptography`), as `"machine:<guid>"`. Under Wine every
+/// prefix is such a world, with its own wineserver and its own PIDs (each
+/// starting at 32) and its own `MachineGuid`: a `stop` run in another prefix
+/// over a shared lock dir (`Z:\...`) looked the holder's PID up among its
+/// own processes and reported it as exited (issue 17 §7). With this marker
+/// it sees another PID namespace and signals nothing. `None` if the value
+/// cannot be read (the identity is then judged as before the marker).
+///
+/// A process-isolated Windows container made from the same image as its
+/// host may share the host's `MachineGuid`; it normally has its own host
+/// name, which is compared first.
+fn pid_namespace() -> Option<String> {
+    static NAMESPACE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    NAMESPACE.get_or_init(machine_guid).clone()
+}
+
+fn machine_guid() -> Option<String> {
+    use windows_sys::Win32::System::Registry::{
+        RegGetValueW, HKEY_LOCAL_MACHINE, RRF_RT_REG_SZ, RRF_SUBKEY_WOW6464KEY,
+    };
+    let key: Vec<u16> = "SOFTWARE\\Microsoft\\Cryptography\0"
+        .encode_utf16()
+        .collect();
+    let value: Vec<u16> = "MachineGuid\0".encode_utf16().collect();
+    let mut buf = [0u16; 128];
+    let mut len = std::mem::size_of_val(&buf) as u32;
+    // SAFETY: NUL-terminated names; `buf` is writable for `len` bytes and
+    // RRF_RT_REG_SZ makes the call NUL-terminate what it writes.
+    let err = unsafe {
+        RegGetValueW(
+            HKEY_LOCAL_MACHINE,
+            key.as_ptr(),
+            value.as_ptr(),
+            RRF_RT_REG_SZ | RRF_SUBKEY_WOW6464KEY,
+            std::ptr::null_mut(),
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if err != 0 {
+        return None;
+    }
+    let chars = (len as usize / 2).min(buf.len());
+    let guid = String::from_utf16(&buf[..chars]).ok()?;
+    let guid = guid.trim_end_matches('\0').trim();
+    (!guid.is_empty()).then(|| format!("machine:{guid}"))
 }
 
 /// Signals `stop` may send (only `Kill` exists on Windows, as termination).
@@ -1714,6 +1767,29 @@ mod tests {
             err.to_string().contains("is owned by another user"),
             "{err}"
         );
+    }
+
+    /// Issue 17 §7: a holder records the installation (under Wine: the
+    /// prefix) its PID is numbered in, so a `stop` run in another prefix
+    /// over a shared lock dir sees another PID namespace instead of looking
+    /// the number up among its own processes and calling it exited.
+    #[test]
+    fn a_holder_records_its_machine_as_its_pid_namespace() {
+        use crate::lock::{IdentityCheck, LockInfo};
+        let ns = own_identity()
+            .and_then(|me| me.pid_ns)
+            .expect("MachineGuid readable");
+        let guid = ns.strip_prefix("machine:").unwrap();
+        assert_eq!(guid.len(), 36, "{ns}");
+        assert_eq!(pid_namespace(), Some(ns.clone()));
+
+        let mut info = LockInfo::for_current_process(1);
+        assert_eq!(info.identity.as_ref().unwrap().pid_ns, Some(ns));
+        assert_eq!(info.check_identity(), IdentityCheck::Same);
+        // The same record written in another prefix: its own MachineGuid.
+        info.identity.as_mut().unwrap().pid_ns =
+            Some("machine:00000000-0000-4000-8000-000000000000".to_owned());
+        assert_eq!(info.check_identity(), IdentityCheck::OtherPidNamespace);
     }
 
     /// The handle pins one process: its identity is stable, it is reported
