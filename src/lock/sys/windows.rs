@@ -75,11 +75,22 @@ const FILE_FLAG_OPEN_REPARSE_POINT: u32 = 0x0020_0000;
 const ERROR_CANT_ACCESS_FILE: i32 = 1920;
 const ERROR_DIRECTORY: i32 = 267;
 
-/// An open lock directory. Windows has no `openat`: the handle keeps the
-/// checked path, and files are reached by joining their name to it.
+/// An open lock directory: the checked path (for messages), and the
+/// directory itself, held open for as long as the handle lives.
+///
+/// Every file in it is reached through that handle (`NtCreateFile` with the
+/// handle as `RootDirectory`, Windows' `openat`; [`open_in`]), and it is
+/// listed through the handle too: nothing re-resolves the path after the
+/// check, so a dir renamed away and replaced by another dir or a junction
+/// under the same name redirects nothing. The handle also does not share
+/// deletion, so on Windows nobody can delete or rename the dir while it is
+/// open (Wine does not enforce that for directories).
 #[derive(Debug)]
 pub(crate) struct DirHandle {
     path: PathBuf,
+    /// The dir, opened without following a reparse point and without
+    /// `FILE_SHARE_DELETE`.
+    handle: File,
 }
 
 impl DirHandle {
@@ -92,12 +103,28 @@ impl DirHandle {
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
+
+    fn raw(&self) -> HANDLE {
+        self.handle.as_raw_handle() as HANDLE
+    }
 }
 
-/// Opens the directory at `path`, refusing a symlink (reparse point) or a
-/// non-directory.
+/// Opens the directory at `path` and keeps it open (see [`DirHandle`]),
+/// refusing a symlink or junction (reparse point) or a non-directory.
 pub(crate) fn open_dir(path: &Path) -> io::Result<DirHandle> {
-    let meta = std::fs::symlink_metadata(path)?;
+    use windows_sys::Win32::Storage::FileSystem::{
+        FILE_LIST_DIRECTORY, FILE_READ_ATTRIBUTES, FILE_TRAVERSE, SYNCHRONIZE,
+    };
+    // BACKUP_SEMANTICS is what lets CreateFile open a directory;
+    // OPEN_REPARSE_POINT opens a link itself, which is then refused.
+    let handle = OpenOptions::new()
+        .access_mode(
+            READ_CONTROL | FILE_READ_ATTRIBUTES | FILE_LIST_DIRECTORY | FILE_TRAVERSE | SYNCHRONIZE,
+        )
+        .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE)
+        .custom_flags(FILE_FLAG_BACKUP_SEMANTICS | FILE_FLAG_OPEN_REPARSE_POINT)
+        .open(path)?;
+    let meta = handle.metadata()?;
     if meta.file_type().is_symlink() {
         return Err(io::Error::from_raw_os_error(ERROR_CANT_ACCESS_FILE));
     }
@@ -106,6 +133,7 @@ pub(crate) fn open_dir(path: &Path) -> io::Result<DirHandle> {
     }
     Ok(DirHandle {
         path: path.to_path_buf(),
+        handle,
     })
 }
 
@@ -117,7 +145,7 @@ pub(crate) fn open_dir(path: &Path) -> io::Result<DirHandle> {
 /// "group or others" to judge. Where Windows cannot tell (no owner: FAT
 /// volumes, or the security info is unreadable), the dir is accepted.
 pub(crate) fn check_dir(dir: &DirHandle) -> Result<(), DirRefusal> {
-    let (Ok(owner), Ok(ours)) = (dir_owner_sid(&dir.path), own_sids()) else {
+    let (Ok(owner), Ok(ours)) = (owner_sid(dir.raw(), SE_FILE_OBJECT), own_sids()) else {
         return Ok(());
     };
     judge_owner(owner.as_deref(), ours)
@@ -133,17 +161,6 @@ fn judge_owner(owner: Option<&[u8]>, ours: &[Vec<u8>]) -> Result<(), DirRefusal>
         }
         _ => Ok(()),
     }
-}
-
-/// The owner SID of the dir at `path` (`None` if it has none), read through
-/// a handle that does not follow a reparse point.
-fn dir_owner_sid(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    let dir = OpenOptions::new()
-        .access_mode(READ_CONTROL)
-        .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE)
-        .custom_flags(FILE_FLAG_BACKUP_SEMANTICS | FILE_FLAG_OPEN_REPARSE_POINT)
-        .open(path)?;
-    owner_sid(dir.as_raw_handle() as HANDLE, SE_FILE_OBJECT)
 }
 
 /// The owner SID of the object behind `handle` (opened with `READ_CONTROL`),
@@ -258,53 +275,119 @@ pub(crate) fn dir_fix_hint(_dir: &Path, refusal: DirRefusal) -> String {
 /// for that instant with a sharing violation (Wine) or `ERROR_DELETE_PENDING`
 /// (Windows): see [`is_transient_open_error`].
 pub(crate) fn open_for_lock(dir: &DirHandle, name: &LockName) -> io::Result<File> {
+    use windows_sys::Wdk::Storage::FileSystem::FILE_OPEN_IF;
+    use windows_sys::Win32::Storage::FileSystem::{FILE_GENERIC_READ, FILE_GENERIC_WRITE};
     open_lock_file(
-        OpenOptions::new().read(true).write(true).create(true),
-        &dir.path.join(name.as_str()),
+        dir,
+        name,
+        FILE_GENERIC_READ | FILE_GENERIC_WRITE,
+        FILE_OPEN_IF,
     )
 }
 
 /// Opens an existing lock file read-only for probing (same sharing as
 /// [`open_for_lock`]).
 pub(crate) fn open_for_probe(dir: &DirHandle, name: &LockName) -> io::Result<File> {
-    open_lock_file(OpenOptions::new().read(true), &dir.path.join(name.as_str()))
+    use windows_sys::Wdk::Storage::FileSystem::FILE_OPEN;
+    use windows_sys::Win32::Storage::FileSystem::FILE_GENERIC_READ;
+    open_lock_file(dir, name, FILE_GENERIC_READ, FILE_OPEN)
 }
 
 /// Every handle to a lock file shares reads and writes but never deletion:
 /// nobody can delete or rename a lock file while anyone has it open, so a
 /// held file cannot lose its name (what Unix needs steps 4 and 9 for), and
 /// [`remove_held`] can only delete a file nobody has open, hence nobody holds.
-fn open_lock_file(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
-    match options
-        .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE)
-        .custom_flags(FILE_FLAG_OPEN_REPARSE_POINT)
-        .open(path)
-    {
-        Ok(file) => refuse_reparse(file),
-        Err(e) => Err(name_delete_pending(e)),
-    }
+fn open_lock_file(
+    dir: &DirHandle,
+    name: &LockName,
+    access: u32,
+    disposition: u32,
+) -> io::Result<File> {
+    use windows_sys::Wdk::Storage::FileSystem::{FILE_NON_DIRECTORY_FILE, FILE_OPEN_REPARSE_POINT};
+    let file = open_in(
+        dir,
+        name.as_str(),
+        access,
+        FILE_SHARE_READ | FILE_SHARE_WRITE,
+        disposition,
+        FILE_NON_DIRECTORY_FILE | FILE_OPEN_REPARSE_POINT,
+    )?;
+    refuse_reparse(file)
 }
 
-/// Windows reports an open of a file whose deletion is pending as
-/// `ERROR_ACCESS_DENIED`, like a real permission problem; only the NT status
-/// of that very call (`STATUS_DELETE_PENDING`) tells them apart. Called right
-/// after the failed open, before anything else can overwrite the thread's
-/// last status; it turns that case into `ERROR_DELETE_PENDING`.
-fn name_delete_pending(err: io::Error) -> io::Error {
-    if err.raw_os_error() == Some(ERROR_ACCESS_DENIED as i32)
-        // SAFETY: reads the calling thread's last NT status; no arguments.
-        && unsafe { RtlGetLastNtStatus() } == STATUS_DELETE_PENDING
-    {
+/// `NtCreateFile` of `name` relative to the open dir (its handle as
+/// `RootDirectory`): Windows' `openat`, which never looks at the dir's path.
+/// Synchronous I/O, as `CreateFileW` without `FILE_FLAG_OVERLAPPED` gives.
+/// An NT status is turned into the Win32 error `CreateFileW` would report,
+/// except that a pending deletion is `ERROR_DELETE_PENDING`: `CreateFileW`
+/// reports it as `ERROR_ACCESS_DENIED`, like a real permission problem.
+fn open_in(
+    dir: &DirHandle,
+    name: &str,
+    access: u32,
+    share: u32,
+    disposition: u32,
+    options: u32,
+) -> io::Result<File> {
+    use windows_sys::Wdk::Foundation::OBJECT_ATTRIBUTES;
+    use windows_sys::Wdk::Storage::FileSystem::{NtCreateFile, FILE_SYNCHRONOUS_IO_NONALERT};
+    use windows_sys::Win32::Foundation::{OBJ_CASE_INSENSITIVE, UNICODE_STRING};
+    use windows_sys::Win32::Storage::FileSystem::{FILE_ATTRIBUTE_NORMAL, SYNCHRONIZE};
+    use windows_sys::Win32::System::IO::IO_STATUS_BLOCK;
+    let mut wide: Vec<u16> = name.encode_utf16().collect();
+    let bytes =
+        u16::try_from(wide.len() * 2).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let object_name = UNICODE_STRING {
+        Length: bytes,
+        MaximumLength: bytes,
+        Buffer: wide.as_mut_ptr(),
+    };
+    let attributes = OBJECT_ATTRIBUTES {
+        Length: std::mem::size_of::<OBJECT_ATTRIBUTES>() as u32,
+        RootDirectory: dir.raw(),
+        ObjectName: &object_name,
+        // Win32 file names are case-insensitive; CreateFileW asks the same.
+        Attributes: OBJ_CASE_INSENSITIVE,
+        SecurityDescriptor: std::ptr::null(),
+        SecurityQualityOfService: std::ptr::null(),
+    };
+    let mut raw: HANDLE = std::ptr::null_mut();
+    // SAFETY: all-zero is a valid IO_STATUS_BLOCK (written by the call).
+    let mut status_block: IO_STATUS_BLOCK = unsafe { std::mem::zeroed() };
+    // SAFETY: the dir handle is open for the call (borrowed from `dir`);
+    // `attributes` and the name it points to outlive the call; `raw` and
+    // `status_block` are writable; no EA buffer.
+    let status = unsafe {
+        NtCreateFile(
+            &mut raw,
+            access | SYNCHRONIZE,
+            &attributes,
+            &mut status_block,
+            std::ptr::null(),
+            FILE_ATTRIBUTE_NORMAL,
+            share,
+            disposition,
+            options | FILE_SYNCHRONOUS_IO_NONALERT,
+            std::ptr::null(),
+            0,
+        )
+    };
+    if status < 0 {
+        return Err(nt_error(status));
+    }
+    // SAFETY: a fresh handle that nothing else owns.
+    Ok(unsafe { File::from_raw_handle(raw as _) })
+}
+
+/// The Win32 error for a failed NT call's `status` (`STATUS_DELETE_PENDING`
+/// as `ERROR_DELETE_PENDING`, not the access denied of the generic mapping).
+fn nt_error(status: NTSTATUS) -> io::Error {
+    use windows_sys::Win32::Foundation::RtlNtStatusToDosError;
+    if status == STATUS_DELETE_PENDING {
         return io::Error::from_raw_os_error(ERROR_DELETE_PENDING as i32);
     }
-    err
-}
-
-#[link(name = "ntdll")]
-extern "system" {
-    /// The NTSTATUS behind the calling thread's last error (ntdll export since
-    /// Windows XP; not in windows-sys).
-    fn RtlGetLastNtStatus() -> NTSTATUS;
+    // SAFETY: a pure mapping of a status value.
+    io::Error::from_raw_os_error(unsafe { RtlNtStatusToDosError(status) } as i32)
 }
 
 /// True when an open failed only because another process has the lock file
@@ -322,16 +405,98 @@ pub(crate) fn is_transient_open_error(err: &io::Error) -> bool {
     )
 }
 
-/// Whether `name` exists in `dir` (ids are not compared on Windows).
+/// Whether `name` exists in `dir`, looked up through the dir's handle (ids
+/// are not compared on Windows).
 pub(crate) fn name_id(dir: &DirHandle, name: &LockName) -> io::Result<Option<FileId>> {
-    path_id(&dir.path.join(name.as_str()))
+    use windows_sys::Wdk::Storage::FileSystem::{FILE_OPEN, FILE_OPEN_REPARSE_POINT};
+    use windows_sys::Win32::Storage::FileSystem::FILE_READ_ATTRIBUTES;
+    match open_in(
+        dir,
+        name.as_str(),
+        FILE_READ_ATTRIBUTES,
+        FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
+        FILE_OPEN,
+        FILE_OPEN_REPARSE_POINT,
+    ) {
+        Ok(_) => Ok(Some(FileId { dev: 0, ino: 0 })),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
-/// The names in `dir`.
+/// The names in `dir`, listed through its handle: a second handle to the
+/// same dir (opened relative to the first with an empty name), so that
+/// concurrent listings do not share one enumeration position.
 pub(crate) fn list_names(dir: &DirHandle) -> io::Result<Vec<std::ffi::OsString>> {
-    std::fs::read_dir(&dir.path)?
-        .map(|entry| entry.map(|e| e.file_name()))
-        .collect()
+    use std::os::windows::ffi::OsStringExt as _;
+    use windows_sys::Wdk::Storage::FileSystem::{FILE_DIRECTORY_FILE, FILE_OPEN};
+    use windows_sys::Win32::Foundation::ERROR_NO_MORE_FILES;
+    use windows_sys::Win32::Storage::FileSystem::{
+        FileIdBothDirectoryInfo, FileIdBothDirectoryRestartInfo, GetFileInformationByHandleEx,
+        FILE_ID_BOTH_DIR_INFO, FILE_LIST_DIRECTORY,
+    };
+    let listing = open_in(
+        dir,
+        "",
+        FILE_LIST_DIRECTORY,
+        FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
+        FILE_OPEN,
+        FILE_DIRECTORY_FILE,
+    )?;
+    let raw = listing.as_raw_handle() as HANDLE;
+    let mut names = Vec::new();
+    // Aligned for FILE_ID_BOTH_DIR_INFO (8 bytes), room for many entries.
+    let mut buf = vec![0u64; 8192];
+    let mut class = FileIdBothDirectoryRestartInfo;
+    loop {
+        // SAFETY: the handle is open for the call; `buf` is writable for
+        // its byte length.
+        let ok = unsafe {
+            GetFileInformationByHandleEx(
+                raw,
+                class,
+                buf.as_mut_ptr().cast(),
+                (buf.len() * 8) as u32,
+            )
+        };
+        if ok == 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(ERROR_NO_MORE_FILES as i32) {
+                return Ok(names);
+            }
+            return Err(err);
+        }
+        class = FileIdBothDirectoryInfo;
+        let mut offset = 0usize;
+        loop {
+            // SAFETY: the call wrote a chain of entries into `buf`, each at
+            // an 8-byte aligned offset given by the previous entry, its name
+            // (FileNameLength bytes) inside the buffer.
+            let (next, name) = unsafe {
+                let entry = buf
+                    .as_ptr()
+                    .cast::<u8>()
+                    .add(offset)
+                    .cast::<FILE_ID_BOTH_DIR_INFO>();
+                let len = (*entry).FileNameLength as usize / 2;
+                let name = std::slice::from_raw_parts(
+                    std::ptr::addr_of!((*entry).FileName).cast::<u16>(),
+                    len,
+                );
+                (
+                    (*entry).NextEntryOffset as usize,
+                    std::ffi::OsString::from_wide(name),
+                )
+            };
+            if name != "." && name != ".." {
+                names.push(name);
+            }
+            if next == 0 {
+                break;
+            }
+            offset += next;
+        }
+    }
 }
 
 fn refuse_reparse(file: File) -> io::Result<File> {
@@ -773,17 +938,52 @@ pub(crate) fn remove_held(
     }
     unlock_before_close(&file);
     drop(file);
-    let path = dir.path.join(name.as_str());
     for sleep_us in [0, 200, 400, 800, 1600, 3200] {
         std::thread::sleep(std::time::Duration::from_micros(sleep_us));
         // Deleted, already gone, or an error a retry will not fix: the lock
         // is released either way.
-        let Err(e) = std::fs::remove_file(&path) else {
+        let Err(e) = delete_in(dir, name) else {
             break;
         };
-        if !is_transient_open_error(&name_delete_pending(e)) {
+        if !is_transient_open_error(&e) {
             break;
         }
+    }
+    Ok(())
+}
+
+/// Deletes the file `name` in `dir` through the dir's handle, as
+/// `DeleteFileW` does by path: open it for `DELETE` (which fails with a
+/// sharing violation while anyone else has it open, since no lock file
+/// handle shares deletion), mark it for deletion, close.
+fn delete_in(dir: &DirHandle, name: &LockName) -> io::Result<()> {
+    use windows_sys::Wdk::Storage::FileSystem::{
+        FILE_NON_DIRECTORY_FILE, FILE_OPEN, FILE_OPEN_REPARSE_POINT,
+    };
+    use windows_sys::Win32::Storage::FileSystem::{
+        FileDispositionInfo, SetFileInformationByHandle, DELETE, FILE_DISPOSITION_INFO,
+    };
+    let file = open_in(
+        dir,
+        name.as_str(),
+        DELETE,
+        FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
+        FILE_OPEN,
+        FILE_NON_DIRECTORY_FILE | FILE_OPEN_REPARSE_POINT,
+    )?;
+    let info = FILE_DISPOSITION_INFO { DeleteFile: true };
+    // SAFETY: the handle is open with DELETE access; `info` is the
+    // structure the class names, alive for the call.
+    let ok = unsafe {
+        SetFileInformationByHandle(
+            file.as_raw_handle() as HANDLE,
+            FileDispositionInfo,
+            std::ptr::from_ref(&info).cast(),
+            std::mem::size_of_val(&info) as u32,
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
@@ -834,27 +1034,20 @@ pub(crate) fn exit_code(status: std::process::ExitStatus) -> i32 {
 /// `Local\` is the caller's session: a server in another session (a service)
 /// is reached only by a `stop` run in that session.
 fn stop_event_name(dir: &DirHandle, port: u16, pid: u32) -> io::Result<Vec<u16>> {
-    let (volume, index) = dir_identity(&dir.path)?;
+    let (volume, index) = dir_identity(dir)?;
     let name = format!("Local\\llmlb-stop-{volume:08x}{index:016x}-{port}-{pid}");
     Ok(name.encode_utf16().chain(std::iter::once(0)).collect())
 }
 
-/// Volume serial number and file index of the directory at `path`.
-fn dir_identity(path: &Path) -> io::Result<(u32, u64)> {
+/// Volume serial number and file index of the open directory `dir`.
+fn dir_identity(dir: &DirHandle) -> io::Result<(u32, u64)> {
     use windows_sys::Win32::Storage::FileSystem::{
-        GetFileInformationByHandle, BY_HANDLE_FILE_INFORMATION, FILE_FLAG_BACKUP_SEMANTICS,
+        GetFileInformationByHandle, BY_HANDLE_FILE_INFORMATION,
     };
-    // BACKUP_SEMANTICS is what lets CreateFile open a directory; no access
-    // right is needed to query its identity.
-    let dir = OpenOptions::new()
-        .access_mode(0)
-        .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE | 0x4)
-        .custom_flags(FILE_FLAG_BACKUP_SEMANTICS)
-        .open(path)?;
     // SAFETY: all-zero is a valid BY_HANDLE_FILE_INFORMATION (plain integers).
     let mut info: BY_HANDLE_FILE_INFORMATION = unsafe { std::mem::zeroed() };
     // SAFETY: the handle is open for the call and `info` is writable.
-    if unsafe { GetFileInformationByHandle(dir.as_raw_handle() as HANDLE, &mut info) } == 0 {
+    if unsafe { GetFileInformationByHandle(dir.raw(), &mut info) } == 0 {
         return Err(io::Error::last_os_error());
     }
     Ok((
@@ -1508,7 +1701,9 @@ mod tests {
     #[test]
     fn a_dir_we_create_has_an_owner_and_it_is_ours() {
         let tmp = tempfile::tempdir().unwrap();
-        let owner = dir_owner_sid(tmp.path()).unwrap().expect("an owner SID");
+        let owner = owner_sid(open_dir(tmp.path()).unwrap().raw(), SE_FILE_OBJECT)
+            .unwrap()
+            .expect("an owner SID");
         let ours = own_sids().unwrap();
         assert!(!ours.is_empty());
         assert!(ours.contains(&owner), "{owner:?} not in {ours:?}");
@@ -1790,6 +1985,86 @@ mod tests {
         info.identity.as_mut().unwrap().pid_ns =
             Some("machine:00000000-0000-4000-8000-000000000000".to_owned());
         assert_eq!(info.check_identity(), IdentityCheck::OtherPidNamespace);
+    }
+
+    /// Issue 17 §7: an open lock dir cannot be renamed away or removed
+    /// while its handle is open (it shares no deletion), so no other dir or
+    /// junction can take its name; once closed it can.
+    #[test]
+    fn an_open_lock_dir_cannot_be_renamed_or_removed_until_closed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("locks");
+        std::fs::create_dir(&path).unwrap();
+        let dir = open_dir(&path).unwrap();
+        let aside = tmp.path().join("aside");
+        let err = std::fs::rename(&path, &aside).unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(ERROR_SHARING_VIOLATION as i32),
+            "{err}"
+        );
+        let err = std::fs::remove_dir(&path).unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(ERROR_SHARING_VIOLATION as i32),
+            "{err}"
+        );
+        drop(dir);
+        std::fs::rename(&path, &aside).unwrap();
+
+        std::fs::write(&path, b"").unwrap();
+        let err = open_dir(&path).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(ERROR_DIRECTORY), "{err}");
+        let err = open_dir(&tmp.path().join("missing")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+    }
+
+    /// Issue 17 §7: every file of an open lock dir is reached through its
+    /// handle, never by its path again. Here the path is relative and the
+    /// working directory changes after the check, so the same path now names
+    /// another dir (what a dir swapped for a junction does to an absolute
+    /// path where Windows' sharing cannot stop it, e.g. from the Unix side
+    /// under Wine): lock files are still created, found, listed and deleted
+    /// in the dir that was checked, and nothing happens in the other one.
+    #[test]
+    fn a_lock_dir_whose_path_names_another_dir_later_redirects_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        for side in ["a", "b"] {
+            std::fs::create_dir_all(tmp.path().join(side).join("locks")).unwrap();
+        }
+        let checked = tmp.path().join("a").join("locks");
+        let other = tmp.path().join("b").join("locks");
+        let cwd = std::env::current_dir().unwrap();
+        std::env::set_current_dir(tmp.path().join("a")).unwrap();
+        let dir = open_dir(Path::new("locks"));
+        std::env::set_current_dir(tmp.path().join("b")).unwrap();
+        let name = LockName::for_port(4201);
+        let file = dir.as_ref().map(|dir| open_for_lock(dir, &name));
+        std::env::set_current_dir(cwd).unwrap();
+        let file = file.unwrap().unwrap();
+        let dir = dir.unwrap();
+
+        write_all_at(&file, b"{}", 0).unwrap();
+        assert!(checked.join("serve_4201.lock").exists());
+        assert!(!other.join("serve_4201.lock").exists(), "redirected");
+        assert_eq!(
+            name_id(&dir, &name).unwrap(),
+            Some(FileId { dev: 0, ino: 0 })
+        );
+        assert_eq!(
+            list_names(&dir).unwrap(),
+            vec![std::ffi::OsString::from("serve_4201.lock")]
+        );
+        std::fs::write(other.join("serve_4202.lock"), b"{}").unwrap();
+        let err = open_for_probe(&dir, &LockName::for_port(4202)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        assert_eq!(name_id(&dir, &LockName::for_port(4202)).unwrap(), None);
+
+        assert_eq!(try_lock_exclusive(&file).unwrap(), TryLock::Acquired);
+        remove_held(&dir, &name, file).unwrap();
+        assert!(!checked.join("serve_4201.lock").exists());
+        assert!(other.join("serve_4202.lock").exists());
+        assert_eq!(list_names(&dir).unwrap(), Vec::<std::ffi::OsString>::new());
     }
 
     /// The handle pins one process: its identity is stable, it is reported
