@@ -470,3 +470,109 @@ fn force_on_exec_mode_ends_a_command_that_ignores_ctrl_break() {
     wait_until("the command to die with its job", || !running(child));
     assert!(!env.lock_file(port).exists());
 }
+
+/// Windows (issue 17 §7, reported as reproduced under Wine every time): an
+/// exec-mode llmlb is killed (TerminateProcess, as a crash would), its job
+/// ends the command, and a new `serve` reclaims the port; three rounds in a
+/// row, the dead servers' handles kept open (as a supervisor keeps them).
+/// Then `stop` recognises the live reclaimer as the holder and stops it.
+/// (This passed before the fix too: within one Wine prefix nothing is
+/// misjudged. What the report saw was a `stop` run in another prefix, whose
+/// own PID 32 is another process: see the next test.)
+#[cfg(windows)]
+#[test]
+fn stop_after_kills_and_reclaims_stops_the_live_reclaimer() {
+    let env = Env::new();
+    let port = free_port();
+    let p = port.to_string();
+    // Started, holding the port under its own PID, its command running in
+    // its job: returns the command's PID (from llmlb's log line).
+    let serve = || {
+        let server = env.spawn(&["serve", "-p", &p, "--", "ping", "-n", "1000", "127.0.0.1"]);
+        let pid = server.pid();
+        let mut command = None;
+        wait_until(
+            &format!("PID {pid} to run its command under the lock"),
+            || {
+                command = server
+                    .stderr()
+                    .split_once("running ping (PID ")
+                    .and_then(|(_, rest)| rest.split_once(')'))
+                    .and_then(|(n, _)| n.parse::<u32>().ok());
+                command.is_some()
+            },
+        );
+        let info = std::fs::read(env.lock_file(port))
+            .ok()
+            .and_then(|bytes| llmlb::lock::LockInfo::parse(&bytes));
+        assert_eq!(info.map(|i| i.pid), Some(pid), "{}", server.stderr());
+        (server, command.unwrap())
+    };
+    let mut dead = Vec::new();
+    for _ in 0..3 {
+        let (mut server, command) = serve();
+        server.kill();
+        wait_until("the job to end the command", || !running(command));
+        dead.push(server);
+    }
+    let (mut server, command) = serve();
+    let pids: Vec<u32> = dead.iter().map(Proc::pid).collect();
+    let out = env.run(&["stop", "--port", &p]);
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "{out:?} (killed: {pids:?}, live: {})",
+        server.pid()
+    );
+    assert!(out.stdout.ends_with("Server stopped\n"), "{out:?}");
+    server.wait();
+    wait_until("the command to end with llmlb", || !running(command));
+    assert!(!env.lock_file(port).exists());
+}
+
+/// Windows (issue 17 §7): the report's "recorded PID 32 has exited" for a
+/// live holder came from a `stop` run in another Wine prefix over a shared
+/// lock dir: every prefix has its own wineserver numbering its own PIDs
+/// from 32, so the pin looked the number up among the wrong processes. A
+/// holder now records its installation's (prefix's) `MachineGuid` as its
+/// PID namespace: a record from another prefix (here: ours, with another
+/// GUID and a fresh prefix's first PID) is refused as another PID
+/// namespace, nothing signalled, never "has exited". Checked by hand with
+/// two prefixes too (`serve` in one, `stop` in the other: before, exit 1
+/// "has exited"; now exit 1 "runs in another PID namespace").
+#[cfg(windows)]
+#[test]
+fn a_holder_in_another_wine_prefix_is_never_reported_exited() {
+    let env = Env::new();
+    let port = free_port();
+    let p = port.to_string();
+    let dir = LockDir::create(&env.locks).unwrap();
+    let guard = acquire_or_reclaim(&dir, port).unwrap();
+    let mut elsewhere = guard.info().clone();
+    let identity = elsewhere.identity.as_mut().expect("Windows has identities");
+    let ours = identity.pid_ns.clone();
+    assert!(
+        ours.as_deref().is_some_and(|ns| ns.starts_with("machine:")),
+        "a Windows holder records its PID namespace: {ours:?}"
+    );
+    identity.pid_ns = Some("machine:00000000-0000-4000-8000-000000000000".to_owned());
+    elsewhere.pid = 32;
+    std::fs::write(env.lock_file(port), elsewhere.to_bytes()).unwrap();
+
+    let out = env.run(&["stop", "--port", &p]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "server on port {port} (PID: 32) runs in another PID namespace"
+        )) && !out.stderr.contains("has exited"),
+        "{}",
+        out.stderr
+    );
+    let (code, status) = status_json(&env, Some(port));
+    assert_eq!(code, Some(0), "{status}");
+    assert!(
+        status.to_string().contains("\"other_pid_namespace\""),
+        "{status}"
+    );
+    drop(guard);
+}

@@ -168,8 +168,11 @@ pub(crate) async fn run(
     let child_pid = child.id().unwrap_or(0);
     let tree = match CommandTree::attach(child_pid) {
         Ok(tree) => Some(tree),
-        // On Windows the child was terminated before it ran.
+        // On Windows the child was terminated before it ran. Our own handle
+        // from CreateProcess (all access) ends it too, should the attach
+        // have been unable to open it: a suspended child never exits alone.
         Err(e) if cfg!(windows) => {
+            let _ = child.start_kill();
             let _ = child.wait().await;
             return fail(format!("cannot run {shown} in a job object: {e}"));
         }

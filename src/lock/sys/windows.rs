@@ -40,7 +40,9 @@ use windows_sys::Win32::Foundation::{
     ERROR_SHARING_VIOLATION, FILETIME, HANDLE, NTSTATUS, STATUS_DELETE_PENDING, WAIT_OBJECT_0,
     WAIT_TIMEOUT,
 };
-use windows_sys::Win32::Security::Authorization::{GetSecurityInfo, SE_FILE_OBJECT};
+use windows_sys::Win32::Security::Authorization::{
+    GetSecurityInfo, SetSecurityInfo, SE_FILE_OBJECT, SE_KERNEL_OBJECT, SE_OBJECT_TYPE,
+};
 use windows_sys::Win32::Security::{
     GetLengthSid, GetTokenInformation, IsValidSid, TokenOwner, TokenUser,
     OWNER_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR, PSID, TOKEN_INFORMATION_CLASS, TOKEN_OWNER,
@@ -73,11 +75,22 @@ const FILE_FLAG_OPEN_REPARSE_POINT: u32 = 0x0020_0000;
 const ERROR_CANT_ACCESS_FILE: i32 = 1920;
 const ERROR_DIRECTORY: i32 = 267;
 
-/// An open lock directory. Windows has no `openat`: the handle keeps the
-/// checked path, and files are reached by joining their name to it.
+/// An open lock directory: the checked path (for messages), and the
+/// directory itself, held open for as long as the handle lives.
+///
+/// Every file in it is reached through that handle (`NtCreateFile` with the
+/// handle as `RootDirectory`, Windows' `openat`; [`open_in`]), and it is
+/// listed through the handle too: nothing re-resolves the path after the
+/// check, so a dir renamed away and replaced by another dir or a junction
+/// under the same name redirects nothing. The handle also does not share
+/// deletion, so on Windows nobody can delete or rename the dir while it is
+/// open (Wine does not enforce that for directories).
 #[derive(Debug)]
 pub(crate) struct DirHandle {
     path: PathBuf,
+    /// The dir, opened without following a reparse point and without
+    /// `FILE_SHARE_DELETE`.
+    handle: File,
 }
 
 impl DirHandle {
@@ -90,12 +103,28 @@ impl DirHandle {
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
+
+    fn raw(&self) -> HANDLE {
+        self.handle.as_raw_handle() as HANDLE
+    }
 }
 
-/// Opens the directory at `path`, refusing a symlink (reparse point) or a
-/// non-directory.
+/// Opens the directory at `path` and keeps it open (see [`DirHandle`]),
+/// refusing a symlink or junction (reparse point) or a non-directory.
 pub(crate) fn open_dir(path: &Path) -> io::Result<DirHandle> {
-    let meta = std::fs::symlink_metadata(path)?;
+    use windows_sys::Win32::Storage::FileSystem::{
+        FILE_LIST_DIRECTORY, FILE_READ_ATTRIBUTES, FILE_TRAVERSE, SYNCHRONIZE,
+    };
+    // BACKUP_SEMANTICS is what lets CreateFile open a directory;
+    // OPEN_REPARSE_POINT opens a link itself, which is then refused.
+    let handle = OpenOptions::new()
+        .access_mode(
+            READ_CONTROL | FILE_READ_ATTRIBUTES | FILE_LIST_DIRECTORY | FILE_TRAVERSE | SYNCHRONIZE,
+        )
+        .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE)
+        .custom_flags(FILE_FLAG_BACKUP_SEMANTICS | FILE_FLAG_OPEN_REPARSE_POINT)
+        .open(path)?;
+    let meta = handle.metadata()?;
     if meta.file_type().is_symlink() {
         return Err(io::Error::from_raw_os_error(ERROR_CANT_ACCESS_FILE));
     }
@@ -104,6 +133,7 @@ pub(crate) fn open_dir(path: &Path) -> io::Result<DirHandle> {
     }
     Ok(DirHandle {
         path: path.to_path_buf(),
+        handle,
     })
 }
 
@@ -115,7 +145,7 @@ pub(crate) fn open_dir(path: &Path) -> io::Result<DirHandle> {
 /// "group or others" to judge. Where Windows cannot tell (no owner: FAT
 /// volumes, or the security info is unreadable), the dir is accepted.
 pub(crate) fn check_dir(dir: &DirHandle) -> Result<(), DirRefusal> {
-    let (Ok(owner), Ok(ours)) = (dir_owner_sid(&dir.path), own_sids()) else {
+    let (Ok(owner), Ok(ours)) = (owner_sid(dir.raw(), SE_FILE_OBJECT), own_sids()) else {
         return Ok(());
     };
     judge_owner(owner.as_deref(), ours)
@@ -133,22 +163,17 @@ fn judge_owner(owner: Option<&[u8]>, ours: &[Vec<u8>]) -> Result<(), DirRefusal>
     }
 }
 
-/// The owner SID of the dir at `path` (`None` if it has none), read through
-/// a handle that does not follow a reparse point.
-fn dir_owner_sid(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    let dir = OpenOptions::new()
-        .access_mode(READ_CONTROL)
-        .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE)
-        .custom_flags(FILE_FLAG_BACKUP_SEMANTICS | FILE_FLAG_OPEN_REPARSE_POINT)
-        .open(path)?;
+/// The owner SID of the object behind `handle` (opened with `READ_CONTROL`),
+/// `None` if it has none.
+fn owner_sid(handle: HANDLE, kind: SE_OBJECT_TYPE) -> io::Result<Option<Vec<u8>>> {
     let mut owner: PSID = std::ptr::null_mut();
     let mut descriptor: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
-    // SAFETY: the handle is open for the call; the out-pointers are valid;
-    // the unused ones may be NULL for OWNER_SECURITY_INFORMATION.
+    // SAFETY: the caller's handle is open for the call; the out-pointers are
+    // valid; the unused ones may be NULL for OWNER_SECURITY_INFORMATION.
     let err = unsafe {
         GetSecurityInfo(
-            dir.as_raw_handle() as HANDLE,
-            SE_FILE_OBJECT,
+            handle,
+            kind,
             OWNER_SECURITY_INFORMATION,
             &mut owner,
             std::ptr::null_mut(),
@@ -184,7 +209,8 @@ unsafe fn sid_bytes(sid: PSID) -> Option<Vec<u8>> {
 }
 
 /// The SIDs a dir of ours may be owned by: our token's user and its default
-/// owner (read once; a process's token does not change its user).
+/// owner, in that order (read once; a process's token does not change its
+/// user). The stop channel's DACL grants the first.
 fn own_sids() -> Result<&'static [Vec<u8>], ()> {
     static SIDS: std::sync::OnceLock<Result<Vec<Vec<u8>>, ()>> = std::sync::OnceLock::new();
     SIDS.get_or_init(|| {
@@ -249,53 +275,119 @@ pub(crate) fn dir_fix_hint(_dir: &Path, refusal: DirRefusal) -> String {
 /// for that instant with a sharing violation (Wine) or `ERROR_DELETE_PENDING`
 /// (Windows): see [`is_transient_open_error`].
 pub(crate) fn open_for_lock(dir: &DirHandle, name: &LockName) -> io::Result<File> {
+    use windows_sys::Wdk::Storage::FileSystem::FILE_OPEN_IF;
+    use windows_sys::Win32::Storage::FileSystem::{FILE_GENERIC_READ, FILE_GENERIC_WRITE};
     open_lock_file(
-        OpenOptions::new().read(true).write(true).create(true),
-        &dir.path.join(name.as_str()),
+        dir,
+        name,
+        FILE_GENERIC_READ | FILE_GENERIC_WRITE,
+        FILE_OPEN_IF,
     )
 }
 
 /// Opens an existing lock file read-only for probing (same sharing as
 /// [`open_for_lock`]).
 pub(crate) fn open_for_probe(dir: &DirHandle, name: &LockName) -> io::Result<File> {
-    open_lock_file(OpenOptions::new().read(true), &dir.path.join(name.as_str()))
+    use windows_sys::Wdk::Storage::FileSystem::FILE_OPEN;
+    use windows_sys::Win32::Storage::FileSystem::FILE_GENERIC_READ;
+    open_lock_file(dir, name, FILE_GENERIC_READ, FILE_OPEN)
 }
 
 /// Every handle to a lock file shares reads and writes but never deletion:
 /// nobody can delete or rename a lock file while anyone has it open, so a
 /// held file cannot lose its name (what Unix needs steps 4 and 9 for), and
 /// [`remove_held`] can only delete a file nobody has open, hence nobody holds.
-fn open_lock_file(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
-    match options
-        .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE)
-        .custom_flags(FILE_FLAG_OPEN_REPARSE_POINT)
-        .open(path)
-    {
-        Ok(file) => refuse_reparse(file),
-        Err(e) => Err(name_delete_pending(e)),
-    }
+fn open_lock_file(
+    dir: &DirHandle,
+    name: &LockName,
+    access: u32,
+    disposition: u32,
+) -> io::Result<File> {
+    use windows_sys::Wdk::Storage::FileSystem::{FILE_NON_DIRECTORY_FILE, FILE_OPEN_REPARSE_POINT};
+    let file = open_in(
+        dir,
+        name.as_str(),
+        access,
+        FILE_SHARE_READ | FILE_SHARE_WRITE,
+        disposition,
+        FILE_NON_DIRECTORY_FILE | FILE_OPEN_REPARSE_POINT,
+    )?;
+    refuse_reparse(file)
 }
 
-/// Windows reports an open of a file whose deletion is pending as
-/// `ERROR_ACCESS_DENIED`, like a real permission problem; only the NT status
-/// of that very call (`STATUS_DELETE_PENDING`) tells them apart. Called right
-/// after the failed open, before anything else can overwrite the thread's
-/// last status; it turns that case into `ERROR_DELETE_PENDING`.
-fn name_delete_pending(err: io::Error) -> io::Error {
-    if err.raw_os_error() == Some(ERROR_ACCESS_DENIED as i32)
-        // SAFETY: reads the calling thread's last NT status; no arguments.
-        && unsafe { RtlGetLastNtStatus() } == STATUS_DELETE_PENDING
-    {
+/// `NtCreateFile` of `name` relative to the open dir (its handle as
+/// `RootDirectory`): Windows' `openat`, which never looks at the dir's path.
+/// Synchronous I/O, as `CreateFileW` without `FILE_FLAG_OVERLAPPED` gives.
+/// An NT status is turned into the Win32 error `CreateFileW` would report,
+/// except that a pending deletion is `ERROR_DELETE_PENDING`: `CreateFileW`
+/// reports it as `ERROR_ACCESS_DENIED`, like a real permission problem.
+fn open_in(
+    dir: &DirHandle,
+    name: &str,
+    access: u32,
+    share: u32,
+    disposition: u32,
+    options: u32,
+) -> io::Result<File> {
+    use windows_sys::Wdk::Foundation::OBJECT_ATTRIBUTES;
+    use windows_sys::Wdk::Storage::FileSystem::{NtCreateFile, FILE_SYNCHRONOUS_IO_NONALERT};
+    use windows_sys::Win32::Foundation::{OBJ_CASE_INSENSITIVE, UNICODE_STRING};
+    use windows_sys::Win32::Storage::FileSystem::{FILE_ATTRIBUTE_NORMAL, SYNCHRONIZE};
+    use windows_sys::Win32::System::IO::IO_STATUS_BLOCK;
+    let mut wide: Vec<u16> = name.encode_utf16().collect();
+    let bytes =
+        u16::try_from(wide.len() * 2).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let object_name = UNICODE_STRING {
+        Length: bytes,
+        MaximumLength: bytes,
+        Buffer: wide.as_mut_ptr(),
+    };
+    let attributes = OBJECT_ATTRIBUTES {
+        Length: std::mem::size_of::<OBJECT_ATTRIBUTES>() as u32,
+        RootDirectory: dir.raw(),
+        ObjectName: &object_name,
+        // Win32 file names are case-insensitive; CreateFileW asks the same.
+        Attributes: OBJ_CASE_INSENSITIVE,
+        SecurityDescriptor: std::ptr::null(),
+        SecurityQualityOfService: std::ptr::null(),
+    };
+    let mut raw: HANDLE = std::ptr::null_mut();
+    // SAFETY: all-zero is a valid IO_STATUS_BLOCK (written by the call).
+    let mut status_block: IO_STATUS_BLOCK = unsafe { std::mem::zeroed() };
+    // SAFETY: the dir handle is open for the call (borrowed from `dir`);
+    // `attributes` and the name it points to outlive the call; `raw` and
+    // `status_block` are writable; no EA buffer.
+    let status = unsafe {
+        NtCreateFile(
+            &mut raw,
+            access | SYNCHRONIZE,
+            &attributes,
+            &mut status_block,
+            std::ptr::null(),
+            FILE_ATTRIBUTE_NORMAL,
+            share,
+            disposition,
+            options | FILE_SYNCHRONOUS_IO_NONALERT,
+            std::ptr::null(),
+            0,
+        )
+    };
+    if status < 0 {
+        return Err(nt_error(status));
+    }
+    // SAFETY: a fresh handle that nothing else owns.
+    Ok(unsafe { File::from_raw_handle(raw as _) })
+}
+
+/// The Win32 error for a failed NT call's `status` (`STATUS_DELETE_PENDING`
+/// as `ERROR_DELETE_PENDING`, not the access denied of the generic mapping).
+fn nt_error(status: NTSTATUS) -> io::Error {
+    use windows_sys::Win32::Foundation::RtlNtStatusToDosError;
+    if status == STATUS_DELETE_PENDING {
         return io::Error::from_raw_os_error(ERROR_DELETE_PENDING as i32);
     }
-    err
-}
-
-#[link(name = "ntdll")]
-extern "system" {
-    /// The NTSTATUS behind the calling thread's last error (ntdll export since
-    /// Windows XP; not in windows-sys).
-    fn RtlGetLastNtStatus() -> NTSTATUS;
+    // SAFETY: a pure mapping of a status value.
+    io::Error::from_raw_os_error(unsafe { RtlNtStatusToDosError(status) } as i32)
 }
 
 /// True when an open failed only because another process has the lock file
@@ -313,16 +405,98 @@ pub(crate) fn is_transient_open_error(err: &io::Error) -> bool {
     )
 }
 
-/// Whether `name` exists in `dir` (ids are not compared on Windows).
+/// Whether `name` exists in `dir`, looked up through the dir's handle (ids
+/// are not compared on Windows).
 pub(crate) fn name_id(dir: &DirHandle, name: &LockName) -> io::Result<Option<FileId>> {
-    path_id(&dir.path.join(name.as_str()))
+    use windows_sys::Wdk::Storage::FileSystem::{FILE_OPEN, FILE_OPEN_REPARSE_POINT};
+    use windows_sys::Win32::Storage::FileSystem::FILE_READ_ATTRIBUTES;
+    match open_in(
+        dir,
+        name.as_str(),
+        FILE_READ_ATTRIBUTES,
+        FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
+        FILE_OPEN,
+        FILE_OPEN_REPARSE_POINT,
+    ) {
+        Ok(_) => Ok(Some(FileId { dev: 0, ino: 0 })),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
-/// The names in `dir`.
+/// The names in `dir`, listed through its handle: a second handle to the
+/// same dir (opened relative to the first with an empty name), so that
+/// concurrent listings do not share one enumeration position.
 pub(crate) fn list_names(dir: &DirHandle) -> io::Result<Vec<std::ffi::OsString>> {
-    std::fs::read_dir(&dir.path)?
-        .map(|entry| entry.map(|e| e.file_name()))
-        .collect()
+    use std::os::windows::ffi::OsStringExt as _;
+    use windows_sys::Wdk::Storage::FileSystem::{FILE_DIRECTORY_FILE, FILE_OPEN};
+    use windows_sys::Win32::Foundation::ERROR_NO_MORE_FILES;
+    use windows_sys::Win32::Storage::FileSystem::{
+        FileIdBothDirectoryInfo, FileIdBothDirectoryRestartInfo, GetFileInformationByHandleEx,
+        FILE_ID_BOTH_DIR_INFO, FILE_LIST_DIRECTORY,
+    };
+    let listing = open_in(
+        dir,
+        "",
+        FILE_LIST_DIRECTORY,
+        FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
+        FILE_OPEN,
+        FILE_DIRECTORY_FILE,
+    )?;
+    let raw = listing.as_raw_handle() as HANDLE;
+    let mut names = Vec::new();
+    // Aligned for FILE_ID_BOTH_DIR_INFO (8 bytes), room for many entries.
+    let mut buf = vec![0u64; 8192];
+    let mut class = FileIdBothDirectoryRestartInfo;
+    loop {
+        // SAFETY: the handle is open for the call; `buf` is writable for
+        // its byte length.
+        let ok = unsafe {
+            GetFileInformationByHandleEx(
+                raw,
+                class,
+                buf.as_mut_ptr().cast(),
+                (buf.len() * 8) as u32,
+            )
+        };
+        if ok == 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(ERROR_NO_MORE_FILES as i32) {
+                return Ok(names);
+            }
+            return Err(err);
+        }
+        class = FileIdBothDirectoryInfo;
+        let mut offset = 0usize;
+        loop {
+            // SAFETY: the call wrote a chain of entries into `buf`, each at
+            // an 8-byte aligned offset given by the previous entry, its name
+            // (FileNameLength bytes) inside the buffer.
+            let (next, name) = unsafe {
+                let entry = buf
+                    .as_ptr()
+                    .cast::<u8>()
+                    .add(offset)
+                    .cast::<FILE_ID_BOTH_DIR_INFO>();
+                let len = (*entry).FileNameLength as usize / 2;
+                let name = std::slice::from_raw_parts(
+                    std::ptr::addr_of!((*entry).FileName).cast::<u16>(),
+                    len,
+                );
+                (
+                    (*entry).NextEntryOffset as usize,
+                    std::ffi::OsString::from_wide(name),
+                )
+            };
+            if name != "." && name != ".." {
+                names.push(name);
+            }
+            if next == 0 {
+                break;
+            }
+            offset += next;
+        }
+    }
 }
 
 fn refuse_reparse(file: File) -> io::Result<File> {
@@ -520,20 +694,31 @@ pub(crate) fn hostname() -> String {
     std::env::var("COMPUTERNAME").unwrap_or_default()
 }
 
-/// Opens process `pid` with `access`: `NotFound` if there is no such process.
+/// Opens process `pid` with `access`: `NotFound` if there is no such
+/// process, `PermissionDenied` if it exists but we may not open it (see
+/// [`open_process_error`]).
 fn open_process(pid: u32, access: u32) -> io::Result<OwnedHandle> {
     // SAFETY: OpenProcess takes plain values and returns a new handle or NULL.
     let raw = unsafe { OpenProcess(access, 0, pid) };
     if raw.is_null() {
-        let err = io::Error::last_os_error();
-        // What OpenProcess reports for a PID that names no process.
-        if err.raw_os_error() == Some(ERROR_INVALID_PARAMETER as i32) {
-            return Err(io::ErrorKind::NotFound.into());
-        }
-        return Err(err);
+        return Err(open_process_error(io::Error::last_os_error()));
     }
     // SAFETY: a fresh handle that nothing else owns.
     Ok(unsafe { OwnedHandle::from_raw_handle(raw as _) })
+}
+
+/// What a failed `OpenProcess` means: `ERROR_INVALID_PARAMETER` is what it
+/// reports for a PID that names no process (`NotFound`); anything else is
+/// kept as the OS error, so the caller tells "gone" from "cannot open". In
+/// particular `ERROR_ACCESS_DENIED` (kind `PermissionDenied`) is a process
+/// that exists but is protected from us: an elevated (administrator) process
+/// seen from a non-elevated one, or another user's. It must never be taken
+/// for an exited process.
+fn open_process_error(err: io::Error) -> io::Error {
+    match err.raw_os_error().map(|code| code as u32) {
+        Some(ERROR_INVALID_PARAMETER) => io::ErrorKind::NotFound.into(),
+        _ => err,
+    }
 }
 
 /// The creation time of the process behind `handle`, as a `FILETIME` in one
@@ -578,9 +763,62 @@ pub(crate) fn fork_count() -> Option<u64> {
     Some(0)
 }
 
-/// The calling process's identity (Windows has no PID namespaces).
+/// The calling process's identity, with the PID namespace it is numbered in
+/// ([`pid_namespace`]).
 pub(crate) fn own_identity() -> Option<ProcessIdentity> {
-    process_identity(current_pid())
+    let mut identity = process_identity(current_pid())?;
+    identity.pid_ns = pid_namespace();
+    Some(identity)
+}
+
+/// What the PIDs of this process's world are numbered in: one Windows
+/// installation, named by its `MachineGuid` (made at setup, under
+/// `HKLM\SOFTWARE\Microsoft\Cryptography`), as `"machine:<guid>"`. Under Wine every
+/// prefix is such a world, with its own wineserver and its own PIDs (each
+/// starting at 32) and its own `MachineGuid`: a `stop` run in another prefix
+/// over a shared lock dir (`Z:\...`) looked the holder's PID up among its
+/// own processes and reported it as exited (issue 17 §7). With this marker
+/// it sees another PID namespace and signals nothing. `None` if the value
+/// cannot be read (the identity is then judged as before the marker).
+///
+/// A process-isolated Windows container made from the same image as its
+/// host may share the host's `MachineGuid`; it normally has its own host
+/// name, which is compared first.
+fn pid_namespace() -> Option<String> {
+    static NAMESPACE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    NAMESPACE.get_or_init(machine_guid).clone()
+}
+
+fn machine_guid() -> Option<String> {
+    use windows_sys::Win32::System::Registry::{
+        RegGetValueW, HKEY_LOCAL_MACHINE, RRF_RT_REG_SZ, RRF_SUBKEY_WOW6464KEY,
+    };
+    let key: Vec<u16> = "SOFTWARE\\Microsoft\\Cryptography\0"
+        .encode_utf16()
+        .collect();
+    let value: Vec<u16> = "MachineGuid\0".encode_utf16().collect();
+    let mut buf = [0u16; 128];
+    let mut len = std::mem::size_of_val(&buf) as u32;
+    // SAFETY: NUL-terminated names; `buf` is writable for `len` bytes and
+    // RRF_RT_REG_SZ makes the call NUL-terminate what it writes.
+    let err = unsafe {
+        RegGetValueW(
+            HKEY_LOCAL_MACHINE,
+            key.as_ptr(),
+            value.as_ptr(),
+            RRF_RT_REG_SZ | RRF_SUBKEY_WOW6464KEY,
+            std::ptr::null_mut(),
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if err != 0 {
+        return None;
+    }
+    let chars = (len as usize / 2).min(buf.len());
+    let guid = String::from_utf16(&buf[..chars]).ok()?;
+    let guid = guid.trim_end_matches('\0').trim();
+    (!guid.is_empty()).then(|| format!("machine:{guid}"))
 }
 
 /// Signals `stop` may send (only `Kill` exists on Windows, as termination).
@@ -598,7 +836,14 @@ pub(crate) struct PinnedProcess {
     handle: OwnedHandle,
 }
 
-/// Pins process `pid` by opening it once: `NotFound` if no such process exists.
+/// Pins process `pid` by opening it once (query, wait and terminate rights).
+///
+/// # Errors
+/// `NotFound` if no such process exists; `PermissionDenied` (the raw
+/// `ERROR_ACCESS_DENIED`) if it exists but may not be opened with those
+/// rights, e.g. an elevated holder seen from a non-elevated `stop`, which
+/// must then say "access denied: run stop elevated (as administrator)", not
+/// that the holder has exited.
 pub(crate) fn pin_process(pid: u32) -> io::Result<PinnedProcess> {
     let handle = open_process(
         pid,
@@ -693,17 +938,52 @@ pub(crate) fn remove_held(
     }
     unlock_before_close(&file);
     drop(file);
-    let path = dir.path.join(name.as_str());
     for sleep_us in [0, 200, 400, 800, 1600, 3200] {
         std::thread::sleep(std::time::Duration::from_micros(sleep_us));
         // Deleted, already gone, or an error a retry will not fix: the lock
         // is released either way.
-        let Err(e) = std::fs::remove_file(&path) else {
+        let Err(e) = delete_in(dir, name) else {
             break;
         };
-        if !is_transient_open_error(&name_delete_pending(e)) {
+        if !is_transient_open_error(&e) {
             break;
         }
+    }
+    Ok(())
+}
+
+/// Deletes the file `name` in `dir` through the dir's handle, as
+/// `DeleteFileW` does by path: open it for `DELETE` (which fails with a
+/// sharing violation while anyone else has it open, since no lock file
+/// handle shares deletion), mark it for deletion, close.
+fn delete_in(dir: &DirHandle, name: &LockName) -> io::Result<()> {
+    use windows_sys::Wdk::Storage::FileSystem::{
+        FILE_NON_DIRECTORY_FILE, FILE_OPEN, FILE_OPEN_REPARSE_POINT,
+    };
+    use windows_sys::Win32::Storage::FileSystem::{
+        FileDispositionInfo, SetFileInformationByHandle, DELETE, FILE_DISPOSITION_INFO,
+    };
+    let file = open_in(
+        dir,
+        name.as_str(),
+        DELETE,
+        FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
+        FILE_OPEN,
+        FILE_NON_DIRECTORY_FILE | FILE_OPEN_REPARSE_POINT,
+    )?;
+    let info = FILE_DISPOSITION_INFO { DeleteFile: true };
+    // SAFETY: the handle is open with DELETE access; `info` is the
+    // structure the class names, alive for the call.
+    let ok = unsafe {
+        SetFileInformationByHandle(
+            file.as_raw_handle() as HANDLE,
+            FileDispositionInfo,
+            std::ptr::from_ref(&info).cast(),
+            std::mem::size_of_val(&info) as u32,
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
@@ -754,27 +1034,20 @@ pub(crate) fn exit_code(status: std::process::ExitStatus) -> i32 {
 /// `Local\` is the caller's session: a server in another session (a service)
 /// is reached only by a `stop` run in that session.
 fn stop_event_name(dir: &DirHandle, port: u16, pid: u32) -> io::Result<Vec<u16>> {
-    let (volume, index) = dir_identity(&dir.path)?;
+    let (volume, index) = dir_identity(dir)?;
     let name = format!("Local\\llmlb-stop-{volume:08x}{index:016x}-{port}-{pid}");
     Ok(name.encode_utf16().chain(std::iter::once(0)).collect())
 }
 
-/// Volume serial number and file index of the directory at `path`.
-fn dir_identity(path: &Path) -> io::Result<(u32, u64)> {
+/// Volume serial number and file index of the open directory `dir`.
+fn dir_identity(dir: &DirHandle) -> io::Result<(u32, u64)> {
     use windows_sys::Win32::Storage::FileSystem::{
-        GetFileInformationByHandle, BY_HANDLE_FILE_INFORMATION, FILE_FLAG_BACKUP_SEMANTICS,
+        GetFileInformationByHandle, BY_HANDLE_FILE_INFORMATION,
     };
-    // BACKUP_SEMANTICS is what lets CreateFile open a directory; no access
-    // right is needed to query its identity.
-    let dir = OpenOptions::new()
-        .access_mode(0)
-        .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE | 0x4)
-        .custom_flags(FILE_FLAG_BACKUP_SEMANTICS)
-        .open(path)?;
     // SAFETY: all-zero is a valid BY_HANDLE_FILE_INFORMATION (plain integers).
     let mut info: BY_HANDLE_FILE_INFORMATION = unsafe { std::mem::zeroed() };
     // SAFETY: the handle is open for the call and `info` is writable.
-    if unsafe { GetFileInformationByHandle(dir.as_raw_handle() as HANDLE, &mut info) } == 0 {
+    if unsafe { GetFileInformationByHandle(dir.raw(), &mut info) } == 0 {
         return Err(io::Error::last_os_error());
     }
     Ok((
@@ -793,24 +1066,169 @@ pub(crate) struct StopChannel {
 /// holder's info is written (so a `stop` that reads the info finds it).
 ///
 /// # Security
-/// The event gets the process's default DACL: the same user (plus SYSTEM and
-/// administrators) may open it, nobody else. An event that already exists
-/// under the name (someone of the same user made it first) is reset and used:
-/// whoever could create it could as well set it.
+/// The event's name is predictable, and any process in this session (`Local\`
+/// is per session, not per user) may create an object of that name first:
+/// with a DACL that locks us out (every start would fail) or one that lets
+/// it set our stop request. So the event is created with an owner-only DACL
+/// (all access for our token's user, nobody else; [`OwnerOnlyDacl`]), and an
+/// event that already exists is used only if its owner is one of ours (our
+/// user, or our token's default owner as for lock dirs); its DACL is then
+/// replaced by ours. One that is another user's, or that denies us access,
+/// is refused with an error that names it; the next start has another PID,
+/// hence another name.
+///
+/// # Errors
+/// `PermissionDenied` for a squatted name (see above); the OS error if the
+/// token, the DACL or the event cannot be made.
 pub(crate) fn create_stop_channel(dir: &DirHandle, port: u16) -> io::Result<StopChannel> {
+    use windows_sys::Win32::Foundation::{GetLastError, ERROR_ALREADY_EXISTS};
+    use windows_sys::Win32::Security::SECURITY_ATTRIBUTES;
     use windows_sys::Win32::System::Threading::{CreateEventW, ResetEvent};
     let name = stop_event_name(dir, port, std::process::id())?;
-    // SAFETY: NULL security attributes (default DACL, not inheritable) and a
-    // NUL-terminated UTF-16 name that outlives the call.
-    let raw = unsafe { CreateEventW(std::ptr::null(), 1, 0, name.as_ptr()) };
+    let shown = String::from_utf16_lossy(&name[..name.len() - 1]);
+    let ours = own_sids()
+        .map_err(|()| io::Error::other("cannot read this process's user from its token"))?;
+    let dacl = OwnerOnlyDacl::new(
+        ours.first()
+            .ok_or_else(|| io::Error::other("this process's token has no user SID"))?,
+    )?;
+    let mut descriptor = dacl.descriptor()?;
+    let attributes = SECURITY_ATTRIBUTES {
+        nLength: std::mem::size_of::<SECURITY_ATTRIBUTES>() as u32,
+        lpSecurityDescriptor: std::ptr::from_mut(&mut descriptor).cast(),
+        bInheritHandle: 0,
+    };
+    // SAFETY: `attributes` points to a valid descriptor whose DACL (`dacl`)
+    // outlives the call; the name is NUL-terminated UTF-16 and outlives it.
+    let raw = unsafe { CreateEventW(&attributes, 1, 0, name.as_ptr()) };
     if raw.is_null() {
-        return Err(io::Error::last_os_error());
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(ERROR_ACCESS_DENIED as i32) {
+            // Only an existing object can deny us: ours would grant us all.
+            return Err(squatted(&shown, "denies this user access"));
+        }
+        return Err(err);
     }
+    // SAFETY: reads the calling thread's last error, set by CreateEventW.
+    let existed = unsafe { GetLastError() } == ERROR_ALREADY_EXISTS;
     // SAFETY: a fresh handle that nothing else owns.
     let event = unsafe { OwnedHandle::from_raw_handle(raw as _) };
+    if existed {
+        // Made by someone else: CreateEventW opened it with all access
+        // (READ_CONTROL and WRITE_DAC included), ignoring our descriptor.
+        match owner_sid(raw, SE_KERNEL_OBJECT) {
+            Ok(Some(owner)) if ours.contains(&owner) => dacl.apply(raw)?,
+            Ok(_) => return Err(squatted(&shown, "is owned by another user")),
+            Err(e) => {
+                return Err(squatted(
+                    &shown,
+                    &format!("has an owner that cannot be read ({e})"),
+                ))
+            }
+        }
+    }
     // SAFETY: the handle is open (a reset of a fresh event is a no-op).
     unsafe { ResetEvent(raw) };
     Ok(StopChannel { event })
+}
+
+/// The refusal of a stop channel name someone else took first.
+fn squatted(name: &str, how: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!(
+            "an event named {name} already exists and {how}: another process in this session made it to block or stop this server; not using it (start again: the name includes the PID)"
+        ),
+    )
+}
+
+/// A DACL with one entry: all access for one SID (our token's user).
+struct OwnerOnlyDacl {
+    /// The ACL, in a buffer aligned for it.
+    acl: Vec<u64>,
+}
+
+impl OwnerOnlyDacl {
+    fn new(sid: &[u8]) -> io::Result<OwnerOnlyDacl> {
+        use windows_sys::Win32::Security::{
+            AddAccessAllowedAce, InitializeAcl, ACCESS_ALLOWED_ACE, ACL, ACL_REVISION,
+        };
+        use windows_sys::Win32::System::Threading::EVENT_ALL_ACCESS;
+        // The ACE's SidStart field is the first 4 bytes of the SID.
+        let len = std::mem::size_of::<ACL>() + std::mem::size_of::<ACCESS_ALLOWED_ACE>()
+            - std::mem::size_of::<u32>()
+            + sid.len();
+        let mut acl = vec![0u64; len.div_ceil(8)];
+        let mut sid = sid.to_vec();
+        let pacl: *mut ACL = acl.as_mut_ptr().cast();
+        // SAFETY: `acl` is writable for `len` bytes and aligned for ACL;
+        // `sid` holds a valid SID (from the token) for the call.
+        let ok = unsafe {
+            InitializeAcl(pacl, len as u32, ACL_REVISION) != 0
+                && AddAccessAllowedAce(
+                    pacl,
+                    ACL_REVISION,
+                    EVENT_ALL_ACCESS,
+                    sid.as_mut_ptr().cast(),
+                ) != 0
+        };
+        if !ok {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(OwnerOnlyDacl { acl })
+    }
+
+    fn as_ptr(&self) -> *const windows_sys::Win32::Security::ACL {
+        self.acl.as_ptr().cast()
+    }
+
+    /// An absolute security descriptor with this DACL (valid while `self`
+    /// is: it points to the ACL) and the creator's default owner.
+    fn descriptor(&self) -> io::Result<windows_sys::Win32::Security::SECURITY_DESCRIPTOR> {
+        use windows_sys::Win32::Security::{
+            InitializeSecurityDescriptor, SetSecurityDescriptorDacl, SECURITY_DESCRIPTOR,
+        };
+        /// `SECURITY_DESCRIPTOR_REVISION` (in a windows-sys feature we do
+        /// not otherwise need).
+        const REVISION: u32 = 1;
+        // SAFETY: all-zero is a valid SECURITY_DESCRIPTOR to initialise.
+        let mut sd: SECURITY_DESCRIPTOR = unsafe { std::mem::zeroed() };
+        let psd: PSECURITY_DESCRIPTOR = std::ptr::from_mut(&mut sd).cast();
+        // SAFETY: `psd` points to `sd`, writable for the calls; the ACL is
+        // valid and only referenced, not copied.
+        let ok = unsafe {
+            InitializeSecurityDescriptor(psd, REVISION) != 0
+                && SetSecurityDescriptorDacl(psd, 1, self.as_ptr(), 0) != 0
+        };
+        if !ok {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(sd)
+    }
+
+    /// Replaces the DACL of the kernel object behind `handle` (opened with
+    /// `WRITE_DAC`) by this one, protected from inheritance.
+    fn apply(&self, handle: HANDLE) -> io::Result<()> {
+        use windows_sys::Win32::Security::{
+            DACL_SECURITY_INFORMATION, PROTECTED_DACL_SECURITY_INFORMATION,
+        };
+        // SAFETY: the caller's handle is open; the ACL is valid for the call.
+        let err = unsafe {
+            SetSecurityInfo(
+                handle,
+                SE_KERNEL_OBJECT,
+                DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                self.as_ptr(),
+                std::ptr::null(),
+            )
+        };
+        if err != 0 {
+            return Err(io::Error::from_raw_os_error(err as i32));
+        }
+        Ok(())
+    }
 }
 
 impl StopChannel {
@@ -890,25 +1308,101 @@ pub(crate) fn configure_child(cmd: &mut std::process::Command) {
 }
 
 /// Puts the child `pid` (spawned suspended by a command prepared with
-/// [`configure_child`]) into a new kill-on-close job, then resumes it. On
-/// failure the child is terminated (it never ran).
+/// [`configure_child`]) into a new kill-on-close job, then resumes it.
+///
+/// # Errors
+/// The OS error of the step that failed (opening the child, making the job,
+/// assigning the child to it, resuming it). On every error the child is
+/// terminated first: it never ran, and left suspended it would never exit,
+/// so a caller waiting for it would wait forever.
 pub(crate) fn attach_child(pid: u32) -> io::Result<ChildTree> {
-    let process = open_process(pid, PROCESS_SET_QUOTA | PROCESS_TERMINATE)?;
-    let raw_process = process.as_handle().as_raw_handle() as HANDLE;
-    let attached = new_kill_on_close_job().and_then(|job| {
-        let raw_job = job.as_handle().as_raw_handle() as HANDLE;
-        // SAFETY: both handles are open for the call.
-        if unsafe { AssignProcessToJobObject(raw_job, raw_process) } == 0 {
-            return Err(io::Error::last_os_error());
-        }
-        resume_threads(pid)?;
-        Ok(ChildTree { job, group: pid })
-    });
+    // One exit: the steps return their error here (no `?` in this
+    // function), so no failure can skip the termination below.
+    let process = open_child(pid);
+    let attached = match &process {
+        Ok(process) => into_new_job(pid, process),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("cannot open the new process {pid}: {e}"),
+        )),
+    };
     if attached.is_err() {
-        // SAFETY: the handle is open and has PROCESS_TERMINATE.
-        unsafe { TerminateProcess(raw_process, 1) };
+        terminate_unstarted(pid, process.as_ref().ok());
     }
     attached
+}
+
+/// The steps of [`attach_child`] that can fail, for [`fail_point`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AttachStep {
+    Open,
+    Job,
+    Assign,
+    Resume,
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The step of [`attach_child`] a test makes fail on its thread.
+    static FAIL_AT: std::cell::Cell<Option<AttachStep>> = const { std::cell::Cell::new(None) };
+}
+
+/// `Ok` outside tests; in a test, an error at the step it chose to fail.
+fn fail_point(step: AttachStep) -> io::Result<()> {
+    #[cfg(test)]
+    if FAIL_AT.with(std::cell::Cell::get) == Some(step) {
+        return Err(io::Error::other(format!("injected failure at {step:?}")));
+    }
+    let _ = step;
+    Ok(())
+}
+
+fn open_child(pid: u32) -> io::Result<OwnedHandle> {
+    fail_point(AttachStep::Open)?;
+    open_process(pid, PROCESS_SET_QUOTA | PROCESS_TERMINATE)
+}
+
+/// [`attach_child`]'s steps after the open: a new job, the child in it, the
+/// child resumed.
+fn into_new_job(pid: u32, process: &OwnedHandle) -> io::Result<ChildTree> {
+    fail_point(AttachStep::Job)?;
+    let job = new_kill_on_close_job()?;
+    fail_point(AttachStep::Assign)?;
+    let raw_job = job.as_handle().as_raw_handle() as HANDLE;
+    let raw_process = process.as_handle().as_raw_handle() as HANDLE;
+    // SAFETY: both handles are open for the call.
+    if unsafe { AssignProcessToJobObject(raw_job, raw_process) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    fail_point(AttachStep::Resume)?;
+    resume_threads(pid)?;
+    Ok(ChildTree { job, group: pid })
+}
+
+/// Terminates the suspended child after a failed attach: through `process`
+/// if it was opened, else through a handle opened for termination alone
+/// (the caller's own handle from `CreateProcess` is the last resort: see
+/// `cli::exec`). A failure is logged; there is nothing else to try here.
+fn terminate_unstarted(pid: u32, process: Option<&OwnedHandle>) {
+    let opened;
+    let handle = match process {
+        Some(handle) => handle,
+        None => match open_process(pid, PROCESS_TERMINATE) {
+            Ok(handle) => {
+                opened = handle;
+                &opened
+            }
+            Err(e) => {
+                tracing::warn!("cannot terminate the new process {pid}, left suspended: {e}");
+                return;
+            }
+        },
+    };
+    // SAFETY: the handle is open and has PROCESS_TERMINATE.
+    if unsafe { TerminateProcess(handle.as_handle().as_raw_handle() as HANDLE, 1) } == 0 {
+        let e = io::Error::last_os_error();
+        tracing::warn!("cannot terminate the new process {pid}, left suspended: {e}");
+    }
 }
 
 fn new_kill_on_close_job() -> io::Result<OwnedHandle> {
@@ -1207,7 +1701,9 @@ mod tests {
     #[test]
     fn a_dir_we_create_has_an_owner_and_it_is_ours() {
         let tmp = tempfile::tempdir().unwrap();
-        let owner = dir_owner_sid(tmp.path()).unwrap().expect("an owner SID");
+        let owner = owner_sid(open_dir(tmp.path()).unwrap().raw(), SE_FILE_OBJECT)
+            .unwrap()
+            .expect("an owner SID");
         let ours = own_sids().unwrap();
         assert!(!ours.is_empty());
         assert!(ours.contains(&owner), "{owner:?} not in {ours:?}");
@@ -1262,6 +1758,325 @@ mod tests {
 
         let err = request_stop(&a, 4003, std::process::id(), &me).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+    }
+
+    /// Spawns `cmd /c exit 7` as exec mode does (suspended, see
+    /// [`configure_child`]), then attaches it with `fail` injected.
+    fn attach_suspended(fail: Option<AttachStep>) -> (std::process::Child, io::Result<ChildTree>) {
+        let mut cmd = std::process::Command::new("cmd");
+        cmd.args(["/c", "exit 7"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        configure_child(&mut cmd);
+        let child = cmd.spawn().unwrap();
+        FAIL_AT.with(|f| f.set(fail));
+        let attached = attach_child(child.id());
+        FAIL_AT.with(|f| f.set(None));
+        (child, attached)
+    }
+
+    /// The exit code of `child` once it has exited; `None` if it is still
+    /// there after 15 s (suspended for good: a caller would hang).
+    fn exit_code_within_patience(child: &std::process::Child) -> Option<u32> {
+        use windows_sys::Win32::System::Threading::GetExitCodeProcess;
+        let raw = child.as_raw_handle() as HANDLE;
+        // SAFETY: std's handle to the child is open for the call.
+        if unsafe { WaitForSingleObject(raw, 15_000) } != WAIT_OBJECT_0 {
+            return None;
+        }
+        let mut code = 0;
+        // SAFETY: as above; `code` is writable.
+        assert_ne!(unsafe { GetExitCodeProcess(raw, &mut code) }, 0);
+        Some(code)
+    }
+
+    /// Issue 17 §7: whichever step of the attach fails, opening the child
+    /// included, the suspended child is terminated (it never ran: not its
+    /// own exit code 7, but 1 from our termination or 0 from its job's
+    /// kill-on-close) instead of left suspended, where exec mode would wait
+    /// for it forever. Without a failure it runs and exits 7 by itself.
+    #[test]
+    fn a_failed_attach_terminates_the_suspended_child_at_every_step() {
+        let (mut child, attached) = attach_suspended(None);
+        let tree = attached.unwrap();
+        assert_eq!(exit_code_within_patience(&child), Some(7));
+        child.wait().unwrap();
+        drop(tree);
+        for step in [
+            AttachStep::Open,
+            AttachStep::Job,
+            AttachStep::Assign,
+            AttachStep::Resume,
+        ] {
+            let (mut child, attached) = attach_suspended(Some(step));
+            let err = attached.unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("injected failure at {step:?}")),
+                "{err}"
+            );
+            let code = exit_code_within_patience(&child);
+            if code.is_none() {
+                let _ = child.kill();
+            }
+            assert!(
+                matches!(code, Some(0 | 1)),
+                "after a failure at {step:?}: {code:?}"
+            );
+            child.wait().unwrap();
+        }
+    }
+
+    /// Issue 17 §7: only "no such process" is `NotFound`; access denied (an
+    /// elevated holder, for a non-elevated `stop`) stays a permission error
+    /// with its OS code, so it is never reported as an exited PID.
+    #[test]
+    fn a_pin_tells_a_missing_process_from_one_it_may_not_open() {
+        let gone = open_process_error(io::Error::from_raw_os_error(ERROR_INVALID_PARAMETER as i32));
+        assert_eq!(gone.kind(), io::ErrorKind::NotFound);
+        let denied = open_process_error(io::Error::from_raw_os_error(ERROR_ACCESS_DENIED as i32));
+        assert_eq!(denied.kind(), io::ErrorKind::PermissionDenied);
+        assert_eq!(denied.raw_os_error(), Some(ERROR_ACCESS_DENIED as i32));
+        // What `stop` makes of it: the fix, not "has exited".
+        let line = crate::lock::StopError::Unpinnable {
+            port: 4300,
+            pid: 32,
+            error: denied,
+        }
+        .to_string();
+        assert!(
+            line.contains("access denied") && line.contains("run stop elevated, as administrator"),
+            "{line}"
+        );
+        assert!(!line.contains("exited"), "{line}");
+        let other = open_process_error(io::Error::from_raw_os_error(8)); // not enough memory
+        assert_eq!(other.raw_os_error(), Some(8));
+        assert_ne!(other.kind(), io::ErrorKind::NotFound);
+
+        // A PID that names nothing: the largest multiple of 4 (Windows PIDs
+        // are multiples of 4 and come from a table far smaller than that).
+        let err = pin_process(0xFFFF_FFFC).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        assert!(pin_process(std::process::id()).is_ok());
+    }
+
+    /// A squatter's event under the name of our stop channel for `port` in
+    /// `dir`, with the security descriptor `sddl` (SDDL), made by this test
+    /// process before the channel (a process of the same session would do
+    /// the same). `Err` if the descriptor cannot be given (the owner of
+    /// `O:` must be one the caller may assign).
+    fn squat(dir: &DirHandle, port: u16, sddl: &str) -> io::Result<OwnedHandle> {
+        use windows_sys::Win32::Security::Authorization::{
+            ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1,
+        };
+        use windows_sys::Win32::Security::SECURITY_ATTRIBUTES;
+        use windows_sys::Win32::System::Threading::CreateEventW;
+        let name = stop_event_name(dir, port, std::process::id()).unwrap();
+        let wide: Vec<u16> = sddl.encode_utf16().chain(Some(0)).collect();
+        let mut sd: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+        // SAFETY: a NUL-terminated string in; `sd` receives a LocalAlloc'ed
+        // descriptor, freed below.
+        let ok = unsafe {
+            ConvertStringSecurityDescriptorToSecurityDescriptorW(
+                wide.as_ptr(),
+                SDDL_REVISION_1,
+                &mut sd,
+                std::ptr::null_mut(),
+            )
+        };
+        assert_ne!(ok, 0, "{sddl}: {}", io::Error::last_os_error());
+        let attributes = SECURITY_ATTRIBUTES {
+            nLength: std::mem::size_of::<SECURITY_ATTRIBUTES>() as u32,
+            lpSecurityDescriptor: sd,
+            bInheritHandle: 0,
+        };
+        // SAFETY: valid attributes and name for the call.
+        let raw = unsafe { CreateEventW(&attributes, 1, 0, name.as_ptr()) };
+        let result = if raw.is_null() {
+            Err(io::Error::last_os_error())
+        } else {
+            // SAFETY: a fresh handle that nothing else owns.
+            Ok(unsafe { OwnedHandle::from_raw_handle(raw as _) })
+        };
+        // SAFETY: allocated by the conversion above.
+        unsafe { LocalFree(sd as _) };
+        result
+    }
+
+    /// The number of entries in the DACL of the event behind `handle`.
+    fn dacl_entries(handle: &OwnedHandle) -> u16 {
+        use windows_sys::Win32::Security::{ACL, DACL_SECURITY_INFORMATION};
+        let mut dacl: *mut ACL = std::ptr::null_mut();
+        let mut sd: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+        // SAFETY: the handle is open; valid out-pointers.
+        let err = unsafe {
+            GetSecurityInfo(
+                handle.as_raw_handle() as HANDLE,
+                SE_KERNEL_OBJECT,
+                DACL_SECURITY_INFORMATION,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                &mut dacl,
+                std::ptr::null_mut(),
+                &mut sd,
+            )
+        };
+        assert_eq!(err, 0);
+        assert!(!dacl.is_null(), "a NULL DACL grants everyone everything");
+        // SAFETY: `dacl` points into `sd`, valid until the LocalFree.
+        let count = unsafe { (*dacl).AceCount };
+        // SAFETY: allocated by GetSecurityInfo.
+        unsafe { LocalFree(sd as _) };
+        count
+    }
+
+    /// Issue 17 §7: our stop channel has an owner-only DACL (one entry).
+    /// A name taken first with a DACL that locks us out is refused with a
+    /// message that names it and says why; one taken by a process of our
+    /// own user that lets everyone in (WD: Everyone) is used, with its DACL
+    /// replaced by ours, so no one else can set our stop request.
+    #[test]
+    fn a_squatted_stop_channel_is_refused_or_made_owner_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = open_dir(tmp.path()).unwrap();
+
+        let channel = create_stop_channel(&dir, 4101).unwrap();
+        assert_eq!(dacl_entries(&channel.event), 1);
+
+        let _locked_out = squat(&dir, 4102, "D:P").unwrap();
+        let err = create_stop_channel(&dir, 4102).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("Local\\llmlb-stop-")
+                && text.contains(&format!("-4102-{}", std::process::id()))
+                && text.contains("already exists and denies this user access"),
+            "{text}"
+        );
+        assert!(!text.contains('\n') && !text.contains("Os {"), "{text}");
+
+        let open_to_all = squat(&dir, 4103, "D:P(A;;GA;;;WD)").unwrap();
+        assert!(dacl_entries(&open_to_all) >= 1);
+        let channel = create_stop_channel(&dir, 4103).unwrap();
+        assert_eq!(dacl_entries(&channel.event), 1);
+        // The squatter's entry for Everyone is gone: what it opens from now on
+        // gets only what our user is granted (it is our user here).
+        drop(open_to_all);
+
+        // Another user's (SYSTEM's here, S-1-5-18) event that lets us in. Wine
+        // lets any process assign any owner, as Windows lets an elevated one
+        // with SeRestorePrivilege; a plain Windows user cannot make this.
+        let foreign = squat(&dir, 4104, "O:SYD:P(A;;GA;;;WD)")
+            .expect("an owner this process may not assign: run elevated on Windows");
+        let foreign_owner = owner_sid(foreign.as_raw_handle() as HANDLE, SE_KERNEL_OBJECT);
+        assert_eq!(foreign_owner.unwrap(), Some(sid(5, &[18])));
+        let err = create_stop_channel(&dir, 4104).unwrap_err();
+        assert!(
+            err.to_string().contains("is owned by another user"),
+            "{err}"
+        );
+    }
+
+    /// Issue 17 §7: a holder records the installation (under Wine: the
+    /// prefix) its PID is numbered in, so a `stop` run in another prefix
+    /// over a shared lock dir sees another PID namespace instead of looking
+    /// the number up among its own processes and calling it exited.
+    #[test]
+    fn a_holder_records_its_machine_as_its_pid_namespace() {
+        use crate::lock::{IdentityCheck, LockInfo};
+        let ns = own_identity()
+            .and_then(|me| me.pid_ns)
+            .expect("MachineGuid readable");
+        let guid = ns.strip_prefix("machine:").unwrap();
+        assert_eq!(guid.len(), 36, "{ns}");
+        assert_eq!(pid_namespace(), Some(ns.clone()));
+
+        let mut info = LockInfo::for_current_process(1);
+        assert_eq!(info.identity.as_ref().unwrap().pid_ns, Some(ns));
+        assert_eq!(info.check_identity(), IdentityCheck::Same);
+        // The same record written in another prefix: its own MachineGuid.
+        info.identity.as_mut().unwrap().pid_ns =
+            Some("machine:00000000-0000-4000-8000-000000000000".to_owned());
+        assert_eq!(info.check_identity(), IdentityCheck::OtherPidNamespace);
+    }
+
+    /// Issue 17 §7: an open lock dir cannot be renamed away or removed
+    /// while its handle is open (it shares no deletion), so no other dir or
+    /// junction can take its name; once closed it can.
+    #[test]
+    fn an_open_lock_dir_cannot_be_renamed_or_removed_until_closed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("locks");
+        std::fs::create_dir(&path).unwrap();
+        let dir = open_dir(&path).unwrap();
+        let aside = tmp.path().join("aside");
+        let err = std::fs::rename(&path, &aside).unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(ERROR_SHARING_VIOLATION as i32),
+            "{err}"
+        );
+        let err = std::fs::remove_dir(&path).unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(ERROR_SHARING_VIOLATION as i32),
+            "{err}"
+        );
+        drop(dir);
+        std::fs::rename(&path, &aside).unwrap();
+
+        std::fs::write(&path, b"").unwrap();
+        let err = open_dir(&path).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(ERROR_DIRECTORY), "{err}");
+        let err = open_dir(&tmp.path().join("missing")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+    }
+
+    /// Issue 17 §7: every file of an open lock dir is reached through its
+    /// handle, never by its path again. Here the path is relative and the
+    /// working directory changes after the check, so the same path now names
+    /// another dir (what a dir swapped for a junction does to an absolute
+    /// path where Windows' sharing cannot stop it, e.g. from the Unix side
+    /// under Wine): lock files are still created, found, listed and deleted
+    /// in the dir that was checked, and nothing happens in the other one.
+    #[test]
+    fn a_lock_dir_whose_path_names_another_dir_later_redirects_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        for side in ["a", "b"] {
+            std::fs::create_dir_all(tmp.path().join(side).join("locks")).unwrap();
+        }
+        let checked = tmp.path().join("a").join("locks");
+        let other = tmp.path().join("b").join("locks");
+        let cwd = std::env::current_dir().unwrap();
+        std::env::set_current_dir(tmp.path().join("a")).unwrap();
+        let dir = open_dir(Path::new("locks"));
+        std::env::set_current_dir(tmp.path().join("b")).unwrap();
+        let name = LockName::for_port(4201);
+        let file = dir.as_ref().map(|dir| open_for_lock(dir, &name));
+        std::env::set_current_dir(cwd).unwrap();
+        let file = file.unwrap().unwrap();
+        let dir = dir.unwrap();
+
+        write_all_at(&file, b"{}", 0).unwrap();
+        assert!(checked.join("serve_4201.lock").exists());
+        assert!(!other.join("serve_4201.lock").exists(), "redirected");
+        assert_eq!(
+            name_id(&dir, &name).unwrap(),
+            Some(FileId { dev: 0, ino: 0 })
+        );
+        assert_eq!(
+            list_names(&dir).unwrap(),
+            vec![std::ffi::OsString::from("serve_4201.lock")]
+        );
+        std::fs::write(other.join("serve_4202.lock"), b"{}").unwrap();
+        let err = open_for_probe(&dir, &LockName::for_port(4202)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        assert_eq!(name_id(&dir, &LockName::for_port(4202)).unwrap(), None);
+
+        assert_eq!(try_lock_exclusive(&file).unwrap(), TryLock::Acquired);
+        remove_held(&dir, &name, file).unwrap();
+        assert!(!checked.join("serve_4201.lock").exists());
+        assert!(other.join("serve_4202.lock").exists());
+        assert_eq!(list_names(&dir).unwrap(), Vec::<std::ffi::OsString>::new());
     }
 
     /// The handle pins one process: its identity is stable, it is reported
