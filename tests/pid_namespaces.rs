@@ -240,32 +240,15 @@ fn stop_refuses_a_thread_id() {
     });
     let tid: u32 = cli_support::read_when_written(&ids).parse().unwrap();
     assert_ne!(tid, owner.pid());
-    let stat = std::fs::read_to_string(format!("/proc/{tid}/stat")).unwrap();
-    let ticks: u64 = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .nth(19)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its whole length.
-    assert_eq!(
-        unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) },
-        0
-    );
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    let host = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let ticks = cli_support::start_ticks(tid);
+    let boot_id = cli_support::boot_id();
+    let host = cli_support::hostname();
     let file = env.lock_file(port);
     std::fs::write(
         &file,
         format!(
             r#"{{"pid":{tid},"started_at":"2026-01-01T00:00:00Z","port":{port},"host":"{}","identity":{{"boot_id":"{}","start_ticks":{ticks}}}}}"#,
-            host.trim(),
-            boot_id.trim()
+            host, boot_id
         ),
     )
     .unwrap();

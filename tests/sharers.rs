@@ -11,20 +11,9 @@ mod cli_support;
 use std::process::Command;
 
 use cli_support::{
-    alive, free_port, read_when_written, signal, status_json, wait_until, Env, GroupGuard, Proc,
+    alive, free_port, hostname, read_when_written, signal, status_json, wait_until, Env,
+    GroupGuard, Proc,
 };
-
-/// This machine's host name, as the library records it.
-fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its whole length.
-    assert_eq!(
-        unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) },
-        0
-    );
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
 
 /// The identity JSON the library records for a live `pid` on Linux; none
 /// elsewhere (then the record is unverifiable, which `stop` refuses too).
@@ -32,20 +21,10 @@ fn identity_json(pid: u32) -> String {
     if !cfg!(target_os = "linux") {
         return String::new();
     }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let ticks: u64 = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .nth(19)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
     format!(
-        r#","identity":{{"boot_id":"{}","start_ticks":{ticks}}}"#,
-        boot.trim()
+        r#","identity":{{"boot_id":"{}","start_ticks":{}}}"#,
+        cli_support::boot_id(),
+        cli_support::start_ticks(pid)
     )
 }
 
@@ -207,10 +186,9 @@ fn a_passing_lock_on_a_dead_holders_file_never_fails_a_start() {
     let mut dead = Command::new("true").spawn().unwrap();
     let pid = dead.id();
     let identity = if cfg!(target_os = "linux") {
-        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
         format!(
             r#","identity":{{"boot_id":"{}","start_ticks":1}}"#,
-            boot.trim()
+            cli_support::boot_id()
         )
     } else {
         String::new()

@@ -313,3 +313,34 @@ pub fn running(pid: u32) -> bool {
     unsafe { CloseHandle(handle) };
     alive
 }
+
+/// Field 22 (start time, clock ticks after boot) of `/proc/<pid>/stat`: the
+/// identity token the library records for `pid` on Linux (only there).
+#[cfg(unix)]
+pub fn start_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let (_, fields) = stat.rsplit_once(')').unwrap();
+    fields.split_whitespace().nth(19).unwrap().parse().unwrap()
+}
+
+/// This boot's id, as the library records it on Linux (only there).
+#[cfg(unix)]
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// This machine's host name, as the library records it.
+#[cfg(unix)]
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its whole length.
+    assert_eq!(
+        unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) },
+        0
+    );
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}

@@ -881,20 +881,7 @@ impl PinnedProcess {
     pub(crate) fn signal(&self, sig: Signal) -> io::Result<()> {
         #[cfg(target_os = "linux")]
         if let Some(fd) = &self.pidfd {
-            // SAFETY: valid pidfd; a NULL siginfo means "as kill(2) would".
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    fd.as_raw_fd(),
-                    sig.raw(),
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                )
-            };
-            return match rc {
-                0 => Ok(()),
-                _ => Err(esrch_as_not_found(io::Error::last_os_error())),
-            };
+            return pidfd_send_signal(fd, sig, 0).map_err(esrch_as_not_found);
         }
         // SAFETY: kill has no memory-safety preconditions; pid > 0 targets one process.
         match unsafe { libc::kill(self.pid, sig.raw()) } {
@@ -902,9 +889,7 @@ impl PinnedProcess {
             _ => Err(esrch_as_not_found(io::Error::last_os_error())),
         }
     }
-}
 
-impl PinnedProcess {
     /// Sends `sig` to the process group the pinned process belongs to.
     /// Through the pidfd with `PIDFD_SIGNAL_PROCESS_GROUP` where the kernel
     /// has it (Linux 6.9+), so the group is reached through the verified
@@ -916,26 +901,34 @@ impl PinnedProcess {
         if let Some(fd) = &self.pidfd {
             /// `PIDFD_SIGNAL_PROCESS_GROUP` from `<linux/pidfd.h>` (6.9).
             const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 1 << 2;
-            // SAFETY: valid pidfd; a NULL siginfo means "as kill(2) would".
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    fd.as_raw_fd(),
-                    sig.raw(),
-                    std::ptr::null::<libc::siginfo_t>(),
-                    PIDFD_SIGNAL_PROCESS_GROUP,
-                )
-            };
-            if rc == 0 {
-                return Ok(());
-            }
-            let err = io::Error::last_os_error();
-            // EINVAL: a kernel without the flag; fall back to the number.
-            if err.raw_os_error() != Some(libc::EINVAL) {
-                return Err(esrch_as_not_found(err));
+            match pidfd_send_signal(fd, sig, PIDFD_SIGNAL_PROCESS_GROUP) {
+                Ok(()) => return Ok(()),
+                // EINVAL: a kernel without the flag; fall back to the number.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(e) => return Err(esrch_as_not_found(e)),
             }
         }
         signal_group(self.pid as u32, sig)
+    }
+}
+
+/// `pidfd_send_signal(fd, sig, NULL, flags)`.
+#[cfg(target_os = "linux")]
+fn pidfd_send_signal(fd: &OwnedFd, sig: Signal, flags: libc::c_uint) -> io::Result<()> {
+    // SAFETY: valid pidfd; a NULL siginfo means "as kill(2) would".
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            sig.raw(),
+            std::ptr::null::<libc::siginfo_t>(),
+            flags,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
