@@ -105,6 +105,7 @@ fn eight_processes_never_overlap() {
         assert_eq!(role, "contend");
         contend(&dir);
     }
+    let _children = WITH_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let mut workers: Vec<Reaper> = (0..PROCESSES)
         .map(|_| {
@@ -157,6 +158,7 @@ fn sigkilled_holder_is_reclaimed_with_its_pid() {
         assert_eq!(role, "hold");
         hold(&dir);
     }
+    let _children = WITH_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let mut holder = Reaper(Some(spawn_self(
         "sigkilled_holder_is_reclaimed_with_its_pid",
@@ -223,13 +225,12 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// Held by each test that forks, for as long as its child lives. A fork
-/// copies every descriptor of this process, other tests' locks included: a
-/// child forked by one test shares another test's lock until it exits, and
-/// the owner's release then rightly leaves that lock to the child. The tests
-/// here are about their own children only.
-#[cfg(unix)]
-static FORKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Held by each test here for as long as it has children. A fork (and a
+/// spawn, until its exec) copies every descriptor of this process, other
+/// tests' locks included: a child of one test shares another test's lock
+/// for a while, and an owner's release that meets it rightly leaves the
+/// lock to it. The tests here are about their own children only.
+static WITH_CHILDREN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[cfg(unix)]
 fn held_by(dir: &LockDir) -> Option<u32> {
@@ -244,7 +245,7 @@ fn held_by(dir: &LockDir) -> Option<u32> {
 #[cfg(unix)]
 #[test]
 fn forked_child_drop_leaves_parent_lock_alone() {
-    let _forking = FORKING.lock().unwrap_or_else(|e| e.into_inner());
+    let _children = WITH_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let dir = LockDir::create(tmp.path().join("locks")).unwrap();
     let guard = acquire_or_reclaim(&dir, PORT).unwrap();
@@ -276,7 +277,7 @@ fn forked_child_drop_leaves_parent_lock_alone() {
 #[cfg(unix)]
 #[test]
 fn forked_child_adopts_and_parent_release_only_closes() {
-    let _forking = FORKING.lock().unwrap_or_else(|e| e.into_inner());
+    let _children = WITH_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let dir = LockDir::create(tmp.path().join("locks")).unwrap();
     let mut guard = acquire_or_reclaim(&dir, PORT).unwrap();

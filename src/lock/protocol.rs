@@ -687,26 +687,40 @@ impl Holding {
         }
         drop(file);
         let me = self.info.pid;
-        let outcome = match acquire(self.target.clone()) {
-            // The file vanished meanwhile and we made a fresh one: remove it.
-            Ok(Acquisition::Fresh(held)) => held.release_dropping(),
-            Ok(Acquisition::Stale(stale)) if stale.previous.as_ref().map(|i| i.pid) == Some(me) => {
-                stale.discard().map(drop).map_err(|(_, e)| e)
-            }
-            // Someone else's stale file (a sharer adopted, then died):
-            // dropping leaves it exactly as found, for the next acquirer.
-            Ok(Acquisition::Stale(_)) => Ok(()),
-            Err(LockError::AlreadyRunning { holder, .. }) => {
-                if holder.is_some_and(|h| h.pid == me) {
+        let mut wait = ShortWait::new();
+        let outcome = loop {
+            break match acquire(self.target.clone()) {
+                // The file vanished meanwhile and we made a fresh one: remove it.
+                Ok(Acquisition::Fresh(held)) => held.release_dropping(),
+                Ok(Acquisition::Stale(stale))
+                    if stale.previous.as_ref().map(|i| i.pid) == Some(me) =>
+                {
+                    stale.discard().map(drop).map_err(|(_, e)| e)
+                }
+                // Someone else's stale file (a sharer adopted, then died):
+                // dropping leaves it exactly as found, for the next acquirer.
+                Ok(Acquisition::Stale(_)) => Ok(()),
+                Err(LockError::AlreadyRunning { holder, .. })
+                    if holder.as_ref().is_some_and(|h| h.pid == me) =>
+                {
+                    // A process that another thread is spawning holds every
+                    // descriptor of ours between its fork and its exec (which
+                    // closes them): wait such a moment out before leaving the
+                    // port to inheritors.
+                    if wait.again() {
+                        continue;
+                    }
                     tracing::warn!(
                         port = self.target.port,
                         "released, but a process that inherited the lock (forked, or started under it outside the command's process group) still holds it; port {} stays locked until it exits",
                         self.target.port
                     );
+                    Ok(())
                 }
-                Ok(())
-            }
-            Err(e) => Err(e),
+                // Someone else took the port after we let go.
+                Err(LockError::AlreadyRunning { .. }) => Ok(()),
+                Err(e) => Err(e),
+            };
         };
         if let Err(e) = outcome {
             tracing::warn!(

@@ -463,6 +463,11 @@ pub fn acquire_or_reclaim(dir: &super::LockDir, port: u16) -> Result<PortGuard, 
         },
         Acquired::Stale(stale) => {
             match stale.previous() {
+                Some(prev) if prev.holder_released() => tracing::warn!(
+                    port,
+                    "Stale lock file detected (PID {} released it to processes that inherited the lock, and they have exited), reclaiming",
+                    prev.pid
+                ),
                 Some(prev) => tracing::warn!(
                     port,
                     "Stale lock file detected (previous holder PID {} exited without releasing it), reclaiming",
