@@ -1,8 +1,8 @@
-//! `llmlb stop`: prints the progress of [`llmlb::lock::stop_server`].
+//! `llmlb stop`: prints the progress of [`llmlb::supervise::stop_server`].
 
 use std::time::Duration;
 
-use llmlb::lock::{stop_server, StopEvent, StopOptions, StopOutcome};
+use llmlb::supervise::{stop_server, StopEvent, StopOptions, StopOutcome};
 
 use super::{fail, LockDirChoice};
 

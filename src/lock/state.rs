@@ -558,7 +558,7 @@ impl PortGuard {
     /// `Io` if the file cannot be removed; the lock is then released by
     /// closing the descriptor anyway, leaving a stale file.
     ///
-    /// After [`process::lock_fd`](super::process::lock_fd) (or exec mode,
+    /// After [`exec::lock_fd`](crate::supervise::exec::lock_fd) (or exec mode,
     /// `llmlb serve -- CMD`) handed the lock's descriptor to a child, the file is removed only if no process still
     /// holds that descriptor; otherwise it stays, held, until the last one
     /// exits (then it is stale).

@@ -14,11 +14,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::error::LockError;
-use super::error::{printable, shell_quoted};
-use super::info::{IdentityCheck, LockInfo, ProcessIdentity};
-use super::sys::{self, Signal};
-use super::{check_port, LockDir, LockState};
+use crate::lock::sys::{self, Signal};
+use crate::lock::{
+    check_port, printable, shell_quoted, IdentityCheck, LockDir, LockError, LockInfo, LockState,
+    ProcessIdentity,
+};
 
 /// How often the lock is probed while waiting for the holder to let go. A
 /// probe takes a shared lock for microseconds, which acquirers wait out, so
@@ -39,7 +39,7 @@ const INHERIT_GRACE: Duration = Duration::from_millis(500);
 const UNREADABLE_WAIT: Duration = Duration::from_millis(200);
 
 /// A holder's end of `llmlb stop`'s graceful request, from
-/// [`PortGuard::stop_request`](super::PortGuard::stop_request).
+/// [`PortGuard::stop_request`](crate::lock::PortGuard::stop_request).
 ///
 /// On Windows, which has no `SIGTERM`, every holder has a stop channel (a
 /// named manual-reset event, made when the lock is taken and reachable only
@@ -391,11 +391,11 @@ pub(crate) fn how_to_stop(
 ///
 /// # Examples
 /// ```
-/// use llmlb::lock::{stop_server, StopOptions, StopOutcome};
+/// use llmlb::supervise::{stop_server, StopOptions, StopOutcome};
 /// # let tmp = tempfile::tempdir().unwrap();
 /// let outcome = stop_server(tmp.path(), 8000, &StopOptions::default(), |_| {})?;
 /// assert_eq!(outcome, StopOutcome::NotRunning);
-/// # Ok::<(), llmlb::lock::StopError>(())
+/// # Ok::<(), llmlb::supervise::StopError>(())
 /// ```
 pub fn stop_server(
     dir: &Path,

@@ -27,8 +27,8 @@
 use std::io;
 use std::process::{Command, ExitStatus};
 
-use super::state::PortGuard;
-use super::sys;
+use crate::lock::sys;
+use crate::lock::PortGuard;
 
 /// Environment variable naming the lock descriptor the command inherits.
 pub const LOCK_FD_ENV: &str = "LLMLB_LOCK_FD";
@@ -113,7 +113,7 @@ impl CommandTree {
     }
 
     /// The process group to record with
-    /// [`PortGuard::set_child_pgid`](super::PortGuard::set_child_pgid), so
+    /// [`PortGuard::set_child_pgid`](crate::lock::PortGuard::set_child_pgid), so
     /// `stop --force` kills all of it; `None` on Windows, where terminating
     /// the holder ends the job.
     pub(crate) fn pgid(&self) -> Option<u32> {
