@@ -13,7 +13,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use llmlb::lock::{
-    acquire_or_reclaim, async_impl, how_to_stop, IdentityCheck, LockDir, LockError, LockInfo,
+    acquire_or_reclaim, async_impl, hint::how_to_stop, IdentityCheck, LockDir, LockError, LockInfo,
     PortGuard,
 };
 use llmlb::supervise::{SharedLock, WatchEnd, WatchEvent};

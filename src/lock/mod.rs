@@ -11,9 +11,12 @@
 
 mod dir;
 mod error;
+// Advice about a port's holder, for the lock's own messages and `stop`'s.
+pub(crate) mod hint;
 mod info;
 mod protocol;
 mod state;
+mod stop_request;
 // Also the platform calls of `crate::supervise` (process groups, pinned
 // processes, signals): the one place that talks to the operating system.
 // Without the `cli` feature, those behind the exec-mode plumbing
@@ -22,9 +25,6 @@ mod state;
 pub(crate) mod sys;
 mod wait;
 
-#[cfg(all(feature = "cli", not(loom)))]
-pub(crate) use crate::supervise::how_to_stop;
-pub use crate::supervise::StopRequest;
 pub use dir::{
     check_port, default_lock_dir, lock_file_name, port_from_file_name, resolve_lock_dir, LockDir,
     PortReport, LOCK_DIR_ENV,
@@ -35,6 +35,7 @@ pub use protocol::Integrity;
 pub use state::{
     acquire_or_reclaim, Acquired, Free, Held, Holds, PortGuard, PortLock, Reclaimed, Stale, State,
 };
+pub use stop_request::StopRequest;
 #[cfg(all(any(feature = "cli", feature = "tokio"), not(loom)))]
 pub use wait::acquire_timeout_async;
 #[cfg(all(feature = "cli", not(loom)))]

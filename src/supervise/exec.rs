@@ -45,7 +45,7 @@ pub(crate) struct ExecChild {
 ///
 /// Guarantees on Unix:
 /// - the child leads a process group of its own (its pgid is its PID, see
-///   [`child_pgid`]), so the whole tree, grandchildren included, can be
+///   [`CommandTree::pgid`]), so the whole tree, grandchildren included, can be
 ///   signalled at once and a terminal's Ctrl-C reaches only the launcher,
 ///   which forwards it;
 /// - it inherits the lock's open file description (number in

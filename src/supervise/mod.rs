@@ -23,10 +23,5 @@ pub mod exec;
 mod stop;
 mod watchdog;
 
-pub use stop::{
-    stop_server, StopError, StopEvent, StopOptions, StopOutcome, StopRequest, STOP_POLL_INTERVAL,
-};
-// The lock's "already running" message names the stop command that fits the
-// holder (a circle this commit keeps; the next one moves the hint down).
-pub(crate) use stop::how_to_stop;
+pub use stop::{stop_server, StopError, StopEvent, StopOptions, StopOutcome, STOP_POLL_INTERVAL};
 pub use watchdog::{Guard, SharedLock, WatchEnd, WatchEvent, Watchdog};
