@@ -41,7 +41,11 @@ const UNREADABLE_WAIT: Duration = Duration::from_millis(200);
 /// How [`stop_server`] behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StopOptions {
-    /// How long to wait for the lock after `SIGTERM`.
+    /// How long to wait for the lock after `SIGTERM`. Zero does not wait (as
+    /// `pg_ctl stop --no-wait` and `systemctl stop --no-block` do): the
+    /// holder is asked to stop, the lock is probed once, and a holder that
+    /// still holds it is reported as [`StopOutcome::Requested`] (with
+    /// `force`, it is killed at once instead).
     pub timeout: Duration,
     /// Whether to `SIGKILL` the holder (and its exec child's process group)
     /// when the timeout passes, instead of failing with [`StopError::Timeout`].
@@ -88,8 +92,8 @@ pub enum StopEvent<'a> {
     },
 }
 
-/// What [`stop_server`] did. Every variant means the port is no longer held by
-/// the server that was there.
+/// What [`stop_server`] did. Every variant but [`StopOutcome::Requested`]
+/// means the port is no longer held by the server that was there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StopOutcome {
@@ -110,6 +114,14 @@ pub enum StopOutcome {
     /// (`force`); its stale file was removed.
     Killed {
         /// The holder that was killed.
+        info: LockInfo,
+    },
+    /// Only with a zero [`StopOptions::timeout`] and no `force`: the verified
+    /// holder was asked to stop (`SIGTERM`; its stop channel on Windows) and
+    /// still held the lock when probed right after. It is most likely
+    /// shutting down; nothing waited for it.
+    Requested {
+        /// The holder that was asked to stop.
         info: LockInfo,
     },
 }
@@ -292,7 +304,9 @@ fn not_verified_line(port: u16, pid: u32, check: &IdentityCheck, path: &Path) ->
 ///   With `force` it then reports [`StopEvent::Killing`], sends `SIGKILL` to
 ///   the recorded exec child's process group (only while that group's leader
 ///   is still the recorded process) and to the holder, waits for the lock and
-///   removes the stale file.
+///   removes the stale file. Without `force`, a zero timeout returns
+///   [`StopOutcome::Requested`] for a holder still holding the lock after
+///   the request, instead of [`StopError::Timeout`].
 ///
 /// Blocks the calling thread while waiting. A timeout too large to represent
 /// waits without a deadline.
@@ -643,6 +657,9 @@ fn stop_holder(
         Wait::Inherited(latest) => {
             holder_exited = true;
             latest
+        }
+        Wait::TimedOut(_) if !options.force && options.timeout.is_zero() => {
+            return Ok(Some(StopOutcome::Requested { info: holder.info }));
         }
         Wait::TimedOut(_) if !options.force => {
             return Err(StopError::Timeout {
