@@ -1,8 +1,16 @@
 //! llmlb: a per-port single-instance lock for servers.
 //!
-//! [`lock`] is the product: the protocol, its typestate, the lock info and
-//! errors. The `llmlb` binary and the C ABI (`ffi/`) are thin shells over it,
-//! so every launcher speaks exactly the same protocol.
+//! Three layers, each using only the ones below it:
+//!
+//! - [`lock`], the protocol: who owns a port, proven by the kernel (the lock
+//!   dir, the typestate, the lock info, errors, and the platform calls in
+//!   its `sys` module). It knows nothing of the layers above.
+//! - [`supervise`], the server's life around a held lock: exec mode's
+//!   process tree, the watchdog that keeps the lock file the server's own,
+//!   and `stop`. Built on [`lock`].
+//! - The shells: the `llmlb` binary (`cli`, behind the `cli` feature) and the
+//!   C ABI with its Python package (`ffi/`). They parse, call and print, so
+//!   every launcher speaks exactly the same protocol.
 //!
 //! # Using the library alone
 //!
@@ -56,4 +64,5 @@ extern crate self as llmlb;
 #[cfg(all(feature = "cli", not(loom)))]
 pub mod cli;
 pub mod lock;
+pub mod supervise;
 mod sync;

@@ -18,7 +18,7 @@ fn bad_ports_and_missing_arguments_are_usage_errors() {
         &["serve", "-p", "65536"],
         &["serve", "-p", "http"],
         &["serve", "-p", "-1"],
-        &["stop"],
+        &["stop", "--port"],
         &["stop", "--port", "0"],
         &["stop", "--port", "80", "--timeout", "soon"],
         &["status", "--port", "99999"],
@@ -39,6 +39,115 @@ fn bad_ports_and_missing_arguments_are_usage_errors() {
         !env.locks.exists(),
         "usage errors must not touch the lock dir"
     );
+}
+
+/// Every `SECS` option (`serve --wait`, `stop --timeout`) takes decimal
+/// seconds, and answers anything else, a negative number included, with one
+/// usage error naming the value, never clap's "use '-- -1'" tip or "invalid
+/// digit found in string" (issue 18 §6).
+#[test]
+fn every_duration_option_takes_decimal_seconds_and_refuses_the_rest_alike() {
+    let env = Env::new();
+    let p = free_port().to_string();
+    for secs in ["1.5", "0.5", "5", "0"] {
+        for flag in ["-t", "--timeout"] {
+            let out = env.run(&["stop", "-p", &p, flag, secs]);
+            assert_eq!(out.code(), Some(0), "stop {flag} {secs}: {out:?}");
+            assert_eq!(out.stdout, format!("No server running on port {p}\n"));
+        }
+    }
+    for args in [
+        &["stop", "-p", &p, "-t", "-1"][..],
+        &["stop", "-p", &p, "--timeout", "-0.5"],
+        &["stop", "-p", &p, "-t", "soon"],
+        &["stop", "-p", &p, "-t", "1,5"],
+        &["serve", "-p", &p, "--wait", "-1"],
+        &["serve", "-p", &p, "-w", "soon"],
+    ] {
+        let out = env.run(args);
+        assert_eq!(out.code(), Some(2), "{args:?}: {out:?}");
+        let errors: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{args:?}: {}", out.stderr);
+        let value = args.last().unwrap();
+        assert!(
+            errors[0].contains(&format!("`{value}` is not a number of seconds")),
+            "{args:?}: {}",
+            out.stderr
+        );
+        for noise in ["tip:", "-- -1", "invalid digit"] {
+            assert!(!out.stderr.contains(noise), "{args:?}: {}", out.stderr);
+        }
+    }
+    assert!(
+        !env.locks.exists(),
+        "usage errors must not touch the lock dir"
+    );
+}
+
+/// `stop` and `status -p` take the port the way `serve` does: `-p`, else
+/// `LLMLB_PORT`, else 32768, so `llmlb serve; llmlb stop` needs no port
+/// (issue 18 §6). Plain `status` still lists every lock.
+#[test]
+fn stop_and_status_take_the_port_as_serve_does() {
+    let env = Env::new();
+    let port = free_port();
+    let with_port_env = |args: &[&str], value: &str| {
+        let mut cmd = env.cmd(args);
+        cmd.env("LLMLB_PORT", value);
+        env.spawn_cmd(cmd)
+    };
+    let p = port.to_string();
+    let mut server = with_port_env(&["serve", "-H", "127.0.0.1"], &p);
+    server.wait_health(port);
+    let status = with_port_env(&["status", "-p"], &p).finish();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(status.stdout.contains("Running"), "{status:?}");
+    let stop = with_port_env(&["stop"], &p).finish();
+    assert_eq!(stop.code(), Some(0), "{stop:?}");
+    assert!(stop.stdout.ends_with("Server stopped\n"), "{stop:?}");
+    assert_eq!(server.wait().code(), Some(0));
+
+    // Neither -p nor LLMLB_PORT: 32768. A stale file stands in for a server
+    // there (a test binding 32768 could meet a real one).
+    let default = 32768;
+    std::fs::write(env.lock_file(default), b"not json").unwrap();
+    let status = env.run(&["status", "-p"]);
+    assert_eq!(status.code(), Some(1), "stale: {status:?}");
+    // LLMLB_PORT does not narrow plain `status`: it lists every lock.
+    let listing = with_port_env(&["status"], &p).finish();
+    assert_eq!(listing.code(), Some(0), "{listing:?}");
+    assert!(
+        listing
+            .stdout
+            .lines()
+            .any(|l| l.starts_with(&format!("{default} "))),
+        "{listing:?}"
+    );
+    let stop = env.run(&["stop"]);
+    assert_eq!(stop.code(), Some(0), "{stop:?}");
+    assert_eq!(
+        stop.stdout,
+        format!("No server running on port {default}\n")
+    );
+    assert!(
+        stop.stderr
+            .contains(&format!("lock file for port {default} was stale")),
+        "{stop:?}"
+    );
+    assert!(!env.lock_file(default).exists());
+
+    // LLMLB_PORT is checked as -p is wherever it is used, and only there.
+    for args in [&["stop"][..], &["status", "-p"], &["serve"]] {
+        let out = with_port_env(args, "0").finish();
+        assert_eq!(out.code(), Some(2), "{args:?}: {out:?}");
+        assert!(out.stderr.contains("0 is not in 1..=65535"), "{out:?}");
+    }
+    let listing = with_port_env(&["status"], "0").finish();
+    assert_eq!(listing.code(), Some(0), "{listing:?}");
 }
 
 #[test]

@@ -347,3 +347,56 @@ fn ipv6_listen_addresses_are_printed_in_brackets() {
         assert!(connected.is_ok(), "{host}: {connected:?}");
     }
 }
+
+/// An invalid `LLMLB_LOG_LEVEL`/`RUST_LOG` word (`verbose`, `warnings`) used
+/// to be read as a target name and silence every line, the stale-reclaim
+/// warning included. It now gets one warning line, and info is used (issue
+/// 18 §6); a valid level still applies, without that warning.
+#[test]
+fn an_invalid_log_level_is_reported_once_and_info_is_used() {
+    let env = Env::new();
+    llmlb::lock::LockDir::create(&env.locks).unwrap();
+    for (var, value, valid) in [
+        ("LLMLB_LOG_LEVEL", "verbose", false),
+        ("RUST_LOG", "warnings", false),
+        ("LLMLB_LOG_LEVEL", "WARN", true),
+    ] {
+        let port = free_port();
+        let p = port.to_string();
+        // A holder that died without releasing: serve reclaims its file
+        // with a warning.
+        std::fs::write(env.lock_file(port), b"not json").unwrap();
+        let mut cmd = env.cmd(&["serve", "-p", &p, "-H", "127.0.0.1"]);
+        cmd.env_remove("LLMLB_LOG_LEVEL").env(var, value);
+        let mut server = env.spawn_cmd(cmd);
+        server.wait_health(port);
+        let stop = env.run(&["stop", "-p", &p]);
+        assert_eq!(stop.code(), Some(0), "{stop:?}");
+        assert_eq!(server.wait().code(), Some(0));
+        let stderr = server.stderr();
+        let warned: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("ignoring invalid"))
+            .collect();
+        if valid {
+            assert!(warned.is_empty(), "{var}={value}: {stderr}");
+        } else {
+            assert_eq!(warned.len(), 1, "{var}={value}: {stderr}");
+            assert!(
+                warned[0].contains(&format!("{var} \"{value}\""))
+                    && warned[0].ends_with("using info"),
+                "{stderr}"
+            );
+        }
+        assert!(
+            stderr.contains("Stale lock file detected"),
+            "{var}={value}: {stderr}"
+        );
+        // Info lines show at info, not at warn.
+        assert_eq!(
+            stderr.contains("listening on"),
+            !valid,
+            "{var}={value}: {stderr}"
+        );
+    }
+}

@@ -204,6 +204,42 @@ fn timeout_then_force_kills_the_whole_group() {
     );
 }
 
+/// `stop -t 0` does not wait (issue 18 §6), as `pg_ctl stop --no-wait` does
+/// not: the server is signalled, `stop` says it has not stopped yet and exits
+/// 0, and the server then stops cleanly. It used to exit 1, "did not stop
+/// within 0s", for a server that was stopping. The command here finishes a
+/// sleep in its TERM trap, so the port is still held when `stop` looks.
+#[cfg(unix)]
+#[test]
+fn a_zero_timeout_signals_and_reports_not_yet_stopped() {
+    let env = Env::new();
+    let port = free_port();
+    let sh_file = env.tmp.path().join("shell.pid");
+    let script = format!(
+        "trap 'sleep 0.5; exit 0' TERM; echo $$ > {sh}; while :; do sleep 0.1; done",
+        sh = sh_file.display()
+    );
+    let p = port.to_string();
+    let mut server = env.spawn(&["serve", "--port", &p, "--", "sh", "-c", &script]);
+    let shell: u32 = read_when_written(&sh_file).parse().unwrap();
+    let _group = GroupGuard(Some(shell));
+    let pid = server.pid();
+
+    let out = env.run(&["stop", "--port", &p, "-t", "0"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(
+        out.stdout,
+        format!(
+            "Stopping server on port {port} (PID: {pid})...\n\
+             Server on port {port} (PID: {pid}) signalled, not yet stopped\n"
+        )
+    );
+    assert_eq!(out.stderr, "");
+    // It does stop, cleanly: its command's code, and the port is free.
+    assert_eq!(server.wait().code(), Some(0));
+    assert_eq!(env.run(&["status", "--port", &p]).code(), Some(3));
+}
+
 /// `--timeout` at u64::MAX seconds used to overflow `Instant` (a panic after
 /// SIGTERM was sent); now it means "no deadline".
 #[test]

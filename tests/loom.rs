@@ -15,7 +15,8 @@ use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use loom::sync::Arc;
 use loom::thread;
 
-use llmlb::lock::{Guard, Integrity, SharedLock, WatchEnd, WatchEvent};
+use llmlb::lock::Integrity;
+use llmlb::supervise::{Guard, SharedLock, WatchEnd, WatchEvent};
 
 /// What every check returns in one model run.
 #[derive(Clone, Copy, Debug)]

@@ -440,7 +440,7 @@ pub unsafe extern "C" fn llmlb_lock_set_child_pgid(lock: *mut LlmlbLock, pgid: u
         let lock = unsafe { boundary::handle_mut(lock, "lock") }?;
         let pgid = match pgid {
             0 => None,
-            pgid if pgid == 1 || !llmlb::lock::process::leads_process_group(pgid) => {
+            pgid if pgid == 1 || !llmlb::supervise::exec::leads_process_group(pgid) => {
                 return Err(FfiError::invalid(format!(
                     "pgid {pgid} is not a live process leading its own process group; put the child in its own group (setpgid(child, child)) and pass its PID"
                 )))
@@ -499,7 +499,7 @@ pub unsafe extern "C" fn llmlb_lock_fd(lock: *mut LlmlbLock, out_fd: *mut c_int)
                         .to_owned(),
             });
         }
-        let fd = llmlb::lock::process::lock_fd(&mut lock.guard);
+        let fd = llmlb::supervise::exec::lock_fd(&mut lock.guard);
         // SAFETY: as above.
         unsafe { out.write(fd) };
         Ok(())

@@ -118,7 +118,8 @@ fn windows_launcher_child() {
 #[cfg(windows)]
 #[test]
 fn windows_launcher_holds_the_port_until_llmlb_stop() {
-    use llmlb::lock::{probe, stop_server, ProcessIdentity, StopOptions, StopOutcome};
+    use llmlb::lock::{probe, ProcessIdentity};
+    use llmlb::supervise::{stop_server, StopOptions, StopOutcome};
     use std::time::{Duration, Instant};
 
     let tmp = tempfile::tempdir().unwrap();

@@ -5,7 +5,8 @@
 //! messages without raw control characters. Shared by the
 //! libFuzzer target and the stable corpus replay (`tests/fuzz_replay.rs`).
 
-use llmlb::lock::{LockError, LockInfo, StopError, MAX_INFO_LEN};
+use llmlb::lock::{LockError, LockInfo, MAX_INFO_LEN};
+use llmlb::supervise::StopError;
 
 /// Classifies `data` as a lock file's content and checks what parses.
 pub fn run(data: &[u8]) {

@@ -1,7 +1,7 @@
 //! Exec mode, `llmlb serve --port P -- CMD ARGS…`: run CMD under the held
 //! lock, forward SIGINT/SIGTERM to its process group, exit with its code.
 //!
-//! The command's tree holds the lock with us (see `llmlb::lock::process`),
+//! The command's tree holds the lock with us (see `llmlb::supervise::exec`),
 //! and whatever ends the command (its own exit, a signal, the port being
 //! lost) ends its whole process group before the lock is released: the
 //! signal, then `SIGKILL` after [`STOP_GRACE`], never an unbounded wait.
@@ -10,8 +10,9 @@ use std::ffi::OsString;
 use std::io;
 use std::time::Duration;
 
-use llmlb::lock::process::{self, configure_exec_child, CommandTree, ForwardSignal};
-use llmlb::lock::{PortGuard, SharedLock};
+use llmlb::lock::PortGuard;
+use llmlb::supervise::exec::{self, configure_exec_child, CommandTree, ForwardSignal};
+use llmlb::supervise::SharedLock;
 use tokio::time::Instant;
 
 use super::fail;
@@ -128,7 +129,7 @@ pub(crate) async fn run(
     let shown = program.to_string_lossy().into_owned();
     // Orphaned grandchildren come to us, so we see them die (and reap them)
     // even where init does not.
-    if let Err(e) = process::become_subreaper() {
+    if let Err(e) = exec::become_subreaper() {
         tracing::warn!("cannot become the reaper of the command's orphans: {e}");
     }
     let mut cmd = std::process::Command::new(program);
@@ -215,7 +216,7 @@ pub(crate) async fn run(
                     break None;
                 }
             }
-            _ = reap.tick() => process::reap_orphans(child_pid),
+            _ = reap.tick() => exec::reap_orphans(child_pid),
         }
     };
     if let Some(tree) = tree {
@@ -223,7 +224,7 @@ pub(crate) async fn run(
     }
     match status {
         Some(Ok(status)) => {
-            let code = process::exit_code(status);
+            let code = exec::exit_code(status);
             tracing::info!("{shown} exited ({status}); releasing port {port}");
             if lost {
                 super::EXIT_FAILURE

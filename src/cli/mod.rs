@@ -8,7 +8,9 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
 
+use clap::builder::{RangedI64ValueParser, TypedValueParser as _};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 mod exec;
@@ -19,6 +21,13 @@ mod stop;
 
 /// Runtime failure: printed as one `Error: …` line.
 pub(crate) const EXIT_FAILURE: i32 = 1;
+
+/// The port of `serve` and `stop` (and of `status -p` without a value) when
+/// neither `-p` nor [`PORT_ENV`] names one.
+const DEFAULT_PORT: u16 = 32768;
+
+/// The environment variable that names the port, as `-p` would.
+const PORT_ENV: &str = "LLMLB_PORT";
 
 /// Per-port single-instance server lock: start a server (or any command) only
 /// if no other holds its port; stop and list them safely.
@@ -42,8 +51,8 @@ enum Command {
     /// Take the port's lock, then serve HTTP (GET /health) or run COMMAND
     /// under the lock until told to stop.
     Serve(ServeArgs),
-    /// Stop the server holding a port: SIGTERM, wait for its lock, optionally
-    /// SIGKILL.
+    /// Stop the server holding a port (the one serve would take by default):
+    /// SIGTERM, wait for its lock, optionally SIGKILL.
     Stop(StopArgs),
     /// List held and stale locks (LSB exit codes with --port: 0 running,
     /// 1 stale, 3 not running, 4 unknown).
@@ -61,25 +70,33 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
     /// Port to lock (and listen on).
-    #[arg(short, long, env = "LLMLB_PORT", default_value_t = 32768,
-          value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(short, long, env = PORT_ENV, default_value_t = DEFAULT_PORT, value_parser = port_parser())]
     port: u16,
     /// Address to listen on (ignored in exec mode, passed as LLMLB_HOST).
     #[arg(short = 'H', long, env = "LLMLB_HOST", default_value = "0.0.0.0")]
     host: String,
     /// If the port is held, wait up to SECS seconds (decimals allowed) for it
     /// to be released instead of failing; 0 fails at once.
-    #[arg(short, long, value_name = "SECS", default_value = "0", value_parser = parse_wait)]
-    wait: std::time::Duration,
+    #[arg(short, long, value_name = "SECS", default_value = "0", value_parser = parse_secs,
+          allow_negative_numbers = true)]
+    wait: Duration,
     /// Exec mode: run COMMAND with LLMLB_PORT set instead of the built-in
     /// server, holding the lock until it exits; exit with its code.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<OsString>,
 }
 
-/// `--wait SECS`: a non-negative number of seconds; absurdly large means
-/// forever.
-fn parse_wait(text: &str) -> Result<std::time::Duration, String> {
+/// Every port option and `LLMLB_PORT`: 1..=65535.
+fn port_parser() -> RangedI64ValueParser<u16> {
+    clap::value_parser!(u16).range(1..)
+}
+
+/// Every `SECS` option (`serve --wait`, `stop --timeout`), one parser so they
+/// take the same forms: decimal seconds, 0 or more (`5`, `0.5`, `1.5`);
+/// absurdly large means no limit. Anything else, a negative number included
+/// (the options allow a leading `-`, so it reaches this parser instead of
+/// clap's "use `-- -1`" tip), is one usage error naming the value.
+fn parse_secs(text: &str) -> Result<Duration, String> {
     let secs: f64 = text
         .trim()
         .parse()
@@ -89,17 +106,22 @@ fn parse_wait(text: &str) -> Result<std::time::Duration, String> {
             "`{text}` is not a number of seconds: give 0 or more (e.g. 10 or 0.5)"
         ));
     }
-    Ok(std::time::Duration::try_from_secs_f64(secs).unwrap_or(std::time::Duration::MAX))
+    Ok(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
 }
 
 #[derive(Debug, clap::Args)]
 struct StopArgs {
-    /// Port whose server to stop.
-    #[arg(short, long, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Port whose server to stop, taken as serve takes it: so `llmlb serve`
+    /// then `llmlb stop` stop the same server.
+    #[arg(short, long, env = PORT_ENV, default_value_t = DEFAULT_PORT, value_parser = port_parser())]
     port: u16,
-    /// Seconds to wait for the lock to be released after SIGTERM.
-    #[arg(short, long, value_name = "SECS", default_value_t = 5)]
-    timeout: u64,
+    /// Seconds (decimals allowed) to wait for the lock to be released after
+    /// SIGTERM. 0 does not wait (like `pg_ctl stop --no-wait`): the server is
+    /// signalled and, if it still holds the port, stop prints "signalled, not
+    /// yet stopped" and exits 0; with --force, 0 kills it at once.
+    #[arg(short, long, value_name = "SECS", default_value = "5", value_parser = parse_secs,
+          allow_negative_numbers = true)]
+    timeout: Duration,
     /// After the timeout, SIGKILL the server and its command's process group.
     #[arg(long)]
     force: bool,
@@ -107,9 +129,11 @@ struct StopArgs {
 
 #[derive(Debug, clap::Args)]
 struct StatusArgs {
-    /// Only this port (sets the LSB exit code).
-    #[arg(short, long, value_parser = clap::value_parser!(u16).range(1..))]
-    port: Option<u16>,
+    /// Only this port (sets the LSB exit code). `-p` without a value: the
+    /// port serve takes by default ($LLMLB_PORT, else 32768). Without -p,
+    /// every lock is listed whatever LLMLB_PORT says.
+    #[arg(short, long, value_name = "PORT", num_args = 0..=1, value_parser = port_parser())]
+    port: Option<Option<u16>>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
@@ -190,16 +214,61 @@ fn lock_dir(flag: Option<PathBuf>) -> LockDirChoice {
     }
 }
 
+/// `status -p` without a value: the port `serve` takes by default, from
+/// [`PORT_ENV`] (checked as `-p`'s value is: a usage error, exit 2,
+/// otherwise, an empty value included, as clap's `env` for `serve -p`)
+/// or [`DEFAULT_PORT`].
+fn default_port() -> u16 {
+    let Some(value) = std::env::var_os(PORT_ENV) else {
+        return DEFAULT_PORT;
+    };
+    let mut cli = Cli::command();
+    cli.build();
+    let status = cli
+        .find_subcommand("status")
+        .expect("the status command is defined above");
+    let arg = status.get_arguments().find(|a| a.get_id() == "port");
+    port_parser()
+        .parse_ref(status, arg, &value)
+        .unwrap_or_else(|e| e.exit())
+}
+
+/// The log filter a user meant by `spec` (`LLMLB_LOG_LEVEL`, `RUST_LOG`), or
+/// `None`. EnvFilter takes a bare word that is not a level (`verbose`,
+/// `warnings`) for a target name and then shows nothing of ours, the
+/// stale-reclaim warning included; so a bare word must be a level (`warn`,
+/// `DEBUG`, `off`, `0`-`5`) or this crate's target (`llmlb`, `llmlb::…`).
+/// `target=level` directives are left to EnvFilter's own parser.
+fn log_filter(spec: &str) -> Option<tracing_subscriber::EnvFilter> {
+    use tracing::level_filters::LevelFilter;
+    let bare_words_mean_something = spec
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .all(|d| {
+            d.contains(['=', '['])
+                || d.parse::<LevelFilter>().is_ok()
+                || d == "llmlb"
+                || d.starts_with("llmlb::")
+        });
+    if !bare_words_mean_something {
+        return None;
+    }
+    tracing_subscriber::EnvFilter::try_new(spec).ok()
+}
+
 /// Logs to stderr; level from `LLMLB_LOG_LEVEL`, else `RUST_LOG`, else info.
+/// A value that is not a log filter gets one warning line and info.
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let spec = ["LLMLB_LOG_LEVEL", "RUST_LOG"]
-        .iter()
-        .find_map(|var| std::env::var(var).ok().filter(|v| !v.trim().is_empty()));
+    let spec = ["LLMLB_LOG_LEVEL", "RUST_LOG"].iter().find_map(|var| {
+        let value = std::env::var(var).ok().filter(|v| !v.trim().is_empty())?;
+        Some((*var, value))
+    });
     let (filter, bad) = match spec {
-        Some(spec) => match EnvFilter::try_new(&spec) {
-            Ok(filter) => (filter, None),
-            Err(_) => (EnvFilter::new("info"), Some(spec)),
+        Some((var, spec)) => match log_filter(&spec) {
+            Some(filter) => (filter, None),
+            None => (EnvFilter::new("info"), Some((var, spec))),
         },
         None => (EnvFilter::new("info"), None),
     };
@@ -211,8 +280,10 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_target(false)
         .init();
-    if let Some(spec) = bad {
-        tracing::warn!("ignoring invalid log level {spec:?}; using info");
+    if let Some((var, spec)) = bad {
+        tracing::warn!(
+            "ignoring invalid {var} {spec:?} (give error, warn, info, debug, trace or off, or TARGET=LEVEL); using info"
+        );
     }
 }
 
@@ -237,7 +308,10 @@ pub fn run() -> i32 {
             serve::run(&dir, args.port, args.wait, host, args.command)
         }
         Command::Stop(args) => stop::run(&dir, args.port, args.timeout, args.force),
-        Command::Status(args) => status::run(&dir, args.port, args.format == Format::Json),
+        Command::Status(args) => {
+            let port = args.port.map(|port| port.unwrap_or_else(default_port));
+            status::run(&dir, port, args.format == Format::Json)
+        }
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "llmlb", &mut script);
@@ -327,8 +401,13 @@ fn man_page() -> std::io::Result<Vec<u8>> {
             "session of a user (ssh, tmux, cron) finds the same locks: /tmp/llmlb\\-<uid>, for root ",
             "/run/llmlb. Set it to one directory (yours alone) everywhere to share locks between the ",
             "sessions and services of one account on purpose.\n",
-            ".TP\nLLMLB_PORT, LLMLB_HOST\nDefaults for serve's \\-\\-port and \\-\\-host; set for COMMAND in exec mode.\n",
-            ".TP\nLLMLB_LOG_LEVEL, RUST_LOG\nLog level of the messages on stderr (default info).\n",
+            ".TP\nLLMLB_PORT\nThe port of serve and stop when \\-\\-port is not given, and of status \\-\\-port ",
+            "without a value (default 32768); plain status lists every lock whatever it says. Set for ",
+            "COMMAND in exec mode.\n",
+            ".TP\nLLMLB_HOST\nDefault for serve's \\-\\-host; set for COMMAND in exec mode.\n",
+            ".TP\nLLMLB_LOG_LEVEL, RUST_LOG\nLog level of the messages on stderr (default info). A value that ",
+            "is not a level (error, warn, info, debug, trace, off) or TARGET=LEVEL is reported in one warning ",
+            "and info is used.\n",
         )
         .as_bytes(),
     );

@@ -13,9 +13,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use llmlb::lock::{
-    acquire_or_reclaim, async_impl, how_to_stop, IdentityCheck, LockDir, LockError, LockInfo,
-    PortGuard, SharedLock, WatchEnd, WatchEvent,
+    acquire_or_reclaim, async_impl, hint::how_to_stop, IdentityCheck, LockDir, LockError, LockInfo,
+    PortGuard,
 };
+use llmlb::supervise::{SharedLock, WatchEnd, WatchEvent};
 
 use super::signals::{self, Signals};
 use super::{exec, fail, LockDirChoice};
@@ -48,7 +49,7 @@ impl LockLost {
     }
 }
 
-/// Starts the watchdog thread (see [`llmlb::lock::Watchdog`]): it re-creates a
+/// Starts the watchdog thread (see [`llmlb::supervise::Watchdog`]): it re-creates a
 /// lock file removed or replaced by hand, and reports through [`LockLost`] if
 /// another process took the port meanwhile. It ends when the lock is released.
 fn spawn_watchdog(

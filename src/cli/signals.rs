@@ -3,9 +3,9 @@
 //! default-killed into a stale file): SIGINT/SIGTERM on Unix; on Windows
 //! Ctrl-C, Ctrl-Break and the lock's stop channel (what `llmlb stop` sets).
 
-use llmlb::lock::process::ForwardSignal;
 #[cfg(windows)]
 use llmlb::lock::StopRequest;
+use llmlb::supervise::exec::ForwardSignal;
 
 /// The stop signals this process listens for.
 pub(crate) struct Signals {

@@ -1,18 +1,27 @@
-//! `llmlb stop`: prints the progress of [`llmlb::lock::stop_server`].
+//! `llmlb stop`: prints the progress of [`llmlb::supervise::stop_server`].
 
 use std::time::Duration;
 
-use llmlb::lock::{stop_server, StopEvent, StopOptions, StopOutcome};
+use llmlb::supervise::{stop_server, StopEvent, StopOptions, StopOutcome};
 
 use super::{fail, LockDirChoice};
 
+/// `5s`, `1.5s`: a timeout as the user gave it.
+fn seconds(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
+}
+
 /// Runs `stop`; 0 when the port is no longer held by the server that was
-/// there (including "nothing was running"), 1 otherwise.
-pub(crate) fn run(dir: &LockDirChoice, port: u16, timeout_secs: u64, force: bool) -> i32 {
-    let options = StopOptions {
-        timeout: Duration::from_secs(timeout_secs),
-        force,
-    };
+/// there (including "nothing was running"), and with a zero timeout also
+/// when the server was signalled and has not stopped yet (as `pg_ctl stop
+/// --no-wait` and `systemctl stop --no-block` succeed once the request is
+/// made); 1 otherwise.
+pub(crate) fn run(dir: &LockDirChoice, port: u16, timeout: Duration, force: bool) -> i32 {
+    let options = StopOptions { timeout, force };
     let outcome = stop_server(&dir.path, port, &options, |event| match event {
         StopEvent::Stopping { port, info } => {
             println!("Stopping server on port {port} (PID: {})...", info.pid);
@@ -28,9 +37,9 @@ pub(crate) fn run(dir: &LockDirChoice, port: u16, timeout_secs: u64, force: bool
             let pid = info.pid;
             let line = match (holder_exited, group) {
                 // No SIGKILL on Windows: its command's job ends with it.
-                (false, _) if cfg!(windows) => format!("did not stop within {}s; terminating it and its command", timeout.as_secs()),
-                (false, Some(pgid)) => format!("did not stop within {}s; sending SIGKILL to it and process group {pgid}", timeout.as_secs()),
-                (false, None) => format!("did not stop within {}s; sending SIGKILL to it", timeout.as_secs()),
+                (false, _) if cfg!(windows) => format!("did not stop within {}; terminating it and its command", seconds(timeout)),
+                (false, Some(pgid)) => format!("did not stop within {}; sending SIGKILL to it and process group {pgid}", seconds(timeout)),
+                (false, None) => format!("did not stop within {}; sending SIGKILL to it", seconds(timeout)),
                 (true, Some(pgid)) => format!("exited, but its command's process group {pgid} still holds the lock; sending SIGKILL to the group"),
                 (true, None) => "exited, but a process that inherited its lock still holds it".to_owned(),
             };
@@ -62,6 +71,19 @@ pub(crate) fn run(dir: &LockDirChoice, port: u16, timeout_secs: u64, force: bool
         }
         Ok(StopOutcome::Killed { .. }) => {
             println!("Server stopped (killed)");
+            0
+        }
+        Ok(StopOutcome::Requested { info }) => {
+            // Windows has no SIGTERM: the holder's stop channel was set.
+            let how = if cfg!(windows) {
+                "asked to stop"
+            } else {
+                "signalled"
+            };
+            println!(
+                "Server on port {port} (PID: {}) {how}, not yet stopped",
+                info.pid
+            );
             0
         }
         Err(e) => fail(e),

@@ -101,7 +101,7 @@ pub enum LockError {
 }
 
 fn already_running_line(port: u16, holder: Option<&LockInfo>, path: &Path) -> String {
-    let advice = super::stop::how_to_stop(port, holder, path, "");
+    let advice = super::hint::how_to_stop(port, holder, path, "");
     match holder {
         Some(info) => format!(
             "Server already running on port {port} (PID: {}, started: {}); {advice}",

@@ -11,20 +11,18 @@
 
 mod dir;
 mod error;
+// Advice about a port's holder, for the lock's own messages and `stop`'s.
+pub(crate) mod hint;
 mod info;
-// Launcher support: the public part is what the C ABI's launchers need
-// (`lock_fd`, `leads_process_group`); the exec-mode plumbing of
-// `llmlb serve -- CMD` is crate-private, used by the `cli` feature only.
-#[cfg_attr(any(not(feature = "cli"), loom), allow(dead_code))]
-pub mod process;
 mod protocol;
-mod shared;
 mod state;
-mod stop;
-// Without the `cli` feature, the platform calls behind the exec-mode
-// plumbing (process groups, subreaper, signals) have no caller.
+mod stop_request;
+// Also the platform calls of `crate::supervise` (process groups, pinned
+// processes, signals): the one place that talks to the operating system.
+// Without the `cli` feature, those behind the exec-mode plumbing
+// (subreaper, child setup) have no caller.
 #[cfg_attr(any(not(feature = "cli"), loom), allow(dead_code))]
-mod sys;
+pub(crate) mod sys;
 mod wait;
 
 pub use dir::{
@@ -34,15 +32,10 @@ pub use dir::{
 pub use error::{printable, shell_quoted, LockError, Printable, ShellQuoted, TransitionError};
 pub use info::{IdentityCheck, LockInfo, ProcessIdentity, MAX_INFO_LEN};
 pub use protocol::Integrity;
-pub use shared::{Guard, SharedLock, WatchEnd, WatchEvent, Watchdog};
 pub use state::{
     acquire_or_reclaim, Acquired, Free, Held, Holds, PortGuard, PortLock, Reclaimed, Stale, State,
 };
-#[cfg(all(feature = "cli", not(loom)))]
-pub(crate) use stop::how_to_stop;
-pub use stop::{
-    stop_server, StopError, StopEvent, StopOptions, StopOutcome, StopRequest, STOP_POLL_INTERVAL,
-};
+pub use stop_request::StopRequest;
 #[cfg(all(any(feature = "cli", feature = "tokio"), not(loom)))]
 pub use wait::acquire_timeout_async;
 #[cfg(all(feature = "cli", not(loom)))]

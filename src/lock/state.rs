@@ -563,8 +563,8 @@ impl PortGuard {
     /// `Io` if the file cannot be removed; the lock is then released by
     /// closing the descriptor anyway, leaving a stale file.
     ///
-    /// After [`process::lock_fd`](super::process::lock_fd) (or exec mode,
-    /// `llmlb serve -- CMD`) handed the lock's descriptor to a child, the file is removed only if no process still
+    /// After the lock's descriptor was handed to a child (the C ABI's
+    /// `llmlb_lock_fd`, or exec mode, `llmlb serve -- CMD`), the file is removed only if no process still
     /// holds that descriptor; otherwise it stays, held, until the last one
     /// exits (then it is stale).
     pub fn release(self) -> Result<(), LockError> {

@@ -1837,7 +1837,7 @@ mod tests {
         assert_eq!(denied.kind(), io::ErrorKind::PermissionDenied);
         assert_eq!(denied.raw_os_error(), Some(ERROR_ACCESS_DENIED as i32));
         // What `stop` makes of it: the fix, not "has exited".
-        let line = crate::lock::StopError::Unpinnable {
+        let line = crate::supervise::StopError::Unpinnable {
             port: 4300,
             pid: 32,
             error: denied,

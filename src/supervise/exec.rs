@@ -27,8 +27,8 @@
 use std::io;
 use std::process::{Command, ExitStatus};
 
-use super::state::PortGuard;
-use super::sys;
+use crate::lock::sys;
+use crate::lock::PortGuard;
 
 /// Environment variable naming the lock descriptor the command inherits.
 pub const LOCK_FD_ENV: &str = "LLMLB_LOCK_FD";
@@ -45,7 +45,7 @@ pub(crate) struct ExecChild {
 ///
 /// Guarantees on Unix:
 /// - the child leads a process group of its own (its pgid is its PID, see
-///   [`child_pgid`]), so the whole tree, grandchildren included, can be
+///   [`CommandTree::pgid`]), so the whole tree, grandchildren included, can be
 ///   signalled at once and a terminal's Ctrl-C reaches only the launcher,
 ///   which forwards it;
 /// - it inherits the lock's open file description (number in
@@ -113,7 +113,7 @@ impl CommandTree {
     }
 
     /// The process group to record with
-    /// [`PortGuard::set_child_pgid`](super::PortGuard::set_child_pgid), so
+    /// [`PortGuard::set_child_pgid`](crate::lock::PortGuard::set_child_pgid), so
     /// `stop --force` kills all of it; `None` on Windows, where terminating
     /// the holder ends the job.
     pub(crate) fn pgid(&self) -> Option<u32> {

@@ -19,10 +19,7 @@ use std::time::Duration;
 
 use crate::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use super::error::LockError;
-use super::info::LockInfo;
-use super::protocol::Integrity;
-use super::state::PortGuard;
+use crate::lock::{Integrity, LockError, LockInfo, PortGuard};
 
 /// What [`SharedLock`] needs of a held lock: [`PortGuard`] in production.
 /// Generic so the coordination can be model-checked with a guard that
@@ -69,7 +66,8 @@ impl Guard for PortGuard {
 /// ```
 /// # let tmp = tempfile::tempdir().unwrap();
 /// use std::time::Duration;
-/// use llmlb::lock::{acquire_or_reclaim, LockDir, SharedLock, WatchEnd};
+/// use llmlb::lock::{acquire_or_reclaim, LockDir};
+/// use llmlb::supervise::{SharedLock, WatchEnd};
 ///
 /// let dir = LockDir::create(tmp.path().join("locks"))?;
 /// let lock = SharedLock::new(acquire_or_reclaim(&dir, 8000)?);

@@ -14,11 +14,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::error::LockError;
-use super::error::{printable, shell_quoted};
-use super::info::{IdentityCheck, LockInfo, ProcessIdentity};
-use super::sys::{self, Signal};
-use super::{check_port, LockDir, LockState};
+use crate::lock::hint::find_holder;
+use crate::lock::sys::{self, Signal};
+use crate::lock::{
+    check_port, printable, IdentityCheck, LockDir, LockError, LockInfo, LockState, ProcessIdentity,
+};
 
 /// How often the lock is probed while waiting for the holder to let go. A
 /// probe takes a shared lock for microseconds, which acquirers wait out, so
@@ -38,41 +38,14 @@ const INHERIT_GRACE: Duration = Duration::from_millis(500);
 /// before giving up on identifying it.
 const UNREADABLE_WAIT: Duration = Duration::from_millis(200);
 
-/// A holder's end of `llmlb stop`'s graceful request, from
-/// [`PortGuard::stop_request`](super::PortGuard::stop_request).
-///
-/// On Windows, which has no `SIGTERM`, every holder has a stop channel (a
-/// named manual-reset event, made when the lock is taken and reachable only
-/// by the same user): `stop` sets it, and the holder is expected to shut down
-/// and release. On Unix `stop` sends `SIGTERM` instead; this handle then never
-/// reports a request (handle `SIGTERM` as usual).
-#[derive(Debug, Clone)]
-pub struct StopRequest {
-    channel: std::sync::Arc<sys::StopChannel>,
-}
-
-impl StopRequest {
-    pub(crate) fn new(channel: std::sync::Arc<sys::StopChannel>) -> StopRequest {
-        StopRequest { channel }
-    }
-
-    /// Waits up to `timeout` for a stop request: true once one was made (it
-    /// stays made). `Duration::MAX` waits forever. On Unix always false after
-    /// sleeping for `timeout`, cut short by any signal handler that runs.
-    pub fn wait(&self, timeout: Duration) -> bool {
-        self.channel.wait(timeout)
-    }
-
-    /// Whether a stop request was made, without waiting.
-    pub fn is_requested(&self) -> bool {
-        self.channel.wait(Duration::ZERO)
-    }
-}
-
 /// How [`stop_server`] behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StopOptions {
-    /// How long to wait for the lock after `SIGTERM`.
+    /// How long to wait for the lock after `SIGTERM`. Zero does not wait (as
+    /// `pg_ctl stop --no-wait` and `systemctl stop --no-block` do): the
+    /// holder is asked to stop, the lock is probed once, and a holder that
+    /// still holds it is reported as [`StopOutcome::Requested`] (with
+    /// `force`, it is killed at once instead).
     pub timeout: Duration,
     /// Whether to `SIGKILL` the holder (and its exec child's process group)
     /// when the timeout passes, instead of failing with [`StopError::Timeout`].
@@ -119,8 +92,8 @@ pub enum StopEvent<'a> {
     },
 }
 
-/// What [`stop_server`] did. Every variant means the port is no longer held by
-/// the server that was there.
+/// What [`stop_server`] did. Every variant but [`StopOutcome::Requested`]
+/// means the port is no longer held by the server that was there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StopOutcome {
@@ -141,6 +114,14 @@ pub enum StopOutcome {
     /// (`force`); its stale file was removed.
     Killed {
         /// The holder that was killed.
+        info: LockInfo,
+    },
+    /// Only with a zero [`StopOptions::timeout`] and no `force`: the verified
+    /// holder was asked to stop (`SIGTERM`; its stop channel on Windows) and
+    /// still held the lock when probed right after. It is most likely
+    /// shutting down; nothing waited for it.
+    Requested {
+        /// The holder that was asked to stop.
         info: LockInfo,
     },
 }
@@ -265,19 +246,6 @@ fn seconds(d: Duration) -> String {
     }
 }
 
-/// How to find the process that has `path` open, for messages: `fuser` on
-/// Unix; Windows has no such command, so the tool that shows it.
-fn find_holder(path: &Path) -> String {
-    if cfg!(windows) {
-        format!(
-            "Resource Monitor (CPU tab, Associated Handles, search for {})",
-            printable(path)
-        )
-    } else {
-        format!("`fuser {}`", shell_quoted(path))
-    }
-}
-
 fn unpinnable_line(port: u16, pid: u32, error: &std::io::Error) -> String {
     let why = match error.kind() {
         std::io::ErrorKind::PermissionDenied if cfg!(windows) => {
@@ -315,51 +283,6 @@ fn not_verified_line(port: u16, pid: u32, check: &IdentityCheck, path: &Path) ->
     }
 }
 
-/// How a user can stop the holder of `port`, as a sentence for messages:
-/// only a fix that works for this holder. `llmlb stop` (with `stop_args`
-/// appended, e.g. ` --lock-dir DIR`, its paths already quoted with
-/// [`shell_quoted`]) where it would verify and signal the
-/// holder; "stop it there" for a holder on another host; the way to find an
-/// inheritor for a holder whose recorded PID is gone or reused; and no
-/// command at all where nothing here can verify the holder. CLI wording
-/// (`llmlb stop`), so not public API.
-#[cfg_attr(any(not(feature = "cli"), loom), allow(dead_code))]
-pub(crate) fn how_to_stop(
-    port: u16,
-    holder: Option<&LockInfo>,
-    lock_path: &Path,
-    stop_args: &str,
-) -> String {
-    let Some(info) = holder else {
-        return format!("to stop it: llmlb stop --port {port}{stop_args}");
-    };
-    if info.holder_released() {
-        return format!(
-            "PID {} released it, and a process that inherited the lock holds it: find it with {}",
-            info.pid,
-            find_holder(lock_path)
-        );
-    }
-    match info.check_identity() {
-        IdentityCheck::Same => format!("to stop it: llmlb stop --port {port}{stop_args}"),
-        IdentityCheck::OtherHost(host) => {
-            format!("it runs on host {}: stop it there", printable(&host))
-        }
-        IdentityCheck::OtherPidNamespace => {
-            "it runs in another PID namespace (a container): stop it there".to_owned()
-        }
-        IdentityCheck::Gone | IdentityCheck::Reused => format!(
-            "its recorded PID {} has exited and a process that inherited the lock holds it: find it with {}",
-            info.pid,
-            find_holder(lock_path)
-        ),
-        _ => format!(
-            "its identity cannot be verified here, so `llmlb stop` will not signal it: check what PID {} is and stop it by its own means",
-            info.pid
-        ),
-    }
-}
-
 /// Stops whatever holds `port` in the lock dir at `dir`, pg_ctl-style.
 ///
 /// - No dir, no file, or a free port: [`StopOutcome::NotRunning`] (only ever
@@ -375,13 +298,15 @@ pub(crate) fn how_to_stop(
 ///   [`StopError::Unpinnable`]) and signals it only if it is provably the
 ///   process that wrote the file ([`IdentityCheck::Same`]); reports [`StopEvent::Stopping`], sends
 ///   `SIGTERM` through the pin (Windows: sets the holder's stop channel, see
-///   [`StopRequest`]; a holder without one is refused, or with `force`
+///   [`StopRequest`](crate::lock::StopRequest); a holder without one is refused, or with `force`
 ///   terminated at once), and probes the lock every
 ///   [`STOP_POLL_INTERVAL`] until it is released or `options.timeout` passes.
 ///   With `force` it then reports [`StopEvent::Killing`], sends `SIGKILL` to
 ///   the recorded exec child's process group (only while that group's leader
 ///   is still the recorded process) and to the holder, waits for the lock and
-///   removes the stale file.
+///   removes the stale file. Without `force`, a zero timeout returns
+///   [`StopOutcome::Requested`] for a holder still holding the lock after
+///   the request, instead of [`StopError::Timeout`].
 ///
 /// Blocks the calling thread while waiting. A timeout too large to represent
 /// waits without a deadline.
@@ -391,11 +316,11 @@ pub(crate) fn how_to_stop(
 ///
 /// # Examples
 /// ```
-/// use llmlb::lock::{stop_server, StopOptions, StopOutcome};
+/// use llmlb::supervise::{stop_server, StopOptions, StopOutcome};
 /// # let tmp = tempfile::tempdir().unwrap();
 /// let outcome = stop_server(tmp.path(), 8000, &StopOptions::default(), |_| {})?;
 /// assert_eq!(outcome, StopOutcome::NotRunning);
-/// # Ok::<(), llmlb::lock::StopError>(())
+/// # Ok::<(), llmlb::supervise::StopError>(())
 /// ```
 pub fn stop_server(
     dir: &Path,
@@ -733,6 +658,9 @@ fn stop_holder(
             holder_exited = true;
             latest
         }
+        Wait::TimedOut(_) if !options.force && options.timeout.is_zero() => {
+            return Ok(Some(StopOutcome::Requested { info: holder.info }));
+        }
         Wait::TimedOut(_) if !options.force => {
             return Err(StopError::Timeout {
                 port,
@@ -785,7 +713,7 @@ mod tests {
         assert_eq!(reused.check_identity(), IdentityCheck::Reused);
         let path = Path::new("locks").join("serve_4242.lock");
         let hints = [
-            how_to_stop(4242, Some(&reused), &path, ""),
+            crate::lock::hint::how_to_stop(4242, Some(&reused), &path, ""),
             not_verified_line(4242, reused.pid, &IdentityCheck::Reused, &path),
             StopError::Unreadable {
                 port: 4242,
