@@ -703,6 +703,35 @@ fn stop_holder(
 mod tests {
     use super::*;
 
+    /// A pin refused for lack of permission (an elevated holder on Windows,
+    /// another user's on Unix) is reported with the fix that works, never as
+    /// a PID that has exited.
+    #[test]
+    fn an_unpinnable_holder_is_reported_with_its_fix_never_as_exited() {
+        let line = StopError::Unpinnable {
+            port: 4300,
+            pid: 32,
+            error: std::io::ErrorKind::PermissionDenied.into(),
+        }
+        .to_string();
+        if cfg!(windows) {
+            assert!(
+                line.contains("access denied")
+                    && line.contains("run stop elevated, as administrator"),
+                "{line}"
+            );
+        } else {
+            assert!(
+                line.contains("permission denied") && line.contains("run stop as that user"),
+                "{line}"
+            );
+        }
+        assert!(
+            line.contains("nothing was signalled") && !line.contains("exited"),
+            "{line}"
+        );
+    }
+
     /// Every hint names a tool that exists on the platform: `fuser` on Unix,
     /// never on Windows (where the holder is found with Resource Monitor).
     #[test]
