@@ -18,7 +18,7 @@ mod cli_support;
 #[path = "support/prereq.rs"]
 mod prereq;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use cli_support::free_port;
 
@@ -53,7 +53,10 @@ fn namespace_unavailable() -> Option<String> {
 /// private mount namespace with fresh tmpfs on `/run` and `/tmp`, without
 /// `LLMLB_LOCK_DIR`. `None` (after saying so, or failing under CI) where no
 /// such namespace can be had.
-fn in_namespace(script: &str) -> Option<(Output, u16)> {
+///
+/// The script must exit 0; what it printed comes back as its stdout and, for
+/// assertion messages, a report of both streams.
+fn in_namespace(script: &str) -> Option<(Ran, u16)> {
     if let Some(why) = namespace_unavailable() {
         prereq::skip_unless_ci(
             &why,
@@ -77,7 +80,19 @@ fn in_namespace(script: &str) -> Option<(Output, u16)> {
         .stdin(Stdio::null())
         .output()
         .expect("spawn unshare");
-    Some((out, port))
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let report = format!(
+        "{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{report}");
+    Some((Ran { stdout, report }, port))
+}
+
+/// What a script run by [`in_namespace`] printed.
+struct Ran {
+    stdout: String,
+    report: String,
 }
 
 /// The value of the `key=` line the script printed.
@@ -111,15 +126,9 @@ echo "--- serve_b"; cat /tmp/b/serve.out; echo "--- stop_b"; cat /tmp/b/stop.out
 echo "--- status_b"; cat /tmp/b/status.out; echo "--- serve_a"; cat /tmp/a/serve.out
 "#
     );
-    let Some((out, port)) = in_namespace(&script) else {
+    let Some((Ran { stdout, report }, port)) = in_namespace(&script) else {
         return;
     };
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report = format!(
-        "{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{report}");
     assert_eq!(
         field(&stdout, "lock_file"),
         "0",
@@ -181,15 +190,9 @@ mkdir -m 1777 /tmp/home
 $AS env LLMLB_LOCK_DIR=/tmp/home/mine "$B" serve -p "$P" -- true; echo "with_fix=$?"
 "#
     );
-    let Some((out, _)) = in_namespace(&script) else {
+    let Some((Ran { stdout, report }, _)) = in_namespace(&script) else {
         return;
     };
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report = format!(
-        "{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{report}");
     for mode in ["700", "755"] {
         assert_eq!(field(&stdout, &format!("serve_{mode}")), "1", "{report}");
         assert_eq!(field(&stdout, &format!("entries_{mode}")), "0", "{report}");
@@ -232,15 +235,9 @@ $AS sh -c "$hint"; echo "pasted=$?"
 $AS "$B" serve -p "$P" -- true; echo "after=$?"
 "#
     );
-    let Some((out, _)) = in_namespace(&script) else {
+    let Some((Ran { stdout, report }, _)) = in_namespace(&script) else {
         return;
     };
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report = format!(
-        "{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{report}");
     assert_eq!(field(&stdout, "refused"), "1", "{report}");
     assert_eq!(
         field(&stdout, "hint"),

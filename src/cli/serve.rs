@@ -234,7 +234,7 @@ fn already_running(port: u16, holder: Option<&LockInfo>, path: &Path, suffix: &s
     // The kill line only where `stop` itself would signal: the same process
     // on this host, verified.
     match info.check_identity() {
-        IdentityCheck::Same if !info.holder_released() => format!(
+        IdentityCheck::Same => format!(
             "{head}To stop: llmlb stop --port {port}{suffix}\n\
              Or:      {}",
             kill_command(pid)

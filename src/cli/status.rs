@@ -57,14 +57,11 @@ impl Row {
         let Ok(LockState::Held(Some(info))) = &self.state else {
             return None;
         };
-        Some(if info.holder_released() {
-            "inherited"
-        } else {
-            match info.check_identity() {
-                IdentityCheck::OtherHost(_) => "other_host",
-                IdentityCheck::OtherPidNamespace => "other_pid_namespace",
-                _ => "local",
-            }
+        Some(match info.check_identity() {
+            IdentityCheck::Released => "inherited",
+            IdentityCheck::OtherHost(_) => "other_host",
+            IdentityCheck::OtherPidNamespace => "other_pid_namespace",
+            _ => "local",
         })
     }
 

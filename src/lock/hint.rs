@@ -44,15 +44,13 @@ pub(crate) fn how_to_stop(
     let Some(info) = holder else {
         return format!("to stop it: llmlb stop --port {port}{stop_args}");
     };
-    if info.holder_released() {
-        return format!(
+    match info.check_identity() {
+        IdentityCheck::Same => format!("to stop it: llmlb stop --port {port}{stop_args}"),
+        IdentityCheck::Released => format!(
             "PID {} released it, and a process that inherited the lock holds it: find it with {}",
             info.pid,
             find_holder(lock_path)
-        );
-    }
-    match info.check_identity() {
-        IdentityCheck::Same => format!("to stop it: llmlb stop --port {port}{stop_args}"),
+        ),
         IdentityCheck::OtherHost(host) => {
             format!("it runs on host {}: stop it there", printable(&host))
         }

@@ -207,21 +207,24 @@ impl LockInfo {
     /// Whether the process recorded here is, provably, still the same process
     /// on this host; `stop` signals only on [`IdentityCheck::Same`].
     pub fn check_identity(&self) -> IdentityCheck {
-        let local_host = with_process_facts(|facts| facts.host.clone());
-        match &self.host {
-            Some(host) if !local_host.is_empty() && *host != local_host => {
-                return IdentityCheck::OtherHost(host.clone())
+        // The host, then the namespace: elsewhere the number names some
+        // unrelated process here, whatever it looks like. One look at this
+        // process's facts, nothing copied.
+        let elsewhere = with_process_facts(|facts| {
+            if matches!(&self.host, Some(host) if !facts.host.is_empty() && *host != facts.host) {
+                return Some(IdentityCheck::OtherHost(
+                    self.host.clone().unwrap_or_default(),
+                ));
             }
-            _ => {}
+            let theirs = self.identity.as_ref().and_then(|i| i.pid_ns.as_ref())?;
+            let ours = facts.identity.as_ref().and_then(|i| i.pid_ns.as_ref());
+            (ours != Some(theirs)).then_some(IdentityCheck::OtherPidNamespace)
+        });
+        if let Some(check) = elsewhere {
+            return check;
         }
-        // The namespace first: in another PID namespace the number names
-        // some unrelated process here, whatever it looks like.
-        if let Some(theirs) = self.identity.as_ref().and_then(|i| i.pid_ns.as_ref()) {
-            let ours =
-                with_process_facts(|facts| facts.identity.as_ref().and_then(|i| i.pid_ns.clone()));
-            if ours.as_ref() != Some(theirs) {
-                return IdentityCheck::OtherPidNamespace;
-            }
+        if self.holder_released() {
+            return IdentityCheck::Released;
         }
         let Some(recorded) = self.identity.as_ref().filter(|i| i.is_complete()) else {
             return IdentityCheck::Unknown;
@@ -257,6 +260,10 @@ pub enum IdentityCheck {
     /// container, `unshare --pid`): its PID names an unrelated process here,
     /// or none.
     OtherPidNamespace,
+    /// The recorded process released the lock to processes that inherited
+    /// its descriptor ([`LockInfo::released_by`]): whatever that PID is now,
+    /// it is not the holder.
+    Released,
     /// The info carries no identity token, or this platform cannot read one.
     Unknown,
 }
@@ -343,6 +350,11 @@ mod tests {
             foreign.check_identity(),
             IdentityCheck::OtherHost(_)
         ));
+        // A live process that released the lock to inheritors is not its
+        // holder, however well its identity matches.
+        let mut released = me.clone();
+        released.released_by = Some(released.pid);
+        assert_eq!(released.check_identity(), IdentityCheck::Released);
         let mut bare = me;
         bare.identity = None;
         assert_eq!(bare.check_identity(), IdentityCheck::Unknown);

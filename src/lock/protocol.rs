@@ -324,9 +324,9 @@ fn in_the_way(file: &File, port: u16) -> io::Result<InTheWay> {
         return Ok(InTheWay::Readers);
     }
     let holder = read_holder(file, port).map(Box::new);
-    let dead = holder.as_ref().is_some_and(|holder| {
-        !holder.holder_released() && holder.check_identity() == IdentityCheck::Gone
-    });
+    let dead = holder
+        .as_ref()
+        .is_some_and(|holder| holder.check_identity() == IdentityCheck::Gone);
     Ok(if dead {
         InTheWay::DeadHolder(holder)
     } else {

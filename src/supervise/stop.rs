@@ -343,13 +343,6 @@ pub fn stop_server(
                     return Ok(outcome);
                 }
             }
-            LockState::Held(Some(info)) if info.holder_released() => {
-                return Err(StopError::Released {
-                    port,
-                    pid: info.pid,
-                    path: dir.lock_path(port),
-                });
-            }
             LockState::Held(Some(info)) => {
                 if let Some(outcome) = stop_holder(&dir, port, info, options, &mut on_event)? {
                     return Ok(outcome);
@@ -431,14 +424,17 @@ impl Holder {
     /// Pins `info.pid`, then checks that the pinned process is the one that
     /// wrote `info`. Pinning first matters: a process that is alive with the
     /// recorded identity after the pin was taken is the pinned one. A holder
-    /// on another host or in another PID namespace is refused before its
-    /// number is even looked up: here it names someone else.
+    /// on another host or in another PID namespace, or a record whose PID
+    /// released the lock to inheritors, is refused before the number is even
+    /// looked up: it names no holder here.
     #[allow(clippy::result_large_err)] // the refusal hands the info back; a cold path
     fn verify(info: LockInfo) -> Result<Holder, (LockInfo, Refusal)> {
         let elsewhere = info.check_identity();
         if matches!(
             elsewhere,
-            IdentityCheck::OtherHost(_) | IdentityCheck::OtherPidNamespace
+            IdentityCheck::OtherHost(_)
+                | IdentityCheck::OtherPidNamespace
+                | IdentityCheck::Released
         ) {
             return Err((info, Refusal::Check(elsewhere)));
         }
@@ -611,6 +607,11 @@ fn stop_holder(
             // come: only a probe that still shows this holder is a refusal.
             return match dir.probe(port)? {
                 LockState::Held(Some(now)) if same_holder(&now, &info) => Err(match check {
+                    Refusal::Check(IdentityCheck::Released) => StopError::Released {
+                        port,
+                        pid: info.pid,
+                        path: dir.lock_path(port),
+                    },
                     Refusal::Check(check) => StopError::NotVerified {
                         port,
                         pid: info.pid,
