@@ -8,7 +8,7 @@ use super::error::{printable, LockError};
 use super::protocol::{self, Target};
 use super::state::{Free, PortLock};
 use super::sys;
-use super::LockState;
+use super::{LockState, ServeState};
 
 /// Environment variable that overrides the default lock dir.
 pub const LOCK_DIR_ENV: &str = "LLMLB_LOCK_DIR";
@@ -26,6 +26,9 @@ pub struct LockDir {
     /// Shared with every [`Target`](super::protocol::Target) made from it.
     path: Arc<Path>,
     handle: Arc<sys::DirHandle>,
+    /// The serving state a lock taken through this dir records from its
+    /// first write ([`LockDir::announcing`]); `None` writes no state.
+    initial_state: Option<ServeState>,
 }
 
 impl PartialEq for LockDir {
@@ -164,7 +167,24 @@ impl LockDir {
         Ok(Some(LockDir {
             path: Arc::from(path),
             handle: Arc::new(handle),
+            initial_state: None,
         }))
+    }
+
+    /// This dir, with every lock taken through it (acquire, reclaim, wait)
+    /// recording `state` in its first write: a server announces
+    /// [`ServeState::Starting`] from the instant it holds the port, so no
+    /// reader ever takes a record without a state (read as ready) for its
+    /// own. Without it no state is written, and the acquire stays one write.
+    #[must_use]
+    pub fn announcing(mut self, state: ServeState) -> LockDir {
+        self.initial_state = Some(state);
+        self
+    }
+
+    /// The state records taken through this dir start in, if any.
+    pub(crate) fn initial_state(&self) -> Option<ServeState> {
+        self.initial_state
     }
 
     /// The open directory, shared with every [`PortLock`] made from it.

@@ -112,6 +112,78 @@ pub struct LockInfo {
     /// no longer holds the port, and `stop` signals nothing on its strength.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released_by: Option<u32>,
+    /// Whether the holder serves yet ([`ServeState`]), as the holder last
+    /// said; absent (older writers, library users that never set one) reads
+    /// as [`ServeState::Ready`]: see [`LockInfo::serve_state`]. A word this
+    /// version does not know (a newer writer's) reads as absent, and the
+    /// rest of the record stays readable.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "json::deserialize_state"
+    )]
+    pub state: Option<ServeState>,
+    /// When `state` was last set, RFC 3339 UTC (whole seconds written as
+    /// `started_at` is).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "json::serialize_state_since"
+    )]
+    pub state_since: Option<DateTime<Utc>>,
+}
+
+/// What the holder of a port says it is doing with it: the serving state in
+/// the lock record, rewritten in place by the holder under the lock.
+///
+/// Only the holder writes it, so it is as true as the holder is honest; the
+/// kernel lock still alone decides whether anybody holds the port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServeState {
+    /// The port is taken; the server is not accepting connections yet.
+    Starting,
+    /// The server accepts connections on the port.
+    Ready,
+    /// Shutdown has begun: the server may still finish requests, but a new
+    /// one should not be sent here.
+    Stopping,
+}
+
+impl ServeState {
+    /// `"starting"`, `"ready"` or `"stopping"`: the record's and JSON's word.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServeState::Starting => "starting",
+            ServeState::Ready => "ready",
+            ServeState::Stopping => "stopping",
+        }
+    }
+
+    /// `"Starting"`, `"Ready"` or `"Stopping"`: the word `status` shows.
+    pub fn title(self) -> &'static str {
+        match self {
+            ServeState::Starting => "Starting",
+            ServeState::Ready => "Ready",
+            ServeState::Stopping => "Stopping",
+        }
+    }
+
+    /// Parses [`name`](Self::name) (exactly, lowercase); `None` otherwise.
+    pub fn from_name(name: &str) -> Option<ServeState> {
+        match name {
+            "starting" => Some(ServeState::Starting),
+            "ready" => Some(ServeState::Ready),
+            "stopping" => Some(ServeState::Stopping),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ServeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Per-process facts computed once, not per acquire (the host name and the
@@ -154,6 +226,8 @@ impl LockInfo {
             child_identity: None,
             version: Some(env!("CARGO_PKG_VERSION").to_owned()),
             released_by: None,
+            state: None,
+            state_since: None,
         })
     }
 
@@ -169,7 +243,22 @@ impl LockInfo {
             child_identity: None,
             version: None,
             released_by: None,
+            state: None,
+            state_since: None,
         }
+    }
+
+    /// The serving state the holder recorded; a record without one (written
+    /// by an older llmlb, or by a library user that never set a state) is
+    /// [`ServeState::Ready`]: such a holder serves once it holds.
+    pub fn serve_state(&self) -> ServeState {
+        self.state.unwrap_or(ServeState::Ready)
+    }
+
+    /// Sets [`state`](Self::state) to `state` since now.
+    pub fn set_serve_state(&mut self, state: ServeState) {
+        self.state = Some(state);
+        self.state_since = Some(Utc::now());
     }
 
     /// `started_at` as shown to users: RFC 3339, whole seconds, `Z`.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use super::error::LockError;
 use super::info::{self, IdentityCheck, LockInfo, MAX_INFO_LEN};
 use super::sys::{self, FileId, TryLock};
-use super::{LockDir, LockState};
+use super::{LockDir, LockState, ServeState};
 
 /// How often acquire reopens when the path keeps naming a different inode
 /// than the one it locked (each retry means a holder released meanwhile).
@@ -42,6 +42,8 @@ pub struct Target {
     /// The lock dir's path, kept to re-open it if it is removed or replaced.
     pub(crate) dir_path: Arc<Path>,
     pub(crate) name: sys::LockName,
+    /// The serving state our first write records ([`LockDir::announcing`]).
+    initial_state: Option<ServeState>,
     path: OnceLock<PathBuf>,
 }
 
@@ -52,8 +54,20 @@ impl Target {
             dir: Arc::clone(dir.handle()),
             dir_path: Arc::clone(dir.shared_path()),
             name: sys::LockName::for_port(port),
+            initial_state: dir.initial_state(),
             path: OnceLock::new(),
         }
+    }
+
+    /// The info this process records when it takes the port: its own, in
+    /// the dir's initial serving state if it announces one.
+    fn our_info(&self) -> LockInfo {
+        let mut info = LockInfo::for_current_process(self.port);
+        if let Some(state) = self.initial_state {
+            info.state = Some(state);
+            info.state_since = Some(info.started_at);
+        }
+        info
     }
 
     /// `<dir>/serve_<port>.lock`.
@@ -258,9 +272,7 @@ fn acquire_as(target: Target, info: Option<&LockInfo>) -> Result<Acquisition, Lo
     let (target, file, st) = lock_name(target)?;
     // Step 5: content means the previous holder died without releasing.
     if st.len == 0 {
-        let info = info
-            .cloned()
-            .unwrap_or_else(|| LockInfo::for_current_process(target.port));
+        let info = info.cloned().unwrap_or_else(|| target.our_info());
         return Holding::establish(target, file, st.id, info, 0).map(Acquisition::Fresh);
     }
     stale_file(target, file, &st).map(Acquisition::Stale)
@@ -446,7 +458,7 @@ impl StaleFile {
     pub(crate) fn reclaim(
         self,
     ) -> Result<(Box<Holding>, Option<LockInfo>), (StaleFile, LockError)> {
-        let info = LockInfo::for_current_process(self.target.port);
+        let info = self.target.our_info();
         self.reclaim_as(info)
     }
 
@@ -561,6 +573,8 @@ impl Holding {
         info.started_at = self.info.started_at;
         info.child_pgid = self.info.child_pgid;
         info.child_identity = self.info.child_identity.clone();
+        info.state = self.info.state;
+        info.state_since = self.info.state_since;
         self.rewrite(info)?;
         self.owner_pid = pid;
         // Forks before the adoption made no child of ours share it.

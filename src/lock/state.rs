@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use super::error::{LockError, TransitionError};
-use super::info::LockInfo;
+use super::info::{LockInfo, ServeState};
 use super::protocol::{self, Acquisition, Holding, Integrity, StaleFile, Target};
 
 mod sealed {
@@ -370,6 +370,21 @@ impl<S: Holds> PortLock<S> {
         holding.rewrite(info)
     }
 
+    /// Records that the holder is now `state` (since now), rewriting the
+    /// record in place under the lock (written, then cut to length, as every
+    /// write of the record is; a reader racing it retries). Readers such as
+    /// `llmlb wait` and `status` see it at once; a no-op write is not skipped,
+    /// so `state_since` always says when the holder last said it.
+    ///
+    /// # Errors
+    /// `Io` if the file cannot be written; the old state stays recorded.
+    pub fn set_state(&mut self, state: ServeState) -> Result<(), LockError> {
+        let holding = self.state.holding_mut();
+        let mut info = holding.info.clone();
+        info.set_serve_state(state);
+        holding.rewrite(info)
+    }
+
     /// Makes the calling process the holder of an inherited lock: for
     /// launchers that take the lock, fork, and let the parent exit
     /// (`pidfile_write` in the child, as pidfile(3) does). The file then
@@ -529,6 +544,14 @@ impl PortGuard {
     /// `Io` if the file cannot be written.
     pub fn set_child_pgid(&mut self, pgid: Option<u32>) -> Result<(), LockError> {
         on_both!(&mut self.inner, l => l.set_child_pgid(pgid))
+    }
+
+    /// See [`PortLock::set_state`].
+    ///
+    /// # Errors
+    /// `Io` if the file cannot be written.
+    pub fn set_state(&mut self, state: ServeState) -> Result<(), LockError> {
+        on_both!(&mut self.inner, l => l.set_state(state))
     }
 
     /// See [`PortLock::adopt`].

@@ -10,7 +10,7 @@
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::Serialize;
 
-use super::{LockInfo, ProcessIdentity};
+use super::{LockInfo, ProcessIdentity, ServeState};
 
 /// Appends `info` as compact JSON, byte for byte what
 /// `serde_json::to_writer(out, info)` appends (same fields, order and
@@ -27,6 +27,8 @@ pub(super) fn write(info: &LockInfo, out: &mut Vec<u8>) {
         child_identity,
         version,
         released_by,
+        state,
+        state_since,
     } = info;
     out.extend_from_slice(b"{\"pid\":");
     number(out, u64::from(*pid));
@@ -51,6 +53,12 @@ pub(super) fn write(info: &LockInfo, out: &mut Vec<u8>) {
     optional(out, b",\"released_by\":", released_by, |out, pid| {
         number(out, u64::from(*pid));
     });
+    optional(out, b",\"state\":", state, |out, state| {
+        out.push(b'"');
+        out.extend_from_slice(state.name().as_bytes());
+        out.push(b'"');
+    });
+    optional(out, b",\"state_since\":", state_since, timestamp);
     out.push(b'}');
 }
 
@@ -158,6 +166,27 @@ pub(super) fn serialize_started_at<S: serde::Serializer>(
             .serialize_str(std::str::from_utf8(&buf[..len]).map_err(serde::ser::Error::custom)?),
         None => at.serialize(serializer),
     }
+}
+
+/// `state_since` as `started_at` is written (only called when present).
+pub(super) fn serialize_state_since<S: serde::Serializer>(
+    at: &Option<DateTime<Utc>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match at {
+        Some(at) => serialize_started_at(at, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// `state`, tolerantly: a word (or value) this version does not know is no
+/// state, so a newer writer's record still names its holder.
+pub(super) fn deserialize_state<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<ServeState>, D::Error> {
+    use serde::Deserialize;
+    let value = serde_json::Value::deserialize(deserializer)?;
+    Ok(value.as_str().and_then(ServeState::from_name))
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`
@@ -278,6 +307,7 @@ mod tests {
             pid_ns: None,
         });
         info.released_by = Some(0);
+        info.set_serve_state(ServeState::Stopping);
         assert_eq!(ours(&info), serde_bytes(&info));
     }
 
@@ -326,6 +356,12 @@ mod tests {
             child_identity in any_identity(),
             version in proptest::option::of("[ -~]{0,12}"),
             released_by in proptest::option::of(any::<u32>()),
+            state in proptest::option::of(proptest::sample::select(vec![
+                ServeState::Starting,
+                ServeState::Ready,
+                ServeState::Stopping,
+            ])),
+            state_since in proptest::option::of(any_timestamp()),
         ) {
             let info = LockInfo {
                 pid,
@@ -337,6 +373,8 @@ mod tests {
                 child_identity,
                 version,
                 released_by,
+                state,
+                state_since,
             };
             prop_assert_eq!(
                 String::from_utf8(ours(&info)).expect("UTF-8"),
