@@ -400,3 +400,16 @@ fn an_invalid_log_level_is_reported_once_and_info_is_used() {
         );
     }
 }
+
+#[test]
+fn the_record_says_ready_once_the_server_listens() {
+    let env = Env::new();
+    let port = free_port();
+    let mut server = env.serve(port);
+    server.wait_health(port);
+    let info = llmlb::lock::LockInfo::parse(&std::fs::read(env.lock_file(port)).unwrap())
+        .expect("holder info");
+    assert_eq!(info.state, Some(llmlb::lock::ServeState::Ready));
+    // Ready since after the lock was taken (starting was written first).
+    assert!(info.state_since.expect("state_since") >= info.started_at);
+}

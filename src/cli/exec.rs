@@ -10,7 +10,7 @@ use std::ffi::OsString;
 use std::io;
 use std::time::Duration;
 
-use llmlb::lock::PortGuard;
+use llmlb::lock::{PortGuard, ServeState};
 use llmlb::supervise::exec::{self, configure_exec_child, CommandTree, ForwardSignal};
 use llmlb::supervise::SharedLock;
 use tokio::time::Instant;
@@ -188,6 +188,8 @@ pub(crate) async fn run(
             tracing::warn!("cannot record the command's process group (stop --force will only kill llmlb): {e}");
         }
     }
+    // Ready once started: the command's own readiness is not observed.
+    super::serve::announce(lock, ServeState::Ready);
     tracing::info!("running {shown} (PID {child_pid}) under the lock for port {port}");
     let mut watching = true;
     let mut lost = false;
@@ -206,6 +208,9 @@ pub(crate) async fn run(
             }
             sig = signals.recv() => {
                 tracing::info!("received {}, forwarding it to {shown}", signals::name(sig));
+                if stopping.deadline.is_none() {
+                    super::serve::announce(lock, ServeState::Stopping);
+                }
                 stopping.begin(tree, sig);
             }
             () = stopping.due() => {

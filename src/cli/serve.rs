@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use llmlb::lock::{
     acquire_or_reclaim, async_impl, hint::how_to_stop, IdentityCheck, LockDir, LockError, LockInfo,
-    PortGuard,
+    PortGuard, ServeState,
 };
 use llmlb::supervise::{SharedLock, WatchEnd, WatchEvent};
 
@@ -153,7 +153,11 @@ async fn take_lock(
     wait: Duration,
     signals: &mut Signals,
 ) -> Result<PortGuard, i32> {
-    let locks = LockDir::create(&dir.path).map_err(fail)?;
+    // Recorded as starting from the first write: a `wait --for ready` never
+    // takes the instant between the lock and the listener for ready.
+    let locks = LockDir::create(&dir.path)
+        .map_err(fail)?
+        .announcing(ServeState::Starting);
     let first = match acquire_or_reclaim(&locks, port) {
         Ok(guard) => return Ok(guard),
         Err(e) => e,
@@ -283,6 +287,15 @@ fn kill_command(pid: u32) -> String {
     }
 }
 
+/// Records that this server is now `state` in its lock record; a failed
+/// write leaves the old state there (readers then see a stale word, never a
+/// wrong holder), so it is a warning.
+pub(crate) fn announce(lock: &SharedLock<PortGuard>, state: ServeState) {
+    if let Some(Err(e)) = lock.with(|g| g.set_state(state)) {
+        tracing::warn!("cannot record the serving state {state} in the lock file: {e}");
+    }
+}
+
 /// Releases once (removing the file); a failure leaves a stale file, which the
 /// next start reclaims, so it is a warning, not an error.
 pub(crate) fn release(lock: &SharedLock<PortGuard>) {
@@ -352,6 +365,8 @@ async fn serve_http(
         let _ = stop_rx.await;
     });
     let mut server = tokio::spawn(async move { server.await });
+    // Bound and accepting (the kernel queues connections from the bind on).
+    announce(lock, ServeState::Ready);
     tracing::info!(
         "listening on http://{} (PID {})",
         host_port(host, port),
@@ -373,8 +388,10 @@ async fn serve_http(
                 signals::name(sig),
                 DRAIN_DEADLINE.as_secs()
             );
+            announce(lock, ServeState::Stopping);
             0
         }
+        // The record is another holder's now: nothing of ours to write.
         why = lost.recv() => fail(why),
     };
     let _ = stop_tx.send(());
