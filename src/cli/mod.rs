@@ -350,16 +350,17 @@ fn serve(dir: &LockDirChoice, args: ServeArgs, port_source: Option<ValueSource>)
     };
     let port = match &activated {
         Some(socket) if socket.port() != args.port => {
-            let given = match port_source {
-                Some(ValueSource::CommandLine) => format!("--port {}", args.port),
-                Some(ValueSource::EnvVariable) => format!("{PORT_ENV}={}", args.port),
+            let (given, fix) = match port_source {
+                Some(ValueSource::CommandLine) => (format!("--port {}", args.port), "drop --port"),
+                Some(ValueSource::EnvVariable) => {
+                    (format!("{PORT_ENV}={}", args.port), "unset LLMLB_PORT")
+                }
                 // The default yields to the socket.
                 _ => return run_serve(dir, socket.port(), args, activated),
             };
             serve_usage_error(format!(
-                "{given} disagrees with the socket passed by socket activation (LISTEN_FDS), which listens on port {}: drop {}, or make them agree",
+                "{given} disagrees with the socket passed by socket activation (LISTEN_FDS), which listens on port {}: {fix}, or make them agree",
                 socket.port(),
-                given.split([' ', '=']).next().unwrap_or(&given),
             ));
         }
         _ => args.port,
