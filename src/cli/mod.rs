@@ -349,19 +349,22 @@ fn serve(dir: &LockDirChoice, args: ServeArgs, port_source: Option<ValueSource>)
         Err(e) => return fail(e),
     };
     let port = match &activated {
+        // The socket's port, unless one given (not the default) disagrees.
         Some(socket) if socket.port() != args.port => {
             let (given, fix) = match port_source {
                 Some(ValueSource::CommandLine) => (format!("--port {}", args.port), "drop --port"),
                 Some(ValueSource::EnvVariable) => {
                     (format!("{PORT_ENV}={}", args.port), "unset LLMLB_PORT")
                 }
-                // The default yields to the socket.
-                _ => return run_serve(dir, socket.port(), args, activated),
+                _ => (String::new(), ""),
             };
-            serve_usage_error(format!(
-                "{given} disagrees with the socket passed by socket activation (LISTEN_FDS), which listens on port {}: {fix}, or make them agree",
-                socket.port(),
-            ));
+            if !given.is_empty() {
+                serve_usage_error(format!(
+                    "{given} disagrees with the socket passed by socket activation (LISTEN_FDS), which listens on port {}: {fix}, or make them agree",
+                    socket.port(),
+                ));
+            }
+            socket.port()
         }
         _ => args.port,
     };
