@@ -73,7 +73,8 @@ struct ServeArgs {
     /// Port to lock (and listen on).
     #[arg(short, long, env = PORT_ENV, default_value_t = DEFAULT_PORT, value_parser = port_parser())]
     port: u16,
-    /// Address to listen on (ignored in exec mode, passed as LLMLB_HOST).
+    /// Address to listen on (exec mode: passed as LLMLB_HOST, bound only with
+    /// --pass-socket; ignored under socket activation).
     #[arg(short = 'H', long, env = "LLMLB_HOST", default_value = "0.0.0.0")]
     host: String,
     /// If the port is held, wait up to SECS seconds (decimals allowed) for it
