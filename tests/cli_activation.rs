@@ -390,3 +390,29 @@ fn gunicorn_serves_on_the_passed_socket() {
     assert_eq!(body, format!("gunicorn {}", json[0]["child_pgid"]));
     stop(&env, &mut llmlb, port);
 }
+
+#[test]
+fn pass_socket_reports_a_missing_command_as_exec_mode_does() {
+    let env = Env::new();
+    let port = free_port();
+    let out = env.run(&[
+        "serve",
+        "--pass-socket",
+        "-H",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "--",
+        "llmlb-no-such-command",
+    ]);
+    // Found through PATH by llmlb's own execve loop, not std's execvp.
+    assert_eq!(out.code(), Some(127), "{out:?}");
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.starts_with("Error: cannot run llmlb-no-such-command: ")),
+        "{}",
+        out.stderr
+    );
+    assert!(!env.lock_file(port).exists());
+}
