@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use llmlb::lock::{PortGuard, ServeState};
 use llmlb::supervise::exec::{self, configure_exec_child, CommandTree, ForwardSignal};
+use llmlb::supervise::socket_pass::{pass_listener, PassSocket};
 use llmlb::supervise::SharedLock;
 use tokio::time::Instant;
 
@@ -122,6 +123,7 @@ pub(crate) async fn run(
     host: &str,
     port: u16,
     command: &[OsString],
+    socket: Option<&PassSocket>,
 ) -> i32 {
     let Some((program, args)) = command.split_first() else {
         return fail("exec mode needs a command after `--`");
@@ -145,6 +147,12 @@ pub(crate) async fn run(
         }
         None => return fail("the lock was released before the command started"),
     };
+    // Last: it captures the command's environment as it is now.
+    if let Some(Err(e)) = socket.map(|s| pass_listener(&mut cmd, s)) {
+        return fail(format!(
+            "cannot pass the socket of port {port} to {shown}: {e}"
+        ));
+    }
     // Spawned on the main thread (see serve::run): the parent-death signal
     // fires when the spawning thread exits.
     let spawned = tokio::process::Command::from(cmd).spawn();

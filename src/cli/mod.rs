@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::{RangedI64ValueParser, TypedValueParser as _};
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches as _, Parser, Subcommand, ValueEnum};
 
 mod exec;
 mod serve;
@@ -72,7 +73,8 @@ struct ServeArgs {
     /// Port to lock (and listen on).
     #[arg(short, long, env = PORT_ENV, default_value_t = DEFAULT_PORT, value_parser = port_parser())]
     port: u16,
-    /// Address to listen on (ignored in exec mode, passed as LLMLB_HOST).
+    /// Address to listen on (exec mode: passed as LLMLB_HOST, bound only with
+    /// --pass-socket; ignored under socket activation).
     #[arg(short = 'H', long, env = "LLMLB_HOST", default_value = "0.0.0.0")]
     host: String,
     /// If the port is held, wait up to SECS seconds (decimals allowed) for it
@@ -80,6 +82,13 @@ struct ServeArgs {
     #[arg(short, long, value_name = "SECS", default_value = "0", value_parser = parse_secs,
           allow_negative_numbers = true)]
     wait: Duration,
+    /// Exec mode: after taking the lock, bind --host:--port and pass the
+    /// listening socket to COMMAND as descriptor 3 with LISTEN_FDS=1,
+    /// LISTEN_PID and LISTEN_FDNAMES=llmlb (gunicorn --bind fd://3, uvicorn
+    /// --fd 3). Started by socket activation, the received socket is passed
+    /// with or without this flag. Not on Windows.
+    #[arg(long, requires = "command")]
+    pass_socket: bool,
     /// Exec mode: run COMMAND with LLMLB_PORT set instead of the built-in
     /// server, holding the lock until it exits; exit with its code.
     #[arg(last = true, value_name = "COMMAND")]
@@ -299,13 +308,15 @@ pub(crate) fn fail(message: impl std::fmt::Display) -> i32 {
 /// Everything the command held, its lock first, is dropped by the time this
 /// returns, so the caller can `std::process::exit` with the code.
 pub fn run() -> i32 {
-    let cli = Cli::parse();
+    // The matches too: `serve` must tell a port given from the default.
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_logging();
     let dir = lock_dir(cli.lock_dir);
     match cli.command {
         Command::Serve(args) => {
-            let host = serve::bare_host(args.host);
-            serve::run(&dir, args.port, args.wait, host, args.command)
+            let sub = matches.subcommand_matches("serve");
+            serve(&dir, args, sub.and_then(|m| m.value_source("port")))
         }
         Command::Stop(args) => stop::run(&dir, args.port, args.timeout, args.force),
         Command::Status(args) => {
@@ -322,6 +333,69 @@ pub fn run() -> i32 {
             Err(e) => fail(format!("cannot render the man page: {e}")),
         },
     }
+}
+
+/// `llmlb serve`: reads socket activation while this process still has one
+/// thread (it edits the environment), settles the port (the received
+/// socket's, which a port given with `-p` or `LLMLB_PORT` must match), then
+/// runs the server.
+fn serve(dir: &LockDirChoice, args: ServeArgs, port_source: Option<ValueSource>) -> i32 {
+    if cfg!(windows) && args.pass_socket {
+        serve_usage_error(
+            "--pass-socket is not supported on Windows (it has no LISTEN_FDS protocol); let COMMAND bind LLMLB_PORT itself".to_owned(),
+        );
+    }
+    let activated = match llmlb::supervise::activation::activated_listener() {
+        Ok(activated) => activated,
+        Err(e) => return fail(e),
+    };
+    let port = match &activated {
+        // The socket's port, unless one given (not the default) disagrees.
+        Some(socket) if socket.port() != args.port => {
+            let (given, fix) = match port_source {
+                Some(ValueSource::CommandLine) => (format!("--port {}", args.port), "drop --port"),
+                Some(ValueSource::EnvVariable) => {
+                    (format!("{PORT_ENV}={}", args.port), "unset LLMLB_PORT")
+                }
+                _ => (String::new(), ""),
+            };
+            if !given.is_empty() {
+                serve_usage_error(format!(
+                    "{given} disagrees with the socket passed by socket activation (LISTEN_FDS), which listens on port {}: {fix}, or make them agree",
+                    socket.port(),
+                ));
+            }
+            socket.port()
+        }
+        _ => args.port,
+    };
+    run_serve(dir, port, args, activated)
+}
+
+fn run_serve(
+    dir: &LockDirChoice,
+    port: u16,
+    args: ServeArgs,
+    activated: Option<llmlb::supervise::activation::Activated>,
+) -> i32 {
+    let listen = serve::Listen {
+        activated,
+        pass_socket: args.pass_socket,
+    };
+    let host = serve::bare_host(args.host);
+    serve::run(dir, port, args.wait, host, args.command, listen)
+}
+
+/// A usage error of `serve` (clap's format, exit 2).
+fn serve_usage_error(message: String) -> ! {
+    let mut cli = Cli::command();
+    cli.build();
+    let serve = cli
+        .find_subcommand_mut("serve")
+        .expect("the serve command is defined above");
+    serve
+        .error(clap::error::ErrorKind::ArgumentConflict, message)
+        .exit()
 }
 
 /// Writes a generated document to stdout. A reader that stopped reading

@@ -16,6 +16,8 @@ use llmlb::lock::{
     acquire_or_reclaim, async_impl, hint::how_to_stop, IdentityCheck, LockDir, LockError, LockInfo,
     PortGuard, ServeState,
 };
+use llmlb::supervise::activation::Activated;
+use llmlb::supervise::socket_pass::{PassSocket, DEFAULT_NAME};
 use llmlb::supervise::{SharedLock, WatchEnd, WatchEvent};
 
 use super::signals::{self, Signals};
@@ -96,6 +98,7 @@ pub(crate) fn run(
     wait: Duration,
     host: String,
     command: Vec<OsString>,
+    listen: Listen,
 ) -> i32 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -129,9 +132,25 @@ pub(crate) fn run(
             Err(e) => return fail(format!("cannot start the lock watchdog thread: {e}")),
         };
         let code = if command.is_empty() {
-            serve_http(&lock, signals, &mut lost, &host, port).await
+            serve_http(&lock, signals, &mut lost, &host, port, listen.activated).await
         } else {
-            exec::run(&lock, signals, &mut lost, &host, port, &command).await
+            // The socket (if any) stays open in llmlb until the command's
+            // tree is gone, and is closed before the release.
+            match socket_for_command(listen, &host, port) {
+                Ok(socket) => {
+                    exec::run(
+                        &lock,
+                        signals,
+                        &mut lost,
+                        &host,
+                        port,
+                        &command,
+                        socket.as_ref(),
+                    )
+                    .await
+                }
+                Err(code) => code,
+            }
         };
         release(&lock);
         // The release woke the watchdog; it ends without another check.
@@ -141,6 +160,45 @@ pub(crate) fn run(
     // Connection tasks cut off at the drain deadline must not delay the exit.
     runtime.shutdown_timeout(Duration::from_millis(100));
     code
+}
+
+/// What `serve` listens on, settled before the runtime starts.
+pub(crate) struct Listen {
+    /// A socket received by socket activation: served on in HTTP mode,
+    /// passed to the command in exec mode (whatever `pass_socket` says).
+    pub(crate) activated: Option<Activated>,
+    /// `--pass-socket`: exec mode binds a socket itself and passes it.
+    pub(crate) pass_socket: bool,
+}
+
+/// The socket exec mode hands to its command, if any: the activated one
+/// (under its name, else [`DEFAULT_NAME`]), or with `--pass-socket` one bound
+/// here, under the lock just taken (std sets `SO_REUSEADDR`, as for the
+/// HTTP server). `Err(exit code)` if binding fails.
+fn socket_for_command(listen: Listen, host: &str, port: u16) -> Result<Option<PassSocket>, i32> {
+    if let Some(socket) = listen.activated {
+        let name = socket.name().unwrap_or(DEFAULT_NAME).to_owned();
+        return Ok(Some(PassSocket::new(socket.into_listener(), name)));
+    }
+    if !listen.pass_socket {
+        return Ok(None);
+    }
+    match std::net::TcpListener::bind((host, port)) {
+        Ok(listener) => Ok(Some(PassSocket::new(listener, DEFAULT_NAME))),
+        Err(e) => Err(bind_failed(&e, host, port)),
+    }
+}
+
+/// The one line for a failed bind, and the exit code.
+fn bind_failed(e: &io::Error, host: &str, port: u16) -> i32 {
+    if e.kind() == io::ErrorKind::AddrInUse {
+        fail(format!("port {port} is already in use by another program"))
+    } else {
+        fail(format!(
+            "cannot listen on {}: {e} (check --host / LLMLB_HOST)",
+            host_port(host, port)
+        ))
+    }
 }
 
 /// Creates the dir and takes the port, waiting up to `wait` if it is held
@@ -332,19 +390,31 @@ async fn serve_http(
     lost: &mut LockLost,
     host: &str,
     port: u16,
+    activated: Option<Activated>,
 ) -> i32 {
-    let listener = match tokio::net::TcpListener::bind((host, port)).await {
-        Ok(l) => l,
-        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-            return fail(format!("port {port} is already in use by another program"))
+    let bound = match activated {
+        Some(socket) => {
+            let socket = socket.into_listener();
+            socket
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpListener::from_std(socket))
+                .map_err(|e| {
+                    fail(format!(
+                        "cannot serve on the socket-activation socket of port {port}: {e}"
+                    ))
+                })
         }
-        Err(e) => {
-            return fail(format!(
-                "cannot listen on {}: {e} (check --host / LLMLB_HOST)",
-                host_port(host, port)
-            ))
-        }
+        None => tokio::net::TcpListener::bind((host, port))
+            .await
+            .map_err(|e| bind_failed(&e, host, port)),
     };
+    let listener = match bound {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let address = listener
+        .local_addr()
+        .map_or_else(|_| host_port(host, port), |a| a.to_string());
     let Some(health_info) = lock.with(|g| {
         let info = g.info();
         Health {
@@ -367,11 +437,7 @@ async fn serve_http(
     let mut server = tokio::spawn(async move { server.await });
     // Bound and accepting (the kernel queues connections from the bind on).
     announce(lock, ServeState::Ready);
-    tracing::info!(
-        "listening on http://{} (PID {})",
-        host_port(host, port),
-        std::process::id()
-    );
+    tracing::info!("listening on http://{address} (PID {})", std::process::id());
 
     let code = tokio::select! {
         result = &mut server => {

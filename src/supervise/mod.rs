@@ -7,6 +7,8 @@
 //! - [`exec`]: running a command under the lock (`llmlb serve -- CMD`, the C
 //!   and Python launchers): the command's whole process tree, signals
 //!   forwarded to it, its exit code;
+//! - [`activation`]: a listening socket received from a supervisor
+//!   (`LISTEN_FDS`), and [`socket_pass`]: one handed on to the command;
 //! - the watchdog ([`SharedLock`], [`Watchdog`]): a running server's main
 //!   thread and the thread that checks the lock file is still its own;
 //! - stop ([`stop_server`]): ending whatever holds a port, pg_ctl-style,
@@ -15,11 +17,16 @@
 //! Its platform calls go through the lock's `sys` module (the one place that
 //! talks to the operating system), with the same signatures on each platform.
 
+pub mod activation;
 // Launcher support: the public part is what the C ABI's launchers need
 // (`lock_fd`, `leads_process_group`); the exec-mode plumbing of
 // `llmlb serve -- CMD` is crate-private, used by the `cli` feature only.
 #[cfg_attr(any(not(feature = "cli"), loom), allow(dead_code))]
 pub mod exec;
+// Exec mode's socket hand-over (`serve --pass-socket`, activation): used by
+// the `cli` feature only.
+#[cfg_attr(any(not(feature = "cli"), loom), allow(dead_code))]
+pub mod socket_pass;
 mod stop;
 mod watchdog;
 

@@ -1046,15 +1046,16 @@ impl ChildFd {
 /// everything it forks hold the lock for as long as any of them keeps the
 /// descriptor, even after the launcher is gone.
 ///
-/// The duplicate is made here, in the parent, at a number >= 3 (so the
-/// child's stdio set-up cannot clobber it) and close-on-exec (so no other
+/// The duplicate is made here, in the parent, at a number >= 4 (so neither
+/// the child's stdio set-up nor a socket passed as descriptor 3, the first
+/// of the `LISTEN_FDS` protocol, can clobber it) and close-on-exec (so no other
 /// spawn inherits it); only the child clears the flag, between fork and exec.
 pub(crate) fn pass_to_child(cmd: &mut std::process::Command, file: &File) -> io::Result<ChildFd> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::os::unix::process::CommandExt;
     // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a descriptor we own; the result is a
     // new descriptor nobody else owns, handed to OwnedFd at once.
-    let fd = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    let fd = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 4) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
