@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use clap::builder::{RangedI64ValueParser, TypedValueParser as _};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use llmlb::supervise::ready::ReadyPolicy;
 
 mod exec;
 mod serve;
@@ -80,10 +81,62 @@ struct ServeArgs {
     #[arg(short, long, value_name = "SECS", default_value = "0", value_parser = parse_secs,
           allow_negative_numbers = true)]
     wait: Duration,
+    /// Exec mode only: when COMMAND counts as ready (the lock record's state
+    /// goes from starting to ready). listen: once COMMAND's process tree
+    /// listens on the port (elsewhere than Linux: once the port accepts a
+    /// connection); notify: once it sends READY=1 to $NOTIFY_SOCKET
+    /// (sd_notify; not on Windows); immediate: once it is started.
+    /// [default: listen]
+    #[arg(long, value_enum, value_name = "WHEN")]
+    ready: Option<ReadyArg>,
     /// Exec mode: run COMMAND with LLMLB_PORT set instead of the built-in
     /// server, holding the lock until it exits; exit with its code.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<OsString>,
+}
+
+/// `--ready`'s words (see [`ReadyPolicy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ReadyArg {
+    Listen,
+    Notify,
+    Immediate,
+}
+
+impl ServeArgs {
+    /// The readiness policy of exec mode, or the usage error (exit 2) for a
+    /// `--ready` that cannot apply: without a COMMAND (the built-in server is
+    /// ready once it listens, always), or `notify` on Windows.
+    fn ready_policy(&self) -> Result<ReadyPolicy, clap::Error> {
+        let usage = |msg: &str| {
+            let mut cmd = Cli::command();
+            cmd.build();
+            let serve = cmd
+                .find_subcommand_mut("serve")
+                .expect("the serve command is defined above");
+            serve.error(clap::error::ErrorKind::ArgumentConflict, msg)
+        };
+        let Some(arg) = self.ready else {
+            return Ok(ReadyPolicy::default());
+        };
+        if self.command.is_empty() {
+            return Err(usage(
+                "--ready applies to exec mode only (the built-in server is ready once it listens): \
+                 add `-- COMMAND` or drop --ready",
+            ));
+        }
+        let policy = match arg {
+            ReadyArg::Listen => ReadyPolicy::Listen,
+            ReadyArg::Notify => ReadyPolicy::Notify,
+            ReadyArg::Immediate => ReadyPolicy::Immediate,
+        };
+        if !policy.is_supported() {
+            return Err(usage(
+                "--ready notify is not supported on Windows (there is no sd_notify): use --ready listen or immediate",
+            ));
+        }
+        Ok(policy)
+    }
 }
 
 /// Every port option and `LLMLB_PORT`: 1..=65535.
@@ -304,8 +357,9 @@ pub fn run() -> i32 {
     let dir = lock_dir(cli.lock_dir);
     match cli.command {
         Command::Serve(args) => {
+            let ready = args.ready_policy().unwrap_or_else(|e| e.exit());
             let host = serve::bare_host(args.host);
-            serve::run(&dir, args.port, args.wait, host, args.command)
+            serve::run(&dir, args.port, args.wait, host, ready, args.command)
         }
         Command::Stop(args) => stop::run(&dir, args.port, args.timeout, args.force),
         Command::Status(args) => {

@@ -16,6 +16,7 @@ use llmlb::lock::{
     acquire_or_reclaim, async_impl, hint::how_to_stop, IdentityCheck, LockDir, LockError, LockInfo,
     PortGuard, ServeState,
 };
+use llmlb::supervise::ready::ReadyPolicy;
 use llmlb::supervise::{SharedLock, WatchEnd, WatchEvent};
 
 use super::signals::{self, Signals};
@@ -95,6 +96,7 @@ pub(crate) fn run(
     port: u16,
     wait: Duration,
     host: String,
+    ready: ReadyPolicy,
     command: Vec<OsString>,
 ) -> i32 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -131,7 +133,7 @@ pub(crate) fn run(
         let code = if command.is_empty() {
             serve_http(&lock, signals, &mut lost, &host, port).await
         } else {
-            exec::run(&lock, signals, &mut lost, &host, port, &command).await
+            exec::run(&lock, signals, &mut lost, &host, port, ready, &command).await
         };
         release(&lock);
         // The release woke the watchdog; it ends without another check.

@@ -9,6 +9,9 @@
 //!   forwarded to it, its exit code;
 //! - the watchdog ([`SharedLock`], [`Watchdog`]): a running server's main
 //!   thread and the thread that checks the lock file is still its own;
+//! - [`ready`]: when a command run under the lock counts as ready (exec
+//!   mode's `--ready listen|notify|immediate`), with [`notify_socket`], the
+//!   sd_notify receiver its `notify` policy listens on;
 //! - stop ([`stop_server`]): ending whatever holds a port, pg_ctl-style,
 //!   signalling only a process proven to be the holder.
 //!
@@ -20,6 +23,8 @@
 // `llmlb serve -- CMD` is crate-private, used by the `cli` feature only.
 #[cfg_attr(any(not(feature = "cli"), loom), allow(dead_code))]
 pub mod exec;
+pub mod notify_socket;
+pub mod ready;
 mod stop;
 mod watchdog;
 
