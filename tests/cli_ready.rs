@@ -7,12 +7,14 @@
 
 mod cli_support;
 
+#[cfg(unix)]
 use std::path::{Path, PathBuf};
 
 use cli_support::*;
 
 /// The serving state in `port`'s lock record (`None` while it is unreadable
 /// or absent).
+#[cfg(unix)]
 fn state(env: &Env, port: u16) -> Option<String> {
     let raw = std::fs::read(env.lock_file(port)).ok()?;
     let info = llmlb::lock::LockInfo::parse(&raw)?;
@@ -20,6 +22,7 @@ fn state(env: &Env, port: u16) -> Option<String> {
 }
 
 /// Waits until the record says `want`.
+#[cfg(unix)]
 fn wait_state(env: &Env, port: u16, want: &str) {
     wait_until(&format!("port {port} {want}"), || {
         state(env, port).as_deref() == Some(want)
@@ -27,6 +30,7 @@ fn wait_state(env: &Env, port: u16, want: &str) {
 }
 
 /// Whether `tool` runs here. Missing: a failure under CI, else a skip.
+#[cfg(target_os = "linux")]
 fn have(tool: &str) -> bool {
     let found = std::process::Command::new(tool)
         .arg("--version")
@@ -46,10 +50,12 @@ fn have(tool: &str) -> bool {
 
 /// A path in the test's temp dir, for the shell (no quotes needed: tempfile
 /// names are plain).
+#[cfg(unix)]
 fn file(env: &Env, name: &str) -> PathBuf {
     env.tmp.path().join(name)
 }
 
+#[cfg(unix)]
 fn touch(path: &Path) {
     std::fs::write(path, b"").unwrap();
 }

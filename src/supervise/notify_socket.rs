@@ -207,6 +207,7 @@ fn receive(
 
 /// Who sent a datagram, from its credentials.
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // credentials: Linux only
 pub(crate) struct Sender {
     pub(crate) pid: u32,
     pub(crate) uid: u32,

@@ -308,6 +308,7 @@ pub(crate) fn connect_probe(host: &str, port: u16) -> bool {
 /// 64 unpredictable bits without a dependency: std's `RandomState` is seeded
 /// from the OS's random source once per process, and each new state is a
 /// fresh key.
+#[cfg_attr(windows, allow(dead_code))] // for notify socket names
 pub(crate) fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
