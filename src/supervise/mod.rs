@@ -20,6 +20,7 @@
 // `llmlb serve -- CMD` is crate-private, used by the `cli` feature only.
 #[cfg_attr(any(not(feature = "cli"), loom), allow(dead_code))]
 pub mod exec;
+pub mod listener;
 mod stop;
 mod watchdog;
 
