@@ -16,13 +16,17 @@
 //!   signalling only a process proven to be the holder.
 //!
 //! Its platform calls go through the lock's `sys` module (the one place that
-//! talks to the operating system), with the same signatures on each platform.
+//! talks to the operating system for the lock), or, for what the lock never
+//! needs (sd_notify sockets, socket tables), through small per-platform
+//! submodules of their own; either way with the same signatures on each
+//! platform.
 
 // Launcher support: the public part is what the C ABI's launchers need
 // (`lock_fd`, `leads_process_group`); the exec-mode plumbing of
 // `llmlb serve -- CMD` is crate-private, used by the `cli` feature only.
 #[cfg_attr(any(not(feature = "cli"), loom), allow(dead_code))]
 pub mod exec;
+pub mod listener;
 pub mod notify_socket;
 pub mod ready;
 mod stop;

@@ -31,10 +31,6 @@ use std::time::Duration;
 
 use super::notify_socket::{NotifyMessage, NotifyReceiver, NotifySocket, NOTIFY_SOCKET_ENV};
 
-// A private stand-in for the listener lookup until `super::listener` lands.
-#[cfg(target_os = "linux")]
-mod tree_sockets;
-
 /// The first pause between two `listen` checks; doubled after each miss.
 pub const LISTEN_FIRST_DELAY: Duration = Duration::from_millis(1);
 /// The longest pause between two `listen` checks.
@@ -273,9 +269,11 @@ impl ListenProbe {
     #[cfg(target_os = "linux")]
     fn listens(&self) -> io::Result<bool> {
         let _ = &self.host; // the tree's sockets are found on any address
-        tree_sockets::tree_listens(self.port, self.root)
+        super::listener::tree_listens(self.port, self.root)
     }
 
+    /// The host's own address, not only loopback (where
+    /// `listener::tree_listens` probes): `--host 192.0.2.7` listens there.
     #[cfg(not(target_os = "linux"))]
     fn listens(&self) -> io::Result<bool> {
         let _ = self.root; // no portable way to map sockets to processes
