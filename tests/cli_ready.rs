@@ -60,22 +60,33 @@ fn touch(path: &Path) {
     std::fs::write(path, b"").unwrap();
 }
 
+/// `immediate`: ready once started. The command does not inherit llmlb's
+/// own `NOTIFY_SOCKET` (llmlb reports to its supervisor itself).
 #[cfg(unix)]
 #[test]
 fn immediate_is_ready_once_started() {
     let env = Env::new();
     let port = free_port();
-    let mut serve = env.spawn(&[
+    let seen = file(&env, "seen");
+    let script = format!(
+        "echo \"${{NOTIFY_SOCKET-unset}}\" > {seen}; exec sleep 30",
+        seen = seen.display()
+    );
+    let mut cmd = env.cmd(&[
         "serve",
         "-p",
         &port.to_string(),
         "--ready",
         "immediate",
         "--",
-        "sleep",
-        "30",
+        "sh",
+        "-c",
+        &script,
     ]);
+    cmd.env("NOTIFY_SOCKET", file(&env, "supervisor.sock"));
+    let mut serve = env.spawn_cmd(cmd);
     wait_state(&env, port, "ready");
+    assert_eq!(read_when_written(&seen), "unset");
     signal(serve.pid(), libc::SIGTERM);
     serve.wait();
     assert!(!env.lock_file(port).exists());
@@ -278,6 +289,56 @@ fn notify_stays_starting_without_ready_from_the_commands_tree() {
     );
     signal(serve.pid(), libc::SIGTERM);
     serve.wait();
+}
+
+/// Datagrams from the tree that are too big, not text, or not the
+/// protocol are skipped without harm; the next good one still counts.
+#[cfg(target_os = "linux")]
+#[test]
+fn notify_survives_oversized_and_garbage_datagrams() {
+    if !have("python3") {
+        return;
+    }
+    let env = Env::new();
+    let port = free_port();
+    let script = "import os, socket, time\n\
+         addr = os.environ['NOTIFY_SOCKET']\n\
+         addr = '\\0' + addr[1:] if addr.startswith('@') else addr\n\
+         s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         s.sendto(b'STATUS=oversized\\n' + b'x' * 70000, addr)\n\
+         s.sendto(bytes(range(256)) * 4, addr)\n\
+         s.sendto(b'', addr)\n\
+         s.sendto(b'READY\\nREADY=2\\n=\\nSTATUS=\\x1b[31mred\\rline', addr)\n\
+         s.sendto(b'READY=1', addr)\n\
+         time.sleep(30)\n";
+    let mut serve = env.spawn(&[
+        "serve",
+        "-p",
+        &port.to_string(),
+        "--ready",
+        "notify",
+        "--",
+        "python3",
+        "-c",
+        script,
+    ]);
+    wait_state(&env, port, "ready");
+    let log = serve.stderr();
+    // The STATUS= of the garbage datagram came through, escaped to one line.
+    assert!(
+        log.contains("command status: \\u{1b}[31mred\\rline\n"),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    // The oversized one was dropped whole, its STATUS= line included.
+    assert!(!log.contains("oversized"), "{log}");
+    signal(serve.pid(), libc::SIGTERM);
+    assert_eq!(
+        serve.wait().code(),
+        Some(128 + libc::SIGTERM),
+        "{}",
+        serve.stderr()
+    );
 }
 
 /// SIGTERM while starting: stopping while the command shuts down, then the
