@@ -240,13 +240,15 @@ pub(crate) async fn run(
                     break None;
                 }
             }
-            Some(event) = ready_rx.recv() => {
+            Some(event) = ready_rx.recv() => match event {
                 // Never back from stopping to ready.
-                if event == ReadyEvent::Ready && stopping.deadline.is_none() {
+                ReadyEvent::Ready if stopping.deadline.is_none() => {
                     super::serve::announce(lock, ServeState::Ready);
                     tracing::info!("{shown} is ready (--ready {})", ready.name());
                 }
-            }
+                // STATUS=/STOPPING=1 were logged by the watch.
+                _ => {}
+            },
             _ = reap.tick() => exec::reap_orphans(child_pid),
         }
     };

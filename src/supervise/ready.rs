@@ -97,6 +97,24 @@ pub enum ReadyEvent {
 }
 
 /// A readiness policy prepared for a command about to be spawned.
+///
+/// # Examples
+/// ```
+/// use std::process::Command;
+/// use llmlb::supervise::ready::{Readiness, ReadyEvent, ReadyPolicy};
+///
+/// let policy = ReadyPolicy::from_name("immediate").unwrap();
+/// let mut cmd = Command::new("my-server");
+/// let readiness = Readiness::prepare(policy, &mut cmd, std::path::Path::new("/tmp"), 8000)?;
+/// // … spawn `cmd`, then watch its PID (here: this process):
+/// let (tx, rx) = std::sync::mpsc::channel();
+/// let watch = readiness.start(std::process::id(), "127.0.0.1", 8000, move |event| {
+///     let _ = tx.send(event);
+/// })?;
+/// assert_eq!(rx.recv().unwrap(), ReadyEvent::Ready);
+/// drop(watch); // no event after this
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct Readiness {
     policy: ReadyPolicy,
