@@ -81,12 +81,8 @@ struct ServeArgs {
     #[arg(short, long, value_name = "SECS", default_value = "0", value_parser = parse_secs,
           allow_negative_numbers = true)]
     wait: Duration,
-    /// Exec mode only: when COMMAND counts as ready (the lock record's state
-    /// goes from starting to ready). listen: once COMMAND's process tree
-    /// listens on the port (elsewhere than Linux: once the port accepts a
-    /// connection); notify: once it sends READY=1 to $NOTIFY_SOCKET
-    /// (sd_notify; not on Windows); immediate: once it is started.
-    /// [default: listen]
+    /// Exec mode only: when COMMAND counts as ready, i.e. when the lock
+    /// record's state goes from starting to ready. [default: listen]
     #[arg(long, value_enum, value_name = "WHEN")]
     ready: Option<ReadyArg>,
     /// Exec mode: run COMMAND with LLMLB_PORT set instead of the built-in
@@ -98,8 +94,13 @@ struct ServeArgs {
 /// `--ready`'s words (see [`ReadyPolicy`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ReadyArg {
+    /// Once COMMAND's process tree listens on the port (elsewhere than
+    /// Linux: once the port accepts a connection).
     Listen,
+    /// Once COMMAND's tree sends READY=1 to $NOTIFY_SOCKET (sd_notify; not
+    /// on Windows).
     Notify,
+    /// Once COMMAND is started.
     Immediate,
 }
 
