@@ -10,7 +10,10 @@
 //! and its pid is the command or a descendant (the `ppid` chain in `/proc`
 //! reaches the command, or this process: orphans of the tree that this
 //! process adopted as their subreaper). Anything else is dropped with a
-//! debug line. Elsewhere on Unix (macOS has no credentials on datagrams) the
+//! debug line. A sender that has exited *and been reaped* by the time its
+//! datagram is read cannot be placed in the tree and is dropped too: send
+//! from the server process itself, or with a client that waits for the
+//! datagram to be read (`systemd-notify` without `--no-block`). Elsewhere on Unix (macOS has no credentials on datagrams) the
 //! socket is a file, mode 0600, in the lock dir, which is 0700 and ours: only
 //! our own user can reach it, and the tree check is not done. Windows has no
 //! sd_notify: [`NotifySocket::bind`] fails with `Unsupported`.
