@@ -13,6 +13,7 @@ use std::time::Duration;
 use llmlb::lock::{PortGuard, ServeState};
 use llmlb::supervise::exec::{self, configure_exec_child, CommandTree, ForwardSignal};
 use llmlb::supervise::socket_pass::{pass_listener, PassSocket};
+use llmlb::supervise::ready::{Readiness, ReadyEvent, ReadyPolicy};
 use llmlb::supervise::SharedLock;
 use tokio::time::Instant;
 
@@ -122,6 +123,7 @@ pub(crate) async fn run(
     lock_lost: &mut LockLost,
     host: &str,
     port: u16,
+    ready: ReadyPolicy,
     command: &[OsString],
     socket: Option<&PassSocket>,
 ) -> i32 {
@@ -146,6 +148,17 @@ pub(crate) async fn run(
             ))
         }
         None => return fail("the lock was released before the command started"),
+    };
+    let lock_dir = lock.with(|g| g.path().parent().map(|d| d.to_path_buf()));
+    let lock_dir = lock_dir.flatten().unwrap_or_default();
+    let readiness = match Readiness::prepare(ready, &mut cmd, &lock_dir, port) {
+        Ok(readiness) => readiness,
+        Err(e) => {
+            return fail(format!(
+                "cannot prepare --ready {} for {shown}: {e}",
+                ready.name()
+            ))
+        }
     };
     // Last: it captures the command's environment as it is now.
     if let Some(Err(e)) = socket.map(|s| pass_listener(&mut cmd, s)) {
@@ -196,9 +209,15 @@ pub(crate) async fn run(
             tracing::warn!("cannot record the command's process group (stop --force will only kill llmlb): {e}");
         }
     }
-    // Ready once started: the command's own readiness is not observed.
-    super::serve::announce(lock, ServeState::Ready);
     tracing::info!("running {shown} (PID {child_pid}) under the lock for port {port}");
+    // The policy's events come from the watch's thread; they end with it.
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
+    let watch = readiness
+        .start(child_pid, host, port, move |event| {
+            let _ = ready_tx.send(event);
+        })
+        .map_err(|e| tracing::warn!("cannot watch {shown} for readiness; it stays starting: {e}"))
+        .ok();
     let mut watching = true;
     let mut lost = false;
     let mut stopping = Stopping::default();
@@ -229,9 +248,24 @@ pub(crate) async fn run(
                     break None;
                 }
             }
+            Some(event) = ready_rx.recv() => match event {
+                // Never back from stopping to ready.
+                ReadyEvent::Ready if stopping.deadline.is_none() => {
+                    super::serve::announce(lock, ServeState::Ready);
+                    tracing::info!("{shown} is ready (--ready {})", ready.name());
+                }
+                // STATUS=/STOPPING=1 were logged by the watch.
+                _ => {}
+            },
             _ = reap.tick() => exec::reap_orphans(child_pid),
         }
     };
+    drop(watch);
+    // The command ended by itself: the rest is shutdown (the record is
+    // another holder's if the port was lost).
+    if !lost && stopping.deadline.is_none() {
+        super::serve::announce(lock, ServeState::Stopping);
+    }
     if let Some(tree) = tree {
         end_group(tree, &mut stopping, &shown).await;
     }

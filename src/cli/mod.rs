@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::builder::{RangedI64ValueParser, TypedValueParser as _};
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches as _, Parser, Subcommand, ValueEnum};
+use llmlb::supervise::ready::ReadyPolicy;
 
 mod exec;
 mod serve;
@@ -89,10 +90,56 @@ struct ServeArgs {
     /// with or without this flag. Not on Windows.
     #[arg(long, requires = "command")]
     pass_socket: bool,
+    /// Exec mode only: when COMMAND counts as ready, i.e. when the lock
+    /// record's state goes from starting to ready. [default: listen]
+    #[arg(long, value_enum, value_name = "WHEN")]
+    ready: Option<ReadyArg>,
     /// Exec mode: run COMMAND with LLMLB_PORT set instead of the built-in
     /// server, holding the lock until it exits; exit with its code.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<OsString>,
+}
+
+/// `--ready`'s words (see [`ReadyPolicy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ReadyArg {
+    /// Once COMMAND's process tree listens on the port (elsewhere than
+    /// Linux: once the port accepts a connection).
+    Listen,
+    /// Once COMMAND's tree sends READY=1 to $NOTIFY_SOCKET (sd_notify; not
+    /// on Windows).
+    Notify,
+    /// Once COMMAND is started.
+    Immediate,
+}
+
+impl ServeArgs {
+    /// The readiness policy of exec mode, or the usage error (exit 2) for a
+    /// `--ready` that cannot apply: without a COMMAND (the built-in server is
+    /// ready once it listens, always), or `notify` on Windows.
+    fn ready_policy(&self) -> Result<ReadyPolicy, clap::Error> {
+        let usage = |msg: &str| serve_usage(msg.to_owned());
+        let Some(arg) = self.ready else {
+            return Ok(ReadyPolicy::default());
+        };
+        if self.command.is_empty() {
+            return Err(usage(
+                "--ready applies to exec mode only (the built-in server is ready once it listens): \
+                 add `-- COMMAND` or drop --ready",
+            ));
+        }
+        let policy = match arg {
+            ReadyArg::Listen => ReadyPolicy::Listen,
+            ReadyArg::Notify => ReadyPolicy::Notify,
+            ReadyArg::Immediate => ReadyPolicy::Immediate,
+        };
+        if !policy.is_supported() {
+            return Err(usage(
+                "--ready notify is not supported on Windows (there is no sd_notify): use --ready listen or immediate",
+            ));
+        }
+        Ok(policy)
+    }
 }
 
 /// Every port option and `LLMLB_PORT`: 1..=65535.
@@ -340,6 +387,7 @@ pub fn run() -> i32 {
 /// socket's, which a port given with `-p` or `LLMLB_PORT` must match), then
 /// runs the server.
 fn serve(dir: &LockDirChoice, args: ServeArgs, port_source: Option<ValueSource>) -> i32 {
+    let ready = args.ready_policy().unwrap_or_else(|e| e.exit());
     if cfg!(windows) && args.pass_socket {
         serve_usage_error(
             "--pass-socket is not supported on Windows (it has no LISTEN_FDS protocol); let COMMAND bind LLMLB_PORT itself".to_owned(),
@@ -369,13 +417,14 @@ fn serve(dir: &LockDirChoice, args: ServeArgs, port_source: Option<ValueSource>)
         }
         _ => args.port,
     };
-    run_serve(dir, port, args, activated)
+    run_serve(dir, port, args, ready, activated)
 }
 
 fn run_serve(
     dir: &LockDirChoice,
     port: u16,
     args: ServeArgs,
+    ready: ReadyPolicy,
     activated: Option<llmlb::supervise::activation::Activated>,
 ) -> i32 {
     let listen = serve::Listen {
@@ -383,19 +432,22 @@ fn run_serve(
         pass_socket: args.pass_socket,
     };
     let host = serve::bare_host(args.host);
-    serve::run(dir, port, args.wait, host, args.command, listen)
+    serve::run(dir, port, args.wait, host, ready, args.command, listen)
 }
 
 /// A usage error of `serve` (clap's format, exit 2).
-fn serve_usage_error(message: String) -> ! {
+fn serve_usage(message: String) -> clap::Error {
     let mut cli = Cli::command();
     cli.build();
     let serve = cli
         .find_subcommand_mut("serve")
         .expect("the serve command is defined above");
-    serve
-        .error(clap::error::ErrorKind::ArgumentConflict, message)
-        .exit()
+    serve.error(clap::error::ErrorKind::ArgumentConflict, message)
+}
+
+/// [`serve_usage`], exiting 2.
+fn serve_usage_error(message: String) -> ! {
+    serve_usage(message).exit()
 }
 
 /// Writes a generated document to stdout. A reader that stopped reading

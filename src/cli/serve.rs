@@ -18,6 +18,7 @@ use llmlb::lock::{
 };
 use llmlb::supervise::activation::Activated;
 use llmlb::supervise::socket_pass::{PassSocket, DEFAULT_NAME};
+use llmlb::supervise::ready::ReadyPolicy;
 use llmlb::supervise::{SharedLock, WatchEnd, WatchEvent};
 
 use super::signals::{self, Signals};
@@ -97,6 +98,7 @@ pub(crate) fn run(
     port: u16,
     wait: Duration,
     host: String,
+    ready: ReadyPolicy,
     command: Vec<OsString>,
     listen: Listen,
 ) -> i32 {
@@ -144,6 +146,7 @@ pub(crate) fn run(
                         &mut lost,
                         &host,
                         port,
+                        ready,
                         &command,
                         socket.as_ref(),
                     )

@@ -11,11 +11,17 @@
 //!   (`LISTEN_FDS`), and [`socket_pass`]: one handed on to the command;
 //! - the watchdog ([`SharedLock`], [`Watchdog`]): a running server's main
 //!   thread and the thread that checks the lock file is still its own;
+//! - [`ready`]: when a command run under the lock counts as ready (exec
+//!   mode's `--ready listen|notify|immediate`), with [`notify_socket`], the
+//!   sd_notify receiver its `notify` policy listens on;
 //! - stop ([`stop_server`]): ending whatever holds a port, pg_ctl-style,
 //!   signalling only a process proven to be the holder.
 //!
 //! Its platform calls go through the lock's `sys` module (the one place that
-//! talks to the operating system), with the same signatures on each platform.
+//! talks to the operating system for the lock), or, for what the lock never
+//! needs (sd_notify sockets, socket tables), through small per-platform
+//! submodules of their own; either way with the same signatures on each
+//! platform.
 
 pub mod activation;
 // Launcher support: the public part is what the C ABI's launchers need
@@ -27,6 +33,9 @@ pub mod exec;
 // the `cli` feature only.
 #[cfg_attr(any(not(feature = "cli"), loom), allow(dead_code))]
 pub mod socket_pass;
+pub mod listener;
+pub mod notify_socket;
+pub mod ready;
 mod stop;
 mod watchdog;
 

@@ -1,0 +1,70 @@
+//! Who listens on a TCP port: the lock says who *holds* a port, this says
+//! whether anything actually *accepts* connections on it, and whether that is
+//! the holder's process tree or another program squatting the port.
+//!
+//! Read-only and unprivileged: it never connects on Linux (it reads the
+//! kernel's socket tables), and elsewhere it connects only to the loopback
+//! addresses with a short timeout, closing at once.
+//!
+//! One submodule per platform, each with the same two functions:
+//! - Linux: `/proc/net/tcp{,6}` (sockets in state LISTEN on the port) matched
+//!   to processes through their `/proc/<pid>/fd` links (`socket:[inode]`);
+//! - elsewhere (macOS, Windows): a connect probe, which tells whether
+//!   something accepts but not who.
+
+use std::io;
+
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(target_os = "linux")]
+use linux as imp;
+// The connect probe: the whole answer where no socket table names owners,
+// a test's second opinion on Linux.
+#[cfg_attr(target_os = "linux", allow(dead_code))]
+mod probe;
+#[cfg(not(target_os = "linux"))]
+use probe as imp;
+
+/// A process found listening on a TCP port.
+///
+/// `pid` and `name` are `None` when the socket is there but its owner cannot
+/// be seen: another user's process without root on Linux, or a platform where
+/// only a connect probe is available (macOS, Windows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// The listening process's PID, where it is visible.
+    pub pid: Option<u32>,
+    /// Its short command name (`/proc/<pid>/comm` on Linux, the image name on
+    /// Windows), where it is visible. Text from another process: escape it
+    /// before printing it to a terminal.
+    pub name: Option<String>,
+}
+
+/// Who listens on TCP `port` (any local address, IPv4 or IPv6) now;
+/// `Ok(None)` if nobody.
+///
+/// When several processes share the listening socket (a pre-fork server's
+/// master and workers), the lowest PID is reported, which is usually the one
+/// that opened it.
+///
+/// # Errors
+///
+/// The socket tables cannot be read (no `/proc` on Linux). A process vanishing or refusing to show its
+/// descriptors during the scan is not an error.
+pub fn port_listener(port: u16) -> io::Result<Option<Listener>> {
+    imp::port_listener(port)
+}
+
+/// Whether `root` or one of its descendants listens on TCP `port` now.
+///
+/// `false` when `root` is gone. On platforms with only a connect probe
+/// (macOS, Windows) the tree cannot be told apart from another program: there this is
+/// "something accepts on the port" (its caller holds the port's lock, so a
+/// listener is most likely its own).
+///
+/// # Errors
+///
+/// As [`port_listener`].
+pub fn tree_listens(port: u16, root: u32) -> io::Result<bool> {
+    imp::tree_listens(port, root)
+}

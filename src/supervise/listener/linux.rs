@@ -1,0 +1,223 @@
+//! Linux: the kernel's socket tables and each process's descriptors in
+//! `/proc`. The tables are this process's network namespace's
+//! (`/proc/net` is `/proc/self/net`), the namespace a server it launched binds in.
+
+use super::Listener;
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io;
+
+/// `st` of a socket in state LISTEN in `/proc/net/tcp{,6}` (TCP_LISTEN = 10).
+const TCP_LISTEN: &str = "0A";
+
+pub(crate) fn port_listener(port: u16) -> io::Result<Option<Listener>> {
+    let inodes = listening_inodes(port)?;
+    if inodes.is_empty() {
+        return Ok(None);
+    }
+    let mut pids = all_pids()?;
+    // Lowest PID first: among processes sharing a socket (fork after
+    // listen), usually the one that opened it.
+    pids.sort_unstable();
+    for pid in pids {
+        if owns_any(pid, &inodes) {
+            return Ok(Some(Listener {
+                pid: Some(pid),
+                name: comm(pid),
+            }));
+        }
+    }
+    // The socket exists but no process we can look into owns it: another
+    // user's (we may not read its fd links) or one in a PID namespace whose
+    // processes our /proc does not show.
+    Ok(Some(Listener {
+        pid: None,
+        name: None,
+    }))
+}
+
+pub(crate) fn tree_listens(port: u16, root: u32) -> io::Result<bool> {
+    let inodes = listening_inodes(port)?;
+    if inodes.is_empty() {
+        return Ok(false);
+    }
+    // Walk the tree from the root, looking into each process's descriptors:
+    // a handful of processes, not every one on the machine.
+    let mut by_parent: Option<HashMap<u32, Vec<u32>>> = None;
+    let mut seen = HashSet::new();
+    let mut todo = vec![root];
+    while let Some(pid) = todo.pop() {
+        if !seen.insert(pid) {
+            continue;
+        }
+        if owns_any(pid, &inodes) {
+            return Ok(true);
+        }
+        match children(pid) {
+            Some(kids) => todo.extend(kids),
+            // No `children` files (a kernel without CONFIG_PROC_CHILDREN):
+            // one pass over every process's parent instead.
+            None => {
+                let map = by_parent.get_or_insert_with(parent_map);
+                todo.extend(map.get(&pid).into_iter().flatten().copied());
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Inodes of the sockets listening on `port` on any local address, IPv4 or
+/// IPv6. An absent table (IPv6 disabled) counts as empty; an unreadable
+/// IPv4 table (no `/proc`) is the error.
+fn listening_inodes(port: u16) -> io::Result<HashSet<u64>> {
+    let mut inodes = HashSet::new();
+    let v4 = fs::read_to_string("/proc/net/tcp").map_err(|err| {
+        io::Error::new(
+            err.kind(),
+            format!("cannot read /proc/net/tcp ({err}): is /proc mounted?"),
+        )
+    })?;
+    collect_listening(&v4, port, &mut inodes);
+    if let Ok(v6) = fs::read_to_string("/proc/net/tcp6") {
+        collect_listening(&v6, port, &mut inodes);
+    }
+    Ok(inodes)
+}
+
+/// Adds the inodes of `table`'s LISTEN rows whose local port is `port`.
+/// Rows: `sl local_address rem_address st ... uid timeout inode ...`, the
+/// address as `HEXADDR:HEXPORT`. Malformed rows are skipped.
+fn collect_listening(table: &str, port: u16, inodes: &mut HashSet<u64>) {
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(state), Some(inode)) = (fields.get(1), fields.get(3), fields.get(9))
+        else {
+            continue;
+        };
+        let Some((_, local_port)) = local.rsplit_once(':') else {
+            continue;
+        };
+        if *state != TCP_LISTEN || u16::from_str_radix(local_port, 16) != Ok(port) {
+            continue;
+        }
+        // Inode 0: a socket being torn down, owned by nobody.
+        if let Ok(inode @ 1..) = inode.parse::<u64>() {
+            inodes.insert(inode);
+        }
+    }
+}
+
+/// Whether one of `pid`'s descriptors is one of `inodes`' sockets. A process
+/// that has exited or whose descriptors we may not read owns none we can see.
+fn owns_any(pid: u32, inodes: &HashSet<u64>) -> bool {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        fs::read_link(fd.path())
+            .ok()
+            .and_then(|target| socket_inode(target.as_os_str().to_str()?))
+            .is_some_and(|inode| inodes.contains(&inode))
+    })
+}
+
+/// The inode of an fd link's `socket:[inode]` target.
+fn socket_inode(target: &str) -> Option<u64> {
+    target
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// Every PID `/proc` shows.
+fn all_pids() -> io::Result<Vec<u32>> {
+    Ok(fs::read_dir("/proc")?
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect())
+}
+
+/// `/proc/<pid>/comm` without its newline.
+fn comm(pid: u32) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(text.trim_end_matches('\n').to_owned())
+}
+
+/// `pid`'s children from its threads' `children` files (a child belongs to
+/// the thread that forked it). `None` when the kernel has no such files;
+/// an exited process has no children.
+fn children(pid: u32) -> Option<Vec<u32>> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Some(Vec::new());
+    };
+    let mut kids = Vec::new();
+    for task in tasks.flatten() {
+        match fs::read_to_string(task.path().join("children")) {
+            Ok(text) => kids.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            ),
+            Err(err) if err.kind() == io::ErrorKind::NotFound && task.path().exists() => {
+                return None
+            }
+            // The thread ended between the listing and the read.
+            Err(_) => {}
+        }
+    }
+    Some(kids)
+}
+
+/// Parent PID → children, from every process's `/proc/<pid>/stat`.
+fn parent_map() -> HashMap<u32, Vec<u32>> {
+    let mut map: HashMap<u32, Vec<u32>> = HashMap::new();
+    for pid in all_pids().unwrap_or_default() {
+        if let Some(ppid) = fs::read(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| parent_of(&stat))
+        {
+            map.entry(ppid).or_default().push(pid);
+        }
+    }
+    map
+}
+
+/// Field 4 (ppid) of a `/proc/<pid>/stat` line. The command name (field 2)
+/// may hold spaces and parentheses, so fields are counted after its last `)`.
+fn parent_of(stat: &[u8]) -> Option<u32> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+    // After the name: state, ppid.
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_listen_rows_for_the_port_only() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1 0 100 0 0 10 0\n\
+   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 222 1 0 100 0 0 10 0\n\
+   2: 00000000:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 333 1 0 100 0 0 10 0\n\
+   3: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 0 1 0 100 0 0 10 0\n\
+   garbage\n";
+        let mut inodes = HashSet::new();
+        collect_listening(table, 8080, &mut inodes);
+        assert_eq!(inodes, HashSet::from([111]));
+        let v6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 00000000000000000000000000000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 444 1 0 100 0 0 10 0\n";
+        collect_listening(v6, 8080, &mut inodes);
+        assert_eq!(inodes, HashSet::from([111, 444]));
+    }
+
+    #[test]
+    fn parses_socket_links_and_stat_parents() {
+        assert_eq!(socket_inode("socket:[1117178]"), Some(1117178));
+        assert_eq!(socket_inode("pipe:[1117178]"), None);
+        assert_eq!(socket_inode("/dev/null"), None);
+        assert_eq!(parent_of(b"42 (a) b (c)) S 7 42 42 0"), Some(7));
+        assert_eq!(parent_of(b"garbage"), None);
+    }
+}
