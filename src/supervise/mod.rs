@@ -10,7 +10,9 @@
 //! - the watchdog ([`SharedLock`], [`Watchdog`]): a running server's main
 //!   thread and the thread that checks the lock file is still its own;
 //! - stop ([`stop_server`]): ending whatever holds a port, pg_ctl-style,
-//!   signalling only a process proven to be the holder.
+//!   signalling only a process proven to be the holder;
+//! - [`wait`]: waiting, without taking anything, for a port to be ready,
+//!   held or free (`llmlb wait`).
 //!
 //! Its platform calls go through the lock's `sys` module (the one place that
 //! talks to the operating system), with the same signatures on each platform.
@@ -21,6 +23,7 @@
 #[cfg_attr(any(not(feature = "cli"), loom), allow(dead_code))]
 pub mod exec;
 mod stop;
+pub mod wait;
 mod watchdog;
 
 pub use stop::{stop_server, StopError, StopEvent, StopOptions, StopOutcome, STOP_POLL_INTERVAL};
