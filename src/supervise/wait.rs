@@ -64,8 +64,8 @@ pub enum WaitOutcome {
     /// has taken its place (even one that is ready). Never reported for a
     /// port that no live holder had while waiting (that is still waiting).
     HolderGone {
-        /// The gone holder's record, as last seen.
-        holder: LockInfo,
+        /// The gone holder's record, as last seen (boxed: the rare variant).
+        holder: Box<LockInfo>,
         /// What the look that found it gone saw.
         now: LockState,
     },
@@ -223,7 +223,7 @@ fn judge(until: Until, state: LockState, waiting_on: &mut Option<LockInfo>) -> O
             if let Some(seen) = waiting_on.as_ref() {
                 if !live.is_some_and(|now| same_holder(seen, now)) {
                     return Some(WaitOutcome::HolderGone {
-                        holder: waiting_on.take().expect("checked above"),
+                        holder: Box::new(waiting_on.take().expect("checked above")),
                         now: state,
                     });
                 }
@@ -296,7 +296,7 @@ mod tests {
             assert_eq!(
                 judge(Until::Ready, now.clone(), &mut on),
                 Some(WaitOutcome::HolderGone {
-                    holder: starting.clone(),
+                    holder: Box::new(starting.clone()),
                     now
                 })
             );
