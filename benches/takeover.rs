@@ -10,6 +10,11 @@
 //! releases; the waiter takes the time as soon as it holds.
 //!
 //! On tmpfs (`/dev/shm`) when present, else the temp dir.
+//!
+//! Then `llmlb wait --for ready` (`supervise::wait::wait_for`): from the
+//! holder's `set_state(Ready)` (an in-place rewrite of its record) to the
+//! waiter returning, beside a waiter that probes every 50 ms; and the CPU of
+//! a waiter left waiting on a holder that stays starting.
 
 // criterion_group! generates an undocumented `pub fn`.
 #![allow(missing_docs)]
@@ -20,7 +25,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion, SamplingMode};
-use llmlb::lock::{acquire_or_reclaim, acquire_timeout, LockDir, PortGuard};
+use llmlb::lock::{acquire_or_reclaim, acquire_timeout, LockDir, LockState, PortGuard, ServeState};
+use llmlb::supervise::wait::{wait_for, Until, WaitOutcome};
 
 const PORT: u16 = 8000;
 /// Against hangs only: every takeover here is far quicker.
@@ -143,7 +149,109 @@ fn takeover(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, takeover);
+/// The bench thread's side of a `wait --for ready` thread on a private
+/// lock dir: each round the bench thread takes the port as starting, lets
+/// the waiter look and sleep, then says ready.
+struct ReadyRig {
+    _tmp: tempfile::TempDir,
+    dir: LockDir,
+    go: Sender<Waiter>,
+    done: Receiver<Instant>,
+    seed: u64,
+}
+
+/// The baseline: probe, sleep 50 ms, probe again, until a ready holder.
+fn poll_ready(dir: &Path, port: u16) {
+    let deadline = Instant::now() + GENEROUS;
+    loop {
+        let state = llmlb::lock::probe(dir, port).expect("probe");
+        if let LockState::Held(Some(info)) = state {
+            if info.serve_state() == ServeState::Ready {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "baseline wait hung");
+        thread::sleep(FILELOCK_POLL);
+    }
+}
+
+impl ReadyRig {
+    fn new() -> ReadyRig {
+        let tmp = tempfile::Builder::new()
+            .prefix("llmlb-bench-")
+            .tempdir_in(base_dir())
+            .expect("private bench dir");
+        let dir = LockDir::create(tmp.path().join("locks"))
+            .expect("lock dir")
+            .announcing(ServeState::Starting);
+        let path = dir.path().to_path_buf();
+        let (go, wait_go) = channel::<Waiter>();
+        let (done_tx, done) = channel::<Instant>();
+        thread::spawn(move || {
+            for kind in wait_go {
+                match kind {
+                    Waiter::Ours => {
+                        let outcome =
+                            wait_for(&path, PORT, Until::Ready, Some(GENEROUS)).expect("wait");
+                        assert!(matches!(outcome, WaitOutcome::Met(_)), "{outcome:?}");
+                    }
+                    Waiter::Poll50ms => poll_ready(&path, PORT),
+                }
+                if done_tx.send(Instant::now()).is_err() {
+                    break;
+                }
+            }
+        });
+        ReadyRig {
+            _tmp: tmp,
+            dir,
+            go,
+            done,
+            seed: 0x9E37_79B9_7F4A_7C15,
+        }
+    }
+
+    /// One round: hold as starting, let the waiter wait, say ready, and
+    /// return the time from `set_state` to the waiter returning.
+    fn ready(&mut self, kind: Waiter) -> Duration {
+        let mut held = acquire_or_reclaim(&self.dir, PORT).expect("bench holder");
+        self.go.send(kind).expect("waiter thread");
+        let settle = match kind {
+            Waiter::Ours => Duration::from_millis(2),
+            Waiter::Poll50ms => {
+                self.seed = self
+                    .seed
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1);
+                Duration::from_millis(2)
+                    + FILELOCK_POLL.mul_f64((self.seed >> 11) as f64 / (1u64 << 53) as f64)
+            }
+        };
+        thread::sleep(settle);
+        let announced = Instant::now();
+        held.set_state(ServeState::Ready).expect("set_state");
+        let done = self.done.recv_timeout(GENEROUS).expect("the waiter woke");
+        held.release().expect("release");
+        done.saturating_duration_since(announced)
+    }
+}
+
+fn wait_ready(c: &mut Criterion) {
+    let mut group = c.benchmark_group("wait_ready");
+    group.sample_size(10).sampling_mode(SamplingMode::Flat);
+    let mut rig = ReadyRig::new();
+    group.measurement_time(Duration::from_secs(2));
+    group.bench_function("ours", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| rig.ready(Waiter::Ours)).sum())
+    });
+    group.measurement_time(Duration::from_secs(4));
+    group.bench_function("poll_50ms", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| rig.ready(Waiter::Poll50ms)).sum())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, takeover, wait_ready);
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -162,6 +270,24 @@ fn distribution(rounds_ours: usize, rounds_poll: usize) {
         samples.sort();
         println!(
             "takeover/{name}: {rounds} rounds: median {:?}, p99 {:?}, max {:?}",
+            percentile(&samples, 0.5),
+            percentile(&samples, 0.99),
+            samples[samples.len() - 1]
+        );
+    }
+}
+
+/// Median and p99 of `wait --for ready`'s wake after `set_state(Ready)`.
+fn wait_distribution(rounds_ours: usize, rounds_poll: usize) {
+    let mut rig = ReadyRig::new();
+    for (name, kind, rounds) in [
+        ("ours", Waiter::Ours, rounds_ours),
+        ("poll_50ms", Waiter::Poll50ms, rounds_poll),
+    ] {
+        let mut samples: Vec<Duration> = (0..rounds).map(|_| rig.ready(kind)).collect();
+        samples.sort();
+        println!(
+            "wait_ready/{name}: {rounds} rounds: median {:?}, p99 {:?}, max {:?}",
             percentile(&samples, 0.5),
             percentile(&samples, 0.99),
             samples[samples.len() - 1]
@@ -202,6 +328,28 @@ fn idle_waiter_cpu(wait: Duration) {
     rig.seed = 0;
 }
 
+/// A `wait --for ready` left waiting `wait` on a holder that stays
+/// starting: its CPU time, and per second.
+#[cfg(target_os = "linux")]
+fn idle_wait_cpu(wait: Duration) {
+    let rig = ReadyRig::new();
+    let held = acquire_or_reclaim(&rig.dir, PORT).expect("holder");
+    let path = rig.dir.path().to_path_buf();
+    let cpu = thread::spawn(move || {
+        let before = thread_cpu();
+        let outcome = wait_for(&path, PORT, Until::Ready, Some(wait)).expect("wait");
+        assert!(matches!(outcome, WaitOutcome::TimedOut(_)), "{outcome:?}");
+        thread_cpu() - before
+    })
+    .join()
+    .expect("waiter thread");
+    held.release().expect("release");
+    println!(
+        "idle wait --for ready: {wait:?} on a starting holder used {cpu:?} of CPU ({:?}/s)",
+        cpu.div_f64(wait.as_secs_f64())
+    );
+}
+
 fn main() {
     benches();
     criterion::Criterion::default()
@@ -211,13 +359,19 @@ fn main() {
     let smoke = std::env::args().any(|a| a == "--test");
     if smoke {
         distribution(5, 2);
+        wait_distribution(5, 2);
     } else {
         distribution(1000, 100);
+        wait_distribution(1000, 100);
     }
     #[cfg(target_os = "linux")]
-    idle_waiter_cpu(if smoke {
-        Duration::from_millis(50)
-    } else {
-        Duration::from_secs(1)
-    });
+    {
+        let idle = if smoke {
+            Duration::from_millis(50)
+        } else {
+            Duration::from_secs(1)
+        };
+        idle_waiter_cpu(idle);
+        idle_wait_cpu(if smoke { idle } else { Duration::from_secs(5) });
+    }
 }

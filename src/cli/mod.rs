@@ -20,6 +20,7 @@ mod serve;
 mod signals;
 mod status;
 mod stop;
+mod wait;
 
 /// Runtime failure: printed as one `Error: …` line.
 pub(crate) const EXIT_FAILURE: i32 = 1;
@@ -59,6 +60,21 @@ enum Command {
     /// List held and stale locks (LSB exit codes with --port: 0 running,
     /// 1 stale, 3 not running, 4 unknown).
     Status(StatusArgs),
+    /// Wait until a port's server is ready, or the port is held or free
+    /// (exit 0; 1 at the timeout; 3 if the server waited on for ready went
+    /// away first).
+    ///
+    /// Takes nothing and creates nothing; may be started before `serve`
+    /// (a missing lock dir is a port nothing holds yet). Prints one line on
+    /// stdout when the state holds (`Port 8000 is ready (PID 1234)`).
+    ///
+    /// Exit codes: 0 the state holds; 1 the timeout passed (one line on
+    /// stderr: the state last seen and who holds the port) or an error;
+    /// 3 with --for ready, a holder seen starting (or stopping) released
+    /// the port or died before it was ready, even if another holder took
+    /// the port since; 2 usage error; 130 on SIGINT (Ctrl-C), 143 on
+    /// SIGTERM.
+    Wait(WaitArgs),
     /// Print shell completions to stdout.
     Completions {
         /// The shell to generate completions for.
@@ -181,6 +197,41 @@ struct StopArgs {
     /// After the timeout, SIGKILL the server and its command's process group.
     #[arg(long)]
     force: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct WaitArgs {
+    /// Port to wait for, taken as serve takes it.
+    #[arg(short, long, env = PORT_ENV, default_value_t = DEFAULT_PORT, value_parser = port_parser())]
+    port: u16,
+    /// The state to wait for: ready (held by a server that says it serves),
+    /// held (in any state), free (not held; a stale lock file is free).
+    #[arg(long = "for", value_enum, value_name = "STATE", default_value_t = WaitFor::Ready)]
+    until: WaitFor,
+    /// Give up after SECS seconds (decimals allowed); without it, wait
+    /// forever.
+    #[arg(short, long, value_name = "SECS", value_parser = parse_secs,
+          allow_negative_numbers = true)]
+    timeout: Option<Duration>,
+}
+
+/// `wait --for`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum WaitFor {
+    Ready,
+    Held,
+    Free,
+}
+
+impl From<WaitFor> for llmlb::supervise::wait::Until {
+    fn from(w: WaitFor) -> Self {
+        use llmlb::supervise::wait::Until;
+        match w {
+            WaitFor::Ready => Until::Ready,
+            WaitFor::Held => Until::Held,
+            WaitFor::Free => Until::Free,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -366,6 +417,7 @@ pub fn run() -> i32 {
             serve(&dir, args, sub.and_then(|m| m.value_source("port")))
         }
         Command::Stop(args) => stop::run(&dir, args.port, args.timeout, args.force),
+        Command::Wait(args) => wait::run(&dir, args.port, args.until.into(), args.timeout),
         Command::Status(args) => {
             let port = args.port.map(|port| port.unwrap_or_else(default_port));
             status::run(&dir, port, args.format == Format::Json)

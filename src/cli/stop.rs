@@ -7,7 +7,7 @@ use llmlb::supervise::{stop_server, StopEvent, StopOptions, StopOutcome};
 use super::{fail, LockDirChoice};
 
 /// `5s`, `1.5s`: a timeout as the user gave it.
-fn seconds(d: Duration) -> String {
+pub(super) fn seconds(d: Duration) -> String {
     if d.subsec_nanos() == 0 {
         format!("{}s", d.as_secs())
     } else {

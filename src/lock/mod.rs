@@ -41,6 +41,8 @@ pub use wait::acquire_timeout_async;
 #[cfg(all(feature = "cli", not(loom)))]
 pub(crate) use wait::async_impl;
 pub use wait::{acquire_timeout, WAIT_POLL_CAP};
+// The safety-net tick under a watch that sees everything, for `supervise::wait`.
+pub(crate) use wait::WATCHED_POLL_CAP;
 
 /// What a probe observed about a port: the runtime twin of the typestate, for
 /// status output, the CLI and the C ABI.

@@ -50,7 +50,7 @@ pub const WAIT_POLL_CAP: Duration = Duration::from_millis(20);
 /// With an inotify watch, which also reports a holder's death, ticks are
 /// only a safety net (events from other hosts on NFS never arrive), so they
 /// may be rarer.
-const WATCHED_POLL_CAP: Duration = Duration::from_millis(50);
+pub(crate) const WATCHED_POLL_CAP: Duration = Duration::from_millis(50);
 
 /// The first sleep between looks; doubled up to the cap.
 const FIRST_POLL: Duration = Duration::from_millis(1);

@@ -15,7 +15,9 @@
 //!   mode's `--ready listen|notify|immediate`), with [`notify_socket`], the
 //!   sd_notify receiver its `notify` policy listens on;
 //! - stop ([`stop_server`]): ending whatever holds a port, pg_ctl-style,
-//!   signalling only a process proven to be the holder.
+//!   signalling only a process proven to be the holder;
+//! - [`wait`]: waiting, without taking anything, for a port to be ready,
+//!   held or free (`llmlb wait`).
 //!
 //! Its platform calls go through the lock's `sys` module (the one place that
 //! talks to the operating system for the lock), or, for what the lock never
@@ -37,6 +39,7 @@ pub mod listener;
 pub mod notify_socket;
 pub mod ready;
 mod stop;
+pub mod wait;
 mod watchdog;
 
 pub use stop::{stop_server, StopError, StopEvent, StopOptions, StopOutcome, STOP_POLL_INTERVAL};

@@ -12,7 +12,7 @@ mod unix;
 pub(crate) use unix::*;
 
 mod watch;
-pub(crate) use watch::{DirWatch, Wake, WATCH_SEES_HOLDER_EXIT};
+pub(crate) use watch::{DirWatch, Wake, WATCH_SEES_HOLDER_EXIT, WATCH_SEES_WRITES};
 
 #[cfg(windows)]
 mod windows;

@@ -28,6 +28,12 @@ pub(crate) enum Wake {
     /// full attempt, so a busy dir costs waiters only reads.
     #[cfg_attr(not(any(target_os = "macos", windows)), allow(dead_code))]
     DirChanged,
+    /// The lock file was created or written (a holder's first write, or its
+    /// record rewritten in place: a new serving state). Only a watch made by
+    /// [`DirWatch::with_writes`] reports it, and only where the platform can
+    /// (inotify): worth a look at the record.
+    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
+    Written,
     /// The lock file was removed or renamed (a release), the dir itself went
     /// away, or events were lost (queue overflow): worth a full attempt.
     Changed,
@@ -65,6 +71,20 @@ mod linux {
         | libc::IN_MOVED_FROM
         | libc::IN_MOVED_TO
         | libc::IN_CLOSE_WRITE
+        | libc::IN_DELETE_SELF
+        | libc::IN_MOVE_SELF
+        | libc::IN_ONLYDIR;
+
+    /// [`MASK`], and the lock file's creation and every write to it: what
+    /// `llmlb wait` needs to see a holder announce a new serving state (an
+    /// in-place `pwrite` + `ftruncate`, which neither unlinks nor closes). A
+    /// mask of its own: the acquire's waiters never wake for writes.
+    const WRITES_MASK: u32 = MASK | libc::IN_CREATE | libc::IN_MODIFY;
+
+    /// A missing lock dir's parent, for the dir's arrival (created, or
+    /// renamed into place) and the parent's own removal.
+    const ENTRY_MASK: u32 = libc::IN_CREATE
+        | libc::IN_MOVED_TO
         | libc::IN_DELETE_SELF
         | libc::IN_MOVE_SELF
         | libc::IN_ONLYDIR;
@@ -139,11 +159,36 @@ mod linux {
         /// inotify unavailable or out of instances/watches, or no `/proc`:
         /// the caller polls instead.
         pub(crate) fn new(dir: &DirHandle, name: &str) -> io::Result<DirWatch> {
+            let proc_path = format!("/proc/self/fd/{}", dir.as_fd().as_raw_fd());
+            Self::add(std::path::Path::new(&proc_path), name, MASK)
+        }
+
+        /// As [`new`](Self::new), and also woken ([`Wake::Written`]) when
+        /// `name` is created or written in place.
+        ///
+        /// # Errors
+        /// As [`new`](Self::new).
+        pub(crate) fn with_writes(dir: &DirHandle, name: &str) -> io::Result<DirWatch> {
+            let proc_path = format!("/proc/self/fd/{}", dir.as_fd().as_raw_fd());
+            Self::add(std::path::Path::new(&proc_path), name, WRITES_MASK)
+        }
+
+        /// Watches the dir at `parent` (by path: it is only a hint) for an
+        /// entry `name` to appear: a lock dir that does not exist yet.
+        ///
+        /// # Errors
+        /// As [`new`](Self::new); `parent` missing or not a dir.
+        pub(crate) fn for_entry(parent: &std::path::Path, name: &str) -> io::Result<DirWatch> {
+            Self::add(parent, name, ENTRY_MASK)
+        }
+
+        fn add(path: &std::path::Path, name: &str, mask: u32) -> io::Result<DirWatch> {
+            use std::os::unix::ffi::OsStrExt as _;
+            let path = CString::new(path.as_os_str().as_bytes())
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
             let fd = pooled_instance()?;
-            let proc_path = CString::new(format!("/proc/self/fd/{}", dir.as_fd().as_raw_fd()))
-                .map_err(|_| io::ErrorKind::InvalidInput)?;
-            // SAFETY: fd is an inotify descriptor; proc_path is NUL-terminated.
-            let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), proc_path.as_ptr(), MASK) };
+            // SAFETY: fd is an inotify descriptor; path is NUL-terminated.
+            let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), mask) };
             if wd < 0 {
                 let err = io::Error::last_os_error();
                 give_back(fd);
@@ -232,6 +277,10 @@ mod linux {
                     } else if name == self.name.as_slice() {
                         if mask & (libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_MOVED_TO) != 0 {
                             wake = Wake::Changed;
+                        } else if mask & (libc::IN_CREATE | libc::IN_MODIFY) != 0
+                            && matches!(wake, Wake::Timeout | Wake::Closed)
+                        {
+                            wake = Wake::Written;
                         } else if mask & libc::IN_CLOSE_WRITE != 0 && wake == Wake::Timeout {
                             wake = Wake::Closed;
                         }
@@ -247,6 +296,11 @@ mod linux {
 /// holder, so ticks stay as short as without a watch.
 pub(crate) const WATCH_SEES_HOLDER_EXIT: bool =
     cfg!(any(target_os = "linux", target_os = "android"));
+
+/// Whether [`DirWatch::with_writes`] reports a record rewritten in place
+/// ([`Wake::Written`]). Where it does not (kqueue on a dir sees only its
+/// entries), a waiter for a new serving state polls at the short cap.
+pub(crate) const WATCH_SEES_WRITES: bool = cfg!(any(target_os = "linux", target_os = "android"));
 
 #[cfg(target_os = "macos")]
 pub(crate) use macos::DirWatch;
@@ -321,6 +375,24 @@ mod macos {
             Ok(DirWatch { kq, dead: false })
         }
 
+        /// As [`new`](Self::new): a dir's vnode does not report writes to its
+        /// files, so a rewritten record is found by the caller's poll tick
+        /// ([`WATCH_SEES_WRITES`] is false here).
+        ///
+        /// # Errors
+        /// As [`new`](Self::new).
+        pub(crate) fn with_writes(dir: &DirHandle, name: &str) -> io::Result<DirWatch> {
+            Self::new(dir, name)
+        }
+
+        /// Not here: a missing lock dir is polled for.
+        ///
+        /// # Errors
+        /// Always `Unsupported`.
+        pub(crate) fn for_entry(_parent: &std::path::Path, _name: &str) -> io::Result<DirWatch> {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+
         /// Sleeps until the dir changes or `timeout`, then reads what is queued.
         pub(crate) fn wait(&mut self, timeout: Duration) -> Wake {
             if self.dead {
@@ -387,7 +459,7 @@ mod windows {
     };
     use windows_sys::Win32::Storage::FileSystem::{
         FindCloseChangeNotification, FindFirstChangeNotificationW, FindNextChangeNotification,
-        FILE_NOTIFY_CHANGE_FILE_NAME,
+        FILE_NOTIFY_CHANGE_FILE_NAME, FILE_NOTIFY_CHANGE_LAST_WRITE, FILE_NOTIFY_CHANGE_SIZE,
     };
     use windows_sys::Win32::System::Threading::WaitForSingleObject;
 
@@ -423,11 +495,37 @@ mod windows {
         /// # Errors
         /// The notification could not be set up: the caller polls instead.
         pub(crate) fn new(dir: &DirHandle, _name: &str) -> io::Result<DirWatch> {
+            Self::notify(dir, FILE_NOTIFY_CHANGE_FILE_NAME)
+        }
+
+        /// As [`new`](Self::new), and also signalled when a file in the dir
+        /// is written (its size or last-write time changes): a hint at best,
+        /// as NTFS may defer those updates, so the caller's poll tick stays
+        /// short ([`WATCH_SEES_WRITES`] is false).
+        ///
+        /// # Errors
+        /// As [`new`](Self::new).
+        pub(crate) fn with_writes(dir: &DirHandle, _name: &str) -> io::Result<DirWatch> {
+            Self::notify(
+                dir,
+                FILE_NOTIFY_CHANGE_FILE_NAME
+                    | FILE_NOTIFY_CHANGE_SIZE
+                    | FILE_NOTIFY_CHANGE_LAST_WRITE,
+            )
+        }
+
+        /// Not here: a missing lock dir is polled for.
+        ///
+        /// # Errors
+        /// Always `Unsupported`.
+        pub(crate) fn for_entry(_parent: &std::path::Path, _name: &str) -> io::Result<DirWatch> {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+
+        fn notify(dir: &DirHandle, filter: u32) -> io::Result<DirWatch> {
             let wide: Vec<u16> = dir.path().as_os_str().encode_wide().chain([0]).collect();
-            // SAFETY: wide is NUL-terminated; not the subtree, names only.
-            let handle = unsafe {
-                FindFirstChangeNotificationW(wide.as_ptr(), 0, FILE_NOTIFY_CHANGE_FILE_NAME)
-            };
+            // SAFETY: wide is NUL-terminated; not the subtree.
+            let handle = unsafe { FindFirstChangeNotificationW(wide.as_ptr(), 0, filter) };
             if handle == INVALID_HANDLE_VALUE {
                 return Err(io::Error::last_os_error());
             }
@@ -492,6 +590,16 @@ impl DirWatch {
         Err(io::ErrorKind::Unsupported.into())
     }
 
+    /// Always `Unsupported`, as [`new`](Self::new).
+    pub(crate) fn with_writes(_dir: &DirHandle, _name: &str) -> io::Result<DirWatch> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    /// Always `Unsupported`, as [`new`](Self::new).
+    pub(crate) fn for_entry(_parent: &std::path::Path, _name: &str) -> io::Result<DirWatch> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
     /// Unreachable: no `DirWatch` exists on this platform.
     pub(crate) fn wait(&mut self, _timeout: Duration) -> Wake {
         match self.0 {}
@@ -549,5 +657,41 @@ mod tests {
             let _ = watch.wait(Duration::from_millis(10));
         }
         assert_eq!(watch.wait(Duration::from_millis(10)), Wake::Timeout);
+    }
+
+    /// What `llmlb wait` relies on: an in-place rewrite of the record (the
+    /// holder's `set_state`: pwrite, then ftruncate, no unlink, no close)
+    /// wakes a watch made `with_writes`, and not the acquire's watch, whose
+    /// waiters must not pay for writes.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn an_in_place_rewrite_wakes_only_a_watch_for_writes() {
+        use std::os::unix::fs::FileExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = super::super::open_dir(tmp.path()).unwrap();
+        let file = std::fs::File::create(tmp.path().join(NAME)).unwrap();
+        file.write_all_at(b"{\"state\":\"starting\"}", 0).unwrap();
+        let mut plain = DirWatch::new(&dir, NAME).unwrap();
+        let mut writes = DirWatch::with_writes(&dir, NAME).unwrap();
+        file.write_all_at(b"{\"state\":\"ready\"}", 0).unwrap();
+        file.set_len(17).unwrap();
+        assert_eq!(writes.wait(Duration::from_secs(30)), Wake::Written);
+        assert_eq!(plain.wait(Duration::from_millis(20)), Wake::Timeout);
+        // Another port's file: filtered by name.
+        std::fs::write(tmp.path().join("serve_8001.lock"), b"{}").unwrap();
+        assert_eq!(writes.wait(Duration::from_millis(20)), Wake::Timeout);
+    }
+
+    /// A lock dir that does not exist yet: its creation in the parent wakes
+    /// the watch on the parent.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn a_dir_created_later_wakes_the_watch_on_its_parent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut watch = DirWatch::for_entry(tmp.path(), "locks").unwrap();
+        std::fs::create_dir(tmp.path().join("other")).unwrap();
+        assert_eq!(watch.wait(Duration::from_millis(20)), Wake::Timeout);
+        std::fs::create_dir(tmp.path().join("locks")).unwrap();
+        assert_ne!(watch.wait(Duration::from_secs(30)), Wake::Timeout);
     }
 }
