@@ -32,7 +32,7 @@ fn run_page(page: &str) {
 
     let locks = env.locks.to_str().unwrap().to_owned();
     trycmd::TestCases::new()
-        .register_bin("llmlb", trycmd::cargo::cargo_bin("llmlb"))
+        .register_bin("llmlb", std::path::Path::new(env!("CARGO_BIN_EXE_llmlb")))
         .env("LLMLB_LOCK_DIR", &locks)
         .env("LLMLB_LOG_LEVEL", "info")
         .env("NO_COLOR", "1")
