@@ -254,9 +254,10 @@ fn c_api_tests_pass() {
     }
 }
 
-/// `benches/c_ab.c`, the harness behind the README's before/after row of the
-/// C-ABI cycle, builds and runs (the library built now against itself, a
-/// few cycles: only that it works, not how fast).
+/// `benches/c_ab.c`, the harness that times two builds of the library
+/// against each other on the C-ABI cycle (docs/performance.md), builds and
+/// runs (the library built now against itself, a few cycles: only that it
+/// works, not how fast).
 #[cfg(unix)]
 #[test]
 fn ab_bench_harness_runs() {

@@ -1,6 +1,6 @@
 //! The `llmlb` command line (feature `cli`, on by default): what the binary's
 //! `main` runs. Its only public item is [`run`]; the commands themselves are
-//! the README's contract, not a Rust API.
+//! docs/cli.md's contract, not a Rust API.
 //!
 //! Exit codes: 0 success, 1 runtime error (one `Error: …` line on stderr),
 //! 2 usage error (clap), and the LSB codes of `status --port`; exec mode
