@@ -50,13 +50,15 @@ fn run_page(page: &str) {
     }
 }
 
-/// The lock file's record once it is complete (the holder writes it after
-/// taking the lock).
+/// The lock file's record once it is complete and says ready (the holder
+/// writes it after taking the lock, and marks it ready once its command
+/// runs), so the pages never catch it starting.
 fn read_when_written_json(path: &std::path::Path) -> String {
     let mut text = String::new();
-    wait_until("the holder's record", || {
+    wait_until("the holder's record, ready", || {
         text = std::fs::read_to_string(path).unwrap_or_default();
-        serde_json::from_str::<serde_json::Value>(&text).is_ok()
+        serde_json::from_str::<serde_json::Value>(&text)
+            .is_ok_and(|record| record["state"].as_str().unwrap_or("ready") == "ready")
     });
     text
 }
