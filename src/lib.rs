@@ -12,6 +12,21 @@
 //!   C ABI with its Python package (`ffi/`). They parse, call and print, so
 //!   every launcher speaks exactly the same protocol.
 //!
+//! # Guides
+//!
+//! The guides of the source tree's `docs/` are rendered here too, so their
+//! Rust examples are doctests:
+//!
+//! - [`guides::protocol`] (`docs/protocol.md`): the lock protocol step by
+//!   step, what is promised and what is not, platforms, network file
+//!   systems, fork/exec/adopt, containers;
+//! - [`guides::cli`] (`docs/cli.md`): the `llmlb` command for operators;
+//! - [`guides::c_api`] (`docs/c-api.md`): the C library's conventions and
+//!   linking;
+//! - [`guides::python`] (`docs/python.md`): the Python package;
+//! - [`guides::performance`] (`docs/performance.md`): the benchmarks and
+//!   their figures.
+//!
 //! # Using the library alone
 //!
 //! The command line (clap, tokio, axum, tracing-subscriber) sits behind the
@@ -66,3 +81,18 @@ pub mod cli;
 pub mod lock;
 pub mod supervise;
 mod sync;
+
+/// The guides of `docs/`, one per reader, rendered by `cargo doc` (links
+/// between them point at the `.md` files of the source tree). No items.
+pub mod guides {
+    #[doc = include_str!("../docs/protocol.md")]
+    pub mod protocol {}
+    #[doc = include_str!("../docs/cli.md")]
+    pub mod cli {}
+    #[doc = include_str!("../docs/c-api.md")]
+    pub mod c_api {}
+    #[doc = include_str!("../docs/python.md")]
+    pub mod python {}
+    #[doc = include_str!("../docs/performance.md")]
+    pub mod performance {}
+}

@@ -178,8 +178,8 @@ fn help_version_and_completions() {
             "{shell}"
         );
     }
-    // The man page comes from the same definition; `man` itself is hidden
-    // from --help (and so from the completions).
+    // The man page comes from the same definition, and `man` is listed in
+    // --help, whose epilogue has the exit codes, environment and files.
     let man = env.run(&["man"]);
     assert_eq!(man.code(), Some(0), "{man:?}");
     assert!(man.stdout.contains("\n.TH llmlb 1 "), "{}", man.stdout);
@@ -187,14 +187,33 @@ fn help_version_and_completions() {
         let heading = format!(".SH \"LLMLB {section}\"");
         assert!(man.stdout.contains(&heading), "{heading}: {}", man.stdout);
     }
+    for section in ["ENVIRONMENT", "FILES", "\"EXIT STATUS\"", "EXAMPLES"] {
+        let heading = format!(".SH {section}\n");
+        assert!(man.stdout.contains(&heading), "{heading}: {}", man.stdout);
+    }
     assert!(
-        !help
-            .stdout
+        help.stdout
             .lines()
             .any(|l| l.trim_start().starts_with("man ")),
         "{}",
         help.stdout
     );
+    for command in ["serve", "stop", "status"] {
+        let long = env.run(&[command, "--help"]);
+        for part in [
+            "Exit codes:",
+            "Examples:",
+            "Environment:",
+            "Files:",
+            "serve_<port>.lock",
+        ] {
+            assert!(
+                long.stdout.contains(part),
+                "{command} --help: {part}: {}",
+                long.stdout
+            );
+        }
+    }
 }
 
 #[test]

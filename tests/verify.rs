@@ -154,7 +154,7 @@ fn held_file_and_dir_cannot_be_removed_on_windows() {
     assert!(std::fs::remove_dir_all(dir.path()).is_err());
     assert!(std::fs::rename(dir.lock_path(PORT), tmp.path().join("moved")).is_err());
     // Not asserted: renaming the dir. Windows refuses to rename a dir with an
-    // open file inside; Wine allows it (see the README's platform table).
+    // open file inside; Wine allows it (see docs/protocol.md's platform table).
     assert_eq!(std::fs::read(dir.lock_path(PORT)).unwrap(), before);
     assert_eq!(guard.verify().unwrap(), Integrity::Intact);
     assert!(held_by_us(&dir));

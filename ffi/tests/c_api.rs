@@ -254,9 +254,10 @@ fn c_api_tests_pass() {
     }
 }
 
-/// `benches/c_ab.c`, the harness behind the README's before/after row of the
-/// C-ABI cycle, builds and runs (the library built now against itself, a
-/// few cycles: only that it works, not how fast).
+/// `benches/c_ab.c`, the harness that times two builds of the library
+/// against each other on the C-ABI cycle (docs/performance.md), builds and
+/// runs (the library built now against itself, a few cycles: only that it
+/// works, not how fast).
 #[cfg(unix)]
 #[test]
 fn ab_bench_harness_runs() {
@@ -451,4 +452,49 @@ fn c_cycle_bench_runs() {
             "{name} left files"
         );
     }
+}
+
+/// The program of docs/c-api.md ("A first program"), taken from the page,
+/// compiled as the page says (static archive, `-lpthread -ldl -lm`, plus the
+/// strict warnings of every C test) and run: it takes port 8000 in a private
+/// lock dir and exits 0, and exits 1 naming the holder while the port is held.
+#[cfg(unix)]
+#[test]
+fn c_guide_program_compiles_and_runs() {
+    let page = support::repo_root().join("docs/c-api.md");
+    let page = std::fs::read_to_string(&page).unwrap();
+    let program = page
+        .split("```c\n")
+        .skip(1)
+        .filter_map(|block| block.split_once("```").map(|(code, _)| code))
+        .find(|code| code.contains("int main"))
+        .expect("docs/c-api.md has a ```c block with main()");
+    let cc = support::c_compiler();
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("app.c");
+    std::fs::write(&source, program).unwrap();
+    let exe = tmp.path().join("app");
+    support::compile_c(&cc, &[source], &exe, support::Link::Static, false);
+    let locks = support::private_dir(tmp.path(), "locks");
+    let run = || {
+        Command::new(&exe)
+            .env("LLMLB_LOCK_DIR", &locks)
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        llmlb::lock::probe(&locks, 8000).unwrap(),
+        LockState::Free,
+        "the program released the port"
+    );
+
+    let dir = llmlb::lock::LockDir::create(&locks).unwrap();
+    let guard = llmlb::lock::acquire_or_reclaim(&dir, 8000).unwrap();
+    let out = run();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let expected = format!("already running on port 8000 (PID: {})", std::process::id());
+    assert!(text(&out.stderr).contains(&expected), "{}", describe(&out));
+    guard.release().unwrap();
 }

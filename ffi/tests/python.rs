@@ -34,6 +34,8 @@ fn run_suite(root: &Path, speedups: bool) {
         .arg(root.join("tests"))
         .current_dir(root)
         .env("LLMLB_LOCK_LIB", support::shared_lib())
+        // test_docs.py runs docs/python.md's examples from the copy.
+        .env("LLMLB_DOCS_DIR", support::repo_root().join("docs"))
         .env("LLMLB_EXPECT_SPEEDUPS", if speedups { "1" } else { "0" })
         .env_remove("LLMLB_LOCK_DIR")
         .env("PYTHONDONTWRITEBYTECODE", "1")

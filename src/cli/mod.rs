@@ -1,6 +1,6 @@
 //! The `llmlb` command line (feature `cli`, on by default): what the binary's
 //! `main` runs. Its only public item is [`run`]; the commands themselves are
-//! the README's contract, not a Rust API.
+//! docs/cli.md's contract, not a Rust API.
 //!
 //! Exit codes: 0 success, 1 runtime error (one `Error: …` line on stderr),
 //! 2 usage error (clap), and the LSB codes of `status --port`; exec mode
@@ -32,10 +32,98 @@ const DEFAULT_PORT: u16 = 32768;
 /// The environment variable that names the port, as `-p` would.
 const PORT_ENV: &str = "LLMLB_PORT";
 
+/// ENVIRONMENT and FILES, in every command's `--help` (the man page has them
+/// as sections of their own): a macro so that `concat!` can join it.
+macro_rules! env_and_files {
+    () => {
+        "
+Environment:
+  LLMLB_LOCK_DIR   the lock dir (absolute); --lock-dir overrides it
+  LLMLB_PORT       port of serve and stop, and of status -p without a value (default 32768)
+  LLMLB_HOST       serve's --host (default 0.0.0.0)
+  LLMLB_LOG_LEVEL  log level on stderr (error, warn, info, debug, trace, off; default info);
+                   RUST_LOG if unset
+
+Files:
+  /tmp/llmlb-<uid>/             the default lock dir (root: /run/llmlb), mode 0700
+  <lock dir>/serve_<port>.lock  one per held or stale port: the kernel lock, and a JSON
+                                record of its holder (PID, start, host); mode 0600"
+    };
+}
+
+/// Each command's exit codes and examples: its `-h` text, and with
+/// [`env_and_files`] its `--help`; the man page shows them in its section.
+macro_rules! serve_after {
+    () => {
+        "Exit codes:
+  0    stopped by SIGINT/SIGTERM, lock released
+  1    already running on the port (with --wait: still, at the deadline), port used by
+       another program, unusable lock dir
+  2    usage error
+  130  SIGINT while waiting (--wait); 143 SIGTERM; nothing was taken
+  exec mode: COMMAND's code (128 + N if killed by signal N; 126 not executable, 127 not found)
+
+Examples:
+  llmlb serve --port 8000                       # HTTP on 0.0.0.0:8000, GET /health
+  llmlb serve -p 8000 -- python3 -m http.server 8000   # any server under the lock
+  llmlb serve -p 8000 --wait 10 -- ./server     # wait up to 10 s for the old one
+"
+    };
+}
+const SERVE_AFTER: &str = serve_after!();
+macro_rules! stop_after {
+    () => {
+        "Exit codes:
+  0  stopped, killed with --force, stale file removed, or nothing was running
+     (with -t 0: also signalled, not yet stopped)
+  1  not stopped within the timeout; holder not verifiable (other host, other PID
+     namespace, PID reused); an inheritor still holds the lock
+  2  usage error
+
+Examples:
+  llmlb stop --port 8000                  # SIGTERM, wait up to 5 s
+  llmlb stop -p 8000 --timeout 30 --force # then SIGKILL it and its command's group
+  llmlb stop -p 8000 -t 0                 # signal, do not wait
+"
+    };
+}
+const STOP_AFTER: &str = stop_after!();
+macro_rules! status_after {
+    () => {
+        "Exit codes:
+  0  without --port: always; with --port: running
+  1  --port: stale (its holder died; the next serve reclaims it)
+  3  --port: not running
+  4  the lock dir (or the port's lock file) is unreadable or unsafe
+  2  usage error
+
+Examples:
+  llmlb status                     # every held and stale lock
+  llmlb status --port 8000         # one port; exit code as above
+  llmlb status --format json       # for scripts
+"
+    };
+}
+const STATUS_AFTER: &str = status_after!();
+
 /// Per-port single-instance server lock: start a server (or any command) only
 /// if no other holds its port; stop and list them safely.
 #[derive(Debug, Parser)]
-#[command(name = "llmlb", version, propagate_version = true)]
+#[command(name = "llmlb", version, propagate_version = true,
+          after_help = concat!("Exit codes:
+  0  success
+  1  failure, one `Error: ...` line on stderr (e.g. the port is already held)
+  2  usage error
+  3  status --port: no server running (1 stale, 4 unknown: LSB)
+  serve -- COMMAND exits with COMMAND's code
+
+Examples:
+  llmlb serve --port 8000 -- python3 -m http.server 8000
+  llmlb status
+  llmlb stop --port 8000
+", env_and_files!(), "
+
+The manual page: `llmlb man`; the guide: docs/cli.md."))]
 pub(crate) struct Cli {
     /// Directory of the lock files; a relative path is taken from the current
     /// directory. Default: $LLMLB_LOCK_DIR if set (must be absolute), else a
@@ -53,12 +141,15 @@ pub(crate) struct Cli {
 enum Command {
     /// Take the port's lock, then serve HTTP (GET /health) or run COMMAND
     /// under the lock until told to stop.
+    #[command(after_help = SERVE_AFTER, after_long_help = concat!(serve_after!(), env_and_files!()))]
     Serve(ServeArgs),
     /// Stop the server holding a port (the one serve would take by default):
     /// SIGTERM, wait for its lock, optionally SIGKILL.
+    #[command(after_help = STOP_AFTER, after_long_help = concat!(stop_after!(), env_and_files!()))]
     Stop(StopArgs),
     /// List held and stale locks (LSB exit codes with --port: 0 running,
     /// 1 stale, 3 not running, 4 unknown).
+    #[command(after_help = STATUS_AFTER, after_long_help = concat!(status_after!(), env_and_files!()))]
     Status(StatusArgs),
     /// Wait until a port's server is ready, or the port is held or free
     /// (exit 0; 1 at the timeout; 3 if the server waited on for ready went
@@ -81,7 +172,6 @@ enum Command {
         shell: clap_complete::Shell,
     },
     /// Print the man page (roff) to stdout: `llmlb man > llmlb.1`.
-    #[command(hide = true)]
     Man,
 }
 
@@ -556,7 +646,7 @@ fn man_page() -> std::io::Result<Vec<u8>> {
     top.render_options_section(&mut page)?;
     let commands = cmd
         .get_subcommands()
-        .filter(|s| !s.is_hide_set() && s.get_name() != "help");
+        .filter(|s| !s.is_hide_set() && !["help", "man"].contains(&s.get_name()));
     for sub in commands {
         let name = sub.get_name().to_uppercase();
         page.extend_from_slice(format!(".SH \"LLMLB {name}\"\n").as_bytes());
@@ -570,6 +660,14 @@ fn man_page() -> std::io::Result<Vec<u8>> {
         let mut part = Vec::new();
         man.render_options_section(&mut part)?;
         page.extend(subsection(&part, true));
+        // Its exit codes and examples (-h's text), without the environment
+        // and files that --help repeats: the page has them once, below.
+        let short = clap_mangen::Man::new(sub.clone().after_long_help(None::<&str>));
+        let mut part = Vec::new();
+        short.render_extra_section(&mut part)?;
+        page.extend_from_slice(b".SS \"EXIT STATUS AND EXAMPLES\"\n.nf\n");
+        page.extend(subsection(&part, false));
+        page.extend_from_slice(b".fi\n");
     }
     page.extend_from_slice(
         concat!(
@@ -586,6 +684,21 @@ fn man_page() -> std::io::Result<Vec<u8>> {
             ".TP\nLLMLB_LOG_LEVEL, RUST_LOG\nLog level of the messages on stderr (default info). A value that ",
             "is not a level (error, warn, info, debug, trace, off) or TARGET=LEVEL is reported in one warning ",
             "and info is used.\n",
+            ".SH FILES\n",
+            ".TP\n/tmp/llmlb\\-<uid>/\nThe default lock dir (root: /run/llmlb; macOS: llmlb\\-<uid> in the per\\-user ",
+            "temp dir; Windows: %LOCALAPPDATA%\\ellmlb\\elocks), created mode 0700; refused if another user owns it or ",
+            "others can write it.\n",
+            ".TP\n<lock dir>/serve_<port>.lock\nOne per held or stale port, mode 0600: the kernel lock (flock) on it ",
+            "says who holds the port; its JSON record (PID, start, host, process identity) is for status and stop. ",
+            "Removed when its holder releases; a file left by a crashed holder is stale and the next serve reclaims it.\n",
+            ".SH \"EXIT STATUS\"\n",
+            "0 success; 1 failure, one Error: line on stderr (the port already held, an unusable lock dir, ",
+            "a holder that cannot be verified); 2 usage error; status \\-\\-port: 0 running, 1 stale, 3 not ",
+            "running, 4 unknown (LSB); serve \\-\\- COMMAND: COMMAND's code. Each command's section lists its own.\n",
+            ".SH EXAMPLES\n",
+            ".nf\nllmlb serve \\-\\-port 8000 \\-\\- python3 \\-m http.server 8000\nllmlb status\n",
+            "llmlb stop \\-\\-port 8000\n.fi\n",
+            ".SH \"SEE ALSO\"\nflock(1); the guides in the source tree: docs/cli.md, docs/protocol.md.\n",
         )
         .as_bytes(),
     );
@@ -606,7 +719,10 @@ mod tests {
         let page = String::from_utf8(man_page().unwrap()).unwrap();
         assert!(page.contains("\n.TH llmlb 1 "), "{page}");
         let cmd = Cli::command();
-        let visible: Vec<_> = cmd.get_subcommands().filter(|s| !s.is_hide_set()).collect();
+        let visible: Vec<_> = cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "man")
+            .collect();
         assert!(visible.len() >= 4, "serve, stop, status, completions");
         for sub in visible {
             let name = sub.get_name();
@@ -622,7 +738,7 @@ mod tests {
         }
         assert!(
             !page.contains("LLMLB MAN"),
-            "the man command itself is hidden"
+            "the man command has no section of its own"
         );
     }
 }

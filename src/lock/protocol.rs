@@ -1,6 +1,6 @@
 //! The protocol: open → lock → re-check → write → release, and the probe.
 //!
-//! Each numbered step names the bug it prevents (see the README). Only this
+//! Each numbered step names the bug it prevents (see docs/protocol.md). Only this
 //! module sequences lock calls; the typestate in `state.rs` decides which of
 //! these functions a caller may reach.
 

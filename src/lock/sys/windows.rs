@@ -1,7 +1,7 @@
 //! Windows implementation of the platform boundary, tested under Wine
 //! (`.ci/wine/run`).
 //!
-//! Differences from Unix, documented in the README:
+//! Differences from Unix, documented in docs/protocol.md:
 //! - `LockFileEx` locks are mandatory for reads and writes of the locked range,
 //!   so the lock covers one byte at [`LOCK_OFFSET`], far beyond any info (as
 //!   SQLite locks bytes it never stores data in): contenders, `status` and
