@@ -3,7 +3,7 @@
 //! the page is updated.
 //!
 //! Each page runs in a private lock dir (`LLMLB_LOCK_DIR`) in which port 8000
-//! is already held by an exec-mode `llmlb serve --port 8000 -- sleep 600`
+//! is already held by an exec-mode `llmlb serve --port 8000 --ready immediate -- sleep 600`
 //! started here, so the pages can show a refused `serve`, a listing and a
 //! `stop` with commands that finish. Redactions: `[PID]` is that holder's PID,
 //! `[STARTED]` its start time, `[LOCKDIR]` the lock dir; `[..]` is anything
@@ -19,7 +19,7 @@ use cli_support::*;
 /// A page's sessions against a fresh holder of port 8000.
 fn run_page(page: &str) {
     let env = Env::new();
-    let mut holder = env.spawn(&["serve", "--port", "8000", "--", "sleep", "600"]);
+    let mut holder = env.spawn(&["serve", "--port", "8000", "--ready", "immediate", "--", "sleep", "600"]);
     wait_until("the holder of port 8000", || {
         env.run(&["status", "--port", "8000"]).code() == Some(0)
     });
