@@ -135,7 +135,14 @@ pub(crate) async fn run(
     let mut cmd = std::process::Command::new(program);
     cmd.args(args)
         .env("LLMLB_PORT", port.to_string())
-        .env("LLMLB_HOST", host);
+        .env("LLMLB_HOST", host)
+        // Our service manager's socket and watchdog are ours: llmlb is the
+        // one that reports to it (READY=1 from `announce`, heartbeats from the
+        // lock watchdog). Passed on unchanged, the command's own messages
+        // would reach the manager as if from the main process.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID");
     let setup = match lock.with(|g| configure_exec_child(&mut cmd, g)) {
         Some(Ok(setup)) => setup,
         Some(Err(e)) => {
@@ -191,6 +198,7 @@ pub(crate) async fn run(
     // Ready once started: the command's own readiness is not observed.
     super::serve::announce(lock, ServeState::Ready);
     tracing::info!("running {shown} (PID {child_pid}) under the lock for port {port}");
+    super::serve::tell_status(&format!("running {shown} (PID {child_pid}) on port {port}"));
     let mut watching = true;
     let mut lost = false;
     let mut stopping = Stopping::default();

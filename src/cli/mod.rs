@@ -80,6 +80,13 @@ struct ServeArgs {
     #[arg(short, long, value_name = "SECS", default_value = "0", value_parser = parse_secs,
           allow_negative_numbers = true)]
     wait: Duration,
+    /// Write llmlb's PID (the lock holder's, which `stop` signals) to PATH
+    /// once the lock is taken, for PIDFile=, start-stop-daemon, monit and
+    /// logrotate; removed at exit if it still holds that PID. PATH's
+    /// directory must not be writable by other users without the sticky
+    /// bit, and PATH must not be a symlink. Unix only.
+    #[arg(long, value_name = "PATH")]
+    pidfile: Option<PathBuf>,
     /// Exec mode: run COMMAND with LLMLB_PORT set instead of the built-in
     /// server, holding the lock until it exits; exit with its code.
     #[arg(last = true, value_name = "COMMAND")]
@@ -305,7 +312,7 @@ pub fn run() -> i32 {
     match cli.command {
         Command::Serve(args) => {
             let host = serve::bare_host(args.host);
-            serve::run(&dir, args.port, args.wait, host, args.command)
+            serve::run(&dir, args.port, args.wait, host, args.command, args.pidfile)
         }
         Command::Stop(args) => stop::run(&dir, args.port, args.timeout, args.force),
         Command::Status(args) => {

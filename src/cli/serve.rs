@@ -4,8 +4,8 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -16,6 +16,8 @@ use llmlb::lock::{
     acquire_or_reclaim, async_impl, hint::how_to_stop, IdentityCheck, LockDir, LockError, LockInfo,
     PortGuard, ServeState,
 };
+use llmlb::supervise::notify::Supervisor;
+use llmlb::supervise::pidfile::Pidfile;
 use llmlb::supervise::{SharedLock, WatchEnd, WatchEvent};
 
 use super::signals::{self, Signals};
@@ -30,6 +32,31 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(3);
 /// (someone may `rm` it by hand): cheap (one lstat), and short enough that a
 /// second server never runs alongside for more than a moment.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Our own service manager (`NOTIFY_SOCKET`), read once: the environment
+/// belongs to the process, and so does the manager it names.
+fn supervisor() -> &'static Supervisor {
+    static SUPERVISOR: OnceLock<Supervisor> = OnceLock::new();
+    SUPERVISOR.get_or_init(Supervisor::from_env)
+}
+
+/// Tells our service manager (if any) what serve is doing: one `STATUS=`
+/// line. A manager that cannot be reached costs a warning, never the server.
+pub(crate) fn tell_status(line: &str) {
+    if let Err(e) = supervisor().status(line) {
+        tracing::warn!("cannot send the status to the service manager (NOTIFY_SOCKET): {e}");
+    }
+}
+
+/// Tells our service manager (if any) that serve is stopping and why:
+/// `STOPPING=1` with a `STATUS=` line, once (the first reason wins).
+pub(crate) fn tell_stopping(line: &str) {
+    if let Err(e) = supervisor().stopping(line) {
+        tracing::warn!(
+            "cannot tell the service manager (NOTIFY_SOCKET) that serve is stopping: {e}"
+        );
+    }
+}
 
 /// The watchdog's verdict that the port was lost, for the main task's `select!`.
 pub(crate) struct LockLost(Option<tokio::sync::oneshot::Receiver<String>>);
@@ -52,23 +79,40 @@ impl LockLost {
 /// Starts the watchdog thread (see [`llmlb::supervise::Watchdog`]): it re-creates a
 /// lock file removed or replaced by hand, and reports through [`LockLost`] if
 /// another process took the port meanwhile. It ends when the lock is released.
+///
+/// Under a service manager's watchdog (`WATCHDOG_USEC`), each check that finds
+/// the lock ours sends `WATCHDOG=1`, and the checks run at least at half that
+/// interval: the heartbeat means "still the port's holder", so it stops with
+/// the first check that finds the port lost.
 fn spawn_watchdog(
     lock: &SharedLock<PortGuard>,
     port: u16,
 ) -> io::Result<(LockLost, std::thread::JoinHandle<()>)> {
     let (lost_tx, lost_rx) = tokio::sync::oneshot::channel();
     let watchdog = lock.watchdog();
+    let interval = supervisor()
+        .heartbeat_interval()
+        .map_or(WATCH_INTERVAL, |beat| beat.min(WATCH_INTERVAL));
     let thread = std::thread::Builder::new()
         .name("llmlb-watchdog".to_owned())
         .spawn(move || {
-            let end = watchdog.run(WATCH_INTERVAL, |event| match event {
+            let mut beat_failed = false;
+            let beat = || {
+                // Warned once: a dead manager socket would repeat it every beat.
+                if let Err(e) = supervisor().heartbeat() {
+                    if !std::mem::replace(&mut beat_failed, true) {
+                        tracing::warn!("cannot send the watchdog heartbeat to the service manager (NOTIFY_SOCKET): {e}");
+                    }
+                }
+            };
+            let end = watchdog.run_with_heartbeat(interval, |event| match event {
                 WatchEvent::Restored => tracing::warn!(
                     "the lock file for port {port} was removed, replaced or overwritten by hand; restored it"
                 ),
                 WatchEvent::CannotCheck(e) => {
                     tracing::warn!("cannot check the lock file for port {port}: {e}")
                 }
-            });
+            }, beat);
             let why = match end {
                 WatchEnd::Lost(holder) => {
                     let who = holder.map_or_else(
@@ -84,6 +128,7 @@ fn spawn_watchdog(
                 ),
                 _ => return,
             };
+            tell_stopping(&format!("port {port} was lost to another process; stopping"));
             let _ = lost_tx.send(why);
         })?;
     Ok((LockLost(Some(lost_rx)), thread))
@@ -96,6 +141,7 @@ pub(crate) fn run(
     wait: Duration,
     host: String,
     command: Vec<OsString>,
+    pidfile: Option<PathBuf>,
 ) -> i32 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -115,6 +161,14 @@ pub(crate) fn run(
             Ok(guard) => guard,
             Err(code) => return code,
         };
+        tell_status(&format!("port {port} locked; starting"));
+        // After the lock (the PID in it is the holder's); a failure returns,
+        // dropping the guard, which releases the lock.
+        let pidfile = match pidfile.map(|path| Pidfile::write(&path, std::process::id())) {
+            None => None,
+            Some(Ok(pidfile)) => Some(pidfile),
+            Some(Err(e)) => return fail(e),
+        };
         // Windows has no SIGTERM: `llmlb stop` sets the lock's stop channel.
         #[cfg(windows)]
         if let Err(e) = signals.watch(guard.stop_request()) {
@@ -133,6 +187,12 @@ pub(crate) fn run(
         } else {
             exec::run(&lock, signals, &mut lost, &host, port, &command).await
         };
+        tell_stopping(&format!("stopping; releasing port {port}"));
+        // Before the release: once `llmlb stop` sees the port free, a
+        // pidfile reader must not find our PID there any more.
+        if let Some(Err(e)) = pidfile.map(Pidfile::remove) {
+            tracing::warn!("cannot remove the pidfile: {e}");
+        }
         release(&lock);
         // The release woke the watchdog; it ends without another check.
         let _ = watchdog.join();
@@ -169,6 +229,7 @@ async fn take_lock(
                 _ => None,
             };
             eprintln!("{}", waiting_line(port, holder, wait));
+            tell_status(&waiting_status(port, holder));
             // Dropping the wait (on a signal) leaves nothing held or created.
             tokio::select! {
                 result = async_impl::acquire_timeout(&locks, port, wait) => result,
@@ -217,6 +278,14 @@ fn waiting_line(port: u16, holder: Option<&LockInfo>, wait: Duration) -> String 
         format!("up to {}s for it to be released", wait.as_secs_f64())
     };
     format!("Port {port} is {who}; waiting {how_long} (Ctrl-C to give up)")
+}
+
+/// The status line for a service manager while `serve --wait` waits.
+fn waiting_status(port: u16, holder: Option<&LockInfo>) -> String {
+    match holder {
+        Some(info) => format!("waiting for port {port}, held by PID {}", info.pid),
+        None => format!("waiting for port {port}, held by another process"),
+    }
 }
 
 /// Waits this long or longer are shown as "until it is released".
@@ -289,10 +358,26 @@ fn kill_command(pid: u32) -> String {
 
 /// Records that this server is now `state` in its lock record; a failed
 /// write leaves the old state there (readers then see a stale word, never a
-/// wrong holder), so it is a warning.
+/// wrong holder), so it is a warning. Then tells our service manager, if
+/// any: `MAINPID=` and `READY=1` for ready, `STOPPING=1` for stopping; the
+/// one path by which both modes report, so they cannot differ.
 pub(crate) fn announce(lock: &SharedLock<PortGuard>, state: ServeState) {
-    if let Some(Err(e)) = lock.with(|g| g.set_state(state)) {
+    let Some((written, port)) = lock.with(|g| (g.set_state(state), g.port())) else {
+        return; // released: nothing of ours to announce
+    };
+    if let Err(e) = written {
         tracing::warn!("cannot record the serving state {state} in the lock file: {e}");
+    }
+    match state {
+        ServeState::Ready => {
+            if let Err(e) = supervisor().ready() {
+                tracing::warn!(
+                    "cannot tell the service manager (NOTIFY_SOCKET) that serve is ready: {e}"
+                );
+            }
+        }
+        ServeState::Stopping => tell_stopping(&format!("stopping; releasing port {port}")),
+        _ => {}
     }
 }
 
@@ -367,6 +452,7 @@ async fn serve_http(
     let mut server = tokio::spawn(async move { server.await });
     // Bound and accepting (the kernel queues connections from the bind on).
     announce(lock, ServeState::Ready);
+    tell_status(&format!("serving on {}", host_port(host, port)));
     tracing::info!(
         "listening on http://{} (PID {})",
         host_port(host, port),

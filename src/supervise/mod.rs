@@ -10,7 +10,10 @@
 //! - the watchdog ([`SharedLock`], [`Watchdog`]): a running server's main
 //!   thread and the thread that checks the lock file is still its own;
 //! - stop ([`stop_server`]): ending whatever holds a port, pg_ctl-style,
-//!   signalling only a process proven to be the holder.
+//!   signalling only a process proven to be the holder;
+//! - [`notify`]: telling our own service manager (sd_notify: ready, status,
+//!   stopping, watchdog heartbeats);
+//! - [`pidfile`]: the classic pidfile of `serve --pidfile`.
 //!
 //! Its platform calls go through the lock's `sys` module (the one place that
 //! talks to the operating system), with the same signatures on each platform.
@@ -20,6 +23,8 @@
 // `llmlb serve -- CMD` is crate-private, used by the `cli` feature only.
 #[cfg_attr(any(not(feature = "cli"), loom), allow(dead_code))]
 pub mod exec;
+pub mod notify;
+pub mod pidfile;
 mod stop;
 mod watchdog;
 
