@@ -280,3 +280,36 @@ fn exec_mode_reports_itself_and_keeps_the_managers_socket_from_the_command() {
     server.wait();
     drop(group);
 }
+
+#[test]
+fn serve_wait_says_whom_it_waits_for_then_becomes_ready() {
+    let env = Env::new();
+    let port = free_port();
+    let p = port.to_string();
+    let mut first = env.serve(port);
+    let mut manager = Manager::new(&env);
+    let mut second = env.spawn_cmd(manager.cmd(
+        &env,
+        &["serve", "--port", &p, "--host", "127.0.0.1", "--wait", "30"],
+    ));
+    manager.until(
+        &format!(
+            "STATUS=waiting for port {port}, held by PID {}",
+            first.pid()
+        ),
+        &mut second,
+    );
+    assert!(!has_line(&manager.seen, "READY=1"), "{:?}", manager.seen);
+    let stop = env.run(&["stop", "--port", &p]);
+    assert_eq!(stop.code(), Some(0), "{stop:?}");
+    assert_eq!(first.wait().code(), Some(0));
+    let ready = manager.until("READY=1", &mut second);
+    assert!(
+        ready
+            .lines()
+            .any(|l| l == format!("MAINPID={}", second.pid())),
+        "{ready:?}"
+    );
+    signal(second.pid(), libc::SIGTERM);
+    assert_eq!(second.wait().code(), Some(0), "{}", second.stderr());
+}

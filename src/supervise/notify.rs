@@ -24,10 +24,11 @@ const MIN_HEARTBEAT: Duration = Duration::from_millis(1);
 /// This process's service manager, as its environment describes it.
 ///
 /// # Examples
-/// ```
+/// ```no_run
 /// use llmlb::supervise::notify::Supervisor;
 ///
-/// // Without NOTIFY_SOCKET in the environment, nothing is sent.
+/// // Without NOTIFY_SOCKET in the environment, nothing is sent. (Not run as
+/// // a test: a test runner under a service manager would report to it.)
 /// let supervisor = Supervisor::from_env();
 /// supervisor.status("serving on 127.0.0.1:8000")?;
 /// # Ok::<(), std::io::Error>(())
