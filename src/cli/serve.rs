@@ -190,8 +190,11 @@ pub(crate) fn run(
         tell_stopping(&format!("stopping; releasing port {port}"));
         // Before the release: once `llmlb stop` sees the port free, a
         // pidfile reader must not find our PID there any more.
-        if let Some(Err(e)) = pidfile.map(Pidfile::remove) {
-            tracing::warn!("cannot remove the pidfile: {e}");
+        if let Some(pidfile) = pidfile {
+            let path = pidfile.path().to_owned();
+            if let Err(e) = pidfile.remove() {
+                tracing::warn!("cannot remove the pidfile {}: {e}", path.display());
+            }
         }
         release(&lock);
         // The release woke the watchdog; it ends without another check.
