@@ -313,3 +313,38 @@ fn serve_wait_says_whom_it_waits_for_then_becomes_ready() {
     signal(second.pid(), libc::SIGTERM);
     assert_eq!(second.wait().code(), Some(0), "{}", second.stderr());
 }
+
+/// `NOTIFY_SOCKET=@name` (Linux's abstract namespace, as some managers and
+/// container runtimes pass it) reaches the manager too.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_abstract_notify_socket_is_reached() {
+    use std::os::linux::net::SocketAddrExt as _;
+    use std::os::unix::net::SocketAddr;
+    let env = Env::new();
+    let port = free_port();
+    let name = format!("llmlb-test-notify-{}-{port}", std::process::id());
+    let socket =
+        UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut manager = Manager {
+        socket,
+        path: PathBuf::new(),
+        seen: Vec::new(),
+    };
+    let mut cmd = env.cmd(&["serve", "--port", &port.to_string(), "--host", "127.0.0.1"]);
+    cmd.env("NOTIFY_SOCKET", format!("@{name}"));
+    let mut server = env.spawn_cmd(cmd);
+    let ready = manager.until("READY=1", &mut server);
+    assert!(
+        ready
+            .lines()
+            .any(|l| l == format!("MAINPID={}", server.pid())),
+        "{ready:?}"
+    );
+    signal(server.pid(), libc::SIGTERM);
+    manager.until("STOPPING=1", &mut server);
+    assert_eq!(server.wait().code(), Some(0), "{}", server.stderr());
+}

@@ -10,7 +10,8 @@
 //! environment (exec mode's spawn among them); exec mode instead removes
 //! them from its command's environment, since llmlb is the one that reports.
 //!
-//! Without `NOTIFY_SOCKET` every call is a no-op; on platforms without Unix
+//! `NOTIFY_SOCKET` is a socket path, or on Linux `@name` in the abstract
+//! namespace. Without it every call is a no-op; on platforms without Unix
 //! datagram sockets (Windows) too.
 
 use std::io;
@@ -155,7 +156,35 @@ mod imp {
                 Message::Watchdog => NotifyState::Watchdog,
             })
             .collect();
+        #[cfg(target_os = "linux")]
+        if let Some(name) = std::env::var_os("NOTIFY_SOCKET")
+            .as_deref()
+            .and_then(|s| std::os::unix::ffi::OsStrExt::as_bytes(s).strip_prefix(b"@"))
+        {
+            return send_abstract(name, &states);
+        }
         sd_notify::notify(&states)
+    }
+
+    /// `NOTIFY_SOCKET=@name`: a socket in Linux's abstract namespace, which
+    /// `sd_notify(3)` accepts and the crate does not; the datagram is the
+    /// crate's own rendering (one `KEY=VALUE` line each).
+    #[cfg(target_os = "linux")]
+    fn send_abstract(name: &[u8], states: &[NotifyState<'_>]) -> io::Result<()> {
+        use std::os::linux::net::SocketAddrExt as _;
+        use std::os::unix::net::{SocketAddr, UnixDatagram};
+        let message: String = states.iter().map(|s| format!("{s}\n")).collect();
+        let socket = UnixDatagram::unbound()?;
+        socket.connect_addr(&SocketAddr::from_abstract_name(name)?)?;
+        let sent = socket.send(message.as_bytes())?;
+        if sent == message.len() {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "incomplete datagram",
+            ))
+        }
     }
 }
 
