@@ -464,3 +464,32 @@ fn generated_documents_tolerate_a_reader_that_went_away() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+/// Windows has no pidfiles: `--pidfile` is refused in one line, exit 1,
+/// and the port is left free (tests/cli_pidfile.rs has the Unix side).
+#[cfg(windows)]
+#[test]
+fn pidfile_is_refused_on_windows_in_one_line() {
+    let env = Env::new();
+    let port = free_port();
+    let pidfile = env.tmp.path().join("llmlb.pid");
+    let out = env.run(&[
+        "serve",
+        "--port",
+        &port.to_string(),
+        "--host",
+        "127.0.0.1",
+        "--pidfile",
+        pidfile.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    let errors: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("Error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{out:?}");
+    assert!(errors[0].contains("--pidfile is not supported"), "{out:?}");
+    assert!(!pidfile.exists());
+    assert!(!env.lock_file(port).exists(), "the lock was not released");
+}

@@ -103,7 +103,16 @@ fn ready_in_an_empty_lock_dir_then_an_exec_mode_server() {
     let port = free_port();
     let p = port.to_string();
     let wait = env.spawn(&["wait", "--port", &p, "--for", "ready", "-t", "60"]);
-    let serve = env.spawn(&["serve", "-p", &p, "--ready", "immediate", "--", "sleep", "60"]);
+    let serve = env.spawn(&[
+        "serve",
+        "-p",
+        &p,
+        "--ready",
+        "immediate",
+        "--",
+        "sleep",
+        "60",
+    ]);
     let out = wait.finish();
     assert_eq!(out.code(), Some(0), "{}", out.stderr);
     assert_eq!(

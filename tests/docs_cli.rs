@@ -19,7 +19,16 @@ use cli_support::*;
 /// A page's sessions against a fresh holder of port 8000.
 fn run_page(page: &str) {
     let env = Env::new();
-    let mut holder = env.spawn(&["serve", "--port", "8000", "--ready", "immediate", "--", "sleep", "600"]);
+    let mut holder = env.spawn(&[
+        "serve",
+        "--port",
+        "8000",
+        "--ready",
+        "immediate",
+        "--",
+        "sleep",
+        "600",
+    ]);
     wait_until("the holder of port 8000", || {
         env.run(&["status", "--port", "8000"]).code() == Some(0)
     });

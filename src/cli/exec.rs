@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use llmlb::lock::{PortGuard, ServeState};
 use llmlb::supervise::exec::{self, configure_exec_child, CommandTree, ForwardSignal};
-use llmlb::supervise::socket_pass::{pass_listener, PassSocket};
 use llmlb::supervise::ready::{Readiness, ReadyEvent, ReadyPolicy};
+use llmlb::supervise::socket_pass::{pass_listener, PassSocket};
 use llmlb::supervise::SharedLock;
 use tokio::time::Instant;
 
@@ -115,6 +115,16 @@ impl Stopping {
     }
 }
 
+/// What exec mode runs, and how it is started.
+pub(crate) struct ExecPlan<'a> {
+    /// The command and its arguments.
+    pub(crate) command: &'a [OsString],
+    /// When the command counts as ready (`--ready`).
+    pub(crate) ready: ReadyPolicy,
+    /// The listening socket to hand it as descriptor 3, if any.
+    pub(crate) socket: Option<&'a PassSocket>,
+}
+
 /// Runs the command to completion, then ends what is left of its process
 /// group; the caller releases the lock afterwards.
 pub(crate) async fn run(
@@ -123,10 +133,13 @@ pub(crate) async fn run(
     lock_lost: &mut LockLost,
     host: &str,
     port: u16,
-    ready: ReadyPolicy,
-    command: &[OsString],
-    socket: Option<&PassSocket>,
+    plan: ExecPlan<'_>,
 ) -> i32 {
+    let ExecPlan {
+        command,
+        ready,
+        socket,
+    } = plan;
     let Some((program, args)) = command.split_first() else {
         return fail("exec mode needs a command after `--`");
     };
@@ -139,7 +152,14 @@ pub(crate) async fn run(
     let mut cmd = std::process::Command::new(program);
     cmd.args(args)
         .env("LLMLB_PORT", port.to_string())
-        .env("LLMLB_HOST", host);
+        .env("LLMLB_HOST", host)
+        // Our service manager's socket and watchdog are ours: llmlb is the
+        // one that reports to it (READY=1 from `announce`, heartbeats from the
+        // lock watchdog). Passed on unchanged, the command's own messages
+        // would reach the manager as if from the main process.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID");
     let setup = match lock.with(|g| configure_exec_child(&mut cmd, g)) {
         Some(Ok(setup)) => setup,
         Some(Err(e)) => {
@@ -218,6 +238,7 @@ pub(crate) async fn run(
         })
         .map_err(|e| tracing::warn!("cannot watch {shown} for readiness; it stays starting: {e}"))
         .ok();
+    super::serve::tell_status(&format!("running {shown} (PID {child_pid}) on port {port}"));
     let mut watching = true;
     let mut lost = false;
     let mut stopping = Stopping::default();

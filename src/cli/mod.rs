@@ -200,6 +200,13 @@ struct ServeArgs {
     /// record's state goes from starting to ready. [default: listen]
     #[arg(long, value_enum, value_name = "WHEN")]
     ready: Option<ReadyArg>,
+    /// Write llmlb's PID (the lock holder's, which `stop` signals) to PATH
+    /// once the lock is taken, for PIDFile=, start-stop-daemon, monit and
+    /// logrotate; removed at exit if it still holds that PID. PATH's
+    /// directory must not be writable by other users without the sticky
+    /// bit, and PATH must not be a symlink. Unix only.
+    #[arg(long, value_name = "PATH")]
+    pidfile: Option<PathBuf>,
     /// Exec mode: run COMMAND with LLMLB_PORT set instead of the built-in
     /// server, holding the lock until it exits; exit with its code.
     #[arg(last = true, value_name = "COMMAND")]
@@ -573,8 +580,18 @@ fn run_serve(
         activated,
         pass_socket: args.pass_socket,
     };
-    let host = serve::bare_host(args.host);
-    serve::run(dir, port, args.wait, host, ready, args.command, listen)
+    serve::run(
+        dir,
+        serve::ServePlan {
+            port,
+            wait: args.wait,
+            host: serve::bare_host(args.host),
+            command: args.command,
+            ready,
+            listen,
+            pidfile: args.pidfile,
+        },
+    )
 }
 
 /// A usage error of `serve` (clap's format, exit 2).
@@ -681,6 +698,10 @@ fn man_page() -> std::io::Result<Vec<u8>> {
             "without a value (default 32768); plain status lists every lock whatever it says. Set for ",
             "COMMAND in exec mode.\n",
             ".TP\nLLMLB_HOST\nDefault for serve's \\-\\-host; set for COMMAND in exec mode.\n",
+            ".TP\nNOTIFY_SOCKET, WATCHDOG_USEC, WATCHDOG_PID\nSet by a service manager (systemd's Type=notify): serve ",
+            "sends it MAINPID and READY=1 once it serves, a STATUS line at each step and STOPPING=1 when it stops; with ",
+            "WATCHDOG_USEC (and WATCHDOG_PID unset or serve's own), WATCHDOG=1 at half that interval for as long as ",
+            "the port's lock is still its own. Not passed on to COMMAND in exec mode: serve is the one that reports.\n",
             ".TP\nLLMLB_LOG_LEVEL, RUST_LOG\nLog level of the messages on stderr (default info). A value that ",
             "is not a level (error, warn, info, debug, trace, off) or TARGET=LEVEL is reported in one warning ",
             "and info is used.\n",

@@ -4,8 +4,8 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -17,8 +17,10 @@ use llmlb::lock::{
     PortGuard, ServeState,
 };
 use llmlb::supervise::activation::Activated;
-use llmlb::supervise::socket_pass::{PassSocket, DEFAULT_NAME};
+use llmlb::supervise::notify::Supervisor;
+use llmlb::supervise::pidfile::Pidfile;
 use llmlb::supervise::ready::ReadyPolicy;
+use llmlb::supervise::socket_pass::{PassSocket, DEFAULT_NAME};
 use llmlb::supervise::{SharedLock, WatchEnd, WatchEvent};
 
 use super::signals::{self, Signals};
@@ -33,6 +35,31 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(3);
 /// (someone may `rm` it by hand): cheap (one lstat), and short enough that a
 /// second server never runs alongside for more than a moment.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Our own service manager (`NOTIFY_SOCKET`), read once: the environment
+/// belongs to the process, and so does the manager it names.
+fn supervisor() -> &'static Supervisor {
+    static SUPERVISOR: OnceLock<Supervisor> = OnceLock::new();
+    SUPERVISOR.get_or_init(Supervisor::from_env)
+}
+
+/// Tells our service manager (if any) what serve is doing: one `STATUS=`
+/// line. A manager that cannot be reached costs a warning, never the server.
+pub(crate) fn tell_status(line: &str) {
+    if let Err(e) = supervisor().status(line) {
+        tracing::warn!("cannot send the status to the service manager (NOTIFY_SOCKET): {e}");
+    }
+}
+
+/// Tells our service manager (if any) that serve is stopping and why:
+/// `STOPPING=1` with a `STATUS=` line, once (the first reason wins).
+pub(crate) fn tell_stopping(line: &str) {
+    if let Err(e) = supervisor().stopping(line) {
+        tracing::warn!(
+            "cannot tell the service manager (NOTIFY_SOCKET) that serve is stopping: {e}"
+        );
+    }
+}
 
 /// The watchdog's verdict that the port was lost, for the main task's `select!`.
 pub(crate) struct LockLost(Option<tokio::sync::oneshot::Receiver<String>>);
@@ -55,23 +82,40 @@ impl LockLost {
 /// Starts the watchdog thread (see [`llmlb::supervise::Watchdog`]): it re-creates a
 /// lock file removed or replaced by hand, and reports through [`LockLost`] if
 /// another process took the port meanwhile. It ends when the lock is released.
+///
+/// Under a service manager's watchdog (`WATCHDOG_USEC`), each check that finds
+/// the lock ours sends `WATCHDOG=1`, and the checks run at least at half that
+/// interval: the heartbeat means "still the port's holder", so it stops with
+/// the first check that finds the port lost.
 fn spawn_watchdog(
     lock: &SharedLock<PortGuard>,
     port: u16,
 ) -> io::Result<(LockLost, std::thread::JoinHandle<()>)> {
     let (lost_tx, lost_rx) = tokio::sync::oneshot::channel();
     let watchdog = lock.watchdog();
+    let interval = supervisor()
+        .heartbeat_interval()
+        .map_or(WATCH_INTERVAL, |beat| beat.min(WATCH_INTERVAL));
     let thread = std::thread::Builder::new()
         .name("llmlb-watchdog".to_owned())
         .spawn(move || {
-            let end = watchdog.run(WATCH_INTERVAL, |event| match event {
+            let mut beat_failed = false;
+            let beat = || {
+                // Warned once: a dead manager socket would repeat it every beat.
+                if let Err(e) = supervisor().heartbeat() {
+                    if !std::mem::replace(&mut beat_failed, true) {
+                        tracing::warn!("cannot send the watchdog heartbeat to the service manager (NOTIFY_SOCKET): {e}");
+                    }
+                }
+            };
+            let end = watchdog.run_with_heartbeat(interval, |event| match event {
                 WatchEvent::Restored => tracing::warn!(
                     "the lock file for port {port} was removed, replaced or overwritten by hand; restored it"
                 ),
                 WatchEvent::CannotCheck(e) => {
                     tracing::warn!("cannot check the lock file for port {port}: {e}")
                 }
-            });
+            }, beat);
             let why = match end {
                 WatchEnd::Lost(holder) => {
                     let who = holder.map_or_else(
@@ -87,21 +131,37 @@ fn spawn_watchdog(
                 ),
                 _ => return,
             };
+            tell_stopping(&format!("port {port} was lost to another process; stopping"));
             let _ = lost_tx.send(why);
         })?;
     Ok((LockLost(Some(lost_rx)), thread))
 }
 
+/// What `serve` was asked to do, settled (and checked) before the runtime
+/// starts.
+pub(crate) struct ServePlan {
+    pub(crate) port: u16,
+    /// `--wait`: how long to wait for a held port.
+    pub(crate) wait: Duration,
+    pub(crate) host: String,
+    /// Exec mode's command; empty for the built-in HTTP server.
+    pub(crate) command: Vec<OsString>,
+    pub(crate) ready: ReadyPolicy,
+    pub(crate) listen: Listen,
+    pub(crate) pidfile: Option<PathBuf>,
+}
+
 /// Runs `serve`; returns the exit code with the lock released.
-pub(crate) fn run(
-    dir: &LockDirChoice,
-    port: u16,
-    wait: Duration,
-    host: String,
-    ready: ReadyPolicy,
-    command: Vec<OsString>,
-    listen: Listen,
-) -> i32 {
+pub(crate) fn run(dir: &LockDirChoice, plan: ServePlan) -> i32 {
+    let ServePlan {
+        port,
+        wait,
+        host,
+        command,
+        ready,
+        listen,
+        pidfile,
+    } = plan;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -119,6 +179,14 @@ pub(crate) fn run(
         let guard = match take_lock(dir, port, wait, &mut signals).await {
             Ok(guard) => guard,
             Err(code) => return code,
+        };
+        tell_status(&format!("port {port} locked; starting"));
+        // After the lock (the PID in it is the holder's); a failure returns,
+        // dropping the guard, which releases the lock.
+        let pidfile = match pidfile.map(|path| Pidfile::write(&path, std::process::id())) {
+            None => None,
+            Some(Ok(pidfile)) => Some(pidfile),
+            Some(Err(e)) => return fail(e),
         };
         // Windows has no SIGTERM: `llmlb stop` sets the lock's stop channel.
         #[cfg(windows)]
@@ -140,21 +208,25 @@ pub(crate) fn run(
             // tree is gone, and is closed before the release.
             match socket_for_command(listen, &host, port) {
                 Ok(socket) => {
-                    exec::run(
-                        &lock,
-                        signals,
-                        &mut lost,
-                        &host,
-                        port,
+                    let plan = exec::ExecPlan {
+                        command: &command,
                         ready,
-                        &command,
-                        socket.as_ref(),
-                    )
-                    .await
+                        socket: socket.as_ref(),
+                    };
+                    exec::run(&lock, signals, &mut lost, &host, port, plan).await
                 }
                 Err(code) => code,
             }
         };
+        tell_stopping(&format!("stopping; releasing port {port}"));
+        // Before the release: once `llmlb stop` sees the port free, a
+        // pidfile reader must not find our PID there any more.
+        if let Some(pidfile) = pidfile {
+            let path = pidfile.path().to_owned();
+            if let Err(e) = pidfile.remove() {
+                tracing::warn!("cannot remove the pidfile {}: {e}", path.display());
+            }
+        }
         release(&lock);
         // The release woke the watchdog; it ends without another check.
         let _ = watchdog.join();
@@ -230,6 +302,7 @@ async fn take_lock(
                 _ => None,
             };
             eprintln!("{}", waiting_line(port, holder, wait));
+            tell_status(&waiting_status(port, holder));
             // Dropping the wait (on a signal) leaves nothing held or created.
             tokio::select! {
                 result = async_impl::acquire_timeout(&locks, port, wait) => result,
@@ -278,6 +351,14 @@ fn waiting_line(port: u16, holder: Option<&LockInfo>, wait: Duration) -> String 
         format!("up to {}s for it to be released", wait.as_secs_f64())
     };
     format!("Port {port} is {who}; waiting {how_long} (Ctrl-C to give up)")
+}
+
+/// The status line for a service manager while `serve --wait` waits.
+fn waiting_status(port: u16, holder: Option<&LockInfo>) -> String {
+    match holder {
+        Some(info) => format!("waiting for port {port}, held by PID {}", info.pid),
+        None => format!("waiting for port {port}, held by another process"),
+    }
 }
 
 /// Waits this long or longer are shown as "until it is released".
@@ -350,10 +431,26 @@ fn kill_command(pid: u32) -> String {
 
 /// Records that this server is now `state` in its lock record; a failed
 /// write leaves the old state there (readers then see a stale word, never a
-/// wrong holder), so it is a warning.
+/// wrong holder), so it is a warning. Then tells our service manager, if
+/// any: `MAINPID=` and `READY=1` for ready, `STOPPING=1` for stopping; the
+/// one path by which both modes report, so they cannot differ.
 pub(crate) fn announce(lock: &SharedLock<PortGuard>, state: ServeState) {
-    if let Some(Err(e)) = lock.with(|g| g.set_state(state)) {
+    let Some((written, port)) = lock.with(|g| (g.set_state(state), g.port())) else {
+        return; // released: nothing of ours to announce
+    };
+    if let Err(e) = written {
         tracing::warn!("cannot record the serving state {state} in the lock file: {e}");
+    }
+    match state {
+        ServeState::Ready => {
+            if let Err(e) = supervisor().ready() {
+                tracing::warn!(
+                    "cannot tell the service manager (NOTIFY_SOCKET) that serve is ready: {e}"
+                );
+            }
+        }
+        ServeState::Stopping => tell_stopping(&format!("stopping; releasing port {port}")),
+        _ => {}
     }
 }
 
@@ -440,6 +537,7 @@ async fn serve_http(
     let mut server = tokio::spawn(async move { server.await });
     // Bound and accepting (the kernel queues connections from the bind on).
     announce(lock, ServeState::Ready);
+    tell_status(&format!("serving on {address}"));
     tracing::info!("listening on http://{address} (PID {})", std::process::id());
 
     let code = tokio::select! {

@@ -17,7 +17,10 @@
 //! - stop ([`stop_server`]): ending whatever holds a port, pg_ctl-style,
 //!   signalling only a process proven to be the holder;
 //! - [`wait`]: waiting, without taking anything, for a port to be ready,
-//!   held or free (`llmlb wait`).
+//!   held or free (`llmlb wait`);
+//! - [`notify`]: telling our own service manager (sd_notify: ready, status,
+//!   stopping, watchdog heartbeats);
+//! - [`pidfile`]: the classic pidfile of `serve --pidfile`.
 //!
 //! Its platform calls go through the lock's `sys` module (the one place that
 //! talks to the operating system for the lock), or, for what the lock never
@@ -33,11 +36,13 @@ pub mod activation;
 pub mod exec;
 // Exec mode's socket hand-over (`serve --pass-socket`, activation): used by
 // the `cli` feature only.
+pub mod listener;
+pub mod notify;
+pub mod notify_socket;
+pub mod pidfile;
+pub mod ready;
 #[cfg_attr(any(not(feature = "cli"), loom), allow(dead_code))]
 pub mod socket_pass;
-pub mod listener;
-pub mod notify_socket;
-pub mod ready;
 mod stop;
 pub mod wait;
 mod watchdog;

@@ -184,7 +184,21 @@ impl<T: Guard> Watchdog<T> {
     /// or lost. Runs on its own thread: each check is blocking file I/O, and
     /// the main thread must stay free to handle signals. Restorations and
     /// failed checks go to `report`, called without the lock held.
-    pub fn run(self, interval: Duration, mut report: impl FnMut(WatchEvent<T::Error>)) -> WatchEnd {
+    pub fn run(self, interval: Duration, report: impl FnMut(WatchEvent<T::Error>)) -> WatchEnd {
+        self.run_with_heartbeat(interval, report, || {})
+    }
+
+    /// [`run`](Watchdog::run), calling `beat` after every check that found
+    /// the lock still ours (intact, or restored by that check), without the
+    /// lock held. A supervisor's liveness ping (systemd's `WATCHDOG=1`) is
+    /// sent from here, so it stops with the first check that finds the port
+    /// lost, and with the release.
+    pub fn run_with_heartbeat(
+        self,
+        interval: Duration,
+        mut report: impl FnMut(WatchEvent<T::Error>),
+        mut beat: impl FnMut(),
+    ) -> WatchEnd {
         let mut slot = self.inner.slot();
         loop {
             let Some(guard) = slot.as_mut() else {
@@ -195,8 +209,11 @@ impl<T: Guard> Watchdog<T> {
             let outcome = guard.verify();
             drop(slot);
             match outcome {
-                Ok(Integrity::Intact) => {}
-                Ok(Integrity::Restored) => report(WatchEvent::Restored),
+                Ok(Integrity::Intact) => beat(),
+                Ok(Integrity::Restored) => {
+                    report(WatchEvent::Restored);
+                    beat();
+                }
                 Ok(Integrity::Lost(holder)) => return WatchEnd::Lost(holder),
                 Ok(Integrity::Detached) => return WatchEnd::Detached,
                 Err(e) => report(WatchEvent::CannotCheck(e)),

@@ -60,6 +60,12 @@ impl Env {
             .env_remove("RUST_LOG")
             .env_remove("LLMLB_PORT")
             .env_remove("LLMLB_HOST")
+            // A test runner started by a service manager must not have the
+            // servers it spawns report to that manager (MAINPID would name
+            // them); tests that play the manager set their own socket.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             .current_dir(self.tmp.path())
             .stdin(Stdio::null());
         cmd

@@ -1,0 +1,350 @@
+//! `llmlb serve` under a service manager: this test plays systemd, binding
+//! its own `NOTIFY_SOCKET` (a Unix datagram socket in a temp dir) and reading
+//! what the real binary sends: `MAINPID=`/`READY=1` only once the listener
+//! exists, `STATUS=` lines, `STOPPING=1`, and `WATCHDOG=1` heartbeats that
+//! stop when the port is lost. (`systemd-run` would need systemd as PID 1;
+//! the protocol is the socket, which is what is played here.)
+#![cfg(unix)]
+
+mod cli_support;
+
+use std::net::TcpStream;
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cli_support::{free_port, signal, wait_until, Env, Proc, PATIENCE};
+
+/// The supervisor's end: the socket llmlb is told about, and every datagram
+/// received so far.
+struct Manager {
+    socket: UnixDatagram,
+    path: PathBuf,
+    seen: Vec<String>,
+}
+
+impl Manager {
+    fn new(env: &Env) -> Manager {
+        let path = env.tmp.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        Manager {
+            socket,
+            path,
+            seen: Vec::new(),
+        }
+    }
+
+    /// `llmlb ARGS` reporting to this manager (and to no watchdog unless
+    /// the caller adds one).
+    fn cmd(&self, env: &Env, args: &[&str]) -> Command {
+        let mut cmd = env.cmd(args);
+        cmd.env("NOTIFY_SOCKET", &self.path)
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID");
+        cmd
+    }
+
+    /// The next datagram, if one arrives within the read timeout.
+    fn recv(&mut self) -> Option<String> {
+        let mut buf = [0u8; 4096];
+        let n = self.socket.recv(&mut buf).ok()?;
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        self.seen.push(text.clone());
+        Some(text)
+    }
+
+    /// Receives until a datagram has the line `line`; returns that datagram.
+    fn until(&mut self, line: &str, server: &mut Proc) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(msg) = self.recv() {
+                if msg.lines().any(|l| l == line) {
+                    return msg;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {line:?} from llmlb; got {:?}; stderr:\n{}",
+                self.seen,
+                server.stderr()
+            );
+            if let Some(status) = server.try_wait() {
+                // What it sent before exiting is still queued.
+                while let Some(msg) = self.recv() {
+                    if msg.lines().any(|l| l == line) {
+                        return msg;
+                    }
+                }
+                panic!(
+                    "llmlb exited ({status}) before sending {line:?}; got {:?}; stderr:\n{}",
+                    self.seen,
+                    server.stderr()
+                );
+            }
+        }
+    }
+
+    /// Everything queued now, without waiting.
+    fn drain(&mut self) -> Vec<String> {
+        self.socket.set_nonblocking(true).unwrap();
+        let mut got = Vec::new();
+        while let Some(msg) = self.recv() {
+            got.push(msg);
+        }
+        self.socket.set_nonblocking(false).unwrap();
+        got
+    }
+}
+
+/// The lock record of `port` as JSON, if readable.
+fn record(env: &Env, port: u16) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(env.lock_file(port)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn has_line(messages: &[String], line: &str) -> bool {
+    messages.iter().any(|m| m.lines().any(|l| l == line))
+}
+
+#[test]
+fn ready_comes_after_the_listener_then_status_then_stopping_on_sigterm() {
+    let env = Env::new();
+    let port = free_port();
+    let p = port.to_string();
+    let mut manager = Manager::new(&env);
+    let mut server =
+        env.spawn_cmd(manager.cmd(&env, &["serve", "--port", &p, "--host", "127.0.0.1"]));
+    let pid = server.pid();
+
+    let ready = manager.until("READY=1", &mut server);
+    // At READY=1 the server is listening and its record says ready: a
+    // manager that starts dependants now never sees a refused connection.
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "READY=1 before the listener existed"
+    );
+    let rec = record(&env, port).expect("a readable lock record at READY=1");
+    assert_eq!(rec["state"], "ready", "{rec}");
+    assert_eq!(rec["pid"], pid, "{rec}");
+    assert!(
+        ready.lines().any(|l| l == format!("MAINPID={pid}")),
+        "{ready:?}"
+    );
+    // Before READY: where it was (the lock taken, starting).
+    let before = &manager.seen[..manager.seen.len() - 1];
+    assert!(
+        has_line(before, &format!("STATUS=port {port} locked; starting")),
+        "{:?}",
+        manager.seen
+    );
+    assert!(!has_line(before, "READY=1"), "{:?}", manager.seen);
+    manager.until(&format!("STATUS=serving on 127.0.0.1:{port}"), &mut server);
+
+    signal(pid, libc::SIGTERM);
+    let stopping = manager.until("STOPPING=1", &mut server);
+    assert!(
+        stopping
+            .lines()
+            .any(|l| l == format!("STATUS=stopping; releasing port {port}")),
+        "{stopping:?}"
+    );
+    assert_eq!(server.wait().code(), Some(0), "{}", server.stderr());
+    // STOPPING=1 is sent once, however many paths lead to the stop.
+    manager.drain();
+    let stops = manager
+        .seen
+        .iter()
+        .filter(|m| m.lines().any(|l| l == "STOPPING=1"))
+        .count();
+    assert_eq!(stops, 1, "{:?}", manager.seen);
+}
+
+/// `/proc/<pid>/stat`'s state letter.
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+#[test]
+fn watchdog_heartbeats_last_while_the_lock_is_ours_and_stop_when_the_port_is_lost() {
+    let env = Env::new();
+    let port = free_port();
+    let p = port.to_string();
+    let mut manager = Manager::new(&env);
+    let mut cmd = manager.cmd(&env, &["serve", "--port", &p, "--host", "127.0.0.1"]);
+    cmd.env("WATCHDOG_USEC", "200000");
+    let mut server = env.spawn_cmd(cmd);
+    let pid = server.pid();
+    manager.until("READY=1", &mut server);
+    for _ in 0..3 {
+        manager.until("WATCHDOG=1", &mut server);
+    }
+
+    // Paused, it cannot restore its lock file before a second serve (exec
+    // mode: it binds nothing) takes the port (as in tests/faults.rs).
+    signal(pid, libc::SIGSTOP);
+    wait_until("llmlb to be stopped", || proc_state(pid) == Some('T'));
+    manager.drain(); // heartbeats sent before the pause
+    let heartbeats_before = manager.seen.len();
+    std::fs::remove_file(env.lock_file(port)).unwrap();
+    let mut second_cmd = env.cmd(&["serve", "--port", &p, "--", "sleep", "600"]);
+    second_cmd.env_remove("NOTIFY_SOCKET");
+    let mut second = env.spawn_cmd(second_cmd);
+    let second_pid = second.pid();
+    let mut group = cli_support::GroupGuard(None);
+    wait_until("the second serve to hold the port", || {
+        match record(&env, port) {
+            Some(r) if r["pid"] == second_pid && r["child_pgid"].is_u64() => {
+                group.0 = r["child_pgid"].as_u64().map(|g| g as u32);
+                true
+            }
+            _ => false,
+        }
+    });
+    signal(pid, libc::SIGCONT);
+
+    let stopping = manager.until("STOPPING=1", &mut server);
+    assert!(
+        stopping
+            .lines()
+            .any(|l| l == format!("STATUS=port {port} was lost to another process; stopping")),
+        "{stopping:?}"
+    );
+    let status = server.wait();
+    assert_eq!(status.code(), Some(1), "{}", server.stderr());
+    manager.drain();
+    let after = &manager.seen[heartbeats_before..];
+    assert!(
+        !has_line(after, "WATCHDOG=1"),
+        "a heartbeat after the port was lost: {after:?}"
+    );
+    assert!(
+        has_line(&manager.seen[..heartbeats_before], "WATCHDOG=1"),
+        "{:?}",
+        manager.seen
+    );
+
+    // The second holder is untouched.
+    assert!(second.try_wait().is_none(), "the second serve exited");
+    assert_eq!(
+        record(&env, port).map(|r| r["pid"].clone()),
+        Some(second_pid.into())
+    );
+    let stop = env.run(&["stop", "--port", &p]);
+    assert_eq!(stop.code(), Some(0), "{stop:?}");
+    second.wait();
+    drop(group);
+}
+
+#[test]
+fn exec_mode_reports_itself_and_keeps_the_managers_socket_from_the_command() {
+    let env = Env::new();
+    let port = free_port();
+    let p = port.to_string();
+    let mut manager = Manager::new(&env);
+    let seen_by_command = env.tmp.path().join("command-env");
+    let script = format!(
+        "echo \"${{NOTIFY_SOCKET-unset}} ${{WATCHDOG_USEC-unset}} ${{WATCHDOG_PID-unset}}\" > {}; exec sleep 600",
+        seen_by_command.display()
+    );
+    let mut cmd = manager.cmd(&env, &["serve", "--port", &p, "--", "sh", "-c", &script]);
+    cmd.env("WATCHDOG_USEC", "10000000");
+    let mut server = env.spawn_cmd(cmd);
+    let pid = server.pid();
+    let mut group = cli_support::GroupGuard(None);
+
+    let ready = manager.until("READY=1", &mut server);
+    assert!(
+        ready.lines().any(|l| l == format!("MAINPID={pid}")),
+        "the main PID is llmlb's: {ready:?}"
+    );
+    assert_eq!(
+        cli_support::read_when_written(&seen_by_command),
+        "unset unset unset"
+    );
+    assert!(
+        has_line(
+            &manager.seen,
+            &format!("STATUS=port {port} locked; starting")
+        ),
+        "{:?}",
+        manager.seen
+    );
+    group.0 = record(&env, port).and_then(|r| r["child_pgid"].as_u64().map(|g| g as u32));
+    signal(pid, libc::SIGTERM);
+    manager.until("STOPPING=1", &mut server);
+    server.wait();
+    drop(group);
+}
+
+#[test]
+fn serve_wait_says_whom_it_waits_for_then_becomes_ready() {
+    let env = Env::new();
+    let port = free_port();
+    let p = port.to_string();
+    let mut first = env.serve(port);
+    let mut manager = Manager::new(&env);
+    let mut second = env.spawn_cmd(manager.cmd(
+        &env,
+        &["serve", "--port", &p, "--host", "127.0.0.1", "--wait", "30"],
+    ));
+    manager.until(
+        &format!(
+            "STATUS=waiting for port {port}, held by PID {}",
+            first.pid()
+        ),
+        &mut second,
+    );
+    assert!(!has_line(&manager.seen, "READY=1"), "{:?}", manager.seen);
+    let stop = env.run(&["stop", "--port", &p]);
+    assert_eq!(stop.code(), Some(0), "{stop:?}");
+    assert_eq!(first.wait().code(), Some(0));
+    let ready = manager.until("READY=1", &mut second);
+    assert!(
+        ready
+            .lines()
+            .any(|l| l == format!("MAINPID={}", second.pid())),
+        "{ready:?}"
+    );
+    signal(second.pid(), libc::SIGTERM);
+    assert_eq!(second.wait().code(), Some(0), "{}", second.stderr());
+}
+
+/// `NOTIFY_SOCKET=@name` (Linux's abstract namespace, as some managers and
+/// container runtimes pass it) reaches the manager too.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_abstract_notify_socket_is_reached() {
+    use std::os::linux::net::SocketAddrExt as _;
+    use std::os::unix::net::SocketAddr;
+    let env = Env::new();
+    let port = free_port();
+    let name = format!("llmlb-test-notify-{}-{port}", std::process::id());
+    let socket =
+        UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut manager = Manager {
+        socket,
+        path: PathBuf::new(),
+        seen: Vec::new(),
+    };
+    let mut cmd = env.cmd(&["serve", "--port", &port.to_string(), "--host", "127.0.0.1"]);
+    cmd.env("NOTIFY_SOCKET", format!("@{name}"));
+    let mut server = env.spawn_cmd(cmd);
+    let ready = manager.until("READY=1", &mut server);
+    assert!(
+        ready
+            .lines()
+            .any(|l| l == format!("MAINPID={}", server.pid())),
+        "{ready:?}"
+    );
+    signal(server.pid(), libc::SIGTERM);
+    manager.until("STOPPING=1", &mut server);
+    assert_eq!(server.wait().code(), Some(0), "{}", server.stderr());
+}
