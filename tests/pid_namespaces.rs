@@ -129,8 +129,9 @@ fn refused_from_outside(own_proc: bool) {
     assert_eq!(code, Some(0));
     assert_eq!(status[0]["holder"], "other_pid_namespace", "{status}");
     let table = env.run(&["status", "--port", &port.to_string()]);
+    // serve records its serving state; the namespace follows it.
     assert!(
-        table.stdout.contains("Running (in another PID namespace)"),
+        table.stdout.contains("Ready for ") && table.stdout.contains("(in another PID namespace)"),
         "{table:?}"
     );
 
