@@ -506,7 +506,7 @@ enum LlmlbStatus llmlb_lock_set_state(struct LlmlbLock *lock, int state);
  * `LLMLB_STATUS_OK`: something listens; `*out_pid` (when `out_pid` is not
  * NULL) is its PID, or 0 when it cannot be seen: another user's process
  * (Linux, without root), or a platform where only a loopback connect probe
- * answers (macOS, Windows). `LLMLB_STATUS_NOT_LISTENING`: nothing listens;
+ * answers (macOS). `LLMLB_STATUS_NOT_LISTENING`: nothing listens;
  * `*out_pid` is 0. Port 0 gives `LLMLB_STATUS_INVALID_ARGUMENT`; a socket
  * table that cannot be read (no `/proc`) `LLMLB_STATUS_IO_ERROR`; `*out_pid`
  * is 0 on every status but OK.

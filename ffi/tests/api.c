@@ -228,7 +228,7 @@ static void test_serve_state(void) {
 
 #ifndef _WIN32
 /* llmlb_port_listener on a real socket of this process: found with our PID
- * on Linux (0 where only a connect probe answers), gone once closed. Not on
+ * on Linux (0 on macOS, where only a connect probe answers), gone once closed. Not on
  * Windows: sockets there need winsock, which this test does not link. */
 static void test_port_listener(void) {
   struct sockaddr_in addr;

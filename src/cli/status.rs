@@ -8,7 +8,7 @@
 
 use chrono::Utc;
 use llmlb::lock::{IdentityCheck, LockDir, LockError, LockInfo, LockState, PortReport};
-use llmlb::supervise::listener::{port_listener, tree_listens};
+use llmlb::supervise::listener::{pid_from_namespace, port_listener, tree_listens};
 use serde_json::{json, Value};
 
 use super::LockDirChoice;
@@ -83,13 +83,21 @@ impl Row {
 
     /// Looks up who listens on the port, and whether that is the holder's
     /// tree: the recorded PID's or the exec command's process group leader's
-    /// (`child_pgid`, which outlives a killed launcher). Only a holder whose
-    /// PID means something here (`local`, `inherited`) can be matched; a
-    /// stale record's PID may be anybody's now.
+    /// (`child_pgid`, which outlives a killed launcher). A holder in another
+    /// PID namespace (a container) is matched through its namespace's
+    /// numbering where this process can see into it; one on another host
+    /// never is, and a stale record's PID may be anybody's now.
     fn look(&mut self) {
         let roots: Vec<u32> = match (&self.state, self.holder_kind()) {
             (Ok(LockState::Held(Some(info))), Some("local" | "inherited")) => {
                 std::iter::once(info.pid).chain(info.child_pgid).collect()
+            }
+            (Ok(LockState::Held(Some(info))), Some("other_pid_namespace")) => {
+                let ns = info.identity.as_ref().and_then(|id| id.pid_ns.as_deref());
+                std::iter::once(info.pid)
+                    .chain(info.child_pgid)
+                    .filter_map(|pid| pid_from_namespace(ns?, pid))
+                    .collect()
             }
             _ => Vec::new(),
         };

@@ -34,7 +34,8 @@ use probe as imp;
 ///
 /// `pid` and `name` are `None` when the socket is there but its owner cannot
 /// be seen: another user's process without root on Linux, or a platform where
-/// only a connect probe is available (macOS).
+/// only a connect probe is available (macOS), or a Windows listener table
+/// that names no owner (Wine's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     /// The listening process's PID, where it is visible.
@@ -59,6 +60,25 @@ pub struct Listener {
 /// descriptors during the scan is not an error.
 pub fn port_listener(port: u16) -> io::Result<Option<Listener>> {
     imp::port_listener(port)
+}
+
+/// The PID, as this process numbers it, of the process numbered `pid` in
+/// the PID namespace `pid_ns` (a lock record's `identity.pid_ns`,
+/// `"<st_dev>:<st_ino>"` of its `/proc/<pid>/ns/pid`): how a holder in a
+/// container (whose recorded PID is the container's) is found from the
+/// host, for [`tree_listens`].
+///
+/// Linux only, and only when `pid_ns` is a namespace this process can see
+/// into (its own or one nested in it); `None` otherwise, and on other
+/// platforms, which have no PID namespaces.
+pub fn pid_from_namespace(pid_ns: &str, pid: u32) -> Option<u32> {
+    #[cfg(target_os = "linux")]
+    return linux::pid_from_namespace(pid_ns, pid);
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (pid_ns, pid);
+        None
+    }
 }
 
 /// Whether `root` or one of its descendants listens on TCP `port` now.

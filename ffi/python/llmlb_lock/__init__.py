@@ -823,7 +823,7 @@ class ProbeResult:
 class Listener:
     """A process listening on a TCP port (:func:`port_listener`): ``pid``,
     or ``None`` when it cannot be seen (another user's process on Linux
-    without root; macOS and Windows, where only a connect probe answers)."""
+    without root; macOS, where only a connect probe answers)."""
 
     __slots__ = ("pid",)
 

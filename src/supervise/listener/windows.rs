@@ -22,9 +22,17 @@ use windows_sys::Win32::System::Diagnostics::ToolHelp::{
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 23;
 
+/// What a table row gives as the owner when it names none: PID 0 is the
+/// idle process, never a listener (Wine leaves every owner 0).
+const UNKNOWN_OWNER: u32 = 0;
+
 pub(crate) fn port_listener(port: u16) -> io::Result<Option<Listener>> {
-    let Some(&pid) = listening_pids(port)?.iter().min() else {
-        return Ok(None);
+    let pids = listening_pids(port)?;
+    let Some(&pid) = pids.iter().filter(|&&p| p != UNKNOWN_OWNER).min() else {
+        return Ok((!pids.is_empty()).then_some(Listener {
+            pid: None,
+            name: None,
+        }));
     };
     let name = processes()
         .ok()
@@ -42,6 +50,11 @@ pub(crate) fn tree_listens(port: u16, root: u32) -> io::Result<bool> {
         return Ok(false);
     }
     if pids.contains(&root) {
+        return Ok(true);
+    }
+    // Owners not named at all (Wine): like the connect probe, a listener
+    // on the port is taken for the caller's, who holds the port's lock.
+    if pids.iter().all(|&p| p == UNKNOWN_OWNER) {
         return Ok(true);
     }
     let all = processes()?;
