@@ -238,3 +238,38 @@ fn an_exec_mode_command_listening_is_the_holders_tree() {
     assert_ne!(child, server.pid(), "the command listens, not llmlb");
     assert_eq!(listener["name"], comm(child));
 }
+
+#[test]
+fn a_listeners_name_is_escaped_in_text_and_kept_in_json() {
+    let env = Env::new();
+    let port = free_port();
+    let p = port.to_string();
+    if Command::new("python3").arg("-V").output().is_err() {
+        prereq::fail("python3", "install python3 (apt-get install python3)");
+    }
+    // A process names itself (prctl PR_SET_NAME = 15) with an escape in it,
+    // then listens: its name is text another program chose.
+    let script = format!(
+        "import ctypes,socket,time\n\
+         ctypes.CDLL(None).prctl(15,b'ev\\x1b[31mil',0,0,0)\n\
+         s=socket.socket()\ns.bind(('127.0.0.1',{port}))\ns.listen()\ntime.sleep(600)\n"
+    );
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", &script]);
+    let squat = env.spawn_cmd(cmd);
+    wait_until("the squatter to listen", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert_eq!(comm(squat.pid()), "ev\x1b[31mil");
+
+    let out = env.run(&["status", "--port", &p]);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(!out.stdout.contains('\x1b'), "{out:?}");
+    assert!(
+        out.stdout
+            .ends_with(&format!("PID {} (ev\\u{{1b}}[31mil)\n", squat.pid())),
+        "{out:?}"
+    );
+    let out = env.run(&["status", "--port", &p, "--format", "json"]);
+    assert_eq!(json_of(&out)[0]["listener"]["name"], "ev\x1b[31mil");
+}

@@ -46,7 +46,8 @@ impl From<PortReport> for Row {
 /// A process listening on a row's port, and whether it is the holder's.
 struct Seen {
     pid: Option<u32>,
-    /// Its command name, escaped for a terminal (text from another process).
+    /// Its command name as the process set it (JSON carries it as is; text
+    /// output escapes it).
     name: Option<String>,
     /// The listener is the recorded holder or in its process tree.
     holder: bool,
@@ -56,7 +57,11 @@ impl Seen {
     /// `PID 123 (python3)`, `PID 123`, or `PID not visible`.
     fn who(&self) -> String {
         match (self.pid, &self.name) {
-            (Some(pid), Some(name)) => format!("PID {pid} ({name})"),
+            // Text another process chose: control characters escaped.
+            (Some(pid), Some(name)) => format!(
+                "PID {pid} ({})",
+                llmlb::lock::printable(std::path::Path::new(name))
+            ),
             (Some(pid), None) => format!("PID {pid}"),
             (None, _) => "PID not visible".into(),
         }
@@ -115,9 +120,7 @@ impl Row {
             }
             Ok(Some(Seen {
                 pid: found.pid,
-                name: found
-                    .name
-                    .map(|n| llmlb::lock::printable(std::path::Path::new(&n)).to_string()),
+                name: found.name,
                 holder,
             }))
         });
