@@ -77,7 +77,36 @@ typedef enum LlmlbStatus {
    * into C). The call had no effect beyond what `llmlb_last_error` says.
    */
   LLMLB_STATUS_PANIC = 5,
+  /**
+   * `llmlb_port_listener`: nothing listens on the port (an answer, like
+   * `LLMLB_STATUS_ALREADY_RUNNING`, not a failure).
+   */
+  LLMLB_STATUS_NOT_LISTENING = 6,
 } LlmlbStatus;
+
+/**
+ * The serving state in a lock's record (`llmlb status` shows it; `llmlb
+ * wait` waits for `READY`). Values are explicit and never reused.
+ *
+ * `LLMLB_SERVE_STATE_READY` is 0 so that a record without a state (written
+ * by an older library, or by a holder that never called
+ * `llmlb_lock_set_state`) and a zeroed `LlmlbLockInfo` both read as ready,
+ * as the lock record's rule has it.
+ */
+typedef enum LlmlbServeState {
+  /**
+   * Accepting connections (also: no state recorded).
+   */
+  LLMLB_SERVE_STATE_READY = 0,
+  /**
+   * The port is taken; the server is not accepting connections yet.
+   */
+  LLMLB_SERVE_STATE_STARTING = 1,
+  /**
+   * Shutdown has begun; send no new requests here.
+   */
+  LLMLB_SERVE_STATE_STOPPING = 2,
+} LlmlbServeState;
 
 /**
  * What `llmlb_lock_probe` observed about a port.
@@ -113,6 +142,9 @@ typedef struct LlmlbLockDir LlmlbLockDir;
 /**
  * Who holds (or held) a port, as recorded in its lock file. All zero means
  * "none" or "unreadable".
+ *
+ * Fields are only ever appended (the serving state came after the first
+ * three); a caller compiled against this header allocates the whole struct.
  */
 typedef struct LlmlbLockInfo {
   /**
@@ -127,6 +159,17 @@ typedef struct LlmlbLockInfo {
    * When the holder took the lock: milliseconds since 1970-01-01T00:00:00Z.
    */
   int64_t started_at_unix_ms;
+  /**
+   * When `serve_state` was set: milliseconds since 1970-01-01T00:00:00Z;
+   * 0 when no state is recorded. (Before `serve_state`, so the struct
+   * gains no padding.)
+   */
+  int64_t serve_state_since_unix_ms;
+  /**
+   * The serving state the holder recorded (`llmlb_lock_set_state`);
+   * `LLMLB_SERVE_STATE_READY` (0) when it recorded none.
+   */
+  enum LlmlbServeState serve_state;
 } LlmlbLockInfo;
 
 #ifdef __cplusplus
@@ -435,6 +478,45 @@ enum LlmlbStatus llmlb_lock_dir_probe(const struct LlmlbLockDir *dir,
  * in this process.
  */
 void llmlb_lock_dir_close(struct LlmlbLockDir *dir);
+
+/**
+ * Records `state` (one of `LLMLB_SERVE_STATE_*`) and the time it was set
+ * in the lock file of `lock`, rewritten in place under the lock, as `llmlb
+ * serve` does: `STARTING` after the acquire, `READY` once the server
+ * accepts connections, `STOPPING` when shutdown begins. Until the first
+ * call the record has no state, which reads as ready.
+ *
+ * `state` is an `int` so that any value a caller passes is checked: one
+ * that is not an `LLMLB_SERVE_STATE_*` value, or a NULL `lock`, gives
+ * `LLMLB_STATUS_INVALID_ARGUMENT`. On `LLMLB_STATUS_IO_ERROR` the file
+ * keeps its previous record.
+ *
+ * Threads: do not use the handle concurrently with any other call on it.
+ *
+ * # Safety
+ * `lock` is NULL or a live handle.
+ */
+enum LlmlbStatus llmlb_lock_set_state(struct LlmlbLock *lock, int state);
+
+/**
+ * Who listens on TCP `port` now (any local address, IPv4 or IPv6), for a
+ * launcher that waits for its command to bind or asks "port in use, by
+ * whom?". Takes no lock and needs none.
+ *
+ * `LLMLB_STATUS_OK`: something listens; `*out_pid` (when `out_pid` is not
+ * NULL) is its PID, or 0 when it cannot be seen: another user's process
+ * (Linux, without root), or a platform where only a loopback connect probe
+ * answers (macOS). `LLMLB_STATUS_NOT_LISTENING`: nothing listens;
+ * `*out_pid` is 0. Port 0 gives `LLMLB_STATUS_INVALID_ARGUMENT`; a socket
+ * table that cannot be read (no `/proc`) `LLMLB_STATUS_IO_ERROR`; `*out_pid`
+ * is 0 on every status but OK.
+ *
+ * Threads: safe to call from any thread.
+ *
+ * # Safety
+ * `out_pid` is NULL or valid for writing a `uint32_t`.
+ */
+enum LlmlbStatus llmlb_port_listener(uint16_t port, uint32_t *out_pid);
 
 /**
  * Waits up to `timeout_ms` milliseconds for `llmlb stop` to ask the holder

@@ -105,7 +105,8 @@ fn stop_and_status_take_the_port_as_serve_does() {
     server.wait_health(port);
     let status = with_port_env(&["status", "-p"], &p).finish();
     assert_eq!(status.code(), Some(0), "{status:?}");
-    assert!(status.stdout.contains("Running"), "{status:?}");
+    // serve records its serving state: the table shows it (and since when).
+    assert!(status.stdout.contains("Ready for "), "{status:?}");
     let stop = with_port_env(&["stop"], &p).finish();
     assert_eq!(stop.code(), Some(0), "{stop:?}");
     assert!(stop.stdout.ends_with("Server stopped\n"), "{stop:?}");
@@ -439,8 +440,15 @@ fn status_shows_a_host_column_only_when_a_holder_is_on_another_host() {
     assert_eq!(row(held)[1..3], ["4242", "build-7.example.invalid"]);
     assert_eq!(row(held).last(), Some(&"Running"));
     // This host's own holder shows this host's name, not a dash.
+    // This test's serve records its serving state, shown with its age:
+    // "Ready for 2s" (or "Ready for 1m 2s").
     let mine = row(local);
-    assert_eq!(mine.last(), Some(&"Running"));
+    let ready = mine.iter().position(|w| *w == "Ready");
+    assert!(
+        ready.is_some_and(|i| mine.get(i + 1) == Some(&"for")),
+        "{}",
+        out.stdout
+    );
     assert_ne!(mine[2], "-", "{}", out.stdout);
     assert_ne!(mine[2], "build-7.example.invalid");
     drop(guard);

@@ -67,7 +67,16 @@ fn stale_file_naming_a_live_unrelated_pid_is_removed_and_nothing_signalled() {
 
     let status = env.run(&["status", "--port", &port.to_string()]);
     assert_eq!(status.code(), Some(1), "{status:?}");
-    assert!(status.stdout.lines().nth(1).unwrap().ends_with("Stale"));
+    // STATE, then (with --port) LISTENER: nothing listens on the port.
+    assert!(
+        status
+            .stdout
+            .lines()
+            .nth(1)
+            .unwrap()
+            .ends_with("Stale  Not listening"),
+        "{status:?}"
+    );
 
     let stop = env.run(&["stop", "--port", &port.to_string()]);
     assert_eq!(stop.code(), Some(0), "{stop:?}");

@@ -5,71 +5,87 @@
 #[path = "support/prereq.rs"]
 mod prereq;
 
-use llmlb::supervise::listener::{port_listener, tree_listens, Listener};
-use std::io::{BufRead, BufReader};
+use llmlb::supervise::listener::{port_listener, tree_listens};
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-/// A child killed and reaped on drop, so a failing test leaves no server.
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Kills a process group on drop: the shell's grandchild outlives the shell.
+// The python3 cases: Linux, where the library names the process (Windows
+// does too, but the Windows suite runs under Wine without python3).
 #[cfg(target_os = "linux")]
-struct KillGroup(u32);
+use linux_only::*;
 
 #[cfg(target_os = "linux")]
-impl Drop for KillGroup {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.0)])
-            .status();
-    }
-}
+mod linux_only {
+    use super::prereq;
+    pub use llmlb::supervise::listener::Listener;
+    pub use std::io::{BufRead, BufReader};
+    pub use std::process::{Child, Command, Stdio};
+    pub use std::time::{Duration, Instant};
 
-/// A python3 one-liner listening on a free port on all IPv4 addresses; prints
-/// the port once it listens, then waits to be killed.
-const PY_SERVER: &str = "import socket,sys,time\n\
+    /// A child killed and reaped on drop, so a failing test leaves no server.
+    pub struct Kill(pub Child);
+
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// Kills a process group on drop: the shell's grandchild outlives the shell.
+    pub struct KillGroup(pub u32);
+
+    impl Drop for KillGroup {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.0)])
+                .status();
+        }
+    }
+
+    /// A python3 one-liner listening on a free port on all IPv4 addresses; prints
+    /// the port once it listens, then waits to be killed.
+    pub const PY_SERVER: &str = "import socket,sys,time\n\
 s=socket.socket()\n\
 s.bind(('0.0.0.0',0))\n\
 s.listen()\n\
 print(s.getsockname()[1],flush=True)\n\
 time.sleep(600)\n";
 
-/// Runs `program args` (a python server somewhere inside it) and returns the
-/// child with the port the server printed.
-fn spawn_with_port(program: &str, args: &[&str]) -> (Kill, u16) {
-    let mut cmd = Command::new(program);
-    // Its own process group, so a test can end a whole tree.
-    #[cfg(unix)]
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = match cmd.args(args).stdout(Stdio::piped()).spawn() {
-        Ok(child) => Kill(child),
-        Err(err) => prereq::fail(
-            &format!("{program} ({err})"),
-            "install python3 (apt-get install python3)",
-        ),
-    };
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("the server printed {line:?}, not its port"));
-    (child, port)
-}
+    /// Runs `program args` (a python server somewhere inside it) and returns the
+    /// child with the port the server printed.
+    pub fn spawn_with_port(program: &str, args: &[&str]) -> (Kill, u16) {
+        let mut cmd = Command::new(program);
+        // Its own process group, so a test can end a whole tree.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = match cmd.args(args).stdout(Stdio::piped()).spawn() {
+            Ok(child) => Kill(child),
+            Err(err) => prereq::fail(
+                &format!("{program} ({err})"),
+                "install python3 (apt-get install python3)",
+            ),
+        };
+        let mut line = String::new();
+        BufReader::new(child.0.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("the server printed {line:?}, not its port"));
+        (child, port)
+    }
 
-fn python_server() -> (Kill, u16) {
-    spawn_with_port("python3", &["-c", PY_SERVER])
+    pub fn python_server() -> (Kill, u16) {
+        spawn_with_port("python3", &["-c", PY_SERVER])
+    }
+
+    /// The comm of a python3 process: `python3` or its versioned binary's name.
+    pub fn python_comm(pid: u32) -> String {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap()
+            .trim_end()
+            .to_owned()
+    }
 }
 
 /// A port nobody listens on now (bound, then released).
@@ -93,13 +109,35 @@ fn finds_this_process_listening() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let found = port_listener(port).unwrap().expect("our own listener");
-    if cfg!(target_os = "linux") {
+    assert!(tree_listens(port, std::process::id()).unwrap());
+    #[cfg(target_os = "linux")]
+    {
         assert_eq!(found.pid, Some(std::process::id()));
         // The test binary's name, as /proc/self/comm has it (15 bytes at most).
         let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
         assert_eq!(found.name.as_deref(), Some(comm.trim_end()));
-        assert!(tree_listens(port, std::process::id()).unwrap());
     }
+    #[cfg(windows)]
+    match found.pid {
+        // Windows names the owner, with its image name (listener-0123abcd.exe).
+        Some(pid) => {
+            assert_eq!(pid, std::process::id());
+            let exe = std::env::current_exe().unwrap();
+            let image = exe.file_name().unwrap().to_str().unwrap();
+            assert!(
+                found
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(image)),
+                "{found:?} vs {image}"
+            );
+        }
+        // Wine's table leaves the owner 0: not visible, and never a guess.
+        None => assert_eq!(found.name, None),
+    }
+    // macOS: only a connect probe, which sees that something accepts.
+    #[cfg(not(any(target_os = "linux", windows)))]
+    assert_eq!((found.pid, found.name), (None, None));
     drop(listener);
     assert_eq!(port_listener(port).unwrap(), None);
 }
@@ -131,15 +169,6 @@ fn finds_a_python_server_with_its_pid_and_name() {
     );
     assert!(found.name.as_deref().unwrap().starts_with("python3"));
     assert!(tree_listens(port, server.0.id()).unwrap());
-}
-
-/// The comm of a python3 process: `python3` or its versioned binary's name.
-#[cfg(target_os = "linux")]
-fn python_comm(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .unwrap()
-        .trim_end()
-        .to_owned()
 }
 
 #[cfg(target_os = "linux")]

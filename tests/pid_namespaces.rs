@@ -128,9 +128,17 @@ fn refused_from_outside(own_proc: bool) {
     let (code, status) = status_json(&env, Some(port));
     assert_eq!(code, Some(0));
     assert_eq!(status[0]["holder"], "other_pid_namespace", "{status}");
+    // Its listener is found as the holder's through the namespace's
+    // numbering (NSpid), though its recorded PID 1 is not ours.
+    assert_eq!(
+        status[0]["listener"],
+        serde_json::json!({"pid": outer, "name": "llmlb", "holder": true}),
+        "{status}"
+    );
     let table = env.run(&["status", "--port", &port.to_string()]);
+    // serve records its serving state; the namespace follows it.
     assert!(
-        table.stdout.contains("Running (in another PID namespace)"),
+        table.stdout.contains("Ready for ") && table.stdout.contains("(in another PID namespace)"),
         "{table:?}"
     );
 

@@ -410,6 +410,8 @@ mod tests {
             pid: 7,
             port: 7,
             started_at_unix_ms: 7,
+            serve_state: crate::LlmlbServeState::LLMLB_SERVE_STATE_STOPPING,
+            serve_state_since_unix_ms: 7,
         };
         // SAFETY: the misaligned handle is refused before it is dereferenced.
         let status = unsafe { llmlb_lock_dir_acquire(misaligned_dir, 8000, &mut lock, &mut other) };

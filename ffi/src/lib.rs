@@ -63,6 +63,7 @@
 
 mod boundary;
 mod dir;
+mod serve;
 mod stop;
 mod wait;
 
@@ -77,6 +78,7 @@ pub use dir::{
     llmlb_lock_dir_acquire, llmlb_lock_dir_close, llmlb_lock_dir_open, llmlb_lock_dir_probe,
     LlmlbLockDir,
 };
+pub use serve::{llmlb_lock_set_state, llmlb_port_listener, LlmlbServeState};
 pub use stop::{llmlb_lock_wait_stop, LLMLB_WAIT_FOREVER};
 pub use wait::{llmlb_lock_acquire_timeout, llmlb_lock_dir_acquire_timeout};
 
@@ -102,6 +104,9 @@ pub enum LlmlbStatus {
     /// A bug inside the library was caught at the boundary (no unwinding
     /// into C). The call had no effect beyond what `llmlb_last_error` says.
     LLMLB_STATUS_PANIC = 5,
+    /// `llmlb_port_listener`: nothing listens on the port (an answer, like
+    /// `LLMLB_STATUS_ALREADY_RUNNING`, not a failure).
+    LLMLB_STATUS_NOT_LISTENING = 6,
 }
 
 /// What `llmlb_lock_probe` observed about a port.
@@ -119,6 +124,9 @@ pub enum LlmlbLockState {
 
 /// Who holds (or held) a port, as recorded in its lock file. All zero means
 /// "none" or "unreadable".
+///
+/// Fields are only ever appended (the serving state came after the first
+/// three); a caller compiled against this header allocates the whole struct.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LlmlbLockInfo {
@@ -128,6 +136,13 @@ pub struct LlmlbLockInfo {
     pub port: u16,
     /// When the holder took the lock: milliseconds since 1970-01-01T00:00:00Z.
     pub started_at_unix_ms: i64,
+    /// When `serve_state` was set: milliseconds since 1970-01-01T00:00:00Z;
+    /// 0 when no state is recorded. (Before `serve_state`, so the struct
+    /// gains no padding.)
+    pub serve_state_since_unix_ms: i64,
+    /// The serving state the holder recorded (`llmlb_lock_set_state`);
+    /// `LLMLB_SERVE_STATE_READY` (0) when it recorded none.
+    pub serve_state: LlmlbServeState,
 }
 
 impl From<&LockInfo> for LlmlbLockInfo {
@@ -136,6 +151,11 @@ impl From<&LockInfo> for LlmlbLockInfo {
             pid: info.pid,
             port: info.port,
             started_at_unix_ms: info.started_at.timestamp_millis(),
+            serve_state_since_unix_ms: info
+                .state
+                .and(info.state_since)
+                .map_or(0, |t| t.timestamp_millis()),
+            serve_state: info.serve_state().into(),
         }
     }
 }

@@ -37,10 +37,12 @@ fn header_compiles_as_c99_c11_and_cxx11_without_warnings() {
     let tmp = tempfile::tempdir().unwrap();
     let src = "#include \"llmlb_lock.h\"\n\
                int main(void) {\n\
-                 LlmlbLockInfo info = {0, 0, 0};\n\
+                 LlmlbLockInfo info = {0, 0, 0, 0, LLMLB_SERVE_STATE_READY};\n\
                  LlmlbStatus (*acquire)(const char *, uint16_t, LlmlbLock **, LlmlbLockInfo *) = llmlb_lock_acquire;\n\
+                 LlmlbStatus (*set_state)(LlmlbLock *, int) = llmlb_lock_set_state;\n\
+                 LlmlbStatus (*listener)(uint16_t, uint32_t *) = llmlb_port_listener;\n\
                  LlmlbLockState state = LLMLB_STATE_FREE;\n\
-                 (void)acquire; (void)info; (void)state;\n\
+                 (void)acquire; (void)set_state; (void)listener; (void)info; (void)state;\n\
                  return LLMLB_STATUS_OK;\n\
                }\n";
     let c_file = tmp.path().join("use_header.c");

@@ -341,6 +341,10 @@ struct StatusArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+    /// Also show who listens on each port: the holder's process tree,
+    /// nobody, or another program (always done with --port).
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -517,7 +521,7 @@ pub fn run() -> i32 {
         Command::Wait(args) => wait::run(&dir, args.port, args.until.into(), args.timeout),
         Command::Status(args) => {
             let port = args.port.map(|port| port.unwrap_or_else(default_port));
-            status::run(&dir, port, args.format == Format::Json)
+            status::run(&dir, port, args.format == Format::Json, args.check)
         }
         Command::Completions { shell } => {
             let mut script = Vec::new();

@@ -1,8 +1,14 @@
 //! `llmlb status`: probes only (never takes or breaks a lock), prints a table
 //! or JSON, and with `--port` exits with the LSB status code.
+//!
+//! With `--check`, and always with `--port`, it also says who listens on the
+//! port: the holder's process tree, nobody, or another program. Plain
+//! `status` never looks (a listener lookup reads every process's
+//! descriptors; a listing of many locks must stay a directory scan).
 
 use chrono::Utc;
 use llmlb::lock::{IdentityCheck, LockDir, LockError, LockInfo, LockState, PortReport};
+use llmlb::supervise::listener::{pid_from_namespace, port_listener, tree_listens};
 use serde_json::{json, Value};
 
 use super::LockDirChoice;
@@ -19,23 +25,144 @@ const UNKNOWN: i32 = 4;
 /// One line of output.
 struct Row {
     port: u16,
-    path: String,
+    /// The lock file; `None` when the lock dir does not exist.
+    path: Option<String>,
     state: Result<LockState, LockError>,
+    /// Who listens on the port: `None` when not looked up (no `--check`).
+    listener: Option<Result<Option<Seen>, String>>,
 }
 
 impl From<PortReport> for Row {
     fn from(r: PortReport) -> Row {
         Row {
             port: r.port,
-            path: r.path.display().to_string(),
+            path: Some(r.path.display().to_string()),
             state: r.state,
+            listener: None,
         }
+    }
+}
+
+/// A process listening on a row's port, and whether it is the holder's.
+struct Seen {
+    pid: Option<u32>,
+    /// Its command name as the process set it (JSON carries it as is; text
+    /// output escapes it).
+    name: Option<String>,
+    /// The listener is the recorded holder or in its process tree.
+    holder: bool,
+}
+
+impl Seen {
+    /// `PID 123 (python3)`, `PID 123`, or `PID not visible`.
+    fn who(&self) -> String {
+        match (self.pid, &self.name) {
+            // Text another process chose: control characters escaped.
+            (Some(pid), Some(name)) => format!(
+                "PID {pid} ({})",
+                llmlb::lock::printable(std::path::Path::new(name))
+            ),
+            (Some(pid), None) => format!("PID {pid}"),
+            (None, _) => "PID not visible".into(),
+        }
+    }
+
+    /// The LISTENER cell.
+    fn cell(&self) -> String {
+        match (self.holder, self.pid) {
+            (true, None) => "Holder".into(),
+            (true, Some(_)) => format!("Holder: {}", self.who()),
+            (false, _) => format!("Other: {}", self.who()),
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({"pid": self.pid, "name": self.name, "holder": self.holder})
     }
 }
 
 impl Row {
     fn info(&self) -> Option<&LockInfo> {
         self.state.as_ref().ok().and_then(LockState::info)
+    }
+
+    /// Looks up who listens on the port, and whether that is the holder's
+    /// tree: the recorded PID's or the exec command's process group leader's
+    /// (`child_pgid`, which outlives a killed launcher). A holder in another
+    /// PID namespace (a container) is matched through its namespace's
+    /// numbering where this process can see into it; one on another host
+    /// never is, and a stale record's PID may be anybody's now.
+    fn look(&mut self) {
+        let roots: Vec<u32> = match (&self.state, self.holder_kind()) {
+            (Ok(LockState::Held(Some(info))), Some("local" | "inherited")) => {
+                std::iter::once(info.pid).chain(info.child_pgid).collect()
+            }
+            (Ok(LockState::Held(Some(info))), Some("other_pid_namespace")) => {
+                let ns = info.identity.as_ref().and_then(|id| id.pid_ns.as_deref());
+                std::iter::once(info.pid)
+                    .chain(info.child_pgid)
+                    .filter_map(|pid| pid_from_namespace(ns?, pid))
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        let port = self.port;
+        let found = port_listener(port).and_then(|found| {
+            let Some(found) = found else {
+                return Ok(None);
+            };
+            let mut holder = false;
+            for &root in &roots {
+                if tree_listens(port, root)? {
+                    holder = true;
+                    break;
+                }
+            }
+            Ok(Some(Seen {
+                pid: found.pid,
+                name: found.name,
+                holder,
+            }))
+        });
+        self.listener =
+            Some(found.map_err(|e| format!("cannot tell who listens on port {port}: {e}")));
+    }
+
+    /// The LISTENER cell: `Holder: PID 1 (llmlb)`, `Not listening`,
+    /// `Other: PID 2 (python3)`, `Unknown`.
+    fn listener_cell(&self) -> String {
+        match &self.listener {
+            None => "-".into(),
+            Some(Ok(None)) => "Not listening".into(),
+            Some(Ok(Some(seen))) => seen.cell(),
+            Some(Err(_)) => "Unknown".into(),
+        }
+    }
+
+    /// The STATE cell: the record's serving state and how long it has been
+    /// in it (`Ready for 5m 3s`), `Running` for a record without one, and
+    /// what makes the holder's PID unusable here.
+    fn state_cell(&self) -> String {
+        let held = match &self.state {
+            Ok(LockState::Held(info)) => info.as_ref(),
+            Ok(LockState::Stale(_)) => return "Stale".into(),
+            Ok(LockState::Free) => return "Free".into(),
+            Err(_) => return "Unknown".into(),
+        };
+        let base = match held.and_then(|i| i.state.map(|s| (s, i.state_since))) {
+            None => "Running".to_owned(),
+            Some((state, None)) => state.title().to_owned(),
+            Some((state, Some(since))) => format!(
+                "{} for {}",
+                state.title(),
+                human_duration((Utc::now() - since).num_seconds().max(0))
+            ),
+        };
+        match self.holder_kind() {
+            Some("other_pid_namespace") => format!("{base} (in another PID namespace)"),
+            Some("inherited") => format!("{base} (inherited; PID released it)"),
+            _ => base,
+        }
     }
 
     fn state_word(&self) -> &'static str {
@@ -85,10 +212,24 @@ impl Row {
             "uptime_secs": self.uptime_secs(),
             "host": info.and_then(|i| i.host.clone()),
             "child_pgid": info.and_then(|i| i.child_pgid),
+            "serve_state": info.and_then(|i| i.state).map(|s| s.name()),
+            "serve_state_since": info.and_then(|i| i.state_since).map(|t| {
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            }),
             "lock_file": self.path,
         });
         if let Err(e) = &self.state {
             obj["error"] = Value::String(e.to_string());
+        }
+        // Only when looked up: a listing without --check says nothing about
+        // listeners, rather than a `null` that would read "nobody".
+        match &self.listener {
+            None => {}
+            Some(Ok(seen)) => obj["listener"] = seen.as_ref().map_or(Value::Null, Seen::json),
+            Some(Err(e)) => {
+                obj["listener"] = Value::Null;
+                obj["listener_error"] = Value::String(e.clone());
+            }
         }
         obj
     }
@@ -122,19 +263,13 @@ fn table(rows: &[Row]) -> String {
         header.push("HOST");
     }
     header.extend(["STARTED", "UPTIME", "STATE"]);
+    let show_listener = rows.iter().any(|r| r.listener.is_some());
+    if show_listener {
+        header.push("LISTENER");
+    }
     let mut lines: Vec<Vec<String>> = vec![header.into_iter().map(String::from).collect()];
     for row in rows {
         let info = row.info();
-        let state = match (&row.state, row.holder_kind()) {
-            (Ok(LockState::Held(_)), Some("other_pid_namespace")) => {
-                "Running (in another PID namespace)"
-            }
-            (Ok(LockState::Held(_)), Some("inherited")) => "Running (inherited; PID released it)",
-            (Ok(LockState::Held(_)), _) => "Running",
-            (Ok(LockState::Stale(_)), _) => "Stale",
-            (Ok(LockState::Free), _) => "Free",
-            (Err(_), _) => "Unknown",
-        };
         let mut line = vec![
             row.port.to_string(),
             info.map_or("-".into(), |i| i.pid.to_string()),
@@ -152,8 +287,11 @@ fn table(rows: &[Row]) -> String {
         line.extend([
             info.map_or("-".into(), LockInfo::started_at_display),
             row.uptime_secs().map_or("-".into(), human_duration),
-            state.into(),
+            row.state_cell(),
         ]);
+        if show_listener {
+            line.push(row.listener_cell());
+        }
         lines.push(line);
     }
     let mut widths = vec![0usize; lines[0].len()];
@@ -178,8 +316,9 @@ fn table(rows: &[Row]) -> String {
     out
 }
 
-/// Runs `status`; returns the exit code (see the module docs).
-pub(crate) fn run(dir: &LockDirChoice, port: Option<u16>, json_out: bool) -> i32 {
+/// Runs `status`; returns the exit code (see the module docs). `check`:
+/// look up who listens on each listed port (always done with `port`).
+pub(crate) fn run(dir: &LockDirChoice, port: Option<u16>, json_out: bool, check: bool) -> i32 {
     let locks = match LockDir::existing(&dir.path) {
         Ok(locks) => locks,
         Err(e) => {
@@ -187,14 +326,20 @@ pub(crate) fn run(dir: &LockDirChoice, port: Option<u16>, json_out: bool) -> i32
             return UNKNOWN;
         }
     };
-    let rows: Vec<Row> = match (port, locks) {
-        (_, None) => Vec::new(),
+    let mut rows: Vec<Row> = match (port, &locks) {
+        (Some(port), None) => vec![Row {
+            port,
+            path: None,
+            state: Ok(LockState::Free),
+            listener: None,
+        }],
+        (None, None) => Vec::new(),
         (Some(port), Some(locks)) => match locks.probe(port) {
-            Ok(LockState::Free) => Vec::new(),
             Ok(state) => vec![Row {
                 port,
-                path: locks.lock_path(port).display().to_string(),
+                path: Some(locks.lock_path(port).display().to_string()),
                 state: Ok(state),
+                listener: None,
             }],
             Err(e) => {
                 eprintln!("Error: {e}");
@@ -209,19 +354,43 @@ pub(crate) fn run(dir: &LockDirChoice, port: Option<u16>, json_out: bool) -> i32
             }
         },
     };
+    if check || port.is_some() {
+        rows.iter_mut().for_each(Row::look);
+    }
+    for row in &rows {
+        if let Some(Err(e)) = &row.listener {
+            eprintln!("Error: {e}");
+        }
+    }
+    // A free port is listed only when something listens on it anyway.
+    rows.retain(|r| {
+        !matches!(r.state, Ok(LockState::Free)) || matches!(r.listener, Some(Ok(Some(_))))
+    });
     if json_out {
         let list: Vec<Value> = rows.iter().map(Row::json).collect();
         println!(
             "{}",
             serde_json::to_string_pretty(&list).unwrap_or_else(|_| "[]".into())
         );
-    } else if rows.is_empty() {
-        match port {
-            Some(port) => println!("No server running on port {port}"),
-            None => println!("No servers running"),
-        }
     } else {
-        print!("{}", table(&rows));
+        match (port, rows.first()) {
+            (Some(port), None) => println!("No server running on port {port}"),
+            (None, None) => println!("No servers running"),
+            (
+                Some(port),
+                Some(Row {
+                    state: Ok(LockState::Free),
+                    listener: Some(Ok(Some(seen))),
+                    ..
+                }),
+            ) => {
+                println!(
+                    "No server running on port {port}, but another program listens on it: {}",
+                    seen.who()
+                )
+            }
+            _ => print!("{}", table(&rows)),
+        }
         for row in &rows {
             if let Err(e) = &row.state {
                 eprintln!("Error: {e}");

@@ -9,8 +9,10 @@
 //! One submodule per platform, each with the same two functions:
 //! - Linux: `/proc/net/tcp{,6}` (sockets in state LISTEN on the port) matched
 //!   to processes through their `/proc/<pid>/fd` links (`socket:[inode]`);
-//! - elsewhere (macOS, Windows): a connect probe, which tells whether
-//!   something accepts but not who.
+//! - Windows: the owning PIDs from the TCP listener tables
+//!   (`GetExtendedTcpTable`), names and the tree from a process snapshot;
+//! - elsewhere (macOS): a connect probe, which tells whether something
+//!   accepts but not who.
 
 use std::io;
 
@@ -18,18 +20,22 @@ use std::io;
 mod linux;
 #[cfg(target_os = "linux")]
 use linux as imp;
-// The connect probe: the whole answer where no socket table names owners,
-// a test's second opinion on Linux.
-#[cfg_attr(target_os = "linux", allow(dead_code))]
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+use windows as imp;
+// The connect probe: the whole answer where no socket table names owners.
+#[cfg(not(any(target_os = "linux", windows)))]
 mod probe;
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(target_os = "linux", windows)))]
 use probe as imp;
 
 /// A process found listening on a TCP port.
 ///
 /// `pid` and `name` are `None` when the socket is there but its owner cannot
 /// be seen: another user's process without root on Linux, or a platform where
-/// only a connect probe is available (macOS, Windows).
+/// only a connect probe is available (macOS), or a Windows listener table
+/// that names no owner (Wine's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     /// The listening process's PID, where it is visible.
@@ -49,16 +55,36 @@ pub struct Listener {
 ///
 /// # Errors
 ///
-/// The socket tables cannot be read (no `/proc` on Linux). A process vanishing or refusing to show its
+/// The socket tables cannot be read (no `/proc` on Linux; the IP helper
+/// failing on Windows). A process vanishing or refusing to show its
 /// descriptors during the scan is not an error.
 pub fn port_listener(port: u16) -> io::Result<Option<Listener>> {
     imp::port_listener(port)
 }
 
+/// The PID, as this process numbers it, of the process numbered `pid` in
+/// the PID namespace `pid_ns` (a lock record's `identity.pid_ns`,
+/// `"<st_dev>:<st_ino>"` of its `/proc/<pid>/ns/pid`): how a holder in a
+/// container (whose recorded PID is the container's) is found from the
+/// host, for [`tree_listens`].
+///
+/// Linux only, and only when `pid_ns` is a namespace this process can see
+/// into (its own or one nested in it); `None` otherwise, and on other
+/// platforms, which have no PID namespaces.
+pub fn pid_from_namespace(pid_ns: &str, pid: u32) -> Option<u32> {
+    #[cfg(target_os = "linux")]
+    return linux::pid_from_namespace(pid_ns, pid);
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (pid_ns, pid);
+        None
+    }
+}
+
 /// Whether `root` or one of its descendants listens on TCP `port` now.
 ///
 /// `false` when `root` is gone. On platforms with only a connect probe
-/// (macOS, Windows) the tree cannot be told apart from another program: there this is
+/// (macOS) the tree cannot be told apart from another program: there this is
 /// "something accepts on the port" (its caller holds the port's lock, so a
 /// listener is most likely its own).
 ///

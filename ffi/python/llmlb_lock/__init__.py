@@ -44,11 +44,13 @@ __all__ = [
     "AlreadyRunning",
     "LockError",
     "LockDir",
+    "Listener",
     "LockInfo",
     "PortLock",
     "ProbeResult",
     "library_version",
     "lock_path",
+    "port_listener",
     "probe",
 ]
 
@@ -59,6 +61,7 @@ INVALID_ARGUMENT = 2
 IO_ERROR = 3
 UNSAFE_PATH = 4
 PANIC = 5
+NOT_LISTENING = 6
 # Not a C status: what the per-cycle acquires (_fast_acquire and
 # _fast_dir_acquire) return for OK when the lock was reclaimed from a dead
 # holder, whose info is then in out_other. A clean acquire returns OK, so the
@@ -67,6 +70,9 @@ _OK_RECLAIMED = -1
 _NOT_MADE = object()  # a cache slot not filled yet
 
 _STATES = {0: "free", 1: "held", 2: "stale"}
+# LlmlbServeState: READY is 0, so a record without a state reads "ready".
+_SERVE_STATES = {0: "ready", 1: "starting", 2: "stopping"}
+_SERVE_STATE_VALUES = {word: value for value, word in _SERVE_STATES.items()}
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
@@ -78,6 +84,8 @@ class _Info(ctypes.Structure):
         ("pid", ctypes.c_uint32),
         ("port", ctypes.c_uint16),
         ("started_at_unix_ms", ctypes.c_int64),
+        ("serve_state_since_unix_ms", ctypes.c_int64),
+        ("serve_state", ctypes.c_int),  # a C enum is an int
     ]
 
 
@@ -207,6 +215,8 @@ def _load() -> ctypes.CDLL:
             [dir_p, ctypes.c_uint16, ctypes.c_uint32, ctypes.POINTER(lock_p), info_p],
         ),
         "llmlb_lock_set_child_pgid": (status, [lock_p, ctypes.c_uint32]),
+        "llmlb_lock_set_state": (status, [lock_p, ctypes.c_int]),
+        "llmlb_port_listener": (status, [ctypes.c_uint16, ctypes.POINTER(ctypes.c_uint32)]),
         "llmlb_lock_fd": (status, [lock_p, ctypes.POINTER(ctypes.c_int)]),
         "llmlb_lock_wait_stop": (status, [lock_p, ctypes.c_uint32, ctypes.POINTER(ctypes.c_int)]),
         "llmlb_last_error": (ctypes.c_char_p, []),
@@ -331,21 +341,38 @@ def speedups() -> bool:
 
 class LockInfo:
     """Who holds (or held) a port: ``pid``, ``port``, ``started_at``
-    (a timezone-aware UTC ``datetime``)."""
+    (a timezone-aware UTC ``datetime``), and the serving state the holder
+    recorded: ``state`` (``"starting"``, ``"ready"`` or ``"stopping"``;
+    ``"ready"`` when it recorded none) and ``state_since`` (UTC
+    ``datetime``, or ``None`` when no state is recorded). Equality compares
+    the holder (pid, port, started_at), not its state."""
 
-    __slots__ = ("pid", "port", "started_at")
+    __slots__ = ("pid", "port", "started_at", "state", "state_since")
 
-    def __init__(self, pid: int, port: int, started_at: datetime):
+    def __init__(
+        self,
+        pid: int,
+        port: int,
+        started_at: datetime,
+        state: str = "ready",
+        state_since: Optional[datetime] = None,
+    ):
         self.pid = pid
         self.port = port
         self.started_at = started_at
+        self.state = state
+        self.state_since = state_since
 
     @classmethod
     def _from_c(cls, info: _Info) -> Optional["LockInfo"]:
         if not _records_a_holder(info):
             return None
         started = _EPOCH + timedelta(milliseconds=info.started_at_unix_ms)
-        return cls(int(info.pid), int(info.port), started)
+        since = None
+        if info.serve_state_since_unix_ms:
+            since = _EPOCH + timedelta(milliseconds=info.serve_state_since_unix_ms)
+        state = _SERVE_STATES.get(info.serve_state, "ready")
+        return cls(int(info.pid), int(info.port), started, state, since)
 
     def __eq__(self, other):
         if not isinstance(other, LockInfo):
@@ -353,10 +380,11 @@ class LockInfo:
         return (self.pid, self.port, self.started_at) == (other.pid, other.port, other.started_at)
 
     def __repr__(self):
-        return "LockInfo(pid=%d, port=%d, started_at=%s)" % (
+        return "LockInfo(pid=%d, port=%d, started_at=%s, state=%r)" % (
             self.pid,
             self.port,
             self.started_at.isoformat(),
+            self.state,
         )
 
 
@@ -684,6 +712,19 @@ class PortLock:
             raise LockError("invalid pgid %d" % value, INVALID_ARGUMENT)
         _check(_lib().llmlb_lock_set_child_pgid(self._require(), value))
 
+    def set_state(self, state: str) -> None:
+        """Records the serving state (``"starting"``, ``"ready"`` or
+        ``"stopping"``) in the lock file, as ``llmlb serve`` does: starting
+        after the acquire, ready once the server accepts connections,
+        stopping when shutdown begins. ``llmlb status`` shows it and
+        ``llmlb wait`` waits for ready. Any other word: ``ValueError``."""
+        value = _SERVE_STATE_VALUES.get(state)
+        if value is None:
+            raise ValueError(
+                "invalid serving state %r: use 'starting', 'ready' or 'stopping'" % (state,)
+            )
+        _check(_lib().llmlb_lock_set_state(self._require(), value))
+
     def wait_stop(self, timeout: Optional[float]) -> bool:
         """Waits up to ``timeout`` seconds (``None``: no limit, ``0``: poll)
         for ``llmlb stop`` to ask this holder to shut down; True if it did.
@@ -767,8 +808,46 @@ class ProbeResult:
         self.state = state
         self.info = info
 
+    @property
+    def state_detail(self) -> Optional[str]:
+        """The serving state the holder recorded: ``"starting"``,
+        ``"ready"`` (also when it recorded none) or ``"stopping"``; ``None``
+        when there is no record (a free port, an unreadable file). For a
+        stale port it is what the dead holder last recorded."""
+        return self.info.state if self.info is not None else None
+
     def __repr__(self):
         return "ProbeResult(state=%r, info=%r)" % (self.state, self.info)
+
+
+class Listener:
+    """A process listening on a TCP port (:func:`port_listener`): ``pid``,
+    or ``None`` when it cannot be seen (another user's process on Linux
+    without root; macOS, where only a connect probe answers)."""
+
+    __slots__ = ("pid",)
+
+    def __init__(self, pid: Optional[int]):
+        self.pid = pid
+
+    def __eq__(self, other):
+        if not isinstance(other, Listener):
+            return NotImplemented
+        return self.pid == other.pid
+
+    def __repr__(self):
+        return "Listener(pid=%r)" % (self.pid,)
+
+
+def port_listener(port: int) -> Optional[Listener]:
+    """Who listens on TCP ``port`` now (any local address, IPv4 or IPv6):
+    a :class:`Listener`, or ``None`` if nothing does. Takes no lock."""
+    pid = ctypes.c_uint32(0)
+    status = _lib().llmlb_port_listener(_port_arg(port), ctypes.byref(pid))
+    if status == NOT_LISTENING:
+        return None
+    _check(status)
+    return Listener(pid.value or None)
 
 
 def probe(port: int, lock_dir: "Union[None, PathLike, LockDir]" = None) -> ProbeResult:

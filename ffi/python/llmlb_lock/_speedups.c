@@ -32,6 +32,8 @@ typedef struct {
   uint32_t pid;
   uint16_t port;
   int64_t started_at_unix_ms;
+  int64_t serve_state_since_unix_ms;
+  int serve_state;
 } lock_info;
 
 typedef int (*acquire_fn)(const char *lock_dir, uint16_t port, void **out_lock, lock_info *out_other);

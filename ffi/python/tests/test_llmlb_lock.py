@@ -578,5 +578,93 @@ class LockDirTest(LockDirTestCase):
         return caught.exception
 
 
+
+class ServeStateTest(LockDirTestCase):
+    def test_set_state_is_seen_by_probe_and_info(self):
+        with PortLock(8240, self.dir) as lock:
+            # Nothing recorded yet: reads ready, with no time.
+            self.assertEqual(lock.info.state, "ready")
+            self.assertIsNone(lock.info.state_since)
+            self.assertEqual(probe(8240, self.dir).state_detail, "ready")
+            for word in ("starting", "ready", "stopping"):
+                lock.set_state(word)
+                seen = probe(8240, self.dir)
+                self.assertEqual(seen.state, "held")
+                self.assertEqual(seen.state_detail, word)
+                self.assertEqual(lock.info.state, word)
+                self.assertIs(seen.info.state_since.tzinfo, timezone.utc)
+                self.assertGreaterEqual(
+                    seen.info.state_since.timestamp(), seen.info.started_at.timestamp() - 1
+                )
+                # The holder is the same whatever its state.
+                self.assertEqual(seen.info, lock.info)
+            for bad in ("running", "READY", "", None, 1):
+                with self.assertRaises(ValueError):
+                    lock.set_state(bad)
+            self.assertEqual(probe(8240, self.dir).state_detail, "stopping")
+        self.assertIsNone(probe(8240, self.dir).state_detail)
+
+    def test_set_state_on_a_released_lock_is_refused(self):
+        lock = PortLock(8241, self.dir)
+        with self.assertRaises(LockError):
+            lock.set_state("ready")
+
+    def test_the_record_holds_the_words_llmlb_status_reads(self):
+        # The lock file's own fields, as `llmlb serve` writes them.
+        with PortLock(8242, self.dir) as lock:
+            lock.set_state("starting")
+            with open(self.file(8242)) as f:
+                record = json.load(f)
+            self.assertEqual(record["state"], "starting")
+            self.assertTrue(record["state_since"].endswith("Z"))
+
+
+class PortListenerTest(unittest.TestCase):
+    def test_a_listening_socket_is_found_and_a_closed_one_is_not(self):
+        import socket
+
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        try:
+            self.assertIsNone(llmlb_lock.port_listener(port), "bound, not listening")
+            s.listen()
+            found = llmlb_lock.port_listener(port)
+            self.assertIsNotNone(found)
+            if sys.platform != "darwin":
+                self.assertEqual(found, llmlb_lock.Listener(os.getpid()))
+            else:
+                self.assertIsNone(found.pid)
+        finally:
+            s.close()
+        self.assertIsNone(llmlb_lock.port_listener(port))
+
+    def test_another_process_is_found_with_its_pid(self):
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import socket,sys,time\n"
+                "s=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen()\n"
+                "print(s.getsockname()[1],flush=True)\ntime.sleep(600)\n",
+            ],
+            stdout=subprocess.PIPE,
+        )
+        try:
+            port = int(server.stdout.readline())
+            # PIDs from /proc or the Windows listener table; macOS only probes.
+            pid = None if sys.platform == "darwin" else server.pid
+            self.assertEqual(llmlb_lock.port_listener(port), llmlb_lock.Listener(pid))
+        finally:
+            server.kill()
+            server.wait()
+            server.stdout.close()
+
+    def test_bad_ports_are_refused(self):
+        for port in (0, 70000, -1):
+            with self.assertRaises(LockError):
+                llmlb_lock.port_listener(port)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -66,6 +66,24 @@ pub(crate) fn tree_listens(port: u16, root: u32) -> io::Result<bool> {
     Ok(false)
 }
 
+pub(crate) fn pid_from_namespace(pid_ns: &str, inner: u32) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    all_pids().ok()?.into_iter().find(|&pid| {
+        let in_ns = fs::metadata(format!("/proc/{pid}/ns/pid"))
+            .is_ok_and(|ns| format!("{}:{}", ns.dev(), ns.ino()) == pid_ns);
+        // `NSpid:` lists the process's PID in each namespace it is in,
+        // outermost first: the last is its own namespace's number.
+        in_ns
+            && fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+                status
+                    .lines()
+                    .find_map(|line| line.strip_prefix("NSpid:"))
+                    .and_then(|pids| pids.split_whitespace().last()?.parse::<u32>().ok())
+                    == Some(inner)
+            })
+    })
+}
+
 /// Inodes of the sockets listening on `port` on any local address, IPv4 or
 /// IPv6. An absent table (IPv6 disabled) counts as empty; an unreadable
 /// IPv4 table (no `/proc`) is the error.

@@ -12,7 +12,7 @@ use std::time::Duration;
 const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// Whether something accepts TCP connections on `port` on 127.0.0.1 or ::1.
-pub(crate) fn accepts(port: u16) -> bool {
+fn accepts(port: u16) -> bool {
     let addrs = [
         SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
         SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
