@@ -251,7 +251,20 @@ fn exec_mode_reports_itself_and_keeps_the_managers_socket_from_the_command() {
         "echo \"${{NOTIFY_SOCKET-unset}} ${{WATCHDOG_USEC-unset}} ${{WATCHDOG_PID-unset}}\" > {}; exec sleep 600",
         seen_by_command.display()
     );
-    let mut cmd = manager.cmd(&env, &["serve", "--port", &p, "--ready", "immediate", "--", "sh", "-c", &script]);
+    let mut cmd = manager.cmd(
+        &env,
+        &[
+            "serve",
+            "--port",
+            &p,
+            "--ready",
+            "immediate",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
     cmd.env("WATCHDOG_USEC", "10000000");
     let mut server = env.spawn_cmd(cmd);
     let pid = server.pid();

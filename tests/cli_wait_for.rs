@@ -9,46 +9,33 @@ mod cli_support;
 #[path = "support/prereq.rs"]
 mod prereq;
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::Path;
 use std::process::Command;
 
 use cli_support::*;
 use llmlb::lock::{acquire_or_reclaim, LockDir, LockInfo, PortGuard, ServeState};
 
-/// A reader's look at `file` from now on: an inotify watch for a read-only
-/// open being closed, which is what a probe (and nothing else here) does.
-struct ReaderSeen(OwnedFd);
+/// `llmlb wait ARGS` with its debug log on: each look it takes is a line,
+/// which is how a test knows what it has seen. (An inotify watch for a
+/// reader's close is not: a child that another test thread forks while this
+/// process has the file open closes its copy at its exec, later.)
+fn spawn_wait(env: &Env, args: &[&str]) -> Proc {
+    let mut cmd = env.cmd(&[&["wait"], args].concat());
+    cmd.env("LLMLB_LOG_LEVEL", "debug");
+    env.spawn_cmd(cmd)
+}
 
-impl ReaderSeen {
-    fn watch(file: &Path) -> ReaderSeen {
-        use std::os::unix::ffi::OsStrExt as _;
-        // SAFETY: plain syscall.
-        let raw = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
-        assert!(raw >= 0, "inotify_init1");
-        // SAFETY: a fresh descriptor.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let path = std::ffi::CString::new(file.as_os_str().as_bytes()).unwrap();
-        // SAFETY: valid descriptor and NUL-terminated path.
-        let wd = unsafe {
-            libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), libc::IN_CLOSE_NOWRITE)
-        };
-        assert!(wd >= 0, "inotify_add_watch {}", file.display());
-        ReaderSeen(fd)
-    }
+/// Waits until `wait` has logged a look that saw `seen` (e.g. `held by PID 7
+/// (starting)`).
+fn until_looked(wait: &Proc, port: u16, seen: &str) {
+    let line = format!("port {port} looked at: {seen}");
+    wait_until(&format!("wait to log {line:?}"), || {
+        wait.stderr().contains(&line)
+    });
+}
 
-    /// Blocks until some reader has looked at the file (panics after
-    /// [`PATIENCE`]).
-    fn wait(&self) {
-        let mut pfd = libc::pollfd {
-            fd: self.0.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, PATIENCE.as_millis() as i32) };
-        assert_eq!(n, 1, "no reader looked at the lock file");
-    }
+/// The last line of `stderr`: the lines before it are the debug log.
+fn last_line(stderr: &str) -> &str {
+    stderr.trim().lines().last().unwrap_or_default()
 }
 
 /// The lock of `port` taken by this process, recorded as starting.
@@ -144,10 +131,9 @@ fn free_is_met_once_the_server_is_stopped() {
     let env = Env::new();
     let port = free_port();
     let p = port.to_string();
-    let _serve = env.serve(port);
-    let seen = ReaderSeen::watch(&env.lock_file(port));
-    let mut wait = env.spawn(&["wait", "-p", &p, "--for", "free"]);
-    seen.wait();
+    let serve = env.serve(port);
+    let mut wait = spawn_wait(&env, &["-p", &p, "--for", "free"]);
+    until_looked(&wait, port, &format!("held by PID {}", serve.pid()));
     assert!(wait.try_wait().is_none(), "{}", wait.stderr());
     assert_eq!(env.run(&["stop", "-p", &p]).code(), Some(0));
     let out = wait.finish();
@@ -183,18 +169,17 @@ fn a_starting_holder_that_releases_ends_a_ready_wait_with_3() {
     let env = Env::new();
     let port = free_port();
     let guard = starting_holder(&env, port);
-    let seen = ReaderSeen::watch(&env.lock_file(port));
-    let wait = env.spawn(&["wait", "-p", &port.to_string()]);
-    seen.wait(); // it has seen the holder starting
+    let wait = spawn_wait(&env, &["-p", &port.to_string()]);
+    let me = std::process::id();
+    until_looked(&wait, port, &format!("held by PID {me} (starting)"));
     guard.release().unwrap();
     let out = wait.finish();
     assert_eq!(out.code(), Some(3), "{}", out.stderr);
     assert_eq!(
-        out.stderr.trim(),
-        format!(
-            "Port {port} did not become ready: its holder PID {} (starting) released it",
-            std::process::id()
-        )
+        last_line(&out.stderr),
+        format!("Port {port} did not become ready: its holder PID {me} (starting) released it"),
+        "{}",
+        out.stderr
     );
 }
 
@@ -235,18 +220,23 @@ fn a_starting_holder_that_dies_ends_a_ready_wait_with_3() {
     info.set_serve_state(ServeState::Starting);
     std::fs::write(&file, info.to_bytes()).unwrap();
 
-    let seen = ReaderSeen::watch(&file);
-    let wait = env.spawn(&["wait", "-p", &port.to_string()]);
-    seen.wait();
+    let wait = spawn_wait(&env, &["-p", &port.to_string()]);
+    until_looked(
+        &wait,
+        port,
+        &format!("held by PID {} (starting)", holder.pid()),
+    );
     holder.kill();
     let out = wait.finish();
     assert_eq!(out.code(), Some(3), "{}", out.stderr);
     assert_eq!(
-        out.stderr.trim(),
+        last_line(&out.stderr),
         format!(
             "Port {port} did not become ready: its holder PID {} (starting) exited without releasing it",
             holder.pid()
-        )
+        ),
+        "{}",
+        out.stderr
     );
 }
 

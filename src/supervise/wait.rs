@@ -123,6 +123,17 @@ pub fn wait_for(
             Watched::Dir(locks, _) => locks.probe(port)?,
             Watched::Missing(_) => LockState::Free,
         };
+        // What each look saw: for a user asking why a wait goes on, and for
+        // tests that must know it has looked.
+        match state.info() {
+            Some(info) => tracing::debug!(
+                "port {port} looked at: {} by PID {} ({})",
+                state.name(),
+                info.pid,
+                info.serve_state()
+            ),
+            None => tracing::debug!("port {port} looked at: {}", state.name()),
+        }
         if let Some(outcome) = judge(until, state, &mut waiting_on) {
             return Ok(outcome);
         }
