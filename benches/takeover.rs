@@ -11,6 +11,11 @@
 //!
 //! On tmpfs (`/dev/shm`) when present, else the temp dir.
 //!
+//! Then `serve` start → ready (HTTP mode): the built `llmlb serve` spawned
+//! in a fresh lock dir, timed from the spawn to a `wait_for(ready)` returning,
+//! and inside the server from taking the lock (`started_at`) to recording
+//! ready (`state_since`).
+//!
 //! Then `llmlb wait --for ready` (`supervise::wait::wait_for`): from the
 //! holder's `set_state(Ready)` (an in-place rewrite of its record) to the
 //! waiter returning, beside a waiter that probes every 50 ms; and the CPU of
@@ -350,6 +355,55 @@ fn idle_wait_cpu(wait: Duration) {
     );
 }
 
+/// `llmlb serve` (HTTP) from spawn to ready, `rounds` times: the median and
+/// p99 of spawn → a waiter sees ready, and of lock taken → ready recorded.
+fn serve_start_to_ready(rounds: usize) {
+    let Some(bin) = option_env!("CARGO_BIN_EXE_llmlb") else {
+        println!("serve start → ready: skipped (built without the cli feature)");
+        return;
+    };
+    let mut outside = Vec::with_capacity(rounds);
+    let mut inside = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let tmp = tempfile::tempdir_in(base_dir()).expect("bench dir");
+        let locks = tmp.path().join("locks");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let started = Instant::now();
+        let mut server = std::process::Command::new(bin)
+            .args(["serve", "-p", &port.to_string(), "-H", "127.0.0.1"])
+            .env("LLMLB_LOCK_DIR", &locks)
+            .env("LLMLB_LOG_LEVEL", "warn")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn llmlb serve");
+        let outcome = wait_for(&locks, port, Until::Ready, Some(GENEROUS));
+        outside.push(started.elapsed());
+        assert!(matches!(outcome, Ok(WaitOutcome::Met(_))), "{outcome:?}");
+        let record = std::fs::read(locks.join(format!("serve_{port}.lock"))).expect("record");
+        let info = llmlb::lock::LockInfo::parse(&record).expect("a record");
+        let since = info.state_since.expect("state_since");
+        inside.push((since - info.started_at).to_std().unwrap_or_default());
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+    for (what, mut times) in [
+        ("spawn → ready seen by a waiter", outside),
+        ("lock taken → ready recorded", inside),
+    ] {
+        times.sort();
+        println!(
+            "serve start → ready, {what}, {rounds} rounds: median {:?}, p99 {:?}, max {:?}",
+            percentile(&times, 0.5),
+            percentile(&times, 0.99),
+            times.last().copied().unwrap_or_default()
+        );
+    }
+}
+
 fn main() {
     benches();
     criterion::Criterion::default()
@@ -360,9 +414,11 @@ fn main() {
     if smoke {
         distribution(5, 2);
         wait_distribution(5, 2);
+        serve_start_to_ready(2);
     } else {
         distribution(1000, 100);
         wait_distribution(1000, 100);
+        serve_start_to_ready(100);
     }
     #[cfg(target_os = "linux")]
     {

@@ -278,6 +278,18 @@ fn notify_stays_starting_without_ready_from_the_commands_tree() {
         serve.stderr().contains("command status: after")
     });
     assert_eq!(state(&env, port).as_deref(), Some("starting"));
+    // What a script waiting on it sees: `llmlb wait` times out naming the
+    // state and the holder.
+    let waited = env.run(&["wait", "-p", &port.to_string(), "-t", "1"]);
+    assert_eq!(waited.code(), Some(1), "{}", waited.stderr);
+    assert!(
+        waited.stderr.starts_with(&format!(
+            "Timed out after 1s waiting for port {port} to be ready: held by PID {}, starting for ",
+            serve.pid()
+        )),
+        "{}",
+        waited.stderr
+    );
     let me = std::process::id();
     assert!(
         serve.stderr().contains(&format!(
