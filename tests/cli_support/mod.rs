@@ -18,13 +18,26 @@ use std::time::{Duration, Instant};
 /// Upper bound for anything to happen; only guards against hangs.
 pub const PATIENCE: Duration = Duration::from_secs(15);
 
-/// A free TCP port on 127.0.0.1 (bound then released).
+/// A free TCP port on 127.0.0.1, never one this process handed out before,
+/// and below Linux's ephemeral range (32768–60999): a `bind(0)` elsewhere
+/// (a test's own squatter, a client's source port) never lands on it, and two
+/// tests running side by side never share one (one test's server would be
+/// found listening on another's port). Checked free by binding it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::AtomicU16;
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    // Spread by PID, so test binaries run one after another start apart.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = (std::process::id() % u32::from(SPAN)) as u16;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = FIRST + (start.wrapping_add(n) % SPAN);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN);
 }
 
 /// A private temp dir with the lock dir `<tmp>/locks` (created by `serve`).
