@@ -278,7 +278,9 @@ static int listening(uint16_t port) {
  * value, and (not Linux) the private dir holding the socket file. */
 static int g_notify = -1;
 static char g_notify_name[sizeof(((struct sockaddr_un *)0)->sun_path)];
+#ifndef __linux__
 static char g_notify_dir[sizeof g_notify_name];
+#endif
 
 /* Opens g_notify, non-blocking and close-on-exec: 0, or -1 after saying why. */
 static int open_notify(void) {
@@ -435,12 +437,9 @@ static int run_to_end(LlmlbLock *lock, pid_t child, enum ready_policy policy, ui
         code = 1;
       }
     }
-    if (!stopping && (g_stopping || code >= 0)) {
-      stopping = 1;
-      set_state(lock, LLMLB_SERVE_STATE_STOPPING, "stopping");
-      tell_manager("STOPPING=1\n");
-    }
-    if (!ready && !stopping) { /* never back from stopping to ready */
+    /* Before stopping is recorded, so an immediate command that exits at
+     * once was ready first; never back from stopping to ready. */
+    if (!ready && !stopping && !g_stopping) {
       if (policy == READY_IMMEDIATE) ready = 1;
       else if (policy == READY_NOTIFY) ready = notify_ready();
       else if (now_ms() >= next_check) {
@@ -457,6 +456,11 @@ static int run_to_end(LlmlbLock *lock, pid_t child, enum ready_policy policy, ui
         long left = next_check - now_ms();
         wait_ms = left < 0 ? 0 : left < POLL_MS ? (int)left : POLL_MS;
       }
+    }
+    if (!stopping && (g_stopping || code >= 0)) {
+      stopping = 1;
+      set_state(lock, LLMLB_SERVE_STATE_STOPPING, "stopping");
+      tell_manager("STOPPING=1\n");
     }
     if (code >= 0) {
       if (group_gone(child)) return code;
@@ -674,6 +678,11 @@ static int run_to_end(LlmlbLock *lock, const PROCESS_INFORMATION *child, HANDLE 
   ULONGLONG deadline = 0, next_check = GetTickCount64();
   int stopping = 0, killed = 0, ready = 0;
   DWORD code = 1, delay = LISTEN_FIRST_MS, wait_ms;
+  /* Before the first look at CMD, which may have exited already. */
+  if (policy == READY_IMMEDIATE) {
+    ready = 1;
+    set_state(lock, LLMLB_SERVE_STATE_READY, "ready");
+  }
   for (;;) {
     int requested = 0;
     if (WaitForSingleObject(child->hProcess, 0) == WAIT_OBJECT_0) {
@@ -684,8 +693,7 @@ static int run_to_end(LlmlbLock *lock, const PROCESS_INFORMATION *child, HANDLE 
     wait_ms = POLL_MS;
     if (!ready && !stopping) {
       /* --ready listen: any listener counts (no tree-aware lookup here). */
-      if (policy == READY_IMMEDIATE) ready = 1;
-      else if (GetTickCount64() >= next_check) {
+      if (GetTickCount64() >= next_check) {
         ready = llmlb_port_listener(port, NULL) == LLMLB_STATUS_OK;
         next_check = GetTickCount64() + delay;
         delay = delay * 2 > LISTEN_MAX_MS ? LISTEN_MAX_MS : delay * 2;
