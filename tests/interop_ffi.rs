@@ -145,8 +145,9 @@ fn launcher_holder_interops_with_the_cli(launcher: LauncherCmd, env: Env, port: 
     let status = env.llmlb(&["status", "--port", &port_s]);
     assert_eq!(status.status.code(), Some(0), "{}", describe(&status));
     let table = text(&status.stdout);
+    // Default --ready listen, and the command never listens: starting.
     assert!(
-        table.contains(&pid.to_string()) && table.contains("Running"),
+        table.contains(&pid.to_string()) && table.contains("Starting"),
         "{table}"
     );
     let json = env.llmlb(&["status", "--format", "json"]);
