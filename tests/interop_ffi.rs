@@ -20,7 +20,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ffi_support::{describe, text};
-use llmlb::lock::LockState;
+use llmlb::lock::{LockState, ServeState};
 
 const LLMLB: &str = env!("CARGO_BIN_EXE_llmlb");
 
@@ -46,7 +46,12 @@ impl Env {
         cmd.env("LLMLB_LOCK_DIR", &self.lock_dir)
             .env("LLMLB_LOCK_LIB", ffi_support::shared_lib())
             .env_remove("LLMLB_PORT")
-            .env_remove("LLMLB_HOST");
+            .env_remove("LLMLB_HOST")
+            // A manager or socket activation of the test runner's is not
+            // the launchers' (a test that plays the manager sets its own).
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDS");
         cmd
     }
 
@@ -140,8 +145,9 @@ fn launcher_holder_interops_with_the_cli(launcher: LauncherCmd, env: Env, port: 
     let status = env.llmlb(&["status", "--port", &port_s]);
     assert_eq!(status.status.code(), Some(0), "{}", describe(&status));
     let table = text(&status.stdout);
+    // Default --ready listen, and the command never listens: starting.
     assert!(
-        table.contains(&pid.to_string()) && table.contains("Running"),
+        table.contains(&pid.to_string()) && table.contains("Starting"),
         "{table}"
     );
     let json = env.llmlb(&["status", "--format", "json"]);
@@ -377,4 +383,256 @@ fn python_and_c_default_dir_is_the_librarys() {
         "{}",
         describe(&out)
     );
+}
+
+/// The serving state `port`'s holder recorded, once the lock file reads
+/// back whole (`None` while it does not).
+fn serve_state(env: &Env, port: u16) -> Option<ServeState> {
+    match env.probe(port) {
+        LockState::Held(Some(info)) => Some(info.serve_state()),
+        _ => None,
+    }
+}
+
+/// Waits until the holder of `port` records `want`, failing if `launcher`
+/// exits first. Bounded so a launcher that never gets there fails.
+fn wait_for_state(env: &Env, port: u16, want: ServeState, launcher: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while serve_state(env, port) != Some(want) {
+        if let Some(status) = launcher.try_wait().unwrap() {
+            panic!("the launcher exited ({status}) before recording {want:?}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "port {port} never became {want:?}: {:?}",
+            serve_state(env, port)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs `launcher --ready POLICY PORT -- CMD` with stdout piped.
+fn launch_ready(
+    env: &Env,
+    launcher: &LauncherCmd,
+    policy: &str,
+    port: u16,
+    cmd: &[&str],
+) -> Command {
+    let mut command = env.command(&launcher[0]);
+    command
+        .args(&launcher[1..])
+        .args(["--ready", policy])
+        .arg(port.to_string())
+        .arg("--")
+        .args(cmd)
+        .stdout(Stdio::piped());
+    command
+}
+
+/// Reads the command's first line from the launcher's piped stdout.
+fn first_line(child: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line
+}
+
+/// Stops the launcher with `llmlb stop` and checks it released the port.
+fn stop_launcher(env: &Env, port: u16, mut launcher: Child) {
+    let stop = env.llmlb(&["stop", "--port", &port.to_string()]);
+    assert_eq!(stop.status.code(), Some(0), "{}", describe(&stop));
+    assert_eq!(launcher.wait().unwrap().code(), Some(0));
+    assert_eq!(env.probe(port), LockState::Free);
+}
+
+/// A Python server that prints `waiting <its NOTIFY_SOCKET or ->`, listens
+/// on `LLMLB_PORT` only once the file `argv[1]` exists, and exits 0 on
+/// SIGTERM.
+const LISTEN_AFTER_GO: &str = "\
+import os, signal, socket, sys, time
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+print('waiting', os.environ.get('NOTIFY_SOCKET', '-'), flush=True)
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.01)
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', int(os.environ['LLMLB_PORT'])))
+s.listen()
+while True:
+    time.sleep(0.05)
+";
+
+/// Both launchers, with the ports (from the C/Python interop range) a test
+/// uses for each.
+fn both_launchers(
+    env: &Env,
+    c_port: u16,
+    python_port: u16,
+) -> [(&'static str, LauncherCmd, u16); 2] {
+    [
+        ("C", c_launcher(env), c_port),
+        ("Python", python_launcher(), python_port),
+    ]
+}
+
+/// `--ready immediate`: ready as soon as the command runs.
+#[test]
+fn launchers_ready_immediate_record_ready_once_the_command_runs() {
+    let env = Env::new();
+    for (name, launcher, port) in both_launchers(&env, 8405, 8406) {
+        let mut holder = launch_ready(
+            &env,
+            &launcher,
+            "immediate",
+            port,
+            &["sh", "-c", SERVER_SCRIPT],
+        )
+        .spawn()
+        .unwrap();
+        assert_eq!(first_line(&mut holder), "ready\n", "{name}");
+        wait_for_state(&env, port, ServeState::Ready, &mut holder);
+        stop_launcher(&env, port, holder);
+    }
+}
+
+/// `--ready listen` (also the default): starting while the command does not
+/// listen on the port, ready once it does.
+#[test]
+fn launchers_ready_listen_record_ready_once_the_command_listens() {
+    let env = Env::new();
+    for (name, launcher, port) in both_launchers(&env, 8407, 8408) {
+        let go = env.tmp.path().join(format!("{name}-go"));
+        let go_s = go.to_str().unwrap();
+        let python = ffi_support::python3();
+        let cmd = [python.as_str(), "-c", LISTEN_AFTER_GO, go_s];
+        let mut holder = launch_ready(&env, &launcher, "listen", port, &cmd)
+            .spawn()
+            .unwrap();
+        assert_eq!(first_line(&mut holder), "waiting -\n", "{name}");
+        // Recorded before the command was started, and nothing listens yet.
+        assert_eq!(
+            serve_state(&env, port),
+            Some(ServeState::Starting),
+            "{name}"
+        );
+        std::fs::write(&go, "").unwrap();
+        wait_for_state(&env, port, ServeState::Ready, &mut holder);
+        std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stop_launcher(&env, port, holder);
+    }
+}
+
+/// `--ready notify`: starting until the command's tree sends READY=1 with
+/// the real `systemd-notify`, ready after.
+#[test]
+fn launchers_ready_notify_record_ready_on_systemd_notify() {
+    let env = Env::new();
+    for (name, launcher, port) in both_launchers(&env, 8409, 8410) {
+        let go = env.tmp.path().join(format!("{name}-go"));
+        let script = format!(
+            "trap 'exit 0' TERM; echo \"waiting $NOTIFY_SOCKET\"; \
+             while [ ! -e '{}' ]; do sleep 0.01; done; systemd-notify --ready; \
+             while :; do sleep 0.05; done",
+            go.display()
+        );
+        let mut holder = launch_ready(&env, &launcher, "notify", port, &["sh", "-c", &script])
+            .spawn()
+            .unwrap();
+        let line = first_line(&mut holder);
+        assert!(
+            line.starts_with("waiting ") && line.trim() != "waiting",
+            "{name}: the command has no NOTIFY_SOCKET: {line:?}"
+        );
+        assert_eq!(
+            serve_state(&env, port),
+            Some(ServeState::Starting),
+            "{name}"
+        );
+        std::fs::write(&go, "").unwrap();
+        wait_for_state(&env, port, ServeState::Ready, &mut holder);
+        stop_launcher(&env, port, holder);
+    }
+}
+
+/// A `--ready` value that is not a policy is a usage error: exit 2, one
+/// line, and the lock dir is never touched.
+#[test]
+fn launchers_refuse_an_unknown_ready_policy() {
+    let env = Env::new();
+    for (name, launcher, port) in both_launchers(&env, 8411, 8412) {
+        let out = launch_ready(&env, &launcher, "soon", port, &["true"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{name}: {}", describe(&out));
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{name}: {err}");
+        assert!(err.contains("--ready soon"), "{name}: {err}");
+    }
+    assert!(!env.lock_dir.exists(), "a usage error touched the lock dir");
+}
+
+/// Under a service manager (a NOTIFY_SOCKET of the test's own), a launcher
+/// sends MAINPID and READY=1 only once its command listens, and STOPPING=1
+/// when stopped; the command never sees the manager's socket.
+#[test]
+fn launchers_tell_their_own_manager_ready_after_the_command_listens() {
+    use std::os::unix::net::UnixDatagram;
+    let env = Env::new();
+    for (name, launcher, port) in both_launchers(&env, 8413, 8414) {
+        let socket_path = env.tmp.path().join(format!("{name}-manager.sock"));
+        let manager = UnixDatagram::bind(&socket_path).unwrap();
+        manager
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let go = env.tmp.path().join(format!("{name}-go"));
+        let go_s = go.to_str().unwrap();
+        let python = ffi_support::python3();
+        let cmd = [python.as_str(), "-c", LISTEN_AFTER_GO, go_s];
+        let mut holder = launch_ready(&env, &launcher, "listen", port, &cmd)
+            .env("NOTIFY_SOCKET", &socket_path)
+            .spawn()
+            .unwrap();
+        assert_eq!(first_line(&mut holder), "waiting -\n", "{name}");
+        assert_eq!(
+            serve_state(&env, port),
+            Some(ServeState::Starting),
+            "{name}"
+        );
+        manager.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 4096];
+        let early = manager.recv(&mut buf);
+        assert!(
+            early
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+            "{name}: the manager heard from the launcher before the command listened: {:?}",
+            early.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+        );
+        manager.set_nonblocking(false).unwrap();
+        std::fs::write(&go, "").unwrap();
+        let n = manager.recv(&mut buf).unwrap();
+        let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(
+            message.lines().any(|l| l == "READY=1"),
+            "{name}: {message:?}"
+        );
+        assert!(
+            message
+                .lines()
+                .any(|l| l == format!("MAINPID={}", holder.id())),
+            "{name}: {message:?}"
+        );
+        // READY=1 follows the listen (and the recorded state).
+        std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        assert_eq!(serve_state(&env, port), Some(ServeState::Ready), "{name}");
+        stop_launcher(&env, port, holder);
+        let n = manager.recv(&mut buf).unwrap();
+        let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(
+            message.lines().any(|l| l == "STOPPING=1"),
+            "{name}: {message:?}"
+        );
+    }
 }

@@ -1,5 +1,5 @@
 /*
- * launcher PORT -- CMD [ARGS...]
+ * launcher [--ready listen|notify|immediate] PORT -- CMD [ARGS...]
  *
  * Runs CMD under the per-port lock `llmlb serve` takes, exactly as
  * `llmlb serve --port PORT -- CMD` does: takes the lock for PORT (lock dir
@@ -15,13 +15,39 @@
  * If the port is held, prints the holder's PID and exits 1. Usage errors
  * exit 2.
  *
+ * Readiness, as `llmlb serve --ready`: the lock record says `starting` from
+ * the acquire, `ready` once CMD is ready, `stopping` once stopping begins
+ * (a signal, a stop request, or CMD's exit). --ready picks when CMD is
+ * ready:
+ *   listen (the default)  something listens on PORT (llmlb_port_listener,
+ *                         checked 1 ms, 2 ms, ... up to every 50 ms). On
+ *                         Linux the listener must be CMD or a descendant
+ *                         (its /proc ppid chain reaches the launcher);
+ *                         elsewhere any listener counts (the C ABI has no
+ *                         tree-aware lookup), so a squatter could pass.
+ *   notify                CMD's tree sends READY=1 to the NOTIFY_SOCKET the
+ *                         launcher sets for it (sd_notify). Linux: an
+ *                         abstract socket with SO_PASSCRED, and a datagram
+ *                         counts only from our uid and a pid of CMD's tree;
+ *                         elsewhere a socket file, mode 0600, in a private
+ *                         0700 temp dir: only our own user can send.
+ *   immediate             CMD has been started.
+ * Under a service manager (NOTIFY_SOCKET set for the launcher) the launcher
+ * reports to it, as `llmlb serve` does: MAINPID and READY=1 when CMD is
+ * ready, STOPPING=1 when stopping begins; CMD never gets the manager's
+ * NOTIFY_SOCKET (nor WATCHDOG_*). Socket activation: when LISTEN_PID names
+ * the launcher, the LISTEN_FDS descriptors from 3 on stay open for CMD, with
+ * LISTEN_FDS (and LISTEN_FDNAMES) unchanged and LISTEN_PID set to CMD's PID
+ * in the child between fork and exec; otherwise CMD gets no LISTEN_*.
+ *
  * Windows (no SIGTERM, fork or process groups to signal): CMD starts
  * suspended in a job object with kill-on-close (so it dies with the
  * launcher however the launcher ends) and in a console process group of its
  * own, then resumes; `llmlb stop` sets the lock's stop channel, which the
  * wait loop polls with llmlb_lock_wait_stop, and Ctrl-C sets the same flag:
  * CMD then gets CTRL_BREAK_EVENT and, 3 s later, its job is terminated. The
- * lock is not passed to CMD there. Build with mingw-w64:
+ * lock is not passed to CMD there, and --ready notify is refused (no
+ * sd_notify on Windows). Build with mingw-w64:
  *   x86_64-w64-mingw32-gcc -std=c11 -Wall -Wextra -pedantic -Iinclude \
  *      ffi/examples/launcher.c target/x86_64-pc-windows-gnu/release/libllmlb_lock.a \
  *      -lws2_32 -lntdll -luserenv -lbcrypt -o launcher.exe
@@ -33,10 +59,19 @@
  *      target/release/libllmlb_lock.a -lpthread -ldl -lm -o launcher
  */
 #define _XOPEN_SOURCE 700
+#ifdef __linux__
+/* SO_PASSCRED, SCM_CREDENTIALS and struct ucred (--ready notify). */
+#define _GNU_SOURCE
+#endif
+#ifdef __APPLE__
+/* CMSG_SPACE and CMSG_LEN, which strict POSIX hides there. */
+#define _DARWIN_C_SOURCE
+#endif
 
 #include "llmlb_lock.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +80,9 @@
 #else
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -60,9 +98,39 @@
 #define KILL_WAIT_MS 5000
 #define POLL_MS 20
 
+/* The first and the longest pause between two --ready listen checks. */
+#define LISTEN_FIRST_MS 1
+#define LISTEN_MAX_MS 50
+
+enum ready_policy { READY_LISTEN, READY_NOTIFY, READY_IMMEDIATE };
+
 static int usage(const char *argv0) {
-  fprintf(stderr, "usage: %s PORT -- CMD [ARGS...]\n", argv0);
+  fprintf(stderr, "usage: %s [--ready listen|notify|immediate] PORT -- CMD [ARGS...]\n", argv0);
   return 2;
+}
+
+/* Parses the optional `--ready WHEN` at argv[1]: the index of PORT, or 0
+ * after a usage message. */
+static int parse_ready(int argc, char **argv, enum ready_policy *policy) {
+  *policy = READY_LISTEN;
+  if (argc < 2 || strcmp(argv[1], "--ready") != 0) return 1;
+  if (argc < 3) return usage(argv[0]), 0;
+  if (strcmp(argv[2], "listen") == 0) *policy = READY_LISTEN;
+  else if (strcmp(argv[2], "notify") == 0) *policy = READY_NOTIFY;
+  else if (strcmp(argv[2], "immediate") == 0) *policy = READY_IMMEDIATE;
+  else {
+    fprintf(stderr, "launcher: invalid --ready %s: use listen, notify or immediate\n", argv[2]);
+    return 0;
+  }
+  return 3;
+}
+
+/* Records the serving state; a failure is only a warning (the server runs
+ * on, `llmlb status` shows the previous state). */
+static void set_state(LlmlbLock *lock, int state, const char *name) {
+  if (llmlb_lock_set_state(lock, state) != LLMLB_STATUS_OK)
+    fprintf(stderr, "launcher: warning: cannot record the state %s: %s\n", name,
+            llmlb_last_error());
 }
 
 static int parse_port(const char *text, uint16_t *port) {
@@ -126,6 +194,215 @@ static long now_ms(void) {
   return (long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Our service manager's NOTIFY_SOCKET (NULL: none). Read once; the launcher
+ * never changes its own environment, only the child's. */
+static const char *g_manager = NULL;
+
+/* Fills *addr for NOTIFY_SOCKET-style `name` (a path, or on Linux `@name`
+ * in the abstract namespace): its length, or 0 if it cannot be one. */
+static socklen_t unix_address(const char *name, struct sockaddr_un *addr) {
+  size_t len = strlen(name);
+  memset(addr, 0, sizeof *addr);
+  addr->sun_family = AF_UNIX;
+  if (len == 0 || len >= sizeof addr->sun_path) return 0;
+  memcpy(addr->sun_path, name, len);
+#ifdef __linux__
+  if (name[0] == '@') {
+    addr->sun_path[0] = '\0';
+    return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
+  }
+#endif
+  return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1);
+}
+
+/* Sends `text` (sd_notify assignments, one a line) to our own manager, if
+ * one listens; a failure is a warning (the manager's timeouts decide). */
+static void tell_manager(const char *text) {
+  struct sockaddr_un addr;
+  socklen_t addr_len;
+  int fd;
+  if (g_manager == NULL || g_manager[0] == '\0') return;
+  addr_len = unix_address(g_manager, &addr);
+  fd = addr_len == 0 ? -1 : socket(AF_UNIX, SOCK_DGRAM, 0);
+  if (fd < 0 ||
+      sendto(fd, text, strlen(text), 0, (const struct sockaddr *)&addr, addr_len) < 0)
+    fprintf(stderr, "launcher: warning: cannot notify NOTIFY_SOCKET=%s: %s\n", g_manager,
+            addr_len == 0 ? "not a socket address" : strerror(errno));
+  if (fd >= 0) close(fd);
+}
+
+#ifdef __linux__
+/* The parent of `pid` from /proc (0 if it cannot be read). */
+static pid_t parent_of(pid_t pid) {
+  char path[64], stat[512];
+  const char *end;
+  size_t n;
+  int ppid = 0;
+  FILE *f;
+  snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+  if ((f = fopen(path, "r")) == NULL) return 0;
+  n = fread(stat, 1, sizeof stat - 1, f);
+  fclose(f);
+  stat[n] = '\0';
+  /* "pid (comm) state ppid ...": comm may hold spaces and parentheses. */
+  if ((end = strrchr(stat, ')')) == NULL || sscanf(end + 1, " %*c %d", &ppid) != 1) return 0;
+  return (pid_t)ppid;
+}
+
+/* Whether `pid` descends from the launcher: CMD's tree, with the orphans
+ * we adopted as its subreaper. */
+static int in_our_tree(pid_t pid) {
+  pid_t self = getpid();
+  int depth;
+  for (depth = 0; depth < 4096 && pid > 1; depth++) {
+    pid = parent_of(pid);
+    if (pid == self) return 1;
+  }
+  return 0;
+}
+#endif
+
+/* Whether CMD listens on `port` (--ready listen): on Linux a listener of
+ * CMD's tree; elsewhere any listener (see the header comment). */
+static int listening(uint16_t port) {
+  uint32_t pid = 0;
+  if (llmlb_port_listener(port, &pid) != LLMLB_STATUS_OK) return 0;
+#ifdef __linux__
+  return pid != 0 && in_our_tree((pid_t)pid);
+#else
+  return 1;
+#endif
+}
+
+/* --ready notify: the socket CMD gets in NOTIFY_SOCKET (-1: none), that
+ * value, and (not Linux) the private dir holding the socket file. */
+static int g_notify = -1;
+static char g_notify_name[sizeof(((struct sockaddr_un *)0)->sun_path)];
+#ifndef __linux__
+static char g_notify_dir[sizeof g_notify_name];
+#endif
+
+/* Opens g_notify, non-blocking and close-on-exec: 0, or -1 after saying why. */
+static int open_notify(void) {
+  struct sockaddr_un addr;
+  socklen_t addr_len;
+#ifdef __linux__
+  int one = 1;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  /* Abstract: no file to clean up; the kernel vouches for each sender. */
+  snprintf(g_notify_name, sizeof g_notify_name, "@llmlb-launcher/%ld/%ld", (long)getpid(),
+           (long)ts.tv_nsec);
+#else
+  const char *tmp = getenv("TMPDIR");
+  snprintf(g_notify_dir, sizeof g_notify_dir, "%s/llmlb-launcher.XXXXXX",
+           tmp != NULL && tmp[0] != '\0' ? tmp : "/tmp");
+  if (mkdtemp(g_notify_dir) == NULL) { /* mode 0700 */
+    fprintf(stderr, "launcher: cannot create a directory for NOTIFY_SOCKET: %s\n",
+            strerror(errno));
+    g_notify_dir[0] = '\0';
+    return -1;
+  }
+  snprintf(g_notify_name, sizeof g_notify_name, "%s/notify", g_notify_dir);
+#endif
+  addr_len = unix_address(g_notify_name, &addr);
+  g_notify = socket(AF_UNIX, SOCK_DGRAM, 0);
+  if (addr_len == 0 || g_notify < 0 || fcntl(g_notify, F_SETFD, FD_CLOEXEC) != 0 ||
+      fcntl(g_notify, F_SETFL, O_NONBLOCK) != 0 ||
+#ifdef __linux__
+      setsockopt(g_notify, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0 ||
+#endif
+      bind(g_notify, (const struct sockaddr *)&addr, addr_len) != 0
+#ifndef __linux__
+      || chmod(g_notify_name, 0600) != 0
+#endif
+  ) {
+    fprintf(stderr, "launcher: cannot open NOTIFY_SOCKET %s: %s\n", g_notify_name,
+            addr_len == 0 ? "path too long" : strerror(errno));
+    return -1;
+  }
+  return 0;
+}
+
+static void close_notify(void) {
+  if (g_notify >= 0) close(g_notify);
+  g_notify = -1;
+#ifndef __linux__
+  if (g_notify_dir[0] != '\0') {
+    unlink(g_notify_name);
+    rmdir(g_notify_dir);
+  }
+#endif
+}
+
+/* Whether `text` has the line `line`. */
+static int has_line(const char *text, const char *line) {
+  size_t len = strlen(line);
+  while (text != NULL && *text != '\0') {
+    if (strncmp(text, line, len) == 0 && (text[len] == '\n' || text[len] == '\0')) return 1;
+    text = strchr(text, '\n');
+    if (text != NULL) text++;
+  }
+  return 0;
+}
+
+/* Reads every pending datagram: 1 if one of CMD's tree said READY=1.
+ * Descriptors passed along (systemd-notify's BARRIER=1 pipe) are closed,
+ * which releases the waiting sender; it stays alive until then, so its
+ * place in the tree can be checked when its READY=1 is read. */
+static int notify_ready(void) {
+  char text[4097];
+  union {
+    struct cmsghdr align;
+    char space[CMSG_SPACE(sizeof(int) * 16)
+#ifdef __linux__
+               + CMSG_SPACE(sizeof(struct ucred))
+#endif
+    ];
+  } control;
+  int ready = 0;
+  for (;;) {
+    struct msghdr msg;
+    struct iovec iov;
+    struct cmsghdr *c;
+    ssize_t n;
+#ifdef __linux__
+    int trusted = 0; /* without credentials: not provably from the tree */
+#else
+    int trusted = 1; /* only our user can reach the 0600 socket */
+#endif
+    iov.iov_base = text;
+    iov.iov_len = sizeof text - 1;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.space;
+    msg.msg_controllen = sizeof control.space;
+    n = recvmsg(g_notify, &msg, 0); /* non-blocking socket */
+    if (n < 0) return ready; /* EAGAIN: nothing more for now */
+    for (c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET) continue;
+      if (c->cmsg_type == SCM_RIGHTS) {
+        size_t i, count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (i = 0; i < count; i++) {
+          int fd;
+          memcpy(&fd, CMSG_DATA(c) + i * sizeof fd, sizeof fd);
+          close(fd);
+        }
+      }
+#ifdef __linux__
+      else if (c->cmsg_type == SCM_CREDENTIALS) {
+        struct ucred cred;
+        memcpy(&cred, CMSG_DATA(c), sizeof cred);
+        trusted = cred.uid == getuid() && in_our_tree(cred.pid);
+      }
+#endif
+    }
+    text[n] = '\0';
+    if (trusted && has_line(text, "READY=1")) ready = 1;
+  }
+}
+
 /* Whether no process of group `pgid` is left: reaps our exited children in
  * it first (orphans come to us as subreaper; zombies still count as
  * members). Only after the leader itself was reaped. */
@@ -140,11 +417,15 @@ static int group_gone(pid_t pgid) {
  * SIGTERM to the group once the child has exited (unless a forwarded
  * signal already started the clock), SIGKILL at the deadline, and giving up
  * KILL_WAIT_MS later: never an unbounded wait. Between checks it waits on
- * the lock's stop channel (llmlb_lock_wait_stop). Returns CMD's exit code. */
-static int run_to_end(const LlmlbLock *lock, pid_t child) {
-  long deadline = -1;
-  int killed = 0, code = -1, status = 0;
+ * the lock's stop channel (llmlb_lock_wait_stop). Meanwhile it records
+ * `ready` per `policy` (until stopping begins) and `stopping` once it
+ * begins, telling our manager too. Returns CMD's exit code. */
+static int run_to_end(LlmlbLock *lock, pid_t child, enum ready_policy policy, uint16_t port) {
+  long deadline = -1, next_check = now_ms();
+  int killed = 0, code = -1, status = 0, ready = 0, stopping = 0;
+  int delay = LISTEN_FIRST_MS;
   for (;;) {
+    int wait_ms = POLL_MS;
     if (code < 0) {
       pid_t got = waitpid(child, &status, WNOHANG);
       if (got == child) {
@@ -155,6 +436,31 @@ static int run_to_end(const LlmlbLock *lock, pid_t child) {
         perror("launcher: waitpid");
         code = 1;
       }
+    }
+    /* Before stopping is recorded, so an immediate command that exits at
+     * once was ready first; never back from stopping to ready. */
+    if (!ready && !stopping && !g_stopping) {
+      if (policy == READY_IMMEDIATE) ready = 1;
+      else if (policy == READY_NOTIFY) ready = notify_ready();
+      else if (now_ms() >= next_check) {
+        ready = listening(port);
+        next_check = now_ms() + delay;
+        delay = delay * 2 > LISTEN_MAX_MS ? LISTEN_MAX_MS : delay * 2;
+      }
+      if (ready) {
+        char message[64];
+        set_state(lock, LLMLB_SERVE_STATE_READY, "ready");
+        snprintf(message, sizeof message, "MAINPID=%ld\nREADY=1\n", (long)getpid());
+        tell_manager(message);
+      } else if (policy == READY_LISTEN) {
+        long left = next_check - now_ms();
+        wait_ms = left < 0 ? 0 : left < POLL_MS ? (int)left : POLL_MS;
+      }
+    }
+    if (!stopping && (g_stopping || code >= 0)) {
+      stopping = 1;
+      set_state(lock, LLMLB_SERVE_STATE_STOPPING, "stopping");
+      tell_manager("STOPPING=1\n");
     }
     if (code >= 0) {
       if (group_gone(child)) return code;
@@ -177,7 +483,7 @@ static int run_to_end(const LlmlbLock *lock, pid_t child) {
       /* Where Windows' `llmlb stop` would arrive; here it is SIGTERM (the
        * handler above), and this is a sleep that a signal cuts short. */
       int requested = 0;
-      llmlb_lock_wait_stop(lock, POLL_MS, &requested);
+      llmlb_lock_wait_stop(lock, wait_ms, &requested);
       if (requested && !g_stopping) {
         g_stopping = 1;
         kill(-child, SIGTERM);
@@ -192,22 +498,39 @@ int main(int argc, char **argv) {
   uint16_t port = 0;
   sigset_t forwarded, old_mask;
   struct sigaction action;
-  char port_text[8], fd_text[16];
+  char port_text[8], fd_text[16], pid_text[24];
   pid_t child, parent = getpid();
-  int code, lock_fd = -1;
+  int code, lock_fd = -1, at, activated;
+  enum ready_policy policy;
+  const char *listen_pid = getenv("LISTEN_PID");
+  char **cmd;
 
-  if (argc < 4 || strcmp(argv[2], "--") != 0) return usage(argv[0]);
-  if (!parse_port(argv[1], &port)) {
-    fprintf(stderr, "launcher: invalid port %s: ports are 1..=65535\n", argv[1]);
+  if ((at = parse_ready(argc, argv, &policy)) == 0) return 2;
+  if (argc < at + 3 || strcmp(argv[at + 1], "--") != 0) return usage(argv[0]);
+  if (!parse_port(argv[at], &port)) {
+    fprintf(stderr, "launcher: invalid port %s: ports are 1..=65535\n", argv[at]);
     return 2;
   }
+  cmd = argv + at + 2;
+  g_manager = getenv("NOTIFY_SOCKET");
+  /* Socket activation meant for us (sd_listen_fds(3)): the descriptors are
+   * not close-on-exec, so CMD inherits them as they are. */
+  activated = listen_pid != NULL && getenv("LISTEN_FDS") != NULL &&
+              strtol(listen_pid, NULL, 10) == (long)getpid();
 
   if ((code = take_lock(port, &lock)) != 0) return code;
+  set_state(lock, LLMLB_SERVE_STATE_STARTING, "starting");
+  if (policy == READY_NOTIFY && open_notify() != 0) {
+    close_notify();
+    llmlb_lock_release(lock);
+    return 1;
+  }
 
   /* CMD's tree inherits the lock (see the header comment). */
   status = llmlb_lock_fd(lock, &lock_fd);
   if (status != LLMLB_STATUS_OK) {
     fprintf(stderr, "launcher: %s\n", llmlb_last_error());
+    close_notify();
     llmlb_lock_release(lock);
     return 1;
   }
@@ -227,6 +550,7 @@ int main(int argc, char **argv) {
   child = fork();
   if (child < 0) {
     perror("launcher: fork");
+    close_notify();
     llmlb_lock_release(lock);
     return 1;
   }
@@ -246,9 +570,24 @@ int main(int argc, char **argv) {
     setenv("LLMLB_PORT", port_text, 1);
     snprintf(fd_text, sizeof fd_text, "%d", lock_fd);
     setenv("LLMLB_LOCK_FD", fd_text, 1);
+    /* Our manager's socket and watchdog are ours (we report to it); CMD
+     * gets our own socket with --ready notify. */
+    unsetenv("NOTIFY_SOCKET");
+    unsetenv("WATCHDOG_USEC");
+    unsetenv("WATCHDOG_PID");
+    if (policy == READY_NOTIFY) setenv("NOTIFY_SOCKET", g_notify_name, 1);
+    if (activated) {
+      /* The sockets are CMD's now: LISTEN_PID must name it. */
+      snprintf(pid_text, sizeof pid_text, "%ld", (long)getpid());
+      setenv("LISTEN_PID", pid_text, 1);
+    } else {
+      unsetenv("LISTEN_PID");
+      unsetenv("LISTEN_FDS");
+      unsetenv("LISTEN_FDNAMES");
+    }
     sigprocmask(SIG_SETMASK, &old_mask, NULL);
-    execvp(argv[3], argv + 3);
-    fprintf(stderr, "launcher: cannot run %s: %s\n", argv[3], strerror(errno));
+    execvp(cmd[0], cmd);
+    fprintf(stderr, "launcher: cannot run %s: %s\n", cmd[0], strerror(errno));
     _exit(127);
   }
   (void)parent;
@@ -267,7 +606,8 @@ int main(int argc, char **argv) {
   sigaction(SIGINT, &action, NULL);
   sigprocmask(SIG_SETMASK, &old_mask, NULL);
 
-  code = run_to_end(lock, child);
+  code = run_to_end(lock, child, policy, port);
+  close_notify();
   status = llmlb_lock_release(lock);
   if (status != LLMLB_STATUS_OK)
     fprintf(stderr, "launcher: warning: releasing the lock: %s\n", llmlb_last_error());
@@ -333,19 +673,39 @@ static int append_arg(char *cmd, size_t cap, size_t *len, const char *arg) {
  * STOP_GRACE_MS later, and gives up KILL_WAIT_MS after that. Whatever CMD
  * left in its job dies when the job's handle is closed. Returns CMD's exit
  * code. */
-static int run_to_end(const LlmlbLock *lock, const PROCESS_INFORMATION *child, HANDLE job) {
-  ULONGLONG deadline = 0;
-  int stopping = 0, killed = 0;
-  DWORD code = 1;
+static int run_to_end(LlmlbLock *lock, const PROCESS_INFORMATION *child, HANDLE job,
+                      enum ready_policy policy, uint16_t port) {
+  ULONGLONG deadline = 0, next_check = GetTickCount64();
+  int stopping = 0, killed = 0, ready = 0;
+  DWORD code = 1, delay = LISTEN_FIRST_MS, wait_ms;
+  /* Before the first look at CMD, which may have exited already. */
+  if (policy == READY_IMMEDIATE) {
+    ready = 1;
+    set_state(lock, LLMLB_SERVE_STATE_READY, "ready");
+  }
   for (;;) {
     int requested = 0;
     if (WaitForSingleObject(child->hProcess, 0) == WAIT_OBJECT_0) {
+      if (!stopping) set_state(lock, LLMLB_SERVE_STATE_STOPPING, "stopping");
       if (!GetExitCodeProcess(child->hProcess, &code)) code = 1;
       return (int)code;
     }
-    llmlb_lock_wait_stop(lock, POLL_MS, &requested);
+    wait_ms = POLL_MS;
+    if (!ready && !stopping) {
+      /* --ready listen: any listener counts (no tree-aware lookup here). */
+      if (GetTickCount64() >= next_check) {
+        ready = llmlb_port_listener(port, NULL) == LLMLB_STATUS_OK;
+        next_check = GetTickCount64() + delay;
+        delay = delay * 2 > LISTEN_MAX_MS ? LISTEN_MAX_MS : delay * 2;
+      }
+      if (ready) set_state(lock, LLMLB_SERVE_STATE_READY, "ready");
+      else if (next_check <= GetTickCount64()) wait_ms = 0;
+      else if (next_check - GetTickCount64() < POLL_MS) wait_ms = (DWORD)(next_check - GetTickCount64());
+    }
+    llmlb_lock_wait_stop(lock, (uint32_t)wait_ms, &requested);
     if ((requested || g_interrupted) && !stopping) {
       stopping = 1;
+      set_state(lock, LLMLB_SERVE_STATE_STOPPING, "stopping");
       /* Fails if CMD does not share our console: the deadline still ends it. */
       GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, child->dwProcessId);
       deadline = GetTickCount64() + STOP_GRACE_MS;
@@ -370,18 +730,25 @@ int main(int argc, char **argv) {
   char port_text[8];
   static char cmdline[32768];
   size_t len = 0;
-  int i, code;
+  int i, code, at;
+  enum ready_policy policy;
   HANDLE job;
   JOBOBJECT_EXTENDED_LIMIT_INFORMATION limits;
   STARTUPINFOA startup;
   PROCESS_INFORMATION child;
 
-  if (argc < 4 || strcmp(argv[2], "--") != 0) return usage(argv[0]);
-  if (!parse_port(argv[1], &port)) {
-    fprintf(stderr, "launcher: invalid port %s: ports are 1..=65535\n", argv[1]);
+  if ((at = parse_ready(argc, argv, &policy)) == 0) return 2;
+  if (policy == READY_NOTIFY) {
+    fprintf(stderr, "launcher: --ready notify is not supported on Windows (no sd_notify); use "
+                    "listen or immediate\n");
     return 2;
   }
-  for (i = 3; i < argc; i++) {
+  if (argc < at + 3 || strcmp(argv[at + 1], "--") != 0) return usage(argv[0]);
+  if (!parse_port(argv[at], &port)) {
+    fprintf(stderr, "launcher: invalid port %s: ports are 1..=65535\n", argv[at]);
+    return 2;
+  }
+  for (i = at + 2; i < argc; i++) {
     if (!append_arg(cmdline, sizeof cmdline, &len, argv[i])) {
       fprintf(stderr, "launcher: the command line is too long\n");
       return 2;
@@ -390,6 +757,7 @@ int main(int argc, char **argv) {
   /* Before the lock, so a Ctrl-C during start-up is not lost. */
   SetConsoleCtrlHandler(on_console_event, TRUE);
   if ((code = take_lock(port, &lock)) != 0) return code;
+  set_state(lock, LLMLB_SERVE_STATE_STARTING, "starting");
 
   /* Kill-on-close: the handle is not inheritable, so CMD dies with us. */
   memset(&limits, 0, sizeof limits);
@@ -409,12 +777,12 @@ int main(int argc, char **argv) {
   if (!CreateProcessA(NULL, cmdline, NULL, NULL, TRUE, CREATE_NEW_PROCESS_GROUP | CREATE_SUSPENDED,
                       NULL, NULL, &startup, &child)) {
     DWORD err = GetLastError();
-    fprintf(stderr, "launcher: cannot run %s (error %lu)\n", argv[3], err);
+    fprintf(stderr, "launcher: cannot run %s (error %lu)\n", argv[at + 2], err);
     llmlb_lock_release(lock);
     return err == ERROR_FILE_NOT_FOUND || err == ERROR_PATH_NOT_FOUND ? 127 : 126;
   }
   if (!AssignProcessToJobObject(job, child.hProcess)) {
-    fprintf(stderr, "launcher: cannot put %s in a job object (error %lu)\n", argv[3],
+    fprintf(stderr, "launcher: cannot put %s in a job object (error %lu)\n", argv[at + 2],
             GetLastError());
     TerminateProcess(child.hProcess, 1);
     llmlb_lock_release(lock);
@@ -423,7 +791,7 @@ int main(int argc, char **argv) {
   ResumeThread(child.hThread);
   CloseHandle(child.hThread);
 
-  code = run_to_end(lock, &child, job);
+  code = run_to_end(lock, &child, job, policy, port);
   CloseHandle(job); /* kill-on-close: what CMD left behind ends here */
   CloseHandle(child.hProcess);
   if (llmlb_lock_release(lock) != LLMLB_STATUS_OK)

@@ -400,6 +400,8 @@ fn launcher_usage_errors_exit_2() {
         &["0", "--", "true"][..],
         &["65536", "--", "true"][..],
         &["http", "--", "true"][..],
+        &["--ready", "soon", "8103", "--", "true"][..],
+        &["--ready"][..],
     ] {
         let out = l.command(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));

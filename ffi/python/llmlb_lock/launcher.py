@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""launcher.py PORT -- CMD [ARGS...]  (installed: llmlb-launch PORT -- CMD [ARGS...])
+"""launcher.py [--ready WHEN] PORT -- CMD [ARGS...]  (installed: llmlb-launch ...)
 
 The Python twin of ffi/examples/launcher.c and of `llmlb serve --port PORT
 -- CMD`: takes the per-port lock (lock dir from LLMLB_LOCK_DIR, else the
@@ -14,6 +14,32 @@ CMD inherits the lock's descriptor (LLMLB_LOCK_FD names it): if the
 launcher is killed, the port stays locked while any of CMD's tree lives. A
 held port prints the holder's PID and exits 1; usage errors exit 2.
 
+Readiness, as `llmlb serve --ready`: the lock record says "starting" from the
+acquire, "ready" once CMD is ready, "stopping" once stopping begins (a
+signal, a stop request, or CMD's exit). --ready WHEN picks when CMD is ready:
+
+- listen (the default): something listens on PORT (port_listener, checked
+  after 1 ms, 2 ms, ... up to every 50 ms). On Linux the listener must be CMD
+  or a descendant (its /proc ppid chain reaches the launcher); elsewhere any
+  listener counts (the C ABI has no tree-aware lookup).
+- notify: CMD's tree sends READY=1 to the NOTIFY_SOCKET the launcher sets
+  for it (sd_notify). Linux: an abstract socket with SO_PASSCRED, and a
+  datagram counts only from our uid and a pid of CMD's tree; elsewhere a
+  socket file, mode 0600, in a private 0700 temp dir: only our user can send.
+  Not on Windows (exit 2).
+- immediate: CMD has been started.
+
+Under a service manager (NOTIFY_SOCKET set for the launcher) the launcher
+reports to it, as `llmlb serve` does: MAINPID and READY=1 once CMD is
+ready, STOPPING=1 when stopping begins; CMD never gets the manager's
+NOTIFY_SOCKET (nor WATCHDOG_*). Socket activation: when LISTEN_PID names the
+launcher, the LISTEN_FDS descriptors from 3 on are passed to CMD with
+LISTEN_FDS (and LISTEN_FDNAMES) unchanged and LISTEN_PID set to CMD's PID:
+CMD is run through `/bin/sh -c 'LISTEN_PID=$$; export LISTEN_PID; exec "$@"'`,
+since only the child knows its PID before exec and subprocess builds the
+environment before the fork (the shell's PID is CMD's after `exec`). Without
+activation meant for it, CMD gets no LISTEN_* variables.
+
 Windows (no SIGTERM, no process groups to signal): `llmlb stop` sets the
 lock's stop channel, which the wait loop polls (PortLock.wait_stop); CMD runs
 in a console process group of its own and gets CTRL_BREAK_EVENT, then is
@@ -22,9 +48,12 @@ terminated after 3 s. This example does not put CMD in a job object (as
 """
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 if not __package__:
@@ -32,7 +61,7 @@ if not __package__:
     # package this file is in, not an installed one.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from llmlb_lock import AlreadyRunning, LockError, PortLock  # noqa: E402
+from llmlb_lock import AlreadyRunning, LockError, PortLock, port_listener  # noqa: E402
 
 # Messages start with the name it was run by: `llmlb-launch` (the console
 # script), else launcher.py.
@@ -49,6 +78,13 @@ _WINDOWS = os.name == "nt"
 # terminates the process there.
 _SIGKILL = getattr(signal, "SIGKILL", 9)
 
+_LINUX = sys.platform.startswith("linux")
+
+# --ready listen's first and longest pause between two checks.
+LISTEN_FIRST = 0.001
+LISTEN_MAX = 0.05
+POLICIES = ("listen", "notify", "immediate")
+
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -58,6 +94,130 @@ def _prctl(option: int, value: int) -> None:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+
+
+def _tell_manager(text: str) -> None:
+    """Sends ``text`` (sd_notify assignments) to our own service manager, if
+    NOTIFY_SOCKET names one (``@name``: Linux's abstract namespace). A
+    failure is a warning: the manager's timeouts decide."""
+    name = os.environ.get("NOTIFY_SOCKET", "")
+    if not name or _WINDOWS:
+        return
+    address = "\0" + name[1:] if name.startswith("@") else name
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(text.encode(), address)
+    except OSError as e:
+        print(PROG + ": warning: cannot notify NOTIFY_SOCKET=%s: %s" % (name, e), file=sys.stderr)
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            stat = f.read()
+    except OSError:
+        return 0
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    fields = stat[stat.rfind(b")") + 1 :].split()
+    return int(fields[1]) if len(fields) > 1 else 0
+
+
+def _in_our_tree(pid: int) -> bool:
+    """Whether ``pid`` descends from the launcher (CMD's tree, with the
+    orphans we adopted as its subreaper), by the /proc ppid chain."""
+    me = os.getpid()
+    for _ in range(4096):
+        if pid <= 1:
+            return False
+        pid = _parent_of(pid)
+        if pid == me:
+            return True
+    return False
+
+
+def _listening(port: int) -> bool:
+    """--ready listen: on Linux a listener of CMD's tree; elsewhere any."""
+    try:
+        listener = port_listener(port)
+    except LockError:
+        return False
+    if listener is None:
+        return False
+    if _LINUX:
+        return listener.pid is not None and _in_our_tree(listener.pid)
+    return True
+
+
+class _NotifySocket:
+    """--ready notify: the datagram socket CMD gets in NOTIFY_SOCKET."""
+
+    def __init__(self):
+        self._dir = None
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            if _LINUX:
+                # Abstract: no file to clean up; the kernel vouches for senders.
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+                name = "@llmlb-launch/%d/%d" % (os.getpid(), time.monotonic_ns())
+                self.sock.bind("\0" + name[1:])
+            else:
+                self._dir = tempfile.mkdtemp(prefix="llmlb-launch.")  # mode 0700
+                name = os.path.join(self._dir, "notify")
+                self.sock.bind(name)
+                os.chmod(name, 0o600)
+            self.sock.setblocking(False)
+        except OSError:
+            self.close()
+            raise
+        self.name = name
+
+    def ready(self) -> bool:
+        """Reads every pending datagram: True if one of CMD's tree said
+        READY=1. Descriptors passed along (systemd-notify's BARRIER=1 pipe)
+        are closed, which releases the waiting sender; it stays alive until
+        then, so its place in the tree is checked when its READY=1 is read."""
+        ready = False
+        space = socket.CMSG_SPACE(4 * 16) + socket.CMSG_SPACE(12)
+        while True:
+            try:
+                data, ancillary, _flags, _addr = self.sock.recvmsg(4096, space)
+            except (BlockingIOError, InterruptedError):
+                return ready
+            except OSError:
+                return ready
+            # Without credentials (not Linux) only our user reaches the socket.
+            trusted = not _LINUX
+            for level, kind, payload in ancillary:
+                if level != socket.SOL_SOCKET:
+                    continue
+                if kind == socket.SCM_RIGHTS:
+                    usable = len(payload) - len(payload) % 4
+                    for i in range(0, usable, 4):
+                        os.close(int.from_bytes(payload[i : i + 4], sys.byteorder, signed=True))
+                elif _LINUX and kind == socket.SCM_CREDENTIALS and len(payload) >= 12:
+                    pid, uid = (
+                        int.from_bytes(payload[0:4], sys.byteorder, signed=True),
+                        int.from_bytes(payload[4:8], sys.byteorder),
+                    )
+                    trusted = uid == os.getuid() and _in_our_tree(pid)
+            if trusted and b"READY=1" in data.split(b"\n"):
+                ready = True
+
+    def close(self) -> None:
+        self.sock.close()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _activated_fds() -> int:
+    """How many sockets socket activation passed to this process (0 unless
+    LISTEN_PID names it, as sd_listen_fds(3))."""
+    try:
+        if int(os.environ.get("LISTEN_PID", "")) != os.getpid():
+            return 0
+        return max(0, int(os.environ.get("LISTEN_FDS", "")))
+    except ValueError:
+        return 0
 
 
 def _child_setup(parent: int):
@@ -107,21 +267,58 @@ def _killpg(pgid: int, signum: int) -> None:
         pass
 
 
-def _run_to_end(child: subprocess.Popen, stopping: list, lock: PortLock) -> int:
+def _set_state(lock: PortLock, state: str) -> None:
+    """Records the serving state; a failure is only a warning."""
+    try:
+        lock.set_state(state)
+    except LockError as e:
+        print(PROG + ": warning: cannot record the state %s: %s" % (state, e), file=sys.stderr)
+
+
+def _run_to_end(
+    child: subprocess.Popen, stopping: list, lock: PortLock, policy: str, port: int, notify
+) -> int:
     """Waits for CMD and then for the rest of its group: SIGTERM to the group
     once CMD has exited (unless a forwarded signal already started the
     clock), SIGKILL at the deadline, giving up KILL_WAIT later. Never an
     unbounded wait. Between checks it waits on the lock's stop channel
     (Windows' `llmlb stop`; on Unix a plain sleep that a signal cuts short).
-    Returns CMD's exit code."""
+    Meanwhile it records "ready" per ``policy`` (until stopping begins) and
+    "stopping" once it begins, telling our manager too. Returns CMD's exit
+    code."""
     deadline = None
     killed = False
     code = None
+    ready = False
+    announced_stop = False
+    next_check = time.monotonic()
+    delay = LISTEN_FIRST
     while True:
+        wait = POLL
         if code is None:
             rc = child.poll()
             if rc is not None:
                 code = rc if rc >= 0 else 128 - rc
+        # Before stopping is recorded, so an immediate command that exits at
+        # once was ready first; never back from stopping to ready.
+        if not ready and not announced_stop and not stopping:
+            if policy == "immediate":
+                ready = True
+            elif policy == "notify":
+                ready = notify.ready()
+            elif time.monotonic() >= next_check:
+                ready = _listening(port)
+                next_check = time.monotonic() + delay
+                delay = min(delay * 2, LISTEN_MAX)
+            if ready:
+                _set_state(lock, "ready")
+                _tell_manager("MAINPID=%d\nREADY=1\n" % os.getpid())
+            elif policy == "listen":
+                wait = max(0.0, min(POLL, next_check - time.monotonic()))
+        if not announced_stop and (stopping or code is not None):
+            announced_stop = True
+            _set_state(lock, "stopping")
+            _tell_manager("STOPPING=1\n")
         if code is not None:
             if _group_gone(child.pid):
                 return code
@@ -144,17 +341,39 @@ def _run_to_end(child: subprocess.Popen, stopping: list, lock: PortLock) -> int:
             _killpg(child.pid, _SIGKILL)
             killed = True
             deadline = time.monotonic() + KILL_WAIT
-        if lock.wait_stop(POLL) and not stopping:
+        if lock.wait_stop(wait) and not stopping:
             stopping.append("stop request")
             _killpg(child.pid, signal.SIGTERM)
 
 
 def usage() -> int:
-    print("usage: %s PORT -- CMD [ARGS...]" % PROG, file=sys.stderr)
+    print(
+        "usage: %s [--ready listen|notify|immediate] PORT -- CMD [ARGS...]" % PROG,
+        file=sys.stderr,
+    )
     return 2
 
 
 def main(argv) -> int:
+    policy = "listen"
+    if len(argv) > 1 and argv[1] == "--ready":
+        if len(argv) < 3:
+            return usage()
+        policy = argv[2]
+        if policy not in POLICIES:
+            print(
+                PROG + ": invalid --ready %s: use listen, notify or immediate" % policy,
+                file=sys.stderr,
+            )
+            return 2
+        if policy == "notify" and _WINDOWS:
+            print(
+                PROG + ": --ready notify is not supported on Windows (no sd_notify); "
+                "use listen or immediate",
+                file=sys.stderr,
+            )
+            return 2
+        argv = argv[:1] + argv[3:]
     if len(argv) < 4 or argv[2] != "--":
         return usage()
     text = argv[1]
@@ -183,6 +402,15 @@ def main(argv) -> int:
             % (lock.reclaimed_from.pid, port),
             file=sys.stderr,
         )
+    _set_state(lock, "starting")
+    notify = None
+    if policy == "notify":
+        try:
+            notify = _NotifySocket()
+        except OSError as e:
+            print(PROG + ": cannot open NOTIFY_SOCKET: %s" % e, file=sys.stderr)
+            lock.release()
+            return 1
 
     # Handlers first, so a signal that arrives while CMD starts is not lost
     # (the default action would kill us and leave a stale lock).
@@ -216,19 +444,38 @@ def main(argv) -> int:
             fd = lock.fileno()
             _prctl(_PR_SET_CHILD_SUBREAPER, 1)
             env = dict(os.environ, LLMLB_PORT=str(port), LLMLB_LOCK_FD=str(fd))
+            # Our manager's socket and watchdog are ours (we report to it);
+            # CMD gets our own socket with --ready notify.
+            for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+                env.pop(name, None)
+            if notify is not None:
+                env["NOTIFY_SOCKET"] = notify.name
+            command, passed = argv[3:], (fd,)
+            activated = _activated_fds()
+            if activated:
+                # Only the child knows its PID: the shell sets it, then
+                # becomes CMD (see the module docstring).
+                command = ["/bin/sh", "-c", 'LISTEN_PID=$$; export LISTEN_PID; exec "$@"', "sh"]
+                command += argv[3:]
+                passed += tuple(range(3, 3 + activated))
+            else:
+                for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+                    env.pop(name, None)
             # A session (hence process group) of its own, so a forwarded signal
             # reaches CMD's children too.
             children.append(
                 subprocess.Popen(
-                    argv[3:],
+                    command,
                     env=env,
                     start_new_session=True,
-                    pass_fds=(fd,),
+                    pass_fds=passed,
                     preexec_fn=_child_setup(os.getpid()),
                 )
             )
     except (OSError, LockError) as e:
         print(PROG + ": cannot run %s: %s" % (argv[3], e), file=sys.stderr)
+        if notify is not None:
+            notify.close()
         lock.release()
         return 127
     child = children[0]
@@ -244,7 +491,11 @@ def main(argv) -> int:
         )
     for signum in pending:
         forward(signum, None)
-    code = _run_to_end(child, stopping, lock)
+    try:
+        code = _run_to_end(child, stopping, lock, policy, port, notify)
+    finally:
+        if notify is not None:
+            notify.close()
     try:
         lock.release()
     except LockError as e:

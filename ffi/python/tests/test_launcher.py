@@ -139,7 +139,14 @@ class LauncherTest(unittest.TestCase):
         self.assertEqual(probe(8305, self.dir).state, "free")
 
     def test_usage_errors_exit_2(self):
-        for args in ([], ["8303", "true"], ["0", "--", "true"], ["x", "--", "true"]):
+        for args in (
+            [],
+            ["8303", "true"],
+            ["0", "--", "true"],
+            ["x", "--", "true"],
+            ["--ready", "soon", "8303", "--", "true"],
+            ["--ready"],
+        ):
             out = subprocess.run(self.launcher(*args), env=self.env, capture_output=True)
             self.assertEqual(out.returncode, 2, args)
         self.assertFalse(os.path.exists(self.dir))
