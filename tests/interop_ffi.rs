@@ -196,11 +196,13 @@ fn free_tcp_port() -> u16 {
 
 /// Waits until `pid` holds `port`: serve takes the lock before binding, and
 /// we only need the lock. Bounded so a broken serve fails instead of hanging.
+/// Until `serve` (`pid`) holds `port` and says it is ready: its last write
+/// of the record, which the caller may then compare byte for byte.
 fn wait_until_held_by(env: &Env, port: u16, pid: u32, serve: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let LockState::Held(Some(info)) = env.probe(port) {
-            if info.pid == pid {
+            if info.pid == pid && info.state == Some(llmlb::lock::ServeState::Ready) {
                 return;
             }
         }
