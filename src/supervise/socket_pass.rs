@@ -7,7 +7,7 @@
 //! The launcher keeps its own copy of the socket while the command runs: the
 //! port stays bound (connections queue) if the command restarts, and the
 //! socket can be handed to a successor. Only on Unix; Windows has no such
-//! protocol and [`pass_listener`] refuses.
+//! protocol and `pass_listener` refuses.
 
 use std::io;
 use std::net::TcpListener;
