@@ -325,6 +325,12 @@ impl LockInfo {
         }
     }
 
+    /// Whether `self` and `other` record the same holder (PID, start and
+    /// host): two reads of one port's record taken at different times.
+    pub fn same_holder(&self, other: &LockInfo) -> bool {
+        self.pid == other.pid && self.started_at == other.started_at && self.host == other.host
+    }
+
     /// Whether the recorded holder has released the lock while processes that
     /// inherited its descriptor still hold it ([`LockInfo::released_by`]):
     /// its PID no longer names a holder.

@@ -409,11 +409,6 @@ fn tidy_released(dir: &LockDir, port: u16) -> Result<(), StopError> {
     Ok(())
 }
 
-/// Same holder as recorded earlier: PID and start time both match.
-fn same_holder(a: &LockInfo, b: &LockInfo) -> bool {
-    a.pid == b.pid && a.started_at == b.started_at
-}
-
 /// The holder, pinned and verified: every signal goes through `process`.
 struct Holder {
     info: LockInfo,
@@ -568,7 +563,7 @@ fn wait_released(
                 remove_stale(dir, port)?;
                 return Ok(Wait::Released);
             }
-            LockState::Held(Some(now)) if same_holder(&now, &holder.info) => {
+            LockState::Held(Some(now)) if now.same_holder(&holder.info) => {
                 latest = now;
                 if exited {
                     let since = *inherited_since.get_or_insert_with(Instant::now);
@@ -606,7 +601,7 @@ fn stop_holder(
             // It may have let go while we looked, or a new holder may have
             // come: only a probe that still shows this holder is a refusal.
             return match dir.probe(port)? {
-                LockState::Held(Some(now)) if same_holder(&now, &info) => Err(match check {
+                LockState::Held(Some(now)) if now.same_holder(&info) => Err(match check {
                     Refusal::Check(IdentityCheck::Released) => StopError::Released {
                         port,
                         pid: info.pid,

@@ -77,11 +77,6 @@ fn serves(info: &LockInfo) -> bool {
     info.released_by.is_none() && info.serve_state() == ServeState::Ready
 }
 
-/// The same holder as `seen`: a PID with the same start of holding.
-fn same_holder(seen: &LockInfo, now: &LockInfo) -> bool {
-    seen.pid == now.pid && seen.started_at == now.started_at && seen.host == now.host
-}
-
 /// Where the waiter looks: the lock dir once it exists, else its parent.
 enum Watched {
     /// The dir is open; the watch, if the platform has one, on it.
@@ -232,7 +227,7 @@ fn judge(until: Until, state: LockState, waiting_on: &mut Option<LockInfo>) -> O
                 _ => None,
             };
             if let Some(seen) = waiting_on.as_ref() {
-                if !live.is_some_and(|now| same_holder(seen, now)) {
+                if !live.is_some_and(|now| seen.same_holder(now)) {
                     return Some(WaitOutcome::HolderGone {
                         holder: Box::new(waiting_on.take().expect("checked above")),
                         now: state,

@@ -577,17 +577,32 @@ pub(crate) fn own_identity() -> Option<ProcessIdentity> {
     process_identity(current_pid())
 }
 
-/// Field 22 (starttime) of a `/proc/<pid>/stat` line. The command name
-/// (field 2) is in parentheses and may itself contain spaces, `)` or any
-/// byte, so fields are counted after the last `)`.
+/// Field `n` (1-based, as proc(5) numbers them; `n >= 3`) of a
+/// `/proc/<pid>/stat` line, parsed. The command name (field 2) is in
+/// parentheses and may itself contain spaces, `)` or any byte, so fields are
+/// counted after the last `)`. The one reader of that line: identity (start
+/// ticks) here, the parent PID for `supervise`'s process trees.
 #[cfg(target_os = "linux")]
-fn start_ticks(stat: &[u8]) -> Option<u64> {
+pub(crate) fn stat_field<T: std::str::FromStr>(stat: &[u8], n: usize) -> Option<T> {
     let close = stat.iter().rposition(|&b| b == b')')?;
     let field = stat[close + 1..]
         .split(|b| b.is_ascii_whitespace())
         .filter(|f| !f.is_empty())
-        .nth(19)?;
+        .nth(n.checked_sub(3)?)?;
     std::str::from_utf8(field).ok()?.parse().ok()
+}
+
+/// Field 22 (starttime) of a `/proc/<pid>/stat` line.
+#[cfg(target_os = "linux")]
+fn start_ticks(stat: &[u8]) -> Option<u64> {
+    stat_field(stat, 22)
+}
+
+/// The parent PID of `pid` (field 4 of `/proc/<pid>/stat`); `None` if it is
+/// gone or unreadable.
+#[cfg(target_os = "linux")]
+pub(crate) fn parent_pid(pid: u32) -> Option<u32> {
+    stat_field(&std::fs::read(format!("/proc/{pid}/stat")).ok()?, 4)
 }
 
 #[cfg(target_os = "linux")]

@@ -190,23 +190,11 @@ fn children(pid: u32) -> Option<Vec<u32>> {
 fn parent_map() -> HashMap<u32, Vec<u32>> {
     let mut map: HashMap<u32, Vec<u32>> = HashMap::new();
     for pid in all_pids().unwrap_or_default() {
-        if let Some(ppid) = fs::read(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| parent_of(&stat))
-        {
+        if let Some(ppid) = crate::lock::sys::parent_pid(pid) {
             map.entry(ppid).or_default().push(pid);
         }
     }
     map
-}
-
-/// Field 4 (ppid) of a `/proc/<pid>/stat` line. The command name (field 2)
-/// may hold spaces and parentheses, so fields are counted after its last `)`.
-fn parent_of(stat: &[u8]) -> Option<u32> {
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
-    // After the name: state, ppid.
-    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -235,7 +223,8 @@ mod tests {
         assert_eq!(socket_inode("socket:[1117178]"), Some(1117178));
         assert_eq!(socket_inode("pipe:[1117178]"), None);
         assert_eq!(socket_inode("/dev/null"), None);
-        assert_eq!(parent_of(b"42 (a) b (c)) S 7 42 42 0"), Some(7));
-        assert_eq!(parent_of(b"garbage"), None);
+        let stat_field = crate::lock::sys::stat_field::<u32>;
+        assert_eq!(stat_field(b"42 (a) b (c)) S 7 42 42 0", 4), Some(7));
+        assert_eq!(stat_field(b"garbage", 4), None);
     }
 }

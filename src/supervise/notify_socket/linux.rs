@@ -209,7 +209,7 @@ pub(crate) fn check_sender(sender: Option<&Sender>, root: u32, me: u32) -> Resul
         if pid <= 1 {
             break;
         }
-        pid = match ppid(pid) {
+        pid = match crate::lock::sys::parent_pid(pid) {
             Some(parent) => parent,
             None => {
                 return Err(format!(
@@ -219,18 +219,6 @@ pub(crate) fn check_sender(sender: Option<&Sender>, root: u32, me: u32) -> Resul
         };
     }
     Err(format!("{who} is not in the command's tree"))
-}
-
-/// Field 4 (ppid) of `/proc/<pid>/stat`, counted after the last `)`: the
-/// command name before it may contain anything.
-fn ppid(pid: u32) -> Option<u32> {
-    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    let field = stat[close + 1..]
-        .split(|b| b.is_ascii_whitespace())
-        .filter(|f| !f.is_empty())
-        .nth(1)?;
-    std::str::from_utf8(field).ok()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -246,7 +234,7 @@ mod tests {
         };
         // This process is the root's descendant when the root is itself or
         // its parent; never when the root is an unrelated PID.
-        let parent = ppid(me).unwrap();
+        let parent = crate::lock::sys::parent_pid(me).unwrap();
         assert!(check_sender(Some(&own), me, 0).is_ok());
         assert!(check_sender(Some(&own), parent, 0).is_ok());
         assert!(check_sender(Some(&own), u32::MAX - 1, 0).is_err());
