@@ -8,6 +8,7 @@
 
 use std::ffi::OsString;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use llmlb::lock::{PortGuard, ServeState};
@@ -18,6 +19,7 @@ use llmlb::supervise::SharedLock;
 use tokio::time::Instant;
 
 use super::fail;
+use super::replace::{DrainRequested, Handovers};
 use super::serve::LockLost;
 use super::signals::{self, Signals};
 
@@ -123,6 +125,10 @@ pub(crate) struct ExecPlan<'a> {
     pub(crate) ready: ReadyPolicy,
     /// The listening socket to hand it as descriptor 3, if any.
     pub(crate) socket: Option<&'a PassSocket>,
+    /// The server's handovers (`serve --replace`, both ways).
+    pub(crate) handovers: &'a Arc<Handovers>,
+    /// Resolves when a successor has taken the port over.
+    pub(crate) drain: DrainRequested,
 }
 
 /// Runs the command to completion, then ends what is left of its process
@@ -139,6 +145,8 @@ pub(crate) async fn run(
         command,
         ready,
         socket,
+        handovers,
+        mut drain,
     } = plan;
     let Some((program, args)) = command.split_first() else {
         return fail("exec mode needs a command after `--`");
@@ -241,6 +249,9 @@ pub(crate) async fn run(
     super::serve::tell_status(&format!("running {shown} (PID {child_pid}) on port {port}"));
     let mut watching = true;
     let mut lost = false;
+    // Handed over to a successor: the command's end is ours to wait for,
+    // its code is not the outcome.
+    let mut drained = false;
     let mut stopping = Stopping::default();
     let mut reap = tokio::time::interval(REAP_INTERVAL);
     let status = loop {
@@ -256,10 +267,17 @@ pub(crate) async fn run(
             }
             sig = signals.recv() => {
                 tracing::info!("received {}, forwarding it to {shown}", signals::name(sig));
-                if stopping.deadline.is_none() {
+                if stopping.deadline.is_none() && handovers.abort().is_none() {
                     super::serve::announce(lock, ServeState::Stopping);
                 }
                 stopping.begin(tree, sig);
+            }
+            Ok(pid) = &mut drain, if !drained => {
+                // The successor's command accepts on the same socket now.
+                drained = true;
+                tracing::info!("handed port {port} over to PID {pid}; stopping {shown} (it finishes what it accepted)");
+                super::serve::tell_stopping(&format!("handed port {port} over to PID {pid}; draining"));
+                stopping.begin(tree, ForwardSignal::Terminate);
             }
             () = stopping.due() => {
                 if tree.is_none() {
@@ -274,6 +292,7 @@ pub(crate) async fn run(
                 ReadyEvent::Ready if stopping.deadline.is_none() => {
                     super::serve::announce(lock, ServeState::Ready);
                     tracing::info!("{shown} is ready (--ready {})", ready.name());
+                    handovers.ready();
                 }
                 // STATUS=/STOPPING=1 were logged by the watch.
                 _ => {}
@@ -282,6 +301,8 @@ pub(crate) async fn run(
         }
     };
     drop(watch);
+    // Never ready: a predecessor still serving gets its port back.
+    handovers.abort();
     // The command ended by itself: the rest is shutdown (the record is
     // another holder's if the port was lost).
     if !lost && stopping.deadline.is_none() {
@@ -296,6 +317,8 @@ pub(crate) async fn run(
             tracing::info!("{shown} exited ({status}); releasing port {port}");
             if lost {
                 super::EXIT_FAILURE
+            } else if drained {
+                0
             } else {
                 code
             }

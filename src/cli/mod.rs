@@ -16,6 +16,7 @@ use clap::{CommandFactory, FromArgMatches as _, Parser, Subcommand, ValueEnum};
 use llmlb::supervise::ready::ReadyPolicy;
 
 mod exec;
+mod replace;
 mod serve;
 mod signals;
 mod status;
@@ -67,6 +68,7 @@ Examples:
   llmlb serve --port 8000                       # HTTP on 0.0.0.0:8000, GET /health
   llmlb serve -p 8000 -- python3 -m http.server 8000   # any server under the lock
   llmlb serve -p 8000 --wait 10 -- ./server     # wait up to 10 s for the old one
+  llmlb serve -p 8000 --replace                 # take over from the running one
 "
     };
 }
@@ -189,6 +191,18 @@ struct ServeArgs {
     #[arg(short, long, value_name = "SECS", default_value = "0", value_parser = parse_secs,
           allow_negative_numbers = true)]
     wait: Duration,
+    /// If the port is held by a verified `llmlb serve` that offers a
+    /// handover, take over its lock and listening socket without refusing a
+    /// connection: it drains and exits once this server is ready. A holder
+    /// that offers none is stopped as `llmlb stop` would (connections are
+    /// refused until this server listens). Exec mode: implies --pass-socket.
+    #[arg(long)]
+    replace: bool,
+    /// With --replace: seconds (decimals allowed) the holder has to answer
+    /// the handover, or, offering none, to stop.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs,
+          requires = "replace", allow_negative_numbers = true)]
+    replace_timeout: Duration,
     /// Exec mode: after taking the lock, bind --host:--port and pass the
     /// listening socket to COMMAND as descriptor 3 with LISTEN_FDS=1,
     /// LISTEN_PID and LISTEN_FDNAMES=llmlb (gunicorn --bind fd://3, uvicorn
@@ -355,6 +369,7 @@ enum Format {
 
 /// Where the lock files are, and whether the user named the dir on the
 /// command line (then hints repeat `--lock-dir`).
+#[derive(Clone)]
 pub(crate) struct LockDirChoice {
     pub(crate) path: PathBuf,
     pub(crate) from_flag: bool,
@@ -582,7 +597,9 @@ fn run_serve(
 ) -> i32 {
     let listen = serve::Listen {
         activated,
-        pass_socket: args.pass_socket,
+        // A handover needs the socket in llmlb's hands (not on Windows,
+        // where --replace always takes its fallback).
+        pass_socket: args.pass_socket || (args.replace && cfg!(unix)),
     };
     serve::run(
         dir,
@@ -594,6 +611,7 @@ fn run_serve(
             ready,
             listen,
             pidfile: args.pidfile,
+            replace: args.replace.then_some(args.replace_timeout),
         },
     )
 }

@@ -23,6 +23,7 @@ use llmlb::supervise::ready::ReadyPolicy;
 use llmlb::supervise::socket_pass::{PassSocket, DEFAULT_NAME};
 use llmlb::supervise::{SharedLock, WatchEnd, WatchEvent};
 
+use super::replace::{Handovers, TakenOver};
 use super::signals::{self, Signals};
 use super::{exec, fail, LockDirChoice};
 
@@ -149,6 +150,8 @@ pub(crate) struct ServePlan {
     pub(crate) ready: ReadyPolicy,
     pub(crate) listen: Listen,
     pub(crate) pidfile: Option<PathBuf>,
+    /// `--replace` with its `--replace-timeout`.
+    pub(crate) replace: Option<Duration>,
 }
 
 /// Runs `serve`; returns the exit code with the lock released.
@@ -161,6 +164,7 @@ pub(crate) fn run(dir: &LockDirChoice, plan: ServePlan) -> i32 {
         ready,
         listen,
         pidfile,
+        replace,
     } = plan;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -176,8 +180,16 @@ pub(crate) fn run(dir: &LockDirChoice, plan: ServePlan) -> i32 {
             Ok(s) => s,
             Err(e) => return fail(format!("cannot install signal handlers: {e}")),
         };
-        let guard = match take_lock(dir, port, wait, &mut signals).await {
-            Ok(guard) => guard,
+        let taken = match replace {
+            Some(timeout) => {
+                super::replace::take_over(dir, port, wait, timeout, &mut signals).await
+            }
+            None => take_lock(dir, port, wait, &mut signals)
+                .await
+                .map(|guard| (guard, None)),
+        };
+        let (guard, taken) = match taken {
+            Ok(taken) => taken,
             Err(code) => return code,
         };
         tell_status(&format!("port {port} locked; starting"));
@@ -202,21 +214,46 @@ pub(crate) fn run(dir: &LockDirChoice, plan: ServePlan) -> i32 {
             Err(e) => return fail(format!("cannot start the lock watchdog thread: {e}")),
         };
         let code = if command.is_empty() {
-            serve_http(&lock, signals, &mut lost, &host, port, listen.activated).await
+            serve_http(
+                &lock,
+                signals,
+                &mut lost,
+                &host,
+                port,
+                listen.activated,
+                taken,
+            )
+            .await
         } else {
             // The socket (if any) stays open in llmlb until the command's
             // tree is gone, and is closed before the release.
-            match socket_for_command(listen, &host, port) {
-                Ok(socket) => {
-                    let plan = exec::ExecPlan {
-                        command: &command,
-                        ready,
-                        socket: socket.as_ref(),
-                    };
-                    exec::run(&lock, signals, &mut lost, &host, port, plan).await
-                }
-                Err(code) => code,
-            }
+            let (socket, predecessor) = match taken {
+                Some(taken) => (
+                    taken
+                        .sockets
+                        .into_iter()
+                        .next()
+                        .map(|s| PassSocket::new(s.listener, s.name)),
+                    Some(taken.predecessor),
+                ),
+                None => match socket_for_command(listen, &host, port) {
+                    Ok(socket) => (socket, None),
+                    Err(code) => return code,
+                },
+            };
+            let offered: Vec<(&std::net::TcpListener, &str)> =
+                socket.iter().map(|s| (s.listener(), s.name())).collect();
+            let (handovers, drain) = Handovers::new(&lock, port, &offered, predecessor);
+            let plan = exec::ExecPlan {
+                command: &command,
+                ready,
+                socket: socket.as_ref(),
+                handovers: &handovers,
+                drain,
+            };
+            let code = exec::run(&lock, signals, &mut lost, &host, port, plan).await;
+            handovers.withdraw();
+            code
         };
         tell_stopping(&format!("stopping; releasing port {port}"));
         // Before the release: once `llmlb stop` sees the port free, a
@@ -280,7 +317,7 @@ fn bind_failed(e: &io::Error, host: &str, port: u16) -> i32 {
 /// (saying once who holds it; SIGINT/SIGTERM while waiting exits 128 + the
 /// signal's number, having taken nothing), and printing the contract's
 /// message if it is still held. `Err(exit code)` on failure.
-async fn take_lock(
+pub(crate) async fn take_lock(
     dir: &LockDirChoice,
     port: u16,
     wait: Duration,
@@ -491,26 +528,74 @@ async fn serve_http(
     host: &str,
     port: u16,
     activated: Option<Activated>,
+    taken: Option<TakenOver>,
 ) -> i32 {
-    let bound = match activated {
-        Some(socket) => {
-            let socket = socket.into_listener();
-            socket
-                .set_nonblocking(true)
-                .and_then(|()| tokio::net::TcpListener::from_std(socket))
-                .map_err(|e| {
-                    fail(format!(
-                        "cannot serve on the socket-activation socket of port {port}: {e}"
-                    ))
-                })
-        }
-        None => tokio::net::TcpListener::bind((host, port))
-            .await
-            .map_err(|e| bind_failed(&e, host, port)),
+    let (bound, predecessor) = match taken {
+        Some(taken) => match taken.sockets.into_iter().next() {
+            Some(socket) => (Ok((socket.listener, socket.name)), Some(taken.predecessor)),
+            None => {
+                // Nothing to serve on: give the port back at once.
+                let (handovers, _) = Handovers::new(lock, port, &[], Some(taken.predecessor));
+                handovers.abort();
+                return fail(format!(
+                    "the server that held port {port} handed over no listening socket; it keeps serving"
+                ));
+            }
+        },
+        None => (
+            match activated {
+                Some(socket) => {
+                    let name = socket.name().unwrap_or(DEFAULT_NAME).to_owned();
+                    Ok((socket.into_listener(), name))
+                }
+                None => std::net::TcpListener::bind((host, port))
+                    .map(|l| (l, DEFAULT_NAME.to_owned()))
+                    .map_err(|e| bind_failed(&e, host, port)),
+            },
+            None,
+        ),
     };
-    let listener = match bound {
-        Ok(l) => l,
+    let (listener, name) = match bound {
+        Ok(bound) => bound,
         Err(code) => return code,
+    };
+    let (handovers, mut drain) =
+        Handovers::new(lock, port, &[(&listener, name.as_str())], predecessor);
+    let code = serve_http_on(
+        lock,
+        &mut signals,
+        lost,
+        host,
+        port,
+        listener,
+        &handovers,
+        &mut drain,
+    )
+    .await;
+    handovers.withdraw();
+    code
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_http_on(
+    lock: &SharedLock<PortGuard>,
+    signals: &mut Signals,
+    lost: &mut LockLost,
+    host: &str,
+    port: u16,
+    listener: std::net::TcpListener,
+    handovers: &std::sync::Arc<Handovers>,
+    drain: &mut super::replace::DrainRequested,
+) -> i32 {
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpListener::from_std(listener))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            handovers.abort();
+            return fail(format!("cannot serve on the socket of port {port}: {e}"));
+        }
     };
     let address = listener
         .local_addr()
@@ -537,6 +622,9 @@ async fn serve_http(
     let mut server = tokio::spawn(async move { server.await });
     // Bound and accepting (the kernel queues connections from the bind on).
     announce(lock, ServeState::Ready);
+    // Only now may a predecessor stop accepting: this server accepts on the
+    // same socket.
+    handovers.ready();
     tell_status(&format!("serving on {address}"));
     tracing::info!("listening on http://{address} (PID {})", std::process::id());
 
@@ -550,12 +638,30 @@ async fn serve_http(
             };
         }
         sig = signals.recv() => {
+            if let Some(pid) = handovers.abort() {
+                eprintln!(
+                    "Interrupted ({}) while taking over port {port}; PID {pid} keeps serving it",
+                    signals::name(sig)
+                );
+                server.abort();
+                return signals::exit_code(sig);
+            }
             tracing::info!(
                 "received {}, shutting down (draining for up to {}s)",
                 signals::name(sig),
                 DRAIN_DEADLINE.as_secs()
             );
             announce(lock, ServeState::Stopping);
+            0
+        }
+        // A successor serves on our socket now, and holds the record: stop
+        // accepting, finish what was accepted, and exit.
+        Ok(pid) = &mut *drain => {
+            tracing::info!(
+                "handed port {port} over to PID {pid}; finishing in-flight requests (up to {}s)",
+                DRAIN_DEADLINE.as_secs()
+            );
+            tell_stopping(&format!("handed port {port} over to PID {pid}; draining"));
             0
         }
         // The record is another holder's now: nothing of ours to write.

@@ -131,6 +131,13 @@ pub struct LockInfo {
         serialize_with = "json::serialize_state_since"
     )]
     pub state_since: Option<DateTime<Utc>>,
+    /// Processes that handed the port over to `pid` (`serve --replace`) and
+    /// are still finishing the requests they had accepted: they no longer
+    /// accept, and no longer hold the record. Written by the holder when the
+    /// predecessor starts draining, and emptied when it has exited; absent
+    /// when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub draining: Vec<u32>,
 }
 
 /// What the holder of a port says it is doing with it: the serving state in
@@ -228,6 +235,7 @@ impl LockInfo {
             released_by: None,
             state: None,
             state_since: None,
+            draining: Vec::new(),
         })
     }
 
@@ -245,6 +253,7 @@ impl LockInfo {
             released_by: None,
             state: None,
             state_since: None,
+            draining: Vec::new(),
         }
     }
 

@@ -582,6 +582,95 @@ impl Holding {
         Ok(())
     }
 
+    /// A lock received from its holder (`serve --replace`): `file` is a
+    /// descriptor of the holder's open file description, passed over a Unix
+    /// socket, so this process now shares the holder's kernel lock. Checked
+    /// before anything is written: it must be a regular file of ours, the
+    /// inode `target` names now, and its description must hold the exclusive
+    /// lock (re-locking a description that holds it is a no-op; one that
+    /// does not would be refused while another holds the port). Then the
+    /// record names this process, as [`Holding::adopt`] does, with `state`.
+    ///
+    /// The result counts as shared: the giver still holds the description
+    /// until it has drained, so a release here never unlinks under it.
+    pub(crate) fn from_handover(
+        target: Target,
+        file: File,
+        state: ServeState,
+    ) -> Result<Box<Holding>, LockError> {
+        let path = target.path().to_owned();
+        let stat = sys::stat_open(&target.dir, &file)
+            .map_err(|e| LockError::io("cannot inspect the handed-over lock file", &path, e))?;
+        if !stat.is_regular || !stat.owned_by_us {
+            return Err(LockError::io(
+                "refusing the handed-over lock file",
+                &path,
+                io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "the descriptor received is not a regular file owned by this user",
+                ),
+            ));
+        }
+        if target.current_id()? != Some(stat.id) {
+            return Err(LockError::io(
+                "refusing the handed-over lock file",
+                &path,
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "the descriptor received is not the file this path names",
+                ),
+            ));
+        }
+        match sys::try_lock_exclusive(&file) {
+            Ok(TryLock::Acquired) => {}
+            Ok(TryLock::Contended) => {
+                return Err(LockError::io(
+                    "refusing the handed-over lock file",
+                    &path,
+                    io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        "the descriptor received does not hold the lock",
+                    ),
+                ))
+            }
+            Err(e) => return Err(LockError::io("cannot lock lock file", &path, e)),
+        }
+        let previous = LockInfo::parse_for_port(&read_content(&path, &file)?, target.port);
+        let mut info = LockInfo::for_current_process(target.port);
+        info.set_serve_state(state);
+        let stop = stop_channel(&target)?;
+        let written = write_info(&target, &file, &info, stat.len.max(1))?;
+        if let Some(previous) = &previous {
+            tracing::debug!(
+                port = target.port,
+                "took over the lock of PID {} by handover",
+                previous.pid
+            );
+        }
+        Ok(Box::new(Holding {
+            stop,
+            target,
+            file: Some(file),
+            id: stat.id,
+            owner_pid: info.pid,
+            info,
+            written_len: written.len() as u64,
+            written,
+            shared: true,
+            forks_seen: sys::fork_count(),
+        }))
+    }
+
+    /// Writes our own record back over whatever is there (a successor that
+    /// received the lock by handover, then gave up or died, had written its
+    /// own): the description we share is ours alone again.
+    pub(crate) fn restore_record(&mut self) -> Result<(), LockError> {
+        // The successor's record may be longer than ours: cut to ours.
+        self.written_len = self.written_len.max(1);
+        let info = self.info.clone();
+        self.rewrite(info)
+    }
+
     /// Records that the descriptor is handed to a child (exec mode,
     /// `lock_fd`): release then accounts for processes sharing it.
     pub(crate) fn mark_shared(&mut self) {

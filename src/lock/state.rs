@@ -607,6 +607,41 @@ impl PortGuard {
     pub(crate) fn share_file(&mut self) -> &std::fs::File {
         on_both!(&mut self.inner, l => l.share_file())
     }
+
+    /// The lock of `port` in `dir` received from its holder by a handover
+    /// (`serve --replace`): see `Holding::from_handover` for what is checked
+    /// before the record is made to name this process (in `state`).
+    pub(crate) fn from_handover(
+        dir: &super::LockDir,
+        port: u16,
+        file: std::fs::File,
+        state: ServeState,
+    ) -> Result<PortGuard, LockError> {
+        let target = dir.port(port)?.free_target().clone();
+        let holding = super::protocol::Holding::from_handover(target, file, state)?;
+        Ok(PortGuard {
+            inner: GuardInner::Held(PortLock {
+                state: Held { holding },
+            }),
+        })
+    }
+
+    /// Writes this holder's record back (a handover it offered was
+    /// abandoned by the successor, which had written its own).
+    pub(crate) fn restore_record(&mut self) -> Result<(), LockError> {
+        on_both!(&mut self.inner, l => sealed::SealedHolds::holding_mut(&mut l.state).restore_record())
+    }
+
+    /// Records the predecessors still draining after handing the port to
+    /// this holder (`LockInfo::draining`).
+    pub(crate) fn set_draining(&mut self, pids: Vec<u32>) -> Result<(), LockError> {
+        on_both!(&mut self.inner, l => {
+            let holding = sealed::SealedHolds::holding_mut(&mut l.state);
+            let mut info = holding.info.clone();
+            info.draining = pids;
+            holding.rewrite(info)
+        })
+    }
 }
 
 impl std::fmt::Debug for PortGuard {

@@ -20,7 +20,9 @@
 //!   held or free (`llmlb wait`);
 //! - [`notify`]: telling our own service manager (sd_notify: ready, status,
 //!   stopping, watchdog heartbeats);
-//! - [`pidfile`]: the classic pidfile of `serve --pidfile`.
+//! - [`pidfile`]: the classic pidfile of `serve --pidfile`;
+//! - [`handover`]: handing the lock and the listening sockets to a
+//!   successor without refusing a connection (`serve --replace`).
 //!
 //! Its platform calls go through the lock's `sys` module (the one place that
 //! talks to the operating system for the lock), or, for what the lock never
@@ -34,6 +36,7 @@ pub mod activation;
 // `llmlb serve -- CMD` is crate-private, used by the `cli` feature only.
 #[cfg_attr(any(not(feature = "cli"), loom), allow(dead_code))]
 pub mod exec;
+pub mod handover;
 // Exec mode's socket hand-over (`serve --pass-socket`, activation): used by
 // the `cli` feature only.
 pub mod listener;
@@ -48,4 +51,4 @@ pub mod wait;
 mod watchdog;
 
 pub use stop::{stop_server, StopError, StopEvent, StopOptions, StopOutcome, STOP_POLL_INTERVAL};
-pub use watchdog::{Guard, SharedLock, WatchEnd, WatchEvent, Watchdog};
+pub use watchdog::{Guard, LockHandle, SharedLock, WatchEnd, WatchEvent, Watchdog};

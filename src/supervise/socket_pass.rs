@@ -41,6 +41,18 @@ impl PassSocket {
     }
 }
 
+impl PassSocket {
+    /// The listening socket.
+    pub(crate) fn listener(&self) -> &TcpListener {
+        &self.listener
+    }
+
+    /// Its `LISTEN_FDNAMES` name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 /// Prepares `cmd` so that its child gets `socket` as descriptor 3 with
 /// `LISTEN_FDS=1`, `LISTEN_PID=<the child's own PID>` and
 /// `LISTEN_FDNAMES=<name>`, and the other `LISTEN_*` variables of this

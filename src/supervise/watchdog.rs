@@ -162,6 +162,15 @@ impl<T: Guard> SharedLock<T> {
         Some(self.inner.take()?.release())
     }
 
+    /// A second handle for another thread that uses the guard (a handover
+    /// offer, see [`crate::supervise::handover`]): it never releases the
+    /// guard, and dropping it leaves the lock held.
+    pub fn handle(&self) -> LockHandle<T> {
+        LockHandle {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
     /// A handle for the watchdog thread; see [`Watchdog::run`].
     pub fn watchdog(&self) -> Watchdog<T> {
         Watchdog {
@@ -176,6 +185,37 @@ impl<T: Guard> Drop for SharedLock<T> {
     /// nobody owns alive.
     fn drop(&mut self) {
         drop(self.inner.take());
+    }
+}
+
+/// A [`SharedLock`]'s guard for another thread (see [`SharedLock::handle`]).
+pub struct LockHandle<T: Guard = PortGuard> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T: Guard> Clone for LockHandle<T> {
+    /// Another handle on the same guard (never a second guard).
+    fn clone(&self) -> Self {
+        LockHandle {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<T: Guard> LockHandle<T> {
+    /// As [`SharedLock::with`].
+    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        self.inner.slot().as_mut().map(f)
+    }
+
+    /// Takes the guard out without releasing it, and ends the watchdog as a
+    /// release does: for a holder that has handed its lock to another
+    /// process and must never touch the lock file again. The caller
+    /// decides how the guard goes (for a [`PortGuard`]: `abandon`, which
+    /// closes the descriptor and removes nothing). `None` if it was already
+    /// released or taken.
+    pub fn take(&self) -> Option<T> {
+        self.inner.take()
     }
 }
 

@@ -29,6 +29,7 @@ pub(super) fn write(info: &LockInfo, out: &mut Vec<u8>) {
         released_by,
         state,
         state_since,
+        draining,
     } = info;
     out.extend_from_slice(b"{\"pid\":");
     number(out, u64::from(*pid));
@@ -59,6 +60,15 @@ pub(super) fn write(info: &LockInfo, out: &mut Vec<u8>) {
         out.push(b'"');
     });
     optional(out, b",\"state_since\":", state_since, timestamp);
+    if let Some((first, rest)) = draining.split_first() {
+        out.extend_from_slice(b",\"draining\":[");
+        number(out, u64::from(*first));
+        for pid in rest {
+            out.push(b',');
+            number(out, u64::from(*pid));
+        }
+        out.push(b']');
+    }
     out.push(b'}');
 }
 
@@ -362,6 +372,7 @@ mod tests {
                 ServeState::Stopping,
             ])),
             state_since in proptest::option::of(any_timestamp()),
+            draining in proptest::collection::vec(any::<u32>(), 0..3),
         ) {
             let info = LockInfo {
                 pid,
@@ -375,6 +386,7 @@ mod tests {
                 released_by,
                 state,
                 state_since,
+                draining,
             };
             prop_assert_eq!(
                 String::from_utf8(ours(&info)).expect("UTF-8"),

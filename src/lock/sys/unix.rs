@@ -1260,3 +1260,202 @@ impl ChildTree {
         group_gone(self.pgid)
     }
 }
+
+/// The most descriptors one handover message carries: the lock's and the
+/// listening sockets (a server rarely listens on more than two).
+pub(crate) const MAX_PASSED_FDS: usize = 8;
+
+/// Sends `bytes` on `stream` with `fds` attached (`SCM_RIGHTS`): the
+/// receiver gets its own descriptors of the same open file descriptions
+/// (for the lock's, the same kernel lock). `MSG_NOSIGNAL`: a peer gone
+/// is an `EPIPE` error, never a `SIGPIPE`.
+pub(crate) fn send_with_fds(
+    stream: &std::os::unix::net::UnixStream,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    if fds.len() > MAX_PASSED_FDS || bytes.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a handover message carries 1 to 8 descriptors and some bytes",
+        ));
+    }
+    let fd_bytes = std::mem::size_of_val(fds);
+    // u64 storage keeps the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 64];
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
+    debug_assert!(space <= std::mem::size_of_val(&control));
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: msg_control points at `space` writable, aligned bytes, so
+        // the first header and its data (CMSG_LEN(fd_bytes) <= space) fit.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
+            let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
+            for (i, fd) in fds.iter().enumerate() {
+                data.add(i).write_unaligned(fd.as_raw_fd());
+            }
+        }
+    }
+    let mut sent = 0;
+    while sent < bytes.len() {
+        if sent > 0 {
+            // The descriptors went with the first part; the rest is bytes.
+            msg.msg_control = std::ptr::null_mut();
+            msg.msg_controllen = 0;
+            iov.iov_base = bytes[sent..].as_ptr() as *mut libc::c_void;
+            iov.iov_len = bytes.len() - sent;
+            msg.msg_iov = &mut iov;
+        }
+        // SAFETY: `msg` points at live buffers for the duration of the call.
+        let n = unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, NO_SIGPIPE) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        sent += n as usize;
+    }
+    Ok(())
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const NO_SIGPIPE: libc::c_int = libc::MSG_NOSIGNAL;
+// macOS has no MSG_NOSIGNAL; Rust ignores SIGPIPE in every binary anyway.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const NO_SIGPIPE: libc::c_int = 0;
+
+/// Receives bytes into `buf` and any descriptors attached (`SCM_RIGHTS`),
+/// each close-on-exec. A message with more descriptors than
+/// [`MAX_PASSED_FDS`] is truncated by the kernel: that is an error (the
+/// descriptors that did arrive are closed).
+pub(crate) fn recv_with_fds(
+    stream: &std::os::unix::net::UnixStream,
+    buf: &mut [u8],
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut control = [0u64; 64];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE only computes a size.
+    msg.msg_controllen =
+        unsafe { libc::CMSG_SPACE((MAX_PASSED_FDS * std::mem::size_of::<libc::c_int>()) as u32) }
+            as _;
+    let n = loop {
+        // SAFETY: `msg` points at live, writable buffers of the sizes given.
+        let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, RECV_CLOEXEC) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled `msg_controllen` bytes of well-formed
+    // headers; CMSG_FIRSTHDR/NXTHDR walk only within them.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
+                let header = libc::CMSG_LEN(0) as usize;
+                let count =
+                    ((*cmsg).cmsg_len as usize - header) / std::mem::size_of::<libc::c_int>();
+                for i in 0..count {
+                    let fd = data.add(i).read_unaligned();
+                    let fd = OwnedFd::from_raw_fd(fd);
+                    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+                    set_cloexec(&fd);
+                    fds.push(fd);
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "more descriptors were sent than a handover carries",
+        ));
+    }
+    Ok((n, fds))
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const RECV_CLOEXEC: libc::c_int = libc::MSG_CMSG_CLOEXEC;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const RECV_CLOEXEC: libc::c_int = 0;
+
+/// Close-on-exec for a received descriptor where `recvmsg` cannot set it
+/// (a launcher must not leak it into the command it runs).
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn set_cloexec(fd: &OwnedFd) {
+    // SAFETY: F_GETFD/F_SETFD on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFD);
+        if flags >= 0 {
+            libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, flags | libc::FD_CLOEXEC);
+        }
+    }
+}
+
+/// Who is at the other end of a connected Unix socket: its effective uid,
+/// and its PID where the platform tells (Linux `SO_PEERCRED`: the process
+/// that connected, or that called `listen` for the server's end).
+pub(crate) fn peer_credentials(
+    stream: &std::os::unix::net::UnixStream,
+) -> io::Result<(u32, Option<u32>)> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        // SAFETY: an all-zero ucred is valid; getsockopt writes at most len.
+        let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        // SAFETY: `cred` and `len` are valid for writes of the sizes given.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&mut cred as *mut libc::ucred).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((cred.uid, u32::try_from(cred.pid).ok().filter(|&p| p > 0)))
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let mut uid: libc::uid_t = 0;
+        let mut gid: libc::gid_t = 0;
+        // SAFETY: both out-pointers are valid for writes.
+        if unsafe { libc::getpeereid(stream.as_raw_fd(), &mut uid, &mut gid) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((uid, None))
+    }
+}

@@ -1,0 +1,254 @@
+//! Handing a running server's port to its successor without refusing a
+//! connection (`llmlb serve --replace`): the lock *and* the listening
+//! sockets change hands, as nginx's binary upgrade, HAProxy's `-x` and
+//! cloudflare's tableflip do for their own sockets.
+//!
+//! An flock belongs to the open file description, and a descriptor can be
+//! passed to another process (`SCM_RIGHTS`): the successor then holds the
+//! very lock the holder holds, so there is never an instant at which the
+//! port is locked by nobody, or by two unrelated descriptions. The protocol:
+//!
+//! 1. The holder [offers](Offer::start) a handover on its control socket,
+//!    `<lock dir>/serve_<port>.ctl` ([`control_path`]; 0600 in the 0700
+//!    dir), made after the lock is taken and removed before the release. It
+//!    answers only peers of its own user (`SO_PEERCRED`/`getpeereid`), one
+//!    handover at a time, and a peer that stalls holds only its own thread.
+//! 2. The successor [requests](request) the port: it verifies the recorded
+//!    holder as `stop` would, checks that the control socket is that
+//!    holder's, and receives the lock's descriptor and the listening
+//!    sockets. It checks the descriptor (the inode the path names, holding
+//!    the lock) and rewrites the record to name itself, `starting`.
+//! 3. Once it serves (ready), the successor tells the holder to
+//!    [drain](Predecessor::drain). The holder lets go of its record (it
+//!    never writes it again), removes its control socket, stops accepting,
+//!    finishes what it accepted, closes its descriptors without unlinking
+//!    anything, and exits. The successor records it as `draining` until it
+//!    has exited (the connection's end tells).
+//!
+//! If the successor goes away before step 3 (it died, gave up, was
+//! interrupted), the holder sees the connection end, writes its own record
+//! back, and goes on serving: it never stopped. If the holder dies at any
+//! point after step 2, the successor holds the lock and serves.
+//!
+//! The wire format is one JSON object per line, each request and reply
+//! carrying `"llmlb_handover": 1` ([`PROTOCOL_VERSION`]); a request this
+//! version does not know gets an error reply, never a crash.
+//!
+//! Windows has no `SCM_RIGHTS`: there [`Offer::start`] fails with
+//! `Unsupported` and [`request`] finds no offer, so `serve --replace` takes
+//! its fallback (a verified stop, then wait for the port).
+
+use std::io;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::lock::{LockDir, LockError, LockInfo, PortGuard};
+use crate::supervise::LockHandle;
+
+#[cfg(unix)]
+#[path = "handover/unix.rs"]
+mod sys;
+#[cfg(not(unix))]
+#[path = "handover/other.rs"]
+mod sys;
+
+/// The version of the control protocol this llmlb speaks, sent in every
+/// message as `"llmlb_handover"`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// How long a holder waits for a connected peer's request (and each reply
+/// write) before it drops the connection: a stalled peer costs one thread
+/// for this long, never the server.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether this platform can hand a lock and sockets to another process.
+pub const SUPPORTED: bool = cfg!(unix);
+
+/// `<lock dir>/serve_<port>.ctl`: where the holder of `port` offers a
+/// handover.
+pub fn control_path(lock_dir: &Path, port: u16) -> PathBuf {
+    lock_dir.join(format!("serve_{port}.ctl"))
+}
+
+/// A listening socket handed over, with its `LISTEN_FDNAMES` name.
+#[derive(Debug)]
+pub struct HandedSocket {
+    /// The listening socket (the same one the holder listens on).
+    pub listener: TcpListener,
+    /// Its name (what exec mode passes to the command as `LISTEN_FDNAMES`).
+    pub name: String,
+}
+
+/// The successor a holder is draining for, as its [`Offer`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Successor {
+    /// The successor's PID (from the socket's credentials where the
+    /// platform gives them, else from its request).
+    pub pid: u32,
+}
+
+/// A running holder's offer to hand its port over: the control socket and
+/// the thread that answers it. Dropping it withdraws the offer (the socket
+/// file is removed if it is still this offer's); a handover already under
+/// way completes or is abandoned as its successor decides.
+pub struct Offer {
+    imp: sys::Offer,
+}
+
+impl Offer {
+    /// Starts offering the lock held by `lock` (a server's
+    /// [`SharedLock::handle`](crate::supervise::SharedLock::handle)) and
+    /// the listening `sockets`
+    /// (the lock's descriptor goes first, then these, in order) on
+    /// [`control_path`]. When a successor asks to take over,
+    /// `on_drain` runs (on the offer's thread) after this process has let
+    /// go of the lock: from then on it must stop accepting, finish what it
+    /// accepted, and exit without touching the lock file.
+    ///
+    /// # Errors
+    /// The control socket cannot be made (a lock dir path too long for a
+    /// Unix socket's 108 bytes, a read-only dir); `Unsupported` on Windows.
+    /// The server runs on without an offer: a replace falls back to a stop.
+    pub fn start(
+        lock: &LockHandle<PortGuard>,
+        sockets: Vec<HandedSocket>,
+        on_drain: impl FnOnce(Successor) + Send + 'static,
+    ) -> io::Result<Offer> {
+        sys::Offer::start(lock, sockets, Box::new(on_drain)).map(|imp| Offer { imp })
+    }
+
+    /// The control socket's path.
+    pub fn path(&self) -> &Path {
+        self.imp.path()
+    }
+}
+
+impl std::fmt::Debug for Offer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Offer").field("path", &self.path()).finish()
+    }
+}
+
+/// What [`request`] found.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Requested {
+    /// Nobody holds the port (free, or stale): take it the usual way.
+    NotHeld,
+    /// The port's holder offers no handover (`why`, a phrase after "it"):
+    /// an older llmlb, a launcher, exec mode without a socket in llmlb's
+    /// hands, a holder that did not answer in time, one that `stop` would
+    /// refuse (another host or PID namespace, unverifiable), or Windows.
+    NotOffered {
+        /// The holder's record, if readable.
+        holder: Option<Box<LockInfo>>,
+        /// Why, as a phrase after "it" ("has no control socket (…)").
+        why: String,
+    },
+    /// The lock and sockets were received: this process holds the port.
+    Received(Box<Received>),
+}
+
+/// A port received by handover.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Received {
+    /// The lock, shared with the predecessor until it has drained; the
+    /// record names this process, `starting`.
+    pub guard: PortGuard,
+    /// The predecessor's listening sockets, in its order (empty if it
+    /// passed none).
+    pub sockets: Vec<HandedSocket>,
+    /// The holder that handed the port over, still serving: tell it to
+    /// drain once this process serves, or drop it to give the port back.
+    pub predecessor: Predecessor,
+}
+
+/// The holder that handed the port over, still serving until told to
+/// [drain](Predecessor::drain). Dropping it without draining abandons the
+/// handover: the holder writes its record back and serves on.
+#[derive(Debug)]
+pub struct Predecessor {
+    imp: sys::Predecessor,
+}
+
+impl Predecessor {
+    /// The predecessor's PID.
+    pub fn pid(&self) -> u32 {
+        self.imp.pid()
+    }
+
+    /// Tells the predecessor to drain (stop accepting, finish, exit) and
+    /// waits up to `timeout` for it to confirm. A predecessor that has died
+    /// meanwhile counts as drained.
+    ///
+    /// # Errors
+    /// It did not confirm in time, or the connection failed otherwise: it
+    /// may still be serving beside us (on the same socket, which is
+    /// harmless) until it notices.
+    pub fn drain(self, timeout: Duration) -> io::Result<Draining> {
+        self.imp.drain(timeout).map(|imp| Draining { imp })
+    }
+}
+
+/// A predecessor that confirmed it is draining.
+#[derive(Debug)]
+pub struct Draining {
+    imp: sys::Draining,
+}
+
+impl Draining {
+    /// The predecessor's PID.
+    pub fn pid(&self) -> u32 {
+        self.imp.pid()
+    }
+
+    /// Blocks until the predecessor has exited (its end of the connection
+    /// closed with its last descriptor).
+    pub fn wait_exited(self) {
+        self.imp.wait_exited();
+    }
+}
+
+/// Why [`request`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandoverError {
+    /// Another successor is taking the port over from the same holder.
+    #[error("another replace of port {port} is under way (PID {pid} is taking it over from PID {holder}); try again once it has finished")]
+    Busy {
+        /// The port.
+        port: u16,
+        /// The holder.
+        holder: u32,
+        /// The successor under way, as the holder reports it (0 if unknown).
+        pid: u32,
+    },
+    /// The descriptor received failed its checks, or the record could not
+    /// be written; the holder keeps serving.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The holder's control socket failed mid-handover; the holder keeps
+    /// serving.
+    #[error("the handover of port {port} from PID {holder} failed: {source}")]
+    Io {
+        /// The port.
+        port: u16,
+        /// The holder.
+        holder: u32,
+        /// What failed.
+        source: io::Error,
+    },
+}
+
+/// Asks the holder of `port` in `dir` to hand the port over, waiting up to
+/// `timeout` for its answer; see the module doc for what is checked.
+///
+/// # Errors
+/// [`HandoverError::Busy`] if a handover to another successor is under way;
+/// `Lock` or `Io` if the port could not be received (the holder serves on).
+pub fn request(dir: &LockDir, port: u16, timeout: Duration) -> Result<Requested, HandoverError> {
+    sys::request(dir, port, timeout)
+}

@@ -1,0 +1,75 @@
+//! Platforms without descriptor passing (Windows): nothing is offered, and a
+//! request always finds no offer, so `serve --replace` takes its fallback.
+
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use super::{HandedSocket, HandoverError, Requested, Successor};
+use crate::lock::{LockDir, LockState, PortGuard};
+use crate::supervise::LockHandle;
+
+pub(super) struct Offer {
+    never: std::convert::Infallible,
+}
+
+impl Offer {
+    pub(super) fn start(
+        _lock: &LockHandle<PortGuard>,
+        _sockets: Vec<HandedSocket>,
+        _on_drain: Box<dyn FnOnce(Successor) + Send>,
+    ) -> io::Result<Offer> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "handing a port over needs descriptor passing (SCM_RIGHTS), which Windows lacks",
+        ))
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        match self.never {}
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Predecessor {
+    never: std::convert::Infallible,
+}
+
+impl Predecessor {
+    pub(super) fn pid(&self) -> u32 {
+        match self.never {}
+    }
+
+    pub(super) fn drain(self, _timeout: Duration) -> io::Result<Draining> {
+        match self.never {}
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Draining {
+    never: std::convert::Infallible,
+}
+
+impl Draining {
+    pub(super) fn pid(&self) -> u32 {
+        match self.never {}
+    }
+
+    pub(super) fn wait_exited(self) {
+        match self.never {}
+    }
+}
+
+pub(super) fn request(
+    dir: &LockDir,
+    port: u16,
+    _timeout: Duration,
+) -> Result<Requested, HandoverError> {
+    Ok(match dir.probe(port)? {
+        LockState::Free | LockState::Stale(_) => Requested::NotHeld,
+        LockState::Held(holder) => Requested::NotOffered {
+            holder: holder.map(Box::new),
+            why: "cannot hand a port over on Windows (no descriptor passing)".to_owned(),
+        },
+    })
+}
