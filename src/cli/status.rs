@@ -158,6 +158,15 @@ impl Row {
                 human_duration((Utc::now() - since).num_seconds().max(0))
             ),
         };
+        // The predecessor a `serve --replace` took over from, finishing
+        // its requests: it no longer accepts, but is still there.
+        let base = match held.map(|i| i.draining.as_slice()) {
+            Some([]) | None => base,
+            Some(pids) => {
+                let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+                format!("{base}; PID {} draining", pids.join(", "))
+            }
+        };
         match self.holder_kind() {
             Some("other_pid_namespace") => format!("{base} (in another PID namespace)"),
             Some("inherited") => format!("{base} (inherited; PID released it)"),
@@ -216,6 +225,7 @@ impl Row {
             "serve_state_since": info.and_then(|i| i.state_since).map(|t| {
                 t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             }),
+            "draining": info.map(|i| i.draining.clone()).unwrap_or_default(),
             "lock_file": self.path,
         });
         if let Err(e) = &self.state {

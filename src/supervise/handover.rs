@@ -252,3 +252,208 @@ pub enum HandoverError {
 pub fn request(dir: &LockDir, port: u16, timeout: Duration) -> Result<Requested, HandoverError> {
     sys::request(dir, port, timeout)
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::os::unix::net::UnixStream;
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::lock::{acquire_or_reclaim, LockState, ServeState};
+    use crate::supervise::SharedLock;
+
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    /// A held port with an offer of one listening socket; the drain
+    /// callback reports on the channel.
+    fn offering(
+        dir: &LockDir,
+        port: u16,
+    ) -> (
+        SharedLock<PortGuard>,
+        Offer,
+        TcpListener,
+        mpsc::Receiver<u32>,
+    ) {
+        let mut guard = acquire_or_reclaim(dir, port).unwrap();
+        guard.set_state(ServeState::Ready).unwrap();
+        let lock = SharedLock::new(guard);
+        let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let offer = Offer::start(
+            &lock.handle(),
+            vec![HandedSocket {
+                listener: listener.try_clone().unwrap(),
+                name: "web".to_owned(),
+            }],
+            move |successor| tx.send(successor.pid).unwrap(),
+        )
+        .unwrap();
+        (lock, offer, listener, rx)
+    }
+
+    fn record(dir: &LockDir, port: u16) -> LockInfo {
+        match dir.probe(port).unwrap() {
+            LockState::Held(Some(info)) => info,
+            other => panic!("expected a held port with a record, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_handover_moves_the_lock_and_the_socket_and_the_giver_lets_go() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LockDir::create(tmp.path().join("locks")).unwrap();
+        let (lock, offer, listener, drained) = offering(&dir, 8000);
+        assert!(offer.path().ends_with("serve_8000.ctl"));
+
+        let Requested::Received(received) = request(&dir, 8000, PATIENCE).unwrap() else {
+            panic!("the offer must be taken");
+        };
+        let Received {
+            guard,
+            sockets,
+            predecessor,
+        } = *received;
+        assert_eq!(sockets.len(), 1);
+        assert_eq!(sockets[0].name, "web");
+        assert_eq!(
+            sockets[0].listener.local_addr().unwrap(),
+            listener.local_addr().unwrap(),
+            "the very socket the giver listens on"
+        );
+        assert_eq!(record(&dir, 8000).state, Some(ServeState::Starting));
+
+        let draining = predecessor.drain(PATIENCE).unwrap();
+        assert_eq!(drained.recv_timeout(PATIENCE).unwrap(), std::process::id());
+        assert!(
+            lock.with(|_| ()).is_none(),
+            "the giver has let go of its guard: it never writes the record again"
+        );
+        assert!(!offer.path().exists(), "the giver's control socket is gone");
+        // The giver's descriptor is closed; ours still holds the port.
+        assert!(matches!(dir.probe(8000).unwrap(), LockState::Held(_)));
+        drop(draining);
+        guard.release().unwrap();
+        assert_eq!(dir.probe(8000).unwrap(), LockState::Free);
+    }
+
+    #[test]
+    fn an_abandoned_handover_gives_the_record_back_and_can_be_offered_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LockDir::create(tmp.path().join("locks")).unwrap();
+        let (lock, _offer, _listener, drained) = offering(&dir, 8001);
+        let before = record(&dir, 8001);
+
+        let Requested::Received(received) = request(&dir, 8001, PATIENCE).unwrap() else {
+            panic!("the offer must be taken");
+        };
+        // The successor gives up: it closes its copy without writing, then
+        // the connection.
+        let Received {
+            guard, predecessor, ..
+        } = *received;
+        guard.abandon();
+        drop(predecessor);
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while record(&dir, 8001).state != Some(ServeState::Ready) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the record was not restored"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(record(&dir, 8001).started_at, before.started_at);
+        assert!(drained.try_recv().is_err(), "no drain was asked for");
+        assert!(lock.with(|_| ()).is_some(), "the giver still holds");
+
+        // Offered again: a second successor is served.
+        let Requested::Received(again) = request(&dir, 8001, PATIENCE).unwrap() else {
+            panic!("the offer must stand after an abandoned handover");
+        };
+        drop(again);
+    }
+
+    #[test]
+    fn the_control_socket_answers_bad_requests_with_an_error_and_serves_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LockDir::create(tmp.path().join("locks")).unwrap();
+        let (_lock, offer, _listener, _drained) = offering(&dir, 8002);
+        for (line, error) in [
+            ("garbage\n", "not a request"),
+            (
+                "{\"llmlb_handover\":99,\"op\":\"request\"}\n",
+                "unsupported protocol version",
+            ),
+            (
+                "{\"llmlb_handover\":1,\"op\":\"explode\"}\n",
+                "unknown request",
+            ),
+        ] {
+            let mut stream = UnixStream::connect(offer.path()).unwrap();
+            stream.set_read_timeout(Some(PATIENCE)).unwrap();
+            stream.write_all(line.as_bytes()).unwrap();
+            let mut reply = String::new();
+            BufReader::new(&stream).read_line(&mut reply).unwrap();
+            let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+            assert_eq!(reply["ok"], false, "{line:?}");
+            assert!(
+                reply["error"].as_str().unwrap().starts_with(error),
+                "{reply}"
+            );
+        }
+        // A peer that connects and says nothing holds only its own thread.
+        let _stalled = UnixStream::connect(offer.path()).unwrap();
+        assert!(matches!(
+            request(&dir, 8002, PATIENCE).unwrap(),
+            Requested::Received(_)
+        ));
+    }
+
+    #[test]
+    fn a_second_successor_is_told_the_port_is_busy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LockDir::create(tmp.path().join("locks")).unwrap();
+        let (_lock, _offer, _listener, _drained) = offering(&dir, 8003);
+        let first = request(&dir, 8003, PATIENCE).unwrap();
+        assert!(matches!(first, Requested::Received(_)));
+        match request(&dir, 8003, PATIENCE) {
+            Err(HandoverError::Busy { port: 8003, .. }) => {}
+            other => panic!("expected busy, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_port_without_an_offer_is_not_offered_and_a_free_one_is_not_held() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LockDir::create(tmp.path().join("locks")).unwrap();
+        assert!(matches!(
+            request(&dir, 8004, PATIENCE).unwrap(),
+            Requested::NotHeld
+        ));
+        let _guard = acquire_or_reclaim(&dir, 8004).unwrap();
+        match request(&dir, 8004, PATIENCE).unwrap() {
+            Requested::NotOffered { holder, why } => {
+                assert_eq!(holder.unwrap().pid, std::process::id());
+                assert!(why.contains("no control socket"), "{why}");
+            }
+            other => panic!("expected no offer, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_descriptor_that_does_not_hold_the_lock_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LockDir::create(tmp.path().join("locks")).unwrap();
+        let _guard = acquire_or_reclaim(&dir, 8005).unwrap();
+        // Another open of the same file: a description of its own, which
+        // the holder's lock excludes.
+        let other = std::fs::File::open(dir.lock_path(8005)).unwrap();
+        let refused = PortGuard::from_handover(&dir, 8005, other, ServeState::Starting);
+        assert!(refused.is_err());
+        assert_eq!(record(&dir, 8005).pid, std::process::id());
+        // Some other file entirely.
+        let stray = std::fs::File::create(tmp.path().join("stray")).unwrap();
+        assert!(PortGuard::from_handover(&dir, 8005, stray, ServeState::Starting).is_err());
+    }
+}
