@@ -58,10 +58,13 @@ macro_rules! serve_after {
     () => {
         "Exit codes:
   0    stopped by SIGINT/SIGTERM, lock released
+  0    also: handed over to a successor (serve --replace), which serves on
   1    already running on the port (with --wait: still, at the deadline), port used by
-       another program, unusable lock dir
+       another program, unusable lock dir; --replace: the holder could not be stopped
+       (or stop refused it), or another replace of the port is under way
   2    usage error
-  130  SIGINT while waiting (--wait); 143 SIGTERM; nothing was taken
+  130  SIGINT while waiting (--wait) or taking over (--replace); 143 SIGTERM; nothing
+       was taken (--replace: the running server keeps the port)
   exec mode: COMMAND's code (128 + N if killed by signal N; 126 not executable, 127 not found)
 
 Examples:
