@@ -27,6 +27,8 @@ const MAX_LINE: usize = 4096;
 /// Connections answered at once; more are closed unanswered (a flood of
 /// stalled peers must not become a flood of threads).
 const MAX_PEERS: usize = 16;
+/// How often a requester looks again at a starting holder without an offer.
+const STARTING_RETRY: Duration = Duration::from_millis(10);
 /// How often the accept loop looks whether the offer was withdrawn.
 const ACCEPT_POLL_MS: i32 = 250;
 
@@ -479,34 +481,64 @@ pub(super) fn request(
     let not_offered = |holder: Option<Box<crate::lock::LockInfo>>, why: String| {
         Ok(Requested::NotOffered { holder, why })
     };
-    let info = match dir.probe(port)? {
-        LockState::Free | LockState::Stale(_) => return Ok(Requested::NotHeld),
-        LockState::Held(None) => return not_offered(None, "has an unreadable record".to_owned()),
-        LockState::Held(Some(info)) => Box::new(info),
-    };
-    let holder = info.pid;
-    match info.check_identity() {
-        IdentityCheck::Same => {}
-        other => {
-            let why = match other {
-                IdentityCheck::OtherHost(host) => format!("runs on another host ({host})"),
-                IdentityCheck::OtherPidNamespace => "runs in another PID namespace".to_owned(),
-                IdentityCheck::Released => {
-                    "released the lock to processes that inherited it".to_owned()
-                }
-                _ => "cannot be verified as the holder".to_owned(),
-            };
-            return not_offered(Some(info), why);
+    let deadline = Instant::now() + timeout;
+    // A holder recorded as starting may not offer yet: a server between its
+    // lock and its listener, or a successor between its predecessor's
+    // control socket and its own (a few milliseconds either way). Looked
+    // at again until it offers, is ready, or the time is up.
+    let (info, mut stream) = loop {
+        let info = match dir.probe(port)? {
+            LockState::Free | LockState::Stale(_) => return Ok(Requested::NotHeld),
+            LockState::Held(None) => {
+                return not_offered(None, "has an unreadable record".to_owned())
+            }
+            LockState::Held(Some(info)) => Box::new(info),
+        };
+        match info.check_identity() {
+            IdentityCheck::Same => {}
+            other => {
+                let why = match other {
+                    IdentityCheck::OtherHost(host) => format!("runs on another host ({host})"),
+                    IdentityCheck::OtherPidNamespace => "runs in another PID namespace".to_owned(),
+                    IdentityCheck::Released => {
+                        "released the lock to processes that inherited it".to_owned()
+                    }
+                    _ => "cannot be verified as the holder".to_owned(),
+                };
+                return not_offered(Some(info), why);
+            }
         }
-    }
-    let path = control_path(dir.path(), port);
-    let mut stream = match UnixStream::connect(&path) {
-        Ok(stream) => stream,
-        Err(_) => {
+        match UnixStream::connect(control_path(dir.path(), port)) {
+            Ok(stream) => break (info, stream),
+            Err(_) if info.serve_state() == ServeState::Starting && Instant::now() < deadline => {
+                std::thread::sleep(STARTING_RETRY);
+            }
+            Err(_) => {
+                return not_offered(
+                    Some(info),
+                    "has no control socket (an older llmlb, a launcher, or a command run without a passed socket)".to_owned(),
+                )
+            }
+        }
+    };
+    // The socket's owner, not necessarily the recorded holder: during a
+    // handover the record names the successor while the predecessor still
+    // answers (and says it is busy). Only its user matters: what it hands
+    // over is checked against the path and the lock before it is used.
+    let holder = match peer_credentials(&stream) {
+        Ok((uid, _)) if uid != euid() => {
             return not_offered(
                 Some(info),
-                "has no control socket (an older llmlb, a launcher, or a command run without a passed socket)".to_owned(),
+                "has a control socket of another user".to_owned(),
             )
+        }
+        Ok((_, pid)) => pid.unwrap_or(info.pid),
+        Err(e) => {
+            return Err(HandoverError::Io {
+                port,
+                holder: info.pid,
+                source: e,
+            })
         }
     };
     let io_err = |source| HandoverError::Io {
@@ -514,23 +546,6 @@ pub(super) fn request(
         holder,
         source,
     };
-    match peer_credentials(&stream) {
-        Ok((uid, _)) if uid != euid() => {
-            return not_offered(
-                Some(info),
-                "has a control socket of another user".to_owned(),
-            )
-        }
-        Ok((_, Some(pid))) if pid != holder => {
-            return not_offered(
-                Some(info),
-                format!("does not own its control socket (PID {pid} does)"),
-            )
-        }
-        Ok(_) => {}
-        Err(e) => return Err(io_err(e)),
-    }
-    let deadline = Instant::now() + timeout;
     let request = json!({
         "llmlb_handover": PROTOCOL_VERSION,
         "op": "request",
