@@ -227,19 +227,22 @@ impl Handovers {
     /// Returns the predecessor's PID if there was one; the lock is then no
     /// longer ours to announce or release.
     pub(crate) fn abort(&self) -> Option<u32> {
-        let predecessor = lock_pending(&self.pending).take()?;
-        if let Some(guard) = self.lock.take() {
-            guard.abandon();
-        }
-        let pid = predecessor.pid();
-        drop(predecessor);
+        // The predecessor's connection closes at the end of this block,
+        // after our descriptor: it then writes its record back.
+        let pid = {
+            let predecessor = lock_pending(&self.pending).take()?;
+            if let Some(guard) = self.lock.take() {
+                guard.abandon();
+            }
+            predecessor.pid()
+        };
         tracing::warn!("gave port {} back to PID {pid}, which serves on", self.port);
         Some(pid)
     }
 
     /// Withdraws the offer (the control socket goes before the release).
     pub(crate) fn withdraw(&self) {
-        drop(lock_pending(&self.offer).take());
+        *lock_pending(&self.offer) = None;
     }
 }
 

@@ -593,6 +593,8 @@ impl Holding {
     ///
     /// The result counts as shared: the giver still holds the description
     /// until it has drained, so a release here never unlinks under it.
+    // Windows has no descriptor passing: no handover reaches these.
+    #[cfg_attr(not(unix), allow(dead_code))]
     pub(crate) fn from_handover(
         target: Target,
         file: File,
@@ -664,6 +666,8 @@ impl Holding {
     /// Writes our own record back over whatever is there (a successor that
     /// received the lock by handover, then gave up or died, had written its
     /// own): the description we share is ours alone again.
+    // Windows has no descriptor passing: no handover reaches these.
+    #[cfg_attr(not(unix), allow(dead_code))]
     pub(crate) fn restore_record(&mut self) -> Result<(), LockError> {
         // The successor's record may be longer than ours: cut to ours.
         self.written_len = self.written_len.max(1);

@@ -611,6 +611,8 @@ impl PortGuard {
     /// The lock of `port` in `dir` received from its holder by a handover
     /// (`serve --replace`): see `Holding::from_handover` for what is checked
     /// before the record is made to name this process (in `state`).
+    // Windows has no descriptor passing: no handover reaches these.
+    #[cfg_attr(not(unix), allow(dead_code))]
     pub(crate) fn from_handover(
         dir: &super::LockDir,
         port: u16,
@@ -628,6 +630,8 @@ impl PortGuard {
 
     /// Writes this holder's record back (a handover it offered was
     /// abandoned by the successor, which had written its own).
+    // Windows has no descriptor passing: no handover reaches these.
+    #[cfg_attr(not(unix), allow(dead_code))]
     pub(crate) fn restore_record(&mut self) -> Result<(), LockError> {
         on_both!(&mut self.inner, l => sealed::SealedHolds::holding_mut(&mut l.state).restore_record())
     }
