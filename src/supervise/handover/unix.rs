@@ -309,6 +309,9 @@ fn answer(mut stream: UnixStream, shared: &OfferShared) {
             .and_then(|v| v.get("op").and_then(Value::as_str).map(|op| op == "drain"))
             == Some(true)
     );
+    // A successor that asked and died at once must not leave the port to
+    // nobody: a hung-up peer is an abandoned handover, not a drain.
+    let drain = drain && !peer_hung_up(&stream);
     if !drain {
         // Our description was never out of our hands: writing our record
         // back makes the port ours again in every reader's eyes.
@@ -346,6 +349,23 @@ fn answer(mut stream: UnixStream, shared: &OfferShared) {
     // the successor we are gone.
     let mut sink = [0u8; 64];
     while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+}
+
+/// Whether the peer has closed its end (it exited): one `poll` that does
+/// not wait.
+fn peer_hung_up(stream: &UnixStream) -> bool {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    const HUNG_UP: libc::c_short = libc::POLLHUP | libc::POLLRDHUP;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    const HUNG_UP: libc::c_short = libc::POLLHUP;
+    let mut fds = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: HUNG_UP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; a zero timeout never blocks.
+    let ready = unsafe { libc::poll(&mut fds, 1, 0) };
+    ready > 0 && fds.revents & (HUNG_UP | libc::POLLERR) != 0
 }
 
 /// Reads newline-terminated lines of at most [`MAX_LINE`] bytes, keeping
