@@ -198,11 +198,9 @@ impl Handovers {
                 let pid = predecessor.pid();
                 match predecessor.drain(DRAIN_CONFIRM) {
                     Ok(draining) => {
-                        me.record_draining(vec![pid]);
                         tracing::info!("PID {pid} is draining; port {port} is this server's");
                         me.offer_now();
-                        draining.wait_exited();
-                        me.record_draining(Vec::new());
+                        draining.record_until_exited(&me.lock);
                         tracing::info!("PID {pid} has exited");
                     }
                     Err(e) => tracing::warn!(
@@ -212,12 +210,6 @@ impl Handovers {
             });
         if let Err(e) = spawned {
             tracing::warn!("cannot tell the previous server of port {port} to drain: {e}");
-        }
-    }
-
-    fn record_draining(&self, pids: Vec<u32>) {
-        if let Some(Err(e)) = self.lock.with(|g| g.set_draining(pids)) {
-            tracing::warn!("cannot record the draining server in the lock file: {e}");
         }
     }
 

@@ -210,6 +210,23 @@ impl Draining {
     pub fn wait_exited(self) {
         self.imp.wait_exited();
     }
+
+    /// Records the predecessor as draining in the record of `lock` (the
+    /// lock received from it: [`LockInfo::draining`], what `status`
+    /// shows), blocks until it has exited, then takes it off the record.
+    /// A failed write is logged: the record then says less, and never
+    /// names another holder.
+    pub fn record_until_exited(self, lock: &LockHandle<PortGuard>) {
+        let pid = self.pid();
+        let record = |pids: Vec<u32>| {
+            if let Some(Err(e)) = lock.with(|g| g.set_draining(pids)) {
+                tracing::warn!("cannot record the draining PID {pid} in the lock file: {e}");
+            }
+        };
+        record(vec![pid]);
+        self.wait_exited();
+        record(Vec::new());
+    }
 }
 
 /// Why [`request`] failed.
