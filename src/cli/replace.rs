@@ -12,7 +12,7 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use llmlb::lock::{LockDir, PortGuard, ServeState};
+use llmlb::lock::{IdentityCheck, LockDir, PortGuard, ServeState};
 use llmlb::supervise::handover::{
     self, HandedSocket, HandoverError, Offer, Predecessor, Requested,
 };
@@ -82,13 +82,14 @@ pub(crate) async fn take_over(
             Ok((guard, None))
         }
         Ok(Requested::NotOffered { holder, why }) => {
-            let who = holder.map_or_else(
-                || "another process".to_owned(),
-                |h| format!("PID {}", h.pid),
-            );
-            eprintln!(
-                "Port {port} is held by {who}, which offers no handover: it {why}; stopping it, then taking the port (connections are refused until this server listens)"
-            );
+            // A holder `stop` will refuse (another host, another PID
+            // namespace, unverifiable) gets `stop`'s refusal alone.
+            if let Some(h) = holder.filter(|h| h.check_identity() == IdentityCheck::Same) {
+                eprintln!(
+                    "Port {port} is held by PID {}, which offers no handover: it {why}; stopping it, then taking the port (connections are refused until this server listens)",
+                    h.pid
+                );
+            }
             let stop_dir = dir.clone();
             let stopped = tokio::task::spawn_blocking(move || {
                 super::stop::run(&stop_dir, port, timeout, false)
