@@ -16,6 +16,7 @@ use clap::{CommandFactory, FromArgMatches as _, Parser, Subcommand, ValueEnum};
 use llmlb::supervise::ready::ReadyPolicy;
 
 mod exec;
+mod http;
 mod replace;
 mod serve;
 mod signals;

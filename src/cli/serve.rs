@@ -616,10 +616,7 @@ async fn serve_http_on(
         .route("/health", get(health))
         .with_state(Arc::new(health_info));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = stop_rx.await;
-    });
-    let mut server = tokio::spawn(async move { server.await });
+    let mut server = tokio::spawn(super::http::serve(listener, app, stop_rx));
     // Bound and accepting (the kernel queues connections from the bind on).
     announce(lock, ServeState::Ready);
     // Only now may a predecessor stop accepting: this server accepts on the
