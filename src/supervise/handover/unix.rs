@@ -562,7 +562,16 @@ pub(super) fn request(
         stream.set_read_timeout(Some(left)).map_err(io_err)?;
         let mut chunk = [0u8; 1024];
         match recv_with_fds(&stream, &mut chunk) {
+            // A holder that closes with our request unread (it died, or
+            // dropped us unanswered) resets the connection instead of
+            // ending it: the same answer as an end, not a failure.
             Ok((0, _)) => {
+                return not_offered(
+                    Some(info),
+                    "closed its control socket unanswered".to_owned(),
+                )
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
                 return not_offered(
                     Some(info),
                     "closed its control socket unanswered".to_owned(),
