@@ -597,7 +597,16 @@ pub(super) fn request(
         stream.set_read_timeout(Some(left)).map_err(io_err)?;
         let mut chunk = [0u8; 1024];
         match recv_with_fds(&stream, &mut chunk) {
+            // A holder that closes with our request unread (it died, or
+            // dropped us unanswered) resets the connection instead of
+            // ending it: the same answer as an end, not a failure.
             Ok((0, _)) => {
+                return not_offered(
+                    Some(info),
+                    "closed its control socket unanswered".to_owned(),
+                )
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
                 return not_offered(
                     Some(info),
                     "closed its control socket unanswered".to_owned(),
@@ -682,4 +691,45 @@ pub(super) fn request(
             },
         },
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lock::acquire_or_reclaim;
+
+    /// A holder that closes the control connection with the request unread
+    /// (as a holder killed mid-request does) resets it rather than ending
+    /// it: that is "closed its control socket unanswered", so `serve
+    /// --replace` takes its fallback instead of failing.
+    #[test]
+    fn a_reset_control_connection_is_not_offered() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LockDir::create(tmp.path().join("locks")).unwrap();
+        let port = 41201;
+        // This process is the recorded holder, so the request gets as far
+        // as the control socket.
+        let _guard = acquire_or_reclaim(&dir, port).unwrap();
+        let listener = UnixListener::bind(control_path(dir.path(), port)).unwrap();
+        let holder = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            // Wait until the request has arrived, then close unread.
+            let mut fds = libc::pollfd {
+                fd: stream.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            assert_eq!(unsafe { libc::poll(&mut fds, 1, 10_000) }, 1);
+            drop(stream);
+        });
+        let requested = request(&dir, port, Duration::from_secs(10));
+        holder.join().unwrap();
+        match requested {
+            Ok(Requested::NotOffered { why, .. }) => {
+                assert!(why.contains("unanswered"), "{why}");
+            }
+            other => panic!("expected NotOffered, got {other:?}"),
+        }
+    }
 }
