@@ -93,6 +93,13 @@ impl Target {
     }
 }
 
+/// How often a holder's check looks again at a record it could not parse
+/// before writing its own back, and how long it waits between looks: a
+/// record is written in one `pwrite` and cut to length at once, so a torn
+/// read lasts microseconds, while `echo x > file` stays.
+const TORN_READ_RETRIES: usize = 3;
+const TORN_READ_PAUSE: Duration = Duration::from_millis(2);
+
 /// An exclusively locked lock file that records (or recorded) us: the data of
 /// the `Held` and `Reclaimed` states. Dropping it releases.
 pub struct Holding {
@@ -875,7 +882,17 @@ impl Holding {
             // `status` and `stop` could no longer name us: write our info
             // back. Valid info naming another process is left alone: that
             // is a forked child that adopted the lock.
-            let content = read_content(target.path(), self.file())?;
+            let mut content = read_content(target.path(), self.file())?;
+            // Another writer of this description (a successor that received
+            // it by handover) may be mid-write: a torn read is looked at
+            // again before it counts as overwritten.
+            for _ in 0..TORN_READ_RETRIES {
+                if LockInfo::parse_for_port(&content, target.port).is_some() {
+                    return Ok(Integrity::Intact);
+                }
+                std::thread::sleep(TORN_READ_PAUSE);
+                content = read_content(target.path(), self.file())?;
+            }
             if LockInfo::parse_for_port(&content, target.port).is_some() {
                 return Ok(Integrity::Intact);
             }
