@@ -32,7 +32,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-use llmlb::lock::{acquire_or_reclaim, LockDir, LockError, LockState, PortGuard};
+use llmlb::lock::{acquire_or_reclaim, LockDir, LockError, LockState, PortGuard, ServeState};
 use llmlb::supervise::handover::{self, HandoverError, Offer, Predecessor, Requested};
 use llmlb::supervise::SharedLock;
 use proptest::prelude::*;
@@ -122,8 +122,15 @@ fn actor_main(dir: &Path) {
             "replace" if serving.is_some() => "error already serving".to_owned(),
             "replace" => match handover::request(&dir, PORT, PEER_WAIT) {
                 Ok(Requested::Received(received)) => {
-                    let received = *received;
+                    let mut received = *received;
                     let from = received.predecessor.pid();
+                    // It serves at once, as `serve --replace` in HTTP mode
+                    // does: a requester then never waits on a starting
+                    // holder.
+                    if let Err(e) = received.guard.set_state(ServeState::Ready) {
+                        println!("{PREFIX}error set_state: {e}");
+                        continue;
+                    }
                     serving = Some(Serving {
                         shared: SharedLock::new(received.guard),
                         offer: None,
@@ -395,8 +402,10 @@ impl Model {
                 self.recorded = Some(pid(a));
                 (Some(format!("received {}", pid(holder))), None)
             }
+            // Mid-handover the predecessor answers: one successor at a time.
+            (Op::Replace(_), Port::Handing { .. }) => (Some("busy".to_owned()), None),
             // No offer answers for the holder: the control socket is a
-            // dead predecessor's, or (mid-handover) not the holder's own.
+            // dead predecessor's.
             (Op::Replace(_), _) => (Some("notoffered".to_owned()), None),
             (Op::Drain, Port::Handing { new, .. })
             | (
@@ -720,7 +729,7 @@ fn scripted_scenario_covers_every_transition() {
         Op::Serve(1),   // running
         Op::Replace(1), // received from 0
         Op::Probe,
-        Op::Replace(2), // notoffered: mid-handover
+        Op::Replace(2), // busy: mid-handover
         Op::Serve(2),   // running (the record names 1)
         Op::KillNew,    // 0 writes its record back
         Op::Probe,

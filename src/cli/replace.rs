@@ -233,9 +233,12 @@ impl Handovers {
         Some(pid)
     }
 
-    /// Withdraws the offer (the control socket goes before the release).
+    /// Withdraws the offer (the control socket goes before the release),
+    /// closing every copy of the listening sockets kept for a successor:
+    /// once the release is seen, the port can be bound again.
     pub(crate) fn withdraw(&self) {
         *lock_pending(&self.offer) = None;
+        lock_pending(&self.sockets).clear();
     }
 }
 

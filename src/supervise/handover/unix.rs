@@ -42,7 +42,10 @@ pub(super) struct Offer {
 /// What the accept thread and the peers' threads share.
 struct OfferShared {
     lock: LockHandle<PortGuard>,
-    sockets: Vec<HandedSocket>,
+    /// Our copies of the listening sockets; emptied (closed) when the offer
+    /// is withdrawn, so a stopped server's port is free once it has
+    /// released, not when a thread next looks.
+    sockets: Mutex<Vec<HandedSocket>>,
     port: u16,
     path: PathBuf,
     /// The control socket file's inode: it is removed only while it is ours.
@@ -103,7 +106,7 @@ impl Offer {
         };
         let shared = Arc::new(OfferShared {
             lock: lock.clone(),
-            sockets,
+            sockets: Mutex::new(sockets),
             port,
             path: path.clone(),
             ino: meta.ino(),
@@ -130,9 +133,17 @@ impl Offer {
 
 impl Drop for Offer {
     fn drop(&mut self) {
-        self.shared.closed.store(true, Ordering::SeqCst);
+        {
+            let mut sockets = lock_ignoring_poison(&self.shared.sockets);
+            self.shared.closed.store(true, Ordering::SeqCst);
+            sockets.clear();
+        }
         self.shared.remove_socket_file();
     }
+}
+
+fn lock_ignoring_poison<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn accept_loop(listener: &UnixListener, shared: &Arc<OfferShared>) {
@@ -263,26 +274,30 @@ fn answer(mut stream: UnixStream, shared: &OfferShared) {
         return;
     }
     let release_claim = || shared.successor.store(0, Ordering::SeqCst);
-    if shared.closed.load(Ordering::SeqCst) {
-        refuse(&mut stream, "stopping", None);
-        release_claim();
-        return;
-    }
-    let names: Vec<&str> = shared.sockets.iter().map(|s| s.name.as_str()).collect();
-    let reply = json!({
-        "llmlb_handover": PROTOCOL_VERSION,
-        "ok": true,
-        "pid": std::process::id(),
-        "sockets": names,
-    });
-    let mut line = reply.to_string();
-    line.push('\n');
-    let sent = shared.lock.with(|guard| {
-        let file = guard.share_file();
-        let mut fds: Vec<BorrowedFd<'_>> = vec![file.as_fd()];
-        fds.extend(shared.sockets.iter().map(|s| s.listener.as_fd()));
-        send_with_fds(&stream, line.as_bytes(), &fds)
-    });
+    // Under the sockets' mutex: a withdrawal (which closes them) waits for
+    // this send, and a send never starts after it.
+    let sent = {
+        let sockets = lock_ignoring_poison(&shared.sockets);
+        if shared.closed.load(Ordering::SeqCst) {
+            None
+        } else {
+            let names: Vec<&str> = sockets.iter().map(|s| s.name.as_str()).collect();
+            let reply = json!({
+                "llmlb_handover": PROTOCOL_VERSION,
+                "ok": true,
+                "pid": std::process::id(),
+                "sockets": names,
+            });
+            let mut line = reply.to_string();
+            line.push('\n');
+            shared.lock.with(|guard| {
+                let file = guard.share_file();
+                let mut fds: Vec<BorrowedFd<'_>> = vec![file.as_fd()];
+                fds.extend(sockets.iter().map(|s| s.listener.as_fd()));
+                send_with_fds(&stream, line.as_bytes(), &fds)
+            })
+        }
+    };
     match sent {
         Some(Ok(())) => {}
         None => {
@@ -337,11 +352,9 @@ fn answer(mut stream: UnixStream, shared: &OfferShared) {
         &json!({"llmlb_handover": PROTOCOL_VERSION, "ok": true, "op": "draining"}),
     );
     tracing::info!("PID {successor} serves port {port} now; draining");
-    let on_drain = shared
-        .on_drain
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .take();
+    // What we sent is the successor's now; our copies close.
+    lock_ignoring_poison(&shared.sockets).clear();
+    let on_drain = lock_ignoring_poison(&shared.on_drain).take();
     if let Some(on_drain) = on_drain {
         on_drain(Successor { pid: successor });
     }
