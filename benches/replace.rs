@@ -158,17 +158,20 @@ mod linux {
         status_ok && length.is_none_or(|n| body.len() == n)
     }
 
+    /// When a server exited, and how, once it has; with its waiters.
+    type ExitSlot = Arc<(Mutex<Option<(Instant, ExitStatus)>>, Condvar)>;
+
     /// A server process of a row, waited for by a thread of its own so that
     /// its exit is timed when it happens.
     struct Server {
         pid: u32,
-        exited: Arc<(Mutex<Option<(Instant, ExitStatus)>>, Condvar)>,
+        exited: ExitSlot,
     }
 
     impl Server {
         fn watch(mut child: Child) -> Server {
             let pid = child.id();
-            let exited = Arc::new((Mutex::new(None), Condvar::new()));
+            let exited: ExitSlot = Arc::new((Mutex::new(None), Condvar::new()));
             let slot = Arc::clone(&exited);
             thread::spawn(move || {
                 let status = child.wait().expect("wait for a server");
