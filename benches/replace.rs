@@ -16,7 +16,10 @@
 //! (`serve --replace --ready notify -- python3 activated_http.py`; the
 //! first instance is started with `--pass-socket`); the same with gunicorn
 //! serving `activated_http:app`, if gunicorn is installed; the fallback
-//! (`llmlb stop`, then `serve --wait 10`).
+//! (`llmlb stop`, then `serve --wait 10`). A fallback successor that fails
+//! to start (the old process may still have its listening socket open for
+//! a moment after `stop` saw the lock released, and the new one's bind then
+//! fails) is started again 50 ms later, and counted in the notes.
 //!
 //! Beside the clients, a sampler thread checks the holder, over and over:
 //! the lock file's inode must be locked by at most one open file
