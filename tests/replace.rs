@@ -33,7 +33,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -273,19 +273,37 @@ fn wait_answer(port: u16, path: &str, proc: &mut Proc, pred: impl Fn(u32) -> boo
     }
 }
 
-/// A request whose headers arrive in two parts: the first now, the rest
-/// when the test says.
+/// A request that arrives in two parts: what the test sends at once, the
+/// rest when it says.
 struct SlowRequest {
     stream: TcpStream,
     port: u16,
+    rest: String,
 }
 
 impl SlowRequest {
+    /// Connects and sends the request line and the `Host` header, all but
+    /// the blank line that ends the headers.
     fn start(port: u16, path: &str) -> SlowRequest {
+        let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        SlowRequest::split(port, &request, request.len() - 2)
+    }
+
+    /// Connects and sends nothing yet.
+    fn connect(port: u16, path: &str) -> SlowRequest {
+        let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        SlowRequest::split(port, &request, 0)
+    }
+
+    fn split(port: u16, request: &str, at: usize) -> SlowRequest {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
         stream.set_read_timeout(Some(PATIENCE)).unwrap();
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n").unwrap();
-        SlowRequest { stream, port }
+        stream.write_all(&request.as_bytes()[..at]).unwrap();
+        SlowRequest {
+            stream,
+            port,
+            rest: request[at..].to_owned(),
+        }
     }
 
     /// Whether process `pid` has accepted this connection: the server end's
@@ -314,7 +332,7 @@ impl SlowRequest {
     /// Sends the rest and reads the answer.
     fn finish(mut self) -> Result<(u16, serde_json::Value), String> {
         self.stream
-            .write_all(b"\r\n")
+            .write_all(self.rest.as_bytes())
             .map_err(|e| format!("send the rest: {e}"))?;
         read_response(&mut self.stream)
     }
@@ -340,45 +358,64 @@ fn server_socket_inode(port: u16, client: u16) -> Option<u64> {
     None
 }
 
-/// A client that sends GETs, one fresh connection each, until stopped, and
+/// A client that sends `GET /health` (served by both `serve` and the test
+/// server), one fresh connection each, until stopped, and
 /// keeps every failure (refused, reset, timed out, not 200).
 struct Hammer {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<(usize, Vec<String>)>>,
+    ok: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<Vec<String>>>,
 }
 
 impl Hammer {
+    /// Starts it and waits for its first success, so it runs through
+    /// whatever the test does next.
     fn start(port: u16) -> Hammer {
         let stop = Arc::new(AtomicBool::new(false));
-        let stopping = Arc::clone(&stop);
+        let ok = Arc::new(AtomicUsize::new(0));
+        let (stopping, counted) = (Arc::clone(&stop), Arc::clone(&ok));
         let thread = std::thread::spawn(move || {
-            let mut ok = 0;
             let mut failed = Vec::new();
             while !stopping.load(Ordering::SeqCst) {
-                match answering_pid(port, "/hammer") {
-                    Ok(_) => ok += 1,
+                match answering_pid(port, "/health") {
+                    Ok(_) => {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                    }
                     Err(e) => failed.push(e),
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
-            (ok, failed)
+            failed
         });
-        Hammer {
+        let hammer = Hammer {
             stop,
+            ok,
             thread: Some(thread),
-        }
+        };
+        hammer.wait_for_success();
+        hammer
     }
 
-    /// Stops it; asserts that no request failed and some succeeded.
+    /// Waits until one more request than now has succeeded.
+    fn wait_for_success(&self) {
+        let before = self.ok.load(Ordering::SeqCst);
+        wait_until("a client request to succeed", || {
+            self.ok.load(Ordering::SeqCst) > before
+        });
+    }
+
+    /// Lets one more request succeed after what the test did, stops, and
+    /// asserts that no request failed.
     fn finish(mut self) {
+        self.wait_for_success();
         self.stop.store(true, Ordering::SeqCst);
-        let (ok, failed) = self.thread.take().unwrap().join().unwrap();
+        let failed = self.thread.take().unwrap().join().unwrap();
         assert!(
             failed.is_empty(),
-            "{} requests failed: {failed:?}",
-            failed.len()
+            "{} of {} requests failed: {failed:?}",
+            failed.len(),
+            failed.len() + self.ok.load(Ordering::SeqCst)
         );
-        assert!(ok > 0, "no request was made");
     }
 }
 
@@ -493,6 +530,9 @@ fn http_mode_hands_over_and_the_old_server_finishes_its_request() {
     let mut old = env.serve(port);
     let old_pid = old.pid();
     wait_ctl_owner(&env, port, old_pid);
+    // No client loop here (the exec-mode test has one): a connection the
+    // old server accepted but had not read from yet is dropped (see the
+    // BUG test below), which would make such a loop flaky.
 
     let slow = SlowRequest::start(port, "/health");
     slow.wait_accepted_by(old_pid);
@@ -526,10 +566,56 @@ fn http_mode_hands_over_and_the_old_server_finishes_its_request() {
     stop_cleanly(&env, port, &mut new);
 }
 
+/// HTTP mode: a connection the old server accepted before the drain, whose
+/// request had not begun to arrive, is still served by it (the contract:
+/// "a connection the old server accepted is served to completion by it,
+/// including one whose request is still arriving when the drain begins").
+///
+/// BUG (red since 0ad1bd6, src/ not fixed here): the old server closes it
+/// unanswered; the client reads EOF or a reset. A client that connects and
+/// sends at once hits the same window under load (a client loop beside the
+/// HTTP replace above lost one request, reset, in one of ten runs beside a
+/// CPU hog). Suspected cause: `axum::serve` serves each connection with
+/// hyper-util's `auto::Builder`, which first sniffs the HTTP version
+/// (`ReadVersion`); `graceful_shutdown` in that state cancels the
+/// connection outright instead of letting HTTP/1 read its first request
+/// (hyper's own HTTP/1 graceful shutdown would: a fresh connection is not
+/// idle).
+#[test]
+fn http_mode_old_server_answers_a_connection_accepted_before_its_request() {
+    let env = Env::new();
+    let port = free_port();
+    let p = port.to_string();
+    let mut old = env.serve(port);
+    let old_pid = old.pid();
+    wait_ctl_owner(&env, port, old_pid);
+
+    let early = SlowRequest::connect(port, "/health");
+    early.wait_accepted_by(old_pid);
+    let mut new = env.spawn(&["serve", "--replace", "-p", &p, "--host", "127.0.0.1"]);
+    let new_pid = new.pid();
+    wait_record(
+        &env,
+        port,
+        "the new server, the old one draining",
+        &[&old, &new],
+        |r| r.pid == new_pid && r.draining == [old_pid],
+    );
+    let answer = early.finish();
+    assert!(
+        matches!(&answer, Ok((200, body)) if body["pid"] == old_pid),
+        "BUG (issue 19, HTTP drain): an accepted connection was not served by the old \
+         server: {answer:?}"
+    );
+    assert_exit(&mut old, 0, "the old server");
+    stop_cleanly(&env, port, &mut new);
+}
+
 /// Exec mode with a passed socket: a client loop sees no failure across the
-/// replace, a request in flight to the old command is answered by it, the
-/// old llmlb exits 0 once its command has finished, and the new command
-/// (started on the same socket) serves.
+/// replace; requests in flight to the old command (headers half sent, or
+/// nothing sent yet) are answered by it; the old llmlb exits 0 once its
+/// command has finished, and the new command (started on the same socket)
+/// serves.
 #[test]
 fn exec_mode_hands_the_socket_to_the_new_command() {
     let env = Env::new();
@@ -540,6 +626,8 @@ fn exec_mode_hands_the_socket_to_the_new_command() {
 
     let slow = SlowRequest::start(port, "/slow");
     slow.wait_accepted_by(old_py);
+    let early = SlowRequest::connect(port, "/early");
+    early.wait_accepted_by(old_py);
     let mut new = spawn_exec(&env, port, &["--replace"]);
     let new_pid = new.pid();
     wait_record(
@@ -550,6 +638,9 @@ fn exec_mode_hands_the_socket_to_the_new_command() {
         |r| r.pid == new_pid && r.draining == [old_pid],
     );
     let (code, body) = slow.finish().expect("the slow request");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["pid"], old_py, "answered by the old command: {body}");
+    let (code, body) = early.finish().expect("the request sent after the drain");
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["pid"], old_py, "answered by the old command: {body}");
     assert_exit(&mut old, 0, "the old server");
