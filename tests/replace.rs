@@ -779,7 +779,30 @@ fn a_holder_on_another_host_is_refused_and_not_signalled() {
         "127.0.0.1",
     ]);
     assert_eq!(out.code(), Some(1), "{out:?}");
-    assert!(out.stderr.contains("elsewhere.invalid"), "{}", out.stderr);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(
+        lines.first().copied(),
+        Some(
+            fallback_line(
+                port,
+                holder.pid(),
+                "runs on another host (elsewhere.invalid)"
+            )
+            .as_str()
+        ),
+        "{}",
+        out.stderr
+    );
+    // `stop`'s own refusal, word for word as `llmlb stop` prints it.
+    let stop = env.run(&["stop", "-p", &port.to_string()]);
+    assert_eq!(stop.code(), Some(1), "{stop:?}");
+    assert!(stop.stderr.contains("nothing was signalled"), "{stop:?}");
+    assert_eq!(
+        lines[1..].join("\n"),
+        stop.stderr.trim_end(),
+        "{}",
+        out.stderr
+    );
     assert!(!out.stdout.contains("Stopping server"), "{}", out.stdout);
     assert!(
         holder.try_wait().is_none(),
