@@ -338,6 +338,33 @@ impl SlowRequest {
     }
 }
 
+/// How many of `pid`'s descriptors are the listening socket of `port`.
+fn listener_fds(pid: u32, port: u16) -> usize {
+    let local = format!(":{port:04X}");
+    let mut targets = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // st 0A: LISTEN.
+            if fields.len() > 9 && fields[1].ends_with(&local) && fields[3] == "0A" {
+                targets.push(format!("socket:[{}]", fields[9]));
+            }
+        }
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|l| targets.iter().any(|t| l.to_string_lossy() == *t))
+        })
+        .count()
+}
+
 /// The inode of the server end of the loopback connection from `client` to
 /// `port` (0 while it waits in the listen queue).
 fn server_socket_inode(port: u16, client: u16) -> Option<u64> {
@@ -592,6 +619,8 @@ fn http_mode_old_server_answers_a_connection_accepted_before_its_request() {
 
     let early = SlowRequest::connect(port, "/health");
     early.wait_accepted_by(old_pid);
+    // The HTTP server's copy of the socket, and the offer's.
+    let listening = listener_fds(old_pid, port);
     let mut new = env.spawn(&["serve", "--replace", "-p", &p, "--host", "127.0.0.1"]);
     let new_pid = new.pid();
     wait_record(
@@ -601,6 +630,11 @@ fn http_mode_old_server_answers_a_connection_accepted_before_its_request() {
         &[&old, &new],
         |r| r.pid == new_pid && r.draining == [old_pid],
     );
+    // The request arrives once the old server has stopped accepting (closed
+    // its HTTP server's copy of the socket): the drain has begun there.
+    wait_until("the old server to stop accepting", || {
+        listener_fds(old_pid, port) < listening
+    });
     let answer = early.finish();
     assert!(
         matches!(&answer, Ok((200, body)) if body["pid"] == old_pid),
