@@ -742,6 +742,10 @@ fn fallback_for_the_python_launcher() {
         r.pid == holder.pid() && r.child_pgid.is_some()
     });
     let _group = GroupGuard(info.child_pgid);
+    // Its command traps SIGTERM (and exits 0) from here on.
+    wait_until("the launcher's command", || {
+        holder.stdout().contains("ready")
+    });
 
     let mut new = replace_takes_the_fallback(
         &env,
