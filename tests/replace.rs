@@ -31,6 +31,7 @@ use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -793,8 +794,14 @@ fn a_holder_on_another_host_is_refused_and_not_signalled() {
     llmlb::lock::LockDir::create(&env.locks).unwrap();
     let lock_file = env.lock_file(port);
     let mut flock = Command::new("flock");
-    flock.arg(&lock_file).args(["sleep", "600"]);
+    // A group of its own: flock forks `sleep`, which must not outlive the
+    // test.
+    flock
+        .arg(&lock_file)
+        .args(["sleep", "600"])
+        .process_group(0);
     let mut holder = env.spawn_cmd(flock);
+    let _group = GroupGuard(Some(holder.pid()));
     wait_until("flock to hold the lock", || {
         assert!(holder.try_wait().is_none(), "flock: {}", holder.stderr());
         matches!(
