@@ -371,8 +371,8 @@ fn gunicorn_serves_on_the_passed_socket() {
         "python3",
         "-m",
         "gunicorn",
-        "--bind",
-        "fd://3",
+        // No `--bind fd://3`: gunicorn takes descriptor 3 from LISTEN_FDS
+        // itself, and given both it counts the one socket twice and fails.
         "--workers",
         "1",
         "app:app",

@@ -209,7 +209,7 @@ struct ServeArgs {
     replace_timeout: Duration,
     /// Exec mode: after taking the lock, bind --host:--port and pass the
     /// listening socket to COMMAND as descriptor 3 with LISTEN_FDS=1,
-    /// LISTEN_PID and LISTEN_FDNAMES=llmlb (gunicorn --bind fd://3, uvicorn
+    /// LISTEN_PID and LISTEN_FDNAMES=llmlb (gunicorn finds it itself, uvicorn
     /// --fd 3). Started by socket activation, the received socket is passed
     /// with or without this flag. Not on Windows.
     #[arg(long, requires = "command")]

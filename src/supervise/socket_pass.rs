@@ -1,5 +1,5 @@
 //! Handing a listening socket to exec mode's command by the `LISTEN_FDS`
-//! protocol (see [`super::activation`]), which gunicorn (`--bind fd://3`),
+//! protocol (see [`super::activation`]), which gunicorn (itself, with no `--bind`),
 //! uvicorn (`--fd 3`), hypercorn and most Go and Rust servers speak: the
 //! command finds the socket as descriptor 3, with `LISTEN_FDS=1`,
 //! `LISTEN_PID` = its own PID and `LISTEN_FDNAMES` = the socket's name.
