@@ -10,6 +10,9 @@
 mod cli_support;
 #[path = "support/prereq.rs"]
 mod prereq;
+#[path = "support/seeded.rs"]
+mod seeded;
+use seeded::Rng;
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
@@ -17,7 +20,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use cli_support::{alive, free_port, Env, PATIENCE};
 use llmlb::lock::{acquire_or_reclaim, LockDir, LockError, LockInfo, LockState, ProcessIdentity};
@@ -76,33 +79,6 @@ impl Drop for Reaper {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-}
-
-/// Tiny xorshift: the random kill instants, reproducible from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn from_time() -> Rng {
-        let seed = std::env::var("LLMLB_FAULT_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-                    | 1
-            });
-        eprintln!("kill instants seed: LLMLB_FAULT_SEED={seed}");
-        Rng(seed)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
     }
 }
 
@@ -221,7 +197,7 @@ fn sigkill_at_random_instants_never_leaves_the_port_stuck_or_double_held() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let locks = LockDir::create(tmp.path().join("locks")).unwrap();
-    let mut rng = Rng::from_time();
+    let mut rng = Rng::from_env("LLMLB_FAULT_SEED");
     let (mut reclaimed, mut free) = (0, 0);
     for trial in 0..TRIALS {
         // Two holders contend, so kills land while one holds and the other

@@ -24,11 +24,17 @@
 #![cfg(unix)]
 
 mod cli_support;
+#[path = "support/kernel_locks.rs"]
+mod kernel_locks;
+#[path = "support/seeded.rs"]
+mod seeded;
 
-use std::os::unix::fs::MetadataExt;
+use kernel_locks::flock_held;
+use seeded::Rng;
+
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use cli_support::{free_port, http_get, Env, Proc, PATIENCE};
 
@@ -40,33 +46,6 @@ const TRIALS: usize = 200;
 const MAX_KILL_DELAY_US: u64 = 30_000;
 /// How often a settling port is looked at.
 const POLL: Duration = Duration::from_millis(2);
-
-/// Tiny xorshift: the random kill instants, reproducible from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn from_env() -> Rng {
-        let seed = std::env::var("LLMLB_REPLACE_FAULT_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-                    | 1
-            });
-        eprintln!("kill instants seed: LLMLB_REPLACE_FAULT_SEED={seed}");
-        Rng(seed)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 /// The fields of the lock file's record this test looks at, parsed here
 /// (not by the library under test).
@@ -89,26 +68,6 @@ fn record(path: &Path) -> Option<Record> {
             .and_then(serde_json::Value::as_array)
             .map(|d| d.iter().filter_map(serde_json::Value::as_u64).collect())
             .unwrap_or_default(),
-    })
-}
-
-/// Whether an exclusive FLOCK is held on the inode `path` names, as the
-/// kernel reports it in `/proc/locks`. Only the inode is compared: the PID
-/// there is whoever took the lock, which after a handover is the
-/// predecessor even when only the successor still holds the description.
-fn flock_held(path: &Path) -> bool {
-    let Ok(meta) = std::fs::metadata(path) else {
-        return false;
-    };
-    let ino = meta.ino().to_string();
-    let locks = std::fs::read_to_string("/proc/locks").expect("read /proc/locks");
-    locks.lines().any(|line| {
-        // "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF"; a waiter's line
-        // has "->" after the number.
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        fields.get(1) == Some(&"FLOCK")
-            && fields.get(3) == Some(&"WRITE")
-            && fields.get(5).and_then(|dev_ino| dev_ino.rsplit(':').next()) == Some(ino.as_str())
     })
 }
 
@@ -193,7 +152,7 @@ fn sigkill_during_replace_never_leaves_two_owners_or_a_dead_one() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(TRIALS);
-    let mut rng = Rng::from_env();
+    let mut rng = Rng::from_env("LLMLB_REPLACE_FAULT_SEED");
     let mut outcomes = std::collections::BTreeMap::<Outcome, usize>::new();
     for trial in 0..trials {
         let kill_old = rng.below(2) == 0;

@@ -26,7 +26,6 @@
 #![cfg(unix)]
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
@@ -36,6 +35,10 @@ use llmlb::lock::{acquire_or_reclaim, LockDir, LockError, LockState, PortGuard, 
 use llmlb::supervise::handover::{self, HandoverError, Offer, Predecessor, Requested};
 use llmlb::supervise::SharedLock;
 use proptest::prelude::*;
+
+#[path = "support/kernel_locks.rs"]
+mod kernel_locks;
+use kernel_locks::flock_held;
 
 /// Set in an actor process: the lock dir it works in.
 const ACTOR_ENV: &str = "LLMLB_REPLACE_ACTOR_DIR";
@@ -470,23 +473,6 @@ fn recorded_pid(path: &Path) -> Option<u32> {
     let text = std::fs::read_to_string(path).ok()?;
     let value: serde_json::Value = serde_json::from_str(&text).ok()?;
     u32::try_from(value.get("pid")?.as_u64()?).ok()
-}
-
-/// An exclusive FLOCK on the inode `path` names, in `/proc/locks` (only
-/// the inode is compared: the PID there is whoever took the lock, the
-/// predecessor's even after a handover).
-fn flock_held(path: &Path) -> bool {
-    let Ok(meta) = std::fs::metadata(path) else {
-        return false;
-    };
-    let ino = meta.ino().to_string();
-    let locks = std::fs::read_to_string("/proc/locks").expect("read /proc/locks");
-    locks.lines().any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        fields.get(1) == Some(&"FLOCK")
-            && fields.get(3) == Some(&"WRITE")
-            && fields.get(5).and_then(|f| f.rsplit(':').next()) == Some(ino.as_str())
-    })
 }
 
 struct Checker {
