@@ -644,18 +644,11 @@ impl Holding {
             }
             Err(e) => return Err(LockError::io("cannot lock lock file", &path, e)),
         }
-        let previous = LockInfo::parse_for_port(&read_content(&path, &file)?, target.port);
         let mut info = LockInfo::for_current_process(target.port);
         info.set_serve_state(state);
         let stop = stop_channel(&target)?;
+        // Over the giver's record, cut to ours (a non-zero old length).
         let written = write_info(&target, &file, &info, stat.len.max(1))?;
-        if let Some(previous) = &previous {
-            tracing::debug!(
-                port = target.port,
-                "took over the lock of PID {} by handover",
-                previous.pid
-            );
-        }
         Ok(Box::new(Holding {
             stop,
             target,
@@ -676,8 +669,8 @@ impl Holding {
     // Windows has no descriptor passing: no handover reaches these.
     #[cfg_attr(not(unix), allow(dead_code))]
     pub(crate) fn restore_record(&mut self) -> Result<(), LockError> {
-        // The successor's record may be longer than ours: cut to ours.
-        self.written_len = self.written_len.max(1);
+        // `rewrite` cuts the file to our length: the successor's record
+        // may have been longer.
         let info = self.info.clone();
         self.rewrite(info)
     }

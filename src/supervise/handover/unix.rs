@@ -383,7 +383,7 @@ fn peer_hung_up(stream: &UnixStream) -> bool {
 
 /// Reads newline-terminated lines of at most [`MAX_LINE`] bytes, keeping
 /// what follows a line for the next.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct LineReader {
     buf: Vec<u8>,
 }
@@ -423,17 +423,7 @@ impl LineReader {
 pub(super) struct Predecessor {
     pid: u32,
     stream: UnixStream,
-    reader: LineReaderDebug,
-}
-
-/// [`LineReader`] inside a `Debug` type.
-#[derive(Default)]
-struct LineReaderDebug(LineReader);
-
-impl std::fmt::Debug for LineReaderDebug {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LineReader")
-    }
+    reader: LineReader,
 }
 
 impl Predecessor {
@@ -455,7 +445,7 @@ impl Predecessor {
         }
         self.stream
             .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
-        match self.reader.0.next_line(&mut self.stream) {
+        match self.reader.next_line(&mut self.stream) {
             Ok(None) => Ok(drained),
             Err(e) if is_gone(&e) => Ok(drained),
             Err(e) => Err(e),
@@ -700,7 +690,7 @@ pub(super) fn request(
             imp: Predecessor {
                 pid: holder,
                 stream,
-                reader: LineReaderDebug(reader),
+                reader,
             },
         },
     })))
