@@ -9,6 +9,7 @@
 
 use std::io;
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use llmlb::lock::{IdentityCheck, LockDir, PortGuard, ServeState};
 use llmlb::supervise::handover::{
     self, HandedSocket, HandoverError, Offer, Predecessor, Requested,
 };
+use llmlb::supervise::pidfile::{Pidfile, PidfileError};
 use llmlb::supervise::{LockHandle, SharedLock};
 
 use super::signals::{self, Signals};
@@ -110,16 +112,96 @@ pub(crate) async fn take_over(
 /// Sent by the offer's thread when a successor has the port: its PID.
 pub(crate) type DrainRequested = tokio::sync::oneshot::Receiver<u32>;
 
+/// The pidfile of `serve --pidfile`, which follows the port rather than the
+/// attempt: a server that took its port over writes it only once its
+/// predecessor drains (a successor that fails before that never touches the
+/// predecessor's pidfile), and a holder that takes its port back after an
+/// abandoned handover writes its own again.
+pub(crate) struct PortPidfile {
+    path: Option<PathBuf>,
+    written: Mutex<Option<Pidfile>>,
+}
+
+impl PortPidfile {
+    /// Settles the pidfile at start: written now by a server that took a
+    /// free port; only checked (and written at the drain) by one taking
+    /// the port over from `predecessor`.
+    pub(crate) fn start(
+        path: Option<PathBuf>,
+        predecessor: Option<u32>,
+    ) -> Result<Arc<PortPidfile>, PidfileError> {
+        let me = std::process::id();
+        let written = match (&path, predecessor) {
+            (None, _) => None,
+            (Some(path), None) => Some(Pidfile::write(path, me)?),
+            (Some(path), Some(from)) => {
+                Pidfile::check_writable(path, me, Some(from))?;
+                None
+            }
+        };
+        Ok(Arc::new(PortPidfile {
+            path,
+            written: Mutex::new(written),
+        }))
+    }
+
+    /// This server owns the port now, taken from `from`: write our PID
+    /// over the pidfile (which may name `from`).
+    fn write_taking_over(&self, from: u32) {
+        let Some(path) = &self.path else {
+            return;
+        };
+        let mut written = lock_pending(&self.written);
+        match Pidfile::write_taking_over(path, std::process::id(), Some(from)) {
+            Ok(pidfile) => {
+                // The old one is ours no more to remove: forget it unread.
+                if let Some(old) = written.replace(pidfile) {
+                    std::mem::forget(old);
+                }
+            }
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+
+    /// This holder has taken its port back: its pidfile names it again.
+    fn taken_back(&self) {
+        if let Some(pidfile) = &*lock_pending(&self.written) {
+            if let Err(e) = pidfile.rewrite() {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+
+    /// Removes the pidfile if it still names us (before the release).
+    pub(crate) fn remove(&self) {
+        if let Some(pidfile) = lock_pending(&self.written).take() {
+            let path = pidfile.path().to_owned();
+            if let Err(e) = pidfile.remove() {
+                tracing::warn!("cannot remove the pidfile {}: {e}", path.display());
+            }
+        }
+    }
+}
+
 /// A server's side of handovers, both ways.
 pub(crate) struct Handovers {
     lock: LockHandle<PortGuard>,
     port: u16,
-    /// Our copies of the listening sockets, for a successor.
-    sockets: Mutex<Vec<HandedSocket>>,
-    offer: Mutex<Option<Offer>>,
-    /// The predecessor, until it is told to drain (or given the port back).
-    pending: Mutex<Option<Predecessor>>,
+    /// One mutex for the offer's whole life: an offer is started, opened or
+    /// withdrawn under it, so a withdrawn offer never comes back (nor keeps
+    /// copies of the listening sockets past the release).
+    state: Mutex<OfferState>,
     drain_tx: Mutex<Option<tokio::sync::oneshot::Sender<u32>>>,
+    pidfile: Arc<PortPidfile>,
+}
+
+struct OfferState {
+    /// Our copies of the listening sockets, until an offer holds them.
+    sockets: Vec<HandedSocket>,
+    offer: Option<Offer>,
+    /// The predecessor, until it is told to drain (or given the port back).
+    pending: Option<Predecessor>,
+    withdrawn: bool,
 }
 
 impl Handovers {
@@ -130,6 +212,7 @@ impl Handovers {
         port: u16,
         sockets: &[(&TcpListener, &str)],
         predecessor: Option<Predecessor>,
+        pidfile: &Arc<PortPidfile>,
     ) -> (Arc<Handovers>, DrainRequested) {
         let copies = sockets
             .iter()
@@ -150,32 +233,47 @@ impl Handovers {
         let handovers = Arc::new(Handovers {
             lock: lock.handle(),
             port,
-            sockets: Mutex::new(copies),
-            offer: Mutex::new(None),
-            pending: Mutex::new(predecessor),
+            state: Mutex::new(OfferState {
+                sockets: copies,
+                offer: None,
+                pending: predecessor,
+                withdrawn: false,
+            }),
             drain_tx: Mutex::new(Some(drain_tx)),
+            pidfile: Arc::clone(pidfile),
         });
-        // A server that took its port over offers it on only once its
-        // predecessor's offer is gone (at the drain): the path is one.
-        if lock_pending(&handovers.pending).is_none() {
-            handovers.offer_now();
-        }
+        handovers.start_offer();
         (handovers, drain_rx)
     }
 
-    fn offer_now(self: &Arc<Self>) {
-        let sockets = std::mem::take(&mut *lock_pending(&self.sockets));
-        if sockets.is_empty() {
+    /// Starts the offer: at once at the control path for a server that
+    /// took a free port; for one taking its port over, under a private
+    /// name, answering `busy`, until [`ready`](Self::ready) publishes it
+    /// over the predecessor's and opens it once the predecessor drains.
+    fn start_offer(self: &Arc<Self>) {
+        let mut state = lock_pending(&self.state);
+        if state.withdrawn || state.offer.is_some() || state.sockets.is_empty() {
             return;
         }
-        let me = Arc::clone(self);
-        let started = Offer::start(&self.lock, sockets, move |successor| {
-            if let Some(tx) = lock_pending(&me.drain_tx).take() {
-                let _ = tx.send(successor.pid);
+        let sockets = std::mem::take(&mut state.sockets);
+        let me = Arc::downgrade(self);
+        let on_drain = move |successor: handover::Successor| {
+            if let Some(me) = me.upgrade() {
+                if let Some(tx) = lock_pending(&me.drain_tx).take() {
+                    let _ = tx.send(successor.pid);
+                }
             }
-        });
+        };
+        let started = match state.pending.as_ref().map(Predecessor::pid) {
+            Some(from) => Offer::start_taking_over(&self.lock, sockets, from, on_drain),
+            None => Offer::start(&self.lock, sockets, on_drain),
+        };
         match started {
-            Ok(offer) => *lock_pending(&self.offer) = Some(offer),
+            Ok(offer) => {
+                let pidfile = Arc::clone(&self.pidfile);
+                offer.on_taken_back(move || pidfile.taken_back());
+                state.offer = Some(offer);
+            }
             Err(e) if e.kind() == io::ErrorKind::Unsupported => {}
             Err(e) => tracing::warn!(
                 "cannot offer port {} to a successor (serve --replace will stop this server instead): {e}",
@@ -184,11 +282,13 @@ impl Handovers {
         }
     }
 
-    /// This server is ready: tell the predecessor (if any) to drain, record
-    /// it as draining until it has exited, then offer the port on. On a
+    /// This server is ready: put our control socket where the
+    /// predecessor's is (so a replace never finds none), tell the
+    /// predecessor (if any) to drain, write the pidfile, open the offer,
+    /// and record the predecessor as draining until it has exited. On a
     /// thread of its own: the serve loop never waits for it.
     pub(crate) fn ready(self: &Arc<Self>) {
-        let Some(predecessor) = lock_pending(&self.pending).take() else {
+        let Some(predecessor) = lock_pending(&self.state).pending.take() else {
             return;
         };
         let me = Arc::clone(self);
@@ -197,10 +297,19 @@ impl Handovers {
             .name("llmlb-takeover".to_owned())
             .spawn(move || {
                 let pid = predecessor.pid();
-                match predecessor.drain(DRAIN_CONFIRM) {
+                if let Some(Err(e)) = lock_pending(&me.state).offer.as_ref().map(Offer::publish) {
+                    tracing::warn!("cannot publish the control socket of port {port}: {e}");
+                }
+                let drained = predecessor.drain(DRAIN_CONFIRM);
+                // Ours from here on, drained or not (one that did not
+                // confirm serves on the same socket until it notices).
+                me.pidfile.write_taking_over(pid);
+                if let Some(offer) = &lock_pending(&me.state).offer {
+                    offer.open();
+                }
+                match drained {
                     Ok(draining) => {
                         tracing::info!("PID {pid} is draining; port {port} is this server's");
-                        me.offer_now();
                         draining.record_until_exited(&me.lock);
                         tracing::info!("PID {pid} has exited");
                     }
@@ -215,30 +324,38 @@ impl Handovers {
     }
 
     /// This server stops before its predecessor was told to drain: give the
-    /// port back. Our descriptor is closed without a write (the predecessor
-    /// shares it and writes its record back when the connection ends).
-    /// Returns the predecessor's PID if there was one; the lock is then no
-    /// longer ours to announce or release.
+    /// port back. Our offer (never published) goes first, then our
+    /// descriptor is closed without a write (the predecessor shares it), and
+    /// last the connection, whose end tells the predecessor to write its
+    /// record back. Returns the predecessor's PID if there was one; the lock
+    /// is then no longer ours to announce or release.
     pub(crate) fn abort(&self) -> Option<u32> {
-        // The predecessor's connection closes at the end of this block,
-        // after our descriptor: it then writes its record back.
-        let pid = {
-            let predecessor = lock_pending(&self.pending).take()?;
-            if let Some(guard) = self.lock.take() {
-                guard.abandon();
-            }
-            predecessor.pid()
+        let predecessor = {
+            let mut state = lock_pending(&self.state);
+            let predecessor = state.pending.take()?;
+            state.withdrawn = true;
+            state.offer = None;
+            state.sockets.clear();
+            predecessor
         };
+        if let Some(guard) = self.lock.take() {
+            guard.abandon();
+        }
+        let pid = predecessor.pid();
+        drop(predecessor);
         tracing::warn!("gave port {} back to PID {pid}, which serves on", self.port);
         Some(pid)
     }
 
     /// Withdraws the offer (the control socket goes before the release),
     /// closing every copy of the listening sockets kept for a successor:
-    /// once the release is seen, the port can be bound again.
+    /// once the release is seen, the port can be bound again. Final: no
+    /// offer is made after it.
     pub(crate) fn withdraw(&self) {
-        *lock_pending(&self.offer) = None;
-        lock_pending(&self.sockets).clear();
+        let mut state = lock_pending(&self.state);
+        state.withdrawn = true;
+        state.offer = None;
+        state.sockets.clear();
     }
 }
 

@@ -18,12 +18,11 @@ use llmlb::lock::{
 };
 use llmlb::supervise::activation::Activated;
 use llmlb::supervise::notify::Supervisor;
-use llmlb::supervise::pidfile::Pidfile;
 use llmlb::supervise::ready::ReadyPolicy;
 use llmlb::supervise::socket_pass::{PassSocket, DEFAULT_NAME};
 use llmlb::supervise::{SharedLock, WatchEnd, WatchEvent};
 
-use super::replace::{Handovers, TakenOver};
+use super::replace::{Handovers, PortPidfile, TakenOver};
 use super::signals::{self, Signals};
 use super::{exec, fail, LockDirChoice};
 
@@ -193,12 +192,19 @@ pub(crate) fn run(dir: &LockDirChoice, plan: ServePlan) -> i32 {
             Err(code) => return code,
         };
         tell_status(&format!("port {port} locked; starting"));
-        // After the lock (the PID in it is the holder's); a failure returns,
-        // dropping the guard, which releases the lock.
-        let pidfile = match pidfile.map(|path| Pidfile::write(&path, std::process::id())) {
-            None => None,
-            Some(Ok(pidfile)) => Some(pidfile),
-            Some(Err(e)) => return fail(e),
+        // After the lock (the PID in it is the holder's). A server taking
+        // its port over only checks it here, and writes it when its
+        // predecessor drains. A failure returns, releasing the lock, or
+        // giving a port taken over back untouched.
+        let predecessor = taken.as_ref().map(|t| t.predecessor.pid());
+        let pidfile = match PortPidfile::start(pidfile, predecessor) {
+            Ok(pidfile) => pidfile,
+            Err(e) => {
+                if taken.is_some() {
+                    guard.abandon();
+                }
+                return fail(e);
+            }
         };
         // Windows has no SIGTERM: `llmlb stop` sets the lock's stop channel.
         #[cfg(windows)]
@@ -218,10 +224,10 @@ pub(crate) fn run(dir: &LockDirChoice, plan: ServePlan) -> i32 {
                 &lock,
                 signals,
                 &mut lost,
-                &host,
-                port,
+                (&host, port),
                 listen.activated,
                 taken,
+                &pidfile,
             )
             .await
         } else {
@@ -243,7 +249,8 @@ pub(crate) fn run(dir: &LockDirChoice, plan: ServePlan) -> i32 {
             };
             let offered: Vec<(&std::net::TcpListener, &str)> =
                 socket.iter().map(|s| (s.listener(), s.name())).collect();
-            let (handovers, drain) = Handovers::new(&lock, port, &offered, predecessor);
+            let (handovers, drain) =
+                Handovers::new(&lock, port, &offered, predecessor, &pidfile);
             let plan = exec::ExecPlan {
                 command: &command,
                 ready,
@@ -257,13 +264,9 @@ pub(crate) fn run(dir: &LockDirChoice, plan: ServePlan) -> i32 {
         };
         tell_stopping(&format!("stopping; releasing port {port}"));
         // Before the release: once `llmlb stop` sees the port free, a
-        // pidfile reader must not find our PID there any more.
-        if let Some(pidfile) = pidfile {
-            let path = pidfile.path().to_owned();
-            if let Err(e) = pidfile.remove() {
-                tracing::warn!("cannot remove the pidfile {}: {e}", path.display());
-            }
-        }
+        // pidfile reader must not find our PID there any more (a pidfile
+        // that names a successor now is left to it).
+        pidfile.remove();
         release(&lock);
         // The release woke the watchdog; it ends without another check.
         let _ = watchdog.join();
@@ -525,17 +528,18 @@ async fn serve_http(
     lock: &SharedLock<PortGuard>,
     mut signals: Signals,
     lost: &mut LockLost,
-    host: &str,
-    port: u16,
+    (host, port): (&str, u16),
     activated: Option<Activated>,
     taken: Option<TakenOver>,
+    pidfile: &Arc<PortPidfile>,
 ) -> i32 {
     let (bound, predecessor) = match taken {
         Some(taken) => match taken.sockets.into_iter().next() {
             Some(socket) => (Ok((socket.listener, socket.name)), Some(taken.predecessor)),
             None => {
                 // Nothing to serve on: give the port back at once.
-                let (handovers, _) = Handovers::new(lock, port, &[], Some(taken.predecessor));
+                let (handovers, _) =
+                    Handovers::new(lock, port, &[], Some(taken.predecessor), pidfile);
                 handovers.abort();
                 return fail(format!(
                     "the server that held port {port} handed over no listening socket; it keeps serving"
@@ -560,7 +564,13 @@ async fn serve_http(
         Err(code) => return code,
     };
     let (handovers, mut drain) =
-        Handovers::new(lock, port, &[(&listener, name.as_str())], predecessor);
+        Handovers::new(
+            lock,
+            port,
+            &[(&listener, name.as_str())],
+            predecessor,
+            pidfile,
+        );
     let code = serve_http_on(
         lock,
         &mut signals,

@@ -124,6 +124,10 @@ pub struct Holding {
     /// Whether the descriptor was handed out for a child to inherit (exec
     /// mode, `lock_fd`): other processes may share the lock's description.
     shared: bool,
+    /// Handed to a successor (`serve --replace`) that has not given it back:
+    /// the record is the successor's, so this process neither writes it nor
+    /// removes the file until [`Holding::restore_record`] takes it back.
+    handed_on: bool,
     /// [`sys::fork_count`] when this process took (or adopted) the lock: a
     /// fork since then (or forks that cannot be counted, `None`) means a
     /// child may share the description.
@@ -491,6 +495,7 @@ impl StaleFile {
                     written_len: written.len() as u64,
                     written,
                     shared: false,
+                    handed_on: false,
                     forks_seen: sys::fork_count(),
                 }),
                 self.previous,
@@ -550,6 +555,7 @@ impl Holding {
             written_len: written.len() as u64,
             written,
             shared: false,
+            handed_on: false,
             forks_seen: sys::fork_count(),
         }))
     }
@@ -560,13 +566,45 @@ impl Holding {
         self.file.as_ref().expect("lock file present until release")
     }
 
-    /// Replaces the recorded info (e.g. to add the exec-mode child's pgid).
+    /// Replaces the recorded info (e.g. to add the exec-mode child's pgid,
+    /// a serving state), if the record is still ours to write: the one rule
+    /// every update of a held record goes through. Two processes may share
+    /// this lock's description (a successor it was handed to, a forked
+    /// child that adopted it); only the one the file names writes, and never
+    /// one that has handed its descriptor on. Otherwise `info` is kept here
+    /// (a record taken back later writes it) and the file is left alone:
+    /// `Ok`, since the record then says what its real holder says.
     pub(crate) fn rewrite(&mut self, info: LockInfo) -> Result<(), LockError> {
+        if self.handed_on || !self.file_records(self.file(), self.info.pid)? {
+            tracing::debug!(
+                port = self.target.port,
+                "not writing the lock record: it is another holder's now"
+            );
+            self.info = info;
+            return Ok(());
+        }
+        self.write_record(info)
+    }
+
+    /// Writes `info` over whatever the file holds, unconditionally: for the
+    /// few steps that take the record (adopting it, taking it back after an
+    /// abandoned handover, restoring one overwritten by hand).
+    fn write_record(&mut self, info: LockInfo) -> Result<(), LockError> {
         let written = write_info(&self.target, self.file(), &info, self.written_len)?;
         self.written_len = written.len() as u64;
         self.written = written;
         self.info = info;
         Ok(())
+    }
+
+    /// Marks the descriptor as handed to a successor (`true`, just before
+    /// it is sent) or as not received after all (`false`, the send failed):
+    /// see [`Holding::rewrite`]. Taking the record back is
+    /// [`Holding::restore_record`].
+    // Windows has no descriptor passing: no handover reaches these.
+    #[cfg_attr(not(unix), allow(dead_code))]
+    pub(crate) fn set_handed_on(&mut self, handed_on: bool) {
+        self.handed_on = handed_on;
     }
 
     /// Makes the calling process (a forked child holding the inherited
@@ -582,7 +620,7 @@ impl Holding {
         info.child_identity = self.info.child_identity.clone();
         info.state = self.info.state;
         info.state_since = self.info.state_since;
-        self.rewrite(info)?;
+        self.write_record(info)?;
         self.owner_pid = pid;
         // Forks before the adoption made no child of ours share it.
         self.forks_seen = sys::fork_count();
@@ -659,6 +697,7 @@ impl Holding {
             written_len: written.len() as u64,
             written,
             shared: true,
+            handed_on: false,
             forks_seen: sys::fork_count(),
         }))
     }
@@ -669,10 +708,10 @@ impl Holding {
     // Windows has no descriptor passing: no handover reaches these.
     #[cfg_attr(not(unix), allow(dead_code))]
     pub(crate) fn restore_record(&mut self) -> Result<(), LockError> {
-        // `rewrite` cuts the file to our length: the successor's record
-        // may have been longer.
+        self.handed_on = false;
+        // Cut to our length: the successor's record may have been longer.
         let info = self.info.clone();
-        self.rewrite(info)
+        self.write_record(info)
     }
 
     /// Records that the descriptor is handed to a child (exec mode,
@@ -717,7 +756,9 @@ impl Holding {
             return Ok(());
         };
         let pid = sys::current_pid();
-        if pid != self.owner_pid {
+        // A forked non-owner, or a holder whose description a successor
+        // holds too: the file and the record are not ours to touch.
+        if pid != self.owner_pid || self.handed_on {
             drop(file);
             return Ok(());
         }
@@ -861,7 +902,9 @@ impl Holding {
     /// protocol as a new acquirer (re-creating a removed lock dir), keeping our
     /// recorded info. A forked non-owner has nothing to check.
     pub(crate) fn verify(&mut self) -> Result<Integrity, LockError> {
-        if self.owner_pid != sys::current_pid() {
+        // A forked non-owner has nothing to check; neither has a holder
+        // whose lock is in a successor's hands (the successor checks it).
+        if self.owner_pid != sys::current_pid() || self.handed_on {
             return Ok(Integrity::Intact);
         }
         let target = &self.target;
@@ -891,7 +934,7 @@ impl Holding {
             }
             let info = self.info.clone();
             self.written_len = content.len() as u64; // what the shrink must cover
-            self.rewrite(info)?;
+            self.write_record(info)?;
             return Ok(Integrity::Restored);
         }
         // Our inode lost its name: its lock now protects nothing, because new

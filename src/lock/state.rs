@@ -628,8 +628,19 @@ impl PortGuard {
         })
     }
 
+    /// Marks this lock as handed to a successor (`true`, just before its
+    /// descriptor is sent) or as kept after all (`false`, the send failed).
+    /// While handed on, nothing here writes the record or removes the file:
+    /// the record is the successor's until [`restore_record`](Self::restore_record).
+    // Windows has no descriptor passing: no handover reaches these.
+    #[cfg_attr(not(unix), allow(dead_code))]
+    pub(crate) fn set_handed_on(&mut self, handed_on: bool) {
+        on_both!(&mut self.inner, l => sealed::SealedHolds::holding_mut(&mut l.state).set_handed_on(handed_on))
+    }
+
     /// Writes this holder's record back (a handover it offered was
-    /// abandoned by the successor, which had written its own).
+    /// abandoned by the successor, which had written its own), and takes
+    /// the record back from a [`set_handed_on`](Self::set_handed_on).
     // Windows has no descriptor passing: no handover reaches these.
     #[cfg_attr(not(unix), allow(dead_code))]
     pub(crate) fn restore_record(&mut self) -> Result<(), LockError> {

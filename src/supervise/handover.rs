@@ -116,10 +116,56 @@ impl Offer {
         sockets: Vec<HandedSocket>,
         on_drain: impl FnOnce(Successor) + Send + 'static,
     ) -> io::Result<Offer> {
-        sys::Offer::start(lock, sockets, Box::new(on_drain)).map(|imp| Offer { imp })
+        sys::Offer::start(lock, sockets, Box::new(on_drain), None).map(|imp| Offer { imp })
     }
 
-    /// The control socket's path.
+    /// As [`start`](Self::start), for a server that is itself taking the
+    /// port over from `predecessor` (it holds the [`Received`] lock): the
+    /// control socket is bound under a private name, and every request is
+    /// answered `busy` (a replace is under way) until [`open`](Self::open).
+    /// [`publish`](Self::publish) it before telling the predecessor to
+    /// drain: the control path then always names a holder's socket, never
+    /// nothing, so a concurrent replace meets an offer and is told it is
+    /// busy rather than finding no offer and stopping a server.
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub fn start_taking_over(
+        lock: &LockHandle<PortGuard>,
+        sockets: Vec<HandedSocket>,
+        predecessor: u32,
+        on_drain: impl FnOnce(Successor) + Send + 'static,
+    ) -> io::Result<Offer> {
+        sys::Offer::start(lock, sockets, Box::new(on_drain), Some(predecessor))
+            .map(|imp| Offer { imp })
+    }
+
+    /// Puts the control socket at [`control_path`], atomically replacing
+    /// whatever is there (the predecessor's own, which it then leaves
+    /// alone). A no-op for an offer that is published already.
+    ///
+    /// # Errors
+    /// The rename failed; the offer is then unreachable (and withdrawn on
+    /// drop).
+    pub fn publish(&self) -> io::Result<()> {
+        self.imp.publish()
+    }
+
+    /// Answers requests from now on: the predecessor has drained (or
+    /// failed to confirm, and serves beside us on the same socket until it
+    /// notices).
+    pub fn open(&self) {
+        self.imp.open();
+    }
+
+    /// Runs `f` (on the offer's thread) whenever a successor abandons a
+    /// handover and this process has written its record back: the port is
+    /// this server's again, in every reader's eyes (e.g. rewrite a pidfile).
+    pub fn on_taken_back(&self, f: impl Fn() + Send + 'static) {
+        self.imp.on_taken_back(Box::new(f));
+    }
+
+    /// The control socket's path (where it is, once published).
     pub fn path(&self) -> &Path {
         self.imp.path()
     }
@@ -138,9 +184,11 @@ pub enum Requested {
     /// Nobody holds the port (free, or stale): take it the usual way.
     NotHeld,
     /// The port's holder offers no handover (`why`, a phrase after "it"):
-    /// an older llmlb, a launcher, exec mode without a socket in llmlb's
-    /// hands, a holder that did not answer in time, one that `stop` would
-    /// refuse (another host or PID namespace, unverifiable), or Windows.
+    /// it has no control socket (an older llmlb, a launcher, exec mode
+    /// without a socket in llmlb's hands), `stop` would refuse it (another
+    /// host or PID namespace, unverifiable), or this is Windows. A holder
+    /// whose control socket accepts a connection is never this: see
+    /// [`HandoverError::Unanswered`].
     NotOffered {
         /// The holder's record, if readable.
         holder: Option<Box<LockInfo>>,
@@ -247,6 +295,32 @@ pub enum HandoverError {
     /// be written; the holder keeps serving.
     #[error(transparent)]
     Lock(#[from] LockError),
+    /// The holder has a control socket (or is mid-handover) but did not
+    /// hand the port over within the timeout: nothing was taken, and
+    /// nothing was stopped (a holder that offers a handover is never
+    /// stopped by a replace).
+    #[error("PID {holder} holds port {port} and offers a handover, but it {why}; waited {}s and stopped nothing (try again, or give --replace-timeout more time)", waited.as_secs_f64())]
+    Unanswered {
+        /// The port.
+        port: u16,
+        /// The holder asked.
+        holder: u32,
+        /// What it did, as a phrase after "it".
+        why: String,
+        /// How long it was waited for.
+        waited: Duration,
+    },
+    /// The holder's control socket refused the request (another protocol
+    /// version, a request it does not know): nothing was taken or stopped.
+    #[error("PID {holder} holds port {port} and refused the handover ({why}); nothing was stopped (an llmlb of another version? stop it first: llmlb stop --port {port})")]
+    Refused {
+        /// The port.
+        port: u16,
+        /// The holder asked.
+        holder: u32,
+        /// Its error reply.
+        why: String,
+    },
     /// The holder's control socket failed mid-handover; the holder keeps
     /// serving.
     #[error("the handover of port {port} from PID {holder} failed: {source}")]
@@ -261,11 +335,15 @@ pub enum HandoverError {
 }
 
 /// Asks the holder of `port` in `dir` to hand the port over, waiting up to
-/// `timeout` for its answer; see the module doc for what is checked.
+/// `timeout` for its answer; see the module doc for what is checked. A
+/// holder that cannot answer at once (starting, mid-handover, over its
+/// peer limit, out of descriptors, stopping) is asked again until then.
 ///
 /// # Errors
 /// [`HandoverError::Busy`] if a handover to another successor is under way;
-/// `Lock` or `Io` if the port could not be received (the holder serves on).
+/// [`HandoverError::Unanswered`] if the holder offers one but did not
+/// answer in time; `Refused`, `Lock` or `Io` if the port could not be
+/// received (the holder serves on).
 pub fn request(dir: &LockDir, port: u16, timeout: Duration) -> Result<Requested, HandoverError> {
     sys::request(dir, port, timeout)
 }

@@ -66,6 +66,20 @@ pub enum PidfileError {
         /// What the system said.
         source: io::Error,
     },
+    /// PATH names a running process that is not the one this server takes
+    /// over from: another server uses the same pidfile (a copied unit file,
+    /// a second instance), and overwriting it would leave that server
+    /// unreachable to every tool that reads the pidfile.
+    #[error(
+        "the pidfile {} names PID {pid}, which is running; another server uses this pidfile: stop it first (kill -TERM {pid}) or give this server a --pidfile of its own",
+        path.display()
+    )]
+    Running {
+        /// The pidfile.
+        path: PathBuf,
+        /// The PID it names.
+        pid: u32,
+    },
     /// This platform has no pidfiles (Windows).
     #[error(
         "--pidfile is not supported on this platform (no service manager here reads pidfiles)"
@@ -110,6 +124,60 @@ impl Pidfile {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn write(path: &Path, pid: u32) -> Result<Pidfile, PidfileError> {
+        Self::write_taking_over(path, pid, None)
+    }
+
+    /// As [`write`](Self::write), for a server taking its port over from
+    /// `predecessor` by handover: a pidfile that names the predecessor (or
+    /// this process) is replaced, as is one naming a process that no longer
+    /// runs (or a PID reused since the file was written); one naming any
+    /// other running process is refused with [`PidfileError::Running`], as
+    /// `start-stop-daemon` and `pg_ctl` refuse.
+    ///
+    /// # Errors
+    /// As [`write`](Self::write), and [`PidfileError::Running`].
+    pub fn write_taking_over(
+        path: &Path,
+        pid: u32,
+        predecessor: Option<u32>,
+    ) -> Result<Pidfile, PidfileError> {
+        let (dir, name) = Self::check(path, pid, predecessor)?;
+        let io_error = |source| PidfileError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        // A symlink planted between the check and the rename is replaced,
+        // never followed; one at the temp name is unlinked, never followed.
+        sys::write_replacing(&dir, &name, format!("{pid}\n").as_bytes(), pid).map_err(io_error)?;
+        Ok(Pidfile {
+            path: path.to_owned(),
+            dir,
+            name,
+            pid,
+            removed: false,
+        })
+    }
+
+    /// Everything [`write_taking_over`](Self::write_taking_over) checks,
+    /// without writing: for a server that writes its pidfile only once it
+    /// owns the port (a replace writes it when its predecessor drains), and
+    /// must refuse a bad one before it takes anything.
+    ///
+    /// # Errors
+    /// As [`write_taking_over`](Self::write_taking_over).
+    pub fn check_writable(
+        path: &Path,
+        pid: u32,
+        predecessor: Option<u32>,
+    ) -> Result<(), PidfileError> {
+        Self::check(path, pid, predecessor).map(drop)
+    }
+
+    fn check(
+        path: &Path,
+        pid: u32,
+        predecessor: Option<u32>,
+    ) -> Result<(sys::Dir, OsString), PidfileError> {
         let Some(Component::Normal(name)) = path.components().next_back() else {
             return Err(PidfileError::NotAFileName(path.to_owned()));
         };
@@ -134,15 +202,36 @@ impl Pidfile {
         if sys::is_symlink(&dir, name).map_err(io_error)? {
             return Err(PidfileError::Symlink(path.to_owned()));
         }
-        // A symlink planted between the check and the rename is replaced,
-        // never followed; one at the temp name is unlinked, never followed.
-        sys::write_replacing(&dir, name, format!("{pid}\n").as_bytes(), pid).map_err(io_error)?;
-        Ok(Pidfile {
-            path: path.to_owned(),
-            dir,
-            name: name.to_owned(),
-            pid,
-            removed: false,
+        if let Some(text) = sys::read_small(&dir, name).map_err(io_error)? {
+            let named = String::from_utf8_lossy(&text).trim().parse::<u32>().ok();
+            if let Some(named) = named.filter(|&n| n != pid && Some(n) != predecessor && n != 0) {
+                if sys::runs_since_written(&dir, name, named).map_err(io_error)? {
+                    return Err(PidfileError::Running {
+                        path: path.to_owned(),
+                        pid: named,
+                    });
+                }
+            }
+        }
+        Ok((dir, name.to_owned()))
+    }
+
+    /// Writes our PID again, over whatever the pidfile says now: for a
+    /// holder that has taken its port back (a successor that wrote its own
+    /// PID there gave up), whose pidfile must name it again.
+    ///
+    /// # Errors
+    /// [`PidfileError::Io`] when the system refuses.
+    pub fn rewrite(&self) -> Result<(), PidfileError> {
+        sys::write_replacing(
+            &self.dir,
+            &self.name,
+            format!("{}\n", self.pid).as_bytes(),
+            self.pid,
+        )
+        .map_err(|source| PidfileError::Io {
+            path: self.path.clone(),
+            source,
         })
     }
 

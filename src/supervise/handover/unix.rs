@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,15 +24,21 @@ use crate::supervise::LockHandle;
 
 /// The longest line either side reads: a request or reply is far shorter.
 const MAX_LINE: usize = 4096;
-/// Connections answered at once; more are closed unanswered (a flood of
+/// Connections answered at once; more get a short `busy` reply (a flood of
 /// stalled peers must not become a flood of threads).
 const MAX_PEERS: usize = 16;
-/// How often a requester looks again at a starting holder without an offer.
-const STARTING_RETRY: Duration = Duration::from_millis(10);
-/// How often the accept loop looks whether the offer was withdrawn.
+/// How often a requester looks again at a holder that cannot answer yet (a
+/// starting holder without an offer, one mid-handover or overloaded).
+const RETRY: Duration = Duration::from_millis(10);
+/// How often the accept loop looks whether the offer was withdrawn, and
+/// whether its control socket file is still there.
 const ACCEPT_POLL_MS: i32 = 250;
+/// The accept loop's back-off when the process is out of descriptors: from
+/// the first to the last, doubling (as the HTTP accept loop does).
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
 type OnDrain = Box<dyn FnOnce(Successor) + Send>;
+type OnTakenBack = Box<dyn Fn() + Send>;
 
 pub(super) struct Offer {
     path: PathBuf,
@@ -47,34 +53,77 @@ struct OfferShared {
     /// released, not when a thread next looks.
     sockets: Mutex<Vec<HandedSocket>>,
     port: u16,
+    /// The control path, and the private name an offer is bound under
+    /// until it is published there.
     path: PathBuf,
-    /// The control socket file's inode: it is removed only while it is ours.
-    ino: u64,
+    temp: PathBuf,
+    /// The socket file's inode (it changes when a removed file is made
+    /// again): a file is removed only while it is ours.
+    ino: AtomicU64,
+    /// At the control path (else still at `temp`).
+    published: AtomicBool,
     /// Withdrawn (dropped) or drained: accept nothing more.
     closed: AtomicBool,
-    /// A successor holds the descriptors: no second one.
+    /// A successor under way (its PID; any non-zero value bars a second
+    /// one). An offer of a server still taking its own port over holds its
+    /// own PID here until [`Offer::open`].
     successor: AtomicU32,
+    /// Whom `successor` is taking the port from (for `busy` replies).
+    from: AtomicU32,
     peers: AtomicUsize,
     on_drain: Mutex<Option<OnDrain>>,
+    on_taken_back: Mutex<Option<OnTakenBack>>,
+    /// A listener bound anew at the control path (its file was removed, or
+    /// taken by a successor that then gave up), for the accept loop to take.
+    replacement: Mutex<Option<UnixListener>>,
 }
 
 impl OfferShared {
+    /// Where the socket file is now.
+    fn current_path(&self) -> &Path {
+        if self.published.load(Ordering::SeqCst) {
+            &self.path
+        } else {
+            &self.temp
+        }
+    }
+
     /// Removes the control socket file if it is still this offer's (a
-    /// successor binds its own after the drain).
+    /// successor publishes its own over it before telling us to drain).
     fn remove_socket_file(&self) {
-        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-            if meta.ino() == self.ino {
-                let _ = std::fs::remove_file(&self.path);
+        let path = self.current_path();
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if meta.ino() == self.ino.load(Ordering::SeqCst) {
+                let _ = std::fs::remove_file(path);
             }
         }
     }
 }
 
+/// Binds a listener at `temp` (mode 0600) and returns it with its inode.
+fn bind_private(temp: &Path) -> io::Result<(UnixListener, u64)> {
+    let _ = std::fs::remove_file(temp);
+    let listener = UnixListener::bind(temp)?;
+    match std::fs::set_permissions(temp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::symlink_metadata(temp))
+    {
+        Ok(meta) => Ok((listener, meta.ino())),
+        Err(e) => {
+            let _ = std::fs::remove_file(temp);
+            Err(e)
+        }
+    }
+}
+
 impl Offer {
+    /// `taking_over`: bound under the private name and answering `busy`
+    /// (this process is itself taking the port over) until published and
+    /// opened; otherwise published and open at once.
     pub(super) fn start(
         lock: &LockHandle<PortGuard>,
         sockets: Vec<HandedSocket>,
         on_drain: OnDrain,
+        taking_over_from: Option<u32>,
     ) -> io::Result<Offer> {
         if sockets.len() + 1 > MAX_PASSED_FDS {
             return Err(io::Error::new(
@@ -89,41 +138,62 @@ impl Offer {
         let dir = dir.ok_or_else(|| io::Error::other("the lock file has no directory"))?;
         let path = control_path(&dir, port);
         // Bound under a private name, then renamed over the public one: a
-        // stale socket file of a crashed holder is replaced atomically, and
-        // a requester never finds a half-made one.
+        // stale socket file of a crashed holder (or the predecessor's, in a
+        // handover) is replaced atomically, and a requester never finds a
+        // half-made one, nor a moment with none.
         let temp = dir.join(format!(".serve_{port}.ctl.{}", std::process::id()));
-        let _ = std::fs::remove_file(&temp);
-        let listener = UnixListener::bind(&temp)?;
-        let made = std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o600))
-            .and_then(|()| std::fs::rename(&temp, &path))
-            .and_then(|()| std::fs::symlink_metadata(&path));
-        let meta = match made {
-            Ok(meta) => meta,
-            Err(e) => {
-                let _ = std::fs::remove_file(&temp);
-                return Err(e);
-            }
-        };
+        let (listener, ino) = bind_private(&temp)?;
         let shared = Arc::new(OfferShared {
             lock: lock.clone(),
             sockets: Mutex::new(sockets),
             port,
             path: path.clone(),
-            ino: meta.ino(),
+            temp,
+            ino: AtomicU64::new(ino),
+            published: AtomicBool::new(false),
             closed: AtomicBool::new(false),
-            successor: AtomicU32::new(0),
+            successor: AtomicU32::new(taking_over_from.map_or(0, |_| std::process::id())),
+            from: AtomicU32::new(taking_over_from.unwrap_or(0)),
             peers: AtomicUsize::new(0),
             on_drain: Mutex::new(Some(on_drain)),
+            on_taken_back: Mutex::new(None),
+            replacement: Mutex::new(None),
         });
-        let accepting = Arc::clone(&shared);
-        let spawned = std::thread::Builder::new()
+        let offer = Offer { path, shared };
+        if taking_over_from.is_none() {
+            offer.publish()?;
+        }
+        let accepting = Arc::clone(&offer.shared);
+        std::thread::Builder::new()
             .name("llmlb-handover".to_owned())
-            .spawn(move || accept_loop(&listener, &accepting));
-        if let Err(e) = spawned {
-            shared.remove_socket_file();
+            .spawn(move || accept_loop(listener, &accepting))?;
+        Ok(offer)
+    }
+
+    /// Moves the socket file from its private name to the control path,
+    /// replacing whatever is there (a predecessor's, a crashed holder's).
+    pub(super) fn publish(&self) -> io::Result<()> {
+        let shared = &self.shared;
+        if shared.published.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        if let Err(e) = std::fs::rename(&shared.temp, &shared.path) {
+            let _ = std::fs::remove_file(&shared.temp);
             return Err(e);
         }
-        Ok(Offer { path, shared })
+        shared.published.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Answers requests from now on (an offer started while taking over
+    /// said `busy` until this).
+    pub(super) fn open(&self) {
+        self.shared.from.store(0, Ordering::SeqCst);
+        self.shared.successor.store(0, Ordering::SeqCst);
+    }
+
+    pub(super) fn on_taken_back(&self, f: OnTakenBack) {
+        *lock_ignoring_poison(&self.shared.on_taken_back) = Some(f);
     }
 
     pub(super) fn path(&self) -> &Path {
@@ -146,7 +216,24 @@ fn lock_ignoring_poison<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn accept_loop(listener: &UnixListener, shared: &Arc<OfferShared>) {
+/// Whether an accept failed for want of descriptors or kernel memory: the
+/// connection stays queued, so retrying at once would spin.
+fn out_of_resources(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// A descriptor kept open for the moment the process runs out: closed to
+/// accept one connection and tell it why, then opened again.
+fn reserve_descriptor() -> Option<File> {
+    File::open("/dev/null").ok()
+}
+
+fn accept_loop(mut listener: UnixListener, shared: &Arc<OfferShared>) {
+    let mut reserve = reserve_descriptor();
+    let mut backoff = Duration::ZERO;
     loop {
         if shared.closed.load(Ordering::SeqCst) {
             return;
@@ -159,10 +246,39 @@ fn accept_loop(listener: &UnixListener, shared: &Arc<OfferShared>) {
         // SAFETY: one valid pollfd.
         let ready = unsafe { libc::poll(&mut fds, 1, ACCEPT_POLL_MS) };
         if ready <= 0 {
-            continue; // timeout or EINTR: look at `closed` again
+            // Timeout or EINTR: look at `closed` again, and whether our
+            // file is still there.
+            restore_if_removed(shared);
+        }
+        if let Some(replacement) = lock_ignoring_poison(&shared.replacement).take() {
+            listener = replacement;
+            continue;
+        }
+        if ready <= 0 {
+            continue;
         }
         let stream = match listener.accept() {
-            Ok((stream, _)) => stream,
+            Ok((stream, _)) => {
+                backoff = Duration::ZERO;
+                stream
+            }
+            Err(e) if out_of_resources(&e) => {
+                // Tell the requester why (with the reserve's slot), then
+                // back off instead of spinning on the queued connection.
+                drop(reserve.take());
+                if let Ok((mut stream, _)) = listener.accept() {
+                    refuse_busy_now(&mut stream, "the holder is out of file descriptors");
+                }
+                reserve = reserve_descriptor();
+                backoff = (backoff * 2).clamp(ACCEPT_BACKOFF.0, ACCEPT_BACKOFF.1);
+                tracing::warn!(
+                    "handover control socket of port {}: {e}; answering busy, next look in {} ms",
+                    shared.port,
+                    backoff.as_millis()
+                );
+                std::thread::sleep(backoff);
+                continue;
+            }
             Err(e) => {
                 tracing::debug!("handover control socket: accept failed: {e}");
                 continue;
@@ -171,9 +287,11 @@ fn accept_loop(listener: &UnixListener, shared: &Arc<OfferShared>) {
         if shared.closed.load(Ordering::SeqCst) {
             return;
         }
+        let mut stream = stream;
         if shared.peers.fetch_add(1, Ordering::SeqCst) >= MAX_PEERS {
             shared.peers.fetch_sub(1, Ordering::SeqCst);
-            continue; // dropped unanswered
+            refuse_busy_now(&mut stream, "too many connections to its control socket");
+            continue;
         }
         let peer = Arc::clone(shared);
         let spawned = std::thread::Builder::new()
@@ -182,17 +300,67 @@ fn accept_loop(listener: &UnixListener, shared: &Arc<OfferShared>) {
                 answer(stream, &peer);
                 peer.peers.fetch_sub(1, Ordering::SeqCst);
             });
-        if spawned.is_err() {
+        if let Err(e) = spawned {
             shared.peers.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!("handover control socket of port {}: cannot start a thread: {e}", shared.port);
         }
     }
 }
 
+/// Makes the control socket again if its file was removed (by a tmp
+/// cleaner, by hand) while this offer stands: a replace must never find a
+/// serving holder without an offer. Only while no handover is under way
+/// (then the path may rightly be a successor's).
+fn restore_if_removed(shared: &OfferShared) {
+    if !shared.published.load(Ordering::SeqCst)
+        || shared.closed.load(Ordering::SeqCst)
+        || shared.successor.load(Ordering::SeqCst) != 0
+    {
+        return;
+    }
+    match std::fs::symlink_metadata(&shared.path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        _ => return,
+    }
+    match republish(shared) {
+        Ok(()) => tracing::warn!(
+            "the control socket {} was removed; made it again",
+            shared.path.display()
+        ),
+        Err(e) => tracing::debug!(
+            "cannot make the control socket of port {} again: {e}",
+            shared.port
+        ),
+    }
+}
+
+/// Binds a new listener and renames it over the control path, whatever is
+/// there; the accept loop takes it over at its next look (connections
+/// queue on it meanwhile).
+fn republish(shared: &OfferShared) -> io::Result<()> {
+    let (listener, ino) = bind_private(&shared.temp)?;
+    if let Err(e) = std::fs::rename(&shared.temp, &shared.path) {
+        let _ = std::fs::remove_file(&shared.temp);
+        return Err(e);
+    }
+    shared.ino.store(ino, Ordering::SeqCst);
+    shared.published.store(true, Ordering::SeqCst);
+    *lock_ignoring_poison(&shared.replacement) = Some(listener);
+    Ok(())
+}
+
+/// A `busy` reply written without blocking (from the accept thread, which
+/// must never wait on a peer), then the connection is closed.
+fn refuse_busy_now(stream: &mut UnixStream, why: &str) {
+    let _ = stream.set_nonblocking(true);
+    refuse(stream, "busy", &[("overloaded", json!(why))]);
+}
+
 /// One error reply; the connection is closed after it.
-fn refuse(stream: &mut UnixStream, error: &str, extra: Option<(&str, Value)>) {
+fn refuse(stream: &mut UnixStream, error: &str, extra: &[(&str, Value)]) {
     let mut reply = json!({"llmlb_handover": PROTOCOL_VERSION, "ok": false, "error": error});
-    if let Some((key, value)) = extra {
-        reply[key] = value;
+    for (key, value) in extra {
+        reply[*key] = value.clone();
     }
     let _ = write_line(stream, &reply);
 }
@@ -221,7 +389,7 @@ fn answer(mut stream: UnixStream, shared: &OfferShared) {
         refuse(
             &mut stream,
             "permission denied: the port's holder hands it only to its own user",
-            None,
+            &[],
         );
         return;
     }
@@ -239,7 +407,7 @@ fn answer(mut stream: UnixStream, shared: &OfferShared) {
         refuse(
             &mut stream,
             "not a request (one JSON object per line)",
-            None,
+            &[],
         );
         return;
     };
@@ -248,12 +416,12 @@ fn answer(mut stream: UnixStream, shared: &OfferShared) {
         refuse(
             &mut stream,
             &format!("unsupported protocol version (this holder speaks {PROTOCOL_VERSION})"),
-            None,
+            &[],
         );
         return;
     }
     if request.get("op").and_then(Value::as_str) != Some("request") {
-        refuse(&mut stream, "unknown request", None);
+        refuse(&mut stream, "unknown request", &[]);
         return;
     }
     let successor = cred_pid
@@ -270,7 +438,15 @@ fn answer(mut stream: UnixStream, shared: &OfferShared) {
             .successor
             .compare_exchange(0, successor.max(1), Ordering::SeqCst, Ordering::SeqCst)
     {
-        refuse(&mut stream, "busy", Some(("pid", json!(current))));
+        let from = match shared.from.load(Ordering::SeqCst) {
+            0 => std::process::id(),
+            from => from,
+        };
+        refuse(
+            &mut stream,
+            "busy",
+            &[("pid", json!(current)), ("from", json!(from))],
+        );
         return;
     }
     let release_claim = || shared.successor.store(0, Ordering::SeqCst);
@@ -290,18 +466,26 @@ fn answer(mut stream: UnixStream, shared: &OfferShared) {
             });
             let mut line = reply.to_string();
             line.push('\n');
+            // Handed on from before the send (under the guard's mutex, so
+            // no write of ours can slip in after it): from the moment the
+            // successor may hold the descriptor, the record is its own.
             shared.lock.with(|guard| {
+                guard.set_handed_on(true);
                 let file = guard.share_file();
                 let mut fds: Vec<BorrowedFd<'_>> = vec![file.as_fd()];
                 fds.extend(sockets.iter().map(|s| s.listener.as_fd()));
-                send_with_fds(&stream, line.as_bytes(), &fds)
+                let sent = send_with_fds(&stream, line.as_bytes(), &fds);
+                if sent.is_err() {
+                    guard.set_handed_on(false);
+                }
+                sent
             })
         }
     };
     match sent {
         Some(Ok(())) => {}
         None => {
-            refuse(&mut stream, "stopping", None);
+            refuse(&mut stream, "stopping", &[]);
             release_claim();
             return;
         }
@@ -328,6 +512,21 @@ fn answer(mut stream: UnixStream, shared: &OfferShared) {
     // nobody: a hung-up peer is an abandoned handover, not a drain.
     let drain = drain && !peer_hung_up(&stream);
     if !drain {
+        // The control path may hold a socket the successor published and
+        // left (it stopped after its ready, before telling us to drain):
+        // ours goes back there at once, before anyone can read the record
+        // we restored without finding our offer.
+        if shared.published.load(Ordering::SeqCst) && !shared.closed.load(Ordering::SeqCst) {
+            let ours = std::fs::symlink_metadata(&shared.path)
+                .is_ok_and(|meta| meta.ino() == shared.ino.load(Ordering::SeqCst));
+            if !ours {
+                if let Err(e) = republish(shared) {
+                    tracing::warn!(
+                        "cannot make the control socket of port {port} again after an abandoned handover: {e}"
+                    );
+                }
+            }
+        }
         // Our description was never out of our hands: writing our record
         // back makes the port ours again in every reader's eyes.
         if let Some(Err(e)) = shared.lock.with(PortGuard::restore_record) {
@@ -336,6 +535,9 @@ fn answer(mut stream: UnixStream, shared: &OfferShared) {
             );
         }
         tracing::warn!("PID {successor} abandoned the handover of port {port}; still serving");
+        if let Some(taken_back) = &*lock_ignoring_poison(&shared.on_taken_back) {
+            taken_back();
+        }
         release_claim();
         return;
     }
@@ -496,53 +698,99 @@ impl Draining {
     }
 }
 
+/// One look at the port, as [`request`] makes it until it has an answer.
+enum Attempt {
+    /// Final.
+    Done(Requested),
+    /// The holder has an offer (or is mid-handover) but could not answer
+    /// now: look again until the deadline (`why`, a phrase after "it";
+    /// `holder`, the PID asked).
+    Retry { holder: u32, why: String },
+}
+
 pub(super) fn request(
     dir: &LockDir,
     port: u16,
     timeout: Duration,
 ) -> Result<Requested, HandoverError> {
-    let not_offered = |holder: Option<Box<crate::lock::LockInfo>>, why: String| {
-        Ok(Requested::NotOffered { holder, why })
-    };
     let deadline = Instant::now() + timeout;
-    // A holder recorded as starting may not offer yet: a server between its
-    // lock and its listener, or a successor between its predecessor's
-    // control socket and its own (a few milliseconds either way). Looked
-    // at again until it offers, is ready, or the time is up.
-    let (info, mut stream) = loop {
-        let info = match dir.probe(port)? {
-            LockState::Free | LockState::Stale(_) => return Ok(Requested::NotHeld),
-            LockState::Held(None) => {
-                return not_offered(None, "has an unreadable record".to_owned())
-            }
-            LockState::Held(Some(info)) => Box::new(info),
-        };
-        match info.check_identity() {
-            IdentityCheck::Same => {}
-            other => {
-                let why = match other {
-                    IdentityCheck::OtherHost(host) => format!("runs on another host ({host})"),
-                    IdentityCheck::OtherPidNamespace => "runs in another PID namespace".to_owned(),
-                    IdentityCheck::Released => {
-                        "released the lock to processes that inherited it".to_owned()
-                    }
-                    _ => "cannot be verified as the holder".to_owned(),
-                };
-                return not_offered(Some(info), why);
+    loop {
+        match attempt(dir, port, timeout, deadline)? {
+            Attempt::Done(requested) => return Ok(requested),
+            Attempt::Retry { holder, why } => {
+                if Instant::now() >= deadline {
+                    return Err(HandoverError::Unanswered {
+                        port,
+                        holder,
+                        why,
+                        waited: timeout,
+                    });
+                }
+                std::thread::sleep(RETRY);
             }
         }
-        match UnixStream::connect(control_path(dir.path(), port)) {
-            Ok(stream) => break (info, stream),
-            Err(_) if info.serve_state() == ServeState::Starting && Instant::now() < deadline => {
-                std::thread::sleep(STARTING_RETRY);
-            }
-            Err(_) => {
-                return not_offered(
-                    Some(info),
-                    "has no control socket (an older llmlb, a launcher, or a command run without a passed socket)".to_owned(),
-                )
-            }
+    }
+}
+
+fn attempt(
+    dir: &LockDir,
+    port: u16,
+    timeout: Duration,
+    deadline: Instant,
+) -> Result<Attempt, HandoverError> {
+    let not_offered = |holder: Option<Box<crate::lock::LockInfo>>, why: String| {
+        Ok(Attempt::Done(Requested::NotOffered { holder, why }))
+    };
+    let info = match dir.probe(port)? {
+        LockState::Free | LockState::Stale(_) => return Ok(Attempt::Done(Requested::NotHeld)),
+        LockState::Held(None) => return not_offered(None, "has an unreadable record".to_owned()),
+        LockState::Held(Some(info)) => Box::new(info),
+    };
+    match info.check_identity() {
+        IdentityCheck::Same => {}
+        other => {
+            let why = match other {
+                IdentityCheck::OtherHost(host) => format!("runs on another host ({host})"),
+                IdentityCheck::OtherPidNamespace => "runs in another PID namespace".to_owned(),
+                IdentityCheck::Released => {
+                    "released the lock to processes that inherited it".to_owned()
+                }
+                _ => "cannot be verified as the holder".to_owned(),
+            };
+            return not_offered(Some(info), why);
         }
+    }
+    let retry = |why: &str| {
+        Ok(Attempt::Retry {
+            holder: info.pid,
+            why: why.to_owned(),
+        })
+    };
+    let mut stream = match UnixStream::connect(control_path(dir.path(), port)) {
+        Ok(stream) => stream,
+        // The fallback is for holders without a control socket. One in the
+        // middle of a handover (it records a draining predecessor) offers
+        // again in a moment: wait for it, never stop it.
+        Err(_) if !info.draining.is_empty() => {
+            return retry("is taking the port over and offers no handover yet")
+        }
+        // A server between its lock and its listener, which offers in a
+        // few milliseconds; if it never does (a command that loads for
+        // minutes without a passed socket), it has no control socket.
+        Err(_) if info.serve_state() == ServeState::Starting && Instant::now() < deadline => {
+            return retry("is starting and offers no handover yet")
+        }
+        Err(e) if matches!(
+            e.kind(),
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+        ) || info.serve_state() == ServeState::Starting =>
+        {
+            return not_offered(
+                Some(info),
+                "has no control socket (an older llmlb, a launcher, or a command run without a passed socket)".to_owned(),
+            )
+        }
+        Err(e) => return retry(&format!("cannot be reached on its control socket ({e})")),
     };
     // The socket's owner, not necessarily the recorded holder: during a
     // handover the record names the successor while the predecessor still
@@ -556,13 +804,13 @@ pub(super) fn request(
             )
         }
         Ok((_, pid)) => pid.unwrap_or(info.pid),
-        Err(e) => {
-            return Err(HandoverError::Io {
-                port,
-                holder: info.pid,
-                source: e,
-            })
-        }
+        Err(e) => return retry(&format!("cannot be identified on its control socket ({e})")),
+    };
+    let retry = |why: &str| {
+        Ok(Attempt::Retry {
+            holder,
+            why: why.to_owned(),
+        })
     };
     let io_err = |source| HandoverError::Io {
         port,
@@ -574,14 +822,12 @@ pub(super) fn request(
         "op": "request",
         "pid": std::process::id(),
     });
+    let left = deadline.saturating_duration_since(Instant::now());
     stream
-        .set_write_timeout(Some(timeout.max(Duration::from_millis(1))))
+        .set_write_timeout(Some(left.max(Duration::from_millis(1))))
         .map_err(io_err)?;
     if write_line(&mut stream, &request).is_err() {
-        return not_offered(
-            Some(info),
-            "closed its control socket unanswered".to_owned(),
-        );
+        return retry("closed its control socket unanswered");
     }
     // The reply carries the descriptors with its first bytes.
     let mut reader = LineReader::default();
@@ -592,28 +838,21 @@ pub(super) fn request(
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || reader.buf.len() > MAX_LINE {
-            return not_offered(
-                Some(info),
-                format!("did not answer within {}s", timeout.as_secs_f64()),
-            );
+            return retry(&format!(
+                "did not answer within {}s",
+                timeout.as_secs_f64()
+            ));
         }
         stream.set_read_timeout(Some(left)).map_err(io_err)?;
         let mut chunk = [0u8; 1024];
         match recv_with_fds(&stream, &mut chunk) {
             // A holder that closes with our request unread (it died, or
             // dropped us unanswered) resets the connection instead of
-            // ending it: the same answer as an end, not a failure.
-            Ok((0, _)) => {
-                return not_offered(
-                    Some(info),
-                    "closed its control socket unanswered".to_owned(),
-                )
-            }
+            // ending it: the same answer as an end. Looked at again: a
+            // dead holder leaves the port free or stale.
+            Ok((0, _)) => return retry("closed its control socket unanswered"),
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
-                return not_offered(
-                    Some(info),
-                    "closed its control socket unanswered".to_owned(),
-                )
+                return retry("closed its control socket unanswered")
             }
             Ok((n, more)) => {
                 reader.buf.extend_from_slice(&chunk[..n]);
@@ -625,10 +864,10 @@ pub(super) fn request(
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                return not_offered(
-                    Some(info),
-                    format!("did not answer within {}s", timeout.as_secs_f64()),
-                )
+                return retry(&format!(
+                    "did not answer within {}s",
+                    timeout.as_secs_f64()
+                ))
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(io_err(e)),
@@ -641,15 +880,31 @@ pub(super) fn request(
             .get("error")
             .and_then(Value::as_str)
             .unwrap_or("refused");
-        if error == "busy" {
-            let pid = reply.get("pid").and_then(Value::as_u64).unwrap_or(0);
-            return Err(HandoverError::Busy {
+        let pid_field = |key: &str| {
+            reply
+                .get(key)
+                .and_then(Value::as_u64)
+                .and_then(|p| u32::try_from(p).ok())
+                .filter(|&p| p != 0)
+        };
+        return match error {
+            "busy" => match reply.get("overloaded").and_then(Value::as_str) {
+                // Over its peer limit or out of descriptors: a moment.
+                Some(why) => retry(&format!("is busy ({why})")),
+                None => Err(HandoverError::Busy {
+                    port,
+                    holder: pid_field("from").unwrap_or(holder),
+                    pid: pid_field("pid").unwrap_or(0),
+                }),
+            },
+            // Withdrawn: it is stopping, and the port will be free.
+            "stopping" => retry("is stopping"),
+            error => Err(HandoverError::Refused {
                 port,
                 holder,
-                pid: u32::try_from(pid).unwrap_or(0),
-            });
-        }
-        return not_offered(Some(info), format!("refused the handover ({error})"));
+                why: error.to_owned(),
+            }),
+        };
     }
     let names: Vec<String> = reply
         .get("sockets")
@@ -683,7 +938,7 @@ pub(super) fn request(
     // Any failure from here drops the stream: the holder writes its record
     // back and serves on.
     let guard = PortGuard::from_handover(dir, port, lock_file, ServeState::Starting)?;
-    Ok(Requested::Received(Box::new(Received {
+    Ok(Attempt::Done(Requested::Received(Box::new(Received {
         guard,
         sockets,
         predecessor: super::Predecessor {
@@ -693,7 +948,7 @@ pub(super) fn request(
                 reader,
             },
         },
-    })))
+    }))))
 }
 
 #[cfg(test)]
@@ -703,10 +958,11 @@ mod tests {
 
     /// A holder that closes the control connection with the request unread
     /// (as a holder killed mid-request does) resets it rather than ending
-    /// it: that is "closed its control socket unanswered", so `serve
-    /// --replace` takes its fallback instead of failing.
+    /// it: that is "closed its control socket unanswered", looked at again
+    /// until the deadline, and then an unanswered handover (never the
+    /// fallback that stops a holder that has an offer).
     #[test]
-    fn a_reset_control_connection_is_not_offered() {
+    fn a_reset_control_connection_is_retried_then_unanswered() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = LockDir::create(tmp.path().join("locks")).unwrap();
         let port = 41201;
@@ -714,25 +970,44 @@ mod tests {
         // as the control socket.
         let _guard = acquire_or_reclaim(&dir, port).unwrap();
         let listener = UnixListener::bind(control_path(dir.path(), port)).unwrap();
-        let holder = std::thread::spawn(move || {
-            let (stream, _) = listener.accept().unwrap();
-            // Wait until the request has arrived, then close unread.
-            let mut fds = libc::pollfd {
-                fd: stream.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            assert_eq!(unsafe { libc::poll(&mut fds, 1, 10_000) }, 1);
-            drop(stream);
-        });
-        let requested = request(&dir, port, Duration::from_secs(10));
+        let done = Arc::new(AtomicBool::new(false));
+        let resets = Arc::new(AtomicUsize::new(0));
+        let holder = {
+            let (done, resets) = (Arc::clone(&done), Arc::clone(&resets));
+            std::thread::spawn(move || {
+                listener.set_nonblocking(true).unwrap();
+                while !done.load(Ordering::SeqCst) {
+                    let Ok((stream, _)) = listener.accept() else {
+                        std::thread::sleep(Duration::from_millis(1));
+                        continue;
+                    };
+                    // Wait until the request has arrived, then close unread.
+                    let mut fds = libc::pollfd {
+                        fd: stream.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd.
+                    unsafe { libc::poll(&mut fds, 1, 10_000) };
+                    drop(stream);
+                    resets.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        };
+        let requested = request(&dir, port, Duration::from_secs(1));
+        done.store(true, Ordering::SeqCst);
         holder.join().unwrap();
         match requested {
-            Ok(Requested::NotOffered { why, .. }) => {
-                assert!(why.contains("unanswered"), "{why}");
+            // The last look may have run into the deadline mid-request.
+            Err(HandoverError::Unanswered { why, holder, .. }) => {
+                assert!(
+                    why.contains("unanswered") || why.contains("did not answer"),
+                    "{why}"
+                );
+                assert_eq!(holder, std::process::id());
             }
-            other => panic!("expected NotOffered, got {other:?}"),
+            other => panic!("expected Unanswered, got {other:?}"),
         }
+        assert!(resets.load(Ordering::SeqCst) > 1, "it was asked again");
     }
 }
