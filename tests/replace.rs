@@ -752,10 +752,13 @@ fn fallback_for_the_python_launcher() {
     stop_cleanly(&env, port, &mut new);
 }
 
-/// A holder whose control socket never answers (an older or broken protocol
-/// peer) is given `--replace-timeout`, then stopped as `stop` would.
+/// A holder whose control socket accepts connections but never answers (a
+/// stalled or broken peer) offers a handover that cannot be had *now*: the
+/// replace waits `--replace-timeout`, then exits 1 naming the holder and
+/// what it waited for, and signals nothing (the fallback `stop` is only for
+/// holders without a control socket).
 #[test]
-fn fallback_for_a_holder_that_never_answers() {
+fn a_holder_that_never_answers_is_waited_for_and_never_stopped() {
     let env = Env::new();
     let port = free_port();
     let mut cmd = Command::new(python3());
@@ -771,10 +774,34 @@ fn fallback_for_a_holder_that_never_answers() {
     assert_eq!(record(&env, port).map(|r| r.pid), Some(holder.pid()));
     assert_eq!(ctl_owner(&ctl_path(&env, port)), Some(holder.pid()));
 
-    let mut new =
-        replace_takes_the_fallback(&env, port, holder.pid(), "did not answer within 1s", "1");
+    let p = port.to_string();
+    let out = env.run(&[
+        "serve",
+        "--replace",
+        "--replace-timeout",
+        "1",
+        "-p",
+        &p,
+        "--host",
+        "127.0.0.1",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = out.stderr.clone();
+    assert!(
+        stderr.contains(&format!(
+            "PID {} holds port {port} and offers a handover, but it did not answer within 1s",
+            holder.pid()
+        )) && stderr.contains("stopped nothing"),
+        "stderr:\n{stderr}"
+    );
+    assert!(
+        !out.stdout.contains("Stopping"),
+        "nothing is stopped: {out:?}"
+    );
+    assert!(holder.try_wait().is_none(), "the holder was not signalled");
+    assert_eq!(record(&env, port).map(|r| r.pid), Some(holder.pid()));
+    signal(holder.pid(), libc::SIGTERM);
     assert_exit(&mut holder, 0, "the silent holder");
-    stop_cleanly(&env, port, &mut new);
 }
 
 /// A holder on another host (its flock held here by util-linux `flock`,
@@ -1069,4 +1096,424 @@ fn another_user_is_refused(env: &Env, ctl: &Path) {
     let reply: serde_json::Value = serde_json::from_str(seen["reply"].as_str().unwrap())
         .unwrap_or_else(|e| panic!("{seen}: {e}"));
     assert_refused(&reply, "permission denied: ");
+}
+
+// ------------------------------------------- issue 25: at the edges
+
+/// A command for exec mode (`--ready notify`) that becomes ready only when
+/// the file argv[1] exists: it then sends `READY=1` itself (so the sender
+/// is the command, in the tree) and runs until SIGTERM.
+const READY_ON_TRIGGER_PY: &str = r#"
+import os, signal, socket, sys, time
+signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.02)
+addr = os.environ["NOTIFY_SOCKET"]
+if addr.startswith("@"):
+    addr = "\0" + addr[1:]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(b"READY=1", addr)
+while True:
+    time.sleep(1)
+"#;
+
+/// `serve --replace --ready notify -p PORT -- python3 READY_ON_TRIGGER_PY
+/// TRIGGER`: a successor that holds the port, `starting`, until the test
+/// creates `trigger`.
+fn spawn_successor_ready_on(env: &Env, port: u16, trigger: &Path, extra: &[&str]) -> Proc {
+    let p = port.to_string();
+    let py = python3();
+    let trigger = trigger.to_str().unwrap();
+    let mut args = vec!["serve", "--replace", "--ready", "notify"];
+    args.extend_from_slice(extra);
+    args.extend([
+        "-p",
+        &p,
+        "--host",
+        "127.0.0.1",
+        "--",
+        &py,
+        "-c",
+        READY_ON_TRIGGER_PY,
+        trigger,
+    ]);
+    env.spawn(&args)
+}
+
+/// Whether the record never names anybody but `pid` for `window`.
+fn record_stays(env: &Env, port: u16, window: Duration, pred: impl Fn(&LockInfo) -> bool) {
+    let end = Instant::now() + window;
+    while Instant::now() < end {
+        if let Some(info) = record(env, port) {
+            assert!(pred(&info), "the record changed hands: {info:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A replace never meets a moment without an offer: from the old server's
+/// control socket to the new one's, the control path always names a
+/// socket somebody listens on (the successor publishes its own over the
+/// predecessor's before telling it to drain). Probed in a tight loop
+/// through three handovers.
+#[test]
+fn the_control_path_always_names_an_offer_through_a_handover() {
+    let env = Env::new();
+    let port = free_port();
+    let mut old = env.serve(port);
+    wait_ctl_owner(&env, port, old.pid());
+    let path = ctl_path(&env, port);
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let (stop, path) = (Arc::clone(&stop), path.clone());
+        std::thread::spawn(move || {
+            let (mut probes, mut gaps) = (0usize, Vec::new());
+            while !stop.load(Ordering::SeqCst) {
+                probes += 1;
+                if let Err(e) = UnixStream::connect(&path) {
+                    gaps.push(e.to_string());
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            (probes, gaps)
+        })
+    };
+    for _ in 0..3 {
+        let new = env.spawn(&[
+            "serve",
+            "--replace",
+            "-p",
+            &port.to_string(),
+            "--host",
+            "127.0.0.1",
+        ]);
+        assert_exit(&mut old, 0, "the drained server");
+        wait_record(&env, port, "the new server alone", &[&new], |r| {
+            r.pid == new.pid() && r.draining.is_empty()
+        });
+        wait_ctl_owner(&env, port, new.pid());
+        assert!(!new.stdout().contains("Stopping"), "{}", new.stdout());
+        old = new;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (probes, gaps) = prober.join().unwrap();
+    assert!(
+        gaps.is_empty(),
+        "{} of {probes} probes found no offer: {:?}",
+        gaps.len(),
+        &gaps[..gaps.len().min(5)]
+    );
+    stop_cleanly(&env, port, &mut old);
+}
+
+/// A predecessor stopped (SIGTERM) while its successor holds the port,
+/// `starting`, writes nothing: not `stopping`, not `released_by`. The record
+/// stays the successor's, which then becomes ready, and `stop` stops it.
+#[test]
+fn a_predecessor_stopped_mid_handover_leaves_the_record_to_its_successor() {
+    let env = Env::new();
+    let port = free_port();
+    let mut old = env.serve(port);
+    wait_ctl_owner(&env, port, old.pid());
+    let trigger = env.locks.parent().unwrap().join("ready-trigger");
+    let mut new = spawn_successor_ready_on(&env, port, &trigger, &[]);
+    let new_pid = new.pid();
+    wait_record(&env, port, "the successor, starting", &[&old, &new], |r| {
+        r.pid == new_pid && r.state == Some(ServeState::Starting)
+    });
+    signal(old.pid(), libc::SIGTERM);
+    assert_exit(&mut old, 0, "the predecessor");
+    let info = record(&env, port).expect("a record");
+    assert_eq!(
+        (info.pid, info.state, info.released_by),
+        (new_pid, Some(ServeState::Starting), None),
+        "{info:?}"
+    );
+    std::fs::write(&trigger, b"").unwrap();
+    wait_record(&env, port, "the successor ready", &[&new], |r| {
+        r.pid == new_pid && r.state == Some(ServeState::Ready) && r.draining.is_empty()
+    });
+    let waited = env.run(&["wait", "-p", &port.to_string(), "-t", "5"]);
+    assert_eq!(waited.code(), Some(0), "{waited:?}");
+    let out = env.run(&["stop", "-p", &port.to_string()]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    new.wait();
+    assert!(!env.lock_file(port).exists());
+}
+
+/// Two replaces in quick succession (A → B → C) while A still drains: B,
+/// which has handed the port to C, never writes its bookkeeping (`draining`
+/// cleared once A exits) over C's record.
+#[test]
+fn a_middle_server_never_writes_over_the_last_ones_record() {
+    let env = Env::new();
+    let port = free_port();
+    let p = port.to_string();
+    let replace = ["serve", "--replace", "-p", &p, "--host", "127.0.0.1"];
+    let mut a = env.serve(port);
+    wait_ctl_owner(&env, port, a.pid());
+    // A connection A accepted and that sends its request only when the test
+    // says: A drains until then.
+    let held_by_a = SlowRequest::connect(port, "/health");
+    held_by_a.wait_accepted_by(a.pid());
+    let mut b = env.spawn(&replace);
+    wait_record(&env, port, "B, with A draining", &[&a, &b], |r| {
+        r.pid == b.pid() && r.draining == [a.pid()]
+    });
+    wait_ctl_owner(&env, port, b.pid());
+    wait_until("A to stop accepting", || listener_fds(a.pid(), port) == 0);
+    let held_by_b = SlowRequest::connect(port, "/health");
+    held_by_b.wait_accepted_by(b.pid());
+    let mut c = env.spawn(&replace);
+    wait_record(&env, port, "C, with B draining", &[&b, &c], |r| {
+        r.pid == c.pid() && r.draining == [b.pid()]
+    });
+    // A exits now: B (alive, draining) learns it, and must leave C's record.
+    let (code, _) = held_by_a.finish().expect("A answers its request");
+    assert_eq!(code, 200);
+    assert_exit(&mut a, 0, "A");
+    record_stays(&env, port, Duration::from_millis(500), |r| r.pid == c.pid());
+    let (code, _) = held_by_b.finish().expect("B answers its request");
+    assert_eq!(code, 200);
+    assert_exit(&mut b, 0, "B");
+    let info = wait_record(&env, port, "C alone", &[&c], |r| {
+        r.pid == c.pid() && r.draining.is_empty()
+    });
+    assert_eq!(info.state, Some(ServeState::Ready));
+    stop_cleanly(&env, port, &mut c);
+}
+
+/// With the same `--pidfile` for old and new (a unit's `PIDFile=`), a
+/// successor whose command fails before it is ready leaves the pidfile
+/// naming the predecessor, which serves on; a successor that takes over
+/// writes it once the predecessor drains, and the predecessor's exit leaves
+/// it alone.
+#[test]
+fn the_pidfile_follows_the_port_through_a_failed_and_a_good_replace() {
+    let env = Env::new();
+    let port = free_port();
+    let p = port.to_string();
+    let pidfile = env.locks.parent().unwrap().join("server.pid");
+    let pf = pidfile.to_str().unwrap();
+    let mut old = spawn_exec(&env, port, &["--pass-socket", "--pidfile", pf]);
+    let old_pid = old.pid();
+    let old_py = wait_answer(port, "/", &mut old, |pid| ppid(pid) == Some(old_pid));
+    let _old_group = GroupGuard(pgid_of(old_py));
+    wait_ctl_owner(&env, port, old_pid);
+    assert_eq!(read_when_written(&pidfile).trim(), old_pid.to_string());
+
+    let failed = env.run(&[
+        "serve",
+        "--replace",
+        "--pidfile",
+        pf,
+        "-p",
+        &p,
+        "--host",
+        "127.0.0.1",
+        "--",
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    assert_ne!(failed.code(), Some(0), "{failed:?}");
+    wait_record(&env, port, "the old server's record back", &[&old], |r| {
+        r.pid == old_pid && r.state == Some(ServeState::Ready)
+    });
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        old_pid.to_string(),
+        "the failed successor left the pidfile naming the server that serves"
+    );
+
+    let mut new = spawn_exec(&env, port, &["--replace", "--pidfile", pf]);
+    let new_pid = new.pid();
+    assert_exit(&mut old, 0, "the drained server");
+    wait_until("the pidfile to name the new server", || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|t| t.trim() == new_pid.to_string())
+    });
+    let new_py = wait_answer(port, "/", &mut new, |pid| ppid(pid) == Some(new_pid));
+    let _new_group = GroupGuard(pgid_of(new_py));
+    stop_cleanly(&env, port, &mut new);
+    assert!(!pidfile.exists(), "the pidfile goes with the last server");
+}
+
+/// A pidfile that names another running server is refused with its PID
+/// (a second instance with a copied unit file), not overwritten; one that
+/// names a process that has exited is replaced.
+#[test]
+fn a_pidfile_naming_another_running_server_is_refused() {
+    let env = Env::new();
+    let (port, other) = (free_port(), free_port());
+    let pidfile = env.locks.parent().unwrap().join("server.pid");
+    let pf = pidfile.to_str().unwrap();
+    let mut first = env.spawn(&[
+        "serve",
+        "--pidfile",
+        pf,
+        "-p",
+        &port.to_string(),
+        "--host",
+        "127.0.0.1",
+    ]);
+    first.wait_health(port);
+    let second = env.run(&[
+        "serve",
+        "--pidfile",
+        pf,
+        "-p",
+        &other.to_string(),
+        "--host",
+        "127.0.0.1",
+    ]);
+    assert_eq!(second.code(), Some(1), "{second:?}");
+    let stderr = second.stderr.clone();
+    assert!(
+        stderr.contains(&format!("names PID {}, which is running", first.pid())),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        first.pid().to_string()
+    );
+    let out = env.run(&["stop", "-p", &port.to_string()]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    first.wait();
+
+    // A dead PID's pidfile is stale: replaced.
+    let mut gone = Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    std::fs::write(&pidfile, format!("{gone_pid}\n")).unwrap();
+    let mut third = env.spawn(&[
+        "serve",
+        "--pidfile",
+        pf,
+        "-p",
+        &other.to_string(),
+        "--host",
+        "127.0.0.1",
+    ]);
+    third.wait_health(other);
+    assert_eq!(read_when_written(&pidfile).trim(), third.pid().to_string());
+    let out = env.run(&["stop", "-p", &other.to_string()]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    third.wait();
+}
+
+/// More silent peers on the control socket than the holder answers at
+/// once: the ones past the limit are told `busy`, and a replace is asked
+/// again until a slot frees: it hands over, and stops nobody.
+#[test]
+fn silent_peers_past_the_limit_delay_a_replace_but_never_turn_it_into_a_stop() {
+    let env = Env::new();
+    let port = free_port();
+    let mut old = env.serve(port);
+    wait_ctl_owner(&env, port, old.pid());
+    let path = ctl_path(&env, port);
+    let silent: Vec<UnixStream> = (0..24)
+        .map(|_| UnixStream::connect(&path).unwrap())
+        .collect();
+    let mut new = env.spawn(&[
+        "serve",
+        "--replace",
+        "--replace-timeout",
+        "8",
+        "-p",
+        &port.to_string(),
+        "--host",
+        "127.0.0.1",
+    ]);
+    assert_exit(&mut old, 0, "the drained server");
+    wait_record(&env, port, "the new server", &[&new], |r| {
+        r.pid == new.pid() && r.draining.is_empty()
+    });
+    assert!(!new.stdout().contains("Stopping"), "{}", new.stdout());
+    drop(silent);
+    stop_cleanly(&env, port, &mut new);
+}
+
+/// A holder out of file descriptors answers its control socket `busy`
+/// through a reserve descriptor and backs off (no spinning): the replace
+/// exits 1 naming that, and stops nothing; once descriptors are free again
+/// a replace hands over.
+#[test]
+fn a_holder_out_of_descriptors_is_never_stopped_by_a_replace() {
+    let env = Env::new();
+    let port = free_port();
+    let p = port.to_string();
+    let mut old = env.serve(port);
+    wait_ctl_owner(&env, port, old.pid());
+    let limited = Command::new("prlimit")
+        .args(["--pid", &old.pid().to_string(), "--nofile=48:48"])
+        .status()
+        .expect("util-linux prlimit");
+    assert!(limited.success());
+    // Connections the server accepts until its descriptors run out.
+    let clients: Vec<TcpStream> = (0..64)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    wait_until("the holder to run out of descriptors", || {
+        std::fs::read_dir(format!("/proc/{}/fd", old.pid())).map_or(0, |d| d.count()) >= 47
+    });
+    let out = env.run(&[
+        "serve",
+        "--replace",
+        "--replace-timeout",
+        "2",
+        "-p",
+        &p,
+        "--host",
+        "127.0.0.1",
+    ]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    let stderr = out.stderr.clone();
+    assert!(
+        stderr.contains(&format!(
+            "PID {} holds port {port} and offers a handover",
+            old.pid()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !out.stdout.contains("Stopping"),
+        "{out:?}"
+    );
+    assert!(old.try_wait().is_none(), "the holder was not stopped");
+    drop(clients);
+    let mut new = env.spawn(&["serve", "--replace", "-p", &p, "--host", "127.0.0.1"]);
+    assert_exit(&mut old, 0, "the drained server");
+    wait_record(&env, port, "the new server", &[&new], |r| {
+        r.pid == new.pid() && r.draining.is_empty()
+    });
+    stop_cleanly(&env, port, &mut new);
+}
+
+/// A control socket removed by hand (or by a cleaner that ignores locks) is
+/// made again by its holder, and a replace right after the removal still
+/// hands over rather than stopping the holder.
+#[test]
+fn a_removed_control_socket_is_made_again_and_a_replace_still_hands_over() {
+    let env = Env::new();
+    let port = free_port();
+    let mut old = env.serve(port);
+    wait_ctl_owner(&env, port, old.pid());
+    std::fs::remove_file(ctl_path(&env, port)).unwrap();
+    let mut new = env.spawn(&[
+        "serve",
+        "--replace",
+        "-p",
+        &port.to_string(),
+        "--host",
+        "127.0.0.1",
+    ]);
+    assert_exit(&mut old, 0, "the drained server");
+    wait_record(&env, port, "the new server", &[&new], |r| {
+        r.pid == new.pid() && r.draining.is_empty()
+    });
+    assert!(!new.stdout().contains("Stopping"), "{}", new.stdout());
+    wait_ctl_owner(&env, port, new.pid());
+    std::fs::remove_file(ctl_path(&env, port)).unwrap();
+    wait_ctl_owner(&env, port, new.pid());
+    stop_cleanly(&env, port, &mut new);
 }

@@ -249,8 +249,7 @@ pub(crate) fn run(dir: &LockDirChoice, plan: ServePlan) -> i32 {
             };
             let offered: Vec<(&std::net::TcpListener, &str)> =
                 socket.iter().map(|s| (s.listener(), s.name())).collect();
-            let (handovers, drain) =
-                Handovers::new(&lock, port, &offered, predecessor, &pidfile);
+            let (handovers, drain) = Handovers::new(&lock, port, &offered, predecessor, &pidfile);
             let plan = exec::ExecPlan {
                 command: &command,
                 ready,
@@ -563,14 +562,13 @@ async fn serve_http(
         Ok(bound) => bound,
         Err(code) => return code,
     };
-    let (handovers, mut drain) =
-        Handovers::new(
-            lock,
-            port,
-            &[(&listener, name.as_str())],
-            predecessor,
-            pidfile,
-        );
+    let (handovers, mut drain) = Handovers::new(
+        lock,
+        port,
+        &[(&listener, name.as_str())],
+        predecessor,
+        pidfile,
+    );
     let code = serve_http_on(
         lock,
         &mut signals,

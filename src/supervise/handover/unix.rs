@@ -302,7 +302,10 @@ fn accept_loop(mut listener: UnixListener, shared: &Arc<OfferShared>) {
             });
         if let Err(e) = spawned {
             shared.peers.fetch_sub(1, Ordering::SeqCst);
-            tracing::warn!("handover control socket of port {}: cannot start a thread: {e}", shared.port);
+            tracing::warn!(
+                "handover control socket of port {}: cannot start a thread: {e}",
+                shared.port
+            );
         }
     }
 }
@@ -404,11 +407,7 @@ fn answer(mut stream: UnixStream, shared: &OfferShared) {
         }
     };
     let Ok(request) = serde_json::from_slice::<Value>(&request) else {
-        refuse(
-            &mut stream,
-            "not a request (one JSON object per line)",
-            &[],
-        );
+        refuse(&mut stream, "not a request (one JSON object per line)", &[]);
         return;
     };
     let version = request.get("llmlb_handover").and_then(Value::as_u64);
@@ -706,7 +705,16 @@ enum Attempt {
     /// now: look again until the deadline (`why`, a phrase after "it";
     /// `holder`, the PID asked).
     Retry { holder: u32, why: String },
+    /// The holder has no control socket (nothing there, or nobody
+    /// listening): final once that has held for [`NO_SOCKET_GRACE`].
+    NoSocket(Box<crate::lock::LockInfo>),
 }
+
+/// How long a verified holder must be seen without a control socket before
+/// it counts as offering none: a holder remakes a removed socket file
+/// within one accept-loop look, and a successor that gave up puts its
+/// predecessor's back at once.
+const NO_SOCKET_GRACE: Duration = Duration::from_millis(3 * ACCEPT_POLL_MS as u64);
 
 pub(super) fn request(
     dir: &LockDir,
@@ -714,9 +722,21 @@ pub(super) fn request(
     timeout: Duration,
 ) -> Result<Requested, HandoverError> {
     let deadline = Instant::now() + timeout;
+    let mut no_socket_since = None;
     loop {
         match attempt(dir, port, timeout, deadline)? {
             Attempt::Done(requested) => return Ok(requested),
+            Attempt::NoSocket(info) => {
+                let since = *no_socket_since.get_or_insert_with(Instant::now);
+                let now = Instant::now();
+                if now >= deadline || now.duration_since(since) >= NO_SOCKET_GRACE {
+                    return Ok(Requested::NotOffered {
+                        holder: Some(info),
+                        why: "has no control socket (an older llmlb, a launcher, or a command run without a passed socket)".to_owned(),
+                    });
+                }
+                std::thread::sleep(RETRY);
+            }
             Attempt::Retry { holder, why } => {
                 if Instant::now() >= deadline {
                     return Err(HandoverError::Unanswered {
@@ -780,15 +800,13 @@ fn attempt(
         Err(_) if info.serve_state() == ServeState::Starting && Instant::now() < deadline => {
             return retry("is starting and offers no handover yet")
         }
-        Err(e) if matches!(
-            e.kind(),
-            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-        ) || info.serve_state() == ServeState::Starting =>
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) || info.serve_state() == ServeState::Starting =>
         {
-            return not_offered(
-                Some(info),
-                "has no control socket (an older llmlb, a launcher, or a command run without a passed socket)".to_owned(),
-            )
+            return Ok(Attempt::NoSocket(info))
         }
         Err(e) => return retry(&format!("cannot be reached on its control socket ({e})")),
     };
@@ -838,10 +856,7 @@ fn attempt(
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || reader.buf.len() > MAX_LINE {
-            return retry(&format!(
-                "did not answer within {}s",
-                timeout.as_secs_f64()
-            ));
+            return retry(&format!("did not answer within {}s", timeout.as_secs_f64()));
         }
         stream.set_read_timeout(Some(left)).map_err(io_err)?;
         let mut chunk = [0u8; 1024];
@@ -864,10 +879,7 @@ fn attempt(
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                return retry(&format!(
-                    "did not answer within {}s",
-                    timeout.as_secs_f64()
-                ))
+                return retry(&format!("did not answer within {}s", timeout.as_secs_f64()))
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(io_err(e)),
