@@ -1242,45 +1242,46 @@ fn a_predecessor_stopped_mid_handover_leaves_the_record_to_its_successor() {
 }
 
 /// Two replaces in quick succession (A → B → C) while A still drains: B,
-/// which has handed the port to C, never writes its bookkeeping (`draining`
-/// cleared once A exits) over C's record.
+/// which has handed the port to C (still starting), never writes its
+/// bookkeeping (`draining` cleared once A exits) over C's record.
 #[test]
 fn a_middle_server_never_writes_over_the_last_ones_record() {
     let env = Env::new();
     let port = free_port();
     let p = port.to_string();
-    let replace = ["serve", "--replace", "-p", &p, "--host", "127.0.0.1"];
     let mut a = env.serve(port);
     wait_ctl_owner(&env, port, a.pid());
     // A connection A accepted and that sends its request only when the test
     // says: A drains until then.
     let held_by_a = SlowRequest::connect(port, "/health");
     held_by_a.wait_accepted_by(a.pid());
-    let mut b = env.spawn(&replace);
+    let mut b = env.spawn(&["serve", "--replace", "-p", &p, "--host", "127.0.0.1"]);
     wait_record(&env, port, "B, with A draining", &[&a, &b], |r| {
         r.pid == b.pid() && r.draining == [a.pid()]
     });
     wait_ctl_owner(&env, port, b.pid());
-    wait_until("A to stop accepting", || listener_fds(a.pid(), port) == 0);
-    let held_by_b = SlowRequest::connect(port, "/health");
-    held_by_b.wait_accepted_by(b.pid());
-    let mut c = env.spawn(&replace);
-    wait_record(&env, port, "C, with B draining", &[&b, &c], |r| {
-        r.pid == c.pid() && r.draining == [b.pid()]
+    let trigger = env.locks.parent().unwrap().join("ready-trigger");
+    let mut c = spawn_successor_ready_on(&env, port, &trigger, &[]);
+    wait_record(&env, port, "C, starting", &[&b, &c], |r| {
+        r.pid == c.pid() && r.state == Some(ServeState::Starting)
     });
-    // A exits now: B (alive, draining) learns it, and must leave C's record.
+    // A exits now: B (serving until C is ready) learns it, and must leave
+    // C's record alone.
     let (code, _) = held_by_a.finish().expect("A answers its request");
     assert_eq!(code, 200);
     assert_exit(&mut a, 0, "A");
-    record_stays(&env, port, Duration::from_millis(500), |r| r.pid == c.pid());
-    let (code, _) = held_by_b.finish().expect("B answers its request");
-    assert_eq!(code, 200);
+    record_stays(&env, port, Duration::from_millis(500), |r| {
+        r.pid == c.pid() && r.state == Some(ServeState::Starting)
+    });
+    std::fs::write(&trigger, b"").unwrap();
     assert_exit(&mut b, 0, "B");
     let info = wait_record(&env, port, "C alone", &[&c], |r| {
         r.pid == c.pid() && r.draining.is_empty()
     });
     assert_eq!(info.state, Some(ServeState::Ready));
-    stop_cleanly(&env, port, &mut c);
+    let out = env.run(&["stop", "-p", &p]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    c.wait();
 }
 
 /// With the same `--pidfile` for old and new (a unit's `PIDFile=`), a
@@ -1475,10 +1476,7 @@ fn a_holder_out_of_descriptors_is_never_stopped_by_a_replace() {
         )),
         "{stderr}"
     );
-    assert!(
-        !out.stdout.contains("Stopping"),
-        "{out:?}"
-    );
+    assert!(!out.stdout.contains("Stopping"), "{out:?}");
     assert!(old.try_wait().is_none(), "the holder was not stopped");
     drop(clients);
     let mut new = env.spawn(&["serve", "--replace", "-p", &p, "--host", "127.0.0.1"]);
