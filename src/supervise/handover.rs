@@ -18,12 +18,23 @@
 //!    holder's, and receives the lock's descriptor and the listening
 //!    sockets. It checks the descriptor (the inode the path names, holding
 //!    the lock) and rewrites the record to name itself, `starting`.
-//! 3. Once it serves (ready), the successor tells the holder to
-//!    [drain](Predecessor::drain). The holder lets go of its record (it
-//!    never writes it again), removes its control socket, stops accepting,
-//!    finishes what it accepted, closes its descriptors without unlinking
-//!    anything, and exits. The successor records it as `draining` until it
-//!    has exited (the connection's end tells).
+//! 3. Once it serves (ready), the successor [publishes](Offer::publish) its
+//!    own offer (bound since it received the port, answering `busy`) over
+//!    the holder's control socket, then tells the holder to
+//!    [drain](Predecessor::drain): the control path never names nothing.
+//!    The holder lets go of its record (it never writes it again), stops
+//!    accepting, finishes what it accepted, closes its descriptors without
+//!    unlinking anything, and exits. The successor [opens](Offer::open)
+//!    its offer and records the holder as `draining` until it has exited
+//!    (the connection's end tells).
+//!
+//! From the moment the holder sends its lock's descriptor until the
+//! successor gives it back, the holder writes nothing to the record and
+//! removes nothing (`PortGuard::set_handed_on`): only the process the
+//! record names writes it. A requester meets a holder that cannot answer at
+//! once (over its peer limit, out of descriptors, mid-handover) with
+//! patience, and never takes it for one without an offer:
+//! [`HandoverError::Unanswered`], never [`Requested::NotOffered`].
 //!
 //! If the successor goes away before step 3 (it died, gave up, was
 //! interrupted), the holder sees the connection end, writes its own record
