@@ -1515,3 +1515,30 @@ fn a_removed_control_socket_is_made_again_and_a_replace_still_hands_over() {
     wait_ctl_owner(&env, port, new.pid());
     stop_cleanly(&env, port, &mut new);
 }
+
+/// A server stopped right as it takes over (its offer being made while the
+/// stop withdraws it) never leaves a copy of its listening socket open past
+/// its release: each time, the next plain `serve` binds the port at once.
+#[test]
+fn a_stop_racing_a_takeover_leaves_the_port_bindable() {
+    let env = Env::new();
+    let port = free_port();
+    let p = port.to_string();
+    for round in 0..5 {
+        let mut old = env.serve(port);
+        wait_ctl_owner(&env, port, old.pid());
+        let mut new = env.spawn(&["serve", "--replace", "-p", &p, "--host", "127.0.0.1"]);
+        wait_record(&env, port, "the new server ready", &[&old, &new], |r| {
+            r.pid == new.pid() && r.state == Some(ServeState::Ready)
+        });
+        let out = env.run(&["stop", "-p", &p]);
+        assert_eq!(out.code(), Some(0), "round {round}: {out:?}");
+        new.wait();
+        old.wait();
+        let mut next = env.spawn(&["serve", "-p", &p, "--host", "127.0.0.1"]);
+        next.wait_health(port);
+        let out = env.run(&["stop", "-p", &p]);
+        assert_eq!(out.code(), Some(0), "round {round}: {out:?}");
+        assert_exit(&mut next, 0, "the plain server");
+    }
+}

@@ -314,7 +314,11 @@ pub(crate) async fn run(
     match status {
         Some(Ok(status)) => {
             let code = exec::exit_code(status);
-            tracing::info!("{shown} exited ({status}); releasing port {port}");
+            if drained {
+                tracing::info!("{shown} exited ({status}); port {port} is its successor's");
+            } else {
+                tracing::info!("{shown} exited ({status}); releasing port {port}");
+            }
             if lost {
                 super::EXIT_FAILURE
             } else if drained {

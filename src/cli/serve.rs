@@ -673,16 +673,23 @@ async fn serve_http_on(
         why = lost.recv() => fail(why),
     };
     let _ = stop_tx.send(());
-    tokio::select! {
-        _ = &mut server => {}
+    let cut = tokio::select! {
+        _ = &mut server => false,
         _ = tokio::time::sleep(DRAIN_DEADLINE) => {
             tracing::warn!("in-flight requests did not finish within {}s; closing them", DRAIN_DEADLINE.as_secs());
-            server.abort();
+            true
         }
         sig = signals.recv() => {
             tracing::warn!("received {} again; closing connections now", signals::name(sig));
-            server.abort();
+            true
         }
+    };
+    if cut {
+        // Wait for the cancelled task to be dropped (its listener with
+        // it): the release that follows must find no copy of our listening
+        // socket open, or the next server could not bind the port.
+        server.abort();
+        let _ = (&mut server).await;
     }
     code
 }
