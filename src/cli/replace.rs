@@ -330,19 +330,21 @@ impl Handovers {
     /// record back. Returns the predecessor's PID if there was one; the lock
     /// is then no longer ours to announce or release.
     pub(crate) fn abort(&self) -> Option<u32> {
-        let predecessor = {
-            let mut state = lock_pending(&self.state);
-            let predecessor = state.pending.take()?;
-            state.withdrawn = true;
-            state.offer = None;
-            state.sockets.clear();
-            predecessor
+        // The connection closes at the end of this block, last.
+        let pid = {
+            let predecessor = {
+                let mut state = lock_pending(&self.state);
+                let predecessor = state.pending.take()?;
+                state.withdrawn = true;
+                state.offer = None;
+                state.sockets.clear();
+                predecessor
+            };
+            if let Some(guard) = self.lock.take() {
+                guard.abandon();
+            }
+            predecessor.pid()
         };
-        if let Some(guard) = self.lock.take() {
-            guard.abandon();
-        }
-        let pid = predecessor.pid();
-        drop(predecessor);
         tracing::warn!("gave port {} back to PID {pid}, which serves on", self.port);
         Some(pid)
     }
