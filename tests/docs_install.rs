@@ -68,7 +68,10 @@ fn every_documented_cargo_install_is_locked() {
             }
         }
     }
-    assert!(installs >= 3, "the README's and c-api.md's installs: found {installs}");
+    assert!(
+        installs >= 3,
+        "the README's and c-api.md's installs: found {installs}"
+    );
     let pyproject = std::fs::read_to_string(repo().join("ffi/python/pyproject.toml")).unwrap();
     assert!(
         pyproject.contains("cargo_manifest_args = [\"--locked\"]"),
@@ -145,6 +148,32 @@ fn documented_shell_steps_find_cargos_output_through_cargo_target_dir() {
                 !plain.contains("target/"),
                 "{page}: `{cmd}` names target/ where CARGO_TARGET_DIR may have put cargo's output; \
                  write \"${{CARGO_TARGET_DIR:-target}}/…\""
+            );
+        }
+    }
+}
+
+/// Every paragraph of prose in the docs ends as a sentence or a lead-in
+/// does (docs/cli.md's Windows section once stopped at "C and").
+#[test]
+fn no_paragraph_of_the_docs_stops_mid_sentence() {
+    for (page, text) in pages() {
+        // Code blocks out: their lines end as code does.
+        let mut prose = String::new();
+        for (i, part) in text.split("```").enumerate() {
+            if i % 2 == 0 {
+                prose.push_str(part);
+            }
+        }
+        for paragraph in prose.split("\n\n").map(str::trim) {
+            if paragraph.is_empty() || paragraph.starts_with(['#', '|', '<']) {
+                continue;
+            }
+            let last = paragraph.lines().last().unwrap_or_default().trim_end();
+            assert!(
+                last.ends_with(['.', ':', ')', '`', '!', '?', '|']),
+                "{page}: a paragraph stops mid-sentence: …{}",
+                &last[last.len().saturating_sub(80)..]
             );
         }
     }

@@ -231,16 +231,20 @@ impl Row {
         if let Err(e) = &self.state {
             obj["error"] = Value::String(e.to_string());
         }
-        // Only when looked up: a listing without --check says nothing about
-        // listeners, rather than a `null` that would read "nobody".
-        match &self.listener {
-            None => {}
-            Some(Ok(seen)) => obj["listener"] = seen.as_ref().map_or(Value::Null, Seen::json),
-            Some(Err(e)) => {
-                obj["listener"] = Value::Null;
-                obj["listener_error"] = Value::String(e.clone());
-            }
-        }
+        // The listener keys are in every entry, so a script never meets a
+        // missing one: `listener` is null when nothing listens and also when
+        // nobody looked (a listing without --check), which
+        // `listener_checked` tells apart (an absent key, as before, reads as
+        // null in most JSON tools: "nobody listens", which was not known).
+        obj["listener_checked"] = Value::Bool(self.listener.is_some());
+        obj["listener"] = match &self.listener {
+            Some(Ok(Some(seen))) => seen.json(),
+            _ => Value::Null,
+        };
+        obj["listener_error"] = match &self.listener {
+            Some(Err(e)) => Value::String(e.clone()),
+            _ => Value::Null,
+        };
         obj
     }
 }
