@@ -239,7 +239,9 @@ fn wait_help_has_the_sections_of_the_other_commands() {
 }
 
 /// docs/cli.md's synopsis line of each command names every option its
-/// `--help` lists (by its short or its long form).
+/// `--help` lists (by its short or its long form). Unix: it reads the
+/// checkout, which the Windows run under Wine does not see.
+#[cfg(unix)]
 #[test]
 fn the_guides_synopses_name_every_option() {
     let guide = std::fs::read_to_string(
@@ -276,4 +278,27 @@ fn the_guides_synopses_name_every_option() {
             assert!(named, "{command}: `{synopsis}` does not name {flags}");
         }
     }
+}
+
+/// A stale entry has no serving state: its record's "ready" was the dead
+/// holder's last word (issue 26 §9).
+#[cfg(unix)]
+#[test]
+fn a_stale_entry_shows_no_serving_state() {
+    let env = Env::new();
+    let port = free_port();
+    let mut server = env.serve(port);
+    let (_, before) = status_json(&env, Some(port));
+    assert_eq!(before[0]["serve_state"], "ready", "{before}");
+    server.kill();
+    let (code, after) = status_json(&env, Some(port));
+    assert_eq!(code, Some(1), "stale: {after}");
+    assert_eq!(after[0]["state"], "stale", "{after}");
+    assert_eq!(after[0]["serve_state"], serde_json::Value::Null, "{after}");
+    assert_eq!(
+        after[0]["serve_state_since"],
+        serde_json::Value::Null,
+        "{after}"
+    );
+    assert_eq!(after[0]["pid"], before[0]["pid"], "{after}");
 }

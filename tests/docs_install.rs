@@ -3,6 +3,10 @@
 //! steps create in the checkout are ignored by git (a build leaves nothing
 //! untracked), and the shell steps find cargo's output where
 //! `CARGO_TARGET_DIR` puts it.
+//!
+//! Unix only, like tests/docs_cli.rs: the checks read the checkout and ask
+//! git, which the Windows run under Wine has neither of.
+#![cfg(unix)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

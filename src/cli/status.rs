@@ -212,6 +212,9 @@ impl Row {
 
     fn json(&self) -> Value {
         let info = self.info();
+        // A serving state is a live holder's claim: a stale record's
+        // "ready" was its dead writer's last word, not the port's state.
+        let live = info.filter(|_| matches!(self.state, Ok(LockState::Held(_))));
         let mut obj = json!({
             "port": self.port,
             "pid": info.map(|i| i.pid),
@@ -221,8 +224,8 @@ impl Row {
             "uptime_secs": self.uptime_secs(),
             "host": info.and_then(|i| i.host.clone()),
             "child_pgid": info.and_then(|i| i.child_pgid),
-            "serve_state": info.and_then(|i| i.state).map(|s| s.name()),
-            "serve_state_since": info.and_then(|i| i.state_since).map(|t| {
+            "serve_state": live.and_then(|i| i.state).map(|s| s.name()),
+            "serve_state_since": live.and_then(|i| i.state_since).map(|t| {
                 t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             }),
             "draining": info.map(|i| i.draining.clone()).unwrap_or_default(),
