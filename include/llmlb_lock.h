@@ -480,11 +480,65 @@ enum LlmlbStatus llmlb_lock_dir_probe(const struct LlmlbLockDir *dir,
 void llmlb_lock_dir_close(struct LlmlbLockDir *dir);
 
 /**
+ * `llmlb_lock_acquire_timeout` whose lock file records `state` (one of
+ * `LLMLB_SERVE_STATE_*`, normally `STARTING`) from its first write, so no
+ * reader ever sees the new holder without a state (which reads as ready):
+ * what a launcher calls instead of an acquire followed by
+ * `llmlb_lock_set_state`, whose record is briefly stateless. `llmlb serve`
+ * takes its port the same way.
+ *
+ * `timeout_ms`: 0 tries once (as `llmlb_lock_acquire`), `UINT32_MAX` never
+ * gives up, else the milliseconds to wait for the holder to release.
+ * `state` is an `int` so that any value is checked: one that is not an
+ * `LLMLB_SERVE_STATE_*` value gives `LLMLB_STATUS_INVALID_ARGUMENT` before
+ * anything is created. Otherwise the same statuses and out parameters as
+ * `llmlb_lock_acquire_timeout`; a stale lock reclaimed is rewritten with
+ * `state` too. The state's time (`serve_state_since_unix_ms`) is the
+ * acquire's.
+ *
+ * Threads: safe to call from any thread.
+ *
+ * # Safety
+ * As `llmlb_lock_acquire`: `lock_dir` is NULL or a NUL-terminated string;
+ * `out_lock` is NULL or valid for writing a pointer; `out_other` is NULL or
+ * valid for writing an `LlmlbLockInfo`.
+ */
+enum LlmlbStatus llmlb_lock_acquire_with_state(const char *lock_dir,
+                                               uint16_t port,
+                                               uint32_t timeout_ms,
+                                               int state,
+                                               struct LlmlbLock **out_lock,
+                                               struct LlmlbLockInfo *out_other);
+
+/**
+ * `llmlb_lock_acquire_with_state` in an open lock dir (see
+ * `llmlb_lock_dir_acquire`): the same statuses, out parameters, `timeout_ms`
+ * and `state` meaning. A NULL or misaligned `dir` gives
+ * `LLMLB_STATUS_INVALID_ARGUMENT`. Other locks taken through `dir` are not
+ * affected: the state belongs to this call.
+ *
+ * Threads: safe to call from any thread, also on a handle other threads
+ * are using; the handle must not be closed while a call waits on it.
+ *
+ * # Safety
+ * `dir` is NULL or a live handle from `llmlb_lock_dir_open`; `out_lock` is
+ * NULL or valid for writing a pointer; `out_other` is NULL or valid for
+ * writing an `LlmlbLockInfo`.
+ */
+enum LlmlbStatus llmlb_lock_dir_acquire_with_state(const struct LlmlbLockDir *dir,
+                                                   uint16_t port,
+                                                   uint32_t timeout_ms,
+                                                   int state,
+                                                   struct LlmlbLock **out_lock,
+                                                   struct LlmlbLockInfo *out_other);
+
+/**
  * Records `state` (one of `LLMLB_SERVE_STATE_*`) and the time it was set
  * in the lock file of `lock`, rewritten in place under the lock, as `llmlb
- * serve` does: `STARTING` after the acquire, `READY` once the server
- * accepts connections, `STOPPING` when shutdown begins. Until the first
- * call the record has no state, which reads as ready.
+ * serve` does: `READY` once the server accepts connections, `STOPPING` when
+ * shutdown begins. A lock taken with `llmlb_lock_acquire_with_state` has its
+ * first state from the acquire; any other has no state until the first
+ * call, which reads as ready.
  *
  * `state` is an `int` so that any value a caller passes is checked: one
  * that is not an `LLMLB_SERVE_STATE_*` value, or a NULL `lock`, gives

@@ -141,11 +141,16 @@ fn stop_and_status_take_the_port_as_serve_does() {
     );
     assert!(!env.lock_file(default).exists());
 
-    // LLMLB_PORT is checked as -p is wherever it is used, and only there.
+    // LLMLB_PORT is checked as -p is wherever it is used, and only there;
+    // the error names the variable (issue 26 §9).
     for args in [&["stop"][..], &["status", "-p"], &["serve"]] {
         let out = with_port_env(args, "0").finish();
         assert_eq!(out.code(), Some(2), "{args:?}: {out:?}");
-        assert!(out.stderr.contains("0 is not in 1..=65535"), "{out:?}");
+        assert!(
+            out.stderr
+                .contains("invalid LLMLB_PORT=0: not a port (1..=65535)"),
+            "{out:?}"
+        );
     }
     let listing = with_port_env(&["status"], "0").finish();
     assert_eq!(listing.code(), Some(0), "{listing:?}");

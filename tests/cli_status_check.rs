@@ -149,7 +149,7 @@ fn a_holder_not_yet_listening_is_not_listening_and_a_squatter_beside_it_is_other
     assert_eq!(entry["serve_state"], "starting");
     assert!(entry["serve_state_since"].as_str().unwrap().ends_with('Z'));
     assert_eq!(entry["listener"], Value::Null);
-    assert!(entry.as_object().unwrap().contains_key("listener"));
+    assert_eq!(entry["listener_checked"], true);
 
     // Another program, outside the holder's tree (a child of this test
     // would be in it), takes the port the holder meant to bind.
@@ -200,17 +200,25 @@ fn an_http_serve_is_ready_and_its_own_listener() {
         serde_json::json!({"pid": pid, "name": "llmlb", "holder": true})
     );
 
-    // Without --check nothing is looked up: no column, no field.
+    // Without --check nothing is looked up: no column; in JSON the same
+    // keys, saying it was not looked up (issue 26 §9: one shape, not an
+    // absent key that reads as "nobody listens").
     let out = env.run(&["status"]);
     assert!(!out.stdout.contains("LISTENER"), "{out:?}");
     assert!(out.stdout.lines().nth(1).unwrap().contains("  Ready for "));
     let out = env.run(&["status", "--format", "json"]);
     let entry = &json_of(&out)[0];
     assert_eq!(entry["serve_state"], "ready");
-    assert!(
-        !entry.as_object().unwrap().contains_key("listener"),
-        "{entry}"
-    );
+    let keys = |e: &Value| {
+        let mut keys: Vec<String> = e.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    let checked = env.run(&["status", "--check", "--format", "json"]);
+    assert_eq!(keys(entry), keys(&json_of(&checked)[0]), "{entry}");
+    assert_eq!(entry["listener_checked"], false, "{entry}");
+    assert_eq!(entry["listener"], Value::Null, "{entry}");
+    assert_eq!(json_of(&checked)[0]["listener_checked"], true);
 }
 
 #[test]

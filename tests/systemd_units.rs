@@ -169,6 +169,74 @@ fn every_documented_unit_passes_systemd_analyze_verify() {
     assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
 }
 
+/// The units exactly as pasted, after the README's install: in a private
+/// user and mount namespace whose `/usr/local/bin` is an empty dir of ours,
+/// the README's `sudo install … /usr/local/bin/llmlb` line (run as the
+/// namespace's root, without `sudo`; `command -v llmlb` finds the built
+/// binary) puts llmlb where the units run it, and `systemd-analyze verify`
+/// passes on the documented text, unchanged.
+#[test]
+fn the_documented_units_verify_as_pasted_after_the_readmes_install() {
+    if !tool("systemd-analyze") {
+        return;
+    }
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let install = readme
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("sudo install ")
+                .filter(|l| l.ends_with(" /usr/local/bin/llmlb"))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "README.md has no `sudo install … /usr/local/bin/llmlb` line for the units' path"
+            )
+        });
+    let env = Env::new();
+    let (units_dir, bin) = (env.tmp.path().join("units"), env.tmp.path().join("bin"));
+    std::fs::create_dir(&units_dir).unwrap();
+    std::fs::create_dir(&bin).unwrap();
+    let mut paths = Vec::new();
+    for (name, text) in documented_units() {
+        let path = units_dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        paths.push(path);
+    }
+    let built = Path::new(env!("CARGO_BIN_EXE_llmlb")).parent().unwrap();
+    let path_var = std::env::join_paths(std::iter::once(built.to_owned()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .unwrap();
+    let namespace = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "true"])
+        .output();
+    if !namespace.as_ref().is_ok_and(|o| o.status.success()) {
+        prereq::skip_unless_ci(
+            &format!("`unshare --user --map-root-user --mount`: {namespace:?}"),
+            "allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1)",
+            "the as-pasted unit check",
+        );
+        return;
+    }
+    let script = format!(
+        "mount --bind \"$0\" /usr/local/bin && install {install} && \
+         SYSTEMD_LOG_LEVEL=warning exec systemd-analyze verify \"$@\""
+    );
+    let out = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c", &script])
+        .arg(&bin)
+        .args(&paths)
+        .env("PATH", path_var)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "the units as pasted, after `sudo install {install}`: {stderr}"
+    );
+}
+
 #[test]
 fn the_notify_unit_reports_ready_once_its_app_listens_and_beats_the_watchdog() {
     if !tool("python3") {

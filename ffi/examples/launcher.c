@@ -16,9 +16,9 @@
  * exit 2.
  *
  * Readiness, as `llmlb serve --ready`: the lock record says `starting` from
- * the acquire, `ready` once CMD is ready, `stopping` once stopping begins
- * (a signal, a stop request, or CMD's exit). --ready picks when CMD is
- * ready:
+ * the acquire's first write, `ready` once CMD is ready, `stopping` once
+ * stopping begins (a signal, a stop request, or CMD's exit). --ready picks
+ * when CMD is ready:
  *   listen (the default)  something listens on PORT (llmlb_port_listener,
  *                         checked 1 ms, 2 ms, ... up to every 50 ms). On
  *                         Linux the listener must be CMD or a descendant
@@ -145,12 +145,16 @@ static int parse_port(const char *text, uint16_t *port) {
 }
 
 
-/* Takes PORT's lock into *lock: 0, or the exit code after saying why not. */
+/* Takes PORT's lock into *lock: 0, or the exit code after saying why not.
+ * The record says `starting` from its first write: an acquire followed by
+ * llmlb_lock_set_state would leave a moment without a state, which
+ * `llmlb wait --for ready` reads as ready. */
 static int take_lock(uint16_t port, LlmlbLock **lock) {
   LlmlbLockInfo holder;
   LlmlbStatus status;
 
-  status = llmlb_lock_acquire(NULL, port, lock, &holder);
+  status =
+      llmlb_lock_acquire_with_state(NULL, port, 0, LLMLB_SERVE_STATE_STARTING, lock, &holder);
   if (status == LLMLB_STATUS_ALREADY_RUNNING) {
     if (holder.pid != 0)
       fprintf(stderr,
@@ -519,7 +523,6 @@ int main(int argc, char **argv) {
               strtol(listen_pid, NULL, 10) == (long)getpid();
 
   if ((code = take_lock(port, &lock)) != 0) return code;
-  set_state(lock, LLMLB_SERVE_STATE_STARTING, "starting");
   if (policy == READY_NOTIFY && open_notify() != 0) {
     close_notify();
     llmlb_lock_release(lock);
@@ -757,7 +760,6 @@ int main(int argc, char **argv) {
   /* Before the lock, so a Ctrl-C during start-up is not lost. */
   SetConsoleCtrlHandler(on_console_event, TRUE);
   if ((code = take_lock(port, &lock)) != 0) return code;
-  set_state(lock, LLMLB_SERVE_STATE_STARTING, "starting");
 
   /* Kill-on-close: the handle is not inheritable, so CMD dies with us. */
   memset(&limits, 0, sizeof limits);

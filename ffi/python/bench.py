@@ -21,8 +21,9 @@ rounds' own ratios, each between two timings of one round):
   with ready-made arguments, no wrapper: the floor for any ctypes binding),
   ``py_path`` (``PortLock(port, "/dir")``), ``py_dir``
   (``PortLock(port, LockDir(...))``: the dir opened once), and ``filelock``
-  (``FileLock(path)``, version 4.2.12 from PyPI: installed into a venv under
-  ``target/`` when it is not importable; printed as SKIPPED when that fails).
+  (``FileLock(path)``, version 4.2.12 from PyPI: installed into a venv in
+  cargo's target dir (``CARGO_TARGET_DIR`` if set, else ``target/``) when it
+  is not importable; printed as SKIPPED when that fails).
 
 Targets (issue 12): py_dir <= 1.2x c_abi_dir, filelock >= 3x py_dir, and
 c_abi_dir <= 2.0x floor_unlink.
@@ -50,7 +51,12 @@ import llmlb_lock  # noqa: E402
 
 PORT = 8000
 FILELOCK_VERSION = "4.2.12"
-VENV = REPO / "target" / "bench-venv"
+# Like cargo: a relative CARGO_TARGET_DIR is taken from the current directory.
+VENV = (
+    Path(os.environ["CARGO_TARGET_DIR"]).resolve()
+    if os.environ.get("CARGO_TARGET_DIR")
+    else REPO / "target"
+) / "bench-venv"
 REEXEC_GUARD = "LLMLB_BENCH_IN_VENV"
 
 

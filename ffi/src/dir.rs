@@ -6,7 +6,7 @@
 //! checking the dir once, not per call, and every call goes to the directory
 //! that was checked rather than to whatever the path names by then.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_int};
 use std::ops::Deref;
 use std::ptr;
 
@@ -110,11 +110,13 @@ pub(crate) unsafe fn acquire(
     out_other: *mut LlmlbLockInfo,
 ) -> LlmlbStatus {
     // SAFETY: the caller's contract above.
-    unsafe { acquire_waiting(name, dir, port, Duration::ZERO, out_lock, out_other) }
+    unsafe { acquire_waiting(name, dir, port, Duration::ZERO, None, out_lock, out_other) }
 }
 
 /// [`acquire`] waiting up to `wait` for a holder to release (the
-/// `*_acquire_timeout` functions; `Duration::ZERO` tries once).
+/// `*_acquire_timeout` functions; `Duration::ZERO` tries once), its record
+/// carrying `state` (a C `LLMLB_SERVE_STATE_*` value, checked here) from the
+/// first write when there is one.
 ///
 /// # Safety
 /// As [`acquire`].
@@ -123,6 +125,7 @@ pub(crate) unsafe fn acquire_waiting(
     dir: DirArg,
     port: u16,
     wait: Duration,
+    state: Option<c_int>,
     out_lock: *mut *mut LlmlbLock,
     out_other: *mut LlmlbLockInfo,
 ) -> LlmlbStatus {
@@ -143,9 +146,20 @@ pub(crate) unsafe fn acquire_waiting(
         let (mut other, mut lock) = (other?, lock?);
 
         let port = check_port(port)?;
+        let state = state.map(crate::serve::serve_state_arg).transpose()?;
         // SAFETY: the caller's contract above.
         let dir = unsafe { dir.for_acquire() }?;
-        match acquire_timeout(&dir, port, wait) {
+        // Announcing on a clone: a shared dir handle stays as it was opened
+        // (the clone shares its descriptor).
+        let announcing;
+        let dir: &LockDir = match state {
+            Some(state) => {
+                announcing = LockDir::clone(&dir).announcing(state);
+                &announcing
+            }
+            None => &dir,
+        };
+        match acquire_timeout(dir, port, wait) {
             Ok(guard) => {
                 if let Some(other) = other.as_mut() {
                     other.write(info_or_zero(guard.reclaimed_from()));

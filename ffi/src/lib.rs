@@ -78,7 +78,10 @@ pub use dir::{
     llmlb_lock_dir_acquire, llmlb_lock_dir_close, llmlb_lock_dir_open, llmlb_lock_dir_probe,
     LlmlbLockDir,
 };
-pub use serve::{llmlb_lock_set_state, llmlb_port_listener, LlmlbServeState};
+pub use serve::{
+    llmlb_lock_acquire_with_state, llmlb_lock_dir_acquire_with_state, llmlb_lock_set_state,
+    llmlb_port_listener, LlmlbServeState,
+};
 pub use stop::{llmlb_lock_wait_stop, LLMLB_WAIT_FOREVER};
 pub use wait::{llmlb_lock_acquire_timeout, llmlb_lock_dir_acquire_timeout};
 

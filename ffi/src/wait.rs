@@ -11,7 +11,7 @@ use crate::{LlmlbLock, LlmlbLockDir, LlmlbLockInfo, LlmlbStatus};
 /// constant of ours is needed).
 const WAIT_FOREVER: u32 = u32::MAX;
 
-fn wait_for(timeout_ms: u32) -> Duration {
+pub(crate) fn wait_for(timeout_ms: u32) -> Duration {
     if timeout_ms == WAIT_FOREVER {
         Duration::MAX
     } else {
@@ -56,6 +56,7 @@ pub unsafe extern "C" fn llmlb_lock_acquire_timeout(
             DirArg::Path(lock_dir),
             port,
             wait_for(timeout_ms),
+            None,
             out_lock,
             out_other,
         )
@@ -89,6 +90,7 @@ pub unsafe extern "C" fn llmlb_lock_dir_acquire_timeout(
             DirArg::Handle(dir),
             port,
             wait_for(timeout_ms),
+            None,
             out_lock,
             out_other,
         )

@@ -226,6 +226,81 @@ static void test_serve_state(void) {
   CHECK_STATUS(llmlb_lock_release(lock), LLMLB_STATUS_OK);
 }
 
+static uint32_t take_and_exit_in_child(const char *dir, uint16_t port);
+
+/* llmlb_lock_acquire_with_state: the record has the state from the acquire
+ * (a clean one and a reclaim), the dir handle twin announces only for its own
+ * call, a value that is not a state is refused before anything is created. */
+static void test_acquire_with_state(void) {
+  char dir[512], path[600];
+  LlmlbLock *lock = NOT_NULL_LOCK, *plain = NOT_NULL_LOCK, *bad = NOT_NULL_LOCK;
+  LlmlbLockDir *d = NULL;
+  LlmlbLockInfo info, other;
+  LlmlbLockState state = LLMLB_STATE_FREE;
+  uint32_t child;
+  make_dir_path(dir, sizeof dir, "with-state");
+  lock_file(dir, 8018, path, sizeof path);
+
+  garbage(&other);
+  CHECK_STATUS(llmlb_lock_acquire_with_state(dir, 8018, 5, 3, &lock, &other),
+               LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(lock == NULL && is_zero(&other));
+  CHECK(strstr(llmlb_last_error(), "state 3") != NULL);
+  CHECK(!exists(dir)); /* refused before anything is created */
+
+  garbage(&other);
+  CHECK_STATUS(
+      llmlb_lock_acquire_with_state(dir, 8018, 0, LLMLB_SERVE_STATE_STARTING, &lock, &other),
+      LLMLB_STATUS_OK);
+  CHECK(lock != NULL && is_zero(&other));
+  garbage(&info);
+  CHECK_STATUS(llmlb_lock_probe(dir, 8018, &state, &info), LLMLB_STATUS_OK);
+  CHECK(state == LLMLB_STATE_HELD && info.pid == (uint32_t)getpid());
+  CHECK(info.serve_state == LLMLB_SERVE_STATE_STARTING);
+  CHECK(info.serve_state_since_unix_ms >= info.started_at_unix_ms);
+
+  /* Held: the same refusal as llmlb_lock_acquire_timeout. */
+  garbage(&other);
+  CHECK_STATUS(
+      llmlb_lock_acquire_with_state(dir, 8018, 20, LLMLB_SERVE_STATE_STARTING, &plain, &other),
+      LLMLB_STATUS_ALREADY_RUNNING);
+  CHECK(plain == NULL && other.pid == (uint32_t)getpid() &&
+        other.serve_state == LLMLB_SERVE_STATE_STARTING);
+  CHECK_STATUS(llmlb_lock_set_state(lock, LLMLB_SERVE_STATE_READY), LLMLB_STATUS_OK);
+  CHECK_STATUS(llmlb_lock_release(lock), LLMLB_STATUS_OK);
+  CHECK(!exists(path));
+
+  /* A stale lock reclaimed through a dir handle is rewritten with the state;
+   * a plain acquire through the same handle afterwards records none. */
+  child = take_and_exit_in_child(dir, 8018);
+  CHECK_STATUS(llmlb_lock_dir_open(dir, &d), LLMLB_STATUS_OK);
+  garbage(&other);
+  CHECK_STATUS(
+      llmlb_lock_dir_acquire_with_state(d, 8018, 0, LLMLB_SERVE_STATE_STARTING, &lock, &other),
+      LLMLB_STATUS_OK);
+  CHECK(other.pid == child && other.port == 8018);
+  garbage(&info);
+  CHECK_STATUS(llmlb_lock_info(lock, &info), LLMLB_STATUS_OK);
+  CHECK(info.pid == (uint32_t)getpid() && info.serve_state == LLMLB_SERVE_STATE_STARTING);
+  CHECK_STATUS(llmlb_lock_dir_acquire(d, 8019, &plain, NULL), LLMLB_STATUS_OK);
+  garbage(&info);
+  CHECK_STATUS(llmlb_lock_info(plain, &info), LLMLB_STATUS_OK);
+  CHECK(info.serve_state == LLMLB_SERVE_STATE_READY && info.serve_state_since_unix_ms == 0);
+  CHECK_STATUS(llmlb_lock_dir_acquire_with_state(d, 8020, 0, -1, &bad, NULL),
+               LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(bad == NULL);
+  bad = NOT_NULL_LOCK;
+  CHECK_STATUS(llmlb_lock_dir_acquire_with_state(NULL, 8020, 0, 1, &bad, NULL),
+               LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(bad == NULL);
+  CHECK_STATUS(llmlb_lock_release(plain), LLMLB_STATUS_OK);
+  llmlb_lock_dir_close(d); /* the lock outlives its dir handle */
+  CHECK_STATUS(llmlb_lock_probe(dir, 8018, &state, &info), LLMLB_STATUS_OK);
+  CHECK(state == LLMLB_STATE_HELD && info.serve_state == LLMLB_SERVE_STATE_STARTING);
+  CHECK_STATUS(llmlb_lock_release(lock), LLMLB_STATUS_OK);
+  CHECK(!exists(path));
+}
+
 #ifndef _WIN32
 /* llmlb_port_listener on a real socket of this process: found with our PID
  * on Linux (0 on macOS, where only a connect probe answers), gone once closed. Not on
@@ -1149,6 +1224,7 @@ int main(int argc, char **argv) {
   test_acquire_info_probe_release();
   test_null_and_invalid_arguments();
   test_serve_state();
+  test_acquire_with_state();
 #ifndef _WIN32
   test_port_listener();
 #endif

@@ -22,6 +22,7 @@ mod serve;
 mod signals;
 mod status;
 mod stop;
+mod usage;
 mod wait;
 
 /// Runtime failure: printed as one `Error: …` line.
@@ -41,7 +42,8 @@ macro_rules! env_and_files {
         "
 Environment:
   LLMLB_LOCK_DIR   the lock dir (absolute); --lock-dir overrides it
-  LLMLB_PORT       port of serve and stop, and of status -p without a value (default 32768)
+  LLMLB_PORT       port of serve, stop and wait, and of status -p without a value
+                   (default 32768; empty: unset)
   LLMLB_HOST       serve's --host (default 0.0.0.0)
   LLMLB_LOG_LEVEL  log level on stderr (error, warn, info, debug, trace, off; default info);
                    RUST_LOG if unset
@@ -111,6 +113,25 @@ Examples:
     };
 }
 const STATUS_AFTER: &str = status_after!();
+macro_rules! wait_after {
+    () => {
+        "Exit codes:
+  0    the state holds (one line on stdout)
+  1    the timeout passed (one line on stderr: the state last seen and who holds the
+       port), or an error
+  3    --for ready: a holder seen starting (or stopping) released the port or died
+       before it was ready, even if another holder took the port since
+  2    usage error
+  130  SIGINT (Ctrl-C); 143 SIGTERM
+
+Examples:
+  llmlb wait --port 8000 --timeout 30      # until the server on 8000 says it serves
+  llmlb wait -p 8000 --for free -t 10s     # until nothing holds port 8000
+  llmlb serve -p 8000 -- ./server & llmlb wait -p 8000 && curl localhost:8000
+"
+    };
+}
+const WAIT_AFTER: &str = wait_after!();
 
 /// Per-port single-instance server lock: start a server (or any command) only
 /// if no other holds its port; stop and list them safely.
@@ -164,13 +185,7 @@ enum Command {
     /// Takes nothing and creates nothing; may be started before `serve`
     /// (a missing lock dir is a port nothing holds yet). Prints one line on
     /// stdout when the state holds (`Port 8000 is ready (PID 1234)`).
-    ///
-    /// Exit codes: 0 the state holds; 1 the timeout passed (one line on
-    /// stderr: the state last seen and who holds the port) or an error;
-    /// 3 with --for ready, a holder seen starting (or stopping) released
-    /// the port or died before it was ready, even if another holder took
-    /// the port since; 2 usage error; 130 on SIGINT (Ctrl-C), 143 on
-    /// SIGTERM.
+    #[command(after_help = WAIT_AFTER, after_long_help = concat!(wait_after!(), env_and_files!()))]
     Wait(WaitArgs),
     /// Print shell completions to stdout.
     Completions {
@@ -184,7 +199,8 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
     /// Port to lock (and listen on).
-    #[arg(short, long, env = PORT_ENV, default_value_t = DEFAULT_PORT, value_parser = port_parser())]
+    #[arg(short, long, env = PORT_ENV, default_value_t = DEFAULT_PORT, value_parser = port_parser(),
+          allow_negative_numbers = true)]
     port: u16,
     /// Address to listen on (exec mode: passed as LLMLB_HOST, bound only with
     /// --pass-socket; ignored under socket activation).
@@ -193,7 +209,7 @@ struct ServeArgs {
     /// If the port is held, wait up to SECS seconds (decimals allowed) for it
     /// to be released instead of failing; 0 fails at once.
     #[arg(short, long, value_name = "SECS", default_value = "0", value_parser = parse_secs,
-          allow_negative_numbers = true)]
+          allow_hyphen_values = true)]
     wait: Duration,
     /// If the port is held by a verified `llmlb serve` that offers a
     /// handover, take over its lock and listening socket without refusing a
@@ -205,7 +221,7 @@ struct ServeArgs {
     /// With --replace: seconds (decimals allowed) the holder has to answer
     /// the handover, or, offering none, to stop.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs,
-          requires = "replace", allow_negative_numbers = true)]
+          requires = "replace", allow_hyphen_values = true)]
     replace_timeout: Duration,
     /// Exec mode: after taking the lock, bind --host:--port and pass the
     /// listening socket to COMMAND as descriptor 3 with LISTEN_FDS=1,
@@ -273,24 +289,34 @@ impl ServeArgs {
     }
 }
 
-/// Every port option and `LLMLB_PORT`: 1..=65535.
+/// Every port option and `LLMLB_PORT`: 1..=65535. The options allow a
+/// leading `-`, so `-p -1` reaches this parser ("-1 is not in 1..=65535")
+/// instead of clap's tip to write `-- -1`, which would make it COMMAND.
 fn port_parser() -> RangedI64ValueParser<u16> {
     clap::value_parser!(u16).range(1..)
 }
 
-/// Every `SECS` option (`serve --wait`, `stop --timeout`), one parser so they
-/// take the same forms: decimal seconds, 0 or more (`5`, `0.5`, `1.5`);
-/// absurdly large means no limit. Anything else, a negative number included
-/// (the options allow a leading `-`, so it reaches this parser instead of
-/// clap's "use `-- -1`" tip), is one usage error naming the value.
+/// Every `SECS` option (`serve --wait`, `--replace-timeout`, `stop
+/// --timeout`, `wait --timeout`), one parser so they take the same forms:
+/// decimal seconds, 0 or more (`5`, `0.5`, `1.5`), optionally with a unit,
+/// as `timeout(1)` and systemd take them (`10s`, `500ms`, `2m`); absurdly
+/// large means no limit. Anything else, a negative number included (the
+/// options take values with a leading `-`, so `-1` and `-1s` reach this
+/// parser instead of clap's "use `-- -1`" tip), is one usage error naming
+/// the value.
 fn parse_secs(text: &str) -> Result<Duration, String> {
-    let secs: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{text}` is not a number of seconds (e.g. 10 or 0.5)"))?;
+    let trimmed = text.trim();
+    let (number, unit) = [("ms", 0.001), ("s", 1.0), ("m", 60.0)]
+        .iter()
+        .find_map(|&(suffix, unit)| Some((trimmed.strip_suffix(suffix)?.trim_end(), unit)))
+        .unwrap_or((trimmed, 1.0));
+    let secs: f64 = number
+        .parse::<f64>()
+        .map_err(|_| format!("`{text}` is not a number of seconds (e.g. 10, 0.5, 500ms or 2m)"))?
+        * unit;
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!(
-            "`{text}` is not a number of seconds: give 0 or more (e.g. 10 or 0.5)"
+            "`{text}` is not a number of seconds: give 0 or more (e.g. 10, 0.5, 500ms or 2m)"
         ));
     }
     Ok(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
@@ -300,14 +326,15 @@ fn parse_secs(text: &str) -> Result<Duration, String> {
 struct StopArgs {
     /// Port whose server to stop, taken as serve takes it: so `llmlb serve`
     /// then `llmlb stop` stop the same server.
-    #[arg(short, long, env = PORT_ENV, default_value_t = DEFAULT_PORT, value_parser = port_parser())]
+    #[arg(short, long, env = PORT_ENV, default_value_t = DEFAULT_PORT, value_parser = port_parser(),
+          allow_negative_numbers = true)]
     port: u16,
     /// Seconds (decimals allowed) to wait for the lock to be released after
     /// SIGTERM. 0 does not wait (like `pg_ctl stop --no-wait`): the server is
     /// signalled and, if it still holds the port, stop prints "signalled, not
     /// yet stopped" and exits 0; with --force, 0 kills it at once.
     #[arg(short, long, value_name = "SECS", default_value = "5", value_parser = parse_secs,
-          allow_negative_numbers = true)]
+          allow_hyphen_values = true)]
     timeout: Duration,
     /// After the timeout, SIGKILL the server and its command's process group.
     #[arg(long)]
@@ -317,7 +344,8 @@ struct StopArgs {
 #[derive(Debug, clap::Args)]
 struct WaitArgs {
     /// Port to wait for, taken as serve takes it.
-    #[arg(short, long, env = PORT_ENV, default_value_t = DEFAULT_PORT, value_parser = port_parser())]
+    #[arg(short, long, env = PORT_ENV, default_value_t = DEFAULT_PORT, value_parser = port_parser(),
+          allow_negative_numbers = true)]
     port: u16,
     /// The state to wait for: ready (held by a server that says it serves),
     /// held (in any state), free (not held; a stale lock file is free).
@@ -326,7 +354,7 @@ struct WaitArgs {
     /// Give up after SECS seconds (decimals allowed); without it, wait
     /// forever.
     #[arg(short, long, value_name = "SECS", value_parser = parse_secs,
-          allow_negative_numbers = true)]
+          allow_hyphen_values = true)]
     timeout: Option<Duration>,
 }
 
@@ -354,7 +382,8 @@ struct StatusArgs {
     /// Only this port (sets the LSB exit code). `-p` without a value: the
     /// port serve takes by default ($LLMLB_PORT, else 32768). Without -p,
     /// every lock is listed whatever LLMLB_PORT says.
-    #[arg(short, long, value_name = "PORT", num_args = 0..=1, value_parser = port_parser())]
+    #[arg(short, long, value_name = "PORT", num_args = 0..=1, value_parser = port_parser(),
+          allow_negative_numbers = true)]
     port: Option<Option<u16>>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -526,10 +555,28 @@ pub(crate) fn fail(message: impl std::fmt::Display) -> i32 {
 /// Everything the command held, its lock first, is dropped by the time this
 /// returns, so the caller can `std::process::exit` with the code.
 pub fn run() -> i32 {
+    let bad_port_env = usage::take_bad_port_env();
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     // The matches too: `serve` must tell a port given from the default.
-    let matches = Cli::command().get_matches();
+    let matches = Cli::command()
+        .try_get_matches_from(std::iter::once(OsString::from("llmlb")).chain(args.iter().cloned()))
+        .unwrap_or_else(|e| usage::with_fix(e, &args).exit());
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let (Some(value), Some((name, sub))) = (&bad_port_env, matches.subcommand()) {
+        // The commands that would have taken their port from LLMLB_PORT.
+        let from_env = match &cli.command {
+            Command::Serve(_) | Command::Stop(_) | Command::Wait(_) => {
+                sub.value_source("port") == Some(ValueSource::DefaultValue)
+            }
+            Command::Status(args) => args.port == Some(None),
+            _ => false,
+        };
+        if from_env {
+            usage::bad_port_env(name, value).exit();
+        }
+    }
     init_logging();
+    usage::warn_unknown_env();
     let dir = lock_dir(cli.lock_dir);
     match cli.command {
         Command::Serve(args) => {

@@ -212,6 +212,9 @@ impl Row {
 
     fn json(&self) -> Value {
         let info = self.info();
+        // A serving state is a live holder's claim: a stale record's
+        // "ready" was its dead writer's last word, not the port's state.
+        let live = info.filter(|_| matches!(self.state, Ok(LockState::Held(_))));
         let mut obj = json!({
             "port": self.port,
             "pid": info.map(|i| i.pid),
@@ -221,8 +224,8 @@ impl Row {
             "uptime_secs": self.uptime_secs(),
             "host": info.and_then(|i| i.host.clone()),
             "child_pgid": info.and_then(|i| i.child_pgid),
-            "serve_state": info.and_then(|i| i.state).map(|s| s.name()),
-            "serve_state_since": info.and_then(|i| i.state_since).map(|t| {
+            "serve_state": live.and_then(|i| i.state).map(|s| s.name()),
+            "serve_state_since": live.and_then(|i| i.state_since).map(|t| {
                 t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             }),
             "draining": info.map(|i| i.draining.clone()).unwrap_or_default(),
@@ -231,16 +234,20 @@ impl Row {
         if let Err(e) = &self.state {
             obj["error"] = Value::String(e.to_string());
         }
-        // Only when looked up: a listing without --check says nothing about
-        // listeners, rather than a `null` that would read "nobody".
-        match &self.listener {
-            None => {}
-            Some(Ok(seen)) => obj["listener"] = seen.as_ref().map_or(Value::Null, Seen::json),
-            Some(Err(e)) => {
-                obj["listener"] = Value::Null;
-                obj["listener_error"] = Value::String(e.clone());
-            }
-        }
+        // The listener keys are in every entry, so a script never meets a
+        // missing one: `listener` is null when nothing listens and also when
+        // nobody looked (a listing without --check), which
+        // `listener_checked` tells apart (an absent key, as before, reads as
+        // null in most JSON tools: "nobody listens", which was not known).
+        obj["listener_checked"] = Value::Bool(self.listener.is_some());
+        obj["listener"] = match &self.listener {
+            Some(Ok(Some(seen))) => seen.json(),
+            _ => Value::Null,
+        };
+        obj["listener_error"] = match &self.listener {
+            Some(Err(e)) => Value::String(e.clone()),
+            _ => Value::Null,
+        };
         obj
     }
 }

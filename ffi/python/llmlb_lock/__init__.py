@@ -214,6 +214,21 @@ def _load() -> ctypes.CDLL:
             status,
             [dir_p, ctypes.c_uint16, ctypes.c_uint32, ctypes.POINTER(lock_p), info_p],
         ),
+        "llmlb_lock_acquire_with_state": (
+            status,
+            [
+                ctypes.c_char_p,
+                ctypes.c_uint16,
+                ctypes.c_uint32,
+                ctypes.c_int,
+                ctypes.POINTER(lock_p),
+                info_p,
+            ],
+        ),
+        "llmlb_lock_dir_acquire_with_state": (
+            status,
+            [dir_p, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_int, ctypes.POINTER(lock_p), info_p],
+        ),
         "llmlb_lock_set_child_pgid": (status, [lock_p, ctypes.c_uint32]),
         "llmlb_lock_set_state": (status, [lock_p, ctypes.c_int]),
         "llmlb_port_listener": (status, [ctypes.c_uint16, ctypes.POINTER(ctypes.c_uint32)]),
@@ -495,11 +510,14 @@ class LockDir:
         with self._cond:
             self._cond.notify_all()
 
-    def acquire(self, port: int, timeout: Optional[float] = None) -> "PortLock":
+    def acquire(
+        self, port: int, timeout: Optional[float] = None, state: Optional[str] = None
+    ) -> "PortLock":
         """Takes ``port``'s lock: a held :class:`PortLock` (raises
         :class:`AlreadyRunning` if another holder has it, after waiting up to
-        ``timeout`` seconds as in :meth:`PortLock.acquire`)."""
-        return PortLock(port, self, timeout=timeout).acquire()
+        ``timeout`` seconds as in :meth:`PortLock.acquire`), its record
+        carrying ``state`` from the first write as in :class:`PortLock`."""
+        return PortLock(port, self, timeout=timeout, state=state).acquire()
 
     def probe(self, port: int) -> "ProbeResult":
         """Observes ``port`` without taking it or creating anything."""
@@ -542,6 +560,12 @@ class PortLock:
     a forked child the holder. As a context manager it acquires on entry and
     releases on exit.
 
+    ``state`` (``"starting"``, ``"ready"`` or ``"stopping"``; default none):
+    the serving state the lock file records from its first write, so no
+    reader ever sees this holder without one (no state reads as ready). A
+    launcher passes ``"starting"`` rather than calling :meth:`set_state`
+    after the acquire.
+
     ``timeout`` (seconds, as py-filelock's): how long ``acquire()`` waits for
     a held port to be released before raising :class:`AlreadyRunning` with
     the holder's info. ``None`` or ``0`` tries once; a negative value waits
@@ -558,10 +582,13 @@ class PortLock:
         port: int,
         lock_dir: "Union[None, PathLike, LockDir]" = None,
         timeout: Optional[float] = None,
+        state: Optional[str] = None,
     ):
         self.port = _port_arg(port)
         self.lock_dir = lock_dir
         self.timeout = timeout
+        # Checked now: a wrong word is the caller's bug, not an acquire failure.
+        self._c_state = None if state is None else _serve_state_arg(state)
         # Whether this object holds the lock; the handle itself stays in
         # _out_handle, where acquire wrote it, until release.
         self._held = False
@@ -591,7 +618,7 @@ class PortLock:
         if self._held:
             raise LockError("port %d is already held by this PortLock" % self.port, INVALID_ARGUMENT)
         timeout = self.timeout if timeout is None else timeout
-        if timeout:
+        if timeout or self._c_state is not None:
             # Into the same out-parameters as the fast path: release() hands
             # _out_handle to the C library.
             handle, other = self._out_handle, self._out_other
@@ -653,21 +680,38 @@ class PortLock:
         # The C call cannot be interrupted, so wait in slices: between them
         # Python runs its signal handlers (Ctrl-C raises here, nothing held).
         lib = _lib()
+        # The state goes in as the first argument after the timeout; without
+        # one, the plain timed acquires (no state written).
+        state = () if self._c_state is None else (self._c_state,)
         while True:
             slice_ms = _slice_ms(deadline)
             if isinstance(self.lock_dir, LockDir):
                 directory = self.lock_dir._enter()
                 try:
-                    status = lib.llmlb_lock_dir_acquire_timeout(
-                        directory, self.port, slice_ms, ctypes.byref(handle), ctypes.byref(other)
+                    acquire = (
+                        lib.llmlb_lock_dir_acquire_with_state
+                        if state
+                        else lib.llmlb_lock_dir_acquire_timeout
+                    )
+                    status = acquire(
+                        directory,
+                        self.port,
+                        slice_ms,
+                        *state,
+                        ctypes.byref(handle),
+                        ctypes.byref(other),
                     )
                 finally:
                     self.lock_dir._leave()
             else:
-                status = lib.llmlb_lock_acquire_timeout(
+                acquire = (
+                    lib.llmlb_lock_acquire_with_state if state else lib.llmlb_lock_acquire_timeout
+                )
+                status = acquire(
                     _dir_arg(self.lock_dir),
                     self.port,
                     slice_ms,
+                    *state,
                     ctypes.byref(handle),
                     ctypes.byref(other),
                 )
@@ -718,12 +762,7 @@ class PortLock:
         after the acquire, ready once the server accepts connections,
         stopping when shutdown begins. ``llmlb status`` shows it and
         ``llmlb wait`` waits for ready. Any other word: ``ValueError``."""
-        value = _SERVE_STATE_VALUES.get(state)
-        if value is None:
-            raise ValueError(
-                "invalid serving state %r: use 'starting', 'ready' or 'stopping'" % (state,)
-            )
-        _check(_lib().llmlb_lock_set_state(self._require(), value))
+        _check(_lib().llmlb_lock_set_state(self._require(), _serve_state_arg(state)))
 
     def wait_stop(self, timeout: Optional[float]) -> bool:
         """Waits up to ``timeout`` seconds (``None``: no limit, ``0``: poll)
@@ -774,6 +813,15 @@ class PortLock:
 
     def __repr__(self):
         return "PortLock(port=%d, held=%s)" % (self.port, self.held)
+
+
+def _serve_state_arg(state: str) -> int:
+    value = _SERVE_STATE_VALUES.get(state)
+    if value is None:
+        raise ValueError(
+            "invalid serving state %r: use 'starting', 'ready' or 'stopping'" % (state,)
+        )
+    return value
 
 
 # The longest one uninterruptible C wait lasts (see PortLock._acquire_waiting).

@@ -15,7 +15,7 @@ launcher is killed, the port stays locked while any of CMD's tree lives. A
 held port prints the holder's PID and exits 1; usage errors exit 2.
 
 Readiness, as `llmlb serve --ready`: the lock record says "starting" from the
-acquire, "ready" once CMD is ready, "stopping" once stopping begins (a
+acquire's first write, "ready" once CMD is ready, "stopping" once stopping begins (a
 signal, a stop request, or CMD's exit). --ready WHEN picks when CMD is ready:
 
 - listen (the default): something listens on PORT (port_listener, checked
@@ -382,7 +382,9 @@ def main(argv) -> int:
         return 2
     port = int(text)
 
-    lock = PortLock(port)
+    # "starting" from the acquire's first write: a set_state after it would
+    # leave a moment without a state, which `llmlb wait` reads as ready.
+    lock = PortLock(port, state="starting")
     try:
         lock.acquire()
     except AlreadyRunning as e:
@@ -402,7 +404,6 @@ def main(argv) -> int:
             % (lock.reclaimed_from.pid, port),
             file=sys.stderr,
         )
-    _set_state(lock, "starting")
     notify = None
     if policy == "notify":
         try:

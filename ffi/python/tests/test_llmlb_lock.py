@@ -609,6 +609,42 @@ class ServeStateTest(LockDirTestCase):
         with self.assertRaises(LockError):
             lock.set_state("ready")
 
+    def test_acquire_with_a_state_records_it_from_the_first_write(self):
+        # The record read straight after the acquire, before any set_state:
+        # through a path, a LockDir, a timed wait, and a stale reclaim.
+        with PortLock(8243, self.dir, state="starting") as lock:
+            with open(self.file(8243)) as f:
+                self.assertEqual(json.load(f)["state"], "starting")
+            self.assertEqual(probe(8243, self.dir).state_detail, "starting")
+            with self.assertRaises(AlreadyRunning) as caught:
+                PortLock(8243, self.dir, timeout=0.05, state="starting").acquire()
+            self.assertEqual(caught.exception.holder.state, "starting")
+            lock.set_state("ready")
+        with LockDir(self.dir) as locks:
+            lock = locks.acquire(8244, state="starting")
+            self.assertEqual(lock.info.state, "starting")
+            plain = locks.acquire(8245)  # the state was that call's, not the dir's
+            self.assertEqual(plain.info.state, "ready")
+            self.assertIsNone(plain.info.state_since)
+            plain.release()
+            lock.release()
+
+        def hold_and_die():
+            held = PortLock(8246, self.dir).acquire()  # kept referenced: no __del__
+            os._exit(0 if held.held else 1)
+
+        child = fork_and_run(hold_and_die)
+        wait_ok(self, child)
+        with PortLock(8246, self.dir, state="starting") as lock:
+            self.assertEqual(lock.reclaimed_from.pid, child)
+            self.assertEqual(probe(8246, self.dir).state_detail, "starting")
+
+    def test_acquire_with_a_bad_state_is_refused_before_taking_anything(self):
+        for bad in ("running", "", 1):
+            with self.assertRaises(ValueError):
+                PortLock(8247, self.dir, state=bad)
+        self.assertFalse(os.path.exists(self.file(8247)))
+
     def test_the_record_holds_the_words_llmlb_status_reads(self):
         # The lock file's own fields, as `llmlb serve` writes them.
         with PortLock(8242, self.dir) as lock:
