@@ -94,8 +94,12 @@ impl Row {
     /// never is, and a stale record's PID may be anybody's now.
     fn look(&mut self) {
         let roots: Vec<u32> = match (&self.state, self.holder_kind()) {
+            // A draining predecessor still serves the port it handed over.
             (Ok(LockState::Held(Some(info))), Some("local" | "inherited")) => {
-                std::iter::once(info.pid).chain(info.child_pgid).collect()
+                std::iter::once(info.pid)
+                    .chain(info.child_pgid)
+                    .chain(info.draining.iter().copied())
+                    .collect()
             }
             (Ok(LockState::Held(Some(info))), Some("other_pid_namespace")) => {
                 let ns = info.identity.as_ref().and_then(|id| id.pid_ns.as_deref());
