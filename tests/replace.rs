@@ -1070,3 +1070,41 @@ fn another_user_is_refused(env: &Env, ctl: &Path) {
         .unwrap_or_else(|e| panic!("{seen}: {e}"));
     assert_refused(&reply, "permission denied: ");
 }
+
+/// `stop` during a pending replace (issue 25 §4): the record names the
+/// successor, which gives the port back when signalled, and the old server
+/// writes its record back and serves on. `stop` must stop that one too (it
+/// held the port before the stop began: not a new server) and report
+/// success only once nothing of the port's lineage serves.
+#[test]
+fn stop_during_a_pending_replace_stops_the_server_the_port_went_back_to() {
+    let env = Env::new();
+    let port = free_port();
+    let (mut old, old_py, _old_group) = start_exec_holder(&env, port);
+    let old_pid = old.pid();
+    let mut pending = start_pending_replace(&env, port, &old);
+    let pending_pid = pending.pid();
+
+    let out = env.run(&["stop", "-p", &port.to_string()]);
+    assert_exit(&mut pending, 143, "the pending replace");
+    let serving = answering_pid(port, "/");
+    assert!(
+        serving.is_err(),
+        "stop exited {:?} while PID {old_py} (the old server's command) still serves: {serving:?}; {out:?}",
+        out.code()
+    );
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(
+        out.stdout,
+        format!(
+            "Stopping server on port {port} (PID: {pending_pid})...\n\
+             The port went back to PID {old_pid}, which held it before this stop; stopping it too\n\
+             Stopping server on port {port} (PID: {old_pid})...\n\
+             Server stopped\n"
+        ),
+        "{out:?}"
+    );
+    assert_exit(&mut old, 0, "the old server");
+    assert!(!env.lock_file(port).exists(), "the lock file is left");
+    assert!(!ctl_path(&env, port).exists(), "the control socket is left");
+}

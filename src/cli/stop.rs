@@ -16,7 +16,9 @@ pub(super) fn seconds(d: Duration) -> String {
 }
 
 /// Runs `stop`; 0 when the port is no longer held by the server that was
-/// there (including "nothing was running"), and with a zero timeout also
+/// there, nor by one that held it before (a pending replace's predecessor,
+/// which the port goes back to: stopped too), including "nothing was
+/// running"; and with a zero timeout also
 /// when the server was signalled and has not stopped yet (as `pg_ctl stop
 /// --no-wait` and `systemctl stop --no-block` succeed once the request is
 /// made); 1 otherwise.
@@ -25,6 +27,12 @@ pub(crate) fn run(dir: &LockDirChoice, port: u16, timeout: Duration, force: bool
     let outcome = stop_server(&dir.path, port, &options, |event| match event {
         StopEvent::Stopping { port, info } => {
             println!("Stopping server on port {port} (PID: {})...", info.pid);
+        }
+        StopEvent::WentBack { info, .. } => {
+            println!(
+                "The port went back to PID {}, which held it before this stop; stopping it too",
+                info.pid
+            );
         }
         StopEvent::Killing {
             port,
