@@ -175,11 +175,29 @@ fn watchdog_heartbeats_last_while_the_lock_is_ours_and_stop_when_the_port_is_los
     let port = free_port();
     let p = port.to_string();
     let mut manager = Manager::new(&env);
-    let mut cmd = manager.cmd(&env, &["serve", "--port", &p, "--host", "127.0.0.1"]);
+    // Exec mode with a command that binds nothing, as the second serve's:
+    // a second serve refuses to start its command on a port somebody
+    // listens on.
+    let mut cmd = manager.cmd(
+        &env,
+        &[
+            "serve",
+            "--port",
+            &p,
+            "--ready",
+            "immediate",
+            "--",
+            "sleep",
+            "600",
+        ],
+    );
     cmd.env("WATCHDOG_USEC", "200000");
     let mut server = env.spawn_cmd(cmd);
     let pid = server.pid();
     manager.until("READY=1", &mut server);
+    let _first_group = cli_support::GroupGuard(
+        record(&env, port).and_then(|r| r["child_pgid"].as_u64().map(|g| g as u32)),
+    );
     for _ in 0..3 {
         manager.until("WATCHDOG=1", &mut server);
     }

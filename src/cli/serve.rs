@@ -23,6 +23,7 @@ use llmlb::supervise::ready::ReadyPolicy;
 use llmlb::supervise::socket_pass::{PassSocket, DEFAULT_NAME};
 use llmlb::supervise::{SharedLock, WatchEnd, WatchEvent};
 
+use super::listening::who_listens;
 use super::replace::{Handovers, TakenOver};
 use super::signals::{self, Signals};
 use super::{exec, fail, LockDirChoice};
@@ -293,6 +294,16 @@ fn socket_for_command(listen: Listen, host: &str, port: u16) -> Result<Option<Pa
         return Ok(Some(PassSocket::new(socket.into_listener(), name)));
     }
     if !listen.pass_socket {
+        // The command binds the port itself: if somebody already listens
+        // there it would only die with its own traceback, so say who it is
+        // instead of starting it. (A command that shares the port on
+        // purpose, SO_REUSEPORT, is given the socket with --pass-socket.)
+        if let Some(who) = who_listens(port) {
+            return Err(fail(format!(
+                "{}; the command was not started",
+                in_use(port, Some(who))
+            )));
+        }
         return Ok(None);
     }
     match std::net::TcpListener::bind((host, port)) {
@@ -301,15 +312,25 @@ fn socket_for_command(listen: Listen, host: &str, port: u16) -> Result<Option<Pa
     }
 }
 
-/// The one line for a failed bind, and the exit code.
+/// The one line for a failed bind, and the exit code: a port in use names
+/// who listens on it, where that can be seen.
 fn bind_failed(e: &io::Error, host: &str, port: u16) -> i32 {
     if e.kind() == io::ErrorKind::AddrInUse {
-        fail(format!("port {port} is already in use by another program"))
+        fail(in_use(port, who_listens(port)))
     } else {
         fail(format!(
             "cannot listen on {}: {e} (check --host / LLMLB_HOST)",
             host_port(host, port)
         ))
+    }
+}
+
+/// `port P is already in use by another program[: PID N (name)]`, naming
+/// `who` listens there if it is known.
+fn in_use(port: u16, who: Option<String>) -> String {
+    match who {
+        Some(who) => format!("port {port} is already in use by another program: {who}"),
+        None => format!("port {port} is already in use by another program"),
     }
 }
 
