@@ -453,3 +453,46 @@ fn pass_socket_to_a_command_that_binds_the_port_itself_says_to_serve_on_fd_3() {
     );
     assert!(!env.lock_file(port).exists());
 }
+
+/// The Python fd-3 server docs/cli.md offers for copy and paste serves
+/// under `--pass-socket` as printed, and `llmlb stop` ends it with exit 0.
+#[test]
+fn the_documented_fd_3_python_server_serves_under_pass_socket() {
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli.md"))
+        .unwrap();
+    let start = page
+        .find("```python\n# server.py")
+        .expect("docs/cli.md has the ```python block of server.py");
+    let block = &page[start + "```python\n".len()..];
+    let script = &block[..block.find("```").expect("the block ends")];
+    let env = Env::new();
+    let path = env.tmp.path().join("server.py");
+    std::fs::write(&path, script).unwrap();
+    let port = free_port();
+    let p = port.to_string();
+    let mut server = env.spawn(&[
+        "serve",
+        "-p",
+        &p,
+        "--host",
+        "127.0.0.1",
+        "--pass-socket",
+        "--",
+        "python3",
+        path.to_str().unwrap(),
+    ]);
+    let mut answer = None;
+    wait_until("the documented server to answer", || {
+        answer = http_get(port, "/");
+        answer.is_some() || server.try_wait().is_some()
+    });
+    assert_eq!(
+        answer,
+        Some((200, "hello\n".to_owned())),
+        "{}",
+        server.stderr()
+    );
+    let out = env.run(&["stop", "-p", &p]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(server.wait().code(), Some(0), "{}", server.stderr());
+}
