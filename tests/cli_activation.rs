@@ -458,8 +458,8 @@ fn pass_socket_to_a_command_that_binds_the_port_itself_says_to_serve_on_fd_3() {
 /// under `--pass-socket` as printed, and `llmlb stop` ends it with exit 0.
 #[test]
 fn the_documented_fd_3_python_server_serves_under_pass_socket() {
-    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli.md"))
-        .unwrap();
+    let page =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli.md")).unwrap();
     let start = page
         .find("```python\n# server.py")
         .expect("docs/cli.md has the ```python block of server.py");

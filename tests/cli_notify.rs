@@ -175,41 +175,33 @@ fn watchdog_heartbeats_last_while_the_lock_is_ours_and_stop_when_the_port_is_los
     let port = free_port();
     let p = port.to_string();
     let mut manager = Manager::new(&env);
-    // Exec mode with a command that binds nothing, as the second serve's:
-    // a second serve refuses to start its command on a port somebody
-    // listens on.
-    let mut cmd = manager.cmd(
-        &env,
-        &[
-            "serve",
-            "--port",
-            &p,
-            "--ready",
-            "immediate",
-            "--",
-            "sleep",
-            "600",
-        ],
-    );
+    let mut cmd = manager.cmd(&env, &["serve", "--port", &p, "--host", "127.0.0.1"]);
     cmd.env("WATCHDOG_USEC", "200000");
     let mut server = env.spawn_cmd(cmd);
     let pid = server.pid();
     manager.until("READY=1", &mut server);
-    let _first_group = cli_support::GroupGuard(
-        record(&env, port).and_then(|r| r["child_pgid"].as_u64().map(|g| g as u32)),
-    );
     for _ in 0..3 {
         manager.until("WATCHDOG=1", &mut server);
     }
 
     // Paused, it cannot restore its lock file before a second serve (exec
-    // mode: it binds nothing) takes the port (as in tests/faults.rs).
+    // mode: it binds nothing; on another address, where its check that the
+    // port is bindable finds nobody) takes the port (as in tests/faults.rs).
     signal(pid, libc::SIGSTOP);
     wait_until("llmlb to be stopped", || proc_state(pid) == Some('T'));
     manager.drain(); // heartbeats sent before the pause
     let heartbeats_before = manager.seen.len();
     std::fs::remove_file(env.lock_file(port)).unwrap();
-    let mut second_cmd = env.cmd(&["serve", "--port", &p, "--", "sleep", "600"]);
+    let mut second_cmd = env.cmd(&[
+        "serve",
+        "--port",
+        &p,
+        "--host",
+        "127.0.0.2",
+        "--",
+        "sleep",
+        "600",
+    ]);
     second_cmd.env_remove("NOTIFY_SOCKET");
     let mut second = env.spawn_cmd(second_cmd);
     let second_pid = second.pid();

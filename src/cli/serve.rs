@@ -294,15 +294,19 @@ fn socket_for_command(listen: Listen, host: &str, port: u16) -> Result<Option<Pa
         return Ok(Some(PassSocket::new(socket.into_listener(), name)));
     }
     if !listen.pass_socket {
-        // The command binds the port itself: if somebody already listens
-        // there it would only die with its own traceback, so say who it is
-        // instead of starting it. (A command that shares the port on
-        // purpose, SO_REUSEPORT, is given the socket with --pass-socket.)
-        if let Some(who) = who_listens(port) {
-            return Err(fail(format!(
-                "{}; the command was not started",
-                in_use(port, Some(who))
-            )));
+        // The command binds the port itself: if that bind cannot succeed
+        // it would only die with its own traceback, so say who is in the
+        // way instead of starting it. A bind of the address the command is
+        // given (`LLMLB_HOST`) asks the kernel its own rules: a listener on
+        // another address of the same port is no conflict. Any other bind
+        // error is the command's to meet and report.
+        if let Err(e) = std::net::TcpListener::bind((host, port)) {
+            if e.kind() == io::ErrorKind::AddrInUse {
+                return Err(fail(format!(
+                    "{}; the command was not started",
+                    in_use(port, who_listens(port))
+                )));
+            }
         }
         return Ok(None);
     }
