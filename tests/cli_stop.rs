@@ -713,3 +713,34 @@ fn which_setpriv() -> Option<std::path::PathBuf> {
         .map(|d| std::path::Path::new(d).join("setpriv"))
         .find(|p| p.exists())
 }
+
+/// A server that takes the port after the stop began (here a `serve
+/// --wait` queued for it, which takes it the instant the stopped one lets
+/// go) is a new server, not one the port went back to: `stop` reports the
+/// stop it made and leaves the new one serving.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_server_that_takes_the_port_after_the_stop_began_is_left_serving() {
+    let env = Env::new();
+    let port = free_port();
+    let p = port.to_string();
+    let mut first = env.serve(port);
+    let first_pid = first.pid();
+    let mut next = env.spawn(&["serve", "--port", &p, "--host", "127.0.0.1", "--wait", "30"]);
+    wait_until("the next serve to wait for the port", || {
+        next.stderr().contains("waiting")
+    });
+    let out = env.run(&["stop", "-p", &p]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(
+        out.stdout,
+        format!("Stopping server on port {port} (PID: {first_pid})...\nServer stopped\n")
+    );
+    assert_eq!(first.wait().code(), Some(0));
+    let health: serde_json::Value = serde_json::from_str(&next.wait_health(port)).unwrap();
+    assert_eq!(health["pid"], next.pid(), "{health}");
+    assert!(next.try_wait().is_none(), "the new server was stopped");
+    let out = env.run(&["stop", "-p", &p]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(next.wait().code(), Some(0));
+}
