@@ -342,6 +342,14 @@ fn not_verified_line(port: u16, pid: u32, check: &IdentityCheck, path: &Path) ->
 ///   removes the stale file. Without `force`, a zero timeout returns
 ///   [`StopOutcome::Requested`] for a holder still holding the lock after
 ///   the request, instead of [`StopError::Timeout`].
+/// - The holder let go, and the port is held again by a process that held it
+///   before the stop began (its `started_at` is earlier, or a record listed
+///   it as `draining`: the server a pending `serve --replace` gives the port
+///   back to when its successor is stopped): reports [`StopEvent::WentBack`]
+///   and stops that one as well, by the same rules, within the same
+///   `options.timeout` overall; if that fails, [`StopError::WentBack`]. A
+///   holder that took the port after the stop began is a new server and is
+///   left alone.
 ///
 /// Blocks the calling thread while waiting. A timeout too large to represent
 /// waits without a deadline.
