@@ -316,9 +316,11 @@ fn pass_socket_on_a_port_in_use_fails_and_releases() {
     ]);
     assert_eq!(out.code(), Some(1), "{out:?}");
     assert!(
-        out.stderr
-            .lines()
-            .any(|l| l == format!("Error: port {port} is already in use by another program")),
+        out.stderr.lines().any(|l| l
+            == format!(
+                "Error: port {port} is already in use by another program: {}",
+                this_process()
+            )),
         "{}",
         out.stderr
     );
@@ -415,4 +417,82 @@ fn pass_socket_reports_a_missing_command_as_exec_mode_does() {
         out.stderr
     );
     assert!(!env.lock_file(port).exists());
+}
+
+/// `--pass-socket` with a command written to bind its port itself: its bind
+/// fails (llmlb listens there), and llmlb's line says the command must serve
+/// on descriptor 3 instead; the command's code is the exit code.
+#[test]
+fn pass_socket_to_a_command_that_binds_the_port_itself_says_to_serve_on_fd_3() {
+    let env = Env::new();
+    let port = free_port();
+    let script =
+        format!("import socket\ns=socket.socket()\ns.bind(('127.0.0.1',{port}))\ns.listen()\n");
+    let out = env.run(&[
+        "serve",
+        "--pass-socket",
+        "-H",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "--",
+        "python3",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("Address already in use"), "{out:?}");
+    assert!(
+        out.stderr.lines().any(|l| l
+            == format!(
+                "Error: python3 exited with code 1; it was passed port {port}'s socket and must \
+                 serve on descriptor 3 (LISTEN_FDS=1), not bind the port itself (llmlb already \
+                 listens there; see docs/cli.md)"
+            )),
+        "{out:?}"
+    );
+    assert!(!env.lock_file(port).exists());
+}
+
+/// The Python fd-3 server docs/cli.md offers for copy and paste serves
+/// under `--pass-socket` as printed, and `llmlb stop` ends it with exit 0.
+#[test]
+fn the_documented_fd_3_python_server_serves_under_pass_socket() {
+    let page =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli.md")).unwrap();
+    let start = page
+        .find("```python\n# server.py")
+        .expect("docs/cli.md has the ```python block of server.py");
+    let block = &page[start + "```python\n".len()..];
+    let script = &block[..block.find("```").expect("the block ends")];
+    let env = Env::new();
+    let path = env.tmp.path().join("server.py");
+    std::fs::write(&path, script).unwrap();
+    let port = free_port();
+    let p = port.to_string();
+    let mut server = env.spawn(&[
+        "serve",
+        "-p",
+        &p,
+        "--host",
+        "127.0.0.1",
+        "--pass-socket",
+        "--",
+        "python3",
+        path.to_str().unwrap(),
+    ]);
+    let mut answer = None;
+    wait_until("the documented server to answer", || {
+        answer = http_get(port, "/");
+        answer.is_some() || server.try_wait().is_some()
+    });
+    assert_eq!(
+        answer,
+        Some((200, "hello\n".to_owned())),
+        "{}",
+        server.stderr()
+    );
+    let out = env.run(&["stop", "-p", &p]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(server.wait().code(), Some(0), "{}", server.stderr());
 }

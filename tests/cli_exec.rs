@@ -418,3 +418,37 @@ fn a_killed_llmlb_takes_its_exec_command_with_it() {
         Some(1)
     );
 }
+
+/// Exec mode without a passed socket lets COMMAND bind the port itself: if
+/// another program already listens there, the command is not started (it
+/// would only die with its own bind error), the one line names who
+/// listens, and the port's lock is released.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_command_is_not_started_on_a_port_another_program_listens_on() {
+    let env = Env::new();
+    let port = free_port();
+    let _listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let ran = env.tmp.path().join("ran");
+    let out = env.run(&[
+        "serve",
+        "-H",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "--",
+        "touch",
+        ran.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.lines().any(|l| l
+            == format!(
+                "Error: port {port} is already in use by another program: {}; the command was not started",
+                this_process()
+            )),
+        "{out:?}"
+    );
+    assert!(!ran.exists(), "the command ran");
+    assert!(!env.lock_file(port).exists());
+}

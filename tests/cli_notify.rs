@@ -185,13 +185,23 @@ fn watchdog_heartbeats_last_while_the_lock_is_ours_and_stop_when_the_port_is_los
     }
 
     // Paused, it cannot restore its lock file before a second serve (exec
-    // mode: it binds nothing) takes the port (as in tests/faults.rs).
+    // mode: it binds nothing; on another address, where its check that the
+    // port is bindable finds nobody) takes the port (as in tests/faults.rs).
     signal(pid, libc::SIGSTOP);
     wait_until("llmlb to be stopped", || proc_state(pid) == Some('T'));
     manager.drain(); // heartbeats sent before the pause
     let heartbeats_before = manager.seen.len();
     std::fs::remove_file(env.lock_file(port)).unwrap();
-    let mut second_cmd = env.cmd(&["serve", "--port", &p, "--", "sleep", "600"]);
+    let mut second_cmd = env.cmd(&[
+        "serve",
+        "--port",
+        &p,
+        "--host",
+        "127.0.0.2",
+        "--",
+        "sleep",
+        "600",
+    ]);
     second_cmd.env_remove("NOTIFY_SOCKET");
     let mut second = env.spawn_cmd(second_cmd);
     let second_pid = second.pid();

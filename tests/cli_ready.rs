@@ -110,7 +110,9 @@ fn listen_case(env: &Env, port: u16, ready_args: &[&str], host: &str) -> Proc {
         listening = file(env, "listening").to_str().unwrap(),
     );
     let port = port.to_string();
-    let mut args = vec!["serve", "-p", &port];
+    // `--host` as the command binds: exec mode checks that the command's
+    // address (`LLMLB_HOST`) and port are bindable before starting it.
+    let mut args = vec!["serve", "-p", &port, "--host", host];
     args.extend(ready_args);
     args.extend(["--", "python3", "-c", &script]);
     env.spawn(&args)

@@ -90,7 +90,9 @@ fn a_squatter_on_a_free_port_is_named_and_the_port_stays_not_running() {
     assert_eq!(
         out.stdout,
         format!(
-            "No server running on port {port}, but another program listens on it: PID {pid} ({})\n",
+            "No server in lock dir {} holds port {port}, but PID {pid} ({}) listens on it: an llmlb \
+             of another user or another lock dir? try `sudo llmlb status -p {port}` or `--lock-dir`\n",
+            env.locks.display(),
             comm(pid)
         )
     );
@@ -275,7 +277,7 @@ fn a_listeners_name_is_escaped_in_text_and_kept_in_json() {
     assert!(!out.stdout.contains('\x1b'), "{out:?}");
     assert!(
         out.stdout
-            .ends_with(&format!("PID {} (ev\\u{{1b}}[31mil)\n", squat.pid())),
+            .contains(&format!("PID {} (ev\\u{{1b}}[31mil) listens", squat.pid())),
         "{out:?}"
     );
     let out = env.run(&["status", "--port", &p, "--format", "json"]);

@@ -621,3 +621,126 @@ fn a_holder_in_another_wine_prefix_is_never_reported_exited() {
     );
     drop(guard);
 }
+
+/// The line `stop` prints for a port nobody in `env`'s lock dir holds, on
+/// which `who` listens.
+#[cfg(target_os = "linux")]
+fn served_elsewhere_line(env: &Env, port: u16, who: &str) -> String {
+    format!(
+        "Error: no server in lock dir {} holds port {port}, but {who} listens on it; nothing was \
+         signalled: an llmlb of another user or another lock dir? try `sudo llmlb status -p {port}` \
+         or `--lock-dir`\n",
+        llmlb::lock::shell_quoted(&env.locks)
+    )
+}
+
+/// A port nobody in this lock dir holds, on which a process listens (an
+/// llmlb of another lock dir or user, or any program), is not "No server
+/// running": `stop` names who listens and exits 1, signalling nothing. Once
+/// nothing listens, it is.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_port_served_but_held_by_nobody_here_names_the_listener_and_fails() {
+    let env = Env::new();
+    let port = free_port();
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let p = port.to_string();
+    // No lock dir, then an empty one: the same answer.
+    for _ in 0..2 {
+        let out = env.run(&["stop", "-p", &p]);
+        assert_eq!(out.code(), Some(1), "{out:?}");
+        assert_eq!(out.stdout, "", "{out:?}");
+        assert_eq!(
+            out.stderr,
+            served_elsewhere_line(&env, port, &this_process()),
+            "{out:?}"
+        );
+        LockDir::create(&env.locks).unwrap();
+    }
+    drop(listener);
+    let out = env.run(&["stop", "-p", &p]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(out.stdout, format!("No server running on port {port}\n"));
+}
+
+/// Run as another user, who cannot see this process's descriptors in
+/// `/proc`, `stop` still tells that the port is served: by "a process of
+/// another user", the PID it cannot see left out. Needs root (to run
+/// `stop` as uid 65534 with `setpriv`).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_listener_of_another_user_is_named_as_such() {
+    #[path = "support/prereq.rs"]
+    mod prereq;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || which_setpriv().is_none() {
+        prereq::skip_unless_ci(
+            "root and util-linux's setpriv",
+            "run the tests as root with setpriv installed",
+            "stop run as another user",
+        );
+        return;
+    }
+    let env = Env::new();
+    let port = free_port();
+    let _listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    // A lock dir that does not exist: nobody holds anything there.
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        env!("CARGO_BIN_EXE_llmlb"),
+        "stop",
+        "-p",
+        &port.to_string(),
+    ])
+    .env("LLMLB_LOCK_DIR", &env.locks);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        served_elsewhere_line(&env, port, "a process of another user (PID not visible)")
+    );
+}
+
+#[cfg(target_os = "linux")]
+fn which_setpriv() -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join("setpriv"))
+        .find(|p| p.exists())
+}
+
+/// A server that takes the port after the stop began (here a `serve
+/// --wait` queued for it, which takes it the instant the stopped one lets
+/// go) is a new server, not one the port went back to: `stop` reports the
+/// stop it made and leaves the new one serving.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_server_that_takes_the_port_after_the_stop_began_is_left_serving() {
+    let env = Env::new();
+    let port = free_port();
+    let p = port.to_string();
+    let mut first = env.serve(port);
+    let first_pid = first.pid();
+    let mut next = env.spawn(&["serve", "--port", &p, "--host", "127.0.0.1", "--wait", "30"]);
+    wait_until("the next serve to wait for the port", || {
+        next.stderr().contains("waiting")
+    });
+    let out = env.run(&["stop", "-p", &p]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(
+        out.stdout,
+        format!("Stopping server on port {port} (PID: {first_pid})...\nServer stopped\n")
+    );
+    assert_eq!(first.wait().code(), Some(0));
+    let health: serde_json::Value = serde_json::from_str(&next.wait_health(port)).unwrap();
+    assert_eq!(health["pid"], next.pid(), "{health}");
+    assert!(next.try_wait().is_none(), "the new server was stopped");
+    let out = env.run(&["stop", "-p", &p]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(next.wait().code(), Some(0));
+}

@@ -793,10 +793,20 @@ fn port_taken_while_the_holder_was_paused_makes_it_shut_down_cleanly() {
     let file = env.lock_file(port);
 
     // Paused, the first server cannot re-create its file before a second
-    // serve (exec mode: it binds nothing) takes the port's lock.
+    // serve (exec mode: it binds nothing; on another address, where its
+    // check that the port is bindable finds nobody) takes the port's lock.
     cli_support::signal(first_pid, libc::SIGSTOP);
     std::fs::remove_file(&file).unwrap();
-    let mut second = env.spawn(&["serve", "--port", &p, "--", "sleep", "600"]);
+    let mut second = env.spawn(&[
+        "serve",
+        "--port",
+        &p,
+        "--host",
+        "127.0.0.2",
+        "--",
+        "sleep",
+        "600",
+    ]);
     let second_pid = second.pid();
     let mut group = cli_support::GroupGuard(None);
     cli_support::wait_until("the second serve to hold the port", || {

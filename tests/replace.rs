@@ -1542,3 +1542,116 @@ fn a_stop_racing_a_takeover_leaves_the_port_bindable() {
         assert_exit(&mut next, 0, "the plain server");
     }
 }
+
+/// `stop` during a pending replace (issue 25 §4): the record names the
+/// successor, which gives the port back when signalled, and the old server
+/// writes its record back and serves on. `stop` must stop that one too (it
+/// held the port before the stop began: not a new server) and report
+/// success only once nothing of the port's lineage serves.
+#[test]
+fn stop_during_a_pending_replace_stops_the_server_the_port_went_back_to() {
+    let env = Env::new();
+    let port = free_port();
+    let (mut old, old_py, _old_group) = start_exec_holder(&env, port);
+    let old_pid = old.pid();
+    let mut pending = start_pending_replace(&env, port, &old);
+    let pending_pid = pending.pid();
+
+    let out = env.run(&["stop", "-p", &port.to_string()]);
+    assert_exit(&mut pending, 143, "the pending replace");
+    let serving = answering_pid(port, "/");
+    assert!(
+        serving.is_err(),
+        "stop exited {:?} while PID {old_py} (the old server's command) still serves: {serving:?}; {out:?}",
+        out.code()
+    );
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(
+        out.stdout,
+        format!(
+            "Stopping server on port {port} (PID: {pending_pid})...\n\
+             The port went back to PID {old_pid}, which held it before this stop; stopping it too\n\
+             Stopping server on port {port} (PID: {old_pid})...\n\
+             Server stopped\n"
+        ),
+        "{out:?}"
+    );
+    assert_exit(&mut old, 0, "the old server");
+    assert!(!env.lock_file(port).exists(), "the lock file is left");
+    assert!(!ctl_path(&env, port).exists(), "the control socket is left");
+}
+
+/// A command served on descriptor 3 that ignores SIGTERM: its llmlb holds
+/// the port until its 3 s SIGKILL of the group.
+const IGNORES_TERM_PY: &str = "import signal, socket, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+sock = socket.socket(fileno=3)
+while True:
+    time.sleep(1)
+";
+
+/// Whether `pid` ignores SIGTERM (`SigIgn` in `/proc/<pid>/status`).
+fn ignores_term(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
+}
+
+/// If the server the port went back to cannot be stopped within the
+/// timeout, `stop` exits 1 saying so, naming both PIDs, and never
+/// "Server stopped". The timeout (2 s) is shorter than the old server's own
+/// SIGKILL of its command (3 s after SIGTERM), so the old server still
+/// holds the port when `stop` gives up whatever the machine's load.
+#[test]
+fn stop_says_so_when_the_server_the_port_went_back_to_does_not_stop() {
+    let env = Env::new();
+    let port = free_port();
+    let p = port.to_string();
+    let py = python3();
+    let mut old = env.spawn(&[
+        "serve",
+        "--pass-socket",
+        "-p",
+        &p,
+        "--host",
+        "127.0.0.1",
+        "--",
+        &py,
+        "-c",
+        IGNORES_TERM_PY,
+    ]);
+    let old_pid = old.pid();
+    wait_record(&env, port, "the holder ready", &[&old], |r| {
+        r.pid == old_pid && r.state == Some(ServeState::Ready)
+    });
+    let old_py = record(&env, port).and_then(|r| r.child_pgid);
+    let _old_group = GroupGuard(old_py);
+    let old_py = old_py.expect("exec mode records its command's group");
+    // `--ready listen` with a passed socket is met before Python runs.
+    wait_until("the old command ignores SIGTERM", || ignores_term(old_py));
+    wait_ctl_owner(&env, port, old_pid);
+    let mut pending = start_pending_replace(&env, port, &old);
+    let pending_pid = pending.pid();
+
+    let out = env.run(&["stop", "-p", &p, "-t", "2"]);
+    assert_exit(&mut pending, 143, "the pending replace");
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(!out.stdout.contains("Server stopped"), "{out:?}");
+    assert_eq!(
+        out.stderr.trim_end(),
+        format!(
+            "Error: server on port {port} (PID: {pending_pid}) stopped, but the port went back to \
+             PID {old_pid}, which still serves: server on port {port} (PID: {old_pid}) did not \
+             stop within 2s; use --force to kill it"
+        ),
+        "{out:?}"
+    );
+    assert!(old.try_wait().is_none(), "the old server exited early");
+    assert_eq!(record(&env, port).map(|r| r.pid), Some(old_pid));
+    // Its own SIGKILL of the command ends it; then nothing is left.
+    old.wait();
+    assert!(!env.lock_file(port).exists(), "the lock file is left");
+}

@@ -303,9 +303,10 @@ pub(crate) async fn run(
     drop(watch);
     // Never ready: a predecessor still serving gets its port back.
     handovers.abort();
+    let by_itself = !lost && stopping.deadline.is_none();
     // The command ended by itself: the rest is shutdown (the record is
     // another holder's if the port was lost).
-    if !lost && stopping.deadline.is_none() {
+    if by_itself {
         super::serve::announce(lock, ServeState::Stopping);
     }
     if let Some(tree) = tree {
@@ -318,6 +319,11 @@ pub(crate) async fn run(
                 tracing::info!("{shown} exited ({status}); port {port} is its successor's");
             } else {
                 tracing::info!("{shown} exited ({status}); releasing port {port}");
+            }
+            if by_itself && code != 0 && socket.is_some() {
+                // The usual cause: a command that binds the port itself
+                // meets the socket llmlb bound for it (EADDRINUSE).
+                eprintln!("{}", passed_socket_hint(&shown, code, port));
             }
             if lost {
                 super::EXIT_FAILURE
@@ -333,6 +339,14 @@ pub(crate) async fn run(
             KILL_WAIT.as_secs()
         )),
     }
+}
+
+/// The line for a command that failed while it was given a listening
+/// socket: the fix for the usual cause, a command written to bind its port.
+fn passed_socket_hint(shown: &str, code: i32, port: u16) -> String {
+    format!(
+        "Error: {shown} exited with code {code}; it was passed port {port}'s socket and must serve on descriptor 3 (LISTEN_FDS=1), not bind the port itself (llmlb already listens there; see docs/cli.md)"
+    )
 }
 
 /// Once the command itself has exited: `SIGTERM` what is left of its group

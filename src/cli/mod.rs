@@ -17,6 +17,7 @@ use llmlb::supervise::ready::ReadyPolicy;
 
 mod exec;
 mod http;
+mod listening;
 mod replace;
 mod serve;
 mod signals;

@@ -22,6 +22,7 @@ use llmlb::supervise::ready::ReadyPolicy;
 use llmlb::supervise::socket_pass::{PassSocket, DEFAULT_NAME};
 use llmlb::supervise::{SharedLock, WatchEnd, WatchEvent};
 
+use super::listening::who_listens;
 use super::replace::{Handovers, PortPidfile, TakenOver};
 use super::signals::{self, Signals};
 use super::{exec, fail, LockDirChoice};
@@ -295,6 +296,20 @@ fn socket_for_command(listen: Listen, host: &str, port: u16) -> Result<Option<Pa
         return Ok(Some(PassSocket::new(socket.into_listener(), name)));
     }
     if !listen.pass_socket {
+        // The command binds the port itself: if that bind cannot succeed
+        // it would only die with its own traceback, so say who is in the
+        // way instead of starting it. A bind of the address the command is
+        // given (`LLMLB_HOST`) asks the kernel its own rules: a listener on
+        // another address of the same port is no conflict. Any other bind
+        // error is the command's to meet and report.
+        if let Err(e) = std::net::TcpListener::bind((host, port)) {
+            if e.kind() == io::ErrorKind::AddrInUse {
+                return Err(fail(format!(
+                    "{}; the command was not started",
+                    in_use(port, who_listens(port))
+                )));
+            }
+        }
         return Ok(None);
     }
     match std::net::TcpListener::bind((host, port)) {
@@ -303,15 +318,25 @@ fn socket_for_command(listen: Listen, host: &str, port: u16) -> Result<Option<Pa
     }
 }
 
-/// The one line for a failed bind, and the exit code.
+/// The one line for a failed bind, and the exit code: a port in use names
+/// who listens on it, where that can be seen.
 fn bind_failed(e: &io::Error, host: &str, port: u16) -> i32 {
     if e.kind() == io::ErrorKind::AddrInUse {
-        fail(format!("port {port} is already in use by another program"))
+        fail(in_use(port, who_listens(port)))
     } else {
         fail(format!(
             "cannot listen on {}: {e} (check --host / LLMLB_HOST)",
             host_port(host, port)
         ))
+    }
+}
+
+/// `port P is already in use by another program[: PID N (name)]`, naming
+/// `who` listens there if it is known.
+fn in_use(port: u16, who: Option<String>) -> String {
+    match who {
+        Some(who) => format!("port {port} is already in use by another program: {who}"),
+        None => format!("port {port} is already in use by another program"),
     }
 }
 

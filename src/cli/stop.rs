@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use llmlb::supervise::{stop_server, StopEvent, StopOptions, StopOutcome};
 
+use super::listening::{elsewhere_hint, who_listens};
 use super::{fail, LockDirChoice};
 
 /// `5s`, `1.5s`: a timeout as the user gave it.
@@ -15,8 +16,28 @@ pub(super) fn seconds(d: Duration) -> String {
     }
 }
 
+/// Nobody in this lock dir holds `port`: 0 with "No server running" if
+/// nobody listens on it either; 1 naming who listens if someone does (a
+/// server that runs is never reported as not running; it may be an llmlb of
+/// another user or lock dir, which this one cannot see or stop).
+fn not_held(dir: &LockDirChoice, port: u16) -> i32 {
+    match who_listens(port) {
+        None => {
+            println!("No server running on port {port}");
+            0
+        }
+        Some(who) => fail(format!(
+            "no server in lock dir {} holds port {port}, but {who} listens on it; nothing was signalled: {}",
+            llmlb::lock::shell_quoted(&dir.path),
+            elsewhere_hint(port)
+        )),
+    }
+}
+
 /// Runs `stop`; 0 when the port is no longer held by the server that was
-/// there (including "nothing was running"), and with a zero timeout also
+/// there, nor by one that held it before (a pending replace's predecessor,
+/// which the port goes back to: stopped too), including "nothing was
+/// running" (held by nobody, and nobody listens on it); and with a zero timeout also
 /// when the server was signalled and has not stopped yet (as `pg_ctl stop
 /// --no-wait` and `systemctl stop --no-block` succeed once the request is
 /// made); 1 otherwise.
@@ -25,6 +46,12 @@ pub(crate) fn run(dir: &LockDirChoice, port: u16, timeout: Duration, force: bool
     let outcome = stop_server(&dir.path, port, &options, |event| match event {
         StopEvent::Stopping { port, info } => {
             println!("Stopping server on port {port} (PID: {})...", info.pid);
+        }
+        StopEvent::WentBack { info, .. } => {
+            println!(
+                "The port went back to PID {}, which held it before this stop; stopping it too",
+                info.pid
+            );
         }
         StopEvent::Killing {
             port,
@@ -47,10 +74,7 @@ pub(crate) fn run(dir: &LockDirChoice, port: u16, timeout: Duration, force: bool
         }
     });
     match outcome {
-        Ok(StopOutcome::NotRunning) => {
-            println!("No server running on port {port}");
-            0
-        }
+        Ok(StopOutcome::NotRunning) => not_held(dir, port),
         Ok(StopOutcome::StaleRemoved { previous }) => {
             let who = match previous {
                 Some(info) => format!(
@@ -62,8 +86,7 @@ pub(crate) fn run(dir: &LockDirChoice, port: u16, timeout: Duration, force: bool
             eprintln!(
                 "Warning: lock file for port {port} was stale ({who}); removed it without signalling anything"
             );
-            println!("No server running on port {port}");
-            0
+            not_held(dir, port)
         }
         Ok(StopOutcome::Stopped { .. }) => {
             println!("Server stopped");

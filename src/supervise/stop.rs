@@ -14,6 +14,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
+
 use crate::lock::hint::find_holder;
 use crate::lock::sys::{self, Signal};
 use crate::lock::{
@@ -74,6 +76,19 @@ pub enum StopEvent<'a> {
         /// The holder.
         info: &'a LockInfo,
     },
+    /// The holder that was stopped let go, and the port went back to a
+    /// process that held it before the stop began (the server a pending
+    /// `serve --replace` was taking it over from, which writes its record
+    /// back and serves on): it is stopped too, within the same timeout, and
+    /// [`StopEvent::Stopping`] follows for it.
+    WentBack {
+        /// The port.
+        port: u16,
+        /// The PID that was stopped.
+        stopped: u32,
+        /// The holder the port went back to.
+        info: &'a LockInfo,
+    },
     /// The timeout passed with `force` (or the holder exited while a process
     /// that inherited its lock still holds it); `SIGKILL` is sent next to the
     /// holder and to `group`.
@@ -93,7 +108,10 @@ pub enum StopEvent<'a> {
 }
 
 /// What [`stop_server`] did. Every variant but [`StopOutcome::Requested`]
-/// means the port is no longer held by the server that was there.
+/// means the port is no longer held by the server that was there, nor by
+/// any process that held it before the stop began (the server a pending
+/// `serve --replace` gives the port back to): a holder that took the port
+/// after that is a new server, and is left alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StopOutcome {
@@ -107,13 +125,14 @@ pub enum StopOutcome {
     },
     /// The holder released the lock after `SIGTERM`.
     Stopped {
-        /// The holder that was stopped.
+        /// The holder that was stopped (the last one, when the port went
+        /// back to an earlier holder that was stopped too).
         info: LockInfo,
     },
     /// The holder did not release in time and was killed with `SIGKILL`
     /// (`force`); its stale file was removed.
     Killed {
-        /// The holder that was killed.
+        /// The holder that was killed (the last one, as for `Stopped`).
         info: LockInfo,
     },
     /// Only with a zero [`StopOptions::timeout`] and no `force`: the verified
@@ -215,6 +234,22 @@ pub enum StopError {
         /// The lock file.
         path: PathBuf,
     },
+    /// A holder was stopped, but the port went back to a process that held
+    /// it before the stop began (the server a pending `serve --replace` was
+    /// taking it over from), and stopping that one failed as `error` says:
+    /// it still serves.
+    #[error("server on port {port} (PID: {stopped}) stopped, but the port went back to PID {pid}, which still serves: {error}")]
+    WentBack {
+        /// The port.
+        port: u16,
+        /// The PID that was stopped.
+        stopped: u32,
+        /// The earlier holder the port went back to, which still holds it.
+        pid: u32,
+        /// Why it was not stopped (never another `WentBack`; part of the
+        /// message, so not a `source()`).
+        error: Box<StopError>,
+    },
     /// The holder exited after `SIGTERM`, but a process that inherited its
     /// lock descriptor (e.g. a forked worker) still holds the port. Nothing
     /// but the holder was signalled.
@@ -307,6 +342,14 @@ fn not_verified_line(port: u16, pid: u32, check: &IdentityCheck, path: &Path) ->
 ///   removes the stale file. Without `force`, a zero timeout returns
 ///   [`StopOutcome::Requested`] for a holder still holding the lock after
 ///   the request, instead of [`StopError::Timeout`].
+/// - The holder let go, and the port is held again by a process that held it
+///   before the stop began (its `started_at` is earlier, or a record listed
+///   it as `draining`: the server a pending `serve --replace` gives the port
+///   back to when its successor is stopped): reports [`StopEvent::WentBack`]
+///   and stops that one as well, by the same rules, within the same
+///   `options.timeout` overall; if that fails, [`StopError::WentBack`]. A
+///   holder that took the port after the stop began is a new server and is
+///   left alone.
 ///
 /// Blocks the calling thread while waiting. A timeout too large to represent
 /// waits without a deadline.
@@ -332,20 +375,62 @@ pub fn stop_server(
     let Some(dir) = LockDir::existing(dir)? else {
         return Ok(StopOutcome::NotRunning);
     };
+    // What "before the stop began" means for a holder the port goes back to.
+    let began = Utc::now();
+    // One timeout for every holder stopped, however many the port went back
+    // to: `ExecStop=` budgets it.
+    let deadline = Instant::now().checked_add(options.timeout);
+    let mut lineage = Lineage {
+        began,
+        pids: Vec::new(),
+        stopped: None,
+    };
     // A few rounds: the port may change hands between probe and action (a
-    // stale file reclaimed by a new server, a holder releasing). Each round
-    // judges what a fresh probe shows.
-    for _ in 0..8 {
+    // stale file reclaimed by a new server, a holder releasing, a pending
+    // replace giving the port back). Each round judges what a fresh probe
+    // shows.
+    for _ in 0..MAX_ROUNDS {
         match dir.probe(port)? {
-            LockState::Free => return Ok(StopOutcome::NotRunning),
+            LockState::Free => return Ok(lineage.outcome(StopOutcome::NotRunning)),
             LockState::Stale(_) => {
                 if let Some(outcome) = remove_stale(&dir, port)? {
-                    return Ok(outcome);
+                    return Ok(lineage.outcome(outcome));
                 }
             }
             LockState::Held(Some(info)) => {
-                if let Some(outcome) = stop_holder(&dir, port, info, options, &mut on_event)? {
-                    return Ok(outcome);
+                let went_back = match &lineage.stopped {
+                    None => None,
+                    Some((stopped, _)) if lineage.holds(&info) => Some(*stopped),
+                    // A new server took the port after ours let go: not ours
+                    // to stop.
+                    Some((_, outcome)) => return Ok(outcome.clone()),
+                };
+                if let Some(stopped) = went_back {
+                    on_event(StopEvent::WentBack {
+                        port,
+                        stopped,
+                        info: &info,
+                    });
+                }
+                lineage.pids.extend(info.draining.iter().copied());
+                let pid = info.pid;
+                let step = stop_holder(&dir, port, info, options, deadline, &mut on_event)
+                    .map_err(|error| match went_back {
+                        Some(stopped) => StopError::WentBack {
+                            port,
+                            stopped,
+                            pid,
+                            error: Box::new(error),
+                        },
+                        None => error,
+                    })?;
+                match step {
+                    Step::Retry => {}
+                    Step::Done(outcome) => return Ok(outcome),
+                    Step::Passed(outcome) => {
+                        lineage.pids.push(pid);
+                        lineage.stopped = Some((pid, outcome));
+                    }
                 }
             }
             LockState::Held(None) => {
@@ -362,6 +447,50 @@ pub fn stop_server(
         path: dir.lock_path(port),
     }
     .into())
+}
+
+/// How many times [`stop_server`] probes a port that keeps changing hands
+/// before it gives up.
+const MAX_ROUNDS: usize = 16;
+
+/// The processes of the port's lineage: whoever held it before the stop
+/// began. A holder the port goes back to after ours let go is one of them
+/// (the predecessor of a pending `serve --replace`, which writes its own
+/// record back when its successor is stopped) and is stopped too; any other
+/// holder took the port afterwards and is a new server.
+struct Lineage {
+    /// When the stop began (the holders' `started_at` is written with full
+    /// precision).
+    began: DateTime<Utc>,
+    /// PIDs the records named as holders or as draining.
+    pids: Vec<u32>,
+    /// The last holder that let go of the port, and what stopping it came
+    /// to (`Stopped` or `Killed`).
+    stopped: Option<(u32, StopOutcome)>,
+}
+
+impl Lineage {
+    /// Whether `info` held the port before the stop began.
+    fn holds(&self, info: &LockInfo) -> bool {
+        info.started_at < self.began || self.pids.contains(&info.pid)
+    }
+
+    /// The outcome to report once the port is free: the last holder stopped,
+    /// if any was, else `found`.
+    fn outcome(&self, found: StopOutcome) -> StopOutcome {
+        self.stopped.clone().map_or(found, |(_, outcome)| outcome)
+    }
+}
+
+/// What [`stop_holder`] came to.
+enum Step {
+    /// The port changed hands before anything was signalled: probe again.
+    Retry,
+    /// Finished: the port is free, or the outcome says why not.
+    Done(StopOutcome),
+    /// The holder was stopped (or killed) and let go, but the port is held
+    /// again, or being written, by another process: the caller judges who.
+    Passed(StopOutcome),
 }
 
 /// Re-probes a held port whose info was unreadable until it reads or changes
@@ -528,9 +657,11 @@ fn group_verified(info: &LockInfo) -> bool {
 }
 
 enum Wait {
-    /// The holder let go (the port is free, stale and tidied, or taken by a
-    /// new holder).
+    /// The holder let go: the port is free (or was stale, and is tidied).
     Released,
+    /// The holder let go, and the port is held by another process (or its
+    /// record is being written): who that is is the caller's to judge.
+    Changed,
     /// The holder exited but the lock is still held with its info: a process
     /// that inherited the descriptor holds it. Its latest info.
     Inherited(LockInfo),
@@ -572,11 +703,12 @@ fn wait_released(
                     }
                 }
             }
-            // A new server took the port after ours let go.
-            LockState::Held(Some(_)) => return Ok(Wait::Released),
-            // Being written: by a new holder if ours has exited, else maybe
-            // ours rewriting its info; look again.
-            LockState::Held(None) if exited => return Ok(Wait::Released),
+            // Another process holds the port now: a new server, or the one
+            // a pending replace took it from, its record written back.
+            LockState::Held(Some(_)) => return Ok(Wait::Changed),
+            // Being written: by another holder if ours has exited, else
+            // maybe ours rewriting its info; look again.
+            LockState::Held(None) if exited => return Ok(Wait::Changed),
             LockState::Held(None) => {}
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -586,15 +718,16 @@ fn wait_released(
     }
 }
 
-/// Stops the verified holder of `info`; `None` when the port changed hands
-/// before anything was signalled (the caller probes again).
+/// Stops the verified holder of `info`, waiting for it until `deadline`
+/// (`None`: no deadline).
 fn stop_holder(
     dir: &LockDir,
     port: u16,
     info: LockInfo,
     options: &StopOptions,
+    deadline: Option<Instant>,
     on_event: &mut impl FnMut(StopEvent<'_>),
-) -> Result<Option<StopOutcome>, StopError> {
+) -> Result<Step, StopError> {
     let holder = match Holder::verify(info) {
         Ok(holder) => holder,
         Err((info, check)) => {
@@ -619,7 +752,7 @@ fn stop_holder(
                         error,
                     },
                 }),
-                _ => Ok(None),
+                _ => Ok(Step::Retry),
             };
         }
     };
@@ -630,7 +763,6 @@ fn stop_holder(
     // A holder without a stop channel (Windows) can only be terminated: with
     // `force`, at once.
     let no_channel = holder.request_stop(dir, port, options.force)?;
-    let deadline = Instant::now().checked_add(options.timeout);
     let mut holder_exited = false;
     let waited = if no_channel {
         Wait::TimedOut(holder.info.clone())
@@ -640,8 +772,9 @@ fn stop_holder(
     let latest = match waited {
         Wait::Released => {
             tidy_released(dir, port)?;
-            return Ok(Some(StopOutcome::Stopped { info: holder.info }));
+            return Ok(Step::Done(StopOutcome::Stopped { info: holder.info }));
         }
+        Wait::Changed => return Ok(Step::Passed(StopOutcome::Stopped { info: holder.info })),
         Wait::Inherited(latest) if !options.force => {
             return Err(StopError::Inherited {
                 port,
@@ -655,7 +788,7 @@ fn stop_holder(
             latest
         }
         Wait::TimedOut(_) if !options.force && options.timeout.is_zero() => {
-            return Ok(Some(StopOutcome::Requested { info: holder.info }));
+            return Ok(Step::Done(StopOutcome::Requested { info: holder.info }));
         }
         Wait::TimedOut(_) if !options.force => {
             return Err(StopError::Timeout {
@@ -686,7 +819,8 @@ fn stop_holder(
         after_kill = wait_released(dir, port, &holder, Some(kill_deadline))?;
     }
     match after_kill {
-        Wait::Released => Ok(Some(StopOutcome::Killed { info: latest })),
+        Wait::Released => Ok(Step::Done(StopOutcome::Killed { info: latest })),
+        Wait::Changed => Ok(Step::Passed(StopOutcome::Killed { info: latest })),
         Wait::Inherited(_) | Wait::TimedOut(_) => Err(StopError::StillHeld {
             port,
             pid: holder.info.pid,

@@ -258,6 +258,13 @@ pub fn signal(pid: u32, sig: libc::c_int) {
     assert_eq!(rc, 0, "kill({pid}, {sig})");
 }
 
+/// This test process as llmlb names a listener on Linux: `PID N (comm)`
+/// (`/proc/self/comm`: the main thread's name, as `/proc/<pid>/comm` reads).
+pub fn this_process() -> String {
+    let comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
+    format!("PID {} ({})", std::process::id(), comm.trim_end())
+}
+
 /// Whether `pid` is a live (non-zombie) process.
 #[cfg(unix)]
 pub fn alive(pid: u32) -> bool {
