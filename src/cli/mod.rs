@@ -207,6 +207,14 @@ struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs,
           requires = "replace", allow_negative_numbers = true)]
     replace_timeout: Duration,
+    /// Exec mode: seconds (decimals allowed) COMMAND has to become ready
+    /// (--ready); not ready by then, it is stopped (SIGTERM, SIGKILL 3 s
+    /// later), the port released (--replace: given back to the running
+    /// server, which serves on) and serve exits 1 naming what it waited
+    /// for. 0 waits for ever. [default: none; 60 with --replace]
+    #[arg(long, value_name = "SECS", value_parser = parse_secs,
+          requires = "command", allow_negative_numbers = true)]
+    ready_timeout: Option<Duration>,
     /// Exec mode: after taking the lock, bind --host:--port and pass the
     /// listening socket to COMMAND as descriptor 3 with LISTEN_FDS=1,
     /// LISTEN_PID and LISTEN_FDNAMES=llmlb (gunicorn finds it itself, uvicorn
@@ -605,7 +613,7 @@ fn run_serve(
         // where --replace always takes its fallback).
         pass_socket: args.pass_socket || (args.replace && cfg!(unix)),
     };
-    serve::run(
+    let code = serve::run(
         dir,
         serve::ServePlan {
             port,
@@ -616,9 +624,23 @@ fn run_serve(
             listen,
             pidfile: args.pidfile,
             replace: args.replace.then_some(args.replace_timeout),
+            ready_timeout: match args.ready_timeout {
+                Some(Duration::ZERO) => None,
+                Some(timeout) => Some(timeout),
+                None if args.replace => Some(REPLACE_READY_TIMEOUT),
+                None => None,
+            },
         },
-    )
+    );
+    // The lock, the pidfile and the runtime are gone: exec mode's command
+    // died of the stop signal we forwarded, so we die of it too.
+    signals::die_if_asked();
+    code
 }
+
+/// `--ready-timeout`'s default with `--replace`: a successor that never
+/// becomes ready must not hold a replace (and the next deploy) for ever.
+const REPLACE_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A usage error of `serve` (clap's format, exit 2).
 fn serve_usage(message: String) -> clap::Error {
