@@ -961,6 +961,47 @@ fn a_signal_aborts_a_pending_replace(sig: libc::c_int) {
     old_serves_on_and_a_later_replace_succeeds(&env, port, old, old_py);
 }
 
+/// A replace whose command never becomes ready gives up at its
+/// `--ready-timeout`: it exits 1 naming what it waited for, its command is
+/// stopped, and the old server, which never stopped serving, has its port
+/// and record back.
+#[test]
+fn a_replace_not_ready_in_time_gives_the_port_back() {
+    let env = Env::new();
+    let port = free_port();
+    let (old, old_py, _old_group) = start_exec_holder(&env, port);
+    let hammer = Hammer::start(port);
+    let p = port.to_string();
+    let mut pending = env.spawn(&[
+        "serve",
+        "--replace",
+        "--ready",
+        "notify",
+        "--ready-timeout",
+        "1.5",
+        "-p",
+        &p,
+        "--host",
+        "127.0.0.1",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    assert_exit(&mut pending, 1, "the replace that timed out");
+    let stderr = pending.stderr();
+    assert!(
+        stderr.lines().any(|l| l.starts_with("Error: sleep (PID ")
+            && l.contains("did not send READY=1 (--ready notify) within 1.5s (--ready-timeout)")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("gave port {port} back to PID {}", old.pid())),
+        "{stderr}"
+    );
+    hammer.finish();
+    old_serves_on_and_a_later_replace_succeeds(&env, port, old, old_py);
+}
+
 #[test]
 fn sigterm_aborts_a_pending_replace() {
     a_signal_aborts_a_pending_replace(libc::SIGTERM);
