@@ -58,20 +58,27 @@ Files:
 macro_rules! serve_after {
     () => {
         "Exit codes:
-  0    stopped by SIGINT/SIGTERM, lock released
+  0    stopped by SIGINT/SIGTERM (HTTP mode: also SIGQUIT), lock released
   0    also: handed over to a successor (serve --replace), which serves on
   1    already running on the port (with --wait: still, at the deadline), port used by
        another program, unusable lock dir; --replace: the holder could not be stopped
-       (or stop refused it), or another replace of the port is under way
+       (or stop refused it), or another replace of the port is under way; exec mode:
+       COMMAND not ready within --ready-timeout (stopped, port released)
   2    usage error
   130  SIGINT while waiting (--wait) or taking over (--replace); 143 SIGTERM; nothing
        was taken (--replace: the running server keeps the port)
-  exec mode: COMMAND's code (128 + N if killed by signal N; 126 not executable, 127 not found)
+  exec mode: COMMAND's code (128 + N if killed by signal N; 126 not executable, 127 not found);
+       asked to stop and COMMAND died of the forwarded SIGTERM/SIGINT: serve dies of it too,
+       after releasing (a clean stop for systemd; 143/130 in a shell)
+
+Signals: exec mode forwards SIGHUP, SIGUSR1, SIGQUIT and SIGWINCH to COMMAND's group; HTTP
+  mode ignores SIGHUP, SIGUSR1 and SIGWINCH; SIGUSR2 is reserved and ignored by both.
 
 Examples:
   llmlb serve --port 8000                       # HTTP on 0.0.0.0:8000, GET /health
   llmlb serve -p 8000 -- python3 -m http.server 8000   # any server under the lock
   llmlb serve -p 8000 --wait 10 -- ./server     # wait up to 10 s for the old one
+  llmlb serve -p 8000 --ready-timeout 30 -- ./server   # stop it if not listening in 30 s
   llmlb serve -p 8000 --replace                 # take over from the running one
 "
     };
