@@ -14,6 +14,7 @@ use llmlb::supervise::exec::ForwardSignal;
 
 /// What a signal asks of `serve`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(windows, allow(dead_code, reason = "Windows has only stop requests"))]
 pub(crate) enum Received {
     /// Stop: SIGINT or SIGTERM (Windows: Ctrl-C, Ctrl-Break, a stop request).
     Stop(ForwardSignal),

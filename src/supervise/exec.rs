@@ -228,6 +228,13 @@ fn sys_signal(sig: ForwardSignal) -> io::Result<sys::Signal> {
 /// A signal a launcher sends to its child's process group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
+#[cfg_attr(
+    windows,
+    allow(
+        dead_code,
+        reason = "Windows has no SIGHUP, SIGUSR1 or SIGQUIT to receive"
+    )
+)]
 pub(crate) enum ForwardSignal {
     /// `SIGINT` (Ctrl-C).
     Interrupt,
