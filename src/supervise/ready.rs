@@ -405,6 +405,24 @@ mod tests {
         assert!(!connect_probe("127.0.0.1", port));
     }
 
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_tree_listening_on_another_port_is_named_with_that_port() {
+        let me = std::process::id();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let there = listener.local_addr().unwrap().port();
+        let wanted = if there == 1 { 2 } else { there - 1 };
+        // Other tests of this process may listen too: their ports may be
+        // listed beside ours.
+        let line = listening_instead(me, wanted).expect("our own listener is seen");
+        assert!(line.contains(&format!("(PID {me}) listens on ")), "{line}");
+        assert!(line.contains(&there.to_string()), "{line}");
+        assert!(line.ends_with(&format!(", not {wanted}")), "{line}");
+        // Listening on the awaited port (too): nothing to say.
+        assert_eq!(listening_instead(me, there), None);
+        drop(listener);
+    }
+
     #[test]
     fn immediate_is_ready_before_start_returns() {
         let mut cmd = Command::new("true");
