@@ -167,7 +167,8 @@ fn http_mode_ignores_hup_usr1_usr2_winch_and_stops_gracefully_on_quit() {
 }
 
 /// `python3 -m http.server OTHER` under `serve -p PORT --ready-timeout`:
-/// the mistyped port is named, the command stopped, both ports free.
+/// exit 1 with one line naming the wait, the command stopped, both ports
+/// free.
 #[test]
 fn a_command_not_ready_in_time_is_stopped_and_named_with_where_it_listens() {
     let env = Env::new();
@@ -203,18 +204,18 @@ fn a_command_not_ready_in_time_is_stopped_and_named_with_where_it_listens() {
         )),
         "{error}"
     );
-    assert!(
-        error.contains(&format!("listens on {other}, not {port}")),
-        "{error}"
-    );
+    // Where it listens instead is named only if Python got as far as
+    // listening within the 2 s (not under heavy load): the report test
+    // below checks that part.
     assert!(!env.lock_file(port).exists());
     // The command was stopped: its port is free again.
     std::net::TcpListener::bind(("127.0.0.1", other)).expect("the command's port is free");
     std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port is free");
 }
 
-/// While starting, a line every 10 s says what `serve` still waits for
-/// (one real 10 s wait: the interval is not a setting).
+/// While starting, a line every 10 s says what `serve` still waits for and
+/// where the command listens instead (one real 10 s wait: the interval is
+/// not a setting; a Python slow to listen is named by a later line).
 #[test]
 fn a_starting_command_is_reported_every_ten_seconds_with_where_it_listens() {
     let env = Env::new();
