@@ -722,3 +722,116 @@ fn launchers_are_never_seen_ready_before_their_command_listens() {
         }
     }
 }
+
+/// A Python command that appends the name of each signal it receives (HUP,
+/// USR1, USR2, QUIT, WINCH) to `argv[1]`, creates `argv[1].ready` once its
+/// handlers are in place, and dies of SIGTERM (the default action).
+const TRAPS_SIGNALS: &str = "\
+import signal, sys, time
+log = sys.argv[1]
+def note(n, _):
+    with open(log, 'a') as f: f.write(signal.Signals(n).name + '\\n')
+for s in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT, signal.SIGWINCH):
+    signal.signal(s, note)
+open(log + '.ready', 'w').close()
+while True:
+    time.sleep(0.05)
+";
+
+fn wait_for(what: &str, launcher: &mut Child, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(
+            launcher.try_wait().unwrap().is_none(),
+            "the launcher exited while waiting for {what}"
+        );
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// As `llmlb serve -- CMD`: SIGHUP, SIGUSR1, SIGQUIT and SIGWINCH reach the
+/// command and stop nothing, SIGUSR2 is logged and not forwarded, and a
+/// stop whose forwarded SIGTERM kills the command ends the launcher by
+/// SIGTERM too, with the port released.
+#[test]
+fn launchers_forward_day_two_signals_and_die_of_a_requested_stop() {
+    use std::os::unix::process::ExitStatusExt;
+    let env = Env::new();
+    for (name, launcher, port) in both_launchers(&env, 8415, 8416) {
+        let log = env.tmp.path().join(format!("{name}.log"));
+        let ready = env.tmp.path().join(format!("{name}.log.ready"));
+        let err_path = env.tmp.path().join(format!("{name}.err"));
+        let py = ffi_support::python3();
+        let log_s = log.display().to_string();
+        let mut holder = launch_ready(
+            &env,
+            &launcher,
+            "immediate",
+            port,
+            &[&py, "-c", TRAPS_SIGNALS, &log_s],
+        )
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+        let pid = holder.id() as libc::pid_t;
+        wait_for("the command's handlers", &mut holder, || ready.exists());
+        // The launcher records the group after the spawn: wait for it, so
+        // the signals below find their target.
+        wait_for(
+            "the recorded group",
+            &mut holder,
+            || matches!(env.probe(port), LockState::Held(Some(info)) if info.child_pgid.is_some()),
+        );
+        let received = || -> Vec<String> {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        };
+        for (sig, sig_name) in [
+            (libc::SIGHUP, "SIGHUP"),
+            (libc::SIGUSR1, "SIGUSR1"),
+            (libc::SIGQUIT, "SIGQUIT"),
+            (libc::SIGWINCH, "SIGWINCH"),
+        ] {
+            // SAFETY: kill(2) of one positive pid.
+            unsafe { libc::kill(pid, sig) };
+            wait_for(
+                &format!("{name}: {sig_name} forwarded"),
+                &mut holder,
+                || received().iter().any(|l| l == sig_name),
+            );
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGUSR2) };
+        wait_for(&format!("{name}: SIGUSR2 logged"), &mut holder, || {
+            std::fs::read_to_string(&err_path)
+                .unwrap_or_default()
+                .contains("received SIGUSR2; ignored")
+        });
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGHUP) };
+        wait_for(&format!("{name}: the second SIGHUP"), &mut holder, || {
+            received().iter().filter(|l| *l == "SIGHUP").count() == 2
+        });
+        assert!(
+            !received().iter().any(|l| l == "SIGUSR2"),
+            "{name}: SIGUSR2 reached the command: {:?}",
+            received()
+        );
+        assert_eq!(serve_state(&env, port), Some(ServeState::Ready), "{name}");
+
+        let stop = env.llmlb(&["stop", "--port", &port.to_string()]);
+        assert_eq!(stop.status.code(), Some(0), "{name}: {}", describe(&stop));
+        let status = holder.wait().unwrap();
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGTERM),
+            "{name}: {status}; {}",
+            std::fs::read_to_string(&err_path).unwrap_or_default()
+        );
+        assert_eq!(env.probe(port), LockState::Free, "{name}");
+    }
+}

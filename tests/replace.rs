@@ -31,7 +31,7 @@ use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -201,6 +201,18 @@ fn assert_exit(proc: &mut Proc, expected: i32, who: &str) {
     assert_eq!(
         status.code(),
         Some(expected),
+        "{who} (PID {}) exited {status}; stderr:\n{}",
+        proc.pid(),
+        proc.stderr()
+    );
+}
+
+/// `proc` died of `sig` (what a shell reports as 128 + `sig`).
+fn assert_died_of(proc: &mut Proc, sig: libc::c_int, who: &str) {
+    let status = proc.wait();
+    assert_eq!(
+        status.signal(),
+        Some(sig),
         "{who} (PID {}) exited {status}; stderr:\n{}",
         proc.pid(),
         proc.stderr()
@@ -954,14 +966,15 @@ fn a_second_replace_while_one_is_pending_is_refused_as_busy() {
     assert_eq!(answering_pid(port, "/"), Ok(old_py));
 
     signal(first_pid, libc::SIGTERM);
-    assert_exit(&mut first, 143, "the pending replace");
+    assert_died_of(&mut first, libc::SIGTERM, "the pending replace");
     old_serves_on_and_a_later_replace_succeeds(&env, port, old, old_py);
 }
 
 /// SIGTERM or SIGINT to a replace that has received the port but is not
-/// ready aborts it: it exits as its command did (128 + the signal), the old
-/// server never stopped serving and has its record back.
-fn a_signal_aborts_a_pending_replace(sig: libc::c_int, code: i32) {
+/// ready aborts it: its command dies of the signal and so does it (a shell
+/// sees 128 + the signal), the old server never stopped serving and has its
+/// record back.
+fn a_signal_aborts_a_pending_replace(sig: libc::c_int) {
     let env = Env::new();
     let port = free_port();
     let (old, old_py, _old_group) = start_exec_holder(&env, port);
@@ -970,19 +983,60 @@ fn a_signal_aborts_a_pending_replace(sig: libc::c_int, code: i32) {
     assert_eq!(answering_pid(port, "/"), Ok(old_py));
 
     signal(pending.pid(), sig);
-    assert_exit(&mut pending, code, "the interrupted replace");
+    assert_died_of(&mut pending, sig, "the interrupted replace");
+    hammer.finish();
+    old_serves_on_and_a_later_replace_succeeds(&env, port, old, old_py);
+}
+
+/// A replace whose command never becomes ready gives up at its
+/// `--ready-timeout`: it exits 1 naming what it waited for, its command is
+/// stopped, and the old server, which never stopped serving, has its port
+/// and record back.
+#[test]
+fn a_replace_not_ready_in_time_gives_the_port_back() {
+    let env = Env::new();
+    let port = free_port();
+    let (old, old_py, _old_group) = start_exec_holder(&env, port);
+    let hammer = Hammer::start(port);
+    let p = port.to_string();
+    let mut pending = env.spawn(&[
+        "serve",
+        "--replace",
+        "--ready",
+        "notify",
+        "--ready-timeout",
+        "1.5",
+        "-p",
+        &p,
+        "--host",
+        "127.0.0.1",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    assert_exit(&mut pending, 1, "the replace that timed out");
+    let stderr = pending.stderr();
+    assert!(
+        stderr.lines().any(|l| l.starts_with("Error: sleep (PID ")
+            && l.contains("did not send READY=1 (--ready notify) within 1.5s (--ready-timeout)")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("gave port {port} back to PID {}", old.pid())),
+        "{stderr}"
+    );
     hammer.finish();
     old_serves_on_and_a_later_replace_succeeds(&env, port, old, old_py);
 }
 
 #[test]
 fn sigterm_aborts_a_pending_replace() {
-    a_signal_aborts_a_pending_replace(libc::SIGTERM, 143);
+    a_signal_aborts_a_pending_replace(libc::SIGTERM);
 }
 
 #[test]
 fn sigint_aborts_a_pending_replace() {
-    a_signal_aborts_a_pending_replace(libc::SIGINT, 130);
+    a_signal_aborts_a_pending_replace(libc::SIGINT);
 }
 
 /// Sends `line` (and a newline) on a fresh connection to the control socket

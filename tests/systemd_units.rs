@@ -14,6 +14,7 @@ mod cli_support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -324,7 +325,20 @@ fn the_notify_unit_reports_ready_once_its_app_listens_and_beats_the_watchdog() {
             break;
         }
     }
-    server.wait();
+    // systemd counts a death by SIGTERM (or exit 0) as a clean stop, and
+    // exit code 143 as a failure (which `Restart=on-failure` restarts): the
+    // app dies of the forwarded SIGTERM, so llmlb must die of it too, and
+    // the unit needs no `SuccessExitStatus=143` crutch.
+    let status = server.wait();
+    assert!(
+        status.success() || status.signal() == Some(libc::SIGTERM),
+        "systemd would count {status} as a failure; {}",
+        server.stderr()
+    );
+    assert!(
+        !text.lines().any(|l| l.starts_with("SuccessExitStatus=")),
+        "{text}"
+    );
     drop(group);
 }
 

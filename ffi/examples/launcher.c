@@ -9,6 +9,11 @@
  * that group, and once CMD exits ends what is left of the group (SIGTERM,
  * then SIGKILL after 3 s; a forwarded signal starts the same clock), then
  * releases the lock and exits with CMD's code (128+signal if it was killed).
+ * If CMD died of the SIGTERM or SIGINT the launcher forwarded, the launcher
+ * then dies of that signal too (a clean stop for systemd; 128+N in a shell).
+ * SIGHUP, SIGUSR1, SIGQUIT and SIGWINCH are forwarded to the group without
+ * stopping anything (CMD decides what reload or log reopening means);
+ * SIGUSR2 is reserved for a future reload: logged and ignored.
  *
  * CMD inherits the lock's descriptor (LLMLB_LOCK_FD names it): if the
  * launcher is killed, the port stays locked while any of CMD's tree lives.
@@ -184,12 +189,30 @@ static int take_lock(uint16_t port, LlmlbLock **lock) {
 static volatile sig_atomic_t g_child = 0;
 /* Set by the handler: a stop was requested (the deadline clock starts). */
 static volatile sig_atomic_t g_stopping = 0;
+/* The stop signals forwarded on request, as a bit per signal number. */
+static volatile sig_atomic_t g_asked = 0;
+/* Set by the SIGUSR2 handler; the wait loop logs it. */
+static volatile sig_atomic_t g_usr2 = 0;
+/* The signal CMD died of (0: it exited). */
+static int g_died_of = 0;
 
 /* kill(2) is async-signal-safe. */
 static void forward_signal(int sig) {
   pid_t child = (pid_t)g_child;
   g_stopping = 1;
+  g_asked |= 1 << sig;
   if (child > 0) kill(-child, sig);
+}
+
+/* SIGHUP, SIGUSR1, SIGQUIT, SIGWINCH: CMD's to interpret, not a stop. */
+static void pass_signal(int sig) {
+  pid_t child = (pid_t)g_child;
+  if (child > 0) kill(-child, sig);
+}
+
+static void note_usr2(int sig) {
+  (void)sig;
+  g_usr2 = 1;
 }
 
 static long now_ms(void) {
@@ -434,7 +457,7 @@ static int run_to_end(LlmlbLock *lock, pid_t child, enum ready_policy policy, ui
       pid_t got = waitpid(child, &status, WNOHANG);
       if (got == child) {
         if (WIFEXITED(status)) code = WEXITSTATUS(status);
-        else if (WIFSIGNALED(status)) code = 128 + WTERMSIG(status);
+        else if (WIFSIGNALED(status)) code = 128 + (g_died_of = WTERMSIG(status));
         else code = 1;
       } else if (got < 0 && errno != EINTR) {
         perror("launcher: waitpid");
@@ -483,6 +506,10 @@ static int run_to_end(LlmlbLock *lock, pid_t child, enum ready_policy policy, ui
       killed = 1;
       deadline = now_ms() + KILL_WAIT_MS;
     }
+    if (g_usr2) {
+      g_usr2 = 0;
+      fprintf(stderr, "launcher: received SIGUSR2; ignored (reserved for a future reload)\n");
+    }
     {
       /* Where Windows' `llmlb stop` would arrive; here it is SIGTERM (the
        * handler above), and this is a sleep that a signal cuts short. */
@@ -522,6 +549,21 @@ int main(int argc, char **argv) {
   activated = listen_pid != NULL && getenv("LISTEN_FDS") != NULL &&
               strtol(listen_pid, NULL, 10) == (long)getpid();
 
+  /* Block the handled signals until the child's pid is recorded and the
+   * handlers are in place: one that arrives meanwhile (a HUP from
+   * logrotate, a stop racing our start) waits instead of killing the
+   * launcher with its lock taken, and none is lost between fork and the
+   * handlers' installation. */
+  sigemptyset(&forwarded);
+  sigaddset(&forwarded, SIGTERM);
+  sigaddset(&forwarded, SIGINT);
+  sigaddset(&forwarded, SIGHUP);
+  sigaddset(&forwarded, SIGUSR1);
+  sigaddset(&forwarded, SIGUSR2);
+  sigaddset(&forwarded, SIGQUIT);
+  sigaddset(&forwarded, SIGWINCH);
+  sigprocmask(SIG_BLOCK, &forwarded, &old_mask);
+
   if ((code = take_lock(port, &lock)) != 0) return code;
   if (policy == READY_NOTIFY && open_notify() != 0) {
     close_notify();
@@ -542,13 +584,6 @@ int main(int argc, char **argv) {
    * where init does not reap. */
   prctl(PR_SET_CHILD_SUBREAPER, 1);
 #endif
-
-  /* Block the forwarded signals until the child's pid is recorded, so none
-   * is lost between fork and the handler's installation. */
-  sigemptyset(&forwarded);
-  sigaddset(&forwarded, SIGTERM);
-  sigaddset(&forwarded, SIGINT);
-  sigprocmask(SIG_BLOCK, &forwarded, &old_mask);
 
   child = fork();
   if (child < 0) {
@@ -604,9 +639,17 @@ int main(int argc, char **argv) {
             llmlb_last_error());
   memset(&action, 0, sizeof action);
   action.sa_handler = forward_signal;
-  sigemptyset(&action.sa_mask);
+  /* One handler at a time: g_asked is updated by read-modify-write. */
+  action.sa_mask = forwarded;
   sigaction(SIGTERM, &action, NULL);
   sigaction(SIGINT, &action, NULL);
+  action.sa_handler = pass_signal;
+  sigaction(SIGHUP, &action, NULL);
+  sigaction(SIGUSR1, &action, NULL);
+  sigaction(SIGQUIT, &action, NULL);
+  sigaction(SIGWINCH, &action, NULL);
+  action.sa_handler = note_usr2;
+  sigaction(SIGUSR2, &action, NULL);
   sigprocmask(SIG_SETMASK, &old_mask, NULL);
 
   code = run_to_end(lock, child, policy, port);
@@ -614,6 +657,17 @@ int main(int argc, char **argv) {
   status = llmlb_lock_release(lock);
   if (status != LLMLB_STATUS_OK)
     fprintf(stderr, "launcher: warning: releasing the lock: %s\n", llmlb_last_error());
+  if ((g_died_of == SIGTERM || g_died_of == SIGINT) && (g_asked & (1 << g_died_of))) {
+    /* Asked to stop, and CMD died of the signal we forwarded: so do we,
+     * with everything released, as a shell does (and as `llmlb serve`). */
+    sigset_t own;
+    fflush(stdout);
+    signal(g_died_of, SIG_DFL);
+    sigemptyset(&own);
+    sigaddset(&own, g_died_of);
+    sigprocmask(SIG_UNBLOCK, &own, NULL);
+    raise(g_died_of);
+  }
   return code;
 }
 

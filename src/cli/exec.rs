@@ -1,5 +1,7 @@
 //! Exec mode, `llmlb serve --port P -- CMD ARGS…`: run CMD under the held
-//! lock, forward SIGINT/SIGTERM to its process group, exit with its code.
+//! lock, forward SIGINT/SIGTERM (a stop) and SIGHUP/SIGUSR1/SIGQUIT/SIGWINCH
+//! (the command's to interpret) to its process group, exit with its code, or
+//! die of the stop signal it died of.
 //!
 //! The command's tree holds the lock with us (see `llmlb::supervise::exec`),
 //! and whatever ends the command (its own exit, a signal, the port being
@@ -21,7 +23,7 @@ use tokio::time::Instant;
 use super::fail;
 use super::replace::{DrainRequested, Handovers};
 use super::serve::LockLost;
-use super::signals::{self, Signals};
+use super::signals::{self, Received, Signals};
 
 /// What holds the command's tree, for logs.
 const TREE: &str = if cfg!(windows) {
@@ -66,6 +68,8 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 const GROUP_POLL: Duration = Duration::from_millis(20);
 /// How often orphaned grandchildren we adopted (as subreaper) are reaped.
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a command not ready yet is reported, with what it waits for.
+const STARTING_REPORT: Duration = Duration::from_secs(10);
 
 /// Ending the command's group: the signal sent, then `SIGKILL` at the
 /// deadline, then giving up at the next.
@@ -129,6 +133,9 @@ pub(crate) struct ExecPlan<'a> {
     pub(crate) handovers: &'a Arc<Handovers>,
     /// Resolves when a successor has taken the port over.
     pub(crate) drain: DrainRequested,
+    /// `--ready-timeout`: how long the command has to become ready before
+    /// it is stopped; `None` waits for ever.
+    pub(crate) ready_timeout: Option<Duration>,
 }
 
 /// Runs the command to completion, then ends what is left of its process
@@ -147,6 +154,7 @@ pub(crate) async fn run(
         socket,
         handovers,
         mut drain,
+        ready_timeout,
     } = plan;
     let Some((program, args)) = command.split_first() else {
         return fail("exec mode needs a command after `--`");
@@ -247,6 +255,14 @@ pub(crate) async fn run(
         .map_err(|e| tracing::warn!("cannot watch {shown} for readiness; it stays starting: {e}"))
         .ok();
     super::serve::tell_status(&format!("running {shown} (PID {child_pid}) on port {port}"));
+    let started = Instant::now();
+    let mut is_ready = false;
+    let mut timed_out = false;
+    let mut report = tokio::time::interval_at(started + STARTING_REPORT, STARTING_REPORT);
+    let ready_deadline = ready_timeout.map(|t| started + t);
+    // The stop signals forwarded on request: a command that dies of one
+    // makes llmlb die of it too (see `signals::die_after_release`).
+    let mut asked: Vec<ForwardSignal> = Vec::new();
     let mut watching = true;
     let mut lost = false;
     // Handed over to a successor: the command's end is ours to wait for,
@@ -265,12 +281,40 @@ pub(crate) async fn run(
                 lost = true;
                 stopping.begin(tree, ForwardSignal::Terminate);
             }
-            sig = signals.recv() => {
-                tracing::info!("received {}, forwarding it to {shown}", signals::name(sig));
-                if stopping.deadline.is_none() && handovers.abort().is_none() {
+            received = signals.next() => match received {
+                Received::Stop(sig) => {
+                    tracing::info!("received {}, forwarding it to {shown}", signals::name(sig));
+                    if stopping.deadline.is_none() && handovers.abort().is_none() {
+                        super::serve::announce(lock, ServeState::Stopping);
+                    }
+                    asked.push(sig);
+                    stopping.begin(tree, sig);
+                }
+                // The command's to interpret (reload, reopen logs, a stop of
+                // its own choosing): forwarded, and nothing else changes.
+                Received::Pass(sig) => forward(tree, sig, &shown),
+                Received::Reserved => signals::log_reserved(),
+            },
+            () = until(ready_deadline), if !is_ready && stopping.deadline.is_none() => {
+                timed_out = true;
+                let elsewhere = listening_elsewhere(ready, child_pid, port);
+                fail(format!(
+                    "{shown} (PID {child_pid}) did not {} within {}s (--ready-timeout){elsewhere}; stopping it",
+                    ready.awaited(port),
+                    ready_timeout.unwrap_or_default().as_secs_f64(),
+                ));
+                if handovers.abort().is_none() {
                     super::serve::announce(lock, ServeState::Stopping);
                 }
-                stopping.begin(tree, sig);
+                stopping.begin(tree, ForwardSignal::Terminate);
+            }
+            _ = report.tick(), if !is_ready && stopping.deadline.is_none() => {
+                tracing::info!(
+                    "still waiting for {shown} (PID {child_pid}) to {} ({}s so far){}",
+                    ready.awaited(port),
+                    started.elapsed().as_secs(),
+                    listening_elsewhere(ready, child_pid, port),
+                );
             }
             Ok(pid) = &mut drain, if !drained => {
                 // The successor's command accepts on the same socket now.
@@ -290,6 +334,7 @@ pub(crate) async fn run(
             Some(event) = ready_rx.recv() => match event {
                 // Never back from stopping to ready.
                 ReadyEvent::Ready if stopping.deadline.is_none() => {
+                    is_ready = true;
                     super::serve::announce(lock, ServeState::Ready);
                     tracing::info!("{shown} is ready (--ready {})", ready.name());
                     handovers.ready();
@@ -329,6 +374,13 @@ pub(crate) async fn run(
                 super::EXIT_FAILURE
             } else if drained {
                 0
+            } else if let Some(&sig) = asked.iter().find(|&&sig| exec::died_of(status, sig)) {
+                // Asked to stop, and the command died of the signal we
+                // forwarded: so do we, once everything is released.
+                signals::die_after_release(sig);
+                code
+            } else if timed_out {
+                super::EXIT_FAILURE
             } else {
                 code
             }
@@ -347,6 +399,48 @@ fn passed_socket_hint(shown: &str, code: i32, port: u16) -> String {
     format!(
         "Error: {shown} exited with code {code}; it was passed port {port}'s socket and must serve on descriptor 3 (LISTEN_FDS=1), not bind the port itself (llmlb already listens there; see docs/cli.md)"
     )
+}
+
+/// Forwards `sig` (not a stop) to the command's tree.
+fn forward(tree: Option<&CommandTree>, sig: ForwardSignal, shown: &str) {
+    // A terminal sends one per resize: not worth a line each.
+    if sig == ForwardSignal::WindowChange {
+        tracing::debug!("received SIGWINCH, forwarding it to {shown}");
+    } else {
+        tracing::info!("received {}, forwarding it to {shown}", signals::name(sig));
+    }
+    let Some(tree) = tree else {
+        tracing::warn!(
+            "cannot forward {} to {shown}: it has no {TREE} of its own",
+            signals::name(sig)
+        );
+        return;
+    };
+    // ESRCH: the group is gone; its end is seen by the main loop.
+    if let Err(e) = tree.signal(sig) {
+        tracing::debug!("cannot signal the command's {TREE}: {e}");
+    }
+}
+
+/// Resolves at `deadline`; never without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `; python3 (PID 123) listens on 8001, not 8000` when `--ready listen`
+/// waits for `port` and the command's tree listens elsewhere (Linux only:
+/// elsewhere nothing says whose a socket is); empty otherwise.
+fn listening_elsewhere(ready: ReadyPolicy, root: u32, port: u16) -> String {
+    if ready != ReadyPolicy::Listen {
+        return String::new();
+    }
+    match llmlb::supervise::ready::listening_instead(root, port) {
+        Some(line) => format!("; {line}"),
+        None => String::new(),
+    }
 }
 
 /// Once the command itself has exited: `SIGTERM` what is left of its group

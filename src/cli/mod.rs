@@ -61,20 +61,27 @@ Files:
 macro_rules! serve_after {
     () => {
         "Exit codes:
-  0    stopped by SIGINT/SIGTERM, lock released
+  0    stopped by SIGINT/SIGTERM (HTTP mode: also SIGQUIT), lock released
   0    also: handed over to a successor (serve --replace), which serves on
   1    already running on the port (with --wait: still, at the deadline), port used by
        another program, unusable lock dir; --replace: the holder could not be stopped
-       (or stop refused it), or another replace of the port is under way
+       (or stop refused it), or another replace of the port is under way; exec mode:
+       COMMAND not ready within --ready-timeout (stopped, port released)
   2    usage error
   130  SIGINT while waiting (--wait) or taking over (--replace); 143 SIGTERM; nothing
        was taken (--replace: the running server keeps the port)
-  exec mode: COMMAND's code (128 + N if killed by signal N; 126 not executable, 127 not found)
+  exec mode: COMMAND's code (128 + N if killed by signal N; 126 not executable, 127 not found);
+       asked to stop and COMMAND died of the forwarded SIGTERM/SIGINT: serve dies of it too,
+       after releasing (a clean stop for systemd; 143/130 in a shell)
+
+Signals: exec mode forwards SIGHUP, SIGUSR1, SIGQUIT and SIGWINCH to COMMAND's group; HTTP
+  mode ignores SIGHUP, SIGUSR1 and SIGWINCH; SIGUSR2 is reserved and ignored by both.
 
 Examples:
   llmlb serve --port 8000                       # HTTP on 0.0.0.0:8000, GET /health
   llmlb serve -p 8000 -- python3 -m http.server 8000   # any server under the lock
   llmlb serve -p 8000 --wait 10 -- ./server     # wait up to 10 s for the old one
+  llmlb serve -p 8000 --ready-timeout 30 -- ./server   # stop it if not listening in 30 s
   llmlb serve -p 8000 --replace                 # take over from the running one
 "
     };
@@ -224,6 +231,14 @@ struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs,
           requires = "replace", allow_hyphen_values = true)]
     replace_timeout: Duration,
+    /// Exec mode: seconds (decimals allowed) COMMAND has to become ready
+    /// (--ready); not ready by then, it is stopped (SIGTERM, SIGKILL 3 s
+    /// later), the port released (--replace: given back to the running
+    /// server, which serves on) and serve exits 1 naming what it waited
+    /// for. 0 waits for ever. [default: none; 60 with --replace]
+    #[arg(long, value_name = "SECS", value_parser = parse_secs,
+          requires = "command", allow_negative_numbers = true)]
+    ready_timeout: Option<Duration>,
     /// Exec mode: after taking the lock, bind --host:--port and pass the
     /// listening socket to COMMAND as descriptor 3 with LISTEN_FDS=1,
     /// LISTEN_PID and LISTEN_FDNAMES=llmlb (gunicorn finds it itself, uvicorn
@@ -653,7 +668,7 @@ fn run_serve(
         // where --replace always takes its fallback).
         pass_socket: args.pass_socket || (args.replace && cfg!(unix)),
     };
-    serve::run(
+    let code = serve::run(
         dir,
         serve::ServePlan {
             port,
@@ -664,9 +679,23 @@ fn run_serve(
             listen,
             pidfile: args.pidfile,
             replace: args.replace.then_some(args.replace_timeout),
+            ready_timeout: match args.ready_timeout {
+                Some(Duration::ZERO) => None,
+                Some(timeout) => Some(timeout),
+                None if args.replace => Some(REPLACE_READY_TIMEOUT),
+                None => None,
+            },
         },
-    )
+    );
+    // The lock, the pidfile and the runtime are gone: exec mode's command
+    // died of the stop signal we forwarded, so we die of it too.
+    signals::die_if_asked();
+    code
 }
+
+/// `--ready-timeout`'s default with `--replace`: a successor that never
+/// becomes ready must not hold a replace (and the next deploy) for ever.
+const REPLACE_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A usage error of `serve` (clap's format, exit 2).
 fn serve_usage(message: String) -> clap::Error {

@@ -152,6 +152,8 @@ pub(crate) struct ServePlan {
     pub(crate) pidfile: Option<PathBuf>,
     /// `--replace` with its `--replace-timeout`.
     pub(crate) replace: Option<Duration>,
+    /// `--ready-timeout` (exec mode), settled: `None` waits for ever.
+    pub(crate) ready_timeout: Option<Duration>,
 }
 
 /// Runs `serve`; returns the exit code with the lock released.
@@ -165,6 +167,7 @@ pub(crate) fn run(dir: &LockDirChoice, plan: ServePlan) -> i32 {
         listen,
         pidfile,
         replace,
+        ready_timeout,
     } = plan;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -257,6 +260,7 @@ pub(crate) fn run(dir: &LockDirChoice, plan: ServePlan) -> i32 {
                 socket: socket.as_ref(),
                 handovers: &handovers,
                 drain,
+                ready_timeout,
             };
             let code = exec::run(&lock, signals, &mut lost, &host, port, plan).await;
             handovers.withdraw();

@@ -1,18 +1,46 @@
-//! The stop requests `serve` listens for, as an async stream, installed before
-//! the lock is taken so a `stop` racing our start-up is handled (not
-//! default-killed into a stale file): SIGINT/SIGTERM on Unix; on Windows
+//! The signals `serve` listens for, as an async stream, installed before
+//! the lock is taken so a signal racing our start-up is handled (not
+//! default-killed into a stale file). Unix: SIGINT/SIGTERM ask for a stop;
+//! SIGHUP, SIGUSR1, SIGQUIT and SIGWINCH are exec mode's to forward to its
+//! command (HTTP mode ignores all but SIGQUIT, a graceful stop there, as in
+//! nginx); SIGUSR2 is reserved for a future reload and ignored. Windows:
 //! Ctrl-C, Ctrl-Break and the lock's stop channel (what `llmlb stop` sets).
+
+use std::sync::atomic::{AtomicU8, Ordering};
 
 #[cfg(windows)]
 use llmlb::lock::StopRequest;
 use llmlb::supervise::exec::ForwardSignal;
 
-/// The stop signals this process listens for.
+/// What a signal asks of `serve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(windows, allow(dead_code, reason = "Windows has only stop requests"))]
+pub(crate) enum Received {
+    /// Stop: SIGINT or SIGTERM (Windows: Ctrl-C, Ctrl-Break, a stop request).
+    Stop(ForwardSignal),
+    /// SIGHUP, SIGUSR1, SIGQUIT or SIGWINCH: exec mode's command decides what
+    /// it means (reload, reopen logs…), so exec mode forwards it.
+    Pass(ForwardSignal),
+    /// SIGUSR2: reserved for llmlb's own reload; logged and ignored.
+    Reserved,
+}
+
+/// The signals this process listens for.
 pub(crate) struct Signals {
     #[cfg(unix)]
     int: tokio::signal::unix::Signal,
     #[cfg(unix)]
     term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    usr1: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    usr2: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    quit: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    winch: tokio::signal::unix::Signal,
     #[cfg(windows)]
     ctrl_c: tokio::signal::windows::CtrlC,
     #[cfg(windows)]
@@ -32,6 +60,11 @@ impl Signals {
             Ok(Signals {
                 int: signal(SignalKind::interrupt())?,
                 term: signal(SignalKind::terminate())?,
+                hup: signal(SignalKind::hangup())?,
+                usr1: signal(SignalKind::user_defined1())?,
+                usr2: signal(SignalKind::user_defined2())?,
+                quit: signal(SignalKind::quit())?,
+                winch: signal(SignalKind::window_change())?,
             })
         }
         #[cfg(windows)]
@@ -61,14 +94,37 @@ impl Signals {
         Ok(())
     }
 
-    /// Waits for the next SIGINT or SIGTERM; on Windows Ctrl-C (as SIGINT),
-    /// Ctrl-Break or a stop request (as SIGTERM).
+    /// Waits for the next stop request, for everything but exec mode's
+    /// running command: SIGINT, SIGTERM, and SIGQUIT (a graceful stop, as
+    /// nginx takes it); on Windows Ctrl-C (as SIGINT), Ctrl-Break or a stop
+    /// request (as SIGTERM). SIGHUP, SIGUSR1, SIGUSR2 and SIGWINCH are
+    /// logged and ignored: there is nothing here to reload or reopen.
     pub(crate) async fn recv(&mut self) -> ForwardSignal {
+        loop {
+            match self.next().await {
+                Received::Stop(sig) | Received::Pass(sig @ ForwardSignal::Quit) => return sig,
+                Received::Pass(ForwardSignal::WindowChange) => {} // every resize: not worth a line
+                Received::Pass(sig) => tracing::info!(
+                    "received {}; ignored (only exec mode forwards it, to its command)",
+                    name(sig)
+                ),
+                Received::Reserved => log_reserved(),
+            }
+        }
+    }
+
+    /// Waits for the next signal of any kind (see [`Received`]).
+    pub(crate) async fn next(&mut self) -> Received {
         #[cfg(unix)]
         {
             tokio::select! {
-                _ = self.int.recv() => ForwardSignal::Interrupt,
-                _ = self.term.recv() => ForwardSignal::Terminate,
+                _ = self.int.recv() => Received::Stop(ForwardSignal::Interrupt),
+                _ = self.term.recv() => Received::Stop(ForwardSignal::Terminate),
+                _ = self.hup.recv() => Received::Pass(ForwardSignal::Hangup),
+                _ = self.usr1.recv() => Received::Pass(ForwardSignal::User1),
+                _ = self.quit.recv() => Received::Pass(ForwardSignal::Quit),
+                _ = self.winch.recv() => Received::Pass(ForwardSignal::WindowChange),
+                _ = self.usr2.recv() => Received::Reserved,
             }
         }
         #[cfg(windows)]
@@ -86,20 +142,30 @@ impl Signals {
                 }
             };
             tokio::select! {
-                _ = self.ctrl_c.recv() => ForwardSignal::Interrupt,
-                _ = self.ctrl_break.recv() => ForwardSignal::Terminate,
-                () = stop => ForwardSignal::Terminate,
+                _ = self.ctrl_c.recv() => Received::Stop(ForwardSignal::Interrupt),
+                _ = self.ctrl_break.recv() => Received::Stop(ForwardSignal::Terminate),
+                () = stop => Received::Stop(ForwardSignal::Terminate),
             }
         }
     }
 }
 
-/// `SIGINT` / `SIGTERM` (on Windows: Ctrl-C / a stop request), for logs.
+/// The one line for SIGUSR2, wherever it arrives.
+pub(crate) fn log_reserved() {
+    tracing::info!("received SIGUSR2; ignored (reserved for a future `llmlb reload`)");
+}
+
+/// The signal's name for logs: `SIGINT`, `SIGHUP`…; on Windows `Ctrl-C`
+/// and "a stop request".
 pub(crate) fn name(sig: ForwardSignal) -> &'static str {
     match sig {
         ForwardSignal::Interrupt if cfg!(windows) => "Ctrl-C",
         ForwardSignal::Interrupt => "SIGINT",
         ForwardSignal::Kill => "SIGKILL",
+        ForwardSignal::Hangup => "SIGHUP",
+        ForwardSignal::User1 => "SIGUSR1",
+        ForwardSignal::Quit => "SIGQUIT",
+        ForwardSignal::WindowChange => "SIGWINCH",
         _ if cfg!(windows) => "a stop request",
         _ => "SIGTERM",
     }
@@ -111,6 +177,43 @@ pub(crate) fn exit_code(sig: ForwardSignal) -> i32 {
     match sig {
         ForwardSignal::Interrupt => 130,
         ForwardSignal::Kill => 137,
+        ForwardSignal::Hangup => 129,
+        ForwardSignal::Quit => 131,
+        ForwardSignal::User1 => 138,
+        ForwardSignal::WindowChange => 156,
         _ => 143,
     }
+}
+
+/// The stop signal this process is to die of once everything is released
+/// (0: none); see [`die_after_release`].
+static DIE_OF: AtomicU8 = AtomicU8::new(0);
+
+/// Asks [`die_if_asked`] to end this process by `sig` (its default action)
+/// instead of exiting with a code: exec mode's command died of the stop
+/// signal llmlb forwarded to it, and a service manager must see the same
+/// clean signal death (systemd counts `SIGTERM` as a clean stop, exit code
+/// 143 as a failure). Only `SIGINT` and `SIGTERM` are taken.
+pub(crate) fn die_after_release(sig: ForwardSignal) {
+    let n = match sig {
+        ForwardSignal::Interrupt => 1,
+        ForwardSignal::Terminate => 2,
+        _ => return,
+    };
+    DIE_OF.store(n, Ordering::SeqCst);
+}
+
+/// Dies of the signal [`die_after_release`] named, if any; call once the
+/// lock, pidfile and runtime are gone. Flushes stdout first. Returns if
+/// nothing was asked or the platform cannot (Windows): the caller then
+/// exits with its code.
+pub(crate) fn die_if_asked() {
+    let sig = match DIE_OF.load(Ordering::SeqCst) {
+        1 => ForwardSignal::Interrupt,
+        2 => ForwardSignal::Terminate,
+        _ => return,
+    };
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    llmlb::supervise::exec::die_of(sig);
 }

@@ -127,12 +127,11 @@ impl CommandTree {
     ///
     /// # Errors
     /// The OS error (`ESRCH` when the group is gone).
+    ///
+    /// `Unsupported` on Windows for the signals it has no equivalent of
+    /// (`Hangup`, `User1`, `Quit`, `WindowChange`).
     pub(crate) fn signal(&self, sig: ForwardSignal) -> io::Result<()> {
-        self.inner.signal(match sig {
-            ForwardSignal::Interrupt => sys::Signal::Int,
-            ForwardSignal::Terminate => sys::Signal::Term,
-            ForwardSignal::Kill => sys::Signal::Kill,
-        })
+        self.inner.signal(sys_signal(sig)?)
     }
 
     /// Whether every process of the tree has exited. Call after the child
@@ -174,9 +173,68 @@ pub(crate) fn exit_code(status: ExitStatus) -> i32 {
     sys::exit_code(status)
 }
 
+/// Whether `status` is a death by `sig`; never on Windows, which has no
+/// signal deaths.
+pub(crate) fn died_of(status: ExitStatus, sig: ForwardSignal) -> bool {
+    #[cfg(unix)]
+    return sys_signal(sig).is_ok_and(|sig| sys::died_of(status, sig));
+    #[cfg(not(unix))]
+    {
+        let _ = (status, sig);
+        false
+    }
+}
+
+/// Ends this process by `sig` with its default action, as a shell does
+/// after a child died of a signal it was sent (`WCE`): the parent's `wait`
+/// sees a death by `sig`, which systemd counts as a clean stop for `SIGTERM`
+/// and `SIGINT` where it counts exit code 143 as a failure. Call only with
+/// everything released. Returns where that is not possible (Windows, or a
+/// signal whose default action does not end a process).
+pub(crate) fn die_of(sig: ForwardSignal) {
+    #[cfg(unix)]
+    if let Ok(sig) = sys_signal(sig) {
+        sys::die_of(sig);
+    }
+    #[cfg(not(unix))]
+    let _ = sig;
+}
+
+/// The platform's signal for `sig`; Windows has only `Int`, `Term` and
+/// `Kill` (as console events and termination).
+fn sys_signal(sig: ForwardSignal) -> io::Result<sys::Signal> {
+    Ok(match sig {
+        ForwardSignal::Interrupt => sys::Signal::Int,
+        ForwardSignal::Terminate => sys::Signal::Term,
+        ForwardSignal::Kill => sys::Signal::Kill,
+        #[cfg(unix)]
+        ForwardSignal::Hangup => sys::Signal::Hup,
+        #[cfg(unix)]
+        ForwardSignal::User1 => sys::Signal::Usr1,
+        #[cfg(unix)]
+        ForwardSignal::Quit => sys::Signal::Quit,
+        #[cfg(unix)]
+        ForwardSignal::WindowChange => sys::Signal::Winch,
+        #[cfg(not(unix))]
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "Windows has no such signal",
+            ))
+        }
+    })
+}
+
 /// A signal a launcher sends to its child's process group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
+#[cfg_attr(
+    windows,
+    allow(
+        dead_code,
+        reason = "Windows has no SIGHUP, SIGUSR1 or SIGQUIT to receive"
+    )
+)]
 pub(crate) enum ForwardSignal {
     /// `SIGINT` (Ctrl-C).
     Interrupt,
@@ -184,4 +242,13 @@ pub(crate) enum ForwardSignal {
     Terminate,
     /// `SIGKILL`: the deadline after `SIGTERM` passed.
     Kill,
+    /// `SIGHUP`: reload (gunicorn, nginx), or a closed terminal. Unix only.
+    Hangup,
+    /// `SIGUSR1`: reopen logs (nginx, logrotate's `postrotate`). Unix only.
+    User1,
+    /// `SIGQUIT`: the command decides (nginx: graceful stop). Unix only.
+    Quit,
+    /// `SIGWINCH`: the terminal was resized (nginx: stop the workers).
+    /// Unix only.
+    WindowChange,
 }

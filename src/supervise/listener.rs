@@ -94,3 +94,33 @@ pub fn pid_from_namespace(pid_ns: &str, pid: u32) -> Option<u32> {
 pub fn tree_listens(port: u16, root: u32) -> io::Result<bool> {
     imp::tree_listens(port, root)
 }
+
+/// A listening TCP socket of a process tree (see [`tree_listening`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeSocket {
+    /// The process that has it open.
+    pub pid: u32,
+    /// Its short command name (`/proc/<pid>/comm`). Text from another
+    /// process: escape it before printing it to a terminal.
+    pub name: Option<String>,
+    /// The local port it listens on.
+    pub port: u16,
+}
+
+/// Every TCP port `root` or one of its descendants listens on now, by port
+/// then PID (a socket shared by several processes of the tree is listed once
+/// per process); empty when `root` is gone. Linux only: elsewhere always
+/// empty (the connect probe cannot tell whose a port is).
+///
+/// # Errors
+///
+/// As [`port_listener`].
+pub fn tree_listening(root: u32) -> io::Result<Vec<TreeSocket>> {
+    #[cfg(target_os = "linux")]
+    return linux::tree_listening(root);
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = root;
+        Ok(Vec::new())
+    }
+}

@@ -76,6 +76,17 @@ impl ReadyPolicy {
         ReadyPolicy::ALL.into_iter().find(|p| p.name() == name)
     }
 
+    /// What a command not ready yet by this policy has still to do, as
+    /// "{command} did not …" / "waiting for {command} to …" completes it:
+    /// `listen on port 8000`, `send READY=1 (--ready notify)`, `start`.
+    pub fn awaited(self, port: u16) -> String {
+        match self {
+            ReadyPolicy::Listen => format!("listen on port {port}"),
+            ReadyPolicy::Notify => "send READY=1 (--ready notify)".to_owned(),
+            ReadyPolicy::Immediate => "start".to_owned(),
+        }
+    }
+
     /// Whether this platform can watch for this policy: `notify` needs Unix
     /// (there is no sd_notify on Windows).
     pub fn is_supported(self) -> bool {
@@ -299,6 +310,45 @@ impl ListenProbe {
     }
 }
 
+/// `python3 (PID 123) listens on 8001, not 8000` when the tree of `root`
+/// listens on other ports than `port` and not on `port` (a mistyped port, the
+/// commonest reason a command never becomes ready by `listen`); `None` if it
+/// listens on none, on `port`, or the platform cannot tell whose a socket is
+/// (only Linux can; see [`tree_listening`](super::listener::tree_listening)).
+/// The process name is escaped for a terminal.
+pub fn listening_instead(root: u32, port: u16) -> Option<String> {
+    let sockets = super::listener::tree_listening(root).ok()?;
+    if sockets.is_empty() || sockets.iter().any(|s| s.port == port) {
+        return None;
+    }
+    // One clause per process, in the order found (by port, then PID).
+    let mut clauses: Vec<(u32, String, Vec<u16>)> = Vec::new();
+    for socket in &sockets {
+        match clauses.iter_mut().find(|(pid, _, _)| *pid == socket.pid) {
+            Some((_, _, ports)) if !ports.contains(&socket.port) => ports.push(socket.port),
+            Some(_) => {}
+            None => clauses.push((
+                socket.pid,
+                socket.name.as_deref().unwrap_or("a process").to_owned(),
+                vec![socket.port],
+            )),
+        }
+    }
+    let clauses: Vec<String> = clauses
+        .iter()
+        .map(|(pid, name, ports)| {
+            let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+            format!(
+                "{} (PID {pid}) listens on {}",
+                crate::lock::printable(name),
+                ports.join(", ")
+            )
+        })
+        .collect();
+    let line = format!("{}, not {port}", clauses.join("; "));
+    Some(line)
+}
+
 /// Whether a TCP connect to `host`:`port` succeeds (the connection is closed
 /// at once). A wildcard host (`0.0.0.0`, `::`) is probed on its loopback.
 #[cfg_attr(target_os = "linux", allow(dead_code))]
@@ -353,6 +403,24 @@ mod tests {
         assert!(connect_probe("127.0.0.1", port));
         drop(listener);
         assert!(!connect_probe("127.0.0.1", port));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_tree_listening_on_another_port_is_named_with_that_port() {
+        let me = std::process::id();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let there = listener.local_addr().unwrap().port();
+        let wanted = if there == 1 { 2 } else { there - 1 };
+        // Other tests of this process may listen too: their ports may be
+        // listed beside ours.
+        let line = listening_instead(me, wanted).expect("our own listener is seen");
+        assert!(line.contains(&format!("(PID {me}) listens on ")), "{line}");
+        assert!(line.contains(&there.to_string()), "{line}");
+        assert!(line.ends_with(&format!(", not {wanted}")), "{line}");
+        // Listening on the awaited port (too): nothing to say.
+        assert_eq!(listening_instead(me, there), None);
+        drop(listener);
     }
 
     #[test]

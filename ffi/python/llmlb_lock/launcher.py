@@ -8,7 +8,12 @@ own (recorded in the lock file, so `llmlb stop --force` reaches all of it),
 forwards SIGTERM and SIGINT to that group, and once CMD exits ends what is
 left of the group (SIGTERM, then SIGKILL after 3 s; a forwarded signal
 starts the same clock), then releases the lock and exits with CMD's code
-(128+signal if it was killed).
+(128+signal if it was killed). If CMD died of the SIGTERM or SIGINT the
+launcher forwarded, the launcher then dies of that signal too (a clean stop
+for systemd; 128+N in a shell). SIGHUP, SIGUSR1, SIGQUIT and SIGWINCH are
+forwarded to the group without stopping anything (CMD decides what reload
+or log reopening means); SIGUSR2 is reserved for a future reload: logged
+and ignored.
 
 CMD inherits the lock's descriptor (LLMLB_LOCK_FD names it): if the
 launcher is killed, the port stays locked while any of CMD's tree lives. A
@@ -426,8 +431,23 @@ def main(argv) -> int:
             return
         _killpg(children[0].pid, signum)
 
+    def pass_on(signum, _frame):
+        # CMD's to interpret (reload, reopen logs): not a stop.
+        if not children:
+            passed_early.append(signum)
+            return
+        _killpg(children[0].pid, signum)
+
+    def reserved(_signum, _frame):
+        print(PROG + ": received SIGUSR2; ignored (reserved for a future reload)", file=sys.stderr)
+
+    passed_early = []
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    if not _WINDOWS:
+        for name in ("SIGHUP", "SIGUSR1", "SIGQUIT", "SIGWINCH"):
+            signal.signal(getattr(signal, name), pass_on)
+        signal.signal(signal.SIGUSR2, reserved)
     try:
         if _WINDOWS:
             # Its own console process group, so CTRL_BREAK_EVENT reaches it
@@ -492,6 +512,8 @@ def main(argv) -> int:
         )
     for signum in pending:
         forward(signum, None)
+    for signum in passed_early:
+        pass_on(signum, None)
     try:
         code = _run_to_end(child, stopping, lock, policy, port, notify)
     finally:
@@ -501,6 +523,14 @@ def main(argv) -> int:
         lock.release()
     except LockError as e:
         print(PROG + ": warning: releasing the lock: %s" % e, file=sys.stderr)
+    died_of = -child.returncode if child.returncode is not None and child.returncode < 0 else 0
+    if died_of in (signal.SIGTERM, signal.SIGINT) and died_of in stopping:
+        # Asked to stop, and CMD died of the signal we forwarded: so do we,
+        # with everything released, as a shell does (and as `llmlb serve`).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(died_of, signal.SIG_DFL)
+        os.kill(os.getpid(), died_of)
     return code
 
 

@@ -691,6 +691,10 @@ pub(crate) enum Signal {
     Int,
     Term,
     Kill,
+    Hup,
+    Usr1,
+    Quit,
+    Winch,
 }
 
 impl Signal {
@@ -699,7 +703,39 @@ impl Signal {
             Signal::Int => libc::SIGINT,
             Signal::Term => libc::SIGTERM,
             Signal::Kill => libc::SIGKILL,
+            Signal::Hup => libc::SIGHUP,
+            Signal::Usr1 => libc::SIGUSR1,
+            Signal::Quit => libc::SIGQUIT,
+            Signal::Winch => libc::SIGWINCH,
         }
+    }
+}
+
+/// Whether `status` is a death by `sig`.
+pub(crate) fn died_of(status: std::process::ExitStatus, sig: Signal) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal() == Some(sig.raw())
+}
+
+/// Dies of `sig` as if it had never been handled: restores its default
+/// action, unblocks it and raises it on this thread, so a parent's `wait`
+/// sees a death by `sig` (what shells and systemd read as "stopped by that
+/// signal"). Returns only if the signal did not end the process (it cannot
+/// for `Winch`, whose default is to ignore).
+pub(crate) fn die_of(sig: Signal) {
+    let raw = sig.raw();
+    // SAFETY: plain values; the zeroed sigaction is a valid SIG_DFL action
+    // with an empty mask, and the sigset is initialised by sigemptyset.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = libc::SIG_DFL;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(raw, &action, std::ptr::null_mut());
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, raw);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(raw);
     }
 }
 

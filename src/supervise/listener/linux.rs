@@ -2,7 +2,7 @@
 //! `/proc`. The tables are this process's network namespace's
 //! (`/proc/net` is `/proc/self/net`), the namespace a server it launched binds in.
 
-use super::Listener;
+use super::{Listener, TreeSocket};
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
@@ -66,6 +66,50 @@ pub(crate) fn tree_listens(port: u16, root: u32) -> io::Result<bool> {
     Ok(false)
 }
 
+pub(crate) fn tree_listening(root: u32) -> io::Result<Vec<TreeSocket>> {
+    // Every listening socket's inode → its port, then the tree's descriptors.
+    let mut ports = HashMap::new();
+    let v4 = fs::read_to_string("/proc/net/tcp")?;
+    collect_listening_ports(&v4, &mut ports);
+    if let Ok(v6) = fs::read_to_string("/proc/net/tcp6") {
+        collect_listening_ports(&v6, &mut ports);
+    }
+    let mut found = Vec::new();
+    if ports.is_empty() {
+        return Ok(found);
+    }
+    let mut by_parent: Option<HashMap<u32, Vec<u32>>> = None;
+    let mut seen = HashSet::new();
+    let mut todo = vec![root];
+    while let Some(pid) = todo.pop() {
+        if !seen.insert(pid) {
+            continue;
+        }
+        for port in socket_inodes(pid)
+            .iter()
+            .filter_map(|inode| ports.get(inode))
+        {
+            let socket = TreeSocket {
+                pid,
+                name: comm(pid),
+                port: *port,
+            };
+            if !found.contains(&socket) {
+                found.push(socket);
+            }
+        }
+        match children(pid) {
+            Some(kids) => todo.extend(kids),
+            None => {
+                let map = by_parent.get_or_insert_with(parent_map);
+                todo.extend(map.get(&pid).into_iter().flatten().copied());
+            }
+        }
+    }
+    found.sort_by_key(|s| (s.port, s.pid));
+    Ok(found)
+}
+
 pub(crate) fn pid_from_namespace(pid_ns: &str, inner: u32) -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
     all_pids().ok()?.into_iter().find(|&pid| {
@@ -123,6 +167,40 @@ fn collect_listening(table: &str, port: u16, inodes: &mut HashSet<u64>) {
             inodes.insert(inode);
         }
     }
+}
+
+/// Adds `table`'s LISTEN rows as inode → local port. Malformed rows are
+/// skipped.
+fn collect_listening_ports(table: &str, ports: &mut HashMap<u64, u16>) {
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(state), Some(inode)) = (fields.get(1), fields.get(3), fields.get(9))
+        else {
+            continue;
+        };
+        let Some((_, local_port)) = local.rsplit_once(':') else {
+            continue;
+        };
+        let (Ok(port), Ok(inode @ 1..)) =
+            (u16::from_str_radix(local_port, 16), inode.parse::<u64>())
+        else {
+            continue;
+        };
+        if *state == TCP_LISTEN {
+            ports.insert(inode, port);
+        }
+    }
+}
+
+/// The socket inodes among `pid`'s descriptors (none for a process that has
+/// exited or whose descriptors we may not read).
+fn socket_inodes(pid: u32) -> Vec<u64> {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    fds.flatten()
+        .filter_map(|fd| socket_inode(fs::read_link(fd.path()).ok()?.as_os_str().to_str()?))
+        .collect()
 }
 
 /// Whether one of `pid`'s descriptors is one of `inodes`' sockets. A process
