@@ -1612,7 +1612,7 @@ fn stop_during_a_pending_replace_stops_the_server_the_port_went_back_to() {
     let pending_pid = pending.pid();
 
     let out = env.run(&["stop", "-p", &port.to_string()]);
-    assert_exit(&mut pending, 143, "the pending replace");
+    assert_died_of(&mut pending, libc::SIGTERM, "the pending replace");
     let serving = answering_pid(port, "/");
     assert!(
         serving.is_err(),
@@ -1691,7 +1691,7 @@ fn stop_says_so_when_the_server_the_port_went_back_to_does_not_stop() {
     let pending_pid = pending.pid();
 
     let out = env.run(&["stop", "-p", &p, "-t", "2"]);
-    assert_exit(&mut pending, 143, "the pending replace");
+    assert_died_of(&mut pending, libc::SIGTERM, "the pending replace");
     assert_eq!(out.code(), Some(1), "{out:?}");
     assert!(!out.stdout.contains("Server stopped"), "{out:?}");
     assert_eq!(
