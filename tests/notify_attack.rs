@@ -55,11 +55,11 @@ out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 try:
     out.sendmsg([b"READY=1"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                 array.array("i", [conn.fileno()]))], 0, addr)
-    result = "sent"
+    conn.close()  # not the last copy: the datagram holds one
+    print("sent", flush=True)
 except OSError as e:
-    result = "refused %d" % e.errno
-conn.close()
-print(result, flush=True)
+    # Not sent: closing our copy would linger here; keep it instead.
+    print("refused %d" % e.errno, flush=True)
 time.sleep(3600)
 "#;
 
