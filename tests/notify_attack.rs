@@ -74,7 +74,11 @@ fn system_python() -> Option<&'static str> {
 /// to `<public>/addr` and, once `<public>/go` exists, says `READY=1` with
 /// `systemd-notify`. Returns the server and the address.
 fn start_server(env: &Env, port: u16, public: &Path) -> (Proc, String) {
-    if Command::new("systemd-notify").arg("--version").output().is_err() {
+    if Command::new("systemd-notify")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         prereq::fail("systemd-notify", "apt-get install systemd");
     }
     let addr = public.join("addr");
@@ -125,13 +129,7 @@ fn all_threads_stopped(pid: u32) -> bool {
 /// meanwhile, so the attacker has closed its copy before the receiver can
 /// read the datagram: the receiver's copy is then the last, as it is for an
 /// attacker that wins the race (a real one simply retries until it does).
-fn attack(
-    env: &Env,
-    serve: &Proc,
-    public: &Path,
-    python: &str,
-    prefix: &[&str],
-) -> (Proc, String) {
+fn attack(env: &Env, serve: &Proc, public: &Path, python: &str, prefix: &[&str]) -> (Proc, String) {
     signal(serve.pid(), libc::SIGSTOP);
     wait_until("serve to stop", || all_threads_stopped(serve.pid()));
     let resume = Resume(serve.pid());

@@ -14,9 +14,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 
-use super::{closer, Datagram};
 #[cfg(not(target_os = "linux"))]
 use super::Sender;
+use super::{closer, Datagram};
 
 #[cfg(target_os = "linux")]
 pub(crate) use super::linux::check_sender;
@@ -112,7 +112,8 @@ impl Socket {
     /// carried, which the caller must pass to [`closer::close_later`].
     pub(crate) fn recv(&self, buf: &mut [u8]) -> io::Result<Datagram> {
         // u64 elements: cmsg headers need their alignment.
-        let space = cmsg_space(CREDENTIALS_LEN) + cmsg_space(MAX_FDS * std::mem::size_of::<libc::c_int>());
+        let space =
+            cmsg_space(CREDENTIALS_LEN) + cmsg_space(MAX_FDS * std::mem::size_of::<libc::c_int>());
         let mut control = vec![0u64; space.div_ceil(8)];
         loop {
             let mut iov = libc::iovec {
