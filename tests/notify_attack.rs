@@ -26,42 +26,11 @@ use std::time::{Duration, Instant};
 
 use cli_support::*;
 
-/// The attacker: argv[1] is a file holding the command's `NOTIFY_SOCKET`.
-/// Prints `sent` once the descriptor went out and its own copy is closed,
-/// or `refused <errno>` if the socket cannot be reached, then keeps the
-/// never-reading peer alive (its death would reset the connection and
-/// unblock the close) until it is killed.
-const ATTACKER_PY: &str = r#"
-import array, os, socket, struct, sys, time
-name = open(sys.argv[1]).read().strip()
-addr = "\0" + name[1:] if name.startswith("@") else name
-peer = socket.socket()
-peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-peer.bind(("127.0.0.1", 0))
-peer.listen(1)
-conn = socket.socket()
-conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-conn.connect(peer.getsockname())
-accepted, _ = peer.accept()  # never read
-conn.setblocking(False)
-try:
-    while True:
-        conn.send(b"x" * 65536)
-except BlockingIOError:
-    pass
-conn.setblocking(True)
-conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 3600))
-out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-try:
-    out.sendmsg([b"READY=1"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                array.array("i", [conn.fileno()]))], 0, addr)
-    conn.close()  # not the last copy: the datagram holds one
-    print("sent", flush=True)
-except OSError as e:
-    # Not sent: closing our copy would linger here; keep it instead.
-    print("refused %d" % e.errno, flush=True)
-time.sleep(3600)
-"#;
+/// The attacker script (see its docstring).
+const ATTACKER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/support/lingering_sender.py"
+);
 
 /// `/usr/bin/python3` (reachable for uid 65534, unlike a per-user install).
 fn system_python() -> Option<&'static str> {
@@ -137,9 +106,13 @@ fn attack(env: &Env, serve: &Proc, public: &Path, python: &str, prefix: &[&str])
     if !prefix.is_empty() {
         cmd.args(&prefix[1..]).arg(python);
     }
-    cmd.arg("-c")
-        .arg(ATTACKER_PY)
-        .arg(public.join("addr"))
+    // What an attacker learns from /proc/net/unix (an abstract name) or by
+    // guessing: the address.
+    // A copy another user can read.
+    let script = public.join("lingering_sender.py");
+    std::fs::copy(ATTACKER, &script).unwrap();
+    cmd.arg(&script)
+        .arg(read_when_written(&public.join("addr")))
         .current_dir("/");
     let mut attacker = env.spawn_cmd(cmd);
     let deadline = Instant::now() + PATIENCE;
