@@ -219,15 +219,12 @@ fn another_users_lingering_socket_does_not_wedge_the_receiver() {
 /// receiver's thread.
 #[test]
 fn a_same_user_lingering_socket_does_not_wedge_the_receiver() {
-    let python = system_python().map_or_else(
-        || {
-            if Command::new("python3").arg("-V").output().is_err() {
-                prereq::fail("python3", "apt-get install python3");
-            }
-            "python3"
-        },
-        |p| p,
-    );
+    let python = system_python().unwrap_or_else(|| {
+        if Command::new("python3").arg("-V").output().is_err() {
+            prereq::fail("python3", "apt-get install python3");
+        }
+        "python3"
+    });
     let env = Env::new();
     let port = free_port();
     let public = public_dir();

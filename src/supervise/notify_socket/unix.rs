@@ -63,18 +63,15 @@ impl Socket {
         let fits = lock_dir.is_absolute() && path.as_os_str().len() < sun_path_len();
         if fits {
             bind_name(&fd, path.as_os_str().as_bytes(), false)?;
+            // Made first, so an error below removes the file.
             let socket = Socket {
                 fd: Some(fd),
-                address: Address::File(path),
-            };
-            let Address::File(path) = &socket.address else {
-                unreachable!()
+                address: Address::File(path.clone()),
             };
             // The dir is 0700 and ours already; 0600 says the same on the
             // file, for anyone who copies it elsewhere.
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-            let env = path.clone().into_os_string();
-            return Ok((socket, env));
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            return Ok((socket, path.into_os_string()));
         }
         #[cfg(target_os = "linux")]
         {
@@ -213,8 +210,12 @@ impl Socket {
 impl Drop for Socket {
     fn drop(&mut self) {
         // The name first, so nobody sends to a socket about to close.
-        if let Address::File(path) = &self.address {
-            let _ = std::fs::remove_file(path);
+        match &self.address {
+            Address::File(path) => {
+                let _ = std::fs::remove_file(path);
+            }
+            #[cfg(target_os = "linux")]
+            Address::Abstract(_) => {}
         }
         if let Some(fd) = self.fd.take() {
             closer::close_later(vec![fd]);
