@@ -149,21 +149,21 @@ impl Socket {
                 while !cmsg.is_null() {
                     let data = libc::CMSG_DATA(cmsg);
                     let data_len = (*cmsg).cmsg_len as usize - cmsg_len(0);
-                    if (*cmsg).cmsg_level == libc::SOL_SOCKET {
-                        if (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                            let count = data_len / std::mem::size_of::<libc::c_int>();
-                            for i in 0..count {
-                                let fd: libc::c_int =
-                                    std::ptr::read_unaligned(data.cast::<libc::c_int>().add(i));
-                                datagram.fds.push(OwnedFd::from_raw_fd(fd));
-                            }
+                    if (*cmsg).cmsg_level == libc::SOL_SOCKET
+                        && (*cmsg).cmsg_type == libc::SCM_RIGHTS
+                    {
+                        let count = data_len / std::mem::size_of::<libc::c_int>();
+                        for i in 0..count {
+                            let fd: libc::c_int =
+                                std::ptr::read_unaligned(data.cast::<libc::c_int>().add(i));
+                            datagram.fds.push(OwnedFd::from_raw_fd(fd));
                         }
-                        #[cfg(target_os = "linux")]
-                        if let Some(sender) =
-                            super::linux::credentials(&*cmsg, data.cast_const(), data_len)
-                        {
-                            datagram.sender = Some(sender);
-                        }
+                    }
+                    #[cfg(target_os = "linux")]
+                    if let Some(sender) =
+                        super::linux::credentials(&*cmsg, data.cast_const(), data_len)
+                    {
+                        datagram.sender = Some(sender);
                     }
                     cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
                 }
