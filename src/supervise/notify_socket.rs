@@ -185,7 +185,8 @@ impl NotifySocket {
 /// thread (its socket is shut down, which wakes it) and waits for it, at
 /// most [`STOP_WAIT`]: no message is reported after the drop, unless the
 /// thread was inside `on_message` for all that time, which it is then left
-/// to finish (with a warning). The socket file is removed.
+/// to finish (with a warning). The socket file is removed once the thread
+/// has let go of the socket.
 #[derive(Debug)]
 pub struct NotifyReceiver {
     socket: Arc<sys::Socket>,

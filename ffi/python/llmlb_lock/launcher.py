@@ -447,7 +447,7 @@ def main(argv) -> int:
     if policy == "notify":
         try:
             notify = _NotifySocket(port)
-        except OSError as e:
+        except (OSError, LockError) as e:
             print(PROG + ": cannot open NOTIFY_SOCKET: %s" % e, file=sys.stderr)
             lock.release()
             return 1
