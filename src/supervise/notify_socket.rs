@@ -229,6 +229,7 @@ fn receive(
     while !stop.load(Ordering::SeqCst) {
         let datagram = match socket.recv(&mut buf) {
             Ok(d) => d,
+            Err(_) if stop.load(Ordering::SeqCst) => return,
             Err(e) => {
                 // Nothing recv can fail with here is worth retrying in a
                 // loop (EINTR is retried inside): stop listening, loudly.
