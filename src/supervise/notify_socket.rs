@@ -310,6 +310,8 @@ pub(crate) struct Datagram {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_os = "linux")]
+    use std::io::Write;
 
     #[test]
     fn known_lines_are_parsed_in_order_and_the_rest_skipped() {
@@ -337,5 +339,64 @@ mod tests {
             parse_datagram(b"STATUS=\xffok"),
             vec![NotifyMessage::Status("\u{fffd}ok".into())]
         );
+    }
+
+    /// Stopping the receiver never waits longer than [`STOP_WAIT`] for its
+    /// thread, even when the thread is stuck (here: in a callback that
+    /// never returns), and no message is reported after the drop.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn dropping_the_receiver_waits_a_bounded_time() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+        if std::process::Command::new("systemd-notify")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED dropping_the_receiver_waits_a_bounded_time: systemd-notify is not installed"
+            );
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "systemd-notify is required under CI (apt-get install systemd)"
+            );
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let socket = NotifySocket::bind(dir.path(), 1).unwrap();
+        let path = socket.env_value().clone();
+        let (entered, callback_entered) = mpsc::channel();
+        let (_never, blocked) = mpsc::channel::<()>();
+        let blocked = std::sync::Mutex::new(blocked);
+        let receiver = socket
+            .listen(std::process::id(), move |message| {
+                let _ = entered.send(message);
+                // Stuck for good (the sender is kept by the test).
+                let _ = blocked.lock().unwrap().recv();
+            })
+            .unwrap();
+        // Our grandchild, in the tree of this process (systemd-notify sends
+        // as its parent, which must not be this process itself).
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "systemd-notify --ready; true"])
+            .env(NOTIFY_SOCKET_ENV, &path)
+            .spawn()
+            .unwrap();
+        let first = callback_entered.recv_timeout(Duration::from_secs(15));
+        assert_eq!(first, Ok(NotifyMessage::Ready));
+        let (dropped, drop_done) = mpsc::channel();
+        std::thread::spawn(move || {
+            drop(receiver);
+            let _ = dropped.send(());
+        });
+        assert!(
+            drop_done.recv_timeout(Duration::from_secs(15)).is_ok(),
+            "dropping the receiver waited for its stuck thread"
+        );
+        assert!(callback_entered.try_recv().is_err());
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
