@@ -219,9 +219,21 @@ fn notify_is_ready_when_the_command_says_ready_with_systemd_notify() {
     let _supervisor = std::os::unix::net::UnixDatagram::bind(&own).unwrap();
     let mut serve = notify_case(&env, port, &script, "info", Some(&own));
     let socket = read_when_written(&started);
-    // llmlb's own NOTIFY_SOCKET is not the command's: it got a fresh,
-    // abstract one of its own.
-    assert!(socket.starts_with("@llmlb/"), "{socket}");
+    // llmlb's own NOTIFY_SOCKET is not the command's: it got a fresh one
+    // of its own, a socket file in the lock dir that only our user reaches.
+    let socket = PathBuf::from(socket);
+    assert_eq!(socket.parent(), Some(env.locks.as_path()));
+    let name = socket.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with(&format!("notify_{port}_{}_", serve.pid())) && name.ends_with(".sock"),
+        "{name}"
+    );
+    {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let meta = std::fs::metadata(&socket).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
     assert_eq!(state(&env, port).as_deref(), Some("starting"));
     touch(&go);
     wait_state(&env, port, "ready");
@@ -234,6 +246,55 @@ fn notify_is_ready_when_the_command_says_ready_with_systemd_notify() {
     signal(serve.pid(), libc::SIGTERM);
     serve.wait();
     assert!(!env.lock_file(port).exists());
+    assert!(!socket.exists(), "the notify socket file was left behind");
+}
+
+/// A lock dir whose path leaves no room in a socket address (108 bytes):
+/// the command gets an abstract socket instead, and readiness still works.
+#[cfg(target_os = "linux")]
+#[test]
+fn notify_falls_back_to_an_abstract_socket_for_a_long_lock_dir() {
+    if !have("systemd-notify") {
+        return;
+    }
+    let env = Env::new();
+    let port = free_port();
+    let locks = env.tmp.path().join("l".repeat(100));
+    let started = file(&env, "started");
+    let script = format!(
+        "echo \"$NOTIFY_SOCKET\" > {started}; systemd-notify --ready; exec sleep 30",
+        started = started.display(),
+    );
+    let mut cmd = env.cmd(&[
+        "serve",
+        "-p",
+        &port.to_string(),
+        "--ready",
+        "notify",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    cmd.env("LLMLB_LOCK_DIR", &locks)
+        .env("LLMLB_LOG_LEVEL", "debug");
+    let mut serve = env.spawn_cmd(cmd);
+    let socket = read_when_written(&started);
+    assert!(socket.starts_with("@llmlb/"), "{socket}");
+    let lock_file = locks.join(format!("serve_{port}.lock"));
+    wait_until("ready", || {
+        std::fs::read(&lock_file)
+            .ok()
+            .and_then(|raw| llmlb::lock::LockInfo::parse(&raw)?.state)
+            .is_some_and(|s| s.name() == "ready")
+    });
+    assert!(
+        serve.stderr().contains("using an abstract socket"),
+        "{}",
+        serve.stderr()
+    );
+    signal(serve.pid(), libc::SIGTERM);
+    serve.wait();
 }
 
 /// A command that never sends `READY=1` stays starting; so does one that
@@ -243,8 +304,7 @@ fn notify_is_ready_when_the_command_says_ready_with_systemd_notify() {
 #[cfg(target_os = "linux")]
 #[test]
 fn notify_stays_starting_without_ready_from_the_commands_tree() {
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    use std::os::unix::net::UnixDatagram;
     if !have("systemd-notify") {
         return;
     }
@@ -269,11 +329,9 @@ fn notify_stays_starting_without_ready_from_the_commands_tree() {
     assert_eq!(state(&env, port).as_deref(), Some("starting"));
 
     // READY=1 from a process outside the tree (this test, llmlb's parent).
-    let name = socket.strip_prefix('@').expect("an abstract socket");
-    let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
     UnixDatagram::unbound()
         .unwrap()
-        .send_to_addr(b"READY=1", &addr)
+        .send_to(b"READY=1", &socket)
         .unwrap();
     touch(&go);
     wait_until("the STATUS= sent after it", || {

@@ -843,3 +843,173 @@ fn launchers_forward_day_two_signals_and_die_of_a_requested_stop() {
         assert_eq!(env.probe(port), LockState::Free, "{name}");
     }
 }
+
+/// Runs `tests/support/lingering_sender.py` against `socket` (`prefix`
+/// before python, e.g. setpriv) and returns it with its verdict line
+/// (`sent` or `refused <errno>`). Killed and reaped on drop.
+#[cfg(target_os = "linux")]
+fn lingering_sender(env: &Env, socket: &str, prefix: &[&str]) -> (KillOnDrop, String) {
+    use std::os::unix::fs::PermissionsExt;
+    // A copy in a dir another user can read.
+    let public = env.tmp.path().join("public");
+    std::fs::create_dir_all(&public).unwrap();
+    for dir in [env.tmp.path(), public.as_path()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let script = public.join("lingering_sender.py");
+    std::fs::copy(
+        ffi_support::repo_root().join("tests/support/lingering_sender.py"),
+        &script,
+    )
+    .unwrap();
+    let python = if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3".to_owned()
+    } else {
+        ffi_support::python3()
+    };
+    let mut cmd = Command::new(prefix.first().copied().unwrap_or(python.as_str()));
+    if !prefix.is_empty() {
+        cmd.args(&prefix[1..]).arg(&python);
+    }
+    let mut child = KillOnDrop(
+        Some(
+            cmd.arg(&script)
+                .arg(socket)
+                .current_dir("/")
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        ),
+        None,
+    );
+    // The sender prints its verdict or dies: read_line cannot hang.
+    let verdict = first_line(child.0.as_mut().unwrap());
+    std::fs::set_permissions(env.tmp.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    (child, verdict.trim().to_owned())
+}
+
+/// A child (unless taken) killed and reaped on drop, and a process group
+/// (if known) killed too: a failing test leaves nothing running.
+#[cfg(target_os = "linux")]
+struct KillOnDrop(Option<Child>, Option<u32>);
+
+#[cfg(target_os = "linux")]
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(pgid) = self.1.filter(|&g| g > 1) {
+            // SAFETY: kill(2) with a negative pgid > 1 targets one group.
+            unsafe { libc::kill(-(pgid as libc::pid_t), libc::SIGKILL) };
+        }
+    }
+}
+
+/// Waits (bounded) until every thread of `pid` is stopped (state `T`).
+#[cfg(target_os = "linux")]
+fn wait_stopped(pid: u32) {
+    let stopped = || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().all(|task| {
+            std::fs::read_to_string(task.path().join("stat"))
+                .ok()
+                .and_then(|stat| stat.rsplit_once(") ")?.1.chars().next())
+                == Some('T')
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !stopped() {
+        assert!(Instant::now() < deadline, "PID {pid} did not stop");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Resumes (SIGCONT) a stopped process on drop.
+#[cfg(target_os = "linux")]
+struct Resume(u32);
+
+#[cfg(target_os = "linux")]
+impl Drop for Resume {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on one PID.
+        unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGCONT) };
+    }
+}
+
+/// `--ready notify` under attack: the command's NOTIFY_SOCKET is a socket
+/// file in the lock dir that another user cannot reach (uid 65534 gets
+/// EACCES; needs root), and a lingering TCP socket passed by our own user
+/// from outside the tree (closing it would block for an hour) delays
+/// neither READY nor the stop. The launcher is stopped (SIGSTOP) while the
+/// sender sends and closes its copy, so the launcher's copy is the last, as
+/// for a sender that wins the race.
+#[cfg(target_os = "linux")]
+#[test]
+fn launchers_ready_notify_survive_a_lingering_socket() {
+    let env = Env::new();
+    for (name, launcher, port) in both_launchers(&env, 8415, 8416) {
+        let go = env.tmp.path().join(format!("{name}-go"));
+        let script = format!(
+            "trap 'exit 0' TERM; echo \"waiting $$ $NOTIFY_SOCKET\"; \
+             while [ ! -e '{}' ]; do sleep 0.01; done; systemd-notify --ready; \
+             while :; do sleep 0.05; done",
+            go.display()
+        );
+        let child = launch_ready(&env, &launcher, "notify", port, &["sh", "-c", &script])
+            .spawn()
+            .unwrap();
+        let mut guard = KillOnDrop(Some(child), None);
+        let line = first_line(guard.0.as_mut().unwrap());
+        let mut words = line.split_whitespace().skip(1);
+        // The command leads a process group of its own.
+        guard.1 = words.next().and_then(|pgid| pgid.parse().ok());
+        let holder = guard.0.as_mut().unwrap();
+        let socket = words.next().unwrap_or("").to_owned();
+        let path = Path::new(&socket);
+        assert_eq!(
+            path.parent(),
+            Some(env.lock_dir.as_path()),
+            "{name}: {line:?}"
+        );
+        assert!(
+            path.file_name()
+                .is_some_and(|f| f.to_string_lossy().starts_with(&format!("notify_{port}_"))),
+            "{name}: {line:?}"
+        );
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            let setpriv = [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+            ];
+            let (_foreign, verdict) = lingering_sender(&env, &socket, &setpriv);
+            assert_eq!(verdict, format!("refused {}", libc::EACCES), "{name}");
+        } else {
+            ffi_support::prereq::skip_unless_ci(
+                "not root",
+                "run the test as root (setpriv to uid 65534)",
+                "the foreign notify sender",
+            );
+        }
+        // SAFETY: kill(2) on one PID.
+        unsafe { libc::kill(holder.id() as libc::pid_t, libc::SIGSTOP) };
+        let resume = Resume(holder.id());
+        wait_stopped(holder.id());
+        let (_sender, verdict) = lingering_sender(&env, &socket, &[]);
+        assert_eq!(verdict, "sent", "{name}");
+        drop(resume);
+        std::fs::write(&go, "").unwrap();
+        wait_for_state(&env, port, ServeState::Ready, holder);
+        stop_launcher(&env, port, guard.0.take().unwrap());
+        assert!(
+            !path.exists(),
+            "{name}: the notify socket file was left behind"
+        );
+    }
+}

@@ -31,11 +31,12 @@
  *                         elsewhere any listener counts (the C ABI has no
  *                         tree-aware lookup), so a squatter could pass.
  *   notify                CMD's tree sends READY=1 to the NOTIFY_SOCKET the
- *                         launcher sets for it (sd_notify). Linux: an
- *                         abstract socket with SO_PASSCRED, and a datagram
- *                         counts only from our uid and a pid of CMD's tree;
- *                         elsewhere a socket file, mode 0600, in a private
- *                         0700 temp dir: only our own user can send.
+ *                         launcher sets for it (sd_notify): a socket file,
+ *                         mode 0600, in the 0700 lock dir, so only our own
+ *                         user can send. Linux adds SO_PASSCRED: a datagram
+ *                         counts only from our uid and a pid of CMD's tree.
+ *                         Passed descriptors are closed on a detached
+ *                         thread, so no sender can stall the launcher.
  *   immediate             CMD has been started.
  * Under a service manager (NOTIFY_SOCKET set for the launcher) the launcher
  * reports to it, as `llmlb serve` does: MAINPID and READY=1 when CMD is
@@ -84,6 +85,7 @@
 #include <windows.h>
 #else
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -301,37 +303,48 @@ static int listening(uint16_t port) {
 #endif
 }
 
-/* --ready notify: the socket CMD gets in NOTIFY_SOCKET (-1: none), that
- * value, and (not Linux) the private dir holding the socket file. */
+/* --ready notify: the socket CMD gets in NOTIFY_SOCKET (-1: none), and
+ * that value: a socket file in the lock dir, which is 0700 and ours, so
+ * another user cannot even send to it (an abstract name has no permissions
+ * and is listed in /proc/net/unix for everyone). Linux falls back to an
+ * abstract name where the lock dir's path is too long for sun_path; the
+ * credentials check still applies there. */
 static int g_notify = -1;
 static char g_notify_name[sizeof(((struct sockaddr_un *)0)->sun_path)];
-#ifndef __linux__
-static char g_notify_dir[sizeof g_notify_name];
-#endif
+static int g_notify_file = 0; /* g_notify_name is a file to unlink */
 
-/* Opens g_notify, non-blocking and close-on-exec: 0, or -1 after saying why. */
-static int open_notify(void) {
+/* Opens g_notify for PORT, non-blocking and close-on-exec: 0, or -1 after
+ * saying why. */
+static int open_notify(uint16_t port) {
   struct sockaddr_un addr;
   socklen_t addr_len;
+  char lock_path[4096];
+  char *slash;
+  size_t len = 0;
+  struct timespec ts;
+  int n = -1;
 #ifdef __linux__
   int one = 1;
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  /* Abstract: no file to clean up; the kernel vouches for each sender. */
-  snprintf(g_notify_name, sizeof g_notify_name, "@llmlb-launcher/%ld/%ld", (long)getpid(),
-           (long)ts.tv_nsec);
-#else
-  const char *tmp = getenv("TMPDIR");
-  snprintf(g_notify_dir, sizeof g_notify_dir, "%s/llmlb-launcher.XXXXXX",
-           tmp != NULL && tmp[0] != '\0' ? tmp : "/tmp");
-  if (mkdtemp(g_notify_dir) == NULL) { /* mode 0700 */
-    fprintf(stderr, "launcher: cannot create a directory for NOTIFY_SOCKET: %s\n",
-            strerror(errno));
-    g_notify_dir[0] = '\0';
-    return -1;
-  }
-  snprintf(g_notify_name, sizeof g_notify_name, "%s/notify", g_notify_dir);
 #endif
+  clock_gettime(CLOCK_REALTIME, &ts);
+  /* The lock dir is the lock file's: llmlb_lock_path resolves it exactly as
+   * the acquire did. */
+  if (llmlb_lock_path(NULL, port, lock_path, sizeof lock_path, &len) == LLMLB_STATUS_OK &&
+      (slash = strrchr(lock_path, '/')) != NULL) {
+    *slash = '\0';
+    n = snprintf(g_notify_name, sizeof g_notify_name, "%s/notify_%u_%ld_%08lx.sock", lock_path,
+                 (unsigned)port, (long)getpid(), (unsigned long)ts.tv_nsec);
+  }
+  if (n < 0 || (size_t)n >= sizeof g_notify_name) {
+#ifdef __linux__
+    snprintf(g_notify_name, sizeof g_notify_name, "@llmlb-launcher/%ld/%ld", (long)getpid(),
+             (long)ts.tv_nsec);
+#else
+    fprintf(stderr, "launcher: the lock dir's path is too long for NOTIFY_SOCKET: set "
+                    "LLMLB_LOCK_DIR to a shorter path\n");
+    return -1;
+#endif
+  }
   addr_len = unix_address(g_notify_name, &addr);
   g_notify = socket(AF_UNIX, SOCK_DGRAM, 0);
   if (addr_len == 0 || g_notify < 0 || fcntl(g_notify, F_SETFD, FD_CLOEXEC) != 0 ||
@@ -339,27 +352,59 @@ static int open_notify(void) {
 #ifdef __linux__
       setsockopt(g_notify, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0 ||
 #endif
-      bind(g_notify, (const struct sockaddr *)&addr, addr_len) != 0
-#ifndef __linux__
-      || chmod(g_notify_name, 0600) != 0
-#endif
-  ) {
+      bind(g_notify, (const struct sockaddr *)&addr, addr_len) != 0) {
     fprintf(stderr, "launcher: cannot open NOTIFY_SOCKET %s: %s\n", g_notify_name,
             addr_len == 0 ? "path too long" : strerror(errno));
+    return -1;
+  }
+  g_notify_file = g_notify_name[0] != '@';
+  if (g_notify_file && chmod(g_notify_name, 0600) != 0) {
+    fprintf(stderr, "launcher: cannot open NOTIFY_SOCKET %s: %s\n", g_notify_name,
+            strerror(errno));
     return -1;
   }
   return 0;
 }
 
 static void close_notify(void) {
+  if (g_notify_file) unlink(g_notify_name);
+  g_notify_file = 0;
   if (g_notify >= 0) close(g_notify);
   g_notify = -1;
-#ifndef __linux__
-  if (g_notify_dir[0] != '\0') {
-    unlink(g_notify_name);
-    rmdir(g_notify_dir);
+}
+
+/* Closes the descriptors a datagram carried on a detached thread of its
+ * own: the last close of one can block for as long as its sender chose (a
+ * TCP socket with SO_LINGER and unacknowledged data), and READY handling
+ * must never wait on it. Without a thread they are left open (a leak, never
+ * a stall). */
+struct fd_batch {
+  size_t count;
+  int fds[253]; /* SCM_MAX_FD */
+};
+
+static void *close_batch(void *arg) {
+  struct fd_batch *batch = arg;
+  size_t i;
+  for (i = 0; i < batch->count; i++) close(batch->fds[i]);
+  free(batch);
+  return NULL;
+}
+
+static void close_later(struct fd_batch *batch) {
+  pthread_t thread;
+  pthread_attr_t attr;
+  int started = 0;
+  if (batch->count == 0) {
+    free(batch);
+    return;
   }
-#endif
+  if (pthread_attr_init(&attr) == 0) {
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    started = pthread_create(&thread, &attr, close_batch, batch) == 0;
+    pthread_attr_destroy(&attr);
+  }
+  if (!started) free(batch); /* the descriptors stay open */
 }
 
 /* Whether `text` has the line `line`. */
@@ -374,14 +419,15 @@ static int has_line(const char *text, const char *line) {
 }
 
 /* Reads every pending datagram: 1 if one of CMD's tree said READY=1.
- * Descriptors passed along (systemd-notify's BARRIER=1 pipe) are closed,
- * which releases the waiting sender; it stays alive until then, so its
- * place in the tree can be checked when its READY=1 is read. */
+ * Descriptors passed along (systemd-notify's BARRIER=1 pipe) are closed
+ * once the datagram is handled, off this thread (close_later), which
+ * releases the waiting sender; it stays alive until then, so its place in
+ * the tree can be checked when its READY=1 is read. */
 static int notify_ready(void) {
   char text[4097];
   union {
     struct cmsghdr align;
-    char space[CMSG_SPACE(sizeof(int) * 16)
+    char space[CMSG_SPACE(sizeof(int) * 253)
 #ifdef __linux__
                + CMSG_SPACE(sizeof(struct ucred))
 #endif
@@ -392,6 +438,7 @@ static int notify_ready(void) {
     struct msghdr msg;
     struct iovec iov;
     struct cmsghdr *c;
+    struct fd_batch *batch;
     ssize_t n;
 #ifdef __linux__
     int trusted = 0; /* without credentials: not provably from the tree */
@@ -405,8 +452,13 @@ static int notify_ready(void) {
     msg.msg_iovlen = 1;
     msg.msg_control = control.space;
     msg.msg_controllen = sizeof control.space;
-    n = recvmsg(g_notify, &msg, 0); /* non-blocking socket */
+#ifdef MSG_CMSG_CLOEXEC
+    n = recvmsg(g_notify, &msg, MSG_CMSG_CLOEXEC); /* non-blocking socket */
+#else
+    n = recvmsg(g_notify, &msg, 0);
+#endif
     if (n < 0) return ready; /* EAGAIN: nothing more for now */
+    batch = calloc(1, sizeof *batch); /* NULL: received descriptors stay open */
     for (c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
       if (c->cmsg_level != SOL_SOCKET) continue;
       if (c->cmsg_type == SCM_RIGHTS) {
@@ -414,7 +466,8 @@ static int notify_ready(void) {
         for (i = 0; i < count; i++) {
           int fd;
           memcpy(&fd, CMSG_DATA(c) + i * sizeof fd, sizeof fd);
-          close(fd);
+          if (batch != NULL && batch->count < sizeof batch->fds / sizeof batch->fds[0])
+            batch->fds[batch->count++] = fd;
         }
       }
 #ifdef __linux__
@@ -427,6 +480,7 @@ static int notify_ready(void) {
     }
     text[n] = '\0';
     if (trusted && has_line(text, "READY=1")) ready = 1;
+    if (batch != NULL) close_later(batch);
   }
 }
 
@@ -565,7 +619,7 @@ int main(int argc, char **argv) {
   sigprocmask(SIG_BLOCK, &forwarded, &old_mask);
 
   if ((code = take_lock(port, &lock)) != 0) return code;
-  if (policy == READY_NOTIFY && open_notify() != 0) {
+  if (policy == READY_NOTIFY && open_notify(port) != 0) {
     close_notify();
     llmlb_lock_release(lock);
     return 1;

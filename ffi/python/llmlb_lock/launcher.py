@@ -28,9 +28,10 @@ signal, a stop request, or CMD's exit). --ready WHEN picks when CMD is ready:
   or a descendant (its /proc ppid chain reaches the launcher); elsewhere any
   listener counts (the C ABI has no tree-aware lookup).
 - notify: CMD's tree sends READY=1 to the NOTIFY_SOCKET the launcher sets
-  for it (sd_notify). Linux: an abstract socket with SO_PASSCRED, and a
-  datagram counts only from our uid and a pid of CMD's tree; elsewhere a
-  socket file, mode 0600, in a private 0700 temp dir: only our user can send.
+  for it (sd_notify): a socket file, mode 0600, in the 0700 lock dir, so
+  only our own user can send. Linux adds SO_PASSCRED: a datagram counts only
+  from our uid and a pid of CMD's tree. Passed descriptors are closed on a
+  thread of their own, so no sender can stall the launcher.
   Not on Windows (exit 2).
 - immediate: CMD has been started.
 
@@ -53,12 +54,11 @@ terminated after 3 s. This example does not put CMD in a job object (as
 """
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 
 if not __package__:
@@ -66,7 +66,7 @@ if not __package__:
     # package this file is in, not an installed one.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from llmlb_lock import AlreadyRunning, LockError, PortLock, port_listener  # noqa: E402
+from llmlb_lock import AlreadyRunning, LockError, PortLock, lock_path, port_listener  # noqa: E402
 
 # Messages start with the name it was run by: `llmlb-launch` (the console
 # script), else launcher.py.
@@ -154,22 +154,32 @@ def _listening(port: int) -> bool:
 
 
 class _NotifySocket:
-    """--ready notify: the datagram socket CMD gets in NOTIFY_SOCKET."""
+    """--ready notify: the datagram socket CMD gets in NOTIFY_SOCKET, a
+    socket file in the lock dir, which is 0700 and ours: another user cannot
+    even send to it (an abstract name has no permissions and is listed in
+    /proc/net/unix for everyone). Linux falls back to an abstract name where
+    the lock dir's path is too long for sun_path (the credentials check
+    still applies there)."""
 
-    def __init__(self):
-        self._dir = None
+    def __init__(self, port: int):
+        self._path = None
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             if _LINUX:
-                # Abstract: no file to clean up; the kernel vouches for senders.
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            name = os.path.join(
+                os.path.dirname(lock_path(port)),
+                "notify_%d_%d_%08x.sock" % (port, os.getpid(), time.monotonic_ns() & 0xFFFFFFFF),
+            )
+            if len(os.fsencode(name)) < 108:
+                self.sock.bind(name)
+                self._path = name
+                os.chmod(name, 0o600)
+            elif _LINUX:
                 name = "@llmlb-launch/%d/%d" % (os.getpid(), time.monotonic_ns())
                 self.sock.bind("\0" + name[1:])
             else:
-                self._dir = tempfile.mkdtemp(prefix="llmlb-launch.")  # mode 0700
-                name = os.path.join(self._dir, "notify")
-                self.sock.bind(name)
-                os.chmod(name, 0o600)
+                raise OSError("the lock dir's path is too long for NOTIFY_SOCKET: %s" % name)
             self.sock.setblocking(False)
         except OSError:
             self.close()
@@ -179,10 +189,12 @@ class _NotifySocket:
     def ready(self) -> bool:
         """Reads every pending datagram: True if one of CMD's tree said
         READY=1. Descriptors passed along (systemd-notify's BARRIER=1 pipe)
-        are closed, which releases the waiting sender; it stays alive until
-        then, so its place in the tree is checked when its READY=1 is read."""
+        are closed once the datagram is handled, off this thread
+        (_close_later), which releases the waiting sender; it stays alive
+        until then, so its place in the tree is checked when its READY=1 is
+        read."""
         ready = False
-        space = socket.CMSG_SPACE(4 * 16) + socket.CMSG_SPACE(12)
+        space = socket.CMSG_SPACE(4 * 253) + socket.CMSG_SPACE(12)
         while True:
             try:
                 data, ancillary, _flags, _addr = self.sock.recvmsg(4096, space)
@@ -192,13 +204,14 @@ class _NotifySocket:
                 return ready
             # Without credentials (not Linux) only our user reaches the socket.
             trusted = not _LINUX
+            fds = []
             for level, kind, payload in ancillary:
                 if level != socket.SOL_SOCKET:
                     continue
                 if kind == socket.SCM_RIGHTS:
                     usable = len(payload) - len(payload) % 4
                     for i in range(0, usable, 4):
-                        os.close(int.from_bytes(payload[i : i + 4], sys.byteorder, signed=True))
+                        fds.append(int.from_bytes(payload[i : i + 4], sys.byteorder, signed=True))
                 elif _LINUX and kind == socket.SCM_CREDENTIALS and len(payload) >= 12:
                     pid, uid = (
                         int.from_bytes(payload[0:4], sys.byteorder, signed=True),
@@ -207,11 +220,38 @@ class _NotifySocket:
                     trusted = uid == os.getuid() and _in_our_tree(pid)
             if trusted and b"READY=1" in data.split(b"\n"):
                 ready = True
+            _close_later(fds)
 
     def close(self) -> None:
+        if self._path is not None:
+            try:
+                os.unlink(self._path)
+            except OSError:
+                pass
+            self._path = None
         self.sock.close()
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _close_later(fds: list) -> None:
+    """Closes received descriptors on a daemon thread of their own: the last
+    close of one can block for as long as its sender chose (a TCP socket
+    with SO_LINGER and unacknowledged data), and READY handling must never
+    wait on it. Without a thread they are left open (a leak, never a
+    stall)."""
+    if not fds:
+        return
+
+    def close_all() -> None:
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    try:
+        threading.Thread(target=close_all, name="llmlb-fd-closer", daemon=True).start()
+    except RuntimeError:
+        pass
 
 
 def _activated_fds() -> int:
@@ -412,8 +452,8 @@ def main(argv) -> int:
     notify = None
     if policy == "notify":
         try:
-            notify = _NotifySocket()
-        except OSError as e:
+            notify = _NotifySocket(port)
+        except (OSError, LockError) as e:
             print(PROG + ": cannot open NOTIFY_SOCKET: %s" % e, file=sys.stderr)
             lock.release()
             return 1
