@@ -858,6 +858,8 @@ fn scripted_scenario_covers_every_transition() {
         Op::Serve(0),   // reclaims
         Op::RemoveCtl,  // made again
         Op::Replace(1), // received from 0 all the same
+        Op::RemoveCtl,  // mid-handover: made again all the same
+        Op::Replace(2), // busy, not notoffered
         Op::TermNew,    // 1 gives it back, 0 writes its record back
         Op::Replace(2), // received from 0
         Op::TermOld,    // 0 ends writing nothing: 2 holds, undrained
