@@ -1295,6 +1295,54 @@ fn a_predecessor_stopped_mid_handover_leaves_the_record_to_its_successor() {
     assert!(!env.lock_file(port).exists());
 }
 
+/// A tmp cleaner removes the control socket while a successor holds the
+/// port, `starting` (the predecessor has handed its lock on; the
+/// successor's own socket is still under its private name): somebody must
+/// make the path name an offer again, or a concurrent replace finds nothing
+/// there and falls back to stopping the successor, which offers a handover
+/// as soon as it is ready. Found by `replace_model` (RemoveCtl in Handing,
+/// then Replace: `notoffered`, not `busy`).
+#[test]
+fn a_control_socket_removed_mid_handover_never_turns_a_concurrent_replace_into_a_stop() {
+    let env = Env::new();
+    let port = free_port();
+    let mut old = env.serve(port);
+    wait_ctl_owner(&env, port, old.pid());
+    let trigger = env.locks.parent().unwrap().join("ready-trigger");
+    let mut new = spawn_successor_ready_on(&env, port, &trigger, &[]);
+    let new_pid = new.pid();
+    wait_record(&env, port, "the successor, starting", &[&old, &new], |r| {
+        r.pid == new_pid && r.state == Some(ServeState::Starting)
+    });
+    std::fs::remove_file(ctl_path(&env, port)).unwrap();
+    // Past the holder's 0.25 s re-make, and past a replacer's 0.75 s
+    // patience with an empty path.
+    std::thread::sleep(Duration::from_millis(300));
+    let third = env.spawn(&[
+        "serve",
+        "--replace",
+        "-p",
+        &port.to_string(),
+        "--host",
+        "127.0.0.1",
+        "--replace-timeout",
+        "2",
+    ]);
+    let out = third.finish();
+    assert!(
+        !out.stderr.contains("offers no handover") && !out.stdout.contains("Stopping"),
+        "a concurrent replace stopped a successor that offers a handover: {out:?}"
+    );
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(new.try_wait().is_none(), "the successor was stopped");
+    std::fs::write(&trigger, b"").unwrap();
+    assert_exit(&mut old, 0, "the drained server");
+    wait_record(&env, port, "the successor ready", &[&new], |r| {
+        r.pid == new_pid && r.state == Some(ServeState::Ready) && r.draining.is_empty()
+    });
+    stop_cleanly(&env, port, &mut new);
+}
+
 /// Two replaces in quick succession (A → B → C) while A still drains: B,
 /// which has handed the port to C (still starting), never writes its
 /// bookkeeping (`draining` cleared once A exits) over C's record.

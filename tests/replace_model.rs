@@ -1,7 +1,7 @@
 //! State-machine test of the handover (`llmlb::supervise::handover`) at the
 //! library level: random sequences of serve / replace / drain / kill-old /
-//! kill-new / probe by three actors on one port, checked step by step
-//! against a small reference model.
+//! kill-new / term-old / term-new / remove-ctl / probe by three actors on
+//! one port, checked step by step against a small reference model.
 //!
 //! The actors are real processes (this binary re-invoked in actor mode,
 //! driven over pipes like `tests/support/actors.rs` does for the lock
@@ -9,7 +9,11 @@
 //! with an [`Offer`] running (no sockets: the lock alone is handed over); a
 //! successor is an actor that [requests](handover::request) the port and
 //! later [drains](handover::Predecessor::drain) its predecessor; a kill is a
-//! SIGKILL, after which a new process takes the actor's slot. The model
+//! SIGKILL, a term is what `serve` does on SIGTERM (a successor not yet
+//! drained gives the port back, any other holder announces `stopping` and
+//! releases) followed by the process's exit, and after either a new
+//! process takes the actor's slot; a remove-ctl deletes the control socket
+//! file as a tmp cleaner would (the offer must make it again). The model
 //! predicts every reply, and after every step the checker compares it with
 //! what is really there: the PID the lock file records (read by hand), the
 //! kernel's FLOCK on the file's inode (`/proc/locks`), and which actors say
@@ -82,8 +86,9 @@ impl Serving {
 
 /// The actor's main loop: answers one command line per line on stdin with
 /// one reply line, until EOF. Commands: `serve`, `replace`, `drain`,
-/// `holds`. Replies: `held PID`, `running PID|-`, `received PID`,
-/// `nothold`, `notoffered`, `busy`, `drained`, `yes`, `no`, `error …`.
+/// `holds`, `term`. Replies: `held PID`, `running PID|-`, `received PID`,
+/// `nothold`, `notoffered`, `busy`, `drained`, `yes`, `no`, `terminated`
+/// (then the process exits), `error …`.
 fn actor_main(dir: &Path) {
     let dir = LockDir::create(dir).expect("actor: lock dir");
     let mut serving: Option<Serving> = None;
@@ -163,6 +168,28 @@ fn actor_main(dir: &Path) {
                 None => "error not serving".to_owned(),
             },
             "holds" => if serving.is_some() { "yes" } else { "no" }.to_owned(),
+            // What `serve` does on SIGTERM, then the end of the process: a
+            // successor whose predecessor has not drained gives the port
+            // back (its offer first, then its descriptor closed without a
+            // write, then the connection); any other holder withdraws its
+            // offer, announces `stopping` and releases (a lock handed on
+            // must take neither the write nor the release to the file).
+            "term" => {
+                if let Some(mut s) = serving.take() {
+                    s.offer = None;
+                    if let Some(predecessor) = s.predecessor.take() {
+                        if let Some(guard) = s.shared.handle().take() {
+                            guard.abandon();
+                        }
+                        drop(predecessor);
+                    } else {
+                        let _ = s.shared.with(|g| g.set_state(ServeState::Stopping));
+                        let _ = s.shared.release();
+                    }
+                }
+                println!("{PREFIX}terminated");
+                std::process::exit(0);
+            }
             _ => format!("error bad command {line:?}"),
         };
         println!("{PREFIX}{reply}");
@@ -268,6 +295,20 @@ impl Actor {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Reaps an actor that ends by itself (after `term`); panics if it has
+    /// not exited within [`PATIENCE`] (a release that hangs).
+    fn wait_exited(&mut self) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.child.try_wait().expect("try_wait").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "actor {} did not exit after `term`",
+                self.pid
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
 }
 
 impl Drop for Actor {
@@ -294,6 +335,15 @@ enum Op {
     KillOld,
     /// SIGKILL the successor of a handover under way.
     KillNew,
+    /// SIGTERM the holder (the predecessor, during a handover): the
+    /// actor ends as `serve` ends on SIGTERM.
+    TermOld,
+    /// SIGTERM the successor of a handover under way: it gives the port
+    /// back.
+    TermNew,
+    /// A tmp cleaner removes the control socket file: the offer makes it
+    /// again, and a replace still meets it.
+    RemoveCtl,
     /// An uninvolved process (the test) probes the port.
     Probe,
 }
@@ -349,8 +399,9 @@ impl Model {
                     }
             ),
             Op::KillOld => self.port != Port::Nobody,
-            Op::KillNew => matches!(self.port, Port::Handing { .. }),
-            Op::Probe => true,
+            Op::KillNew | Op::TermNew => matches!(self.port, Port::Handing { .. }),
+            Op::TermOld => self.port != Port::Nobody,
+            Op::Probe | Op::RemoveCtl => true,
         }
     }
 
@@ -445,7 +496,50 @@ impl Model {
                 self.recorded = Some(pid(old));
                 (None, Some(new))
             }
-            (Op::Probe, _) => (None, None),
+            // A holder that serves alone releases: the file goes with it.
+            (
+                Op::TermOld,
+                Port::Holding {
+                    holder,
+                    offering: true,
+                },
+            ) => {
+                self.port = Port::Nobody;
+                self.recorded = None;
+                (Some("terminated".to_owned()), Some(holder))
+            }
+            // A successor whose predecessor died before the drain still
+            // has it pending: it gives the port back to nobody (the
+            // descriptor closed without a write), leaving its record stale.
+            (
+                Op::TermOld,
+                Port::Holding {
+                    holder,
+                    offering: false,
+                },
+            ) => {
+                self.port = Port::Nobody;
+                (Some("terminated".to_owned()), Some(holder))
+            }
+            // A predecessor that handed its lock on writes nothing and
+            // removes nothing: the successor holds the port, as after a
+            // kill.
+            (Op::TermOld, Port::Handing { old, new }) => {
+                self.port = Port::Holding {
+                    holder: new,
+                    offering: false,
+                };
+                (Some("terminated".to_owned()), Some(old))
+            }
+            (Op::TermNew, Port::Handing { old, new }) => {
+                self.port = Port::Holding {
+                    holder: old,
+                    offering: true,
+                };
+                self.recorded = Some(pid(old));
+                (Some("terminated".to_owned()), Some(new))
+            }
+            (Op::Probe | Op::RemoveCtl, _) => (None, None),
             (op, port) => unreachable!("{op:?} is not allowed in {port:?}"),
         }
     }
@@ -463,10 +557,16 @@ struct Reality {
     locked: bool,
     /// Which actors say they hold a guard.
     guard_holders: Vec<usize>,
+    /// Whether the control socket file exists.
+    ctl: bool,
 }
 
 fn lock_file(dir: &Path) -> PathBuf {
     dir.join(format!("serve_{PORT}.lock"))
+}
+
+fn ctl_file(dir: &Path) -> PathBuf {
+    dir.join(format!("serve_{PORT}.ctl"))
 }
 
 fn recorded_pid(path: &Path) -> Option<u32> {
@@ -510,6 +610,7 @@ impl Checker {
         Reality {
             recorded: recorded_pid(&path),
             locked: flock_held(&path),
+            ctl: ctl_file(&self.dir).exists(),
             guard_holders: (0..ACTORS)
                 .filter(|&a| match self.actors[a].ask("holds").as_str() {
                     "yes" => true,
@@ -562,6 +663,16 @@ impl Checker {
                 self.actors[victim].kill();
                 None
             }
+            Op::TermOld | Op::TermNew => {
+                let victim = respawn.expect("a term names its victim");
+                let reply = self.actors[victim].ask("term");
+                self.actors[victim].wait_exited();
+                Some(reply)
+            }
+            Op::RemoveCtl => {
+                let removed = std::fs::remove_file(ctl_file(&self.dir)).is_ok();
+                Some(format!("removed {removed}"))
+            }
             Op::Probe => {
                 let seen = match LockDir::create(&self.dir).and_then(|d| d.probe(PORT)) {
                     Ok(LockState::Free) => Seen::Free,
@@ -591,7 +702,7 @@ impl Checker {
         // A killed successor's record names it until its predecessor has
         // seen the connection end and written its own back.
         let restoring = match (op, before) {
-            (Op::KillNew, Port::Handing { new, .. }) => Some(self.model.pids[new]),
+            (Op::KillNew | Op::TermNew, Port::Handing { new, .. }) => Some(self.model.pids[new]),
             _ => None,
         };
         self.model = model;
@@ -619,6 +730,13 @@ impl Checker {
                     let mut h = self.model.guard_holders();
                     h.sort_unstable();
                     h
+                },
+                // A holder that offers keeps its control socket at the
+                // path (made again within 0.25 s if removed); otherwise a
+                // dead holder's leftover may be there or not.
+                ctl: match self.model.port {
+                    Port::Handing { .. } | Port::Holding { offering: true, .. } => true,
+                    _ => real.ctl,
                 },
             };
             if real == want {
@@ -651,7 +769,10 @@ impl Checker {
 /// Whether the op's actor replies (kills do not; a probe is checked where
 /// it runs).
 fn op_replies(op: Op) -> bool {
-    matches!(op, Op::Serve(_) | Op::Replace(_) | Op::Drain)
+    matches!(
+        op,
+        Op::Serve(_) | Op::Replace(_) | Op::Drain | Op::TermOld | Op::TermNew
+    )
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -662,6 +783,9 @@ fn op() -> impl Strategy<Value = Op> {
         3 => Just(Op::Drain),
         2 => Just(Op::KillOld),
         2 => Just(Op::KillNew),
+        2 => Just(Op::TermOld),
+        2 => Just(Op::TermNew),
+        1 => Just(Op::RemoveCtl),
         1 => Just(Op::Probe),
     ]
 }
@@ -732,6 +856,21 @@ fn scripted_scenario_covers_every_transition() {
         Op::Probe,
         Op::Replace(0), // nothold
         Op::Serve(0),   // reclaims
+        Op::RemoveCtl,  // made again
+        Op::Replace(1), // received from 0 all the same
+        Op::RemoveCtl,  // mid-handover: made again all the same
+        Op::Replace(2), // busy, not notoffered
+        Op::TermNew,    // 1 gives it back, 0 writes its record back
+        Op::Replace(2), // received from 0
+        Op::TermOld,    // 0 ends writing nothing: 2 holds, undrained
+        Op::Drain,      // of an ended predecessor: at once
+        Op::Replace(1), // received from 2
+        Op::KillOld,    // 1 holds, 2 pending
+        Op::TermOld,    // 1 gives it back to nobody: stale, naming 1
+        Op::Probe,
+        Op::Serve(0),
+        Op::TermOld, // released: the file goes
+        Op::Probe,
     ];
     for op in script {
         assert!(
