@@ -115,11 +115,19 @@ pub(crate) type DrainRequested = tokio::sync::oneshot::Receiver<u32>;
 /// The pidfile of `serve --pidfile`, which follows the port rather than the
 /// attempt: a server that took its port over writes it only once its
 /// predecessor drains (a successor that fails before that never touches the
-/// predecessor's pidfile), and a holder that takes its port back after an
-/// abandoned handover writes its own again.
+/// predecessor's pidfile), a holder that takes its port back after an
+/// abandoned handover writes its own again, and a drained one leaves it to
+/// its successor. Every step is taken under one mutex, and none after the
+/// server has let go of it (removed at its exit, or left to a successor).
 pub(crate) struct PortPidfile {
     path: Option<PathBuf>,
-    written: Mutex<Option<Pidfile>>,
+    slot: Mutex<PidfileSlot>,
+}
+
+struct PidfileSlot {
+    written: Option<Pidfile>,
+    /// Removed at exit, or left to a successor: never written again.
+    done: bool,
 }
 
 impl PortPidfile {
@@ -141,40 +149,56 @@ impl PortPidfile {
         };
         Ok(Arc::new(PortPidfile {
             path,
-            written: Mutex::new(written),
+            slot: Mutex::new(PidfileSlot {
+                written,
+                done: false,
+            }),
         }))
     }
 
     /// This server owns the port now, taken from `from`: write our PID
-    /// over the pidfile (which may name `from`).
+    /// over the pidfile (which may name `from`), unless this server has
+    /// stopped meanwhile.
     fn write_taking_over(&self, from: u32) {
         let Some(path) = &self.path else {
             return;
         };
-        let mut written = lock_pending(&self.written);
+        let mut slot = lock_pending(&self.slot);
+        if slot.done || slot.written.is_some() {
+            return;
+        }
         match Pidfile::write_taking_over(path, std::process::id(), Some(from)) {
-            Ok(pidfile) => {
-                // The old one is ours no more to remove: forget it unread.
-                if let Some(old) = written.replace(pidfile) {
-                    std::mem::forget(old);
-                }
-            }
+            Ok(pidfile) => slot.written = Some(pidfile),
             Err(e) => tracing::warn!("{e}"),
         }
     }
 
     /// This holder has taken its port back: its pidfile names it again.
     fn taken_back(&self) {
-        if let Some(pidfile) = &*lock_pending(&self.written) {
+        let slot = lock_pending(&self.slot);
+        if let (Some(pidfile), false) = (&slot.written, slot.done) {
             if let Err(e) = pidfile.rewrite() {
                 tracing::warn!("{e}");
             }
         }
     }
 
+    /// This server drained: the pidfile is its successor's to write, and
+    /// never ours to remove (read, compare and unlink would race the
+    /// successor's write).
+    fn let_go(&self) {
+        let mut slot = lock_pending(&self.slot);
+        slot.done = true;
+        // Dropping would remove a file that still names us: forgotten
+        // instead (its directory's descriptor is the only cost).
+        std::mem::forget(slot.written.take());
+    }
+
     /// Removes the pidfile if it still names us (before the release).
     pub(crate) fn remove(&self) {
-        if let Some(pidfile) = lock_pending(&self.written).take() {
+        let mut slot = lock_pending(&self.slot);
+        slot.done = true;
+        if let Some(pidfile) = slot.written.take() {
             let path = pidfile.path().to_owned();
             if let Err(e) = pidfile.remove() {
                 tracing::warn!("cannot remove the pidfile {}: {e}", path.display());
@@ -259,6 +283,7 @@ impl Handovers {
         let me = Arc::downgrade(self);
         let on_drain = move |successor: handover::Successor| {
             if let Some(me) = me.upgrade() {
+                me.pidfile.let_go();
                 if let Some(tx) = lock_pending(&me.drain_tx).take() {
                     let _ = tx.send(successor.pid);
                 }

@@ -47,11 +47,18 @@ pub(crate) fn run(dir: &LockDirChoice, port: u16, timeout: Duration, force: bool
         StopEvent::Stopping { port, info } => {
             println!("Stopping server on port {port} (PID: {})...", info.pid);
         }
-        StopEvent::WentBack { info, .. } => {
-            println!(
-                "The port went back to PID {}, which held it before this stop; stopping it too",
-                info.pid
-            );
+        StopEvent::WentBack { info, stopped, .. } => {
+            if info.took_over_from == Some(stopped) {
+                println!(
+                    "The port went on to PID {}, which took it over from PID {stopped}; stopping it too",
+                    info.pid
+                );
+            } else {
+                println!(
+                    "The port went back to PID {}, which held it before this stop; stopping it too",
+                    info.pid
+                );
+            }
         }
         StopEvent::Killing {
             port,

@@ -138,6 +138,13 @@ pub struct LockInfo {
     /// when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub draining: Vec<u32>,
+    /// The holder that handed the port over to `pid` (`serve --replace`),
+    /// kept for `pid`'s life: the port's lineage, which `stop` follows (a
+    /// stop that signalled the predecessor while it was handing over stops
+    /// the successor too, rather than taking it for a new server). Absent
+    /// for a port taken the usual way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub took_over_from: Option<u32>,
 }
 
 /// What the holder of a port says it is doing with it: the serving state in
@@ -236,6 +243,7 @@ impl LockInfo {
             state: None,
             state_since: None,
             draining: Vec::new(),
+            took_over_from: None,
         })
     }
 
@@ -254,6 +262,7 @@ impl LockInfo {
             state: None,
             state_since: None,
             draining: Vec::new(),
+            took_over_from: None,
         }
     }
 

@@ -644,6 +644,7 @@ impl Holding {
         target: Target,
         file: File,
         state: ServeState,
+        from: u32,
     ) -> Result<Box<Holding>, LockError> {
         let path = target.path().to_owned();
         let stat = sys::stat_open(&target.dir, &file)
@@ -684,6 +685,7 @@ impl Holding {
         }
         let mut info = LockInfo::for_current_process(target.port);
         info.set_serve_state(state);
+        info.took_over_from = Some(from);
         let stop = stop_channel(&target)?;
         // Over the giver's record, cut to ours (a non-zero old length).
         let written = write_info(&target, &file, &info, stat.len.max(1))?;

@@ -608,9 +608,10 @@ impl PortGuard {
         on_both!(&mut self.inner, l => l.share_file())
     }
 
-    /// The lock of `port` in `dir` received from its holder by a handover
-    /// (`serve --replace`): see `Holding::from_handover` for what is checked
-    /// before the record is made to name this process (in `state`).
+    /// The lock of `port` in `dir` received from its holder `from` by a
+    /// handover (`serve --replace`): see `Holding::from_handover` for what
+    /// is checked before the record is made to name this process (in
+    /// `state`, with [`LockInfo::took_over_from`](super::LockInfo::took_over_from)).
     // Windows has no descriptor passing: no handover reaches these.
     #[cfg_attr(not(unix), allow(dead_code))]
     pub(crate) fn from_handover(
@@ -618,9 +619,10 @@ impl PortGuard {
         port: u16,
         file: std::fs::File,
         state: ServeState,
+        from: u32,
     ) -> Result<PortGuard, LockError> {
         let target = dir.port(port)?.free_target().clone();
-        let holding = super::protocol::Holding::from_handover(target, file, state)?;
+        let holding = super::protocol::Holding::from_handover(target, file, state, from)?;
         Ok(PortGuard {
             inner: GuardInner::Held(PortLock {
                 state: Held { holding },

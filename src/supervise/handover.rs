@@ -115,8 +115,10 @@ impl Offer {
     /// (the lock's descriptor goes first, then these, in order) on
     /// [`control_path`]. When a successor asks to take over,
     /// `on_drain` runs (on the offer's thread) after this process has let
-    /// go of the lock: from then on it must stop accepting, finish what it
-    /// accepted, and exit without touching the lock file.
+    /// go of the lock, and before the successor is told it drains (so what
+    /// it does, such as letting go of a pidfile, never races what the
+    /// successor then writes): from then on it must stop accepting, finish
+    /// what it accepted, and exit without touching the lock file.
     ///
     /// # Errors
     /// The control socket cannot be made (a lock dir path too long for a
@@ -555,11 +557,11 @@ mod tests {
         // Another open of the same file: a description of its own, which
         // the holder's lock excludes.
         let other = std::fs::File::open(dir.lock_path(8005)).unwrap();
-        let refused = PortGuard::from_handover(&dir, 8005, other, ServeState::Starting);
+        let refused = PortGuard::from_handover(&dir, 8005, other, ServeState::Starting, 1);
         assert!(refused.is_err());
         assert_eq!(record(&dir, 8005).pid, std::process::id());
         // Some other file entirely.
         let stray = std::fs::File::create(tmp.path().join("stray")).unwrap();
-        assert!(PortGuard::from_handover(&dir, 8005, stray, ServeState::Starting).is_err());
+        assert!(PortGuard::from_handover(&dir, 8005, stray, ServeState::Starting, 1).is_err());
     }
 }

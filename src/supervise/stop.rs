@@ -470,9 +470,15 @@ struct Lineage {
 }
 
 impl Lineage {
-    /// Whether `info` held the port before the stop began.
+    /// Whether `info` held the port before the stop began, or took it over
+    /// from a holder that did (a `serve --replace` racing the stop).
     fn holds(&self, info: &LockInfo) -> bool {
-        info.started_at < self.began || self.pids.contains(&info.pid)
+        info.started_at < self.began
+            || self.pids.contains(&info.pid)
+            || info
+                .took_over_from
+                .is_some_and(|from| self.pids.contains(&from))
+            || info.draining.iter().any(|pid| self.pids.contains(pid))
     }
 
     /// The outcome to report once the port is free: the last holder stopped,

@@ -30,6 +30,7 @@ pub(super) fn write(info: &LockInfo, out: &mut Vec<u8>) {
         state,
         state_since,
         draining,
+        took_over_from,
     } = info;
     out.extend_from_slice(b"{\"pid\":");
     number(out, u64::from(*pid));
@@ -69,6 +70,9 @@ pub(super) fn write(info: &LockInfo, out: &mut Vec<u8>) {
         }
         out.push(b']');
     }
+    optional(out, b",\"took_over_from\":", took_over_from, |out, pid| {
+        number(out, u64::from(*pid));
+    });
     out.push(b'}');
 }
 
@@ -373,6 +377,7 @@ mod tests {
             ])),
             state_since in proptest::option::of(any_timestamp()),
             draining in proptest::collection::vec(any::<u32>(), 0..3),
+            took_over_from in proptest::option::of(any::<u32>()),
         ) {
             let info = LockInfo {
                 pid,
@@ -387,6 +392,7 @@ mod tests {
                 state,
                 state_since,
                 draining,
+                took_over_from,
             };
             prop_assert_eq!(
                 String::from_utf8(ours(&info)).expect("UTF-8"),

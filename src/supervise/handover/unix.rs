@@ -312,13 +312,12 @@ fn accept_loop(mut listener: UnixListener, shared: &Arc<OfferShared>) {
 
 /// Makes the control socket again if its file was removed (by a tmp
 /// cleaner, by hand) while this offer stands: a replace must never find a
-/// serving holder without an offer. Only while no handover is under way
-/// (then the path may rightly be a successor's).
+/// serving holder without an offer. Only a missing file is remade: one
+/// that is there may rightly be a successor's.
 fn restore_if_removed(shared: &OfferShared) {
-    if !shared.published.load(Ordering::SeqCst)
-        || shared.closed.load(Ordering::SeqCst)
-        || shared.successor.load(Ordering::SeqCst) != 0
-    {
+    // Also mid-handover: until the successor publishes its own socket over
+    // ours (which never leaves the path empty), the path is ours to keep.
+    if !shared.published.load(Ordering::SeqCst) || shared.closed.load(Ordering::SeqCst) {
         return;
     }
     match std::fs::symlink_metadata(&shared.path) {
@@ -548,17 +547,19 @@ fn answer(mut stream: UnixStream, shared: &OfferShared) {
         guard.abandon();
     }
     shared.remove_socket_file();
+    // What we sent is the successor's now; our copies close.
+    lock_ignoring_poison(&shared.sockets).clear();
+    // Before the reply: the successor writes what is now its own (its
+    // pidfile) once it has the reply, and nothing of ours may race it.
+    let on_drain = lock_ignoring_poison(&shared.on_drain).take();
+    if let Some(on_drain) = on_drain {
+        on_drain(Successor { pid: successor });
+    }
     let _ = write_line(
         &mut stream,
         &json!({"llmlb_handover": PROTOCOL_VERSION, "ok": true, "op": "draining"}),
     );
     tracing::info!("PID {successor} serves port {port} now; draining");
-    // What we sent is the successor's now; our copies close.
-    lock_ignoring_poison(&shared.sockets).clear();
-    let on_drain = lock_ignoring_poison(&shared.on_drain).take();
-    if let Some(on_drain) = on_drain {
-        on_drain(Successor { pid: successor });
-    }
     // The connection stays open until this process exits: its end tells
     // the successor we are gone.
     let mut sink = [0u8; 64];
@@ -949,7 +950,7 @@ fn attempt(
         .collect();
     // Any failure from here drops the stream: the holder writes its record
     // back and serves on.
-    let guard = PortGuard::from_handover(dir, port, lock_file, ServeState::Starting)?;
+    let guard = PortGuard::from_handover(dir, port, lock_file, ServeState::Starting, holder)?;
     Ok(Attempt::Done(Requested::Received(Box::new(Received {
         guard,
         sockets,

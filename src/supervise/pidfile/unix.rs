@@ -186,6 +186,17 @@ pub(super) fn runs_since_written(dir: &Dir, name: &OsStr, pid: u32) -> io::Resul
     }
     #[cfg(target_os = "linux")]
     {
+        // A killed server's PID exists until its parent reaps it: a zombie
+        // (or a dying process) runs no server.
+        if let Ok(stat) = std::fs::read(format!("/proc/{pid}/stat")) {
+            let state = stat
+                .iter()
+                .rposition(|&b| b == b')')
+                .and_then(|end| stat.get(end + 2));
+            if matches!(state, Some(b'Z' | b'X' | b'x')) {
+                return Ok(false);
+            }
+        }
         let name = c_name(name)?;
         // SAFETY: `stat` is plain data, filled in by fstatat on success.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
