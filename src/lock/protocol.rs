@@ -128,6 +128,9 @@ pub struct Holding {
     /// fork since then (or forks that cannot be counted, `None`) means a
     /// child may share the description.
     forks_seen: Option<u64>,
+    /// Keeps tmp cleaners out of the lock dir while we hold (see
+    /// [`sys::DirPin`]); it goes with the Holding, so with the release.
+    dir_pin: sys::DirPin,
 }
 
 /// The exclusively locked file of a crashed holder, not yet overwritten.
@@ -481,6 +484,7 @@ impl StaleFile {
         match write_info(&self.target, &self.file, &info, self.len) {
             Ok(written) => Ok((
                 Box::new(Holding {
+                    dir_pin: sys::pin_dir(&self.target.dir),
                     stop,
                     target: self.target,
                     file: Some(self.file),
@@ -538,6 +542,7 @@ impl Holding {
     ) -> Result<Box<Holding>, LockError> {
         let stop = stop_channel(&target)?;
         let written = write_info(&target, &file, &info, old_len)?;
+        let dir_pin = sys::pin_dir(&target.dir);
         Ok(Box::new(Holding {
             stop,
             target,
@@ -551,6 +556,7 @@ impl Holding {
             written,
             shared: false,
             forks_seen: sys::fork_count(),
+            dir_pin,
         }))
     }
 
@@ -649,6 +655,7 @@ impl Holding {
         let stop = stop_channel(&target)?;
         // Over the giver's record, cut to ours (a non-zero old length).
         let written = write_info(&target, &file, &info, stat.len.max(1))?;
+        let dir_pin = sys::pin_dir(&target.dir);
         Ok(Box::new(Holding {
             stop,
             target,
@@ -660,6 +667,7 @@ impl Holding {
             written,
             shared: true,
             forks_seen: sys::fork_count(),
+            dir_pin,
         }))
     }
 
@@ -915,11 +923,40 @@ impl Holding {
         std::mem::swap(&mut self.written_len, &mut replacement.written_len);
         std::mem::swap(&mut self.written, &mut replacement.written);
         std::mem::swap(&mut self.target, &mut replacement.target);
+        std::mem::swap(&mut self.dir_pin, &mut replacement.dir_pin);
         drop(replacement.file.take());
         if self.may_be_shared() {
             return Ok(Integrity::Detached);
         }
         Ok(Integrity::Restored)
+    }
+
+    /// Keeps tmp cleaners away from what this holder depends on, for as long
+    /// as it holds: sets the times of the lock file, of the lock dir and of
+    /// each of `companions` (names in the lock dir, e.g. the control socket;
+    /// a missing one is skipped) to now, for cleaners that judge by age alone
+    /// (tmpreaper, `find -mtime`), and re-takes the dir's shared lock if it
+    /// could not be had at acquire (see [`sys::DirPin`]). Changes no content.
+    pub(crate) fn refresh(&mut self, companions: &[&str]) -> Result<(), LockError> {
+        let target = &self.target;
+        sys::repin_dir(&target.dir, &mut self.dir_pin);
+        sys::touch_file(self.file())
+            .map_err(|e| LockError::io("cannot refresh the times of", target.path(), e))?;
+        for name in companions {
+            sys::touch_name(&target.dir, name).map_err(|e| {
+                LockError::io("cannot refresh the times of", target.dir_path.join(name), e)
+            })?;
+        }
+        // The dir last: touching a name in it changes nothing of the dir's.
+        sys::touch_dir(&target.dir)
+            .map_err(|e| LockError::io("cannot refresh the times of", &*target.dir_path, e))
+    }
+
+    /// Whether the lock dir is share-locked for this holder (see
+    /// [`sys::DirPin`]); always false where nothing is pinned (Windows).
+    #[cfg(test)]
+    pub(crate) fn dir_pinned(&self) -> bool {
+        sys::is_pinned(&self.dir_pin)
     }
 
     /// Closes the descriptor without removing the file, exactly as if the

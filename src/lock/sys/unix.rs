@@ -38,6 +38,113 @@ impl DirHandle {
     }
 }
 
+/// A holder's own open description of its lock dir, share-locked with
+/// `flock` while the holder holds its port: systemd-tmpfiles (`--clean`, the
+/// age rules of `/tmp`) skips a directory it cannot lock exclusively, with
+/// everything in it, so a held port's lock file, control socket and dir are
+/// never aged out. Its own description, not the [`DirHandle`]'s (which
+/// several holders of one process may share): flock belongs to the open file
+/// description, so each holder's lock goes exactly when its description
+/// closes, with its release, and shared locks of many descriptions
+/// coexist. Never unlocked explicitly: a forked child sharing the
+/// description keeps it (as it keeps the lock file's).
+#[derive(Debug)]
+pub(crate) struct DirPin {
+    /// `None` if the dir could not be opened again (out of descriptors).
+    fd: Option<OwnedFd>,
+    locked: bool,
+}
+
+/// Opens `dir` again (its own description) and takes a shared `flock` on it,
+/// never waiting: a cleaner that holds it exclusively for the moment it
+/// cleans the dir makes this pin unlocked, and [`repin_dir`] tries again.
+/// Never fails: a pin is protection from cleaners, not part of holding the
+/// port.
+pub(crate) fn pin_dir(dir: &DirHandle) -> DirPin {
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    // SAFETY: the dir fd is open for &dir's lifetime; "." is NUL-terminated.
+    let fd = match cvt(unsafe { libc::openat(dir.fd.as_raw_fd(), c".".as_ptr(), flags) }) {
+        // SAFETY: openat returned a fresh descriptor that nothing else owns.
+        Ok(raw) => Some(unsafe { OwnedFd::from_raw_fd(raw) }),
+        Err(_) => None,
+    };
+    let mut pin = DirPin { fd, locked: false };
+    lock_pin(&mut pin);
+    pin
+}
+
+fn lock_pin(pin: &mut DirPin) {
+    if let Some(fd) = &pin.fd {
+        // SAFETY: fd is open for the borrow.
+        pin.locked =
+            cvt(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) }).is_ok();
+    }
+}
+
+/// Makes `pin` a locked pin of `dir` if it is not one (its open or its lock
+/// failed earlier): one `flock` when only the lock was missing.
+pub(crate) fn repin_dir(dir: &DirHandle, pin: &mut DirPin) {
+    if pin.fd.is_none() {
+        *pin = pin_dir(dir);
+    } else if !pin.locked {
+        lock_pin(pin);
+    }
+}
+
+/// Whether `pin` holds its shared lock.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) fn is_pinned(pin: &DirPin) -> bool {
+    pin.locked
+}
+
+const TIMES_NOW: [libc::timespec; 2] = [
+    libc::timespec {
+        tv_sec: 0,
+        tv_nsec: libc::UTIME_NOW,
+    },
+    libc::timespec {
+        tv_sec: 0,
+        tv_nsec: libc::UTIME_NOW,
+    },
+];
+
+fn futimens_now(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: the fd is open for the borrow; TIMES_NOW is two timespecs.
+    cvt(unsafe { libc::futimens(fd.as_raw_fd(), TIMES_NOW.as_ptr()) }).map(drop)
+}
+
+/// Sets the access and modification times of an open file to now
+/// (`futimens`), changing nothing else: cleaners that judge by age alone
+/// (tmpreaper, `find -mtime`) see it as fresh.
+pub(crate) fn touch_file(file: &File) -> io::Result<()> {
+    futimens_now(file.as_fd())
+}
+
+/// [`touch_file`] of the lock dir itself, through its descriptor.
+pub(crate) fn touch_dir(dir: &DirHandle) -> io::Result<()> {
+    futimens_now(dir.fd.as_fd())
+}
+
+/// [`touch_file`] of the name `name` in `dir` (never following a symlink
+/// there, `utimensat(AT_SYMLINK_NOFOLLOW)`); a missing name is not an error.
+pub(crate) fn touch_name(dir: &DirHandle, name: &str) -> io::Result<()> {
+    let c = CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains a NUL byte"))?;
+    // SAFETY: valid dir fd, NUL-terminated name, TIMES_NOW is two timespecs.
+    let result = cvt(unsafe {
+        libc::utimensat(
+            dir.fd.as_raw_fd(),
+            c.as_ptr(),
+            TIMES_NOW.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    });
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other.map(drop),
+    }
+}
+
 fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
     if rc < 0 {
         Err(io::Error::last_os_error())
