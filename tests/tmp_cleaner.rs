@@ -61,7 +61,17 @@ fn record(env: &Env, port: u16) -> Option<LockInfo> {
 fn age_everything(parent: &Path) {
     let out = Command::new("find")
         .arg(parent)
-        .args(["-mindepth", "1", "-exec", "touch", "-h", "-d", "2 days ago", "{}", "+"])
+        .args([
+            "-mindepth",
+            "1",
+            "-exec",
+            "touch",
+            "-h",
+            "-d",
+            "2 days ago",
+            "{}",
+            "+",
+        ])
         .output()
         .expect("run find/touch");
     assert!(out.status.success(), "touch -d: {out:?}");
@@ -138,7 +148,10 @@ fn replace_hands_over(env: &Env, port: u16, old: &mut Proc, args: &[&str]) -> Pr
         "{new_said}"
     );
     assert!(!new_said.contains("offers no handover"), "{new_said}");
-    assert!(new.try_wait().is_none(), "the new server exited: {new_said}");
+    assert!(
+        new.try_wait().is_none(),
+        "the new server exited: {new_said}"
+    );
     new
 }
 

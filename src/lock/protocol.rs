@@ -1066,4 +1066,120 @@ mod tests {
         drop(holding); // Drop's release fails the same way and closes the descriptor
         assert!(!matches!(probe(&target).unwrap(), LockState::Held(_)));
     }
+
+    fn fresh(dir: &LockDir, port: u16) -> Box<Holding> {
+        match acquire(Target::new(dir, port)).unwrap() {
+            Acquisition::Fresh(holding) => holding,
+            Acquisition::Stale(_) => panic!("port {port} was stale"),
+        }
+    }
+
+    /// What a cleaner that honours locks (systemd-tmpfiles) gets when it
+    /// tries to lock the dir exclusively, through its own open of the dir.
+    fn cleaner_may_lock(dir: &LockDir) -> bool {
+        let file = File::open(dir.path()).unwrap();
+        sys::try_lock_exclusive(&file).unwrap() == TryLock::Acquired
+    }
+
+    /// Every holder share-locks the dir from acquire to release, each on its
+    /// own description (two holders of one `LockDir`: the first release
+    /// leaves the second's), shared locks of others still coexist, and the
+    /// last release frees the dir while the `LockDir` is still open.
+    #[test]
+    fn holders_share_lock_their_dir_until_their_release() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LockDir::create(tmp.path().join("locks")).unwrap();
+        assert!(cleaner_may_lock(&dir), "locked before anyone holds");
+        let a = fresh(&dir, 4242);
+        let b = fresh(&dir, 4243);
+        assert!(a.dir_pinned() && b.dir_pinned());
+        assert!(!cleaner_may_lock(&dir), "not locked while two hold");
+        let other = File::open(dir.path()).unwrap();
+        assert_eq!(sys::try_lock_shared(&other).unwrap(), TryLock::Acquired);
+        drop(other);
+        a.release().map_err(|(_, e)| e).unwrap();
+        assert!(!cleaner_may_lock(&dir), "one release unlocked the other's");
+        b.release().map_err(|(_, e)| e).unwrap();
+        assert!(cleaner_may_lock(&dir), "still locked after the releases");
+    }
+
+    /// The times of `path` (not following a symlink), `(atime, mtime)` in
+    /// seconds.
+    fn times(path: &Path) -> (i64, i64) {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(path).unwrap();
+        (meta.atime(), meta.mtime())
+    }
+
+    /// Sets both times of `path` (not following a symlink) to `secs`.
+    fn set_times(path: &Path, secs: i64) {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        let t = libc::timespec {
+            tv_sec: secs as libc::time_t,
+            tv_nsec: 0,
+        };
+        // SAFETY: a NUL-terminated path and two timespecs.
+        let rc = unsafe {
+            libc::utimensat(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                [t, t].as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+    }
+
+    /// `refresh` makes the lock file, the companion (a socket, like the
+    /// control socket) and the dir look new to a cleaner that judges by age
+    /// alone, without changing the record; a missing companion is skipped.
+    #[test]
+    fn refresh_sets_the_times_of_the_file_companions_and_dir_to_now() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LockDir::create(tmp.path().join("locks")).unwrap();
+        let mut held = fresh(&dir, 4242);
+        let ctl = dir.path().join("serve_4242.ctl");
+        let _listener = std::os::unix::net::UnixListener::bind(&ctl).unwrap();
+        let record = std::fs::read(held.target.path()).unwrap();
+        let aged = [
+            held.target.path().to_owned(),
+            ctl.clone(),
+            dir.path().to_owned(),
+        ];
+        let two_days_ago = chrono::Utc::now().timestamp() - 2 * 86_400;
+        for path in &aged {
+            set_times(path, two_days_ago);
+        }
+        let before = chrono::Utc::now().timestamp();
+        held.refresh(&["serve_4242.ctl", "serve_4242.missing"])
+            .unwrap();
+        for path in &aged {
+            let (atime, mtime) = times(path);
+            assert!(
+                atime >= before && mtime >= before,
+                "{} not refreshed: {atime} {mtime} < {before}",
+                path.display()
+            );
+        }
+        assert_eq!(std::fs::read(held.target.path()).unwrap(), record);
+        held.release().map_err(|(_, e)| e).unwrap();
+    }
+
+    /// A lock dir removed by hand (a cleaner that ignores locks) is
+    /// re-created by `verify`, and the holder's shared lock moves to it.
+    #[test]
+    fn a_recreated_dir_is_share_locked_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("locks");
+        let dir = LockDir::create(&path).unwrap();
+        let mut held = fresh(&dir, 4242);
+        std::fs::remove_dir_all(&path).unwrap();
+        assert_eq!(held.verify().unwrap(), Integrity::Restored);
+        let recreated = LockDir::create(&path).unwrap();
+        assert!(held.dir_pinned());
+        assert!(!cleaner_may_lock(&recreated), "the new dir is not locked");
+        held.release().map_err(|(_, e)| e).unwrap();
+        assert!(cleaner_may_lock(&recreated));
+    }
 }

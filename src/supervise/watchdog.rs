@@ -332,3 +332,80 @@ impl<T: Guard> Watchdog<T> {
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// Intact for `intact` checks, then lost; logs the check at which each
+    /// refresh came (they fail when `refresh_fails`).
+    struct Counting {
+        checks: usize,
+        intact: usize,
+        refresh_fails: bool,
+        log: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+    }
+
+    impl Guard for Counting {
+        type Error = &'static str;
+
+        fn verify(&mut self) -> Result<Integrity, &'static str> {
+            self.checks += 1;
+            Ok(if self.checks <= self.intact {
+                Integrity::Intact
+            } else {
+                Integrity::Lost(None)
+            })
+        }
+
+        fn release(self) -> Result<(), &'static str> {
+            Ok(())
+        }
+
+        fn refresh(&mut self) -> Result<(), &'static str> {
+            self.log.lock().unwrap().push(self.checks);
+            if self.refresh_fails {
+                Err("read-only file system")
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs the watchdog until the lock is lost after five intact checks;
+    /// returns the checks at which it refreshed, and the failures reported.
+    fn run(refresh_every: Duration, refresh_fails: bool) -> (Vec<usize>, usize) {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lock = SharedLock::new(Counting {
+            checks: 0,
+            intact: 5,
+            refresh_fails,
+            log: log.clone(),
+        });
+        let mut failures = 0;
+        let end = lock.watchdog().run_refreshing(
+            Duration::from_millis(1),
+            refresh_every,
+            |event| match event {
+                WatchEvent::CannotRefresh(_) => failures += 1,
+                other => panic!("unexpected {other:?}"),
+            },
+            || {},
+        );
+        assert_eq!(end, WatchEnd::Lost(None));
+        let refreshed = log.lock().unwrap().clone();
+        (refreshed, failures)
+    }
+
+    #[test]
+    fn refreshes_at_the_first_check_then_on_the_coarse_timer_only() {
+        assert_eq!(run(REFRESH_INTERVAL, false), (vec![1], 0));
+        // Due at every check: never at the one that found the lock lost.
+        assert_eq!(run(Duration::ZERO, false), (vec![1, 2, 3, 4, 5], 0));
+    }
+
+    #[test]
+    fn a_failed_refresh_is_reported_and_retried_on_the_timer_not_at_each_check() {
+        assert_eq!(run(REFRESH_INTERVAL, true), (vec![1], 1));
+    }
+}
