@@ -953,8 +953,8 @@ impl Holding {
     }
 
     /// Whether the lock dir is share-locked for this holder (see
-    /// [`sys::DirPin`]); always false where nothing is pinned (Windows).
-    #[cfg(test)]
+    /// [`sys::DirPin`]).
+    #[cfg(all(test, unix))]
     pub(crate) fn dir_pinned(&self) -> bool {
         sys::is_pinned(&self.dir_pin)
     }
