@@ -947,7 +947,6 @@ impl Holding {
                 LockError::io("cannot refresh the times of", target.dir_path.join(name), e)
             })?;
         }
-        // The dir last: touching a name in it changes nothing of the dir's.
         sys::touch_dir(&target.dir)
             .map_err(|e| LockError::io("cannot refresh the times of", &*target.dir_path, e))
     }

@@ -73,6 +73,7 @@ impl Guard for PortGuard {
     /// (`serve_<port>.ctl`, if there is one: a successor's, mid-handover,
     /// is as much the port's).
     fn refresh(&mut self) -> Result<(), LockError> {
+        // The name alone: the path under an empty dir.
         let control = super::handover::control_path(Path::new(""), self.port());
         let control = control.to_str().unwrap_or_default();
         PortGuard::refresh(self, &[control])
