@@ -127,7 +127,7 @@ fn clean_while_held(env: &Env, parent: &Path, port: u16, holder: &mut Proc) {
 
 /// After the clean, `serve --replace` (`args`) hands over: the new server
 /// says it took over from the old one, the record names it, and the old one
-/// says it handed over and exits with `old_exit`. Returns the new server.
+/// says it handed over and exits 0. Returns the new server.
 fn replace_hands_over(env: &Env, port: u16, old: &mut Proc, args: &[&str]) -> Proc {
     let mut new = env.spawn(args);
     let new_pid = new.pid();
