@@ -939,7 +939,7 @@ impl Holding {
     /// could not be had at acquire (see [`sys::DirPin`]). Changes no content.
     pub(crate) fn refresh(&mut self, companions: &[&str]) -> Result<(), LockError> {
         let target = &self.target;
-        sys::repin_dir(&target.dir, &mut self.dir_pin);
+        sys::repin_dir(&mut self.dir_pin);
         sys::touch_file(self.file())
             .map_err(|e| LockError::io("cannot refresh the times of", target.path(), e))?;
         for name in companions {

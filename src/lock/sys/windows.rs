@@ -583,12 +583,12 @@ pub(crate) fn unlock_before_close(file: &File) {
 pub(crate) struct DirPin(());
 
 /// See [`DirPin`]: nothing to take.
-pub(crate) fn pin_dir(_dir: &DirHandle) -> DirPin {
+pub(crate) fn pin_dir(_dir: &std::sync::Arc<DirHandle>) -> DirPin {
     DirPin(())
 }
 
 /// See [`DirPin`]: nothing to take.
-pub(crate) fn repin_dir(_dir: &DirHandle, _pin: &mut DirPin) {}
+pub(crate) fn repin_dir(_pin: &mut DirPin) {}
 
 /// Always false: Windows pins nothing (see [`DirPin`]). The twin of the
 /// Unix function, which only the Unix tests ask.
