@@ -10,8 +10,10 @@
 //! `/tmp/llmlb-<uid>` for others), so every scenario runs as a shell script
 //! inside a private mount namespace (`unshare -m`) with fresh tmpfs mounted
 //! on `/run` and `/tmp`: nothing of the machine's own dirs is read or
-//! written. That needs root (CI runs as root); elsewhere the test says it was
-//! skipped, and under CI it fails.
+//! written (the binary under test is bind-mounted into the new `/run`, so
+//! the scenarios run wherever the target dir is, `/tmp` included). That
+//! needs root (CI runs as root); elsewhere the test says it was skipped, and
+//! under CI it fails.
 #![cfg(target_os = "linux")]
 
 mod cli_support;
@@ -49,6 +51,23 @@ fn namespace_unavailable() -> Option<String> {
     }
 }
 
+/// The start of every scenario: fresh tmpfs on `/run` and `/tmp`, and `$B`
+/// made to name the binary under test where the namespace still sees it.
+/// The build's target dir may itself be under `/tmp` (a clone into `/tmp`,
+/// `CARGO_TARGET_DIR=/tmp/...`), which the fresh tmpfs hides: so the binary
+/// is opened before the mounts and bind-mounted, through the open
+/// descriptor, onto a file in the new `/run` (`/proc/PID/fd/N` leads to the
+/// opened file itself, whatever now covers its path). Exec'ing it through
+/// `/proc/self/fd/N` instead would leave the descriptor open in every
+/// process of the scenario and make the binary's own path unreachable.
+const BINARY_IN_VIEW: &str = r#"exec 9<"$B" || exit 96
+mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /tmp || exit 97
+mkdir /run/llmlb-test-bin && : >/run/llmlb-test-bin/llmlb || exit 98
+mount --bind "/proc/$$/fd/9" /run/llmlb-test-bin/llmlb || exit 98
+exec 9<&-
+B=/run/llmlb-test-bin/llmlb
+"#;
+
 /// Runs `script` (sh, with `$B` the llmlb binary and `$P` a free port) in a
 /// private mount namespace with fresh tmpfs on `/run` and `/tmp`, without
 /// `LLMLB_LOCK_DIR`. `None` (after saying so, or failing under CI) where no
@@ -66,9 +85,7 @@ fn in_namespace(script: &str) -> Option<(Ran, u16)> {
         return None;
     }
     let port = free_port();
-    let full = format!(
-        "set -u; mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /tmp || exit 97\n{script}"
-    );
+    let full = format!("set -u\n{BINARY_IN_VIEW}{script}");
     let out = Command::new("unshare")
         .args(["-m", "sh", "-c", &full])
         .env("B", env!("CARGO_BIN_EXE_llmlb"))

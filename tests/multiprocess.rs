@@ -240,8 +240,27 @@ fn held_by(dir: &LockDir) -> Option<u32> {
     }
 }
 
+/// Whether a tmp cleaner could lock the lock dir now: util-linux
+/// `flock -xn` on it, as systemd-tmpfiles locks a directory before it
+/// cleans it (a holder keeps a shared lock on it).
+#[cfg(unix)]
+fn cleaner_may_lock(dir: &LockDir) -> bool {
+    let out = Command::new("flock")
+        .arg("-xn")
+        .arg(dir.path())
+        .arg("true")
+        .output()
+        .expect("run flock (util-linux)");
+    match out.status.code() {
+        Some(0) => true,
+        Some(1) => false,
+        _ => panic!("flock -xn {}: {out:?}", dir.path().display()),
+    }
+}
+
 /// A forked child that drops its inherited guard only closes its descriptor:
-/// the parent keeps the lock and its file.
+/// the parent keeps the lock and its file, and its shared lock on the dir
+/// (the child shares that description, and must not unlock it).
 #[cfg(unix)]
 #[test]
 fn forked_child_drop_leaves_parent_lock_alone() {
@@ -268,8 +287,13 @@ fn forked_child_drop_leaves_parent_lock_alone() {
     assert!(acquire_or_reclaim(&dir, PORT)
         .unwrap_err()
         .is_already_running());
+    assert!(!cleaner_may_lock(&dir), "the child's drop unlocked the dir");
     guard.release().unwrap();
     assert_eq!(dir.probe(PORT).unwrap(), LockState::Free);
+    assert!(
+        cleaner_may_lock(&dir),
+        "the dir stays locked after the release"
+    );
 }
 
 /// Daemonizing hand-off: the child adopts, the parent's release only closes,
@@ -313,6 +337,10 @@ fn forked_child_adopts_and_parent_release_only_closes() {
         "parent must not remove the adopted file"
     );
     assert_eq!(held_by(&dir), Some(child), "the child still holds");
+    assert!(
+        !cleaner_may_lock(&dir),
+        "the parent's release unlocked the dir the child holds a port in"
+    );
     drop(release_child); // EOF: the child goes on
 
     let mut status = 0;
@@ -325,4 +353,5 @@ fn forked_child_adopts_and_parent_release_only_closes() {
         "child's view of the hand-off was wrong"
     );
     assert_eq!(dir.probe(PORT).unwrap(), LockState::Free);
+    assert!(cleaner_may_lock(&dir), "the dir stays locked after both");
 }

@@ -116,6 +116,9 @@ fn spawn_watchdog(
                 WatchEvent::CannotCheck(e) => {
                     tracing::warn!("cannot check the lock file for port {port}: {e}")
                 }
+                WatchEvent::CannotRefresh(e) => tracing::warn!(
+                    "cannot keep the lock files for port {port} fresh for tmp cleaners: {e}"
+                ),
             }, beat);
             let why = match end {
                 WatchEnd::Lost(holder) => {

@@ -132,6 +132,9 @@ pub struct Holding {
     /// fork since then (or forks that cannot be counted, `None`) means a
     /// child may share the description.
     forks_seen: Option<u64>,
+    /// Keeps tmp cleaners out of the lock dir while we hold (see
+    /// [`sys::DirPin`]); it goes with the Holding, so with the release.
+    dir_pin: sys::DirPin,
 }
 
 /// The exclusively locked file of a crashed holder, not yet overwritten.
@@ -485,6 +488,7 @@ impl StaleFile {
         match write_info(&self.target, &self.file, &info, self.len) {
             Ok(written) => Ok((
                 Box::new(Holding {
+                    dir_pin: sys::pin_dir(&self.target.dir),
                     stop,
                     target: self.target,
                     file: Some(self.file),
@@ -543,6 +547,7 @@ impl Holding {
     ) -> Result<Box<Holding>, LockError> {
         let stop = stop_channel(&target)?;
         let written = write_info(&target, &file, &info, old_len)?;
+        let dir_pin = sys::pin_dir(&target.dir);
         Ok(Box::new(Holding {
             stop,
             target,
@@ -557,6 +562,7 @@ impl Holding {
             shared: false,
             handed_on: false,
             forks_seen: sys::fork_count(),
+            dir_pin,
         }))
     }
 
@@ -689,6 +695,7 @@ impl Holding {
         let stop = stop_channel(&target)?;
         // Over the giver's record, cut to ours (a non-zero old length).
         let written = write_info(&target, &file, &info, stat.len.max(1))?;
+        let dir_pin = sys::pin_dir(&target.dir);
         Ok(Box::new(Holding {
             stop,
             target,
@@ -701,6 +708,7 @@ impl Holding {
             shared: true,
             handed_on: false,
             forks_seen: sys::fork_count(),
+            dir_pin,
         }))
     }
 
@@ -960,11 +968,39 @@ impl Holding {
         std::mem::swap(&mut self.written_len, &mut replacement.written_len);
         std::mem::swap(&mut self.written, &mut replacement.written);
         std::mem::swap(&mut self.target, &mut replacement.target);
+        std::mem::swap(&mut self.dir_pin, &mut replacement.dir_pin);
         drop(replacement.file.take());
         if self.may_be_shared() {
             return Ok(Integrity::Detached);
         }
         Ok(Integrity::Restored)
+    }
+
+    /// Keeps tmp cleaners away from what this holder depends on, for as long
+    /// as it holds: sets the times of the lock file, of the lock dir and of
+    /// each of `companions` (names in the lock dir, e.g. the control socket;
+    /// a missing one is skipped) to now, for cleaners that judge by age alone
+    /// (tmpreaper, `find -mtime`), and re-takes the dir's shared lock if it
+    /// could not be had at acquire (see [`sys::DirPin`]). Changes no content.
+    pub(crate) fn refresh(&mut self, companions: &[&str]) -> Result<(), LockError> {
+        let target = &self.target;
+        sys::repin_dir(&mut self.dir_pin);
+        sys::touch_file(self.file())
+            .map_err(|e| LockError::io("cannot refresh the times of", target.path(), e))?;
+        for name in companions {
+            sys::touch_name(&target.dir, name).map_err(|e| {
+                LockError::io("cannot refresh the times of", target.dir_path.join(name), e)
+            })?;
+        }
+        sys::touch_dir(&target.dir)
+            .map_err(|e| LockError::io("cannot refresh the times of", &*target.dir_path, e))
+    }
+
+    /// Whether the lock dir is share-locked for this holder (see
+    /// [`sys::DirPin`]).
+    #[cfg(all(test, unix))]
+    pub(crate) fn dir_pinned(&self) -> bool {
+        sys::is_pinned(&self.dir_pin)
     }
 
     /// Closes the descriptor without removing the file, exactly as if the
@@ -1073,5 +1109,121 @@ mod tests {
         assert!(!holding.is_owner());
         drop(holding); // Drop's release fails the same way and closes the descriptor
         assert!(!matches!(probe(&target).unwrap(), LockState::Held(_)));
+    }
+
+    fn fresh(dir: &LockDir, port: u16) -> Box<Holding> {
+        match acquire(Target::new(dir, port)).unwrap() {
+            Acquisition::Fresh(holding) => holding,
+            Acquisition::Stale(_) => panic!("port {port} was stale"),
+        }
+    }
+
+    /// What a cleaner that honours locks (systemd-tmpfiles) gets when it
+    /// tries to lock the dir exclusively, through its own open of the dir.
+    fn cleaner_may_lock(dir: &LockDir) -> bool {
+        let file = File::open(dir.path()).unwrap();
+        sys::try_lock_exclusive(&file).unwrap() == TryLock::Acquired
+    }
+
+    /// Every holder share-locks the dir from acquire to release, each on its
+    /// own description (two holders of one `LockDir`: the first release
+    /// leaves the second's), shared locks of others still coexist, and the
+    /// last release frees the dir while the `LockDir` is still open.
+    #[test]
+    fn holders_share_lock_their_dir_until_their_release() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LockDir::create(tmp.path().join("locks")).unwrap();
+        assert!(cleaner_may_lock(&dir), "locked before anyone holds");
+        let a = fresh(&dir, 4242);
+        let b = fresh(&dir, 4243);
+        assert!(a.dir_pinned() && b.dir_pinned());
+        assert!(!cleaner_may_lock(&dir), "not locked while two hold");
+        let other = File::open(dir.path()).unwrap();
+        assert_eq!(sys::try_lock_shared(&other).unwrap(), TryLock::Acquired);
+        drop(other);
+        a.release().map_err(|(_, e)| e).unwrap();
+        assert!(!cleaner_may_lock(&dir), "one release unlocked the other's");
+        b.release().map_err(|(_, e)| e).unwrap();
+        assert!(cleaner_may_lock(&dir), "still locked after the releases");
+    }
+
+    /// The times of `path` (not following a symlink), `(atime, mtime)` in
+    /// seconds.
+    fn times(path: &Path) -> (i64, i64) {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(path).unwrap();
+        (meta.atime(), meta.mtime())
+    }
+
+    /// Sets both times of `path` (not following a symlink) to `secs`.
+    fn set_times(path: &Path, secs: i64) {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        let t = libc::timespec {
+            tv_sec: secs as libc::time_t,
+            tv_nsec: 0,
+        };
+        // SAFETY: a NUL-terminated path and two timespecs.
+        let rc = unsafe {
+            libc::utimensat(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                [t, t].as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+    }
+
+    /// `refresh` makes the lock file, the companion (a socket, like the
+    /// control socket) and the dir look new to a cleaner that judges by age
+    /// alone, without changing the record; a missing companion is skipped.
+    #[test]
+    fn refresh_sets_the_times_of_the_file_companions_and_dir_to_now() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LockDir::create(tmp.path().join("locks")).unwrap();
+        let mut held = fresh(&dir, 4242);
+        let ctl = dir.path().join("serve_4242.ctl");
+        let _listener = std::os::unix::net::UnixListener::bind(&ctl).unwrap();
+        let record = std::fs::read(held.target.path()).unwrap();
+        let aged = [
+            held.target.path().to_owned(),
+            ctl.clone(),
+            dir.path().to_owned(),
+        ];
+        let two_days_ago = chrono::Utc::now().timestamp() - 2 * 86_400;
+        for path in &aged {
+            set_times(path, two_days_ago);
+        }
+        let before = chrono::Utc::now().timestamp();
+        held.refresh(&["serve_4242.ctl", "serve_4242.missing"])
+            .unwrap();
+        for path in &aged {
+            let (atime, mtime) = times(path);
+            assert!(
+                atime >= before && mtime >= before,
+                "{} not refreshed: {atime} {mtime} < {before}",
+                path.display()
+            );
+        }
+        assert_eq!(std::fs::read(held.target.path()).unwrap(), record);
+        held.release().map_err(|(_, e)| e).unwrap();
+    }
+
+    /// A lock dir removed by hand (a cleaner that ignores locks) is
+    /// re-created by `verify`, and the holder's shared lock moves to it.
+    #[test]
+    fn a_recreated_dir_is_share_locked_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("locks");
+        let dir = LockDir::create(&path).unwrap();
+        let mut held = fresh(&dir, 4242);
+        std::fs::remove_dir_all(&path).unwrap();
+        assert_eq!(held.verify().unwrap(), Integrity::Restored);
+        let recreated = LockDir::create(&path).unwrap();
+        assert!(held.dir_pinned());
+        assert!(!cleaner_may_lock(&recreated), "the new dir is not locked");
+        held.release().map_err(|(_, e)| e).unwrap();
+        assert!(cleaner_may_lock(&recreated));
     }
 }

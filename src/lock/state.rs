@@ -416,6 +416,23 @@ impl<S: Holds> PortLock<S> {
         self.state.holding_mut().verify()
     }
 
+    /// Keeps tmp cleaners from removing what this holder depends on: the
+    /// lock file's, the lock dir's and each of `companions`' (names in the
+    /// lock dir, such as the handover's control socket; a missing one is
+    /// skipped) access and modification times are set to now, for cleaners
+    /// that judge by age alone (tmpreaper, `find -mtime`). A running server
+    /// calls this hourly (its watchdog). On Unix, a holder also keeps a
+    /// shared `flock` on the lock dir from acquire to release, which
+    /// systemd-tmpfiles honours: this re-takes it if it could not be had
+    /// then. Nothing on Windows, where open files are not aged out.
+    ///
+    /// # Errors
+    /// `Io` naming the file whose times could not be set; the lock stays
+    /// held either way.
+    pub fn refresh(&mut self, companions: &[&str]) -> Result<(), LockError> {
+        self.state.holding_mut().refresh(companions)
+    }
+
     /// Closes the descriptor without removing the file, exactly as if this
     /// process had been killed: the next acquirer reclaims a stale lock. For
     /// crash tests and fault injection.
@@ -573,6 +590,14 @@ impl PortGuard {
     /// See [`PortLock::stop_request`].
     pub fn stop_request(&self) -> super::StopRequest {
         on_both!(&self.inner, l => l.stop_request())
+    }
+
+    /// See [`PortLock::refresh`].
+    ///
+    /// # Errors
+    /// As [`PortLock::refresh`].
+    pub fn refresh(&mut self, companions: &[&str]) -> Result<(), LockError> {
+        on_both!(&mut self.inner, l => l.refresh(companions))
     }
 
     /// See [`PortLock::is_owner`].

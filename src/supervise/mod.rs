@@ -51,4 +51,6 @@ pub mod wait;
 mod watchdog;
 
 pub use stop::{stop_server, StopError, StopEvent, StopOptions, StopOutcome, STOP_POLL_INTERVAL};
-pub use watchdog::{Guard, LockHandle, SharedLock, WatchEnd, WatchEvent, Watchdog};
+pub use watchdog::{
+    Guard, LockHandle, SharedLock, WatchEnd, WatchEvent, Watchdog, REFRESH_INTERVAL,
+};

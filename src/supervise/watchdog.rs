@@ -15,7 +15,8 @@
 //!   exec-mode command still running after the forwarded signal, still holds
 //!   the port), and the release wakes it so it ends at once.
 
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use crate::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -42,13 +43,40 @@ pub trait Guard {
     /// # Errors
     /// Whatever the implementation reports; it has been consumed regardless.
     fn release(self) -> Result<(), Self::Error>;
+
+    /// Keeps tmp cleaners from ageing out what the holder depends on (see
+    /// [`PortGuard::refresh`]); the watchdog calls it every
+    /// [`REFRESH_INTERVAL`]. Nothing by default (a guard without files).
+    ///
+    /// # Errors
+    /// Whatever the implementation reports; the guard stays held.
+    fn refresh(&mut self) -> Result<(), Self::Error> {
+        Ok(())
+    }
 }
+
+/// How often a running server refreshes the times of its lock file, control
+/// socket and lock dir ([`Guard::refresh`]): well inside any age a cleaner
+/// that ignores locks is set to (systemd's `/tmp` default is 10 days,
+/// tmpreaper's 7; PostgreSQL touches its socket lock files every 58 minutes
+/// for the same reason).
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(3600);
 
 impl Guard for PortGuard {
     type Error = LockError;
 
     fn verify(&mut self) -> Result<Integrity, LockError> {
         PortGuard::verify(self)
+    }
+
+    /// The lock file, the lock dir and the handover's control socket
+    /// (`serve_<port>.ctl`, if there is one: a successor's, mid-handover,
+    /// is as much the port's).
+    fn refresh(&mut self) -> Result<(), LockError> {
+        // The name alone: the path under an empty dir.
+        let control = super::handover::control_path(Path::new(""), self.port());
+        let control = control.to_str().unwrap_or_default();
+        PortGuard::refresh(self, &[control])
     }
 
     fn release(self) -> Result<(), LockError> {
@@ -120,6 +148,11 @@ pub enum WatchEvent<E> {
     Restored,
     /// The lock file could not be checked; the watchdog tries again.
     CannotCheck(E),
+    /// The times of the lock file, its dir or the control socket could not
+    /// be refreshed ([`Guard::refresh`]); the watchdog tries again after
+    /// [`REFRESH_INTERVAL`] (a read-only file system must not log twice a
+    /// second).
+    CannotRefresh(E),
 }
 
 /// Why [`Watchdog::run`] ended.
@@ -233,12 +266,29 @@ impl<T: Guard> Watchdog<T> {
     /// lock held. A supervisor's liveness ping (systemd's `WATCHDOG=1`) is
     /// sent from here, so it stops with the first check that finds the port
     /// lost, and with the release.
+    ///
+    /// Every [`REFRESH_INTERVAL`] (the first time at the first check) a check
+    /// also refreshes the guard ([`Guard::refresh`]).
     pub fn run_with_heartbeat(
         self,
         interval: Duration,
+        report: impl FnMut(WatchEvent<T::Error>),
+        beat: impl FnMut(),
+    ) -> WatchEnd {
+        self.run_refreshing(interval, REFRESH_INTERVAL, report, beat)
+    }
+
+    /// [`run_with_heartbeat`](Watchdog::run_with_heartbeat) with the refresh
+    /// every `refresh_every` (tests).
+    fn run_refreshing(
+        self,
+        interval: Duration,
+        refresh_every: Duration,
         mut report: impl FnMut(WatchEvent<T::Error>),
         mut beat: impl FnMut(),
     ) -> WatchEnd {
+        // `None`: due at the first check.
+        let mut refreshed: Option<Instant> = None;
         let mut slot = self.inner.slot();
         loop {
             let Some(guard) = slot.as_mut() else {
@@ -247,7 +297,20 @@ impl<T: Guard> Watchdog<T> {
             // Under the mutex: a release waits for this check to finish, and
             // a check never starts after a release.
             let outcome = guard.verify();
+            // Only on a lock still ours: a lost or detached one ends the run.
+            let refresh = match outcome {
+                Ok(Integrity::Intact | Integrity::Restored)
+                    if refreshed.is_none_or(|at| at.elapsed() >= refresh_every) =>
+                {
+                    refreshed = Some(Instant::now());
+                    guard.refresh().err()
+                }
+                _ => None,
+            };
             drop(slot);
+            if let Some(e) = refresh {
+                report(WatchEvent::CannotRefresh(e));
+            }
             match outcome {
                 Ok(Integrity::Intact) => beat(),
                 Ok(Integrity::Restored) => {
@@ -268,5 +331,82 @@ impl<T: Guard> Watchdog<T> {
                 Err(poisoned) => poisoned.into_inner().0,
             };
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// Intact for `intact` checks, then lost; logs the check at which each
+    /// refresh came (they fail when `refresh_fails`).
+    struct Counting {
+        checks: usize,
+        intact: usize,
+        refresh_fails: bool,
+        log: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+    }
+
+    impl Guard for Counting {
+        type Error = &'static str;
+
+        fn verify(&mut self) -> Result<Integrity, &'static str> {
+            self.checks += 1;
+            Ok(if self.checks <= self.intact {
+                Integrity::Intact
+            } else {
+                Integrity::Lost(None)
+            })
+        }
+
+        fn release(self) -> Result<(), &'static str> {
+            Ok(())
+        }
+
+        fn refresh(&mut self) -> Result<(), &'static str> {
+            self.log.lock().unwrap().push(self.checks);
+            if self.refresh_fails {
+                Err("read-only file system")
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs the watchdog until the lock is lost after five intact checks;
+    /// returns the checks at which it refreshed, and the failures reported.
+    fn run(refresh_every: Duration, refresh_fails: bool) -> (Vec<usize>, usize) {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lock = SharedLock::new(Counting {
+            checks: 0,
+            intact: 5,
+            refresh_fails,
+            log: log.clone(),
+        });
+        let mut failures = 0;
+        let end = lock.watchdog().run_refreshing(
+            Duration::from_millis(1),
+            refresh_every,
+            |event| match event {
+                WatchEvent::CannotRefresh(_) => failures += 1,
+                other => panic!("unexpected {other:?}"),
+            },
+            || {},
+        );
+        assert_eq!(end, WatchEnd::Lost(None));
+        let refreshed = log.lock().unwrap().clone();
+        (refreshed, failures)
+    }
+
+    #[test]
+    fn refreshes_at_the_first_check_then_on_the_coarse_timer_only() {
+        assert_eq!(run(REFRESH_INTERVAL, false), (vec![1], 0));
+        // Due at every check: never at the one that found the lock lost.
+        assert_eq!(run(Duration::ZERO, false), (vec![1, 2, 3, 4, 5], 0));
+    }
+
+    #[test]
+    fn a_failed_refresh_is_reported_and_retried_on_the_timer_not_at_each_check() {
+        assert_eq!(run(REFRESH_INTERVAL, true), (vec![1], 1));
     }
 }

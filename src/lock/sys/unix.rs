@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt as _, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use fs2::FileExt as Fs2FileExt;
 
@@ -23,6 +24,8 @@ pub(crate) struct DirHandle {
     id: FileId,
     uid: u32,
     mode: u32,
+    /// See [`DirPin`].
+    spare_pin: SparePin,
 }
 
 impl DirHandle {
@@ -35,6 +38,194 @@ impl DirHandle {
     #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
     pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+}
+
+/// A holder's own open description of its lock dir, share-locked with
+/// `flock` while the holder holds its port: systemd-tmpfiles (`--clean`, the
+/// age rules of `/tmp`) skips a directory it cannot lock exclusively, with
+/// everything in it, so a held port's lock file, control socket and dir are
+/// never aged out. Its own description, not the [`DirHandle`]'s (which
+/// several holders of one process may share): flock belongs to the open file
+/// description, so shared locks of many descriptions coexist, and each
+/// holder's goes with its own release (dropping the pin).
+///
+/// A pin is one `flock` at acquire and one at release: the dropped pin is
+/// unlocked and kept as its dir handle's spare, which the next holder of
+/// that handle locks again instead of opening the dir anew. Only while no
+/// fork can share the description: a forked child holds the same
+/// description (and the lock on it) as its parent, and an unlock by either
+/// would take the other's lock too, so after a fork a pin is only ever
+/// closed, never unlocked or reused.
+#[derive(Debug)]
+pub(crate) struct DirPin {
+    dir: Arc<DirHandle>,
+    /// `None` if the dir could not be opened again (out of descriptors).
+    fd: Option<OwnedFd>,
+    /// Who opened `fd`.
+    opener: Opener,
+    locked: bool,
+}
+
+/// The process that opened a pin's description, and its fork count then.
+#[derive(Debug, Clone, Copy)]
+struct Opener {
+    pid: u32,
+    forks: Option<u64>,
+}
+
+impl Opener {
+    fn now() -> Opener {
+        Opener {
+            pid: current_pid(),
+            forks: fork_count(),
+        }
+    }
+
+    /// Whether no other process can share the description: opened by this
+    /// process, which has not forked since (or cannot tell).
+    fn alone(self) -> bool {
+        self.forks.is_some() && self.forks == fork_count() && self.pid == current_pid()
+    }
+}
+
+/// A dir handle's unlocked spare pin (see [`DirPin`]).
+type SparePin = std::sync::Mutex<Option<(OwnedFd, Opener)>>;
+
+fn spare_slot(dir: &DirHandle) -> std::sync::MutexGuard<'_, Option<(OwnedFd, Opener)>> {
+    // Poisoning cannot leave the slot half-written: it is a plain Option.
+    dir.spare_pin
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Takes a shared `flock` on a description of `dir` of its own (its
+/// spare, else a fresh open of it), never waiting: a cleaner that holds it
+/// exclusively for the moment it cleans the dir leaves this pin unlocked,
+/// and [`repin_dir`] tries again. Never fails: a pin is protection from
+/// cleaners, not part of holding the port.
+pub(crate) fn pin_dir(dir: &Arc<DirHandle>) -> DirPin {
+    let spare = spare_slot(dir).take();
+    let mut pin = match spare {
+        Some((fd, opener)) if opener.alone() => DirPin {
+            dir: Arc::clone(dir),
+            fd: Some(fd),
+            opener,
+            locked: false,
+        },
+        // A spare that a fork may share is only closed (dropped here).
+        _ => DirPin {
+            dir: Arc::clone(dir),
+            fd: open_pin(dir),
+            opener: Opener::now(),
+            locked: false,
+        },
+    };
+    lock_pin(&mut pin);
+    pin
+}
+
+fn open_pin(dir: &DirHandle) -> Option<OwnedFd> {
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    // SAFETY: the dir fd is open for &dir's lifetime; "." is NUL-terminated.
+    let raw = cvt(unsafe { libc::openat(dir.fd.as_raw_fd(), c".".as_ptr(), flags) }).ok()?;
+    // SAFETY: openat returned a fresh descriptor that nothing else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+fn lock_pin(pin: &mut DirPin) {
+    if let Some(fd) = &pin.fd {
+        // SAFETY: fd is open for the borrow.
+        pin.locked =
+            cvt(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) }).is_ok();
+    }
+}
+
+/// Makes `pin` locked if it is not (its open or its lock failed earlier):
+/// one `flock` when only the lock was missing.
+pub(crate) fn repin_dir(pin: &mut DirPin) {
+    if pin.fd.is_none() {
+        pin.fd = open_pin(&pin.dir);
+        pin.opener = Opener::now();
+    }
+    if !pin.locked {
+        lock_pin(pin);
+    }
+}
+
+/// Whether `pin` holds its shared lock.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) fn is_pinned(pin: &DirPin) -> bool {
+    pin.locked
+}
+
+impl Drop for DirPin {
+    /// Unlocks and keeps the description as the dir handle's spare when no
+    /// fork can share it; otherwise (or if the slot is taken) closes it,
+    /// which drops its lock once no process has it open.
+    fn drop(&mut self) {
+        let Some(fd) = self.fd.take() else {
+            return;
+        };
+        if !self.opener.alone() {
+            return;
+        }
+        // SAFETY: fd is open until dropped below.
+        if self.locked && cvt(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_UN) }).is_err() {
+            return;
+        }
+        let mut spare = spare_slot(&self.dir);
+        if spare.is_none() {
+            *spare = Some((fd, self.opener));
+        }
+    }
+}
+
+const TIMES_NOW: [libc::timespec; 2] = [
+    libc::timespec {
+        tv_sec: 0,
+        tv_nsec: libc::UTIME_NOW,
+    },
+    libc::timespec {
+        tv_sec: 0,
+        tv_nsec: libc::UTIME_NOW,
+    },
+];
+
+fn futimens_now(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: the fd is open for the borrow; TIMES_NOW is two timespecs.
+    cvt(unsafe { libc::futimens(fd.as_raw_fd(), TIMES_NOW.as_ptr()) }).map(drop)
+}
+
+/// Sets the access and modification times of an open file to now
+/// (`futimens`), changing nothing else: cleaners that judge by age alone
+/// (tmpreaper, `find -mtime`) see it as fresh.
+pub(crate) fn touch_file(file: &File) -> io::Result<()> {
+    futimens_now(file.as_fd())
+}
+
+/// [`touch_file`] of the lock dir itself, through its descriptor.
+pub(crate) fn touch_dir(dir: &DirHandle) -> io::Result<()> {
+    futimens_now(dir.fd.as_fd())
+}
+
+/// [`touch_file`] of the name `name` in `dir` (never following a symlink
+/// there, `utimensat(AT_SYMLINK_NOFOLLOW)`); a missing name is not an error.
+pub(crate) fn touch_name(dir: &DirHandle, name: &str) -> io::Result<()> {
+    let c = CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains a NUL byte"))?;
+    // SAFETY: valid dir fd, NUL-terminated name, TIMES_NOW is two timespecs.
+    let result = cvt(unsafe {
+        libc::utimensat(
+            dir.fd.as_raw_fd(),
+            c.as_ptr(),
+            TIMES_NOW.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    });
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other.map(drop),
     }
 }
 
@@ -80,6 +271,7 @@ pub(crate) fn open_dir(path: &Path) -> io::Result<DirHandle> {
         uid: st.st_uid,
         mode: st.st_mode as u32,
         fd,
+        spare_pin: SparePin::default(),
     })
 }
 
