@@ -156,10 +156,13 @@ impl PortPidfile {
         }))
     }
 
-    /// This server owns the port now, taken from `from`: write our PID
-    /// over the pidfile (which may name `from`), unless this server has
-    /// stopped meanwhile.
-    fn write_taking_over(&self, from: u32) {
+    /// This server owns the port now, taken from `from` (about to be told
+    /// to drain): write our PID over the pidfile (which may name `from`),
+    /// unless this server has stopped meanwhile. Before the drain, so that
+    /// at no moment after it does the pidfile name a predecessor that let
+    /// go of it; if we die before the drain, the predecessor takes its port
+    /// back and writes its own again.
+    fn take_over(&self, from: u32) {
         let Some(path) = &self.path else {
             return;
         };
@@ -170,6 +173,22 @@ impl PortPidfile {
         match Pidfile::write_taking_over(path, std::process::id(), Some(from)) {
             Ok(pidfile) => slot.written = Some(pidfile),
             Err(e) => tracing::warn!("{e}"),
+        }
+    }
+
+    /// The predecessor `from` drains, and has let go of its pidfile: if
+    /// this server stopped before it could write its own, the one naming
+    /// `from` is ours to tidy, not to leave naming a process that exits
+    /// cleanly.
+    fn predecessor_drains(&self, from: u32) {
+        let Some(path) = &self.path else {
+            return;
+        };
+        let slot = lock_pending(&self.slot);
+        if slot.done && slot.written.is_none() {
+            if let Err(e) = Pidfile::remove_if_names(path, from) {
+                tracing::warn!("{e}");
+            }
         }
     }
 
@@ -325,10 +344,13 @@ impl Handovers {
                 if let Some(Err(e)) = lock_pending(&me.state).offer.as_ref().map(Offer::publish) {
                     tracing::warn!("cannot publish the control socket of port {port}: {e}");
                 }
-                let drained = predecessor.drain(DRAIN_CONFIRM);
-                // Ours from here on, drained or not (one that did not
+                // Ours from here on, drained or not (one that does not
                 // confirm serves on the same socket until it notices).
-                me.pidfile.write_taking_over(pid);
+                me.pidfile.take_over(pid);
+                let drained = predecessor.drain(DRAIN_CONFIRM);
+                if drained.is_ok() {
+                    me.pidfile.predecessor_drains(pid);
+                }
                 if let Some(offer) = &lock_pending(&me.state).offer {
                     offer.open();
                 }

@@ -235,6 +235,32 @@ impl Pidfile {
         })
     }
 
+    /// Removes the pidfile at `path` if it names `pid` (read without
+    /// following a symlink); leaves alone whatever else is there. For a
+    /// server that owns a pidfile it did not write: one its predecessor
+    /// left to it at a handover, as it stops before writing its own.
+    ///
+    /// # Errors
+    /// As [`write`](Self::write) for the directory; [`PidfileError::Io`]
+    /// if it named `pid` but could not be removed.
+    pub fn remove_if_names(path: &Path, pid: u32) -> Result<(), PidfileError> {
+        let Some(Component::Normal(name)) = path.components().next_back() else {
+            return Err(PidfileError::NotAFileName(path.to_owned()));
+        };
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let dir = sys::open_dir(&parent).map_err(|e| PidfileError::Dir {
+            dir: parent.clone(),
+            source: e,
+        })?;
+        remove_if_ours(&dir, name, pid).map_err(|source| PidfileError::Io {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
     /// The path it was written at.
     pub fn path(&self) -> &Path {
         &self.path
