@@ -566,6 +566,16 @@ fn answer(mut stream: UnixStream, shared: &OfferShared) {
     while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
 }
 
+/// Whether process `pid` exists (signal 0; `EPERM` means it does).
+fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 /// Whether the peer has closed its end (it exited): one `poll` that does
 /// not wait.
 fn peer_hung_up(stream: &UnixStream) -> bool {
@@ -904,6 +914,11 @@ fn attempt(
             "busy" => match reply.get("overloaded").and_then(Value::as_str) {
                 // Over its peer limit or out of descriptors: a moment.
                 Some(why) => retry(&format!("is busy ({why})")),
+                // A successor that gave up (or died) while the holder was
+                // still answering it: the holder frees its claim in a moment.
+                None if pid_field("pid").is_some_and(|pid| !process_exists(pid)) => {
+                    retry("is finishing a handover its successor abandoned")
+                }
                 None => Err(HandoverError::Busy {
                     port,
                     holder: pid_field("from").unwrap_or(holder),
