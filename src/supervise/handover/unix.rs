@@ -551,6 +551,7 @@ fn answer(mut stream: UnixStream, shared: &OfferShared) {
     lock_ignoring_poison(&shared.sockets).clear();
     // Before the reply: the successor writes what is now its own (its
     // pidfile) once it has the reply, and nothing of ours may race it.
+    tracing::info!("PID {successor} serves port {port} now; draining");
     let on_drain = lock_ignoring_poison(&shared.on_drain).take();
     if let Some(on_drain) = on_drain {
         on_drain(Successor { pid: successor });
@@ -559,7 +560,6 @@ fn answer(mut stream: UnixStream, shared: &OfferShared) {
         &mut stream,
         &json!({"llmlb_handover": PROTOCOL_VERSION, "ok": true, "op": "draining"}),
     );
-    tracing::info!("PID {successor} serves port {port} now; draining");
     // The connection stays open until this process exits: its end tells
     // the successor we are gone.
     let mut sink = [0u8; 64];
