@@ -465,6 +465,16 @@ impl Drop for Hammer {
     }
 }
 
+/// `llmlb serve --replace EXTRA -p PORT --host 127.0.0.1` (HTTP mode),
+/// started.
+fn spawn_replace(env: &Env, port: u16, extra: &[&str]) -> Proc {
+    let p = port.to_string();
+    let mut args = vec!["serve", "--replace"];
+    args.extend_from_slice(extra);
+    args.extend(["-p", &p, "--host", "127.0.0.1"]);
+    env.spawn(&args)
+}
+
 /// `llmlb serve ARGS -p PORT --host 127.0.0.1 -- python3 activated_http.py`.
 fn spawn_exec(env: &Env, port: u16, args: &[&str]) -> Proc {
     let p = port.to_string();
@@ -566,7 +576,6 @@ fn replace_takes_the_fallback(
 fn http_mode_hands_over_and_the_old_server_finishes_its_request() {
     let env = Env::new();
     let port = free_port();
-    let p = port.to_string();
     let mut old = env.serve(port);
     let old_pid = old.pid();
     wait_ctl_owner(&env, port, old_pid);
@@ -575,7 +584,7 @@ fn http_mode_hands_over_and_the_old_server_finishes_its_request() {
 
     let slow = SlowRequest::start(port, "/health");
     slow.wait_accepted_by(old_pid);
-    let mut new = env.spawn(&["serve", "--replace", "-p", &p, "--host", "127.0.0.1"]);
+    let mut new = spawn_replace(&env, port, &[]);
     let new_pid = new.pid();
     wait_record(
         &env,
@@ -619,7 +628,6 @@ fn http_mode_hands_over_and_the_old_server_finishes_its_request() {
 fn http_mode_old_server_answers_a_connection_accepted_before_its_request() {
     let env = Env::new();
     let port = free_port();
-    let p = port.to_string();
     let mut old = env.serve(port);
     let old_pid = old.pid();
     wait_ctl_owner(&env, port, old_pid);
@@ -628,7 +636,7 @@ fn http_mode_old_server_answers_a_connection_accepted_before_its_request() {
     early.wait_accepted_by(old_pid);
     // The HTTP server's copy of the socket, and the offer's.
     let listening = listener_fds(old_pid, port);
-    let mut new = env.spawn(&["serve", "--replace", "-p", &p, "--host", "127.0.0.1"]);
+    let mut new = spawn_replace(&env, port, &[]);
     let new_pid = new.pid();
     wait_record(
         &env,
@@ -1067,7 +1075,6 @@ fn assert_refused(reply: &serde_json::Value, prefix: &str) {
 fn the_control_socket_refuses_what_it_cannot_serve() {
     let env = Env::new();
     let port = free_port();
-    let p = port.to_string();
     let mut old = env.serve(port);
     let old_pid = old.pid();
     wait_ctl_owner(&env, port, old_pid);
@@ -1090,7 +1097,7 @@ fn the_control_socket_refuses_what_it_cannot_serve() {
     assert_eq!(answering_pid(port, "/health"), Ok(old_pid));
     assert_eq!(record(&env, port).map(|r| r.pid), Some(old_pid));
 
-    let mut new = env.spawn(&["serve", "--replace", "-p", &p, "--host", "127.0.0.1"]);
+    let mut new = spawn_replace(&env, port, &[]);
     let new_pid = new.pid();
     assert_exit(&mut old, 0, "the old server");
     wait_answer(port, "/health", &mut new, |pid| pid == new_pid);
@@ -1233,14 +1240,7 @@ fn the_control_path_always_names_an_offer_through_a_handover() {
         })
     };
     for _ in 0..3 {
-        let new = env.spawn(&[
-            "serve",
-            "--replace",
-            "-p",
-            &port.to_string(),
-            "--host",
-            "127.0.0.1",
-        ]);
+        let new = spawn_replace(&env, port, &[]);
         assert_exit(&mut old, 0, "the drained server");
         wait_record(&env, port, "the new server alone", &[&new], |r| {
             r.pid == new.pid() && r.draining.is_empty()
@@ -1357,7 +1357,7 @@ fn a_middle_server_never_writes_over_the_last_ones_record() {
     // says: A drains until then.
     let held_by_a = SlowRequest::connect(port, "/health");
     held_by_a.wait_accepted_by(a.pid());
-    let mut b = env.spawn(&["serve", "--replace", "-p", &p, "--host", "127.0.0.1"]);
+    let mut b = spawn_replace(&env, port, &[]);
     wait_record(&env, port, "B, with A draining", &[&a, &b], |r| {
         r.pid == b.pid() && r.draining == [a.pid()]
     });
@@ -1517,16 +1517,7 @@ fn silent_peers_past_the_limit_delay_a_replace_but_never_turn_it_into_a_stop() {
     let silent: Vec<UnixStream> = (0..24)
         .map(|_| UnixStream::connect(&path).unwrap())
         .collect();
-    let mut new = env.spawn(&[
-        "serve",
-        "--replace",
-        "--replace-timeout",
-        "8",
-        "-p",
-        &port.to_string(),
-        "--host",
-        "127.0.0.1",
-    ]);
+    let mut new = spawn_replace(&env, port, &["--replace-timeout", "8"]);
     assert_exit(&mut old, 0, "the drained server");
     wait_record(&env, port, "the new server", &[&new], |r| {
         r.pid == new.pid() && r.draining.is_empty()
@@ -1581,7 +1572,7 @@ fn a_holder_out_of_descriptors_is_never_stopped_by_a_replace() {
     assert!(!out.stdout.contains("Stopping"), "{out:?}");
     assert!(old.try_wait().is_none(), "the holder was not stopped");
     drop(clients);
-    let mut new = env.spawn(&["serve", "--replace", "-p", &p, "--host", "127.0.0.1"]);
+    let mut new = spawn_replace(&env, port, &[]);
     assert_exit(&mut old, 0, "the drained server");
     wait_record(&env, port, "the new server", &[&new], |r| {
         r.pid == new.pid() && r.draining.is_empty()
@@ -1599,14 +1590,7 @@ fn a_removed_control_socket_is_made_again_and_a_replace_still_hands_over() {
     let mut old = env.serve(port);
     wait_ctl_owner(&env, port, old.pid());
     std::fs::remove_file(ctl_path(&env, port)).unwrap();
-    let mut new = env.spawn(&[
-        "serve",
-        "--replace",
-        "-p",
-        &port.to_string(),
-        "--host",
-        "127.0.0.1",
-    ]);
+    let mut new = spawn_replace(&env, port, &[]);
     assert_exit(&mut old, 0, "the drained server");
     wait_record(&env, port, "the new server", &[&new], |r| {
         r.pid == new.pid() && r.draining.is_empty()
@@ -1629,7 +1613,7 @@ fn a_stop_racing_a_takeover_leaves_the_port_bindable() {
     for round in 0..5 {
         let mut old = env.serve(port);
         wait_ctl_owner(&env, port, old.pid());
-        let mut new = env.spawn(&["serve", "--replace", "-p", &p, "--host", "127.0.0.1"]);
+        let mut new = spawn_replace(&env, port, &[]);
         wait_record(&env, port, "the new server ready", &[&old, &new], |r| {
             r.pid == new.pid() && r.state == Some(ServeState::Ready)
         });
