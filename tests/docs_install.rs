@@ -122,11 +122,23 @@ fn the_documented_build_steps_leave_nothing_untracked() {
             "the docs no longer build {name}: {outputs:?}"
         );
     }
+    // The rules judged by git itself, in a scratch repository holding only
+    // the checkout's .gitignore: the suite also runs from a copy of the
+    // checkout that is no repository (CI's copy under /tmp).
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::copy(repo().join(".gitignore"), scratch.path().join(".gitignore")).unwrap();
+    let init = Command::new("git")
+        .arg("-C")
+        .arg(scratch.path())
+        .args(["init", "-q"])
+        .output()
+        .expect("git (the checkout's own tool)");
+    assert!(init.status.success(), "git init: {init:?}");
     for output in outputs {
         // --no-index: ignored by the rules, whether or not a file is there.
         let out = Command::new("git")
             .arg("-C")
-            .arg(repo())
+            .arg(scratch.path())
             .args(["check-ignore", "-q", "--no-index"])
             .arg(&output)
             .output()
