@@ -262,7 +262,15 @@ fn run_trial(kill_old: bool, delay_us: u64, stop_survivor: bool, params: &str) -
                     "the recorded, live survivor does not serve the port (/health PID {served:?})"
                 ));
             }
-            let again = record(&lock);
+            // A record rewritten in place (its `draining` emptied) can be
+            // read torn: looked at again, as the library's readers do.
+            let again = (0..5).find_map(|_| {
+                let seen = record(&lock);
+                if seen.is_none() {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                seen
+            });
             if again.as_ref().map(|r| r.pid) != Some(survivor_pid) || !flock_held(&lock) {
                 fail("the survivor's record or lock changed after it settled");
             }

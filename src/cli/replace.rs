@@ -213,6 +213,18 @@ impl PortPidfile {
         std::mem::forget(slot.written.take());
     }
 
+    /// At exit, before the release: removes the pidfile if it still names
+    /// us, or, with `handed_on` (our lock is in a successor's hands), leaves
+    /// it alone: the successor writes its own over it when it is ready, and
+    /// a read-compare-unlink of ours could race that write.
+    pub(crate) fn remove_unless_handed_on(&self, handed_on: bool) {
+        if handed_on {
+            self.let_go();
+        } else {
+            self.remove();
+        }
+    }
+
     /// Removes the pidfile if it still names us (before the release).
     pub(crate) fn remove(&self) {
         let mut slot = lock_pending(&self.slot);

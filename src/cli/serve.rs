@@ -272,8 +272,14 @@ pub(crate) fn run(dir: &LockDirChoice, plan: ServePlan) -> i32 {
         tell_stopping(&format!("stopping; releasing port {port}"));
         // Before the release: once `llmlb stop` sees the port free, a
         // pidfile reader must not find our PID there any more (a pidfile
-        // that names a successor now is left to it).
-        pidfile.remove();
+        // that names a successor now is left to it). Under the guard's
+        // mutex: a handover cannot begin between the look and the removal.
+        if lock
+            .with(|g| pidfile.remove_unless_handed_on(g.is_handed_on()))
+            .is_none()
+        {
+            pidfile.remove();
+        }
         release(&lock);
         // The release woke the watchdog; it ends without another check.
         let _ = watchdog.join();

@@ -613,6 +613,12 @@ impl Holding {
         self.handed_on = handed_on;
     }
 
+    /// Whether the lock is handed to a successor (see
+    /// [`Holding::set_handed_on`]).
+    pub(crate) fn is_handed_on(&self) -> bool {
+        self.handed_on
+    }
+
     /// Makes the calling process (a forked child holding the inherited
     /// descriptor) the owner: the file records it, its release removes the file.
     pub(crate) fn adopt(&mut self) -> Result<(), LockError> {

@@ -665,6 +665,16 @@ impl PortGuard {
         on_both!(&mut self.inner, l => sealed::SealedHolds::holding_mut(&mut l.state).set_handed_on(handed_on))
     }
 
+    /// Whether this lock's descriptor is in a successor's hands (`serve
+    /// --replace` under way): the record, and what goes with owning the port
+    /// (a pidfile), are the successor's until it gives the port back. Ask
+    /// it under the same mutex the handover takes the guard with (a
+    /// [`SharedLock`](crate::supervise::SharedLock)'s `with`), and the
+    /// answer holds for what that closure does.
+    pub fn is_handed_on(&self) -> bool {
+        on_both!(&self.inner, l => sealed::SealedHolds::holding(&l.state).is_handed_on())
+    }
+
     /// Writes this holder's record back (a handover it offered was
     /// abandoned by the successor, which had written its own), and takes
     /// the record back from a [`set_handed_on`](Self::set_handed_on).
