@@ -797,6 +797,62 @@ pub(crate) fn parent_pid(pid: u32) -> Option<u32> {
     stat_field(&std::fs::read(format!("/proc/{pid}/stat")).ok()?, 4)
 }
 
+/// Whether `pid` names a process that runs: `kill(pid, 0)` finds it (or is
+/// refused it, `EPERM`: it exists), and, on Linux, it is not a zombie or
+/// dying (a killed process keeps its PID until its parent reaps it, but runs
+/// nothing). For the PIDs that files name (a pidfile, a handover peer's
+/// reply), which are claims, not processes.
+pub(crate) fn process_runs(pid: u32) -> bool {
+    let Ok(raw) = valid_pid(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists.
+    if unsafe { libc::kill(raw, 0) } != 0
+        && io::Error::last_os_error().raw_os_error() != Some(libc::EPERM)
+    {
+        return false;
+    }
+    #[cfg(target_os = "linux")]
+    if let Ok(stat) = std::fs::read(format!("/proc/{pid}/stat")) {
+        if matches!(stat_field::<char>(&stat, 3), Some('Z' | 'X' | 'x')) {
+            return false;
+        }
+    }
+    true
+}
+
+/// When process `pid` started, in whole seconds since the epoch; `None` if
+/// it is gone or the platform does not say. Linux: its start time in clock
+/// ticks after boot (`/proc/<pid>/stat`) plus the boot time (`btime` of
+/// `/proc/stat`); macOS: from [`process_identity`].
+pub(crate) fn process_started_at(pid: u32) -> Option<i64> {
+    #[cfg(target_os = "linux")]
+    {
+        let ticks = process_identity(pid)?.start_ticks?;
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let btime: i64 = stat
+            .lines()
+            .find_map(|line| line.strip_prefix("btime "))?
+            .trim()
+            .parse()
+            .ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let hz = u64::try_from(hz).ok().filter(|&hz| hz > 0)?;
+        Some(btime + i64::try_from(ticks / hz).ok()?)
+    }
+    #[cfg(target_os = "macos")]
+    {
+        let micros = process_identity(pid)?.start_ticks?;
+        i64::try_from(micros / 1_000_000).ok()
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
+    {
+        let _ = pid;
+        None
+    }
+}
+
 #[cfg(target_os = "linux")]
 fn boot_id() -> Option<String> {
     static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
@@ -1685,5 +1741,44 @@ pub(crate) fn peer_credentials(
             return Err(io::Error::last_os_error());
         }
         Ok((uid, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A PID is a claim: this process runs, a child that has exited but is
+    /// not reaped yet (a zombie, as a SIGKILLed server is until its parent
+    /// waits) does not, and neither does one reaped.
+    #[test]
+    fn only_a_process_that_runs_runs() {
+        assert!(process_runs(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        #[cfg(target_os = "linux")]
+        {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            while std::fs::read(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| stat_field::<char>(&s, 3))
+                != Some('Z')
+            {
+                assert!(std::time::Instant::now() < deadline, "no zombie");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            assert!(!process_runs(pid), "a zombie runs nothing");
+        }
+        child.wait().unwrap();
+        assert!(!process_runs(pid));
+        #[cfg(any(target_os = "linux", target_os = "macos"))]
+        {
+            let started = process_started_at(std::process::id()).expect("our own start time");
+            let now = chrono::Utc::now().timestamp();
+            assert!(
+                started <= now && started > now - 86_400 * 365,
+                "{started} vs {now}"
+            );
+        }
     }
 }

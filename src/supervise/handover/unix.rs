@@ -18,7 +18,9 @@ use super::{
     control_path, HandedSocket, HandoverError, Received, Requested, Successor, PEER_TIMEOUT,
     PROTOCOL_VERSION,
 };
-use crate::lock::sys::{euid, peer_credentials, recv_with_fds, send_with_fds, MAX_PASSED_FDS};
+use crate::lock::sys::{
+    euid, peer_credentials, process_runs, recv_with_fds, send_with_fds, MAX_PASSED_FDS,
+};
 use crate::lock::{IdentityCheck, LockDir, LockState, PortGuard, ServeState};
 use crate::supervise::LockHandle;
 
@@ -566,16 +568,6 @@ fn answer(mut stream: UnixStream, shared: &OfferShared) {
     while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
 }
 
-/// Whether process `pid` exists (signal 0; `EPERM` means it does).
-fn process_exists(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    // SAFETY: signal 0 only checks that the process exists.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
 /// Whether the peer has closed its end (it exited): one `poll` that does
 /// not wait.
 fn peer_hung_up(stream: &UnixStream) -> bool {
@@ -916,7 +908,7 @@ fn attempt(
                 Some(why) => retry(&format!("is busy ({why})")),
                 // A successor that gave up (or died) while the holder was
                 // still answering it: the holder frees its claim in a moment.
-                None if pid_field("pid").is_some_and(|pid| !process_exists(pid)) => {
+                None if pid_field("pid").is_some_and(|pid| !process_runs(pid)) => {
                     retry("is finishing a handover its successor abandoned")
                 }
                 None => Err(HandoverError::Busy {

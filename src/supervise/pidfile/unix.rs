@@ -172,70 +172,29 @@ pub(super) fn unlink(dir: &Dir, name: &OsStr) -> io::Result<()> {
 /// Whether process `pid` runs and has been running since the file `name` was
 /// last written: a PID that a pidfile names, but that the system has given
 /// to a process started after the file was written, is a reused number,
-/// not the server that wrote it (Linux, from the process's start time;
-/// elsewhere a running PID counts).
+/// not the server that wrote it (where the platform tells a process's start
+/// time; elsewhere a running PID counts). A zombie runs nothing.
 pub(super) fn runs_since_written(dir: &Dir, name: &OsStr, pid: u32) -> io::Result<bool> {
-    let Ok(pid_t) = libc::pid_t::try_from(pid) else {
+    if !crate::lock::sys::process_runs(pid) {
         return Ok(false);
+    }
+    let Some(started) = crate::lock::sys::process_started_at(pid) else {
+        return Ok(true);
     };
-    // SAFETY: signal 0 only checks that the process exists.
-    if unsafe { libc::kill(pid_t, 0) } != 0
-        && io::Error::last_os_error().raw_os_error() != Some(libc::EPERM)
-    {
-        return Ok(false);
-    }
-    #[cfg(target_os = "linux")]
-    {
-        // A killed server's PID exists until its parent reaps it: a zombie
-        // (or a dying process) runs no server.
-        if let Ok(stat) = std::fs::read(format!("/proc/{pid}/stat")) {
-            let state = stat
-                .iter()
-                .rposition(|&b| b == b')')
-                .and_then(|end| stat.get(end + 2));
-            if matches!(state, Some(b'Z' | b'X' | b'x')) {
-                return Ok(false);
-            }
-        }
-        let name = c_name(name)?;
-        // SAFETY: `stat` is plain data, filled in by fstatat on success.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: an open directory, a NUL-terminated name, a valid out-pointer.
-        cvt(unsafe {
-            libc::fstatat(
-                dir.0.as_raw_fd(),
-                name.as_ptr(),
-                &mut st,
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        })?;
-        if let Some(started) = process_started_at(pid) {
-            // A second of slack: the file's time and the start time have
-            // different clocks' granularity.
-            return Ok(started <= st.st_mtime as i64 + 1);
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (dir, name);
-    Ok(true)
-}
-
-/// When `pid` started, in seconds since the epoch: its start time in clock
-/// ticks after boot plus the boot time (`btime` of `/proc/stat`).
-#[cfg(target_os = "linux")]
-fn process_started_at(pid: u32) -> Option<i64> {
-    let ticks = crate::lock::sys::process_identity(pid)?.start_ticks?;
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let btime: i64 = stat
-        .lines()
-        .find_map(|line| line.strip_prefix("btime "))?
-        .trim()
-        .parse()
-        .ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if hz <= 0 {
-        return None;
-    }
-    Some(btime + (ticks / hz as u64) as i64)
+    let name = c_name(name)?;
+    // SAFETY: `stat` is plain data, filled in by fstatat on success.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: an open directory, a NUL-terminated name, a valid out-pointer.
+    cvt(unsafe {
+        libc::fstatat(
+            dir.0.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    // A second of slack: the file's time and the start time have different
+    // clocks' granularity.
+    #[allow(clippy::unnecessary_cast)] // time_t is i32 on some targets
+    Ok(started <= st.st_mtime as i64 + 1)
 }
