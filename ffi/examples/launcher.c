@@ -351,6 +351,9 @@ static int open_notify(uint16_t port) {
       fcntl(g_notify, F_SETFL, O_NONBLOCK) != 0 ||
 #ifdef __linux__
       setsockopt(g_notify, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0 ||
+      /* Linux creates the socket file with the socket's own mode: 0600
+       * from its first instant, not only after the chmod below. */
+      fchmod(g_notify, 0600) != 0 ||
 #endif
       bind(g_notify, (const struct sockaddr *)&addr, addr_len) != 0) {
     fprintf(stderr, "launcher: cannot open NOTIFY_SOCKET %s: %s\n", g_notify_name,

@@ -172,6 +172,11 @@ class _NotifySocket:
                 "notify_%d_%d_%08x.sock" % (port, os.getpid(), time.monotonic_ns() & 0xFFFFFFFF),
             )
             if len(os.fsencode(name)) < 108:
+                if _LINUX:
+                    # Linux creates the socket file with the socket's own
+                    # mode: 0600 from its first instant, not only after the
+                    # chmod below.
+                    os.fchmod(self.sock.fileno(), 0o600)
                 self.sock.bind(name)
                 self._path = name
                 os.chmod(name, 0o600)

@@ -62,14 +62,24 @@ impl Socket {
         let path = lock_dir.join(format!("notify_{port}_{pid}_{:08x}.sock", random as u32));
         let fits = lock_dir.is_absolute() && path.as_os_str().len() < sun_path_len();
         if fits {
+            // The lock dir is ours and no one else's to write, but others
+            // may be able to enter it (a 0755 `LLMLB_LOCK_DIR`): the file
+            // must refuse them from its first instant. Linux creates a
+            // socket file with the socket's own mode (less the umask), so
+            // that is set before the bind; elsewhere the chmod below is
+            // what does it (a datagram that slipped in between is dropped
+            // by its credentials, its descriptors closed off the receiver).
+            #[cfg(target_os = "linux")]
+            // SAFETY: an open socket and a plain mode.
+            unsafe {
+                libc::fchmod(fd.as_raw_fd(), 0o600);
+            }
             bind_name(&fd, path.as_os_str().as_bytes(), false)?;
             // Made first, so an error below removes the file.
             let socket = Socket {
                 fd: Some(fd),
                 address: Address::File(path.clone()),
             };
-            // The dir is 0700 and ours already; 0600 says the same on the
-            // file, for anyone who copies it elsewhere.
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
             return Ok((socket, path.into_os_string()));
         }
