@@ -41,8 +41,13 @@ pub(crate) fn tree_listens(port: u16, root: u32) -> io::Result<bool> {
     if inodes.is_empty() {
         return Ok(false);
     }
-    // Walk the tree from the root, looking into each process's descriptors:
-    // a handful of processes, not every one on the machine.
+    Ok(walk_tree(root, |pid| owns_any(pid, &inodes)))
+}
+
+/// Visits `root` and its descendants (each once) until `visit` says stop
+/// (`true`); returns whether it did. The tree from `/proc/<pid>/task/*/children`:
+/// a handful of processes, not every one on the machine.
+fn walk_tree(root: u32, mut visit: impl FnMut(u32) -> bool) -> bool {
     let mut by_parent: Option<HashMap<u32, Vec<u32>>> = None;
     let mut seen = HashSet::new();
     let mut todo = vec![root];
@@ -50,8 +55,8 @@ pub(crate) fn tree_listens(port: u16, root: u32) -> io::Result<bool> {
         if !seen.insert(pid) {
             continue;
         }
-        if owns_any(pid, &inodes) {
-            return Ok(true);
+        if visit(pid) {
+            return true;
         }
         match children(pid) {
             Some(kids) => todo.extend(kids),
@@ -63,7 +68,7 @@ pub(crate) fn tree_listens(port: u16, root: u32) -> io::Result<bool> {
             }
         }
     }
-    Ok(false)
+    false
 }
 
 pub(crate) fn tree_listening(root: u32) -> io::Result<Vec<TreeSocket>> {
@@ -78,13 +83,7 @@ pub(crate) fn tree_listening(root: u32) -> io::Result<Vec<TreeSocket>> {
     if ports.is_empty() {
         return Ok(found);
     }
-    let mut by_parent: Option<HashMap<u32, Vec<u32>>> = None;
-    let mut seen = HashSet::new();
-    let mut todo = vec![root];
-    while let Some(pid) = todo.pop() {
-        if !seen.insert(pid) {
-            continue;
-        }
+    walk_tree(root, |pid| {
         for port in socket_inodes(pid)
             .iter()
             .filter_map(|inode| ports.get(inode))
@@ -98,14 +97,8 @@ pub(crate) fn tree_listening(root: u32) -> io::Result<Vec<TreeSocket>> {
                 found.push(socket);
             }
         }
-        match children(pid) {
-            Some(kids) => todo.extend(kids),
-            None => {
-                let map = by_parent.get_or_insert_with(parent_map);
-                todo.extend(map.get(&pid).into_iter().flatten().copied());
-            }
-        }
-    }
+        false
+    });
     found.sort_by_key(|s| (s.port, s.pid));
     Ok(found)
 }
