@@ -16,8 +16,16 @@ mod cli_support;
 
 use cli_support::*;
 
+/// Port 8000 is the docs' own, so the pages take turns with it: each lock
+/// dir is private, but the machine's port is one, and exec mode checks it
+/// with a bind of its own before it starts its command.
+static PORT_8000: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A page's sessions against a fresh holder of port 8000.
 fn run_page(page: &str) {
+    let _turn = PORT_8000
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let env = Env::new();
     let mut holder = env.spawn(&[
         "serve",
