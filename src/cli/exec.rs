@@ -21,8 +21,8 @@ use llmlb::supervise::SharedLock;
 use tokio::time::Instant;
 
 use super::fail;
-use super::replace::{DrainRequested, Handovers};
-use super::serve::LockLost;
+use super::replace::{Commit, DrainRequested, Handovers};
+use super::serve::{Drains, LockLost};
 use super::signals::{self, Received, Signals};
 
 /// What holds the command's tree, for logs.
@@ -57,9 +57,8 @@ const EXIT_NOT_FOUND: i32 = 127;
 /// `env`/`nohup` convention: the command was found but could not be run.
 const EXIT_CANNOT_RUN: i32 = 126;
 
-/// How long the command's group has after `SIGTERM` (or a forwarded signal)
-/// before `SIGKILL`. Below `llmlb stop`'s default 5 s timeout, so a command
-/// that ignores `SIGTERM` cannot turn a plain `stop` into a timeout.
+/// How long what is left of the command's group has after `SIGTERM`, once
+/// the command itself has exited, before `SIGKILL`.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 /// How long processes get to vanish after `SIGKILL` (only a process stuck in
 /// uninterruptible I/O takes longer); then we stop waiting and say so.
@@ -77,21 +76,26 @@ const STARTING_REPORT: Duration = Duration::from_secs(10);
 struct Stopping {
     /// When the next escalation is due; `None` until stopping begins.
     deadline: Option<Instant>,
+    /// How long the group had before `SIGKILL`, for the log.
+    grace: Duration,
     killed: bool,
 }
 
 impl Stopping {
-    /// Sends `sig` to the group and starts the clock (a second signal is
-    /// forwarded too, but does not extend the deadline).
-    fn begin(&mut self, tree: Option<&CommandTree>, sig: ForwardSignal) {
+    /// Sends `sig` to the group and starts the clock: `SIGKILL` after
+    /// `grace` (a second signal is forwarded too, but does not move the
+    /// deadline).
+    fn begin(&mut self, tree: Option<&CommandTree>, sig: ForwardSignal, grace: Duration) {
         if let Some(tree) = tree {
             // ESRCH: the group is gone already, which is the goal.
             if let Err(e) = tree.signal(sig) {
                 tracing::debug!("cannot signal the command's {TREE}: {e}");
             }
         }
-        self.deadline
-            .get_or_insert_with(|| Instant::now() + STOP_GRACE);
+        if self.deadline.is_none() {
+            self.grace = grace;
+            self.deadline = Some(Instant::now() + grace);
+        }
     }
 
     /// Resolves when the current deadline passes; never before stopping began.
@@ -110,7 +114,7 @@ impl Stopping {
         }
         tracing::warn!(
             "{shown} did not exit within {}s; {KILLING}",
-            STOP_GRACE.as_secs()
+            self.grace.as_secs_f64()
         );
         if let Some(tree) = tree {
             let _ = tree.signal(ForwardSignal::Kill);
@@ -136,6 +140,12 @@ pub(crate) struct ExecPlan<'a> {
     /// `--ready-timeout`: how long the command has to become ready before
     /// it is stopped; `None` waits for ever.
     pub(crate) ready_timeout: Option<Duration>,
+    /// `--replace-grace`: how long the command stays ready before a
+    /// predecessor is told to drain.
+    pub(crate) grace: Duration,
+    /// `--drain-timeout`: how long the command has after `SIGTERM` before
+    /// `SIGKILL`.
+    pub(crate) drains: Drains,
 }
 
 /// Runs the command to completion, then ends what is left of its process
@@ -155,6 +165,8 @@ pub(crate) async fn run(
         handovers,
         mut drain,
         ready_timeout,
+        grace,
+        drains,
     } = plan;
     let Some((program, args)) = command.split_first() else {
         return fail("exec mode needs a command after `--`");
@@ -279,7 +291,7 @@ pub(crate) async fn run(
                 fail(why);
                 watching = false;
                 lost = true;
-                stopping.begin(tree, ForwardSignal::Terminate);
+                stopping.begin(tree, ForwardSignal::Terminate, drains.stopped);
             }
             received = signals.next() => match received {
                 Received::Stop(sig) => {
@@ -288,7 +300,7 @@ pub(crate) async fn run(
                         super::serve::announce(lock, ServeState::Stopping);
                     }
                     asked.push(sig);
-                    stopping.begin(tree, sig);
+                    stopping.begin(tree, sig, drains.stopped);
                 }
                 // The command's to interpret (reload, reopen logs, a stop of
                 // its own choosing): forwarded, and nothing else changes.
@@ -306,7 +318,7 @@ pub(crate) async fn run(
                 if handovers.abort().is_none() {
                     super::serve::announce(lock, ServeState::Stopping);
                 }
-                stopping.begin(tree, ForwardSignal::Terminate);
+                stopping.begin(tree, ForwardSignal::Terminate, drains.stopped);
             }
             _ = report.tick(), if !is_ready && stopping.deadline.is_none() => {
                 tracing::info!(
@@ -321,7 +333,7 @@ pub(crate) async fn run(
                 drained = true;
                 tracing::info!("handed port {port} over to PID {pid}; stopping {shown} (it finishes what it accepted)");
                 super::serve::tell_stopping(&format!("handed port {port} over to PID {pid}; draining"));
-                stopping.begin(tree, ForwardSignal::Terminate);
+                stopping.begin(tree, ForwardSignal::Terminate, drains.handed_over);
             }
             () = stopping.due() => {
                 if tree.is_none() {
@@ -337,7 +349,10 @@ pub(crate) async fn run(
                     is_ready = true;
                     super::serve::announce(lock, ServeState::Ready);
                     tracing::info!("{shown} is ready (--ready {})", ready.name());
-                    handovers.ready();
+                    handovers.ready(Commit {
+                        grace,
+                        ..Commit::default()
+                    });
                 }
                 // STATUS=/STOPPING=1 were logged by the watch.
                 _ => {}
@@ -346,8 +361,9 @@ pub(crate) async fn run(
         }
     };
     drop(watch);
-    // Never ready: a predecessor still serving gets its port back.
-    handovers.abort();
+    // Never ready, or not for the grace window: a predecessor still
+    // serving gets its port back.
+    let gave_back = handovers.abort();
     let by_itself = !lost && stopping.deadline.is_none();
     // The command ended by itself: the rest is shutdown (the record is
     // another holder's if the port was lost).
@@ -370,7 +386,19 @@ pub(crate) async fn run(
                 // meets the socket llmlb bound for it (EADDRINUSE).
                 eprintln!("{}", passed_socket_hint(&shown, code, port));
             }
-            if lost {
+            if let (Some(pid), true) = (gave_back, by_itself) {
+                // A release that fails at once never takes the port: the
+                // predecessor never stopped serving.
+                let when = if is_ready {
+                    "within the grace window (--replace-grace)"
+                } else {
+                    "before it was ready"
+                };
+                fail(format!(
+                    "{shown} (PID {child_pid}) exited {when} ({status}); port {port} stays with PID {pid}, which serves on"
+                ));
+                super::EXIT_FAILURE
+            } else if lost {
                 super::EXIT_FAILURE
             } else if drained {
                 0
@@ -455,7 +483,7 @@ async fn end_group(tree: &CommandTree, stopping: &mut Stopping, shown: &str) {
             "{shown} exited; stopping the rest of its {}",
             tree_name(tree)
         );
-        stopping.begin(Some(tree), ForwardSignal::Terminate);
+        stopping.begin(Some(tree), ForwardSignal::Terminate, STOP_GRACE);
     }
     loop {
         if tree.is_gone() {

@@ -231,6 +231,21 @@ struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs,
           requires = "replace", allow_hyphen_values = true)]
     replace_timeout: Duration,
+    /// With --replace: seconds (decimals allowed; 0 commits at once) this
+    /// server must stay up after it is ready before the running server is
+    /// told to drain. Until then the running server keeps serving on the
+    /// same socket; if this server's command exits meanwhile (or, with
+    /// --ready http or listen, stops answering), the port stays with the
+    /// running server and this one exits 1.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_secs,
+          requires = "replace", allow_hyphen_values = true)]
+    replace_grace: Duration,
+    /// Seconds (decimals allowed) a server that stops serving gives what it
+    /// accepted to finish (HTTP mode: in-flight requests; exec mode:
+    /// COMMAND, before SIGKILL), then cuts the rest. [default: 30 after
+    /// handing the port over; 3 after a stop request]
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, allow_hyphen_values = true)]
+    drain_timeout: Option<Duration>,
     /// Exec mode: seconds (decimals allowed) COMMAND has to become ready
     /// (--ready); not ready by then, it is stopped (SIGTERM, SIGKILL 3 s
     /// later), the port released (--replace: given back to the running
@@ -685,6 +700,8 @@ fn run_serve(
                 None if args.replace => Some(REPLACE_READY_TIMEOUT),
                 None => None,
             },
+            grace: args.replace_grace,
+            drains: serve::Drains::new(args.drain_timeout, false),
         },
     );
     // The lock, the pidfile and the runtime are gone: exec mode's command

@@ -23,14 +23,50 @@ use llmlb::supervise::socket_pass::{PassSocket, DEFAULT_NAME};
 use llmlb::supervise::{SharedLock, WatchEnd, WatchEvent};
 
 use super::listening::who_listens;
-use super::replace::{Handovers, PortPidfile, TakenOver};
+use super::replace::{handovers, Commit, Handovers, PortPidfile, TakenOver};
 use super::signals::{self, Signals};
 use super::{exec, fail, LockDirChoice};
 
-/// How long in-flight requests may take to finish after a stop signal. Below
+/// How long in-flight requests (exec mode: the command) may take to finish
+/// after a stop signal unless `--drain-timeout` says otherwise. Below
 /// `llmlb stop`'s default 5 s timeout, so one slow client cannot turn a
 /// graceful stop into a timeout.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(3);
+const STOP_DRAIN: Duration = Duration::from_secs(3);
+/// How long what a server accepted may take to finish after it handed its
+/// port over (and, in proxy mode, after a stop) unless `--drain-timeout`
+/// says otherwise: nobody waits for it, the port is served.
+pub(crate) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a server that stops serving gives what it accepted to finish
+/// (`--drain-timeout`), by why it stops.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Drains {
+    /// After it handed its port over to a successor.
+    pub(crate) handed_over: Duration,
+    /// After a stop request (a signal, `llmlb stop`).
+    pub(crate) stopped: Duration,
+}
+
+impl Drains {
+    /// `--drain-timeout` as given (`None`: the defaults), for proxy mode or
+    /// not: a proxy's clients wait for their streams on a stop too.
+    pub(crate) fn new(given: Option<Duration>, proxy: bool) -> Drains {
+        match given {
+            Some(timeout) => Drains {
+                handed_over: timeout,
+                stopped: timeout,
+            },
+            None => Drains {
+                handed_over: DEFAULT_DRAIN_TIMEOUT,
+                stopped: if proxy {
+                    DEFAULT_DRAIN_TIMEOUT
+                } else {
+                    STOP_DRAIN
+                },
+            },
+        }
+    }
+}
 
 /// How often a running server checks that its lock file is still its own
 /// (someone may `rm` it by hand): cheap (one lstat), and short enough that a
@@ -157,6 +193,11 @@ pub(crate) struct ServePlan {
     pub(crate) replace: Option<Duration>,
     /// `--ready-timeout` (exec mode), settled: `None` waits for ever.
     pub(crate) ready_timeout: Option<Duration>,
+    /// `--replace-grace`: how long a successor stays ready before its
+    /// predecessor is told to drain.
+    pub(crate) grace: Duration,
+    /// `--drain-timeout`, settled.
+    pub(crate) drains: Drains,
 }
 
 /// Runs `serve`; returns the exit code with the lock released.
@@ -171,6 +212,8 @@ pub(crate) fn run(dir: &LockDirChoice, plan: ServePlan) -> i32 {
         pidfile,
         replace,
         ready_timeout,
+        grace,
+        drains,
     } = plan;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -235,6 +278,7 @@ pub(crate) fn run(dir: &LockDirChoice, plan: ServePlan) -> i32 {
                 listen.activated,
                 taken,
                 &pidfile,
+                (grace, drains),
             )
             .await
         } else {
@@ -256,7 +300,7 @@ pub(crate) fn run(dir: &LockDirChoice, plan: ServePlan) -> i32 {
             };
             let offered: Vec<(&std::net::TcpListener, &str)> =
                 socket.iter().map(|s| (s.listener(), s.name())).collect();
-            let (handovers, drain) = Handovers::new(&lock, port, &offered, predecessor, &pidfile);
+            let (handovers, drain) = handovers(&lock, port, &offered, predecessor, &pidfile);
             let plan = exec::ExecPlan {
                 command: &command,
                 ready,
@@ -264,12 +308,15 @@ pub(crate) fn run(dir: &LockDirChoice, plan: ServePlan) -> i32 {
                 handovers: &handovers,
                 drain,
                 ready_timeout,
+                grace,
+                drains,
             };
             let code = exec::run(&lock, signals, &mut lost, &host, port, plan).await;
             handovers.withdraw();
             code
         };
         tell_stopping(&format!("stopping; releasing port {port}"));
+        settle_handover(&lock, port, drains.stopped).await;
         // Before the release: once `llmlb stop` sees the port free, a
         // pidfile reader must not find our PID there any more (a pidfile
         // that names a successor now is left to it). Under the guard's
@@ -289,6 +336,36 @@ pub(crate) fn run(dir: &LockDirChoice, plan: ServePlan) -> i32 {
     runtime.shutdown_timeout(Duration::from_millis(100));
     code
 }
+
+/// A server that stops while a successor holds its lock on probation (the
+/// successor is not ready yet, or within its grace window) waits, up to
+/// `bound`, for the successor to decide: take the port (this server's
+/// pidfile and record are then the successor's) or give it back (they are
+/// this server's to remove). Deciding at once would leave a pidfile naming
+/// a process that exited cleanly, or remove one a successor is writing.
+async fn settle_handover(lock: &SharedLock<PortGuard>, port: u16, bound: Duration) {
+    let deadline = tokio::time::Instant::now() + bound;
+    let mut said = false;
+    while lock.with(|g| g.is_handed_on()) == Some(true) {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                "the successor taking port {port} over did not take it nor give it back within {}s; leaving the record and pidfile to it",
+                bound.as_secs_f64()
+            );
+            return;
+        }
+        if !said {
+            tracing::info!(
+                "waiting for the successor taking port {port} over to take it or give it back"
+            );
+            said = true;
+        }
+        tokio::time::sleep(HANDOVER_SETTLE_POLL).await;
+    }
+}
+
+/// How often [`settle_handover`] looks.
+const HANDOVER_SETTLE_POLL: Duration = Duration::from_millis(10);
 
 /// What `serve` listens on, settled before the runtime starts.
 pub(crate) struct Listen {
@@ -569,14 +646,14 @@ async fn serve_http(
     activated: Option<Activated>,
     taken: Option<TakenOver>,
     pidfile: &Arc<PortPidfile>,
+    times: (Duration, Drains),
 ) -> i32 {
     let (bound, predecessor) = match taken {
         Some(taken) => match taken.sockets.into_iter().next() {
             Some(socket) => (Ok((socket.listener, socket.name)), Some(taken.predecessor)),
             None => {
                 // Nothing to serve on: give the port back at once.
-                let (handovers, _) =
-                    Handovers::new(lock, port, &[], Some(taken.predecessor), pidfile);
+                let (handovers, _) = handovers(lock, port, &[], Some(taken.predecessor), pidfile);
                 handovers.abort();
                 return fail(format!(
                     "the server that held port {port} handed over no listening socket; it keeps serving"
@@ -600,7 +677,7 @@ async fn serve_http(
         Ok(bound) => bound,
         Err(code) => return code,
     };
-    let (handovers, mut drain) = Handovers::new(
+    let (handovers, mut drain) = handovers(
         lock,
         port,
         &[(&listener, name.as_str())],
@@ -616,6 +693,7 @@ async fn serve_http(
         listener,
         &handovers,
         &mut drain,
+        times,
     )
     .await;
     handovers.withdraw();
@@ -632,6 +710,7 @@ async fn serve_http_on(
     listener: std::net::TcpListener,
     handovers: &std::sync::Arc<Handovers>,
     drain: &mut super::replace::DrainRequested,
+    (grace, drains): (Duration, Drains),
 ) -> i32 {
     let listener = match listener
         .set_nonblocking(true)
@@ -667,11 +746,14 @@ async fn serve_http_on(
     announce(lock, ServeState::Ready);
     // Only now may a predecessor stop accepting: this server accepts on the
     // same socket.
-    handovers.ready();
+    handovers.ready(Commit {
+        grace,
+        ..Commit::default()
+    });
     tell_status(&format!("serving on {address}"));
     tracing::info!("listening on http://{address} (PID {})", std::process::id());
 
-    let code = tokio::select! {
+    let (code, deadline) = tokio::select! {
         result = &mut server => {
             // The server ended on its own: only an accept-loop failure does that.
             return match result {
@@ -692,29 +774,29 @@ async fn serve_http_on(
             tracing::info!(
                 "received {}, shutting down (draining for up to {}s)",
                 signals::name(sig),
-                DRAIN_DEADLINE.as_secs()
+                drains.stopped.as_secs_f64()
             );
             announce(lock, ServeState::Stopping);
-            0
+            (0, drains.stopped)
         }
         // A successor serves on our socket now, and holds the record: stop
         // accepting, finish what was accepted, and exit.
         Ok(pid) = &mut *drain => {
             tracing::info!(
                 "handed port {port} over to PID {pid}; finishing in-flight requests (up to {}s)",
-                DRAIN_DEADLINE.as_secs()
+                drains.handed_over.as_secs_f64()
             );
             tell_stopping(&format!("handed port {port} over to PID {pid}; draining"));
-            0
+            (0, drains.handed_over)
         }
         // The record is another holder's now: nothing of ours to write.
-        why = lost.recv() => fail(why),
+        why = lost.recv() => (fail(why), drains.stopped),
     };
     let _ = stop_tx.send(());
     let cut = tokio::select! {
         _ = &mut server => false,
-        _ = tokio::time::sleep(DRAIN_DEADLINE) => {
-            tracing::warn!("in-flight requests did not finish within {}s; closing them", DRAIN_DEADLINE.as_secs());
+        _ = tokio::time::sleep(deadline) => {
+            tracing::warn!("in-flight requests did not finish within {}s (--drain-timeout); closing them", deadline.as_secs_f64());
             true
         }
         sig = signals.recv() => {

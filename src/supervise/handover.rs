@@ -241,6 +241,12 @@ impl Predecessor {
         self.imp.pid()
     }
 
+    /// Whether the predecessor has exited (its end of the connection
+    /// closed): there is nobody left to give the port back to.
+    pub fn is_gone(&self) -> bool {
+        self.imp.is_gone()
+    }
+
     /// Tells the predecessor to drain (stop accepting, finish, exit) and
     /// waits up to `timeout` for it to confirm. A predecessor that has died
     /// meanwhile counts as drained.

@@ -22,7 +22,10 @@
 //!   stopping, watchdog heartbeats);
 //! - [`pidfile`]: the classic pidfile of `serve --pidfile`;
 //! - [`handover`]: handing the lock and the listening sockets to a
-//!   successor without refusing a connection (`serve --replace`).
+//!   successor without refusing a connection (`serve --replace`), and
+//!   [`succession`]: a server's handovers over its life, both ways, with the
+//!   grace window before a replace commits and the pidfile that follows the
+//!   port.
 //!
 //! Its platform calls go through the lock's `sys` module (the one place that
 //! talks to the operating system for the lock), or, for what the lock never
@@ -47,6 +50,7 @@ pub mod ready;
 #[cfg_attr(any(not(feature = "cli"), loom), allow(dead_code))]
 pub mod socket_pass;
 mod stop;
+pub mod succession;
 pub mod wait;
 mod watchdog;
 

@@ -56,6 +56,10 @@ impl Predecessor {
     pub(super) fn drain(self, _timeout: Duration) -> io::Result<Draining> {
         match self.never {}
     }
+
+    pub(super) fn is_gone(&self) -> bool {
+        match self.never {}
+    }
 }
 
 #[derive(Debug)]

@@ -635,6 +635,23 @@ impl Predecessor {
         self.pid
     }
 
+    /// Its end of the connection closed (with its last descriptor: it
+    /// exited), seen without reading anything it sent.
+    pub(super) fn is_gone(&self) -> bool {
+        let mut byte = 0u8;
+        // SAFETY: a one-byte buffer we own; MSG_PEEK leaves the stream as
+        // it was, MSG_DONTWAIT never blocks.
+        let n = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n == 0 || (n < 0 && is_gone(&io::Error::last_os_error()))
+    }
+
     pub(super) fn drain(mut self, timeout: Duration) -> io::Result<Draining> {
         let drained = Draining {
             pid: self.pid,
