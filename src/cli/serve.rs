@@ -638,6 +638,7 @@ async fn health(State(h): State<Arc<Health>>) -> Json<serde_json::Value> {
     }))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_http(
     lock: &SharedLock<PortGuard>,
     mut signals: Signals,
