@@ -1741,3 +1741,125 @@ fn stop_says_so_when_the_server_the_port_went_back_to_does_not_stop() {
     old.wait();
     assert!(!env.lock_file(port).exists(), "the lock file is left");
 }
+
+/// `serve --replace --replace-grace 10 --ready immediate -- CMD` for a CMD
+/// that counts as ready at once, never accepts, and exits by itself
+/// within the window: the predecessor is never told to drain.
+fn spawn_short_lived_successor(env: &Env, port: u16, command: &[&str]) -> Proc {
+    let p = port.to_string();
+    let mut args = vec![
+        "serve",
+        "--replace",
+        "--replace-grace",
+        "10",
+        "--ready",
+        "immediate",
+        "-p",
+        &p,
+        "--host",
+        "127.0.0.1",
+        "--",
+    ];
+    args.extend_from_slice(command);
+    env.spawn(&args)
+}
+
+/// Issue 27 §2: a successor whose command exits within the grace window
+/// after it was ready never takes the port: it exits 1 naming the window,
+/// the predecessor was never told to drain and serves on under its own
+/// record, and no request failed meanwhile.
+#[test]
+fn a_successor_that_exits_within_the_grace_window_leaves_the_old_server_serving() {
+    let env = Env::new();
+    let port = free_port();
+    let (old, old_py, _old_group) = start_exec_holder(&env, port);
+    let old_pid = old.pid();
+    let hammer = Hammer::start(port);
+    let mut new = spawn_short_lived_successor(&env, port, &["sh", "-c", "sleep 0.5; exit 3"]);
+    let new_pid = new.pid();
+    assert_exit(&mut new, 1, "the successor whose command exited");
+    let stderr = new.stderr();
+    assert!(
+        stderr.lines().any(|l| l.starts_with("Error: sh (PID ")
+            && l.contains(&format!(
+                "exited within the grace window (--replace-grace) (exit status: 3); port {port} stays with PID {old_pid}, which serves on"
+            ))),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("is draining"),
+        "the predecessor was told to drain: {stderr}"
+    );
+    let info = wait_record(&env, port, "the old server's record back", &[&old], |r| {
+        r.pid == old_pid && r.state == Some(ServeState::Ready)
+    });
+    assert!(info.draining.is_empty(), "{info:?}");
+    assert_ne!(info.pid, new_pid);
+    hammer.finish();
+    old_serves_on_and_a_later_replace_succeeds(&env, port, old, old_py);
+}
+
+/// Issue 27 §2, the case a new user met: gunicorn's arbiter sends
+/// `READY=1` before its workers import the app, so with `--ready notify` a
+/// release whose app cannot be imported counted as ready. Within the grace
+/// window the arbiter halts ("Worker failed to boot"): the old server
+/// serves on, nothing is refused, and the port never ends free.
+#[test]
+fn a_broken_gunicorn_release_never_takes_the_port() {
+    let have_gunicorn = Command::new(python3())
+        .args(["-m", "gunicorn", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_gunicorn {
+        prereq::skip_unless_ci(
+            "gunicorn is not installed",
+            "pip install gunicorn (.ci/run installs it)",
+            "the broken-gunicorn replace",
+        );
+        return;
+    }
+    let env = Env::new();
+    let port = free_port();
+    let (old, old_py, _old_group) = start_exec_holder(&env, port);
+    let old_pid = old.pid();
+    let app = tempfile::tempdir().unwrap();
+    std::fs::write(
+        app.path().join("broken_app.py"),
+        "raise RuntimeError('this release cannot start')\n",
+    )
+    .unwrap();
+    let hammer = Hammer::start(port);
+    let p = port.to_string();
+    let py = python3();
+    let dir = app.path().to_str().unwrap();
+    let mut new = env.spawn(&[
+        "serve",
+        "--replace",
+        "--ready",
+        "notify",
+        "-p",
+        &p,
+        "--host",
+        "127.0.0.1",
+        "--",
+        &py,
+        "-m",
+        "gunicorn",
+        "--chdir",
+        dir,
+        "broken_app:app",
+    ]);
+    assert_exit(&mut new, 1, "the broken gunicorn release");
+    let stderr = new.stderr();
+    assert!(
+        stderr.contains("is ready (--ready notify)")
+            && stderr.contains("exited within the grace window (--replace-grace)")
+            && stderr.contains(&format!("stays with PID {old_pid}, which serves on")),
+        "{stderr}"
+    );
+    wait_record(&env, port, "the old server's record back", &[&old], |r| {
+        r.pid == old_pid && r.state == Some(ServeState::Ready)
+    });
+    hammer.finish();
+    old_serves_on_and_a_later_replace_succeeds(&env, port, old, old_py);
+}
