@@ -30,6 +30,9 @@ struct Row {
     state: Result<LockState, LockError>,
     /// Who listens on the port: `None` when not looked up (no `--check`).
     listener: Option<Result<Option<Seen>, String>>,
+    /// `serve --proxy`: who listens on the holder's backend port, looked up
+    /// with `listener`; `None` otherwise.
+    backend: Option<Result<Option<Seen>, String>>,
 }
 
 impl From<PortReport> for Row {
@@ -39,6 +42,7 @@ impl From<PortReport> for Row {
             path: Some(r.path.display().to_string()),
             state: r.state,
             listener: None,
+            backend: None,
         }
     }
 }
@@ -111,25 +115,35 @@ impl Row {
             _ => Vec::new(),
         };
         let port = self.port;
-        let found = port_listener(port).and_then(|found| {
-            let Some(found) = found else {
-                return Ok(None);
-            };
-            let mut holder = false;
-            for &root in &roots {
-                if tree_listens(port, root)? {
-                    holder = true;
-                    break;
-                }
-            }
-            Ok(Some(Seen {
-                pid: found.pid,
-                name: found.name,
-                holder,
-            }))
-        });
-        self.listener =
-            Some(found.map_err(|e| format!("cannot tell who listens on port {port}: {e}")));
+        self.listener = Some(seen_on(port, &roots));
+        // A proxy's command serves on its private port: the holder's tree
+        // (its command) should be who listens there.
+        if let Some(backend) = self.live_info().and_then(|i| i.backend_port) {
+            self.backend = Some(seen_on(backend, &roots));
+        }
+    }
+
+    /// The record of a live holder (a stale record's backend port is
+    /// nobody's).
+    fn live_info(&self) -> Option<&LockInfo> {
+        match &self.state {
+            Ok(LockState::Held(Some(info))) => Some(info),
+            _ => None,
+        }
+    }
+
+    /// The BACKEND cell: `43127`, with who listens there once looked up
+    /// (`43127: Holder: PID 9 (python3)`); `-` for a holder without one.
+    fn backend_cell(&self) -> String {
+        let Some(port) = self.live_info().and_then(|i| i.backend_port) else {
+            return "-".into();
+        };
+        match &self.backend {
+            None => port.to_string(),
+            Some(Ok(None)) => format!("{port}: Not listening"),
+            Some(Ok(Some(seen))) => format!("{port}: {}", seen.cell()),
+            Some(Err(_)) => format!("{port}: Unknown"),
+        }
     }
 
     /// The LISTENER cell: `Holder: PID 1 (llmlb)`, `Not listening`,
@@ -233,6 +247,7 @@ impl Row {
                 t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             }),
             "draining": info.map(|i| i.draining.clone()).unwrap_or_default(),
+            "backend_port": live.and_then(|i| i.backend_port),
             "lock_file": self.path,
         });
         if let Err(e) = &self.state {
@@ -252,8 +267,34 @@ impl Row {
             Some(Err(e)) => Value::String(e.clone()),
             _ => Value::Null,
         };
+        obj["backend_listener"] = match &self.backend {
+            Some(Ok(Some(seen))) => seen.json(),
+            _ => Value::Null,
+        };
         obj
     }
+}
+
+/// Who listens on `port`, and whether it is in the tree of one of `roots`.
+fn seen_on(port: u16, roots: &[u32]) -> Result<Option<Seen>, String> {
+    let found = port_listener(port).and_then(|found| {
+        let Some(found) = found else {
+            return Ok(None);
+        };
+        let mut holder = false;
+        for &root in roots {
+            if tree_listens(port, root)? {
+                holder = true;
+                break;
+            }
+        }
+        Ok(Some(Seen {
+            pid: found.pid,
+            name: found.name,
+            holder,
+        }))
+    });
+    found.map_err(|e| format!("cannot tell who listens on port {port}: {e}"))
 }
 
 /// `1d 2h`, `2h 5m`, `5m 3s`, `42s`.
@@ -288,6 +329,12 @@ fn table(rows: &[Row]) -> String {
     if show_listener {
         header.push("LISTENER");
     }
+    let show_backend = rows
+        .iter()
+        .any(|r| r.live_info().is_some_and(|i| i.backend_port.is_some()));
+    if show_backend {
+        header.push("BACKEND");
+    }
     let mut lines: Vec<Vec<String>> = vec![header.into_iter().map(String::from).collect()];
     for row in rows {
         let info = row.info();
@@ -312,6 +359,9 @@ fn table(rows: &[Row]) -> String {
         ]);
         if show_listener {
             line.push(row.listener_cell());
+        }
+        if show_backend {
+            line.push(row.backend_cell());
         }
         lines.push(line);
     }
@@ -353,6 +403,7 @@ pub(crate) fn run(dir: &LockDirChoice, port: Option<u16>, json_out: bool, check:
             path: None,
             state: Ok(LockState::Free),
             listener: None,
+            backend: None,
         }],
         (None, None) => Vec::new(),
         (Some(port), Some(locks)) => match locks.probe(port) {
@@ -361,6 +412,7 @@ pub(crate) fn run(dir: &LockDirChoice, port: Option<u16>, json_out: bool, check:
                 path: Some(locks.lock_path(port).display().to_string()),
                 state: Ok(state),
                 listener: None,
+                backend: None,
             }],
             Err(e) => {
                 eprintln!("Error: {e}");

@@ -145,6 +145,11 @@ pub struct LockInfo {
     /// for a port taken the usual way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub took_over_from: Option<u32>,
+    /// `serve --proxy`: the private port on 127.0.0.1 where the holder's
+    /// command serves, behind the holder's own listener on `port`. Absent
+    /// for every other holder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_port: Option<u16>,
 }
 
 /// What the holder of a port says it is doing with it: the serving state in
@@ -244,6 +249,7 @@ impl LockInfo {
             state_since: None,
             draining: Vec::new(),
             took_over_from: None,
+            backend_port: None,
         })
     }
 
@@ -263,6 +269,7 @@ impl LockInfo {
             state_since: None,
             draining: Vec::new(),
             took_over_from: None,
+            backend_port: None,
         }
     }
 

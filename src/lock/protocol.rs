@@ -630,6 +630,7 @@ impl Holding {
         info.started_at = self.info.started_at;
         info.child_pgid = self.info.child_pgid;
         info.child_identity = self.info.child_identity.clone();
+        info.backend_port = self.info.backend_port;
         info.state = self.info.state;
         info.state_since = self.info.state_since;
         self.write_record(info)?;

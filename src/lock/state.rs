@@ -370,6 +370,19 @@ impl<S: Holds> PortLock<S> {
         holding.rewrite(info)
     }
 
+    /// Records the private port `serve --proxy`'s command serves on
+    /// ([`LockInfo::backend_port`](super::LockInfo::backend_port)); `None`
+    /// takes it off.
+    ///
+    /// # Errors
+    /// `Io` if the file cannot be written; the old info stays recorded.
+    pub fn set_backend_port(&mut self, port: Option<u16>) -> Result<(), LockError> {
+        let holding = self.state.holding_mut();
+        let mut info = holding.info.clone();
+        info.backend_port = port;
+        holding.rewrite(info)
+    }
+
     /// Records that the holder is now `state` (since now), rewriting the
     /// record in place under the lock (written, then cut to length, as every
     /// write of the record is; a reader racing it retries). Readers such as
@@ -553,6 +566,14 @@ impl PortGuard {
             GuardInner::Held(_) => None,
             GuardInner::Reclaimed(l) => l.previous(),
         }
+    }
+
+    /// See [`PortLock::set_backend_port`].
+    ///
+    /// # Errors
+    /// As [`PortLock::set_backend_port`].
+    pub fn set_backend_port(&mut self, port: Option<u16>) -> Result<(), LockError> {
+        on_both!(&mut self.inner, l => l.set_backend_port(port))
     }
 
     /// See [`PortLock::set_child_pgid`].

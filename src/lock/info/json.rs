@@ -31,6 +31,7 @@ pub(super) fn write(info: &LockInfo, out: &mut Vec<u8>) {
         state_since,
         draining,
         took_over_from,
+        backend_port,
     } = info;
     out.extend_from_slice(b"{\"pid\":");
     number(out, u64::from(*pid));
@@ -72,6 +73,9 @@ pub(super) fn write(info: &LockInfo, out: &mut Vec<u8>) {
     }
     optional(out, b",\"took_over_from\":", took_over_from, |out, pid| {
         number(out, u64::from(*pid));
+    });
+    optional(out, b",\"backend_port\":", backend_port, |out, port| {
+        number(out, u64::from(*port));
     });
     out.push(b'}');
 }
@@ -378,6 +382,7 @@ mod tests {
             state_since in proptest::option::of(any_timestamp()),
             draining in proptest::collection::vec(any::<u32>(), 0..3),
             took_over_from in proptest::option::of(any::<u32>()),
+            backend_port in proptest::option::of(any::<u16>()),
         ) {
             let info = LockInfo {
                 pid,
@@ -393,6 +398,7 @@ mod tests {
                 state_since,
                 draining,
                 took_over_from,
+                backend_port,
             };
             prop_assert_eq!(
                 String::from_utf8(ours(&info)).expect("UTF-8"),
