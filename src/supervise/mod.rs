@@ -23,6 +23,8 @@
 //! - [`pidfile`]: the classic pidfile of `serve --pidfile`;
 //! - [`handover`]: handing the lock and the listening sockets to a
 //!   successor without refusing a connection (`serve --replace`).
+//! - [`proxy`] (with the `cli` feature): forwarding each connection of a
+//!   listening socket to a backend address at the TCP level (`serve --proxy`).
 //!
 //! Its platform calls go through the lock's `sys` module (the one place that
 //! talks to the operating system for the lock), or, for what the lock never
@@ -43,6 +45,9 @@ pub mod listener;
 pub mod notify;
 pub mod notify_socket;
 pub mod pidfile;
+// Needs tokio's networking, which the lean library and loom builds leave out.
+#[cfg(all(feature = "cli", not(loom)))]
+pub mod proxy;
 pub mod ready;
 #[cfg_attr(any(not(feature = "cli"), loom), allow(dead_code))]
 pub mod socket_pass;
