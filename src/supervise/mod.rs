@@ -25,7 +25,9 @@
 //!   successor without refusing a connection (`serve --replace`), and
 //!   [`succession`]: a server's handovers over its life, both ways, with the
 //!   grace window before a replace commits and the pidfile that follows the
-//!   port.
+//!   port;
+//! - [`proxy`] (with the `cli` feature): forwarding each connection of a
+//!   listening socket to a backend address at the TCP level (`serve --proxy`).
 //!
 //! Its platform calls go through the lock's `sys` module (the one place that
 //! talks to the operating system for the lock), or, for what the lock never
@@ -46,6 +48,9 @@ pub mod listener;
 pub mod notify;
 pub mod notify_socket;
 pub mod pidfile;
+// Needs tokio's networking, which the lean library and loom builds leave out.
+#[cfg(all(feature = "cli", not(loom)))]
+pub mod proxy;
 pub mod ready;
 #[cfg_attr(any(not(feature = "cli"), loom), allow(dead_code))]
 pub mod socket_pass;

@@ -1,0 +1,145 @@
+//! Linux: zero-copy forwarding with `splice(2)`, socket → pipe → socket, one
+//! pipe per direction; the bytes never enter user space.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+/// The most one `splice` moves into a pipe: the default pipe's capacity (a
+/// pipe shrunk by the per-user pipe limit takes less, and `splice` moves
+/// what fits).
+const CHUNK: usize = 1 << 16;
+
+/// Forwards both directions until both have ended (each EOF passed on as a
+/// shutdown of the other side's write half) or either fails (returned at
+/// once; the caller closes both sockets).
+pub(super) async fn forward(client: &mut TcpStream, backend: &mut TcpStream) -> io::Result<()> {
+    let (client, backend) = (&*client, &*backend);
+    tokio::try_join!(one_way(client, backend), one_way(backend, client))?;
+    Ok(())
+}
+
+/// A pipe with both ends non-blocking: its readiness is never waited on, only
+/// the sockets'.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let mut fds = [-1; 2];
+        // SAFETY: `fds` is a writable array of two descriptors.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded: both are open descriptors owned by nobody else.
+        Ok(unsafe {
+            Pipe {
+                read: OwnedFd::from_raw_fd(fds[0]),
+                write: OwnedFd::from_raw_fd(fds[1]),
+            }
+        })
+    }
+}
+
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: plain syscall on descriptors the caller keeps open for the
+    // call; null offsets, as sockets and pipes have none.
+    let moved = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if moved < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(moved as usize)
+    }
+}
+
+/// `from` → `to` until `from`'s EOF, then `to`'s write half shut down.
+async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<()> {
+    // Made at the first byte: an idle connection holds no pipe (its buffer
+    // pages count against the user's pipe limit from creation).
+    let mut pipe: Option<Pipe> = None;
+    loop {
+        from.readable().await?;
+        let pipe = match &mut pipe {
+            Some(pipe) => &*pipe,
+            None => &*pipe.insert(Pipe::new()?),
+        };
+        // The pipe is empty here (drained below before reading more), so a
+        // WouldBlock means the socket has nothing, and clearing the
+        // socket's readiness is right.
+        let filled = match from.try_io(Interest::READABLE, || {
+            splice(from.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK)
+        }) {
+            Ok(0) => break,
+            Ok(filled) => filled,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
+        let mut left = filled;
+        while left > 0 {
+            to.writable().await?;
+            // The pipe holds `left` bytes, so a WouldBlock is the socket's.
+            match to.try_io(Interest::WRITABLE, || {
+                splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left)
+            }) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(moved) => left -= moved,
+                Err(e)
+                    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    shutdown_write(to)
+}
+
+/// Passes an EOF on: the peer of `to` reads EOF, and can still send.
+fn shutdown_write(to: &TcpStream) -> io::Result<()> {
+    // SAFETY: plain syscall on an open socket.
+    if unsafe { libc::shutdown(to.as_raw_fd(), libc::SHUT_WR) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    // The peer is gone already: the other direction reports how.
+    if e.kind() == io::ErrorKind::NotConnected {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+/// Raises the soft descriptor limit to the hard one.
+pub(super) fn raise_nofile_limit() -> io::Result<Option<(u64, u64)>> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur >= limit.rlim_max {
+        return Ok(None);
+    }
+    let old = limit.rlim_cur;
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: `limit` is a valid rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Some((old, limit.rlim_cur)))
+}
