@@ -10,11 +10,13 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::sync::Arc;
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use llmlb::lock::{PortGuard, ServeState};
 use llmlb::supervise::exec::{self, configure_exec_child, CommandTree, ForwardSignal};
+use llmlb::supervise::proxy::{self, backend, Proxy, ProxyOptions};
 use llmlb::supervise::ready::{Readiness, ReadyEvent, ReadyPolicy};
 use llmlb::supervise::socket_pass::{pass_listener, PassSocket};
 use llmlb::supervise::SharedLock;
@@ -125,6 +127,53 @@ impl Stopping {
     }
 }
 
+/// How long a proxy that stops accepting waits for the backend connections
+/// of what it accepted before its command is told to stop.
+const PROXY_SETTLE: Duration = Duration::from_secs(1);
+
+/// `serve --proxy`: llmlb accepts on the port and forwards to the command.
+pub(crate) struct ProxyPlan {
+    /// `--backend-port`: the private port wanted for the command.
+    pub(crate) backend_port: Option<u16>,
+    /// `--max-connections`.
+    pub(crate) max_connections: usize,
+}
+
+/// The proxy in front of the command, once it accepts: started when the
+/// command is ready (a successor's, when its replace commits), taken when
+/// the server stops accepting.
+type Front = Arc<Mutex<Option<Proxy>>>;
+
+fn take_front(front: &Front) -> Option<Proxy> {
+    front.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
+/// Starts accepting on a copy of `listener` and forwarding to `to`, as a
+/// task of the runtime `runtime` (callable from any thread).
+fn start_front(
+    front: &Front,
+    runtime: &tokio::runtime::Handle,
+    listener: &TcpListener,
+    to: std::net::SocketAddr,
+    max_connections: usize,
+    port: u16,
+) -> io::Result<()> {
+    let copy = listener.try_clone()?;
+    let _entered = runtime.enter();
+    let started = Proxy::start(copy, to, ProxyOptions { max_connections })?;
+    *front.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
+    tracing::info!("accepting on port {port}, forwarding to {to}");
+    Ok(())
+}
+
+/// Stops the proxy's accepting (what it accepted is still forwarded), and
+/// returns it for the drain once the command has ended.
+async fn stop_accepting(front: Option<&Front>) -> Option<Proxy> {
+    let proxy = take_front(front?)?;
+    proxy.stop_accepting_and_settle(PROXY_SETTLE).await;
+    Some(proxy)
+}
+
 /// What exec mode runs, and how it is started.
 pub(crate) struct ExecPlan<'a> {
     /// The command and its arguments.
@@ -146,6 +195,9 @@ pub(crate) struct ExecPlan<'a> {
     /// `--drain-timeout`: how long the command has after `SIGTERM` before
     /// `SIGKILL`.
     pub(crate) drains: Drains,
+    /// `--proxy`: `socket` is llmlb's own to accept on, never the
+    /// command's.
+    pub(crate) proxy: Option<ProxyPlan>,
 }
 
 /// Runs the command to completion, then ends what is left of its process
@@ -167,6 +219,7 @@ pub(crate) async fn run(
         ready_timeout,
         grace,
         drains,
+        proxy: proxy_plan,
     } = plan;
     let Some((program, args)) = command.split_first() else {
         return fail("exec mode needs a command after `--`");
@@ -177,8 +230,35 @@ pub(crate) async fn run(
     if let Err(e) = exec::become_subreaper() {
         tracing::warn!("cannot become the reaper of the command's orphans: {e}");
     }
+    // Proxy mode: the command serves on a private port of its own, which
+    // readiness probes (whoever else listens on the public one).
+    let backend_port = match &proxy_plan {
+        None => None,
+        Some(plan) => match backend::pick_port(plan.backend_port) {
+            Ok((picked, is_wanted)) => {
+                if let (Some(wanted), false) = (plan.backend_port, is_wanted) {
+                    tracing::info!("backend port {wanted} is in use (by the server being replaced?); {shown} gets {picked}");
+                }
+                match proxy::raise_nofile_limit() {
+                    Ok(Some((old, new))) => tracing::debug!("raised the descriptor limit from {old} to {new} (a proxy holds several per connection)"),
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!("cannot raise the descriptor limit: {e}"),
+                }
+                Some(picked)
+            }
+            Err(e) => return fail(format!("cannot find a free port on 127.0.0.1 for {shown}: {e}")),
+        },
+    };
+    let (probe_host, probe_port) = match backend_port {
+        Some(b) => ("127.0.0.1", b),
+        None => (host, port),
+    };
+    let args = match backend_port {
+        Some(b) => backend::substitute(args, b),
+        None => args.to_vec(),
+    };
     let mut cmd = std::process::Command::new(program);
-    cmd.args(args)
+    cmd.args(&args)
         .env("LLMLB_PORT", port.to_string())
         .env("LLMLB_HOST", host)
         // Our service manager's socket and watchdog are ours: llmlb is the
@@ -208,8 +288,17 @@ pub(crate) async fn run(
             ))
         }
     };
+    if let Some(b) = backend_port {
+        cmd.env("PORT", b.to_string())
+            .env(backend::BACKEND_PORT_ENV, b.to_string());
+        if let Some(Err(e)) = lock.with(|g| g.set_backend_port(Some(b))) {
+            tracing::warn!("cannot record the backend port {b} (status will not show it): {e}");
+        }
+    }
+    // The command's own socket (never in proxy mode: llmlb accepts there).
+    let passed = socket.filter(|_| backend_port.is_none());
     // Last: it captures the command's environment as it is now.
-    if let Some(Err(e)) = socket.map(|s| pass_listener(&mut cmd, s)) {
+    if let Some(Err(e)) = passed.map(|s| pass_listener(&mut cmd, s)) {
         return fail(format!(
             "cannot pass the socket of port {port} to {shown}: {e}"
         ));
@@ -261,7 +350,7 @@ pub(crate) async fn run(
     // The policy's events come from the watch's thread; they end with it.
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
     let watch = readiness
-        .start(child_pid, host, port, move |event| {
+        .start(child_pid, probe_host, probe_port, move |event| {
             let _ = ready_tx.send(event);
         })
         .map_err(|e| tracing::warn!("cannot watch {shown} for readiness; it stays starting: {e}"))
@@ -281,6 +370,10 @@ pub(crate) async fn run(
     // its code is not the outcome.
     let mut drained = false;
     let mut stopping = Stopping::default();
+    let front: Option<Front> = backend_port.map(|_| Arc::new(Mutex::new(None)));
+    // Stopped accepting, forwarding what it accepted until the command ends.
+    let mut stopped_front: Option<Proxy> = None;
+    let runtime = tokio::runtime::Handle::current();
     let mut reap = tokio::time::interval(REAP_INTERVAL);
     let status = loop {
         tokio::select! {
@@ -291,6 +384,7 @@ pub(crate) async fn run(
                 fail(why);
                 watching = false;
                 lost = true;
+                stopped_front = stopped_front.or(stop_accepting(front.as_ref()).await);
                 stopping.begin(tree, ForwardSignal::Terminate, drains.stopped);
             }
             received = signals.next() => match received {
@@ -300,6 +394,7 @@ pub(crate) async fn run(
                         super::serve::announce(lock, ServeState::Stopping);
                     }
                     asked.push(sig);
+                    stopped_front = stopped_front.or(stop_accepting(front.as_ref()).await);
                     stopping.begin(tree, sig, drains.stopped);
                 }
                 // The command's to interpret (reload, reopen logs, a stop of
@@ -309,10 +404,10 @@ pub(crate) async fn run(
             },
             () = until(ready_deadline), if !is_ready && stopping.deadline.is_none() => {
                 timed_out = true;
-                let elsewhere = listening_elsewhere(ready, child_pid, port);
+                let elsewhere = listening_elsewhere(ready, child_pid, probe_port);
                 fail(format!(
                     "{shown} (PID {child_pid}) did not {} within {}s (--ready-timeout){elsewhere}; stopping it",
-                    ready.awaited(port),
+                    ready.awaited(probe_port),
                     ready_timeout.unwrap_or_default().as_secs_f64(),
                 ));
                 if handovers.abort().is_none() {
@@ -323,9 +418,9 @@ pub(crate) async fn run(
             _ = report.tick(), if !is_ready && stopping.deadline.is_none() => {
                 tracing::info!(
                     "still waiting for {shown} (PID {child_pid}) to {} ({}s so far){}",
-                    ready.awaited(port),
+                    ready.awaited(probe_port),
                     started.elapsed().as_secs(),
-                    listening_elsewhere(ready, child_pid, port),
+                    listening_elsewhere(ready, child_pid, probe_port),
                 );
             }
             Ok(pid) = &mut drain, if !drained => {
@@ -333,6 +428,7 @@ pub(crate) async fn run(
                 drained = true;
                 tracing::info!("handed port {port} over to PID {pid}; stopping {shown} (it finishes what it accepted)");
                 super::serve::tell_stopping(&format!("handed port {port} over to PID {pid}; draining"));
+                stopped_front = stopped_front.or(stop_accepting(front.as_ref()).await);
                 stopping.begin(tree, ForwardSignal::Terminate, drains.handed_over);
             }
             () = stopping.due() => {
@@ -349,10 +445,41 @@ pub(crate) async fn run(
                     is_ready = true;
                     super::serve::announce(lock, ServeState::Ready);
                     tracing::info!("{shown} is ready (--ready {})", ready.name());
-                    handovers.ready(Commit {
+                    let mut commit = Commit {
                         grace,
                         ..Commit::default()
-                    });
+                    };
+                    if let (Some(front), Some(socket), Some(plan), Some(b)) =
+                        (&front, socket, &proxy_plan, backend_port)
+                    {
+                        let (front, runtime) = (Arc::clone(front), runtime.clone());
+                        let max = plan.max_connections;
+                        let to = backend::address(b);
+                        match socket.listener().try_clone() {
+                            // A successor accepts once its replace commits;
+                            // a server that took a free port, at once.
+                            Ok(listener) if handovers.is_pending() => {
+                                commit.before_drain = Some(Box::new(move || {
+                                    if let Err(e) = start_front(&front, &runtime, &listener, to, max, port) {
+                                        tracing::error!("cannot accept on port {port}: {e}");
+                                    }
+                                }));
+                            }
+                            listener => {
+                                let started = listener.and_then(|l| start_front(&front, &runtime, &l, to, max, port));
+                                if let Err(e) = started {
+                                    fail(format!("cannot accept on port {port}: {e}; stopping {shown}"));
+                                    timed_out = true;
+                                    if handovers.abort().is_none() {
+                                        super::serve::announce(lock, ServeState::Stopping);
+                                    }
+                                    stopping.begin(tree, ForwardSignal::Terminate, drains.stopped);
+                                    continue;
+                                }
+                            }
+                        }
+                    }
+                    handovers.ready(commit);
                 }
                 // STATUS=/STOPPING=1 were logged by the watch.
                 _ => {}
@@ -361,6 +488,8 @@ pub(crate) async fn run(
         }
     };
     drop(watch);
+    // A command that ended by itself: nothing to forward to any more.
+    stopped_front = stopped_front.or(stop_accepting(front.as_ref()).await);
     // Never ready, or not for the grace window: a predecessor still
     // serving gets its port back.
     let gave_back = handovers.abort();
@@ -373,6 +502,20 @@ pub(crate) async fn run(
     if let Some(tree) = tree {
         end_group(tree, &mut stopping, &shown).await;
     }
+    // What the proxy accepted ended with the command's connections, or is
+    // cut when the drain time is up.
+    if let Some(proxy) = stopped_front {
+        let left = stopping
+            .deadline
+            .map_or(drains.stopped, |d| d.saturating_duration_since(Instant::now()));
+        let report = proxy.drain(left).await;
+        if report.cut > 0 {
+            tracing::warn!(
+                "closed {} forwarded connection(s) still open when the drain time ran out (--drain-timeout)",
+                report.cut
+            );
+        }
+    }
     match status {
         Some(Ok(status)) => {
             let code = exec::exit_code(status);
@@ -381,7 +524,7 @@ pub(crate) async fn run(
             } else {
                 tracing::info!("{shown} exited ({status}); releasing port {port}");
             }
-            if by_itself && code != 0 && socket.is_some() {
+            if by_itself && code != 0 && passed.is_some() {
                 // The usual cause: a command that binds the port itself
                 // meets the socket llmlb bound for it (EADDRINUSE).
                 eprintln!("{}", passed_socket_hint(&shown, code, port));

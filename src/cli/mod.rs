@@ -261,6 +261,25 @@ struct ServeArgs {
     /// with or without this flag. Not on Windows.
     #[arg(long, requires = "command")]
     pass_socket: bool,
+    /// Exec mode: llmlb binds --host:--port itself and forwards each
+    /// connection (TCP: any protocol) to COMMAND, which serves on a private
+    /// port on 127.0.0.1: every `{port}` in COMMAND's arguments becomes that
+    /// port, and PORT and LLMLB_BACKEND_PORT name it (LLMLB_PORT stays the
+    /// public port). --ready is probed there, and llmlb accepts once COMMAND
+    /// is ready (until then connections wait in the queue). With --replace,
+    /// the new COMMAND loads on a port of its own while the running server
+    /// serves: no connection refused, for servers that bind their own port.
+    #[arg(long, requires = "command", conflicts_with = "pass_socket")]
+    proxy: bool,
+    /// With --proxy: the private port for COMMAND. [default: one the kernel
+    /// picks; a replace whose predecessor's COMMAND still has it takes
+    /// another]
+    #[arg(long, value_name = "PORT", requires = "proxy", value_parser = port_parser())]
+    backend_port: Option<u16>,
+    /// With --proxy: connections forwarded at once; beyond it new ones wait
+    /// in the listen queue, never refused. [default: 4096]
+    #[arg(long, value_name = "N", requires = "proxy", value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: Option<u32>,
     /// Exec mode only: when COMMAND counts as ready, i.e. when the lock
     /// record's state goes from starting to ready. [default: listen]
     #[arg(long, value_enum, value_name = "WHEN")]
@@ -681,7 +700,8 @@ fn run_serve(
         activated,
         // A handover needs the socket in llmlb's hands (not on Windows,
         // where --replace always takes its fallback).
-        pass_socket: args.pass_socket || (args.replace && cfg!(unix)),
+        // Proxy mode accepts on its own socket, whatever the platform.
+        pass_socket: args.pass_socket || args.proxy || (args.replace && cfg!(unix)),
     };
     let code = serve::run(
         dir,
@@ -701,7 +721,13 @@ fn run_serve(
                 None => None,
             },
             grace: args.replace_grace,
-            drains: serve::Drains::new(args.drain_timeout, false),
+            drains: serve::Drains::new(args.drain_timeout, args.proxy),
+            proxy: args.proxy.then(|| exec::ProxyPlan {
+                backend_port: args.backend_port,
+                max_connections: args
+                    .max_connections
+                    .map_or(llmlb::supervise::proxy::DEFAULT_MAX_CONNECTIONS, |n| n as usize),
+            }),
         },
     );
     // The lock, the pidfile and the runtime are gone: exec mode's command

@@ -198,6 +198,8 @@ pub(crate) struct ServePlan {
     pub(crate) grace: Duration,
     /// `--drain-timeout`, settled.
     pub(crate) drains: Drains,
+    /// `--proxy` (exec mode).
+    pub(crate) proxy: Option<exec::ProxyPlan>,
 }
 
 /// Runs `serve`; returns the exit code with the lock released.
@@ -214,6 +216,7 @@ pub(crate) fn run(dir: &LockDirChoice, plan: ServePlan) -> i32 {
         ready_timeout,
         grace,
         drains,
+        proxy,
     } = plan;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -310,6 +313,7 @@ pub(crate) fn run(dir: &LockDirChoice, plan: ServePlan) -> i32 {
                 ready_timeout,
                 grace,
                 drains,
+                proxy,
             };
             let code = exec::run(&lock, signals, &mut lost, &host, port, plan).await;
             handovers.withdraw();

@@ -27,6 +27,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
+pub mod backend;
+
 #[cfg_attr(not(target_os = "linux"), path = "proxy/other.rs")]
 #[cfg_attr(target_os = "linux", path = "proxy/linux.rs")]
 mod sys;
@@ -124,6 +126,8 @@ struct Shared {
 struct Stats {
     backend: SocketAddr,
     active: AtomicUsize,
+    /// Accepted, and the backend connection not yet made (or failed).
+    connecting: AtomicUsize,
     forwarded: AtomicU64,
     backend_failures: AtomicU64,
     /// When the last backend failure was logged at `warn`, and how many
@@ -188,6 +192,7 @@ impl Proxy {
             stats: Arc::new(Stats {
                 backend,
                 active: AtomicUsize::new(0),
+                connecting: AtomicUsize::new(0),
                 forwarded: AtomicU64::new(0),
                 backend_failures: AtomicU64::new(0),
                 last_warned: Mutex::new((None, 0)),
@@ -216,6 +221,23 @@ impl Proxy {
     /// including one whose backend connection is still being made).
     pub fn active(&self) -> usize {
         self.shared.stats.active.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted whose backend connection is still being made.
+    pub fn connecting(&self) -> usize {
+        self.shared.stats.connecting.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting, then waits (up to `bound`) until every connection
+    /// it accepted has its backend connection made or failed: from then on
+    /// the backend may stop listening (a graceful shutdown) without a
+    /// connection the proxy accepted being refused by it.
+    pub async fn stop_accepting_and_settle(&self, bound: Duration) {
+        self.stop_accepting();
+        let deadline = tokio::time::Instant::now() + bound;
+        while self.connecting() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// Stops accepting, then waits until every forwarded connection has
@@ -345,30 +367,44 @@ async fn accept_loop(shared: Arc<Shared>, limit: Arc<Semaphore>) {
 struct Active {
     stats: Arc<Stats>,
     _permit: OwnedSemaphorePermit,
+    /// Still counted in [`Stats::connecting`].
+    connecting: bool,
 }
 
 impl Active {
     fn new(stats: &Arc<Stats>, permit: OwnedSemaphorePermit) -> Active {
         stats.active.fetch_add(1, Ordering::SeqCst);
+        stats.connecting.fetch_add(1, Ordering::SeqCst);
         stats.forwarded.fetch_add(1, Ordering::SeqCst);
         Active {
             stats: Arc::clone(stats),
             _permit: permit,
+            connecting: true,
+        }
+    }
+
+    /// The backend connection is made, or failed.
+    fn connected(&mut self) {
+        if std::mem::take(&mut self.connecting) {
+            self.stats.connecting.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
+        self.connected();
         self.stats.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
-async fn forward_connection(mut client: TcpStream, active: Active, copier: Copier) {
-    let stats = &active.stats;
+async fn forward_connection(mut client: TcpStream, mut active: Active, copier: Copier) {
     // Small responses must not wait for Nagle's algorithm at either hop.
     let _ = client.set_nodelay(true);
-    let mut backend = match TcpStream::connect(stats.backend).await {
+    let connected = TcpStream::connect(active.stats.backend).await;
+    active.connected();
+    let stats = &active.stats;
+    let mut backend = match connected {
         Ok(backend) => backend,
         Err(e) => {
             stats.backend_failed(&e);

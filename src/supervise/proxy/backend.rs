@@ -1,0 +1,89 @@
+//! The private side of `serve --proxy`: the loopback port its command
+//! serves on, and the command line that tells the command which it is.
+
+use std::ffi::OsString;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+
+/// What every `{port}` in the command's arguments becomes.
+pub const PORT_PLACEHOLDER: &str = "{port}";
+
+/// The environment variable naming the backend port (besides `PORT`, which
+/// many servers read, and `LLMLB_PORT`, which stays the public port).
+pub const BACKEND_PORT_ENV: &str = "LLMLB_BACKEND_PORT";
+
+/// The address the proxy forwards to: 127.0.0.1, never a public address,
+/// so only this machine reaches the command behind the proxy.
+pub fn address(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// Picks the backend port: `wanted` (`--backend-port`) if it can be bound
+/// on 127.0.0.1 now, else (or without one) a port the kernel picks from
+/// its ephemeral range. Returns the port and whether it is `wanted`. A
+/// replace's successor meets its predecessor's command on a fixed port:
+/// it takes another one then, so both can serve until the handover
+/// commits.
+///
+/// The port is free when picked, not reserved: the command binds it a
+/// moment later, and readiness (`listen` on Linux checks the command's own
+/// tree) tells whether it did.
+///
+/// # Errors
+/// The OS error when not even an ephemeral port can be bound on 127.0.0.1.
+pub fn pick_port(wanted: Option<u16>) -> io::Result<(u16, bool)> {
+    if let Some(port) = wanted {
+        if TcpListener::bind(address(port)).is_ok() {
+            return Ok((port, true));
+        }
+    }
+    let listener = TcpListener::bind(address(0))?;
+    Ok((listener.local_addr()?.port(), false))
+}
+
+/// `args` with every `{port}` replaced by `port`. An argument that is not
+/// valid Unicode is kept as it is (it cannot hold the placeholder as text
+/// the user typed).
+pub fn substitute(args: &[OsString], port: u16) -> Vec<OsString> {
+    let text = port.to_string();
+    args.iter()
+        .map(|arg| match arg.to_str() {
+            Some(s) if s.contains(PORT_PLACEHOLDER) => {
+                OsString::from(s.replace(PORT_PLACEHOLDER, &text))
+            }
+            _ => arg.clone(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_placeholder_is_replaced_and_nothing_else() {
+        let args: Vec<OsString> = ["--port", "{port}", "--url=http://x:{port}/{port}", "{ port}"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let out = substitute(&args, 43127);
+        assert_eq!(
+            out,
+            ["--port", "43127", "--url=http://x:43127/43127", "{ port}"]
+                .iter()
+                .map(OsString::from)
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_wanted_port_in_use_gives_another() {
+        let taken = TcpListener::bind(address(0)).unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let (picked, is_wanted) = pick_port(Some(port)).unwrap();
+        assert!(!is_wanted);
+        assert_ne!(picked, port);
+        drop(taken);
+        assert_eq!(pick_port(Some(port)).unwrap(), (port, true));
+    }
+}
