@@ -76,11 +76,9 @@ mod linux {
                 continue;
             };
             // A small stack: 1,000 idle connections cost the backend little.
-            let _ = thread::Builder::new()
-                .stack_size(64 * 1024)
-                .spawn(move || {
-                    let _ = serve_conn(conn, small, big);
-                });
+            let _ = thread::Builder::new().stack_size(64 * 1024).spawn(move || {
+                let _ = serve_conn(conn, small, big);
+            });
         }
     }
 
@@ -105,7 +103,10 @@ mod linux {
                     break;
                 }
             }
-            match target.strip_prefix("/big?n=").and_then(|n| n.parse::<u64>().ok()) {
+            match target
+                .strip_prefix("/big?n=")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
                 Some(mut n) => {
                     write!(
                         out,
@@ -131,8 +132,7 @@ mod linux {
         // SAFETY: getrlimit/setrlimit on a local struct.
         unsafe {
             let mut lim: libc::rlimit = std::mem::zeroed();
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max
-            {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
                 lim.rlim_cur = lim.rlim_max;
                 libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
             }
@@ -158,10 +158,16 @@ mod linux {
     /// `body` (Content-Length bytes); the body's length.
     fn exchange(conn: &mut BufReader<TcpStream>, target: &str, body: &mut Vec<u8>) -> Result<u64> {
         let io = |e: std::io::Error| format!("GET {target}: {e}");
-        write!(conn.get_mut(), "GET {target} HTTP/1.1\r\nHost: bench\r\n\r\n").map_err(io)?;
+        write!(
+            conn.get_mut(),
+            "GET {target} HTTP/1.1\r\nHost: bench\r\n\r\n"
+        )
+        .map_err(io)?;
         let mut line = String::new();
         if conn.read_line(&mut line).map_err(io)? == 0 {
-            return Err(format!("GET {target}: the connection closed before a response"));
+            return Err(format!(
+                "GET {target}: the connection closed before a response"
+            ));
         }
         if line.split_whitespace().nth(1) != Some("200") {
             return Err(format!("GET {target}: {}", line.trim_end()));
@@ -324,7 +330,14 @@ mod linux {
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
         let mut cmd = Command::new(bin);
-        cmd.args(["serve", "-p", &port.to_string(), "-H", "127.0.0.1", "--proxy"]);
+        cmd.args([
+            "serve",
+            "-p",
+            &port.to_string(),
+            "-H",
+            "127.0.0.1",
+            "--proxy",
+        ]);
         // Past its default, connections would wait in the queue: the idle
         // figure needs all 1,000 forwarded.
         if help.contains("--max-connections") {
@@ -341,12 +354,17 @@ mod linux {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?);
-        let child = cmd.spawn().map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
         let pid = child.id();
         let mut proc = Proc(child);
         if let Err(e) = wait_serving(port, &mut proc, Some(&log)) {
             if e.contains("unexpected argument '--proxy'") {
-                return Ok(Contender::skipped(NAME, "this llmlb has no --proxy".to_owned()));
+                return Ok(Contender::skipped(
+                    NAME,
+                    "this llmlb has no --proxy".to_owned(),
+                ));
             }
             return Err(format!("{NAME}: {e}"));
         }
@@ -362,11 +380,13 @@ mod linux {
 
     fn socket_proxyd(me: &Path, work: &Path) -> Result<Contender> {
         const NAME: &str = "systemd-socket-proxyd";
-        let Some(proxyd) = ["/lib/systemd/systemd-socket-proxyd", "/usr/lib/systemd/systemd-socket-proxyd"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-        else {
+        let Some(proxyd) = [
+            "/lib/systemd/systemd-socket-proxyd",
+            "/usr/lib/systemd/systemd-socket-proxyd",
+        ]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists()) else {
             return Ok(Contender::skipped(
                 NAME,
                 "no /lib/systemd/systemd-socket-proxyd (Debian package systemd)".to_owned(),
@@ -395,7 +415,10 @@ mod linux {
         let child = Command::new("systemd-socket-activate")
             .args(["-l", &format!("127.0.0.1:{port}")])
             .arg(&proxyd)
-            .args(["--connections-max=4096", &format!("127.0.0.1:{backend_port}")])
+            .args([
+                "--connections-max=4096",
+                &format!("127.0.0.1:{backend_port}"),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?)
@@ -466,7 +489,8 @@ mod linux {
         let running = |c: &&mut Contender| c.skipped.is_none();
         println!("proxy: RSS with {idle} idle connections ...");
         for c in contenders.iter_mut().filter(running) {
-            c.figures.rss_per_conn_kib = idle_rss(c, idle).map_err(|e| format!("{}: {e}", c.name))?;
+            c.figures.rss_per_conn_kib =
+                idle_rss(c, idle).map_err(|e| format!("{}: {e}", c.name))?;
         }
         println!("proxy: latency, {requests} requests each, in {ROUNDS} alternating rounds ...");
         let mut conns = Vec::new();
@@ -548,7 +572,13 @@ mod linux {
             );
         }
         let widths: Vec<usize> = (0..lines[0].len())
-            .map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0))
+            .map(|i| {
+                lines
+                    .iter()
+                    .map(|l| l[i].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
             .collect();
         for (i, line) in lines.iter().enumerate() {
             let cells: Vec<String> = line
@@ -569,8 +599,16 @@ mod linux {
         }
 
         println!();
-        let by = |name: &str| contenders.iter().find(|c| c.name == name && c.skipped.is_none());
-        let (direct, ours, theirs) = (by("direct"), by("llmlb --proxy"), by("systemd-socket-proxyd"));
+        let by = |name: &str| {
+            contenders
+                .iter()
+                .find(|c| c.name == name && c.skipped.is_none())
+        };
+        let (direct, ours, theirs) = (
+            by("direct"),
+            by("llmlb --proxy"),
+            by("systemd-socket-proxyd"),
+        );
         let p50 = |c: &Contender| percentile(&c.figures.latencies, 0.5).map(|d| d.as_secs_f64());
         let goal = |what: &str, verdict: Option<(bool, String)>| match verdict {
             Some((met, figures)) => {
