@@ -536,44 +536,35 @@ mod linux {
 
     fn report(contenders: &[Contender], requests: usize, big: u64, idle: usize) {
         println!();
-        let cell = |c: &Contender, f: &dyn Fn(&Figures) -> String| {
-            if c.skipped.is_some() {
-                "SKIPPED".to_owned()
-            } else {
-                f(&c.figures)
-            }
+        // One line per figure: its name, then each contender's cell.
+        let line = |name: String, f: &dyn Fn(&Figures) -> String| {
+            std::iter::once(name)
+                .chain(contenders.iter().map(|c| match &c.skipped {
+                    Some(_) => "SKIPPED".to_owned(),
+                    None => f(&c.figures),
+                }))
+                .collect::<Vec<_>>()
         };
-        let rows: Vec<(String, Box<dyn Fn(&Figures) -> String>)> = vec![
-            (
+        let lines = [
+            std::iter::once("figure".to_owned())
+                .chain(contenders.iter().map(|c| c.name.to_owned()))
+                .collect::<Vec<_>>(),
+            line(
                 format!("p50 µs, 1 KiB, keep-alive ({requests} requests)"),
-                Box::new(|f: &Figures| us(percentile(&f.latencies, 0.5))),
+                &|f| us(percentile(&f.latencies, 0.5)),
             ),
-            (
-                "p99 µs".to_owned(),
-                Box::new(|f: &Figures| us(percentile(&f.latencies, 0.99))),
-            ),
-            (
+            line("p99 µs".to_owned(), &|f| {
+                us(percentile(&f.latencies, 0.99))
+            }),
+            line(
                 format!("throughput MB/s, one {} MiB response", big >> 20),
-                Box::new(|f: &Figures| f.mb_per_s.map_or("-".to_owned(), |v| format!("{v:.0}"))),
+                &|f| f.mb_per_s.map_or("-".to_owned(), |v| format!("{v:.0}")),
             ),
-            (
-                format!("RSS KiB per idle connection ({idle} open)"),
-                Box::new(|f: &Figures| {
-                    f.rss_per_conn_kib
-                        .map_or("n/a".to_owned(), |v| format!("{v:.1}"))
-                }),
-            ),
+            line(format!("RSS KiB per idle connection ({idle} open)"), &|f| {
+                f.rss_per_conn_kib
+                    .map_or("n/a".to_owned(), |v| format!("{v:.1}"))
+            }),
         ];
-        let mut lines = vec![std::iter::once("figure".to_owned())
-            .chain(contenders.iter().map(|c| c.name.to_owned()))
-            .collect::<Vec<_>>()];
-        for (name, f) in &rows {
-            lines.push(
-                std::iter::once(name.clone())
-                    .chain(contenders.iter().map(|c| cell(c, f.as_ref())))
-                    .collect(),
-            );
-        }
         let widths: Vec<usize> = (0..lines[0].len())
             .map(|i| {
                 lines
