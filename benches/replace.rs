@@ -16,7 +16,15 @@
 //! (`serve --replace --ready notify -- python3 activated_http.py`; the
 //! first instance is started with `--pass-socket`); the same with gunicorn
 //! serving `activated_http:app`, if gunicorn is installed; the fallback
-//! (`llmlb stop`, then `serve --wait 10`). A fallback successor that fails
+//! (`llmlb stop`, then `serve --wait 10`); proxy mode with the slow-loading
+//! LLM double `tests/support/llm_double.py` (`serve --proxy --ready http
+//! --replace -- python3 llm_double.py --port {port} --load-time 2`; printed
+//! as SKIPPED where this llmlb has no `--proxy`), and its own fallback: the
+//! same double binding the public port itself (`serve -- python3
+//! llm_double.py --port P --load-time 2`; `stop`, then `serve --wait 10`),
+//! which the proxy row must beat on failed requests and on the longest gap
+//! (a PASS / MISS line each); in these two rows the next replace (and the
+//! load) begins only once the port answers 200 again. A fallback successor that fails
 //! to start (the old process may still have its listening socket open for
 //! a moment after `stop` saw the lock released, and the new one's bind then
 //! fails) is started again 50 ms later, and counted in the notes.
@@ -35,8 +43,8 @@
 //!
 //! Linux only (`/proc`); elsewhere it prints that it skipped. A benchmark,
 //! not a test: it reports, and ends with a `GOAL MET` / `GOAL MISSED: …`
-//! line for the goal of issue 19 (0 failed requests in both handover
-//! modes), but exits 0 either way.
+//! line for the goal of issues 19 and 27 (0 failed requests in every
+//! handover row), but exits 0 either way.
 
 #[cfg(target_os = "linux")]
 mod linux {
@@ -223,8 +231,28 @@ mod linux {
         Http,
         /// `serve --replace --ready notify -- CMD`.
         Exec(Vec<String>),
+        /// `serve --proxy --ready http --replace -- CMD`, CMD binding the
+        /// `{port}` llmlb gives it.
+        Proxy(Vec<String>),
         /// `llmlb stop`, then `serve --wait 10`.
         Fallback,
+        /// `llmlb stop`, then `serve --wait 10 -- CMD`, CMD binding the
+        /// public port itself (the proxy row's fallback).
+        ExecFallback(Vec<String>),
+    }
+
+    impl Mode {
+        fn is_fallback(&self) -> bool {
+            matches!(self, Mode::Fallback | Mode::ExecFallback(_))
+        }
+
+        /// The command loads before it answers `/health` with 200 (the
+        /// LLM double): a replace is over, and the next may begin, only
+        /// once the port answers 200 again, or every row would measure
+        /// nothing but one long load.
+        fn loads(&self) -> bool {
+            matches!(self, Mode::Proxy(_) | Mode::ExecFallback(_))
+        }
     }
 
     struct Row {
@@ -249,7 +277,7 @@ mod linux {
         }
 
         /// Spawns an `llmlb serve` for `mode`; `replace` adds `--replace`,
-        /// the fallback's successor gets `--wait 10`.
+        /// a fallback's successor gets `--wait 10`.
         fn spawn(&mut self, mode: &Mode, replace: bool) -> Server {
             self.starts += 1;
             let log = std::fs::File::create(self.logs.join(format!("serve-{}.log", self.starts)))
@@ -258,18 +286,27 @@ mod linux {
             cmd.args(["serve", "-p", &self.port.to_string(), "-H", "127.0.0.1"]);
             match mode {
                 Mode::Http => {}
-                Mode::Fallback => {
+                // Only a successor waits (the first start finds the port free).
+                Mode::Fallback | Mode::ExecFallback(_) if self.starts > 1 => {
                     cmd.args(["--wait", "10"]);
                 }
+                Mode::Fallback | Mode::ExecFallback(_) => {}
                 Mode::Exec(_) => {
                     cmd.args(["--pass-socket", "--ready", "notify"]);
+                }
+                Mode::Proxy(_) => {
+                    cmd.args(["--proxy", "--ready", "http"]);
                 }
             }
             if replace {
                 cmd.arg("--replace");
             }
-            if let Mode::Exec(command) = mode {
-                cmd.arg("--").args(command);
+            if let Mode::Exec(command) | Mode::Proxy(command) | Mode::ExecFallback(command) = mode {
+                // `{public}`: the row's port, for a command that binds it
+                // itself (`{port}` is llmlb's, for --proxy).
+                let public = self.port.to_string();
+                cmd.arg("--")
+                    .args(command.iter().map(|a| a.replace("{public}", &public)));
             }
             let child = cmd
                 .env("LLMLB_LOCK_DIR", &self.locks)
@@ -552,6 +589,19 @@ mod linux {
         sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
     }
 
+    /// Waits until `GET /health` on `addr` answers 200 (panics after
+    /// [`GENEROUS`]).
+    fn wait_healthy(addr: SocketAddr, get: &[u8]) {
+        let deadline = Instant::now() + GENEROUS;
+        while request(addr, get) != Outcome::Ok {
+            assert!(
+                Instant::now() < deadline,
+                "{addr} did not answer GET /health with 200 within {GENEROUS:?}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn free_port() -> u16 {
         std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -559,7 +609,8 @@ mod linux {
             .port()
     }
 
-    fn run_row(bin: &Path, row: &Row, replaces: usize) -> Figures {
+    /// A row's figures; `None` if this llmlb cannot run it (printed).
+    fn run_row(bin: &Path, row: &Row, replaces: usize) -> Option<Figures> {
         let tmp = tempfile::Builder::new()
             .prefix("llmlb-bench-replace-")
             .tempdir()
@@ -581,7 +632,14 @@ mod linux {
 
         let mut current = rig.spawn(&row.mode, false);
         if let Err(e) = rig.wait_ready(&current) {
+            if e.contains("unexpected argument '--proxy'") {
+                println!("SKIPPED {}: this llmlb has no --proxy", row.name);
+                return None;
+            }
             panic!("{e}");
+        }
+        if row.mode.loads() {
+            wait_healthy(addr, get.as_bytes());
         }
         let parties = Arc::new(Mutex::new(vec![current.pid]));
 
@@ -625,10 +683,13 @@ mod linux {
         let mut done = Vec::with_capacity(replaces);
         let mut restarts = Vec::new();
         for _ in 0..replaces {
+            if row.mode.loads() {
+                wait_healthy(addr, get.as_bytes());
+            }
             thread::sleep(STEADY);
             let started = Instant::now();
             let (next, ready) = match row.mode {
-                Mode::Fallback => {
+                Mode::Fallback | Mode::ExecFallback(_) => {
                     rig.stop();
                     // `stop` then `serve`, as an operator types it; a
                     // successor that fails is started again 50 ms later
@@ -666,6 +727,9 @@ mod linux {
             });
             *parties.lock().unwrap() = vec![next.pid];
             current = next;
+        }
+        if row.mode.loads() {
+            wait_healthy(addr, get.as_bytes());
         }
         thread::sleep(STEADY);
         stop.store(true, Ordering::Relaxed);
@@ -705,7 +769,7 @@ mod linux {
 
         let mut notes = Vec::new();
         let bad_exits = done.iter().filter(|r| !r.old_status.success()).count();
-        if bad_exits > 0 && !matches!(row.mode, Mode::Fallback) {
+        if bad_exits > 0 && !row.mode.is_fallback() {
             notes.push(format!(
                 "{bad_exits} replaced server(s) exited other than 0: {:?}",
                 done.iter()
@@ -722,7 +786,7 @@ mod linux {
             ));
         }
         notes.extend(log_lines(&logs));
-        Figures {
+        Some(Figures {
             name: row.name.clone(),
             goal: row.goal,
             sent: samples.len(),
@@ -734,7 +798,7 @@ mod linux {
             replaces: done,
             holders,
             notes,
-        }
+        })
     }
 
     /// What the servers said on stderr, less the fallback's expected lines,
@@ -746,6 +810,7 @@ mod linux {
             for line in text.lines() {
                 let expected = line.contains("waiting up to")
                     || line.contains("offers no handover")
+                    || line.starts_with("llm_double listening on")
                     || line.trim().is_empty();
                 if !expected {
                     // Strip a PID or a port so that repeats fold together.
@@ -907,13 +972,41 @@ mod linux {
             .collect();
         let violations: u64 = rows.iter().map(|f| f.holders.violations).sum();
         if missed.is_empty() {
-            println!("GOAL MET: 0 failed requests in both handover modes");
+            println!("GOAL MET: 0 failed requests in every handover row");
         } else {
             println!("GOAL MISSED: {}", missed.join("; "));
         }
         println!(
             "holder check: {violations} violation(s) in {} samples",
             rows.iter().map(|f| f.holders.samples).sum::<u64>()
+        );
+    }
+
+    const PROXY_ROW: &str = "serve --proxy --replace -- llm_double (2 s load)";
+    const PROXY_FALLBACK_ROW: &str = "fallback: stop, then serve --wait -- llm_double";
+
+    /// The proxy row against its fallback (the same slow-loading server,
+    /// binding the public port itself): it must lose fewer requests and
+    /// leave a shorter longest gap.
+    fn compare_proxy(rows: &[Figures]) {
+        let row = |name: &str| rows.iter().find(|f| f.name == name);
+        let (Some(proxy), Some(fallback)) = (row(PROXY_ROW), row(PROXY_FALLBACK_ROW)) else {
+            println!("SKIPPED proxy row vs its fallback: one of the two did not run");
+            return;
+        };
+        let failed = |f: &Figures| f.failed.values().sum::<usize>();
+        let verdict = |met: bool| if met { "PASS" } else { "MISS" };
+        println!(
+            "{} proxy row fails fewer requests than its fallback: {} vs {}",
+            verdict(failed(proxy) < failed(fallback)),
+            failed(proxy),
+            failed(fallback)
+        );
+        println!(
+            "{} proxy row's longest gap is shorter than its fallback's: {} ms vs {} ms",
+            verdict(proxy.longest_gap < fallback.longest_gap),
+            ms(proxy.longest_gap),
+            ms(fallback.longest_gap)
         );
     }
 
@@ -945,6 +1038,9 @@ mod linux {
             20
         };
         let server = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/activated_http.py");
+        let double = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/llm_double.py");
+        // The slow-loading LLM double of the proxy row and its fallback.
+        let mut double_rows = Vec::new();
         let mut rows = vec![Row {
             name: "serve --replace (HTTP)".to_owned(),
             mode: Mode::Http,
@@ -952,6 +1048,25 @@ mod linux {
         }];
         match python() {
             Some(py) => {
+                let double_cmd = |port: &str| {
+                    [py.as_str(), &double.display().to_string(), "--port", port]
+                        .into_iter()
+                        .chain(["--load-time", "2"])
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                };
+                double_rows.push(Row {
+                    name: PROXY_ROW.to_owned(),
+                    mode: Mode::Proxy(double_cmd("{port}")),
+                    goal: true,
+                });
+                double_rows.push(Row {
+                    name: PROXY_FALLBACK_ROW.to_owned(),
+                    // The row's port, known once the row runs: filled in by
+                    // Rig::spawn.
+                    mode: Mode::ExecFallback(double_cmd("{public}")),
+                    goal: false,
+                });
                 rows.push(Row {
                     name: "serve --replace -- python3 activated_http.py".to_owned(),
                     mode: Mode::Exec(vec![py.clone(), server.display().to_string()]),
@@ -992,14 +1107,16 @@ mod linux {
             mode: Mode::Fallback,
             goal: false,
         });
+        rows.extend(double_rows);
         let figures: Vec<Figures> = rows
             .iter()
-            .map(|row| {
+            .filter_map(|row| {
                 println!("replace: running {} ...", row.name);
                 run_row(Path::new(bin), row, replaces)
             })
             .collect();
         print_table(&figures, replaces, args.iter().any(|a| a == "--verbose"));
+        compare_proxy(&figures);
     }
 }
 
