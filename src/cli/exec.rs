@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use llmlb::lock::{PortGuard, ServeState};
 use llmlb::supervise::exec::{self, configure_exec_child, CommandTree, ForwardSignal};
-use llmlb::supervise::ready::{Readiness, ReadyEvent, ReadyPolicy};
+use llmlb::supervise::ready::{Readiness, ReadyEvent, ReadyPolicy, ReadySpec, ReadyWatch};
 use llmlb::supervise::socket_pass::{pass_listener, PassSocket};
 use llmlb::supervise::SharedLock;
 use tokio::time::Instant;
@@ -126,7 +126,7 @@ pub(crate) struct ExecPlan<'a> {
     /// The command and its arguments.
     pub(crate) command: &'a [OsString],
     /// When the command counts as ready (`--ready`).
-    pub(crate) ready: ReadyPolicy,
+    pub(crate) ready: ReadySpec,
     /// The listening socket to hand it as descriptor 3, if any.
     pub(crate) socket: Option<&'a PassSocket>,
     /// The server's handovers (`serve --replace`, both ways).
@@ -187,14 +187,9 @@ pub(crate) async fn run(
     };
     let lock_dir = lock.with(|g| g.path().parent().map(|d| d.to_path_buf()));
     let lock_dir = lock_dir.flatten().unwrap_or_default();
-    let readiness = match Readiness::prepare(ready, &mut cmd, &lock_dir, port) {
+    let readiness = match Readiness::prepare(ready.clone(), &mut cmd, &lock_dir, port) {
         Ok(readiness) => readiness,
-        Err(e) => {
-            return fail(format!(
-                "cannot prepare --ready {} for {shown}: {e}",
-                ready.name()
-            ))
-        }
+        Err(e) => return fail(format!("cannot prepare --ready {ready} for {shown}: {e}")),
     };
     // Last: it captures the command's environment as it is now.
     if let Some(Err(e)) = socket.map(|s| pass_listener(&mut cmd, s)) {
@@ -297,10 +292,10 @@ pub(crate) async fn run(
             },
             () = until(ready_deadline), if !is_ready && stopping.deadline.is_none() => {
                 timed_out = true;
-                let elsewhere = listening_elsewhere(ready, child_pid, port);
+                let elsewhere = listening_elsewhere(&ready, child_pid, port);
                 fail(format!(
                     "{shown} (PID {child_pid}) did not {} within {}s (--ready-timeout){elsewhere}; stopping it",
-                    ready.awaited(port),
+                    awaited(&ready, port, watch.as_ref()),
                     ready_timeout.unwrap_or_default().as_secs_f64(),
                 ));
                 if handovers.abort().is_none() {
@@ -311,9 +306,9 @@ pub(crate) async fn run(
             _ = report.tick(), if !is_ready && stopping.deadline.is_none() => {
                 tracing::info!(
                     "still waiting for {shown} (PID {child_pid}) to {} ({}s so far){}",
-                    ready.awaited(port),
+                    awaited(&ready, port, watch.as_ref()),
                     started.elapsed().as_secs(),
-                    listening_elsewhere(ready, child_pid, port),
+                    listening_elsewhere(&ready, child_pid, port),
                 );
             }
             Ok(pid) = &mut drain, if !drained => {
@@ -336,7 +331,7 @@ pub(crate) async fn run(
                 ReadyEvent::Ready if stopping.deadline.is_none() => {
                     is_ready = true;
                     super::serve::announce(lock, ServeState::Ready);
-                    tracing::info!("{shown} is ready (--ready {})", ready.name());
+                    tracing::info!("{shown} is ready (--ready {ready})");
                     handovers.ready();
                 }
                 // STATUS=/STOPPING=1 were logged by the watch.
@@ -430,11 +425,21 @@ async fn until(deadline: Option<Instant>) {
     }
 }
 
+/// What the command has still to do, with what the last probe got when
+/// the policy probes (`answer GET /health with 2xx or 3xx (last: GET
+/// /health: 503)`): the reason it is not ready, in the line that says so.
+fn awaited(ready: &ReadySpec, port: u16, watch: Option<&ReadyWatch>) -> String {
+    match watch.and_then(ReadyWatch::last_probe) {
+        Some(last) => format!("{} (last: {last})", ready.awaited(port)),
+        None => ready.awaited(port),
+    }
+}
+
 /// `; python3 (PID 123) listens on 8001, not 8000` when `--ready listen`
 /// waits for `port` and the command's tree listens elsewhere (Linux only:
 /// elsewhere nothing says whose a socket is); empty otherwise.
-fn listening_elsewhere(ready: ReadyPolicy, root: u32, port: u16) -> String {
-    if ready != ReadyPolicy::Listen {
+fn listening_elsewhere(ready: &ReadySpec, root: u32, port: u16) -> String {
+    if ready.policy() != ReadyPolicy::Listen {
         return String::new();
     }
     match llmlb::supervise::ready::listening_instead(root, port) {

@@ -541,17 +541,32 @@ fn watch_probe(
     let mut check = || {
         let (passed, got) = probe.check(&mut warned);
         if got.is_some() {
-            *last.lock().unwrap_or_else(|e| e.into_inner()) = got;
+            *last.lock().unwrap_or_else(|e| e.into_inner()) = got.clone();
         }
-        passed
+        (passed, got)
     };
     let mut delay = LISTEN_FIRST_DELAY;
+    // What the probe gets is logged when it differs from what was logged
+    // last, at most once a second (a server alternating between two answers
+    // is not a line per probe; the latest still shows within a second).
+    let mut logged: Option<(Instant, String)> = None;
     loop {
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        if check() {
+        let (passed, got) = check();
+        if passed {
             break;
+        }
+        if let Some(got) = got {
+            let due = match &logged {
+                None => true,
+                Some((at, text)) => *text != got && at.elapsed() >= Duration::from_secs(1),
+            };
+            if due {
+                tracing::info!("not ready yet: {got}");
+                logged = Some((Instant::now(), got));
+            }
         }
         if !pause(stop, delay) {
             return;
@@ -564,7 +579,7 @@ fn watch_probe(
     }
     let mut failed = 0;
     while pause(stop, WATCH_AFTER_READY) {
-        if check() {
+        if check().0 {
             failed = 0;
             continue;
         }
