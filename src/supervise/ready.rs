@@ -811,16 +811,26 @@ fn not_http(bytes: &[u8]) -> StatusLine {
     StatusLine::NotHttp(format!("not an HTTP answer ({})", preview(bytes)))
 }
 
-/// The first line of `bytes`, at most 32 characters, quoted and printable.
+/// The first line of `bytes`, quoted and printable (control characters
+/// escaped), at most [`PREVIEW`] characters once escaped, then `…`.
 fn preview(bytes: &[u8]) -> String {
     let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
     let text = String::from_utf8_lossy(line);
-    let mut shown: String = text.chars().take(32).collect();
-    if shown.len() < text.len() {
-        shown.push('…');
+    let mut shown = String::new();
+    for c in text.chars() {
+        let mut buf = [0u8; 4];
+        let escaped = crate::lock::printable(c.encode_utf8(&mut buf)).to_string();
+        if shown.chars().count() + escaped.chars().count() > PREVIEW {
+            shown.push('…');
+            break;
+        }
+        shown.push_str(&escaped);
     }
-    format!("\"{}\"", crate::lock::printable(&shown))
+    format!("\"{shown}\"")
 }
+
+/// How much of a reply that is not HTTP is shown.
+const PREVIEW: usize = 32;
 
 /// The `listen` check for one command: its tree's sockets on Linux, a
 /// connect probe elsewhere.
@@ -1017,6 +1027,60 @@ mod tests {
                     assert!(why.chars().count() < 60, "{why}");
                 }
                 other => panic!("{:?}: {other:?}", String::from_utf8_lossy(garbage)),
+            }
+        }
+    }
+
+    /// Status lines with a prefix of HTTP/1 grammar now and then, so that
+    /// the parser's every branch gets its share, else arbitrary bytes.
+    fn any_answer() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..600),
+            (
+                "[0-9]",
+                "[0-9]",
+                0u16..1000,
+                "[ -~\\r]{0,20}",
+                proptest::collection::vec(any::<u8>(), 0..40)
+            )
+                .prop_map(|(major, minor, code, reason, tail)| {
+                    let mut bytes = format!("HTTP/{major}.{minor} {code:03}{reason}").into_bytes();
+                    bytes.extend(tail);
+                    bytes
+                }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever a server sends: a decision is final (more bytes never
+        /// change it, so deciding early is sound), a code is 100..=599 and
+        /// only from a line that starts `HTTP/`, and a refusal is one short
+        /// printable line.
+        #[test]
+        fn any_answer_is_judged_once_and_printably(bytes in any_answer(), cut in 0usize..700) {
+            let whole = parse_status_line(&bytes);
+            let prefix = parse_status_line(&bytes[..cut.min(bytes.len())]);
+            let kind = |line: &StatusLine| match line {
+                StatusLine::Complete(code) => Some(Some(*code)),
+                StatusLine::NotHttp(_) => Some(None),
+                StatusLine::Partial => None,
+            };
+            if prefix != StatusLine::Partial {
+                proptest::prop_assert_eq!(kind(&prefix), kind(&whole));
+            }
+            match whole {
+                StatusLine::Complete(code) => {
+                    proptest::prop_assert!((100..=599).contains(&code));
+                    proptest::prop_assert!(bytes.starts_with(b"HTTP/"));
+                }
+                StatusLine::NotHttp(why) => {
+                    proptest::prop_assert!(!why.chars().any(char::is_control), "{:?}", why);
+                    proptest::prop_assert!(why.chars().count() <= 60, "{}", why);
+                }
+                StatusLine::Partial => {
+                    proptest::prop_assert!(!bytes.contains(&b'\n'));
+                }
             }
         }
     }
