@@ -590,7 +590,8 @@ enum LlmlbStatus llmlb_port_listener(uint16_t port, uint32_t *out_pid);
  * its loopback. `path` NULL means `/health`. When `out` is not NULL, it
  * gets what the probe got as printable text, NUL-terminated, cut to
  * `out_len - 1` bytes (at a character boundary): `GET /health: 503`, `GET
- * /health: connection refused`, or on a negative return the error message;
+ * /health: connection refused`, or on a negative return the error message
+ * (empty on `-LLMLB_STATUS_PANIC`);
  * a launcher logs it while waiting ("still waiting … (last: GET /health:
  * 503)").
  *

@@ -210,7 +210,7 @@ static int take_lock(uint16_t port, LlmlbLock **lock) {
  * library; what it got is printed when it differs from the last time. */
 static int http_ready(uint16_t port) {
   static char last[256];
-  char got[256];
+  char got[256] = "";
   int ready = llmlb_ready_http_probe(NULL, port, g_http_path, got, sizeof got);
   if (ready != 1 && strcmp(got, last) != 0) {
     fprintf(stderr, "launcher: not ready yet: %s\n", got);

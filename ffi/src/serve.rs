@@ -221,7 +221,8 @@ pub unsafe extern "C" fn llmlb_port_listener(port: u16, out_pid: *mut u32) -> Ll
 /// its loopback. `path` NULL means `/health`. When `out` is not NULL, it
 /// gets what the probe got as printable text, NUL-terminated, cut to
 /// `out_len - 1` bytes (at a character boundary): `GET /health: 503`, `GET
-/// /health: connection refused`, or on a negative return the error message;
+/// /health: connection refused`, or on a negative return the error message
+/// (empty on `-LLMLB_STATUS_PANIC`);
 /// a launcher logs it while waiting ("still waiting … (last: GET /health:
 /// 503)").
 ///
@@ -240,6 +241,12 @@ pub unsafe extern "C" fn llmlb_ready_http_probe(
 ) -> c_int {
     const NAME: &str = "llmlb_ready_http_probe";
     let panicked = -(LlmlbStatus::LLMLB_STATUS_PANIC as c_int);
+    if !out.is_null() && out_len > 0 {
+        // SAFETY: `out` is valid for `out_len` > 0 bytes (the caller's
+        // contract): an empty string from the start, so even a caught
+        // panic leaves text the caller can read.
+        unsafe { out.write(0) };
+    }
     boundary::guard(NAME, panicked, || {
         if !out.is_null() && out_len == 0 {
             let message = format!("{NAME}: out_len is 0; pass room for the text and its NUL");

@@ -334,7 +334,8 @@ pub(crate) async fn run(
                     tracing::info!("{shown} is ready (--ready {ready})");
                     handovers.ready();
                 }
-                // STATUS=/STOPPING=1 were logged by the watch.
+                // STATUS=/STOPPING=1 were logged by the watch; Lost comes
+                // only from a watch told to keep watching, which this is not.
                 _ => {}
             },
             _ = reap.tick() => exec::reap_orphans(child_pid),
