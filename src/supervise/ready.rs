@@ -665,14 +665,30 @@ pub fn http_probe(host: &str, port: u16, path: &str) -> HttpProbe {
         }
     };
     let mut failure = String::from("no address to connect to");
+    let mut tried = false;
     for (addr, host_header) in targets {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            failure = no_answer();
+            // What the last address got stands; with none tried, the time.
+            if !tried {
+                failure = no_answer();
+            }
             break;
         }
+        tried = true;
         let stream = match TcpStream::connect_timeout(&addr, left) {
             Ok(stream) => stream,
+            // Windows retries a refused loopback connect for about 2 s:
+            // there a closed port reads as this timeout, not a refusal.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                failure = format!("no connection within {}s", HTTP_PROBE_TIMEOUT.as_secs());
+                continue;
+            }
             Err(e) => {
                 failure = describe_io(&e);
                 continue;
