@@ -82,6 +82,7 @@ Examples:
   llmlb serve -p 8000 -- python3 -m http.server 8000   # any server under the lock
   llmlb serve -p 8000 --wait 10 -- ./server     # wait up to 10 s for the old one
   llmlb serve -p 8000 --ready-timeout 30 -- ./server   # stop it if not listening in 30 s
+  llmlb serve -p 8000 --ready http -- ./server  # ready once GET /health answers 2xx/3xx
   llmlb serve -p 8000 --replace                 # take over from the running one
 "
     };
