@@ -573,6 +573,56 @@ enum LlmlbStatus llmlb_lock_set_state(struct LlmlbLock *lock, int state);
 enum LlmlbStatus llmlb_port_listener(uint16_t port, uint32_t *out_pid);
 
 /**
+ * What `--ready http` asks of a server, once: sends `GET path HTTP/1.1`
+ * to `host`:`port` and reads the status line, exactly as `llmlb serve
+ * --ready http` probes (one implementation for the CLI, C and Python).
+ * Returns 1 when the status is 2xx or 3xx (ready), 0 for anything else (not
+ * yet: another status, a refused connection, no complete status line within
+ * 1 s, a reply that is not HTTP/1), or a negated `LLMLB_STATUS_*` with
+ * `llmlb_last_error` set: `-LLMLB_STATUS_INVALID_ARGUMENT` for port 0, a
+ * non-UTF-8 `host` or `path`, a `path` that does not start with `/` or has
+ * spaces, control characters or non-ASCII bytes (percent-encode them), or
+ * more than 1024 bytes, or `out` non-NULL with `out_len` 0;
+ * `-LLMLB_STATUS_PANIC` on a bug. Blocks for at most about a second
+ * (plus a name lookup when `host` is a name).
+ *
+ * `host` NULL means `127.0.0.1`; a wildcard (`0.0.0.0`, `::`) is probed on
+ * its loopback. `path` NULL means `/health`. When `out` is not NULL, it
+ * gets what the probe got as printable text, NUL-terminated, cut to
+ * `out_len - 1` bytes (at a character boundary): `GET /health: 503`, `GET
+ * /health: connection refused`, or on a negative return the error message
+ * (empty on `-LLMLB_STATUS_PANIC`);
+ * a launcher logs it while waiting ("still waiting … (last: GET /health:
+ * 503)").
+ *
+ * Threads: safe to call from any thread.
+ *
+ * # Safety
+ * `host` and `path` are NULL or NUL-terminated strings; `out` is NULL or
+ * valid for writing `out_len` bytes.
+ */
+int llmlb_ready_http_probe(const char *host,
+                           uint16_t port,
+                           const char *path,
+                           char *out,
+                           size_t out_len);
+
+/**
+ * Checks `path` as `llmlb_ready_http_probe` (and `llmlb serve --ready
+ * http:PATH`) would, without probing: `LLMLB_STATUS_OK` if it can be sent,
+ * else `LLMLB_STATUS_INVALID_ARGUMENT` with `llmlb_last_error` saying why
+ * (NULL, not UTF-8, not starting with `/`, spaces, control characters or
+ * non-ASCII bytes, more than 1024 bytes). For a launcher that parses
+ * `--ready http:PATH` before it takes the lock.
+ *
+ * Threads: safe to call from any thread.
+ *
+ * # Safety
+ * `path` is NULL or a NUL-terminated string.
+ */
+enum LlmlbStatus llmlb_ready_http_path_check(const char *path);
+
+/**
  * Waits up to `timeout_ms` milliseconds for `llmlb stop` to ask the holder
  * of `lock` to shut down; `*out_requested` is then 1 if it did, else 0.
  *

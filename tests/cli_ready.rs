@@ -1,7 +1,7 @@
-//! Exec mode's readiness, `llmlb serve --ready listen|notify|immediate --
-//! CMD`: the lock record says `starting` until the policy sees the command
+//! Exec mode's readiness, `llmlb serve --ready listen|notify|immediate|http
+//! -- CMD`: the lock record says `starting` until the policy sees the command
 //! ready, then `ready`, and `stopping` once shutdown begins. Real processes
-//! and real clients (`python3` listening, `systemd-notify`); every "still
+//! and real clients (`python3` listening or answering HTTP, `systemd-notify`); every "still
 //! starting" is asserted after something the command did that llmlb has
 //! provably handled (a file it waits for, a log line), never after a sleep.
 
@@ -470,6 +470,267 @@ fn a_command_that_exits_by_itself_records_stopping() {
     assert!(!env.lock_file(port).exists());
 }
 
+/// A raw HTTP server for `--ready http` (python3 on 127.0.0.1:$LLMLB_PORT, or
+/// on descriptor 3 with `fd3`): each connection is answered `before` until
+/// the file `go` exists, then `after`; an answer is a status code or
+/// `silent` (accept, read nothing, never answer, keep the connection). Each
+/// request's path is appended to `paths`.
+#[cfg(target_os = "linux")]
+const HTTP_SERVER: &str = r#"
+import os, socket, sys
+go, before, after, paths, fd3 = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == "fd3"
+if fd3:
+    s = socket.socket(fileno=3)
+else:
+    s = socket.socket()
+    s.bind(("127.0.0.1", int(os.environ["LLMLB_PORT"])))
+    s.listen(64)
+held = []
+while True:
+    c, _ = s.accept()
+    what = after if os.path.exists(go) else before
+    if what == "silent":
+        held.append(c)
+        continue
+    c.settimeout(5)
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            chunk = c.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        with open(paths, "a") as f:
+            f.write(data.split(b" ")[1].decode() + "\n")
+        c.sendall(b"HTTP/1.1 " + what.encode() + b" Whatever\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    except Exception:
+        pass
+    c.close()
+"#;
+
+/// `serve -p PORT ARGS -- python3 HTTP_SERVER` answering `before`, then
+/// `after` once the test's `go` file exists.
+#[cfg(target_os = "linux")]
+fn http_case(env: &Env, port: u16, args: &[&str], before: &str, after: &str, fd3: bool) -> Proc {
+    let port = port.to_string();
+    let go = file(env, "go");
+    let paths = file(env, "paths");
+    let mut all = vec!["serve", "-p", &port];
+    all.extend(args);
+    all.extend(["--", "python3", "-c", HTTP_SERVER]);
+    all.extend([go.to_str().unwrap(), before, after, paths.to_str().unwrap()]);
+    all.push(if fd3 { "fd3" } else { "bind" });
+    env.spawn(&all)
+}
+
+/// `--ready http`: starting for as long as GET /health answers 503 (the
+/// log says so, which proves llmlb saw the 503), ready once it answers 200.
+#[cfg(target_os = "linux")]
+#[test]
+fn http_is_starting_while_the_health_check_answers_503_then_ready() {
+    if !have("python3") {
+        return;
+    }
+    let env = Env::new();
+    let port = free_port();
+    let mut serve = http_case(&env, port, &["--ready", "http"], "503", "200", false);
+    wait_until("the 503 to be seen", || {
+        serve.stderr().contains("not ready yet: GET /health: 503")
+    });
+    assert_eq!(state(&env, port).as_deref(), Some("starting"));
+    let (_, json) = status_json(&env, Some(port));
+    assert_eq!(json[0]["serve_state"], "starting", "{json}");
+    touch(&file(&env, "go"));
+    wait_state(&env, port, "ready");
+    assert!(
+        serve.stderr().contains("is ready (--ready http:/health)"),
+        "{}",
+        serve.stderr()
+    );
+    let paths = std::fs::read_to_string(file(&env, "paths")).unwrap();
+    assert!(paths.lines().all(|p| p == "/health"), "{paths}");
+    signal(serve.pid(), libc::SIGTERM);
+    serve.wait();
+    assert!(!env.lock_file(port).exists());
+}
+
+/// `--ready http:/PATH`: that path is asked for; a 404 is not ready, a 3xx
+/// is.
+#[cfg(target_os = "linux")]
+#[test]
+fn http_with_a_path_counts_a_redirect_and_not_a_404() {
+    if !have("python3") {
+        return;
+    }
+    let env = Env::new();
+    let port = free_port();
+    let mut serve = http_case(&env, port, &["--ready", "http:/v1/ok"], "404", "302", false);
+    wait_until("the 404 to be seen", || {
+        serve.stderr().contains("not ready yet: GET /v1/ok: 404")
+    });
+    assert_eq!(state(&env, port).as_deref(), Some("starting"));
+    touch(&file(&env, "go"));
+    wait_state(&env, port, "ready");
+    let paths = std::fs::read_to_string(file(&env, "paths")).unwrap();
+    assert!(paths.lines().all(|p| p == "/v1/ok"), "{paths}");
+    signal(serve.pid(), libc::SIGTERM);
+    serve.wait();
+}
+
+/// A server that accepts but never answers is not ready, and does not stall
+/// the watch: the probe gives up after 1 s and probes again, so the answer
+/// that finally comes makes it ready.
+#[cfg(target_os = "linux")]
+#[test]
+fn http_against_a_server_that_never_answers_is_not_ready_and_probing_goes_on() {
+    if !have("python3") {
+        return;
+    }
+    let env = Env::new();
+    let port = free_port();
+    let mut serve = http_case(&env, port, &["--ready", "http"], "silent", "200", false);
+    wait_until("the silence to be seen", || {
+        serve
+            .stderr()
+            .contains("not ready yet: GET /health: no status line within 1s")
+    });
+    assert_eq!(state(&env, port).as_deref(), Some("starting"));
+    touch(&file(&env, "go"));
+    wait_state(&env, port, "ready");
+    signal(serve.pid(), libc::SIGTERM);
+    serve.wait();
+}
+
+/// `--ready-timeout` with http: the failure line says what the last probe
+/// got.
+#[cfg(target_os = "linux")]
+#[test]
+fn http_ready_timeout_names_the_last_probe() {
+    if !have("python3") {
+        return;
+    }
+    let env = Env::new();
+    let port = free_port();
+    let mut serve = http_case(
+        &env,
+        port,
+        &["--ready", "http", "--ready-timeout", "2"],
+        "503",
+        "503",
+        false,
+    );
+    let status = serve.wait();
+    assert_eq!(status.code(), Some(1), "{}", serve.stderr());
+    // The server answers 503 from its first request on (and it is still
+    // running when the line is written): the last probe got a 503 once
+    // any request reached it, else the port was not open yet.
+    let asked = std::fs::read_to_string(file(&env, "paths")).unwrap_or_default();
+    let last = if asked.is_empty() {
+        "connection refused"
+    } else {
+        "503"
+    };
+    let line = format!(
+        "(PID {}) did not answer GET /health with 2xx or 3xx (last: GET /health: {last}) within 2s (--ready-timeout); stopping it",
+        serve_child_pid(&serve)
+    );
+    assert!(serve.stderr().contains(&line), "{line}\n{}", serve.stderr());
+    assert!(!env.lock_file(port).exists());
+}
+
+/// The command's PID, from serve's `running CMD (PID n)` line.
+#[cfg(target_os = "linux")]
+fn serve_child_pid(serve: &Proc) -> u32 {
+    let log = serve.stderr();
+    let (_, rest) = log
+        .split_once("running python3 (PID ")
+        .unwrap_or_else(|| panic!("no `running` line: {log}"));
+    rest.split(')').next().unwrap().parse().unwrap()
+}
+
+/// Without --replace a passed socket has no other server behind it: http
+/// probes it, and the command serving on descriptor 3 is ready by it.
+#[cfg(target_os = "linux")]
+#[test]
+fn http_with_a_passed_socket_is_allowed_without_replace() {
+    if !have("python3") {
+        return;
+    }
+    let env = Env::new();
+    let port = free_port();
+    let mut serve = http_case(
+        &env,
+        port,
+        &["--host", "127.0.0.1", "--pass-socket", "--ready", "http"],
+        "503",
+        "200",
+        true,
+    );
+    wait_until("the 503 to be seen", || {
+        serve.stderr().contains("not ready yet: GET /health: 503")
+    });
+    assert_eq!(state(&env, port).as_deref(), Some("starting"));
+    touch(&file(&env, "go"));
+    wait_state(&env, port, "ready");
+    signal(serve.pid(), libc::SIGTERM);
+    serve.wait();
+}
+
+#[test]
+fn bad_http_paths_are_usage_errors_naming_the_value() {
+    let env = Env::new();
+    for (value, says) in [
+        ("http:health", "the http path `health` must start with `/`"),
+        ("http:/a b", "the http path `/a b` contains a space"),
+        ("http:", "the http path `` must start with `/`"),
+    ] {
+        let out = env.run(&["serve", "--ready", value, "--", "true"]);
+        assert_eq!(out.code(), Some(2), "{out:?}");
+        assert!(
+            out.stderr.contains(&format!(
+                "invalid value '{value}' for '--ready <WHEN>': {says}"
+            )),
+            "{out:?}"
+        );
+    }
+    assert!(std::fs::read_dir(&env.locks).map_or(true, |mut d| d.next().is_none()));
+}
+
+/// During a replace the old command accepts on the passed socket too: a
+/// probe of the port could be answered by it, so http is refused there,
+/// before anything is taken.
+#[cfg(unix)]
+#[test]
+fn http_is_refused_with_replace() {
+    let env = Env::new();
+    let port = free_port();
+    for ready in ["http", "http:/ready"] {
+        let out = env.run(&[
+            "serve",
+            "-p",
+            &port.to_string(),
+            "--replace",
+            "--ready",
+            ready,
+            "--",
+            "true",
+        ]);
+        assert_eq!(out.code(), Some(2), "{out:?}");
+        let spec = if ready == "http" {
+            "http:/health"
+        } else {
+            ready
+        };
+        assert!(
+            out.stderr.contains(&format!(
+                "error: --ready {spec} cannot judge a replace: both the old and the new COMMAND accept on the socket of port {port} passed to them, so a probe of port {port} cannot tell which one answered; use --proxy (probes COMMAND's own port), or --ready notify or --ready listen"
+            )),
+            "{out:?}"
+        );
+        assert!(!env.lock_file(port).exists());
+    }
+}
+
 #[test]
 fn ready_without_a_command_is_a_usage_error() {
     let env = Env::new();
@@ -482,7 +743,12 @@ fn ready_without_a_command_is_a_usage_error() {
     );
     let out = env.run(&["serve", "--ready", "soon", "--", "true"]);
     assert_eq!(out.code(), Some(2), "{out:?}");
-    assert!(out.stderr.contains("listen, notify, immediate"), "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "`soon` is not a readiness policy: use listen, notify, immediate, http or http:/PATH"
+        ),
+        "{out:?}"
+    );
 }
 
 #[cfg(windows)]

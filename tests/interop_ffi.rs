@@ -566,6 +566,99 @@ fn launchers_ready_notify_record_ready_on_systemd_notify() {
     }
 }
 
+/// A Python HTTP server on 127.0.0.1:`LLMLB_PORT` that prints `waiting`,
+/// answers 503 until the file `argv[1]` exists, then 200 on `/health` and
+/// `/ok` (404 elsewhere), and exits 0 on SIGTERM.
+const HEALTH_AFTER_GO: &str = "\
+import http.server, os, signal, sys
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if not os.path.exists(sys.argv[1]):
+            code = 503
+        else:
+            code = 200 if self.path in ('/health', '/ok') else 404
+        self.send_response(code)
+        self.send_header('Content-Length', '0')
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(('127.0.0.1', int(os.environ['LLMLB_PORT'])), Health)
+print('waiting', flush=True)
+server.serve_forever()
+";
+
+/// The lines a child writes to its piped stderr, collected by a thread.
+fn collect_stderr(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<String>> {
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = std::sync::Arc::clone(&text);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let mut text = sink.lock().unwrap();
+            text.push_str(&line);
+            text.push('\n');
+        }
+    });
+    text
+}
+
+/// `--ready http[:PATH]` through the library's probe: starting while the
+/// command answers 503 (the launcher says it saw the 503), ready once it
+/// answers 200.
+#[test]
+fn launchers_ready_http_record_ready_once_the_health_check_passes() {
+    let env = Env::new();
+    for (name, launcher, port) in both_launchers(&env, 8447, 8448) {
+        let (ready, path) = if name == "C" {
+            ("http", "/health")
+        } else {
+            ("http:/ok", "/ok")
+        };
+        let go = env.tmp.path().join(format!("{name}-go"));
+        let python = ffi_support::python3();
+        let cmd = [python.as_str(), "-c", HEALTH_AFTER_GO, go.to_str().unwrap()];
+        let mut holder = launch_ready(&env, &launcher, ready, port, &cmd)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = collect_stderr(&mut holder);
+        assert_eq!(first_line(&mut holder), "waiting\n", "{name}");
+        let seen = format!("not ready yet: GET {path}: 503\n");
+        wait_for("the 503 to be seen", &mut holder, || {
+            stderr.lock().unwrap().contains(&seen)
+        });
+        assert_eq!(
+            serve_state(&env, port),
+            Some(ServeState::Starting),
+            "{name}"
+        );
+        std::fs::write(&go, "").unwrap();
+        wait_for_state(&env, port, ServeState::Ready, &mut holder);
+        stop_launcher(&env, port, holder);
+    }
+}
+
+/// A `--ready http:PATH` the library refuses is a usage error naming it.
+#[test]
+fn launchers_refuse_a_bad_http_path() {
+    let env = Env::new();
+    for (name, launcher, port) in both_launchers(&env, 8449, 8450) {
+        let out = launch_ready(&env, &launcher, "http:nope", port, &["true"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{name}: {}", describe(&out));
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{name}: {err}");
+        assert!(
+            err.contains("invalid --ready http:nope: ") && err.contains("must start with `/`"),
+            "{name}: {err}"
+        );
+    }
+    assert!(!env.lock_dir.exists(), "a usage error touched the lock dir");
+}
+
 /// A `--ready` value that is not a policy is a usage error: exit 2, one
 /// line, and the lock dir is never touched.
 #[test]

@@ -1,5 +1,5 @@
 /*
- * launcher [--ready listen|notify|immediate] PORT -- CMD [ARGS...]
+ * launcher [--ready listen|notify|immediate|http[:PATH]] PORT -- CMD [ARGS...]
  *
  * Runs CMD under the per-port lock `llmlb serve` takes, exactly as
  * `llmlb serve --port PORT -- CMD` does: takes the lock for PORT (lock dir
@@ -38,6 +38,13 @@
  *                         Passed descriptors are closed on a detached
  *                         thread, so no sender can stall the launcher.
  *   immediate             CMD has been started.
+ *   http[:PATH]           GET PATH (default /health) on 127.0.0.1:PORT
+ *                         answers 2xx or 3xx within 1 s, probed by the
+ *                         library (llmlb_ready_http_probe) with the listen
+ *                         backoff; what each probe got is printed when it
+ *                         changes ("not ready yet: GET /health: 503"). A
+ *                         probe blocks the loop for up to 1 s, so a signal
+ *                         may wait that long to be acted on.
  * Under a service manager (NOTIFY_SOCKET set for the launcher) the launcher
  * reports to it, as `llmlb serve` does: MAINPID and READY=1 when CMD is
  * ready, STOPPING=1 when stopping begins; CMD never gets the manager's
@@ -109,10 +116,14 @@
 #define LISTEN_FIRST_MS 1
 #define LISTEN_MAX_MS 50
 
-enum ready_policy { READY_LISTEN, READY_NOTIFY, READY_IMMEDIATE };
+enum ready_policy { READY_LISTEN, READY_NOTIFY, READY_IMMEDIATE, READY_HTTP };
+
+/* --ready http[:PATH]: the path probed. */
+static const char *g_http_path = "/health";
 
 static int usage(const char *argv0) {
-  fprintf(stderr, "usage: %s [--ready listen|notify|immediate] PORT -- CMD [ARGS...]\n", argv0);
+  fprintf(stderr, "usage: %s [--ready listen|notify|immediate|http[:PATH]] PORT -- CMD [ARGS...]\n",
+          argv0);
   return 2;
 }
 
@@ -125,8 +136,18 @@ static int parse_ready(int argc, char **argv, enum ready_policy *policy) {
   if (strcmp(argv[2], "listen") == 0) *policy = READY_LISTEN;
   else if (strcmp(argv[2], "notify") == 0) *policy = READY_NOTIFY;
   else if (strcmp(argv[2], "immediate") == 0) *policy = READY_IMMEDIATE;
-  else {
-    fprintf(stderr, "launcher: invalid --ready %s: use listen, notify or immediate\n", argv[2]);
+  else if (strcmp(argv[2], "http") == 0) *policy = READY_HTTP;
+  else if (strncmp(argv[2], "http:", 5) == 0) {
+    /* The library's rule, so the CLI, C and Python accept the same paths. */
+    if (llmlb_ready_http_path_check(argv[2] + 5) != LLMLB_STATUS_OK) {
+      fprintf(stderr, "launcher: invalid --ready %s: %s\n", argv[2], llmlb_last_error());
+      return 0;
+    }
+    *policy = READY_HTTP;
+    g_http_path = argv[2] + 5;
+  } else {
+    fprintf(stderr, "launcher: invalid --ready %s: use listen, notify, immediate, http or http:/PATH\n",
+            argv[2]);
     return 0;
   }
   return 3;
@@ -183,6 +204,19 @@ static int take_lock(uint16_t port, LlmlbLock **lock) {
     fprintf(stderr, "launcher: reclaimed the stale lock of PID %lu on port %u\n",
             (unsigned long)holder.pid, (unsigned)port);
   return 0;
+}
+
+/* --ready http: one probe of g_http_path on 127.0.0.1:`port` by the
+ * library; what it got is printed when it differs from the last time. */
+static int http_ready(uint16_t port) {
+  static char last[256];
+  char got[256] = "";
+  int ready = llmlb_ready_http_probe(NULL, port, g_http_path, got, sizeof got);
+  if (ready != 1 && strcmp(got, last) != 0) {
+    fprintf(stderr, "launcher: not ready yet: %s\n", got);
+    memcpy(last, got, sizeof last);
+  }
+  return ready == 1;
 }
 
 #ifndef _WIN32
@@ -527,7 +561,7 @@ static int run_to_end(LlmlbLock *lock, pid_t child, enum ready_policy policy, ui
       if (policy == READY_IMMEDIATE) ready = 1;
       else if (policy == READY_NOTIFY) ready = notify_ready();
       else if (now_ms() >= next_check) {
-        ready = listening(port);
+        ready = policy == READY_HTTP ? http_ready(port) : listening(port);
         next_check = now_ms() + delay;
         delay = delay * 2 > LISTEN_MAX_MS ? LISTEN_MAX_MS : delay * 2;
       }
@@ -536,7 +570,7 @@ static int run_to_end(LlmlbLock *lock, pid_t child, enum ready_policy policy, ui
         set_state(lock, LLMLB_SERVE_STATE_READY, "ready");
         snprintf(message, sizeof message, "MAINPID=%ld\nREADY=1\n", (long)getpid());
         tell_manager(message);
-      } else if (policy == READY_LISTEN) {
+      } else if (policy == READY_LISTEN || policy == READY_HTTP) {
         long left = next_check - now_ms();
         wait_ms = left < 0 ? 0 : left < POLL_MS ? (int)left : POLL_MS;
       }
@@ -808,7 +842,8 @@ static int run_to_end(LlmlbLock *lock, const PROCESS_INFORMATION *child, HANDLE 
     if (!ready && !stopping) {
       /* --ready listen: any listener counts (no tree-aware lookup here). */
       if (GetTickCount64() >= next_check) {
-        ready = llmlb_port_listener(port, NULL) == LLMLB_STATUS_OK;
+        ready = policy == READY_HTTP ? http_ready(port)
+                                     : llmlb_port_listener(port, NULL) == LLMLB_STATUS_OK;
         next_check = GetTickCount64() + delay;
         delay = delay * 2 > LISTEN_MAX_MS ? LISTEN_MAX_MS : delay * 2;
       }

@@ -344,6 +344,47 @@ static void test_port_listener(void) {
 }
 #endif
 
+#ifndef _WIN32
+/* llmlb_ready_http_probe on a port nothing listens on (bound, then closed):
+ * not ready, saying why, cut to fit the buffer; bad arguments are a negated
+ * INVALID_ARGUMENT that names them. */
+static void test_ready_http_probe(void) {
+  struct sockaddr_in addr;
+  socklen_t len = sizeof addr;
+  char out[256], tiny[6];
+  uint16_t port;
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  CHECK(fd >= 0);
+  memset(&addr, 0, sizeof addr);
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  CHECK(bind(fd, (struct sockaddr *)&addr, sizeof addr) == 0);
+  CHECK(getsockname(fd, (struct sockaddr *)&addr, &len) == 0);
+  port = ntohs(addr.sin_port);
+  close(fd);
+
+  CHECK(llmlb_ready_http_probe(NULL, port, NULL, out, sizeof out) == 0);
+  CHECK(strcmp(out, "GET /health: connection refused") == 0);
+  CHECK(llmlb_ready_http_probe("0.0.0.0", port, "/v1/models", out, sizeof out) == 0);
+  CHECK(strcmp(out, "GET /v1/models: connection refused") == 0);
+  CHECK(llmlb_ready_http_probe("127.0.0.1", port, NULL, tiny, sizeof tiny) == 0);
+  CHECK(strcmp(tiny, "GET /") == 0);
+  CHECK(llmlb_ready_http_probe(NULL, port, NULL, NULL, 0) == 0);
+
+  CHECK(llmlb_ready_http_probe(NULL, 0, NULL, out, sizeof out) == -LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(strstr(llmlb_last_error(), "llmlb_ready_http_probe") != NULL);
+  CHECK(llmlb_ready_http_probe(NULL, port, "health", out, sizeof out) ==
+        -LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(strstr(out, "must start with `/`") != NULL);
+  CHECK(llmlb_ready_http_probe(NULL, port, "/a b", NULL, 0) == -LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(llmlb_ready_http_probe(NULL, port, NULL, out, 0) == -LLMLB_STATUS_INVALID_ARGUMENT);
+
+  CHECK_STATUS(llmlb_ready_http_path_check("/ok"), LLMLB_STATUS_OK);
+  CHECK_STATUS(llmlb_ready_http_path_check("/a\r\nX: y"), LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK_STATUS(llmlb_ready_http_path_check(NULL), LLMLB_STATUS_INVALID_ARGUMENT);
+}
+#endif
+
 static void test_null_and_invalid_arguments(void) {
   char dir[512], buf[64];
   LlmlbLock *lock = NOT_NULL_LOCK;
@@ -1227,6 +1268,7 @@ int main(int argc, char **argv) {
   test_acquire_with_state();
 #ifndef _WIN32
   test_port_listener();
+  test_ready_http_probe();
 #endif
   test_path();
   test_default_dir_from_env();

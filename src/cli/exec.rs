@@ -17,7 +17,7 @@ use std::time::Duration;
 use llmlb::lock::{PortGuard, ServeState};
 use llmlb::supervise::exec::{self, configure_exec_child, CommandTree, ForwardSignal};
 use llmlb::supervise::proxy::{self, backend, Proxy, ProxyOptions};
-use llmlb::supervise::ready::{Readiness, ReadyEvent, ReadyPolicy};
+use llmlb::supervise::ready::{Readiness, ReadyEvent, ReadyPolicy, ReadySpec, ReadyWatch};
 use llmlb::supervise::socket_pass::{pass_listener, PassSocket};
 use llmlb::supervise::SharedLock;
 use tokio::time::Instant;
@@ -179,7 +179,7 @@ pub(crate) struct ExecPlan<'a> {
     /// The command and its arguments.
     pub(crate) command: &'a [OsString],
     /// When the command counts as ready (`--ready`).
-    pub(crate) ready: ReadyPolicy,
+    pub(crate) ready: ReadySpec,
     /// The listening socket to hand it as descriptor 3, if any.
     pub(crate) socket: Option<&'a PassSocket>,
     /// The server's handovers (`serve --replace`, both ways).
@@ -279,14 +279,9 @@ pub(crate) async fn run(
     };
     let lock_dir = lock.with(|g| g.path().parent().map(|d| d.to_path_buf()));
     let lock_dir = lock_dir.flatten().unwrap_or_default();
-    let readiness = match Readiness::prepare(ready, &mut cmd, &lock_dir, port) {
+    let readiness = match Readiness::prepare(ready.clone(), &mut cmd, &lock_dir, port) {
         Ok(readiness) => readiness,
-        Err(e) => {
-            return fail(format!(
-                "cannot prepare --ready {} for {shown}: {e}",
-                ready.name()
-            ))
-        }
+        Err(e) => return fail(format!("cannot prepare --ready {ready} for {shown}: {e}")),
     };
     if let Some(b) = backend_port {
         cmd.env("PORT", b.to_string())
@@ -349,7 +344,20 @@ pub(crate) async fn run(
     tracing::info!("running {shown} (PID {child_pid}) under the lock for port {port}");
     // The policy's events come from the watch's thread; they end with it.
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
-    let watch = readiness
+    // A successor's readiness is watched on through the grace window: a
+    // command that stops answering (or listening) there gives the port
+    // back. Dropped once the replace commits: nothing to decide after it.
+    let probation = handovers.is_pending()
+        && matches!(ready.policy(), ReadyPolicy::Http | ReadyPolicy::Listen);
+    let readiness = if probation {
+        readiness.keep_watching()
+    } else {
+        readiness
+    };
+    let (committed_tx, mut committed_rx) = tokio::sync::oneshot::channel::<u32>();
+    let mut committed_tx = Some(committed_tx);
+    let mut committed = false;
+    let mut watch = readiness
         .start(child_pid, probe_host, probe_port, move |event| {
             let _ = ready_tx.send(event);
         })
@@ -404,10 +412,10 @@ pub(crate) async fn run(
             },
             () = until(ready_deadline), if !is_ready && stopping.deadline.is_none() => {
                 timed_out = true;
-                let elsewhere = listening_elsewhere(ready, child_pid, probe_port);
+                let elsewhere = listening_elsewhere(&ready, child_pid, probe_port);
                 fail(format!(
                     "{shown} (PID {child_pid}) did not {} within {}s (--ready-timeout){elsewhere}; stopping it",
-                    ready.awaited(probe_port),
+                    awaited(&ready, probe_port, watch.as_ref()),
                     ready_timeout.unwrap_or_default().as_secs_f64(),
                 ));
                 if handovers.abort().is_none() {
@@ -418,9 +426,9 @@ pub(crate) async fn run(
             _ = report.tick(), if !is_ready && stopping.deadline.is_none() => {
                 tracing::info!(
                     "still waiting for {shown} (PID {child_pid}) to {} ({}s so far){}",
-                    ready.awaited(probe_port),
+                    awaited(&ready, probe_port, watch.as_ref()),
                     started.elapsed().as_secs(),
-                    listening_elsewhere(ready, child_pid, probe_port),
+                    listening_elsewhere(&ready, child_pid, probe_port),
                 );
             }
             Ok(pid) = &mut drain, if !drained => {
@@ -444,11 +452,16 @@ pub(crate) async fn run(
                 ReadyEvent::Ready if stopping.deadline.is_none() => {
                     is_ready = true;
                     super::serve::announce(lock, ServeState::Ready);
-                    tracing::info!("{shown} is ready (--ready {})", ready.name());
+                    tracing::info!("{shown} is ready (--ready {ready})");
                     let mut commit = Commit {
                         grace,
                         ..Commit::default()
                     };
+                    if let Some(tx) = committed_tx.take() {
+                        commit.committed = Some(Box::new(move |pid| {
+                            let _ = tx.send(pid);
+                        }));
+                    }
                     if let (Some(front), Some(socket), Some(plan), Some(b)) =
                         (&front, socket, &proxy_plan, backend_port)
                     {
@@ -481,9 +494,30 @@ pub(crate) async fn run(
                     }
                     handovers.ready(commit);
                 }
-                // STATUS=/STOPPING=1 were logged by the watch.
+                // Within the grace window: the release is not good, and
+                // the predecessor, which never stopped serving, keeps it.
+                ReadyEvent::Lost(why) if stopping.deadline.is_none() && handovers.is_pending() => {
+                    fail(format!(
+                        "{shown} (PID {child_pid}) stopped being ready within the grace window (--replace-grace): {why}; stopping it"
+                    ));
+                    timed_out = true;
+                    handovers.abort();
+                    stopping.begin(tree, ForwardSignal::Terminate, drains.stopped);
+                }
+                ReadyEvent::Lost(why) => tracing::warn!("{shown} is no longer ready: {why}"),
+                // STATUS=/STOPPING=1 were logged by the watch; Lost comes
+                // only from a watch told to keep watching, which this is not.
                 _ => {}
             },
+            Ok(_) = &mut committed_rx, if !committed => {
+                committed = true;
+                if probation {
+                    // Its drop may wait for a probe in flight: not here.
+                    if let Some(watch) = watch.take() {
+                        tokio::task::spawn_blocking(move || drop(watch));
+                    }
+                }
+            }
             _ = reap.tick() => exec::reap_orphans(child_pid),
         }
     };
@@ -601,11 +635,21 @@ async fn until(deadline: Option<Instant>) {
     }
 }
 
+/// What the command has still to do, with what the last probe got when
+/// the policy probes (`answer GET /health with 2xx or 3xx (last: GET
+/// /health: 503)`): the reason it is not ready, in the line that says so.
+fn awaited(ready: &ReadySpec, port: u16, watch: Option<&ReadyWatch>) -> String {
+    match watch.and_then(ReadyWatch::last_probe) {
+        Some(last) => format!("{} (last: {last})", ready.awaited(port)),
+        None => ready.awaited(port),
+    }
+}
+
 /// `; python3 (PID 123) listens on 8001, not 8000` when `--ready listen`
 /// waits for `port` and the command's tree listens elsewhere (Linux only:
 /// elsewhere nothing says whose a socket is); empty otherwise.
-fn listening_elsewhere(ready: ReadyPolicy, root: u32, port: u16) -> String {
-    if ready != ReadyPolicy::Listen {
+fn listening_elsewhere(ready: &ReadySpec, root: u32, port: u16) -> String {
+    if ready.policy() != ReadyPolicy::Listen {
         return String::new();
     }
     match llmlb::supervise::ready::listening_instead(root, port) {

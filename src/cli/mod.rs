@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::builder::{RangedI64ValueParser, TypedValueParser as _};
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches as _, Parser, Subcommand, ValueEnum};
-use llmlb::supervise::ready::ReadyPolicy;
+use llmlb::supervise::ready::{ReadyPolicy, ReadySpec};
 
 mod exec;
 mod http;
@@ -82,6 +82,7 @@ Examples:
   llmlb serve -p 8000 -- python3 -m http.server 8000   # any server under the lock
   llmlb serve -p 8000 --wait 10 -- ./server     # wait up to 10 s for the old one
   llmlb serve -p 8000 --ready-timeout 30 -- ./server   # stop it if not listening in 30 s
+  llmlb serve -p 8000 --ready http -- ./server  # ready once GET /health answers 2xx/3xx
   llmlb serve -p 8000 --replace                 # take over from the running one
 "
     };
@@ -281,9 +282,12 @@ struct ServeArgs {
     #[arg(long, value_name = "N", requires = "proxy", value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: Option<u32>,
     /// Exec mode only: when COMMAND counts as ready, i.e. when the lock
-    /// record's state goes from starting to ready. [default: listen]
-    #[arg(long, value_enum, value_name = "WHEN")]
-    ready: Option<ReadyArg>,
+    /// record's state goes from starting to ready. http[:PATH]: once GET PATH
+    /// (default /health) on the port answers 2xx or 3xx within 1 s, probed
+    /// from 1 ms doubling to every 50 ms; refused with --replace (the old
+    /// command may answer on the passed socket). [default: listen]
+    #[arg(long, value_name = "WHEN", value_parser = ReadyParser)]
+    ready: Option<ReadySpec>,
     /// Write llmlb's PID (the lock holder's, which `stop` signals) to PATH
     /// once the lock is taken, for PIDFile=, start-stop-daemon, monit and
     /// logrotate; removed at exit if it still holds that PID. PATH's
@@ -297,27 +301,58 @@ struct ServeArgs {
     command: Vec<OsString>,
 }
 
-/// `--ready`'s words (see [`ReadyPolicy`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum ReadyArg {
-    /// Once COMMAND's process tree listens on the port (elsewhere than
-    /// Linux: once the port accepts a connection).
-    Listen,
-    /// Once COMMAND's tree sends READY=1 to $NOTIFY_SOCKET (sd_notify; not
-    /// on Windows).
-    Notify,
-    /// Once COMMAND is started.
-    Immediate,
+/// `--ready`'s values (see [`ReadySpec`]): a policy's word, or `http:/PATH`,
+/// which no `ValueEnum` can take; the words are still listed for `--help`,
+/// the man page and completions.
+#[derive(Debug, Clone, Copy)]
+struct ReadyParser;
+
+impl clap::builder::TypedValueParser for ReadyParser {
+    type Value = ReadySpec;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<ReadySpec, clap::Error> {
+        // A plain function parser formats the error as every other option's
+        // ("invalid value 'X' for '--ready <WHEN>': …").
+        let parse = |text: &str| text.parse::<ReadySpec>();
+        parse.parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        use clap::builder::PossibleValue;
+        Some(Box::new(
+            [
+                PossibleValue::new("listen").help(
+                    "Once COMMAND's process tree listens on the port (elsewhere than Linux: \
+                     once the port accepts a connection)",
+                ),
+                PossibleValue::new("notify").help(
+                    "Once COMMAND's tree sends READY=1 to $NOTIFY_SOCKET (sd_notify; not on Windows)",
+                ),
+                PossibleValue::new("immediate").help("Once COMMAND is started"),
+                PossibleValue::new("http").help(
+                    "Once GET /health on the port answers 2xx or 3xx; http:/PATH for another path",
+                ),
+            ]
+            .into_iter(),
+        ))
+    }
 }
 
 impl ServeArgs {
     /// The readiness policy of exec mode, or the usage error (exit 2) for a
     /// `--ready` that cannot apply: without a COMMAND (the built-in server is
     /// ready once it listens, always), or `notify` on Windows.
-    fn ready_policy(&self) -> Result<ReadyPolicy, clap::Error> {
+    fn ready_policy(&self) -> Result<ReadySpec, clap::Error> {
         let usage = |msg: &str| serve_usage(msg.to_owned());
-        let Some(arg) = self.ready else {
-            return Ok(ReadyPolicy::default());
+        let Some(spec) = &self.ready else {
+            return Ok(ReadySpec::default());
         };
         if self.command.is_empty() {
             return Err(usage(
@@ -325,17 +360,12 @@ impl ServeArgs {
                  add `-- COMMAND` or drop --ready",
             ));
         }
-        let policy = match arg {
-            ReadyArg::Listen => ReadyPolicy::Listen,
-            ReadyArg::Notify => ReadyPolicy::Notify,
-            ReadyArg::Immediate => ReadyPolicy::Immediate,
-        };
-        if !policy.is_supported() {
+        if !spec.policy().is_supported() {
             return Err(usage(
-                "--ready notify is not supported on Windows (there is no sd_notify): use --ready listen or immediate",
+                "--ready notify is not supported on Windows (there is no sd_notify): use --ready listen, http or immediate",
             ));
         }
-        Ok(policy)
+        Ok(spec.clone())
     }
 }
 
@@ -693,9 +723,13 @@ fn run_serve(
     dir: &LockDirChoice,
     port: u16,
     args: ServeArgs,
-    ready: ReadyPolicy,
+    ready: ReadySpec,
     activated: Option<llmlb::supervise::activation::Activated>,
 ) -> i32 {
+    // Proxy mode probes the command's own private port: no doubt there.
+    if let Some(why) = http_during_replace(&ready, args.replace, args.proxy, port) {
+        serve_usage_error(why);
+    }
     let listen = serve::Listen {
         activated,
         // A handover needs the socket in llmlb's hands (not on Windows,
@@ -734,6 +768,25 @@ fn run_serve(
     // died of the stop signal we forwarded, so we die of it too.
     signals::die_if_asked();
     code
+}
+
+/// Why `--ready http` cannot judge a replace, if it cannot: in exec mode a
+/// replace passes the port's socket to the new command while the old one
+/// still accepts on it (until the new one is ready, by design), so the
+/// kernel hands a probe's connection to either, and a 200 from the old
+/// command would make the new one "ready" and drain the server that works.
+/// Waiting for the old one to stop accepting first is no way out: it stops
+/// only once the new one is ready. `proxy` (a command serving on a private
+/// port of its own, probed there) has no such doubt. On Windows a replace
+/// stops the old server first (no socket is passed): nothing to refuse.
+fn http_during_replace(ready: &ReadySpec, replace: bool, proxy: bool, port: u16) -> Option<String> {
+    if ready.policy() != ReadyPolicy::Http || !replace || proxy || cfg!(windows) {
+        return None;
+    }
+    Some(format!(
+        "--ready {ready} cannot judge a replace: both the old and the new COMMAND accept on the socket of port {port} \
+         passed to them, so a probe of port {port} cannot tell which one answered; use --proxy (probes COMMAND's own port), or --ready notify or --ready listen"
+    ))
 }
 
 /// `--ready-timeout`'s default with `--replace`: a successor that never

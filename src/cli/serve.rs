@@ -18,7 +18,7 @@ use llmlb::lock::{
 };
 use llmlb::supervise::activation::Activated;
 use llmlb::supervise::notify::Supervisor;
-use llmlb::supervise::ready::ReadyPolicy;
+use llmlb::supervise::ready::ReadySpec;
 use llmlb::supervise::socket_pass::{PassSocket, DEFAULT_NAME};
 use llmlb::supervise::{SharedLock, WatchEnd, WatchEvent};
 
@@ -186,7 +186,7 @@ pub(crate) struct ServePlan {
     pub(crate) host: String,
     /// Exec mode's command; empty for the built-in HTTP server.
     pub(crate) command: Vec<OsString>,
-    pub(crate) ready: ReadyPolicy,
+    pub(crate) ready: ReadySpec,
     pub(crate) listen: Listen,
     pub(crate) pidfile: Option<PathBuf>,
     /// `--replace` with its `--replace-timeout`.

@@ -12,7 +12,7 @@
 //! - the watchdog ([`SharedLock`], [`Watchdog`]): a running server's main
 //!   thread and the thread that checks the lock file is still its own;
 //! - [`ready`]: when a command run under the lock counts as ready (exec
-//!   mode's `--ready listen|notify|immediate`), with [`notify_socket`], the
+//!   mode's `--ready listen|notify|immediate|http`), with [`notify_socket`], the
 //!   sd_notify receiver its `notify` policy listens on;
 //! - stop ([`stop_server`]): ending whatever holds a port, pg_ctl-style,
 //!   signalling only a process proven to be the holder;

@@ -50,8 +50,10 @@ __all__ = [
     "ProbeResult",
     "library_version",
     "lock_path",
+    "check_http_path",
     "port_listener",
     "probe",
+    "ready_http_probe",
 ]
 
 # LlmlbStatus (include/llmlb_lock.h): explicit values, never reused.
@@ -232,6 +234,11 @@ def _load() -> ctypes.CDLL:
         "llmlb_lock_set_child_pgid": (status, [lock_p, ctypes.c_uint32]),
         "llmlb_lock_set_state": (status, [lock_p, ctypes.c_int]),
         "llmlb_port_listener": (status, [ctypes.c_uint16, ctypes.POINTER(ctypes.c_uint32)]),
+        "llmlb_ready_http_probe": (
+            ctypes.c_int,
+            [ctypes.c_char_p, ctypes.c_uint16, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t],
+        ),
+        "llmlb_ready_http_path_check": (status, [ctypes.c_char_p]),
         "llmlb_lock_fd": (status, [lock_p, ctypes.POINTER(ctypes.c_int)]),
         "llmlb_lock_wait_stop": (status, [lock_p, ctypes.c_uint32, ctypes.POINTER(ctypes.c_int)]),
         "llmlb_last_error": (ctypes.c_char_p, []),
@@ -896,6 +903,40 @@ def port_listener(port: int) -> Optional[Listener]:
         return None
     _check(status)
     return Listener(pid.value or None)
+
+
+def _text_arg(text: Optional[str], what: str) -> Optional[bytes]:
+    if text is None:
+        return None
+    data = text.encode("utf-8", "surrogateescape")
+    if b"\0" in data:
+        raise LockError("%s %r contains a NUL byte" % (what, text), INVALID_ARGUMENT)
+    return data
+
+
+def check_http_path(path: str) -> None:
+    """Raises :class:`LockError` (``INVALID_ARGUMENT``) unless ``path`` is one
+    `llmlb serve --ready http:PATH` accepts: it starts with ``/``, is
+    printable ASCII without spaces, at most 1024 bytes. The library's rule
+    (``llmlb_ready_http_path_check``)."""
+    _check(_lib().llmlb_ready_http_path_check(_text_arg(path, "path")))
+
+
+def ready_http_probe(port: int, path: str = "/health", host: Optional[str] = None) -> "tuple[bool, str]":
+    """One ``--ready http`` probe, as `llmlb serve` makes it
+    (``llmlb_ready_http_probe``): ``GET path`` on ``host`` (default
+    127.0.0.1; a wildcard is probed on its loopback) and ``port``. Returns
+    ``(ready, text)``: ready on a 2xx or 3xx status line within 1 s; ``text``
+    says what the probe got (``"GET /health: 503"``, ``"GET /health:
+    connection refused"``). Bad arguments raise :class:`LockError`. Blocks
+    for up to about a second."""
+    out = ctypes.create_string_buffer(256)
+    code = _lib().llmlb_ready_http_probe(
+        _text_arg(host, "host"), _port_arg(port), _text_arg(path, "path"), out, len(out)
+    )
+    if code < 0:
+        raise LockError(_last_error(), -code)
+    return code == 1, out.value.decode("utf-8", "replace")
 
 
 def probe(port: int, lock_dir: "Union[None, PathLike, LockDir]" = None) -> ProbeResult:

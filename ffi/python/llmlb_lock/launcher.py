@@ -34,6 +34,10 @@ signal, a stop request, or CMD's exit). --ready WHEN picks when CMD is ready:
   thread of their own, so no sender can stall the launcher.
   Not on Windows (exit 2).
 - immediate: CMD has been started.
+- http[:PATH]: GET PATH (default /health) on 127.0.0.1:PORT answers 2xx or
+  3xx within 1 s, probed by the library (ready_http_probe) with listen's
+  backoff; what the probe got is printed when it changes ("not ready yet:
+  GET /health: 503"). A probe blocks the loop for up to 1 s.
 
 Under a service manager (NOTIFY_SOCKET set for the launcher) the launcher
 reports to it, as `llmlb serve` does: MAINPID and READY=1 once CMD is
@@ -66,7 +70,15 @@ if not __package__:
     # package this file is in, not an installed one.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from llmlb_lock import AlreadyRunning, LockError, PortLock, lock_path, port_listener  # noqa: E402
+from llmlb_lock import (  # noqa: E402
+    AlreadyRunning,
+    LockError,
+    PortLock,
+    check_http_path,
+    lock_path,
+    port_listener,
+    ready_http_probe,
+)
 
 # Messages start with the name it was run by: `llmlb-launch` (the console
 # script), else launcher.py.
@@ -88,7 +100,7 @@ _LINUX = sys.platform.startswith("linux")
 # --ready listen's first and longest pause between two checks.
 LISTEN_FIRST = 0.001
 LISTEN_MAX = 0.05
-POLICIES = ("listen", "notify", "immediate")
+POLICIES = ("listen", "notify", "immediate", "http")
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -151,6 +163,26 @@ def _listening(port: int) -> bool:
     if _LINUX:
         return listener.pid is not None and _in_our_tree(listener.pid)
     return True
+
+
+class _HttpCheck:
+    """--ready http: the library's probe of ``path``; what it got is printed
+    when it differs from the last time."""
+
+    def __init__(self, port: int, path: str):
+        self.port = port
+        self.path = path
+        self.last = None
+
+    def ready(self) -> bool:
+        try:
+            ready, got = ready_http_probe(self.port, self.path)
+        except LockError as e:
+            ready, got = False, str(e)
+        if not ready and got != self.last:
+            print(PROG + ": not ready yet: " + got, file=sys.stderr)
+            self.last = got
+        return ready
 
 
 class _NotifySocket:
@@ -326,7 +358,13 @@ def _set_state(lock: PortLock, state: str) -> None:
 
 
 def _run_to_end(
-    child: subprocess.Popen, stopping: list, lock: PortLock, policy: str, port: int, notify
+    child: subprocess.Popen,
+    stopping: list,
+    lock: PortLock,
+    policy: str,
+    port: int,
+    notify,
+    http=None,
 ) -> int:
     """Waits for CMD and then for the rest of its group: SIGTERM to the group
     once CMD has exited (unless a forwarded signal already started the
@@ -357,13 +395,13 @@ def _run_to_end(
             elif policy == "notify":
                 ready = notify.ready()
             elif time.monotonic() >= next_check:
-                ready = _listening(port)
+                ready = http.ready() if http is not None else _listening(port)
                 next_check = time.monotonic() + delay
                 delay = min(delay * 2, LISTEN_MAX)
             if ready:
                 _set_state(lock, "ready")
                 _tell_manager("MAINPID=%d\nREADY=1\n" % os.getpid())
-            elif policy == "listen":
+            elif policy in ("listen", "http"):
                 wait = max(0.0, min(POLL, next_check - time.monotonic()))
         if not announced_stop and (stopping or code is not None):
             announced_stop = True
@@ -398,7 +436,7 @@ def _run_to_end(
 
 def usage() -> int:
     print(
-        "usage: %s [--ready listen|notify|immediate] PORT -- CMD [ARGS...]" % PROG,
+        "usage: %s [--ready listen|notify|immediate|http[:PATH]] PORT -- CMD [ARGS...]" % PROG,
         file=sys.stderr,
     )
     return 2
@@ -406,13 +444,24 @@ def usage() -> int:
 
 def main(argv) -> int:
     policy = "listen"
+    http_path = "/health"
     if len(argv) > 1 and argv[1] == "--ready":
         if len(argv) < 3:
             return usage()
         policy = argv[2]
+        if policy.startswith("http:"):
+            http_path = policy[len("http:"):]
+            try:
+                # The library's rule, so the CLI, C and Python accept the same paths.
+                check_http_path(http_path)
+            except LockError as e:
+                print(PROG + ": invalid --ready %s: %s" % (policy, e), file=sys.stderr)
+                return 2
+            policy = "http"
         if policy not in POLICIES:
             print(
-                PROG + ": invalid --ready %s: use listen, notify or immediate" % policy,
+                PROG + ": invalid --ready %s: use listen, notify, immediate, http or http:/PATH"
+                % policy,
                 file=sys.stderr,
             )
             return 2
@@ -560,7 +609,8 @@ def main(argv) -> int:
     for signum in passed_early:
         pass_on(signum, None)
     try:
-        code = _run_to_end(child, stopping, lock, policy, port, notify)
+        http = _HttpCheck(port, http_path) if policy == "http" else None
+        code = _run_to_end(child, stopping, lock, policy, port, notify, http)
     finally:
         if notify is not None:
             notify.close()

@@ -702,5 +702,46 @@ class PortListenerTest(unittest.TestCase):
                 llmlb_lock.port_listener(port)
 
 
+
+class ReadyHttpProbeTest(unittest.TestCase):
+    def test_a_probe_says_what_it_got(self):
+        import http.server
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(204 if self.path == "/ok" else 503)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        port = server.server_address[1]
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            self.assertEqual(llmlb_lock.ready_http_probe(port, "/ok"), (True, "GET /ok: 204"))
+            self.assertEqual(llmlb_lock.ready_http_probe(port), (False, "GET /health: 503"))
+            self.assertEqual(
+                llmlb_lock.ready_http_probe(port, "/ok", host="0.0.0.0"), (True, "GET /ok: 204")
+            )
+        finally:
+            server.shutdown()
+            server.server_close()
+        ready, text = llmlb_lock.ready_http_probe(port)
+        self.assertFalse(ready)
+        self.assertEqual(text, "GET /health: connection refused")
+
+    def test_bad_paths_and_ports_are_refused(self):
+        llmlb_lock.check_http_path("/v1/models")
+        for path in ("", "health", "/a b", "/\x1b", "/caf\u00e9", "/a\0b"):
+            with self.assertRaises(LockError) as caught:
+                llmlb_lock.check_http_path(path)
+            self.assertEqual(caught.exception.status, llmlb_lock.INVALID_ARGUMENT, path)
+            with self.assertRaises(LockError):
+                llmlb_lock.ready_http_probe(80, path)
+        with self.assertRaises(LockError):
+            llmlb_lock.ready_http_probe(0)
+
 if __name__ == "__main__":
     unittest.main()
