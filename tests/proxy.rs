@@ -25,6 +25,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cli_support::*;
+use llmlb::lock::LockInfo;
+
+/// The lock record of `port`, if the file parses.
+fn record(env: &Env, port: u16) -> Option<LockInfo> {
+    LockInfo::parse(&std::fs::read(env.lock_file(port)).ok()?)
+}
 
 fn double() -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -86,7 +92,10 @@ fn read_answer(reader: &mut BufReader<TcpStream>) -> Result<Option<Answer>, Stri
         }
         if let Some((name, value)) = line.split_once(':') {
             if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse().map_err(|_| format!("length: {line}"))?;
+                length = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("length: {line}"))?;
             } else if name.eq_ignore_ascii_case("x-served-by") {
                 served_by = value.trim().parse().ok();
             }
@@ -166,10 +175,9 @@ impl Load {
                         Ok((200, _, _)) => {
                             ok.fetch_add(1, Ordering::SeqCst);
                         }
-                        Ok((status, _, body)) => failed.push(format!(
-                            "{status} {}",
-                            String::from_utf8_lossy(&body)
-                        )),
+                        Ok((status, _, body)) => {
+                            failed.push(format!("{status} {}", String::from_utf8_lossy(&body)))
+                        }
                         Err(e) => failed.push(e),
                     }
                     thread::sleep(Duration::from_millis(2));
@@ -207,10 +215,9 @@ impl Load {
                         // Closed between requests: open another, retry.
                         Ok(None) if reused => {}
                         Ok(None) => failed.push("a fresh connection closed unanswered".into()),
-                        Ok(Some((status, _, body))) => failed.push(format!(
-                            "{status} {}",
-                            String::from_utf8_lossy(&body)
-                        )),
+                        Ok(Some((status, _, body))) => {
+                            failed.push(format!("{status} {}", String::from_utf8_lossy(&body)))
+                        }
                         Err(e) => failed.push(e),
                     }
                     thread::sleep(Duration::from_millis(2));
@@ -297,7 +304,12 @@ fn stop(env: &Env, port: u16, server: &mut Proc) {
     let out = env.run(&["stop", "-p", &port.to_string(), "-t", "40"]);
     assert_eq!(out.code(), Some(0), "{out:?}");
     let status = server.wait();
-    assert_eq!(status.code(), Some(0), "{status}; stderr:\n{}", server.stderr());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{status}; stderr:\n{}",
+        server.stderr()
+    );
 }
 
 /// Plain requests, an SSE stream, and an upgraded connection whose raw
@@ -310,7 +322,7 @@ fn every_protocol_passes_byte_for_byte() {
     let mut server = proxied(&env, port, &["--ready", "http"], &[]);
     let served_by = wait_serving(port, &mut server);
 
-    let info = env.read_info(port).expect("a record");
+    let info = record(&env, port).expect("a record");
     let backend = info.backend_port.expect("backend_port in the record");
     assert_ne!(backend, port);
     let (status, pid, _) = get(backend, "/hello").expect("the backend answers directly");
@@ -332,6 +344,7 @@ fn every_protocol_passes_byte_for_byte() {
     let (status, _, body) = read_answer(&mut reader).unwrap().expect("an answer");
     assert_eq!(status, 200);
     assert!(body == payload, "the echoed body differs");
+    drop(reader);
 
     assert_whole_stream(sse(port, 20, 200), 20);
 
@@ -339,15 +352,21 @@ fn every_protocol_passes_byte_for_byte() {
     // reaches the backend, which half-closes too once it has echoed all.
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-        .unwrap();
+    s.write_all(
+        b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8];
     while !head.ends_with(b"\r\n\r\n") {
         s.read_exact(&mut byte).unwrap();
         head.push(byte[0]);
     }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
     let raw: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 256) as u8).collect();
     let writer = {
         let mut s = s.try_clone().unwrap();
@@ -360,10 +379,16 @@ fn every_protocol_passes_byte_for_byte() {
     let mut echoed = Vec::new();
     s.read_to_end(&mut echoed).expect("the echo, then EOF");
     writer.join().unwrap();
-    assert!(echoed == raw, "echoed {} of {} bytes, or not the same", echoed.len(), raw.len());
+    assert!(
+        echoed == raw,
+        "echoed {} of {} bytes, or not the same",
+        echoed.len(),
+        raw.len()
+    );
+    drop(s);
 
     stop(&env, port, &mut server);
-    assert!(env.read_info(port).is_none(), "the record is left");
+    assert!(record(&env, port).is_none(), "the record is left");
 }
 
 /// Issue 27 §5: a proxied server that takes 2 s to load is replaced 20
@@ -389,12 +414,14 @@ fn twenty_replaces_of_a_slow_loading_server_fail_no_request() {
         );
         let next_pid = next.pid();
         wait_until("the new server to hold the port", || {
-            env.read_info(port)
-                .is_some_and(|i| i.pid == next_pid && i.draining.is_empty())
+            record(&env, port).is_some_and(|i| i.pid == next_pid && i.draining.is_empty())
                 || next.try_wait().is_some()
         });
         if let Some(status) = next.try_wait() {
-            panic!("round {round}: the replace exited ({status}); stderr:\n{}", next.stderr());
+            panic!(
+                "round {round}: the replace exited ({status}); stderr:\n{}",
+                next.stderr()
+            );
         }
         let status = current.wait();
         assert_eq!(
@@ -435,16 +462,22 @@ fn a_broken_release_never_takes_the_port() {
         args.extend_from_slice(extra);
         let mut broken = proxied(&env, port, &args, faults);
         let status = broken.wait();
-        assert_eq!(status.code(), Some(1), "{faults:?}: {status}; stderr:\n{}", broken.stderr());
+        assert_eq!(
+            status.code(),
+            Some(1),
+            "{faults:?}: {status}; stderr:\n{}",
+            broken.stderr()
+        );
         assert!(
-            broken
+            broken.stderr().contains(&format!(
+                "port {port} stays with PID {old_pid}, which serves on"
+            )) || broken
                 .stderr()
-                .contains(&format!("port {port} stays with PID {old_pid}, which serves on"))
-                || broken.stderr().contains(&format!("gave port {port} back to PID {old_pid}")),
+                .contains(&format!("gave port {port} back to PID {old_pid}")),
             "{faults:?}: {}",
             broken.stderr()
         );
-        let info = env.read_info(port).expect("the old record");
+        let info = record(&env, port).expect("the old record");
         assert_eq!(info.pid, old_pid, "{faults:?}: {info:?}");
         assert_eq!(get(port, "/hello").unwrap().1, Some(old_command));
     }

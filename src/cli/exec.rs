@@ -167,10 +167,21 @@ fn start_front(
 }
 
 /// Stops the proxy's accepting (what it accepted is still forwarded), and
-/// returns it for the drain once the command has ended.
-async fn stop_accepting(front: Option<&Front>) -> Option<Proxy> {
-    let proxy = take_front(front?)?;
+/// returns it for the drain once the command has ended. Returns once the
+/// command has accepted every connection the proxy made to it (bounded):
+/// a command told to stop closes its listener, and the kernel would reset
+/// what is still queued there.
+async fn stop_accepting(front: Option<&Front>, backend_port: Option<u16>) -> Option<Proxy> {
+    let mut proxy = take_front(front?)?;
+    let deadline = Instant::now() + PROXY_SETTLE;
     proxy.stop_accepting_and_settle(PROXY_SETTLE).await;
+    if let Some(port) = backend_port {
+        while backend::accept_queue(port).is_some_and(|queued| queued > 0)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
     Some(proxy)
 }
 
@@ -246,7 +257,11 @@ pub(crate) async fn run(
                 }
                 Some(picked)
             }
-            Err(e) => return fail(format!("cannot find a free port on 127.0.0.1 for {shown}: {e}")),
+            Err(e) => {
+                return fail(format!(
+                    "cannot find a free port on 127.0.0.1 for {shown}: {e}"
+                ))
+            }
         },
     };
     let (probe_host, probe_port) = match backend_port {
@@ -347,8 +362,8 @@ pub(crate) async fn run(
     // A successor's readiness is watched on through the grace window: a
     // command that stops answering (or listening) there gives the port
     // back. Dropped once the replace commits: nothing to decide after it.
-    let probation = handovers.is_pending()
-        && matches!(ready.policy(), ReadyPolicy::Http | ReadyPolicy::Listen);
+    let probation =
+        handovers.is_pending() && matches!(ready.policy(), ReadyPolicy::Http | ReadyPolicy::Listen);
     let readiness = if probation {
         readiness.keep_watching()
     } else {
@@ -392,7 +407,7 @@ pub(crate) async fn run(
                 fail(why);
                 watching = false;
                 lost = true;
-                stopped_front = stopped_front.or(stop_accepting(front.as_ref()).await);
+                stopped_front = stopped_front.or(stop_accepting(front.as_ref(), backend_port).await);
                 stopping.begin(tree, ForwardSignal::Terminate, drains.stopped);
             }
             received = signals.next() => match received {
@@ -402,7 +417,7 @@ pub(crate) async fn run(
                         super::serve::announce(lock, ServeState::Stopping);
                     }
                     asked.push(sig);
-                    stopped_front = stopped_front.or(stop_accepting(front.as_ref()).await);
+                    stopped_front = stopped_front.or(stop_accepting(front.as_ref(), backend_port).await);
                     stopping.begin(tree, sig, drains.stopped);
                 }
                 // The command's to interpret (reload, reopen logs, a stop of
@@ -436,7 +451,7 @@ pub(crate) async fn run(
                 drained = true;
                 tracing::info!("handed port {port} over to PID {pid}; stopping {shown} (it finishes what it accepted)");
                 super::serve::tell_stopping(&format!("handed port {port} over to PID {pid}; draining"));
-                stopped_front = stopped_front.or(stop_accepting(front.as_ref()).await);
+                stopped_front = stopped_front.or(stop_accepting(front.as_ref(), backend_port).await);
                 stopping.begin(tree, ForwardSignal::Terminate, drains.handed_over);
             }
             () = stopping.due() => {
@@ -509,9 +524,10 @@ pub(crate) async fn run(
                 // only from a watch told to keep watching, which this is not.
                 _ => {}
             },
-            Ok(_) = &mut committed_rx, if !committed => {
+            sent = &mut committed_rx, if !committed => {
+                // Err: the server took a free port; nothing to commit.
                 committed = true;
-                if probation {
+                if sent.is_ok() && probation {
                     // Its drop may wait for a probe in flight: not here.
                     if let Some(watch) = watch.take() {
                         tokio::task::spawn_blocking(move || drop(watch));
@@ -523,7 +539,7 @@ pub(crate) async fn run(
     };
     drop(watch);
     // A command that ended by itself: nothing to forward to any more.
-    stopped_front = stopped_front.or(stop_accepting(front.as_ref()).await);
+    stopped_front = stopped_front.or(stop_accepting(front.as_ref(), backend_port).await);
     // Never ready, or not for the grace window: a predecessor still
     // serving gets its port back.
     let gave_back = handovers.abort();
@@ -539,9 +555,9 @@ pub(crate) async fn run(
     // What the proxy accepted ended with the command's connections, or is
     // cut when the drain time is up.
     if let Some(proxy) = stopped_front {
-        let left = stopping
-            .deadline
-            .map_or(drains.stopped, |d| d.saturating_duration_since(Instant::now()));
+        let left = stopping.deadline.map_or(drains.stopped, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
         let report = proxy.drain(left).await;
         if report.cut > 0 {
             tracing::warn!(
@@ -555,6 +571,8 @@ pub(crate) async fn run(
             let code = exec::exit_code(status);
             if drained {
                 tracing::info!("{shown} exited ({status}); port {port} is its successor's");
+            } else if let Some(pid) = gave_back {
+                tracing::info!("{shown} exited ({status}); port {port} is PID {pid}'s again");
             } else {
                 tracing::info!("{shown} exited ({status}); releasing port {port}");
             }

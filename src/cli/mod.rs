@@ -760,7 +760,9 @@ fn run_serve(
                 backend_port: args.backend_port,
                 max_connections: args
                     .max_connections
-                    .map_or(llmlb::supervise::proxy::DEFAULT_MAX_CONNECTIONS, |n| n as usize),
+                    .map_or(llmlb::supervise::proxy::DEFAULT_MAX_CONNECTIONS, |n| {
+                        n as usize
+                    }),
             }),
         },
     );

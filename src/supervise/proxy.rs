@@ -176,9 +176,8 @@ impl Proxy {
         options: ProxyOptions,
         copier: Copier,
     ) -> io::Result<Proxy> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            io::Error::other("the proxy must be started inside a tokio runtime")
-        })?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| io::Error::other("the proxy must be started inside a tokio runtime"))?;
         listener.set_nonblocking(true)?;
         let listener = {
             let _entered = runtime.enter();
@@ -232,9 +231,14 @@ impl Proxy {
     /// it accepted has its backend connection made or failed: from then on
     /// the backend may stop listening (a graceful shutdown) without a
     /// connection the proxy accepted being refused by it.
-    pub async fn stop_accepting_and_settle(&self, bound: Duration) {
+    pub async fn stop_accepting_and_settle(&mut self, bound: Duration) {
         self.stop_accepting();
         let deadline = tokio::time::Instant::now() + bound;
+        if let Some(task) = self.accept_task.take() {
+            // A connection it accepted just before the stop is counted
+            // once it returns (it returns as soon as it sees the stop).
+            let _ = tokio::time::timeout_at(deadline, task).await;
+        }
         while self.connecting() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }

@@ -56,16 +56,52 @@ pub fn substitute(args: &[OsString], port: u16) -> Vec<OsString> {
         .collect()
 }
 
+/// How many connections wait in the accept queue of the listener on
+/// 127.0.0.1:`port` (made, not yet accepted by the command); `None` where
+/// this cannot be known (not Linux, or no such listener).
+///
+/// A proxy that stops accepting waits for this to reach zero before it
+/// stops its command: a server shutting down closes its listening socket,
+/// and the kernel resets the connections still queued there, each one a
+/// client's request the proxy had accepted.
+pub fn accept_queue(port: u16) -> Option<u32> {
+    #[cfg(target_os = "linux")]
+    {
+        // For a listening socket, /proc/net/tcp's rx_queue is the length
+        // of its accept queue.
+        let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+        let local = format!("0100007F:{port:04X}");
+        table.lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(1) != Some(&local.as_str()) || fields.get(3) != Some(&"0A") {
+                return None;
+            }
+            let (_tx, rx) = fields.get(4)?.split_once(':')?;
+            u32::from_str_radix(rx, 16).ok()
+        })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = port;
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn every_placeholder_is_replaced_and_nothing_else() {
-        let args: Vec<OsString> = ["--port", "{port}", "--url=http://x:{port}/{port}", "{ port}"]
-            .iter()
-            .map(OsString::from)
-            .collect();
+        let args: Vec<OsString> = [
+            "--port",
+            "{port}",
+            "--url=http://x:{port}/{port}",
+            "{ port}",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
         let out = substitute(&args, 43127);
         assert_eq!(
             out,
@@ -85,5 +121,22 @@ mod tests {
         assert_ne!(picked, port);
         drop(taken);
         assert_eq!(pick_port(Some(port)).unwrap(), (port, true));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_accept_queue_counts_connections_not_yet_accepted() {
+        let listener = TcpListener::bind(address(0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(accept_queue(port), Some(0));
+        let clients: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(address(port)).unwrap())
+            .collect();
+        assert_eq!(accept_queue(port), Some(3));
+        let _accepted = listener.accept().unwrap();
+        assert_eq!(accept_queue(port), Some(2));
+        drop(clients);
+        drop(listener);
+        assert_eq!(accept_queue(port), None);
     }
 }

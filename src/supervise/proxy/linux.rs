@@ -84,7 +84,12 @@ async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<()> {
         }) {
             Ok(0) => break,
             Ok(filled) => filled,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
                 continue
             }
             Err(e) => return Err(e),
@@ -99,7 +104,10 @@ async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<()> {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(moved) => left -= moved,
                 Err(e)
-                    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => return Err(e),
             }
         }
