@@ -10,13 +10,12 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use llmlb::lock::{PortGuard, ServeState};
 use llmlb::supervise::exec::{self, configure_exec_child, CommandTree, ForwardSignal};
-use llmlb::supervise::proxy::{self, backend, Proxy, ProxyOptions};
+use llmlb::supervise::proxy::{self, backend, Front, ProxyOptions};
 use llmlb::supervise::ready::{Readiness, ReadyEvent, ReadyPolicy, ReadySpec, ReadyWatch};
 use llmlb::supervise::socket_pass::{pass_listener, PassSocket};
 use llmlb::supervise::SharedLock;
@@ -127,10 +126,6 @@ impl Stopping {
     }
 }
 
-/// How long a proxy that stops accepting waits for the backend connections
-/// of what it accepted before its command is told to stop.
-const PROXY_SETTLE: Duration = Duration::from_secs(1);
-
 /// `serve --proxy`: llmlb accepts on the port and forwards to the command.
 pub(crate) struct ProxyPlan {
     /// `--backend-port`: the private port wanted for the command.
@@ -139,50 +134,11 @@ pub(crate) struct ProxyPlan {
     pub(crate) max_connections: usize,
 }
 
-/// The proxy in front of the command, once it accepts: started when the
-/// command is ready (a successor's, when its replace commits), taken when
-/// the server stops accepting.
-type Front = Arc<Mutex<Option<Proxy>>>;
-
-fn take_front(front: &Front) -> Option<Proxy> {
-    front.lock().unwrap_or_else(|p| p.into_inner()).take()
-}
-
-/// Starts accepting on a copy of `listener` and forwarding to `to`, as a
-/// task of the runtime `runtime` (callable from any thread).
-fn start_front(
-    front: &Front,
-    runtime: &tokio::runtime::Handle,
-    listener: &TcpListener,
-    to: std::net::SocketAddr,
-    max_connections: usize,
-    port: u16,
-) -> io::Result<()> {
-    let copy = listener.try_clone()?;
-    let _entered = runtime.enter();
-    let started = Proxy::start(copy, to, ProxyOptions { max_connections })?;
-    *front.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
-    tracing::info!("accepting on port {port}, forwarding to {to}");
-    Ok(())
-}
-
-/// Stops the proxy's accepting (what it accepted is still forwarded), and
-/// returns it for the drain once the command has ended. Returns once the
-/// command has accepted every connection the proxy made to it (bounded):
-/// a command told to stop closes its listener, and the kernel would reset
-/// what is still queued there.
-async fn stop_accepting(front: Option<&Front>, backend_port: Option<u16>) -> Option<Proxy> {
-    let mut proxy = take_front(front?)?;
-    let deadline = Instant::now() + PROXY_SETTLE;
-    proxy.stop_accepting_and_settle(PROXY_SETTLE).await;
-    if let Some(port) = backend_port {
-        while backend::accept_queue(port).is_some_and(|queued| queued > 0)
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+/// Stops the proxy's accepting, if there is one (see [`Front::stop_accepting`]).
+async fn stop_accepting(front: Option<&mut Front>) {
+    if let Some(front) = front {
+        front.stop_accepting().await;
     }
-    Some(proxy)
 }
 
 /// What exec mode runs, and how it is started.
@@ -263,6 +219,19 @@ pub(crate) async fn run(
                 ))
             }
         },
+    };
+    // The proxy in front of the command (accepting once it is ready).
+    let mut front = match (socket, &proxy_plan, backend_port) {
+        (Some(socket), Some(plan), Some(b)) => {
+            let options = ProxyOptions {
+                max_connections: plan.max_connections,
+            };
+            match Front::new(socket.listener(), b, options) {
+                Ok(front) => Some(front),
+                Err(e) => return fail(format!("cannot set up the proxy of port {port}: {e}")),
+            }
+        }
+        _ => None,
     };
     let (probe_host, probe_port) = match backend_port {
         Some(b) => ("127.0.0.1", b),
@@ -393,10 +362,6 @@ pub(crate) async fn run(
     // its code is not the outcome.
     let mut drained = false;
     let mut stopping = Stopping::default();
-    let front: Option<Front> = backend_port.map(|_| Arc::new(Mutex::new(None)));
-    // Stopped accepting, forwarding what it accepted until the command ends.
-    let mut stopped_front: Option<Proxy> = None;
-    let runtime = tokio::runtime::Handle::current();
     let mut reap = tokio::time::interval(REAP_INTERVAL);
     let status = loop {
         tokio::select! {
@@ -407,7 +372,7 @@ pub(crate) async fn run(
                 fail(why);
                 watching = false;
                 lost = true;
-                stopped_front = stopped_front.or(stop_accepting(front.as_ref(), backend_port).await);
+                stop_accepting(front.as_mut()).await;
                 stopping.begin(tree, ForwardSignal::Terminate, drains.stopped);
             }
             received = signals.next() => match received {
@@ -417,7 +382,7 @@ pub(crate) async fn run(
                         super::serve::announce(lock, ServeState::Stopping);
                     }
                     asked.push(sig);
-                    stopped_front = stopped_front.or(stop_accepting(front.as_ref(), backend_port).await);
+                    stop_accepting(front.as_mut()).await;
                     stopping.begin(tree, sig, drains.stopped);
                 }
                 // The command's to interpret (reload, reopen logs, a stop of
@@ -451,7 +416,7 @@ pub(crate) async fn run(
                 drained = true;
                 tracing::info!("handed port {port} over to PID {pid}; stopping {shown} (it finishes what it accepted)");
                 super::serve::tell_stopping(&format!("handed port {port} over to PID {pid}; draining"));
-                stopped_front = stopped_front.or(stop_accepting(front.as_ref(), backend_port).await);
+                stop_accepting(front.as_mut()).await;
                 stopping.begin(tree, ForwardSignal::Terminate, drains.handed_over);
             }
             () = stopping.due() => {
@@ -477,35 +442,27 @@ pub(crate) async fn run(
                             let _ = tx.send(pid);
                         }));
                     }
-                    if let (Some(front), Some(socket), Some(plan), Some(b)) =
-                        (&front, socket, &proxy_plan, backend_port)
-                    {
-                        let (front, runtime) = (Arc::clone(front), runtime.clone());
-                        let max = plan.max_connections;
-                        let to = backend::address(b);
-                        match socket.listener().try_clone() {
-                            // A successor accepts once its replace commits;
-                            // a server that took a free port, at once.
-                            Ok(listener) if handovers.is_pending() => {
-                                commit.before_drain = Some(Box::new(move || {
-                                    if let Err(e) = start_front(&front, &runtime, &listener, to, max, port) {
-                                        tracing::error!("cannot accept on port {port}: {e}");
-                                    }
-                                }));
-                            }
-                            listener => {
-                                let started = listener.and_then(|l| start_front(&front, &runtime, &l, to, max, port));
-                                if let Err(e) = started {
-                                    fail(format!("cannot accept on port {port}: {e}; stopping {shown}"));
-                                    timed_out = true;
-                                    if handovers.abort().is_none() {
-                                        super::serve::announce(lock, ServeState::Stopping);
-                                    }
-                                    stopping.begin(tree, ForwardSignal::Terminate, drains.stopped);
-                                    continue;
+                    // A successor accepts once its replace commits; a
+                    // server that took a free port, at once.
+                    let started = match &front {
+                        Some(front) if handovers.is_pending() => front.starter().map(|start| {
+                            commit.before_drain = Some(Box::new(move || {
+                                if let Err(e) = start() {
+                                    tracing::error!("cannot accept on port {port}: {e}");
                                 }
-                            }
+                            }));
+                        }),
+                        Some(front) => front.start(),
+                        None => Ok(()),
+                    };
+                    if let Err(e) = started {
+                        fail(format!("cannot accept on port {port}: {e}; stopping {shown}"));
+                        timed_out = true;
+                        if handovers.abort().is_none() {
+                            super::serve::announce(lock, ServeState::Stopping);
                         }
+                        stopping.begin(tree, ForwardSignal::Terminate, drains.stopped);
+                        continue;
                     }
                     handovers.ready(commit);
                 }
@@ -539,7 +496,7 @@ pub(crate) async fn run(
     };
     drop(watch);
     // A command that ended by itself: nothing to forward to any more.
-    stopped_front = stopped_front.or(stop_accepting(front.as_ref(), backend_port).await);
+    stop_accepting(front.as_mut()).await;
     // Never ready, or not for the grace window: a predecessor still
     // serving gets its port back.
     let gave_back = handovers.abort();
@@ -554,12 +511,11 @@ pub(crate) async fn run(
     }
     // What the proxy accepted ended with the command's connections, or is
     // cut when the drain time is up.
-    if let Some(proxy) = stopped_front {
+    if let Some(front) = front.as_mut() {
         let left = stopping.deadline.map_or(drains.stopped, |d| {
             d.saturating_duration_since(Instant::now())
         });
-        let report = proxy.drain(left).await;
-        if report.cut > 0 {
+        if let Some(report) = front.drain(left).await.filter(|r| r.cut > 0) {
             tracing::warn!(
                 "closed {} forwarded connection(s) still open when the drain time ran out (--drain-timeout)",
                 report.cut

@@ -28,6 +28,9 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
 pub mod backend;
+mod front;
+
+pub use front::Front;
 
 #[cfg_attr(not(target_os = "linux"), path = "proxy/other.rs")]
 #[cfg_attr(target_os = "linux", path = "proxy/linux.rs")]
