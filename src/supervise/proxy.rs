@@ -172,9 +172,8 @@ impl Proxy {
         options: ProxyOptions,
         copier: Copier,
     ) -> io::Result<Proxy> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            io::Error::other("the proxy must be started inside a tokio runtime")
-        })?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| io::Error::other("the proxy must be started inside a tokio runtime"))?;
         listener.set_nonblocking(true)?;
         let listener = {
             let _entered = runtime.enter();

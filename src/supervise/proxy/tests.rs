@@ -56,7 +56,9 @@ fn start(backend: SocketAddr, max_connections: usize, copier: Copier) -> (Proxy,
 /// A backend that echoes every connection, passing its EOF on; counts the
 /// connections it accepted.
 async fn echo_backend() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a backend");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a backend");
     let addr = listener.local_addr().expect("its address");
     let accepted = Arc::new(AtomicUsize::new(0));
     tokio::spawn(echo_on(listener, Arc::clone(&accepted)));
@@ -92,7 +94,9 @@ fn pattern(seed: u64, index: u64) -> u8 {
 /// Sends `len` bytes of stream `seed` through `addr` and checks the echo
 /// byte for byte, both directions at once; then the EOF must come back.
 async fn echo_through(addr: SocketAddr, seed: u64, len: u64) {
-    let stream = TcpStream::connect(addr).await.expect("connect to the proxy");
+    let stream = TcpStream::connect(addr)
+        .await
+        .expect("connect to the proxy");
     let (mut read, mut write) = stream.into_split();
     let writer = tokio::spawn(async move {
         let mut sent = 0;
@@ -133,7 +137,17 @@ fn echoes_every_size_byte_for_byte_in_both_directions_at_once() {
     each_copier(|copier| async move {
         let (backend, _) = echo_backend().await;
         let (proxy, addr) = start(backend, 64, copier);
-        let sizes = [0, 1, 1_000, 65_535, 65_536, 65_537, 1 << 20, (5 << 20) + 3, 9 << 20];
+        let sizes = [
+            0,
+            1,
+            1_000,
+            65_535,
+            65_536,
+            65_537,
+            1 << 20,
+            (5 << 20) + 3,
+            9 << 20,
+        ];
         let mut streams = Vec::new();
         for (seed, len) in sizes.into_iter().enumerate() {
             streams.push(tokio::spawn(echo_through(addr, seed as u64, len)));
@@ -174,9 +188,12 @@ fn half_close_from_the_client_reaches_the_backend_and_its_reply_the_client() {
         client.write_all(b"hello").await.unwrap();
         client.shutdown().await.unwrap();
         let mut reply = String::new();
-        within("the reply after the client's EOF", client.read_to_string(&mut reply))
-            .await
-            .expect("read the reply");
+        within(
+            "the reply after the client's EOF",
+            client.read_to_string(&mut reply),
+        )
+        .await
+        .expect("read the reply");
         assert_eq!(reply, "got 5 bytes");
     });
 }
@@ -205,7 +222,9 @@ fn half_close_from_the_backend_reaches_the_client_which_can_still_send() {
         assert_eq!(greeting, b"greeting");
         client.write_all(b"sent after the EOF").await.unwrap();
         client.shutdown().await.unwrap();
-        let request = within("the backend reading the client", received).await.unwrap();
+        let request = within("the backend reading the client", received)
+            .await
+            .unwrap();
         assert_eq!(request, b"sent after the EOF");
     });
 }
@@ -245,7 +264,11 @@ fn a_refusing_backend_closes_the_client_and_the_proxy_serves_on() {
             .await
             .expect("bind the backend's port again");
         tokio::spawn(echo_on(listener, Arc::default()));
-        within("an echo once the backend is up", echo_through(addr, 7, 100_000)).await;
+        within(
+            "an echo once the backend is up",
+            echo_through(addr, 7, 100_000),
+        )
+        .await;
         let report = within("the drain", proxy.drain(DEADLINE)).await;
         assert_eq!(report.forwarded, 2);
         assert_eq!(report.backend_failures, 1);
@@ -262,10 +285,14 @@ fn a_reset_on_either_side_closes_both() {
 
         // The backend resets mid-stream.
         let mut client = TcpStream::connect(addr).await.unwrap();
-        let (mut served, _) = within("the backend's accept", listener.accept()).await.unwrap();
+        let (mut served, _) = within("the backend's accept", listener.accept())
+            .await
+            .unwrap();
         served.write_all(b"partial").await.unwrap();
         let mut partial = [0u8; 7];
-        within("the partial answer", client.read_exact(&mut partial)).await.unwrap();
+        within("the partial answer", client.read_exact(&mut partial))
+            .await
+            .unwrap();
         assert_eq!(&partial, b"partial");
         served.set_zero_linger().unwrap();
         drop(served);
@@ -274,9 +301,13 @@ fn a_reset_on_either_side_closes_both() {
 
         // The client resets mid-stream.
         let mut client = TcpStream::connect(addr).await.unwrap();
-        let (mut served, _) = within("the backend's accept", listener.accept()).await.unwrap();
+        let (mut served, _) = within("the backend's accept", listener.accept())
+            .await
+            .unwrap();
         client.write_all(b"partial").await.unwrap();
-        within("the partial request", served.read_exact(&mut partial)).await.unwrap();
+        within("the partial request", served.read_exact(&mut partial))
+            .await
+            .unwrap();
         client.set_zero_linger().unwrap();
         drop(client);
         sees_closed("the backend after the client's reset", &mut served).await;
@@ -304,17 +335,30 @@ fn beyond_max_connections_a_client_waits_in_the_queue_until_one_closes() {
                 .unwrap();
         }
         // Connected by the kernel (the queue), not accepted by the proxy.
-        let mut third = TcpStream::connect(addr).await.expect("the queue takes the third");
+        let mut third = TcpStream::connect(addr)
+            .await
+            .expect("the queue takes the third");
         third.write_all(b"y").await.unwrap();
         // A wait that can only miss a defect, never invent one.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(proxy.active(), 2, "a third connection was accepted beyond the limit");
-        assert_eq!(accepted.load(Ordering::SeqCst), 2, "the backend saw a third connection");
+        assert_eq!(
+            proxy.active(),
+            2,
+            "a third connection was accepted beyond the limit"
+        );
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "the backend saw a third connection"
+        );
         drop(first);
         let mut echo = [0u8; 1];
-        within("the queued client forwarded once one closed", third.read_exact(&mut echo))
-            .await
-            .unwrap();
+        within(
+            "the queued client forwarded once one closed",
+            third.read_exact(&mut echo),
+        )
+        .await
+        .unwrap();
         assert_eq!(&echo, b"y");
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
     });
@@ -327,7 +371,9 @@ fn a_drain_forwards_open_connections_until_they_close() {
         let (proxy, addr) = start(backend, 8, copier);
         let mut client = TcpStream::connect(addr).await.unwrap();
         client.write_all(b"before").await.unwrap();
-        within("the echo", client.read_exact(&mut [0u8; 6])).await.unwrap();
+        within("the echo", client.read_exact(&mut [0u8; 6]))
+            .await
+            .unwrap();
         let mut drain = Box::pin(proxy.drain(DEADLINE * 3));
         // One poll begins the drain, which closes the listener at once.
         tokio::select! {
@@ -342,12 +388,19 @@ fn a_drain_forwards_open_connections_until_they_close() {
         let drain = tokio::spawn(drain);
         client.write_all(b"during").await.unwrap();
         let mut echo = [0u8; 6];
-        within("an echo while draining", client.read_exact(&mut echo)).await.unwrap();
+        within("an echo while draining", client.read_exact(&mut echo))
+            .await
+            .unwrap();
         assert_eq!(&echo, b"during");
-        assert!(!drain.is_finished(), "the drain ended before its connection did");
+        assert!(
+            !drain.is_finished(),
+            "the drain ended before its connection did"
+        );
         client.shutdown().await.unwrap();
         sees_closed("the echo's EOF", &mut client).await;
-        let report = within("the drain once the connection closed", drain).await.unwrap();
+        let report = within("the drain once the connection closed", drain)
+            .await
+            .unwrap();
         assert_eq!(report.cut, 0);
         assert_eq!(report.forwarded, 1);
     });
@@ -360,7 +413,9 @@ fn a_drain_cuts_a_stuck_connection_at_its_timeout() {
         let (proxy, addr) = start(backend, 8, copier);
         let mut client = TcpStream::connect(addr).await.unwrap();
         client.write_all(b"stuck").await.unwrap();
-        within("the echo", client.read_exact(&mut [0u8; 5])).await.unwrap();
+        within("the echo", client.read_exact(&mut [0u8; 5]))
+            .await
+            .unwrap();
         let report = within("the drain", proxy.drain(Duration::from_millis(100))).await;
         assert_eq!(report.cut, 1);
         assert_eq!(report.forwarded, 1);
@@ -376,7 +431,9 @@ fn after_stop_accepting_new_connections_are_not_forwarded() {
         let (proxy, addr) = start(backend, 8, copier);
         let mut open = TcpStream::connect(addr).await.unwrap();
         open.write_all(b"a").await.unwrap();
-        within("the echo", open.read_exact(&mut [0u8; 1])).await.unwrap();
+        within("the echo", open.read_exact(&mut [0u8; 1]))
+            .await
+            .unwrap();
         proxy.stop_accepting();
         match TcpStream::connect(addr).await {
             Err(_) => {}
@@ -386,9 +443,12 @@ fn after_stop_accepting_new_connections_are_not_forwarded() {
             }
         }
         open.write_all(b"b").await.unwrap();
-        within("the open connection still forwarded", open.read_exact(&mut [0u8; 1]))
-            .await
-            .unwrap();
+        within(
+            "the open connection still forwarded",
+            open.read_exact(&mut [0u8; 1]),
+        )
+        .await
+        .unwrap();
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         assert_eq!(proxy.active(), 1);
         drop(proxy);
@@ -404,9 +464,15 @@ fn after_stop_accepting_new_connections_are_not_forwarded() {
         let (mut successor, _) = within("the copy's accept", copy.accept()).await.unwrap();
         late.write_all(b"late").await.unwrap();
         let mut got = [0u8; 4];
-        within("the successor reading", successor.read_exact(&mut got)).await.unwrap();
+        within("the successor reading", successor.read_exact(&mut got))
+            .await
+            .unwrap();
         assert_eq!(&got, b"late");
-        assert_eq!(accepted.load(Ordering::SeqCst), 1, "the stopped proxy forwarded it");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "the stopped proxy forwarded it"
+        );
         let report = within("the drain", proxy.drain(DEADLINE)).await;
         assert_eq!(report.forwarded, 0);
     });
@@ -433,8 +499,14 @@ fn idle_connections_cost_no_thread_and_no_buffer() {
             .expect("run the test binary again");
         let out = String::from_utf8_lossy(&output.stdout);
         let err = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "the measuring child failed:\n{out}\n{err}");
-        assert!(out.contains("1 passed"), "the measuring child ran no test:\n{out}");
+        assert!(
+            output.status.success(),
+            "the measuring child failed:\n{out}\n{err}"
+        );
+        assert!(
+            out.contains("1 passed"),
+            "the measuring child ran no test:\n{out}"
+        );
         println!("{out}");
         return;
     }
@@ -455,9 +527,11 @@ fn idle_connections_cost_no_thread_and_no_buffer() {
     }
 }
 
-/// (threads, resident bytes) of this process; None where /proc is missing.
-fn threads_and_rss() -> Option<(usize, u64)> {
+/// (threads, resident bytes, open descriptors) of this process; None where
+/// /proc is missing.
+fn threads_rss_fds() -> Option<(usize, u64, usize)> {
     let threads = std::fs::read_dir("/proc/self/task").ok()?.count();
+    let fds = std::fs::read_dir("/proc/self/fd").ok()?.count();
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kib: u64 = status
         .lines()
@@ -467,21 +541,25 @@ fn threads_and_rss() -> Option<(usize, u64)> {
         .trim()
         .parse()
         .ok()?;
-    Some((threads, kib * 1024))
+    Some((threads, kib * 1024, fds))
 }
 
 async fn hold_idle(copier: Copier) {
     const CONNECTIONS: usize = 500;
     // Held at once by this one process: the client's socket, the proxy's
     // two, the backend's; pipes come with the first byte only.
-    let (backend, accepted) = echo_backend().await;
+    let (backend, accepted) = small_echo_backend().await;
     let (proxy, addr) = start(backend, CONNECTIONS, copier);
     // Warm up (allocator arenas, the runtime's structures), then measure.
     echo_through(addr, 1, 10).await;
-    let before = threads_and_rss();
+    let before = threads_rss_fds();
     let mut clients = Vec::with_capacity(CONNECTIONS);
     for _ in 0..CONNECTIONS {
-        clients.push(TcpStream::connect(addr).await.expect("connect an idle client"));
+        clients.push(
+            TcpStream::connect(addr)
+                .await
+                .expect("connect an idle client"),
+        );
     }
     within("every idle connection forwarded", async {
         while accepted.load(Ordering::SeqCst) < CONNECTIONS + 1 || proxy.active() < CONNECTIONS {
@@ -489,11 +567,18 @@ async fn hold_idle(copier: Copier) {
         }
     })
     .await;
-    let after = threads_and_rss();
-    if let (Some((threads_before, rss_before)), Some((threads, rss))) = (before, after) {
+    let after = threads_rss_fds();
+    if let (Some((threads_before, rss_before, fds_before)), Some((threads, rss, fds))) =
+        (before, after)
+    {
         let per_connection = rss.saturating_sub(rss_before) / CONNECTIONS as u64;
         println!(
-            "{copier:?}: {CONNECTIONS} idle connections: threads {threads_before} -> {threads}, {per_connection} bytes of RSS each (client and backend ends included)"
+            "{copier:?}: {CONNECTIONS} idle connections: threads {threads_before} -> {threads}, {per_connection} bytes of RSS each, descriptors {fds_before} -> {fds} (client and backend ends included)"
+        );
+        // The client's socket, the proxy's two, the backend's: no pipe.
+        assert!(
+            fds <= fds_before + 4 * CONNECTIONS,
+            "{copier:?}: {fds} descriptors for {CONNECTIONS} idle connections (from {fds_before}): pipes made before any byte"
         );
         assert!(
             threads <= threads_before + 4,
@@ -507,11 +592,40 @@ async fn hold_idle(copier: Copier) {
     // Idle, not dead: each still forwards.
     for client in &mut clients {
         client.write_all(b"!").await.unwrap();
-        within("an idle connection's echo", client.read_exact(&mut [0u8; 1]))
-            .await
-            .unwrap();
+        within(
+            "an idle connection's echo",
+            client.read_exact(&mut [0u8; 1]),
+        )
+        .await
+        .unwrap();
     }
     drop(clients);
     let report = within("the drain", proxy.drain(DEADLINE)).await;
     assert_eq!(report.cut, 0);
+}
+
+/// An echo backend whose connections cost little memory of their own (no
+/// 8 KiB copy buffer each), so that the proxy's cost shows.
+async fn small_echo_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a backend");
+    let addr = listener.local_addr().expect("its address");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                    if stream.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (addr, accepted)
 }
