@@ -57,9 +57,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// connection stays queued, so accepting again at once would spin.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
-/// How often a failing backend is reported at `warn` level; the failures in
-/// between are logged at `debug` and counted in the next warning.
-const BACKEND_WARN_INTERVAL: Duration = Duration::from_secs(10);
+/// How often a failing backend, or a failing accept, is reported at `warn`
+/// level; the failures in between are logged at `debug` (a backend's are
+/// counted in its next warning).
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How a [`Proxy`] accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +116,11 @@ struct Shared {
     copier: Copier,
     /// The forwarding tasks; `None` once the proxy is dropped. Dropping the
     /// set aborts every task, which closes both of its sockets.
-    connections: Mutex<Option<JoinSet<()>>>,
+    /// Each says whether it was cut.
+    connections: Mutex<Option<JoinSet<bool>>>,
+    /// Tells every connection to close at once, with a reset (the drain's
+    /// timeout).
+    cut: watch::Sender<bool>,
     stats: Arc<Stats>,
 }
 
@@ -182,6 +187,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             listener: Mutex::new(Some(listener)),
             stop: watch::channel(false).0,
+            cut: watch::channel(false).0,
             copier,
             connections: Mutex::new(Some(JoinSet::new())),
             stats: Arc::new(Stats {
@@ -219,7 +225,8 @@ impl Proxy {
 
     /// Stops accepting, then waits until every forwarded connection has
     /// closed or `timeout` has passed, then cuts the rest (closes both of
-    /// their sockets with a reset). Returns once every connection is closed.
+    /// their sockets with a reset, so that neither side takes the cut for
+    /// a complete exchange). Returns once every connection is closed.
     pub async fn drain(mut self, timeout: Duration) -> DrainReport {
         self.stop_accepting();
         if let Some(task) = self.accept_task.take() {
@@ -236,9 +243,10 @@ impl Proxy {
             .await
             .is_ok();
             if !all_closed {
-                connections.abort_all();
+                // Each task resets its sockets and ends at its next poll.
+                self.shared.cut.send_replace(true);
                 while let Some(end) = connections.join_next().await {
-                    if end.is_err_and(|e| e.is_cancelled()) {
+                    if end.unwrap_or(false) {
                         cut += 1;
                     }
                 }
@@ -277,6 +285,8 @@ impl Shared {
 async fn accept_loop(shared: Arc<Shared>, limit: Arc<Semaphore>) {
     let mut stop = shared.stop.subscribe();
     let mut backoff = Duration::ZERO;
+    // A warning per streak of failures, at most one per interval.
+    let mut last_warned: Option<Instant> = None;
     loop {
         // Beyond the limit, no accept: the connections wait in the kernel's
         // queue instead of being refused.
@@ -304,7 +314,12 @@ async fn accept_loop(shared: Arc<Shared>, limit: Arc<Semaphore>) {
                 };
                 // Finished ones are collected as we go.
                 while connections.try_join_next().is_some() {}
-                connections.spawn(forward_connection(client, guard, shared.copier));
+                connections.spawn(forward_connection(
+                    client,
+                    guard,
+                    shared.copier,
+                    shared.cut.subscribe(),
+                ));
             }
             // The peer gave up before we accepted: nothing to forward.
             Err(e)
@@ -313,9 +328,12 @@ async fn accept_loop(shared: Arc<Shared>, limit: Arc<Semaphore>) {
                     io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
                 ) => {}
             Err(e) => {
-                let first = backoff.is_zero();
+                let now = Instant::now();
+                let warn = backoff.is_zero()
+                    && last_warned.is_none_or(|at| now.duration_since(at) >= WARN_INTERVAL);
                 backoff = (backoff * 2).clamp(ACCEPT_BACKOFF.0, ACCEPT_BACKOFF.1);
-                if first {
+                if warn {
+                    last_warned = Some(now);
                     tracing::warn!(
                         "proxy to {}: cannot accept a connection: {e}; the connections wait in the queue, accepting again in {} ms",
                         shared.stats.backend,
@@ -363,12 +381,40 @@ impl Drop for Active {
     }
 }
 
-async fn forward_connection(mut client: TcpStream, active: Active, copier: Copier) {
-    let stats = &active.stats;
+/// One connection's whole life; returns whether it was cut.
+async fn forward_connection(
+    mut client: TcpStream,
+    active: Active,
+    copier: Copier,
+    mut cut: watch::Receiver<bool>,
+) -> bool {
+    let mut backend = None;
+    let was_cut = tokio::select! {
+        biased;
+        _ = cut.wait_for(|cut| *cut) => true,
+        () = connect_and_forward(&mut client, &mut backend, &active.stats, copier) => false,
+    };
+    if was_cut {
+        // A reset, not an EOF, which either side could take for the end
+        // of a complete exchange.
+        let _ = client.set_zero_linger();
+        if let Some(backend) = &backend {
+            let _ = backend.set_zero_linger();
+        }
+    }
+    was_cut
+}
+
+async fn connect_and_forward(
+    client: &mut TcpStream,
+    backend: &mut Option<TcpStream>,
+    stats: &Stats,
+    copier: Copier,
+) {
     // Small responses must not wait for Nagle's algorithm at either hop.
     let _ = client.set_nodelay(true);
-    let mut backend = match TcpStream::connect(stats.backend).await {
-        Ok(backend) => backend,
+    let backend = match TcpStream::connect(stats.backend).await {
+        Ok(connected) => backend.insert(connected),
         Err(e) => {
             stats.backend_failed(&e);
             // A reset, not an EOF, which the client could take for a
@@ -379,9 +425,9 @@ async fn forward_connection(mut client: TcpStream, active: Active, copier: Copie
     };
     let _ = backend.set_nodelay(true);
     let forwarded = match copier {
-        Copier::Native => sys::forward(&mut client, &mut backend).await,
+        Copier::Native => sys::forward(client, backend).await,
         #[cfg(all(test, target_os = "linux"))]
-        Copier::Buffered => other::forward(&mut client, &mut backend).await,
+        Copier::Buffered => other::forward(client, backend).await,
     };
     if let Err(e) = forwarded {
         tracing::debug!("proxy to {}: connection ended: {e}", stats.backend);
@@ -398,7 +444,7 @@ impl Stats {
         let mut last = lock(&self.last_warned);
         let due = last
             .0
-            .is_none_or(|at| now.duration_since(at) >= BACKEND_WARN_INTERVAL);
+            .is_none_or(|at| now.duration_since(at) >= WARN_INTERVAL);
         if due {
             let unreported = std::mem::take(&mut last.1);
             last.0 = Some(now);
