@@ -54,7 +54,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// The accept loop's back-off after an accept failed (out of descriptors:
 /// `EMFILE`, `ENFILE`; or kernel memory: `ENOBUFS`, `ENOMEM`): from the
 /// first to the last, doubling, as the handover's accept loop does. The
-/// connection stays queued, so accepting again at once would spin.
+/// connection stays queued, so accepting again at once would spin. No
+/// reserve descriptor (the handover's way to answer "busy"): it would take
+/// the connection only to close it, and a proxied client waits, never
+/// refused.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
 /// How often a failing backend, or a failing accept, is reported at `warn`
@@ -99,8 +102,32 @@ pub struct DrainReport {
 /// connection to a backend address, as tasks of the tokio runtime it was
 /// started in.
 ///
-/// Dropping it without [`Proxy::drain`] stops accepting and cuts every
+/// Dropping it without [`Proxy::drain`] stops accepting and closes every
 /// connection it forwards.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// use std::time::Duration;
+/// use llmlb::supervise::proxy::{Proxy, ProxyOptions};
+///
+/// let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let public = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// let address = public.local_addr()?;
+/// let proxy = Proxy::start(public, backend.local_addr()?, ProxyOptions::default())?;
+///
+/// let _client = tokio::net::TcpStream::connect(address).await?;
+/// let (_served, _) = backend.accept().await?; // forwarded to the backend
+/// assert_eq!(proxy.active(), 1);
+///
+/// // The connection stays open: the drain cuts it at its timeout.
+/// let report = proxy.drain(Duration::from_millis(10)).await;
+/// assert_eq!((report.forwarded, report.cut), (1, 1));
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "dropping the proxy stops it and closes its connections"]
 pub struct Proxy {
     shared: Arc<Shared>,
     accept_task: Option<JoinHandle<()>>,
@@ -114,9 +141,9 @@ struct Shared {
     listener: Mutex<Option<TcpListener>>,
     stop: watch::Sender<bool>,
     copier: Copier,
-    /// The forwarding tasks; `None` once the proxy is dropped. Dropping the
-    /// set aborts every task, which closes both of its sockets.
-    /// Each says whether it was cut.
+    /// The forwarding tasks, each ending with whether it was cut; `None`
+    /// once the proxy is dropped. Dropping the set aborts every task, which
+    /// closes both of its sockets.
     connections: Mutex<Option<JoinSet<bool>>>,
     /// Tells every connection to close at once, with a reset (the drain's
     /// timeout).
@@ -258,6 +285,15 @@ impl Proxy {
             cut,
             backend_failures: stats.backend_failures.load(Ordering::SeqCst),
         }
+    }
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("backend", &self.shared.stats.backend)
+            .field("active", &self.active())
+            .finish_non_exhaustive()
     }
 }
 
