@@ -742,3 +742,22 @@ async fn out_of_descriptors(copier: Copier) {
     assert_eq!(report.backend_failures, 1);
     assert_eq!(report.forwarded, 4);
 }
+
+/// The CLI moves the proxy between tasks and drains it in a spawned one.
+#[test]
+fn the_proxy_and_its_drain_can_move_between_threads() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: &T) {}
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (proxy, _) = start(dead_address(), 1, Copier::Native);
+        send_sync(&proxy);
+        let drain = proxy.drain(Duration::ZERO);
+        send(&drain);
+        let report = within("the drain", drain).await;
+        assert_eq!(report.forwarded, 0);
+    });
+}
