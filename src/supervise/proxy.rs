@@ -59,12 +59,16 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// The accept loop's back-off after an accept failed (out of descriptors:
 /// `EMFILE`, `ENFILE`; or kernel memory: `ENOBUFS`, `ENOMEM`): from the
 /// first to the last, doubling, as the handover's accept loop does. The
-/// connection stays queued, so accepting again at once would spin.
+/// connection stays queued, so accepting again at once would spin. No
+/// reserve descriptor (the handover's way to answer "busy"): it would take
+/// the connection only to close it, and a proxied client waits, never
+/// refused.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
-/// How often a failing backend is reported at `warn` level; the failures in
-/// between are logged at `debug` and counted in the next warning.
-const BACKEND_WARN_INTERVAL: Duration = Duration::from_secs(10);
+/// How often a failing backend, or a failing accept, is reported at `warn`
+/// level; the failures in between are logged at `debug` (a backend's are
+/// counted in its next warning).
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How a [`Proxy`] accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,8 +107,32 @@ pub struct DrainReport {
 /// connection to a backend address, as tasks of the tokio runtime it was
 /// started in.
 ///
-/// Dropping it without [`Proxy::drain`] stops accepting and cuts every
+/// Dropping it without [`Proxy::drain`] stops accepting and closes every
 /// connection it forwards.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// use std::time::Duration;
+/// use llmlb::supervise::proxy::{Proxy, ProxyOptions};
+///
+/// let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let public = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// let address = public.local_addr()?;
+/// let proxy = Proxy::start(public, backend.local_addr()?, ProxyOptions::default())?;
+///
+/// let _client = tokio::net::TcpStream::connect(address).await?;
+/// let (_served, _) = backend.accept().await?; // forwarded to the backend
+/// assert_eq!(proxy.active(), 1);
+///
+/// // The connection stays open: the drain cuts it at its timeout.
+/// let report = proxy.drain(Duration::from_millis(10)).await;
+/// assert_eq!((report.forwarded, report.cut), (1, 1));
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "dropping the proxy stops it and closes its connections"]
 pub struct Proxy {
     shared: Arc<Shared>,
     accept_task: Option<JoinHandle<()>>,
@@ -118,9 +146,13 @@ struct Shared {
     listener: Mutex<Option<TcpListener>>,
     stop: watch::Sender<bool>,
     copier: Copier,
-    /// The forwarding tasks; `None` once the proxy is dropped. Dropping the
-    /// set aborts every task, which closes both of its sockets.
-    connections: Mutex<Option<JoinSet<()>>>,
+    /// The forwarding tasks, each ending with whether it was cut; `None`
+    /// once the proxy is dropped. Dropping the set aborts every task, which
+    /// closes both of its sockets.
+    connections: Mutex<Option<JoinSet<bool>>>,
+    /// Tells every connection to close at once, with a reset (the drain's
+    /// timeout).
+    cut: watch::Sender<bool>,
     stats: Arc<Stats>,
 }
 
@@ -189,6 +221,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             listener: Mutex::new(Some(listener)),
             stop: watch::channel(false).0,
+            cut: watch::channel(false).0,
             copier,
             connections: Mutex::new(Some(JoinSet::new())),
             stats: Arc::new(Stats {
@@ -249,7 +282,8 @@ impl Proxy {
 
     /// Stops accepting, then waits until every forwarded connection has
     /// closed or `timeout` has passed, then cuts the rest (closes both of
-    /// their sockets with a reset). Returns once every connection is closed.
+    /// their sockets with a reset, so that neither side takes the cut for
+    /// a complete exchange). Returns once every connection is closed.
     pub async fn drain(mut self, timeout: Duration) -> DrainReport {
         self.stop_accepting();
         if let Some(task) = self.accept_task.take() {
@@ -266,9 +300,10 @@ impl Proxy {
             .await
             .is_ok();
             if !all_closed {
-                connections.abort_all();
+                // Each task resets its sockets and ends at its next poll.
+                self.shared.cut.send_replace(true);
                 while let Some(end) = connections.join_next().await {
-                    if end.is_err_and(|e| e.is_cancelled()) {
+                    if end.unwrap_or(false) {
                         cut += 1;
                     }
                 }
@@ -280,6 +315,15 @@ impl Proxy {
             cut,
             backend_failures: stats.backend_failures.load(Ordering::SeqCst),
         }
+    }
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("backend", &self.shared.stats.backend)
+            .field("active", &self.active())
+            .finish_non_exhaustive()
     }
 }
 
@@ -307,6 +351,8 @@ impl Shared {
 async fn accept_loop(shared: Arc<Shared>, limit: Arc<Semaphore>) {
     let mut stop = shared.stop.subscribe();
     let mut backoff = Duration::ZERO;
+    // A warning per streak of failures, at most one per interval.
+    let mut last_warned: Option<Instant> = None;
     loop {
         // Beyond the limit, no accept: the connections wait in the kernel's
         // queue instead of being refused.
@@ -334,7 +380,12 @@ async fn accept_loop(shared: Arc<Shared>, limit: Arc<Semaphore>) {
                 };
                 // Finished ones are collected as we go.
                 while connections.try_join_next().is_some() {}
-                connections.spawn(forward_connection(client, guard, shared.copier));
+                connections.spawn(forward_connection(
+                    client,
+                    guard,
+                    shared.copier,
+                    shared.cut.subscribe(),
+                ));
             }
             // The peer gave up before we accepted: nothing to forward.
             Err(e)
@@ -343,9 +394,12 @@ async fn accept_loop(shared: Arc<Shared>, limit: Arc<Semaphore>) {
                     io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
                 ) => {}
             Err(e) => {
-                let first = backoff.is_zero();
+                let now = Instant::now();
+                let warn = backoff.is_zero()
+                    && last_warned.is_none_or(|at| now.duration_since(at) >= WARN_INTERVAL);
                 backoff = (backoff * 2).clamp(ACCEPT_BACKOFF.0, ACCEPT_BACKOFF.1);
-                if first {
+                if warn {
+                    last_warned = Some(now);
                     tracing::warn!(
                         "proxy to {}: cannot accept a connection: {e}; the connections wait in the queue, accepting again in {} ms",
                         shared.stats.backend,
@@ -405,14 +459,43 @@ impl Drop for Active {
     }
 }
 
-async fn forward_connection(mut client: TcpStream, mut active: Active, copier: Copier) {
+/// One connection's whole life; returns whether it was cut.
+async fn forward_connection(
+    mut client: TcpStream,
+    mut active: Active,
+    copier: Copier,
+    mut cut: watch::Receiver<bool>,
+) -> bool {
+    let mut backend = None;
+    let was_cut = tokio::select! {
+        biased;
+        _ = cut.wait_for(|cut| *cut) => true,
+        () = connect_and_forward(&mut client, &mut backend, &mut active, copier) => false,
+    };
+    if was_cut {
+        // A reset, not an EOF, which either side could take for the end
+        // of a complete exchange.
+        let _ = client.set_zero_linger();
+        if let Some(backend) = &backend {
+            let _ = backend.set_zero_linger();
+        }
+    }
+    was_cut
+}
+
+async fn connect_and_forward(
+    client: &mut TcpStream,
+    backend: &mut Option<TcpStream>,
+    active: &mut Active,
+    copier: Copier,
+) {
     // Small responses must not wait for Nagle's algorithm at either hop.
     let _ = client.set_nodelay(true);
     let connected = TcpStream::connect(active.stats.backend).await;
     active.connected();
     let stats = &active.stats;
-    let mut backend = match connected {
-        Ok(backend) => backend,
+    let backend = match connected {
+        Ok(connected) => backend.insert(connected),
         Err(e) => {
             stats.backend_failed(&e);
             // A reset, not an EOF, which the client could take for a
@@ -423,9 +506,9 @@ async fn forward_connection(mut client: TcpStream, mut active: Active, copier: C
     };
     let _ = backend.set_nodelay(true);
     let forwarded = match copier {
-        Copier::Native => sys::forward(&mut client, &mut backend).await,
+        Copier::Native => sys::forward(client, backend).await,
         #[cfg(all(test, target_os = "linux"))]
-        Copier::Buffered => other::forward(&mut client, &mut backend).await,
+        Copier::Buffered => other::forward(client, backend).await,
     };
     if let Err(e) = forwarded {
         tracing::debug!("proxy to {}: connection ended: {e}", stats.backend);
@@ -442,7 +525,7 @@ impl Stats {
         let mut last = lock(&self.last_warned);
         let due = last
             .0
-            .is_none_or(|at| now.duration_since(at) >= BACKEND_WARN_INTERVAL);
+            .is_none_or(|at| now.duration_since(at) >= WARN_INTERVAL);
         if due {
             let unreported = std::mem::take(&mut last.1);
             last.0 = Some(now);

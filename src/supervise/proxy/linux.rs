@@ -71,10 +71,19 @@ async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<()> {
     // pages count against the user's pipe limit from creation).
     let mut pipe: Option<Pipe> = None;
     loop {
-        from.readable().await?;
         let pipe = match &mut pipe {
-            Some(pipe) => &*pipe,
-            None => &*pipe.insert(Pipe::new()?),
+            Some(pipe) => {
+                from.readable().await?;
+                &*pipe
+            }
+            None => {
+                // Readiness can be spurious (and is, on a socket just
+                // accepted): a byte (or the EOF) must be there first.
+                if from.peek(&mut [0u8; 1]).await? == 0 {
+                    break;
+                }
+                &*pipe.insert(Pipe::new()?)
+            }
         };
         // The pipe is empty here (drained below before reading more), so a
         // WouldBlock means the socket has nothing, and clearing the

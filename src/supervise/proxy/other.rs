@@ -9,11 +9,14 @@ use tokio::net::TcpStream;
 /// once; the caller closes both sockets).
 pub(super) async fn forward(client: &mut TcpStream, backend: &mut TcpStream) -> io::Result<()> {
     // copy_bidirectional allocates its two buffers (8 KiB each) up front:
-    // a connection that sends nothing must not cost them.
+    // a connection that sends nothing must not cost them. A peek, not
+    // `readable()`, which can wake without data (and does, on a socket
+    // just accepted).
+    let (mut one, mut other) = ([0u8; 1], [0u8; 1]);
     tokio::select! {
-        ready = client.readable() => ready?,
-        ready = backend.readable() => ready?,
-    }
+        peeked = client.peek(&mut one) => peeked?,
+        peeked = backend.peek(&mut other) => peeked?,
+    };
     tokio::io::copy_bidirectional(client, backend).await?;
     Ok(())
 }

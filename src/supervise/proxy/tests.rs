@@ -419,7 +419,13 @@ fn a_drain_cuts_a_stuck_connection_at_its_timeout() {
         let report = within("the drain", proxy.drain(Duration::from_millis(100))).await;
         assert_eq!(report.cut, 1);
         assert_eq!(report.forwarded, 1);
-        sees_closed("the cut client", &mut client).await;
+        // A reset: an EOF could pass for the end of a complete answer.
+        let read = within("the cut client", client.read(&mut [0u8; 16])).await;
+        assert!(
+            read.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "the cut client read {read:?}, not a reset"
+        );
     });
 }
 
@@ -478,36 +484,43 @@ fn after_stop_accepting_new_connections_are_not_forwarded() {
     });
 }
 
-/// Set in the child process that measures idle connections alone.
-const IDLE_CHILD: &str = "LLMLB_PROXY_IDLE_CHILD";
+/// Names the one test a child process of [`alone`] runs.
+const ALONE: &str = "LLMLB_PROXY_TEST_ALONE";
 
-/// Many idle proxied connections cost no thread each and no buffer each;
-/// measured in a child process running only this test, so that no other
-/// test's threads or memory count.
+/// Whether this is the child process that runs test `name` alone; in the
+/// parent, runs that child, checks it passed, and returns false. For tests
+/// that measure or limit the whole process (threads, memory, descriptors),
+/// which other tests running beside them would disturb.
+fn alone(name: &str) -> bool {
+    if std::env::var(ALONE).is_ok_and(|running| running == name) {
+        return true;
+    }
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            &format!("supervise::proxy::tests::{name}"),
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ALONE, name)
+        .output()
+        .expect("run the test binary again");
+    let out = String::from_utf8_lossy(&output.stdout);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{name} alone failed:\n{out}\n{err}"
+    );
+    assert!(out.contains("1 passed"), "{name} alone ran no test:\n{out}");
+    println!("{out}");
+    false
+}
+
+/// Many idle proxied connections cost no thread each, no buffer and no
+/// pipe each.
 #[test]
 fn idle_connections_cost_no_thread_and_no_buffer() {
-    if std::env::var_os(IDLE_CHILD).is_none() {
-        let output = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "supervise::proxy::tests::idle_connections_cost_no_thread_and_no_buffer",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(IDLE_CHILD, "1")
-            .output()
-            .expect("run the test binary again");
-        let out = String::from_utf8_lossy(&output.stdout);
-        let err = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            output.status.success(),
-            "the measuring child failed:\n{out}\n{err}"
-        );
-        assert!(
-            out.contains("1 passed"),
-            "the measuring child ran no test:\n{out}"
-        );
-        println!("{out}");
+    if !alone("idle_connections_cost_no_thread_and_no_buffer") {
         return;
     }
     if let Err(e) = super::raise_nofile_limit() {
@@ -527,9 +540,11 @@ fn idle_connections_cost_no_thread_and_no_buffer() {
     }
 }
 
-/// (threads, resident bytes) of this process; None where /proc is missing.
-fn threads_and_rss() -> Option<(usize, u64)> {
+/// (threads, resident bytes, open descriptors) of this process; None where
+/// /proc is missing.
+fn threads_rss_fds() -> Option<(usize, u64, usize)> {
     let threads = std::fs::read_dir("/proc/self/task").ok()?.count();
+    let fds = std::fs::read_dir("/proc/self/fd").ok()?.count();
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kib: u64 = status
         .lines()
@@ -539,18 +554,18 @@ fn threads_and_rss() -> Option<(usize, u64)> {
         .trim()
         .parse()
         .ok()?;
-    Some((threads, kib * 1024))
+    Some((threads, kib * 1024, fds))
 }
 
 async fn hold_idle(copier: Copier) {
     const CONNECTIONS: usize = 500;
     // Held at once by this one process: the client's socket, the proxy's
     // two, the backend's; pipes come with the first byte only.
-    let (backend, accepted) = echo_backend().await;
+    let (backend, accepted) = small_echo_backend().await;
     let (proxy, addr) = start(backend, CONNECTIONS, copier);
     // Warm up (allocator arenas, the runtime's structures), then measure.
     echo_through(addr, 1, 10).await;
-    let before = threads_and_rss();
+    let before = threads_rss_fds();
     let mut clients = Vec::with_capacity(CONNECTIONS);
     for _ in 0..CONNECTIONS {
         clients.push(
@@ -565,11 +580,18 @@ async fn hold_idle(copier: Copier) {
         }
     })
     .await;
-    let after = threads_and_rss();
-    if let (Some((threads_before, rss_before)), Some((threads, rss))) = (before, after) {
+    let after = threads_rss_fds();
+    if let (Some((threads_before, rss_before, fds_before)), Some((threads, rss, fds))) =
+        (before, after)
+    {
         let per_connection = rss.saturating_sub(rss_before) / CONNECTIONS as u64;
         println!(
-            "{copier:?}: {CONNECTIONS} idle connections: threads {threads_before} -> {threads}, {per_connection} bytes of RSS each (client and backend ends included)"
+            "{copier:?}: {CONNECTIONS} idle connections: threads {threads_before} -> {threads}, {per_connection} bytes of RSS each, descriptors {fds_before} -> {fds} (client and backend ends included)"
+        );
+        // The client's socket, the proxy's two, the backend's: no pipe.
+        assert!(
+            fds <= fds_before + 4 * CONNECTIONS,
+            "{copier:?}: {fds} descriptors for {CONNECTIONS} idle connections (from {fds_before}): pipes made before any byte"
         );
         assert!(
             threads <= threads_before + 4,
@@ -593,4 +615,149 @@ async fn hold_idle(copier: Copier) {
     drop(clients);
     let report = within("the drain", proxy.drain(DEADLINE)).await;
     assert_eq!(report.cut, 0);
+}
+
+/// An echo backend whose connections cost little memory of their own (no
+/// 8 KiB copy buffer each), so that the proxy's cost shows.
+async fn small_echo_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a backend");
+    let addr = listener.local_addr().expect("its address");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                    if stream.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Out of descriptors, the accept waits (the connection stays queued, and is
+/// forwarded once descriptors are free again), and a backend connection that
+/// cannot be made closes the client's.
+#[cfg(unix)]
+#[test]
+fn out_of_descriptors_a_connection_waits_or_is_closed_never_lost() {
+    if !alone("out_of_descriptors_a_connection_waits_or_is_closed_never_lost") {
+        return;
+    }
+    for copier in copiers() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(out_of_descriptors(copier));
+    }
+}
+
+/// Opens descriptors until the process has none left.
+#[cfg(unix)]
+fn exhaust_descriptors() -> Vec<std::fs::File> {
+    let mut fillers = Vec::new();
+    loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(file) => fillers.push(file),
+            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => return fillers,
+            Err(e) => panic!("open /dev/null: {e}"),
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn out_of_descriptors(copier: Copier) {
+    // A low limit, so that exhausting it is quick.
+    let open = std::fs::read_dir("/dev/fd").map_or(64, |fds| fds.count()) as libc::rlim_t;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a writable rlimit, then a valid one.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = (open + 256).min(limit.rlim_max);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    let (backend, accepted) = echo_backend().await;
+    let (proxy, addr) = start(backend, 8, copier);
+    echo_through(addr, 1, 10).await;
+
+    // One descriptor left, which the client takes: the proxy cannot accept.
+    let mut fillers = exhaust_descriptors();
+    drop(fillers.pop());
+    let mut client = TcpStream::connect(addr).await.expect("connect (queued)");
+    // A wait that can only miss a defect, never invent one.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(proxy.active(), 0, "accepted without a descriptor");
+    drop(fillers);
+    client.write_all(b"queued").await.unwrap();
+    let mut echo = [0u8; 6];
+    within(
+        "the queued connection forwarded once descriptors are free",
+        client.read_exact(&mut echo),
+    )
+    .await
+    .unwrap();
+    assert_eq!(&echo, b"queued");
+    drop(client);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    // Its descriptors are free again before the next count.
+    within("the forwarded connection ending", async {
+        while proxy.active() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+
+    // Two left: the client's and the proxy's accept; none for the backend.
+    let mut fillers = exhaust_descriptors();
+    drop(fillers.pop());
+    drop(fillers.pop());
+    if let Ok(mut client) = TcpStream::connect(addr).await {
+        sees_closed(
+            "the client of a backend connect without a descriptor",
+            &mut client,
+        )
+        .await;
+    }
+    within("the failed connection ending", async {
+        while proxy.active() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    drop(fillers);
+    echo_through(addr, 2, 100_000).await;
+    let report = within("the drain", proxy.drain(DEADLINE)).await;
+    assert_eq!(report.backend_failures, 1);
+    assert_eq!(report.forwarded, 4);
+}
+
+/// The CLI moves the proxy between tasks and drains it in a spawned one.
+#[test]
+fn the_proxy_and_its_drain_can_move_between_threads() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: &T) {}
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (proxy, _) = start(dead_address(), 1, Copier::Native);
+        send_sync(&proxy);
+        let drain = proxy.drain(Duration::ZERO);
+        send(&drain);
+        let report = within("the drain", drain).await;
+        assert_eq!(report.forwarded, 0);
+    });
 }
