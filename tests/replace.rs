@@ -1529,8 +1529,9 @@ fn silent_peers_past_the_limit_delay_a_replace_but_never_turn_it_into_a_stop() {
 
 /// A holder out of file descriptors answers its control socket `busy`
 /// through a reserve descriptor and backs off (no spinning): the replace
-/// exits 1 naming that, and stops nothing; once descriptors are free again
-/// a replace hands over.
+/// exits 1 naming that, and stops nothing (or, if the holder got a
+/// descriptor back in time, it hands over); once descriptors are free
+/// again a replace hands over. Never the fallback stop.
 #[test]
 fn a_holder_out_of_descriptors_is_never_stopped_by_a_replace() {
     let env = Env::new();
@@ -1550,7 +1551,7 @@ fn a_holder_out_of_descriptors_is_never_stopped_by_a_replace() {
     wait_until("the holder to run out of descriptors", || {
         std::fs::read_dir(format!("/proc/{}/fd", old.pid())).map_or(0, |d| d.count()) >= 47
     });
-    let out = env.run(&[
+    let mut new = env.spawn(&[
         "serve",
         "--replace",
         "--replace-timeout",
@@ -1560,19 +1561,40 @@ fn a_holder_out_of_descriptors_is_never_stopped_by_a_replace() {
         "--host",
         "127.0.0.1",
     ]);
-    assert_eq!(out.code(), Some(1), "{out:?}");
-    let stderr = out.stderr.clone();
-    assert!(
-        stderr.contains(&format!(
-            "PID {} holds port {port} and offers a handover",
-            old.pid()
-        )),
-        "{stderr}"
-    );
-    assert!(!out.stdout.contains("Stopping"), "{out:?}");
-    assert!(old.try_wait().is_none(), "the holder was not stopped");
-    drop(clients);
-    let mut new = spawn_replace(&env, port, &[]);
+    // The holder may get a descriptor back in time to answer (a client's
+    // connection it closes): then it hands over, which is as good. What
+    // must never happen is the fallback, a stop.
+    let deadline = Instant::now() + PATIENCE;
+    let handed_over = loop {
+        if new.try_wait().is_some() {
+            break false;
+        }
+        if record(&env, port).is_some_and(|r| r.pid == new.pid()) {
+            break true;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replace neither ended nor took over"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stderr = new.stderr();
+    assert!(!stderr.contains("offers no handover"), "{stderr}");
+    if !handed_over {
+        assert_exit(&mut new, 1, "the replace that met no answer");
+        assert!(
+            stderr.contains(&format!(
+                "PID {} holds port {port} and offers a handover",
+                old.pid()
+            )),
+            "{stderr}"
+        );
+        assert!(old.try_wait().is_none(), "the holder was not stopped");
+        drop(clients);
+        new = spawn_replace(&env, port, &[]);
+    } else {
+        drop(clients);
+    }
     assert_exit(&mut old, 0, "the drained server");
     wait_record(&env, port, "the new server", &[&new], |r| {
         r.pid == new.pid() && r.draining.is_empty()
