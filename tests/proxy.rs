@@ -484,3 +484,39 @@ fn a_broken_release_never_takes_the_port() {
     load.finish();
     stop(&env, port, &mut old);
 }
+
+/// A stop in proxy mode does not wait out `--drain-timeout` (30 s) for a
+/// client that keeps an idle keep-alive connection open: the command's
+/// graceful shutdown closes it, and once the backend side has ended the
+/// proxy closes the client's side too. `llmlb stop` with its default 5 s
+/// timeout succeeds, and the client reads the end of the connection.
+#[test]
+fn a_stop_does_not_wait_for_an_idle_keep_alive_client() {
+    let env = Env::new();
+    let port = free_port();
+    let mut server = proxied(&env, port, &["--ready", "http"], &[]);
+    wait_serving(port, &mut server);
+    let mut kept = connect(port).unwrap();
+    kept.get_mut()
+        .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let (status, _, _) = read_answer(&mut kept).unwrap().expect("an answer");
+    assert_eq!(status, 200);
+    let out = env.run(&["stop", "-p", &port.to_string()]);
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "{out:?}; serve's stderr:\n{}",
+        server.stderr()
+    );
+    let status = server.wait();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{status}; stderr:\n{}",
+        server.stderr()
+    );
+    let mut rest = Vec::new();
+    let _ = kept.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+}

@@ -385,6 +385,7 @@ async fn accept_loop(shared: Arc<Shared>, limit: Arc<Semaphore>) {
                     guard,
                     shared.copier,
                     shared.cut.subscribe(),
+                    shared.stop.subscribe(),
                 ));
             }
             // The peer gave up before we accepted: nothing to forward.
@@ -459,18 +460,50 @@ impl Drop for Active {
     }
 }
 
+/// Runs a connection's two directions, `up` (client to backend) and `down`
+/// (backend to client), until both have ended or either fails. Once the
+/// proxy has stopped accepting (`stopped`: a stop or a handover, whose
+/// command is told to stop), a connection whose backend has said all it
+/// will (`down` ended: its command closed it, as a graceful shutdown does
+/// with an idle keep-alive connection) ends too, without waiting for the
+/// client's side: the command behind it is going away, and a client that
+/// keeps an idle connection open must not hold the drain until its timeout.
+async fn both_ways(
+    up: impl std::future::Future<Output = io::Result<()>>,
+    down: impl std::future::Future<Output = io::Result<()>>,
+    stopped: &mut watch::Receiver<bool>,
+) -> io::Result<()> {
+    tokio::pin!(up, down);
+    let (mut up_done, mut down_done) = (false, false);
+    while !(up_done && down_done) {
+        tokio::select! {
+            ended = &mut up, if !up_done => {
+                ended?;
+                up_done = true;
+            }
+            ended = &mut down, if !down_done => {
+                ended?;
+                down_done = true;
+            }
+            Ok(_) = stopped.wait_for(|stopped| *stopped), if down_done => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
 /// One connection's whole life; returns whether it was cut.
 async fn forward_connection(
     mut client: TcpStream,
     mut active: Active,
     copier: Copier,
     mut cut: watch::Receiver<bool>,
+    mut stopped: watch::Receiver<bool>,
 ) -> bool {
     let mut backend = None;
     let was_cut = tokio::select! {
         biased;
         _ = cut.wait_for(|cut| *cut) => true,
-        () = connect_and_forward(&mut client, &mut backend, &mut active, copier) => false,
+        () = connect_and_forward(&mut client, &mut backend, &mut active, copier, &mut stopped) => false,
     };
     if was_cut {
         // A reset, not an EOF, which either side could take for the end
@@ -488,6 +521,7 @@ async fn connect_and_forward(
     backend: &mut Option<TcpStream>,
     active: &mut Active,
     copier: Copier,
+    stopped: &mut watch::Receiver<bool>,
 ) {
     // Small responses must not wait for Nagle's algorithm at either hop.
     let _ = client.set_nodelay(true);
@@ -506,9 +540,9 @@ async fn connect_and_forward(
     };
     let _ = backend.set_nodelay(true);
     let forwarded = match copier {
-        Copier::Native => sys::forward(client, backend).await,
+        Copier::Native => sys::forward(client, backend, stopped).await,
         #[cfg(all(test, target_os = "linux"))]
-        Copier::Buffered => other::forward(client, backend).await,
+        Copier::Buffered => other::forward(client, backend, stopped).await,
     };
     if let Err(e) = forwarded {
         tracing::debug!("proxy to {}: connection ended: {e}", stats.backend);

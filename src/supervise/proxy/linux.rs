@@ -6,6 +6,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 /// The most one `splice` moves into a pipe: the default pipe's capacity (a
 /// pipe shrunk by the per-user pipe limit takes less, and `splice` moves
@@ -15,10 +16,13 @@ const CHUNK: usize = 1 << 16;
 /// Forwards both directions until both have ended (each EOF passed on as a
 /// shutdown of the other side's write half) or either fails (returned at
 /// once; the caller closes both sockets).
-pub(super) async fn forward(client: &mut TcpStream, backend: &mut TcpStream) -> io::Result<()> {
+pub(super) async fn forward(
+    client: &mut TcpStream,
+    backend: &mut TcpStream,
+    stopped: &mut watch::Receiver<bool>,
+) -> io::Result<()> {
     let (client, backend) = (&*client, &*backend);
-    tokio::try_join!(one_way(client, backend), one_way(backend, client))?;
-    Ok(())
+    super::both_ways(one_way(client, backend), one_way(backend, client), stopped).await
 }
 
 /// A pipe with both ends non-blocking: its readiness is never waited on, only
