@@ -317,14 +317,20 @@ fn human_duration(secs: i64) -> String {
 /// --json` has it whole).
 const COMMAND_WIDTH: usize = 40;
 
-/// The COMMAND cell: the recorded arguments joined by spaces, as `ps`
+/// The COMMAND cell: the program's file name (its directory would fill
+/// the cell; JSON has it) and the arguments, joined by spaces as `ps`
 /// shows them, control characters escaped (the record is file content), cut
 /// at [`COMMAND_WIDTH`]; `-` for a record without one.
 fn command_cell(argv: &[String]) -> String {
-    if argv.is_empty() {
+    let Some((program, args)) = argv.split_first() else {
         return "-".into();
-    }
-    let shown = llmlb::lock::printable(&argv.join(" ")).to_string();
+    };
+    // Either separator: the record may come from another platform.
+    let name = program.rsplit(['/', '\\']).next().unwrap_or(program);
+    let words: Vec<&str> = std::iter::once(name)
+        .chain(args.iter().map(String::as_str))
+        .collect();
+    let shown = llmlb::lock::printable(&words.join(" ")).to_string();
     if shown.chars().count() <= COMMAND_WIDTH {
         return shown;
     }
@@ -538,10 +544,15 @@ mod tests {
             "--",
             "python3",
             "-m",
-            "app",
+            "http.server",
+            "8000",
         ]));
         assert_eq!(long.chars().count(), COMMAND_WIDTH);
-        assert_eq!(long, "/usr/local/bin/llmlb serve --port 8000 …");
+        assert_eq!(long, "llmlb serve --port 8000 -- python3 -m h…");
+        assert_eq!(
+            command_cell(&argv(&["C:\\bin\\llmlb.exe", "serve"])),
+            "llmlb.exe serve"
+        );
     }
 
     #[test]
