@@ -505,9 +505,21 @@ fn the_old_server_names_its_successor_the_main_pid_and_the_successor_feeds_the_w
     let port = free_port();
     let p = port.to_string();
     let mut manager = CredManager::new(&env);
-    let mut old_cmd = manager
-        .manager
-        .cmd(&env, &["serve", "--port", &p, "--host", "127.0.0.1"]);
+    // A unit's `PIDFile=` too, shared by both.
+    let pidfile = env.tmp.path().join("server.pid");
+    let pf = pidfile.to_str().unwrap();
+    let mut old_cmd = manager.manager.cmd(
+        &env,
+        &[
+            "serve",
+            "--port",
+            &p,
+            "--host",
+            "127.0.0.1",
+            "--pidfile",
+            pf,
+        ],
+    );
     old_cmd.env("WATCHDOG_USEC", "200000");
     let mut old = env.spawn_cmd(old_cmd);
     let old_pid = old.pid();
@@ -525,6 +537,8 @@ fn the_old_server_names_its_successor_the_main_pid_and_the_successor_feeds_the_w
             "--replace",
             "--replace-grace",
             "0.2",
+            "--pidfile",
+            pf,
         ],
     );
     new_cmd
@@ -547,6 +561,12 @@ fn the_old_server_names_its_successor_the_main_pid_and_the_successor_feeds_the_w
     );
     assert!(lines[2].starts_with("STATUS="), "{datagram:?}");
     assert!(lines[2].contains(&format!("PID {new_pid}")), "{datagram:?}");
+    // The successor wrote the pidfile before it told the old one to drain:
+    // a manager reading PIDFile= now agrees with MAINPID=.
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        new_pid.to_string()
+    );
 
     // The successor beats after the switch (it may have before: a manager
     // with NotifyAccess=main drops those).
@@ -583,6 +603,7 @@ fn the_old_server_names_its_successor_the_main_pid_and_the_successor_feeds_the_w
     signal(new_pid, libc::SIGTERM);
     manager.until(new_pid, "STOPPING=1", &mut [&mut new]);
     assert_eq!(new.wait().code(), Some(0), "{}", new.stderr());
+    assert!(!pidfile.exists(), "the pidfile goes with the last server");
 }
 
 /// `--ready notify`: the command's `STATUS=` reaches llmlb's own manager,
