@@ -2,7 +2,9 @@
 //! sd_notify protocol (systemd's `Type=notify`, and the managers that speak
 //! it): `MAINPID=`/`READY=1` once the server is ready, a one-line `STATUS=`
 //! at each step, `STOPPING=1` when it stops, and `WATCHDOG=1` while the lock
-//! is still ours.
+//! is still ours; across a replace, `RELOADING=1` when a reload begins and
+//! `MAINPID=<successor>` once the successor serves, after which this
+//! process says nothing more.
 //!
 //! The manager asks for this by setting `NOTIFY_SOCKET` (and `WATCHDOG_USEC`,
 //! optionally `WATCHDOG_PID`) in our environment. The variables are read,
