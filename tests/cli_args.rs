@@ -254,7 +254,8 @@ fn status_lists_every_lock_sorted_by_port() {
         .unwrap()
         .split_whitespace()
         .collect();
-    assert_eq!(stale_row, ["1", "-", "-", "-", "Stale"]);
+    // COMMAND last: `-`, as the record of a garbage file has none.
+    assert_eq!(stale_row, ["1", "-", "-", "-", "Stale", "-"]);
 
     let (code, json) = status_json(&env, None);
     assert_eq!(code, Some(0));
@@ -410,7 +411,10 @@ fn status_shows_a_host_column_only_when_a_holder_is_on_another_host() {
         .unwrap()
         .split_whitespace()
         .collect();
-    assert_eq!(header, ["PORT", "PID", "STARTED", "UPTIME", "STATE"]);
+    assert_eq!(
+        header,
+        ["PORT", "PID", "STARTED", "UPTIME", "STATE", "COMMAND"]
+    );
 
     // A port held (by this test process) whose file names another host, and
     // a stale file from another host.
@@ -430,7 +434,7 @@ fn status_shows_a_host_column_only_when_a_holder_is_on_another_host() {
         .collect();
     assert_eq!(
         rows[0],
-        ["PORT", "PID", "HOST", "STARTED", "UPTIME", "STATE"],
+        ["PORT", "PID", "HOST", "STARTED", "UPTIME", "STATE", "COMMAND"],
         "{}",
         out.stdout
     );
@@ -440,10 +444,11 @@ fn status_shows_a_host_column_only_when_a_holder_is_on_another_host() {
             .unwrap_or_else(|| panic!("no row for {port}: {}", out.stdout))
     };
     assert_eq!(row(stale)[1..3], ["4343", "build-7.example.invalid"]);
-    // The last column: an uptime like "300d 8h" is two words.
-    assert_eq!(row(stale).last(), Some(&"Stale"));
+    // The last columns: an uptime like "300d 8h" is two words, and
+    // COMMAND is `-` for these records, written without one.
+    assert_eq!(row(stale)[row(stale).len() - 2..], ["Stale", "-"]);
     assert_eq!(row(held)[1..3], ["4242", "build-7.example.invalid"]);
-    assert_eq!(row(held).last(), Some(&"Running"));
+    assert_eq!(row(held)[row(held).len() - 2..], ["Running", "-"]);
     // This host's own holder shows this host's name, not a dash.
     // This test's serve records its serving state, shown with its age:
     // "Ready for 2s" (or "Ready for 1m 2s").

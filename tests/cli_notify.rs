@@ -371,3 +371,280 @@ fn an_abstract_notify_socket_is_reached() {
     manager.until("STOPPING=1", &mut server);
     assert_eq!(server.wait().code(), Some(0), "{}", server.stderr());
 }
+
+/// The manager's socket with `SO_PASSCRED`: each datagram comes with its
+/// sender's PID, as systemd sees it (it checks that PID against the unit's
+/// main PID under `NotifyAccess=main`).
+#[cfg(target_os = "linux")]
+struct CredManager {
+    manager: Manager,
+    /// `(sender PID, datagram)` in arrival order.
+    seen: Vec<(u32, String)>,
+}
+
+#[cfg(target_os = "linux")]
+impl CredManager {
+    fn new(env: &Env) -> CredManager {
+        use std::os::fd::AsRawFd;
+        let manager = Manager::new(env);
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt on our own socket with an int option value.
+        let rc = unsafe {
+            libc::setsockopt(
+                manager.socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PASSCRED,
+                std::ptr::from_ref(&on).cast(),
+                std::mem::size_of_val(&on) as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_PASSCRED: {}", std::io::Error::last_os_error());
+        CredManager {
+            manager,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next datagram and its sender's PID, if one arrives within the
+    /// read timeout.
+    fn recv(&mut self) -> Option<(u32, String)> {
+        use std::os::fd::AsRawFd;
+        let mut buf = [0u8; 4096];
+        // u64s: aligned for the cmsghdr, room for one ucred and more.
+        let mut control = [0u64; 16];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: a zeroed msghdr is valid; the pointers set below outlive
+        // the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        // SAFETY: recvmsg into the buffers described by `msg`.
+        let n = unsafe { libc::recvmsg(self.manager.socket.as_raw_fd(), &mut msg, 0) };
+        if n < 0 {
+            return None;
+        }
+        let mut sender = None;
+        // SAFETY: walking the control messages the kernel wrote into
+        // `control`, with the libc macros, reading a ucred where it says so.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET
+                    && (*cmsg).cmsg_type == libc::SCM_CREDENTIALS
+                {
+                    let cred: libc::ucred = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                    sender = Some(cred.pid as u32);
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+        }
+        let text = String::from_utf8_lossy(&buf[..n as usize]).into_owned();
+        let sender = sender.expect("SO_PASSCRED gives every datagram its sender's credentials");
+        self.seen.push((sender, text.clone()));
+        Some((sender, text))
+    }
+
+    /// Receives until a datagram from `from` has the line `line`; returns
+    /// its index in `seen`. Panics at [`PATIENCE`], or if every server in
+    /// `servers` has exited without sending it.
+    fn until(&mut self, from: u32, line: &str, servers: &mut [&mut Proc]) -> usize {
+        let deadline = Instant::now() + PATIENCE;
+        let mut exited = false;
+        loop {
+            match self.recv() {
+                Some((pid, msg)) if pid == from && msg.lines().any(|l| l == line) => {
+                    return self.seen.len() - 1;
+                }
+                Some(_) => continue,
+                None if exited => panic!(
+                    "the servers exited before PID {from} sent {line:?}; got {:?}",
+                    self.seen
+                ),
+                None => {}
+            }
+            let stderr = || {
+                servers
+                    .iter()
+                    .map(|s| s.stderr())
+                    .collect::<Vec<_>>()
+                    .join("\n---\n")
+            };
+            assert!(
+                Instant::now() < deadline,
+                "no {line:?} from PID {from}; got {:?}; stderr:\n{}",
+                self.seen,
+                stderr()
+            );
+            // One more pass once all exited: what they sent is still queued.
+            exited = servers.iter_mut().all(|s| s.try_wait().is_some());
+        }
+    }
+
+    /// Everything queued now, without waiting.
+    fn drain(&mut self) {
+        self.manager.socket.set_nonblocking(true).unwrap();
+        while self.recv().is_some() {}
+        self.manager.socket.set_nonblocking(false).unwrap();
+    }
+}
+
+/// A reload's successor (as its predecessor's child, it inherits
+/// `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID=<predecessor>`): once
+/// it has taken the port over, the old server names it the main PID in one
+/// datagram with `READY=1` and `STATUS=`, and says nothing after it; the
+/// successor feeds the watchdog from then on.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_old_server_names_its_successor_the_main_pid_and_the_successor_feeds_the_watchdog() {
+    let env = Env::new();
+    let port = free_port();
+    let p = port.to_string();
+    let mut manager = CredManager::new(&env);
+    // A unit's `PIDFile=` too, shared by both.
+    let pidfile = env.tmp.path().join("server.pid");
+    let pf = pidfile.to_str().unwrap();
+    let mut old_cmd = manager.manager.cmd(
+        &env,
+        &[
+            "serve",
+            "--port",
+            &p,
+            "--host",
+            "127.0.0.1",
+            "--pidfile",
+            pf,
+        ],
+    );
+    old_cmd.env("WATCHDOG_USEC", "200000");
+    let mut old = env.spawn_cmd(old_cmd);
+    let old_pid = old.pid();
+    manager.until(old_pid, "READY=1", &mut [&mut old]);
+    manager.until(old_pid, "WATCHDOG=1", &mut [&mut old]);
+
+    let mut new_cmd = manager.manager.cmd(
+        &env,
+        &[
+            "serve",
+            "--port",
+            &p,
+            "--host",
+            "127.0.0.1",
+            "--replace",
+            "--replace-grace",
+            "0.2",
+            "--pidfile",
+            pf,
+        ],
+    );
+    new_cmd
+        .env("WATCHDOG_USEC", "200000")
+        .env("WATCHDOG_PID", old_pid.to_string());
+    let mut new = env.spawn_cmd(new_cmd);
+    let new_pid = new.pid();
+    let handed = manager.until(
+        old_pid,
+        &format!("MAINPID={new_pid}"),
+        &mut [&mut old, &mut new],
+    );
+    let datagram = &manager.seen[handed].1;
+    let lines: Vec<&str> = datagram.lines().collect();
+    assert_eq!(lines.len(), 3, "{datagram:?}");
+    assert_eq!(
+        lines[..2],
+        [format!("MAINPID={new_pid}").as_str(), "READY=1"],
+        "{datagram:?}"
+    );
+    assert!(lines[2].starts_with("STATUS="), "{datagram:?}");
+    assert!(lines[2].contains(&format!("PID {new_pid}")), "{datagram:?}");
+    // The successor wrote the pidfile before it told the old one to drain:
+    // a manager reading PIDFile= now agrees with MAINPID=.
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        new_pid.to_string()
+    );
+
+    // The successor beats after the switch (it may have before: a manager
+    // with NotifyAccess=main drops those).
+    manager.until(new_pid, "WATCHDOG=1", &mut [&mut new]);
+    assert_eq!(old.wait().code(), Some(0), "{}", old.stderr());
+    // Still beating once the old one is gone.
+    manager.until(new_pid, "WATCHDOG=1", &mut [&mut new]);
+    manager.drain();
+    let from_old_after: Vec<&String> = manager.seen[handed + 1..]
+        .iter()
+        .filter(|(pid, _)| *pid == old_pid)
+        .map(|(_, msg)| msg)
+        .collect();
+    assert!(
+        from_old_after.is_empty(),
+        "the old server spoke after naming its successor: {from_old_after:?}"
+    );
+    let from_old: Vec<&String> = manager.seen[..handed]
+        .iter()
+        .filter(|(pid, _)| *pid == old_pid)
+        .map(|(_, msg)| msg)
+        .collect();
+    assert!(
+        !from_old
+            .iter()
+            .any(|m| m.lines().any(|l| l == "STOPPING=1")),
+        "{from_old:?}"
+    );
+    assert_eq!(
+        record(&env, port).map(|r| r["pid"].clone()),
+        Some(new_pid.into())
+    );
+
+    signal(new_pid, libc::SIGTERM);
+    manager.until(new_pid, "STOPPING=1", &mut [&mut new]);
+    assert_eq!(new.wait().code(), Some(0), "{}", new.stderr());
+    assert!(!pidfile.exists(), "the pidfile goes with the last server");
+}
+
+/// `--ready notify`: the command's `STATUS=` reaches llmlb's own manager,
+/// as the readiness contract says.
+#[cfg(target_os = "linux")]
+#[test]
+fn exec_mode_forwards_the_commands_status_to_its_own_manager() {
+    let have = Command::new("systemd-notify").arg("--version").output();
+    if !have.as_ref().is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "systemd-notify is required under CI (Debian: apt-get install systemd)"
+        );
+        eprintln!("SKIPPED exec_mode_forwards_the_commands_status_to_its_own_manager: systemd-notify is not installed");
+        return;
+    }
+    let env = Env::new();
+    let port = free_port();
+    let p = port.to_string();
+    let mut manager = Manager::new(&env);
+    let mut server = env.spawn_cmd(manager.cmd(
+        &env,
+        &[
+            "serve",
+            "--port",
+            &p,
+            "--ready",
+            "notify",
+            "--",
+            "sh",
+            "-c",
+            "systemd-notify --status='loading weights'; systemd-notify --ready; exec sleep 600",
+        ],
+    ));
+    let pid = server.pid();
+    let mut group = cli_support::GroupGuard(None);
+    manager.until("STATUS=loading weights", &mut server);
+    manager.until("READY=1", &mut server);
+    group.0 = record(&env, port).and_then(|r| r["child_pgid"].as_u64().map(|g| g as u32));
+    signal(pid, libc::SIGTERM);
+    manager.until("STOPPING=1", &mut server);
+    server.wait();
+    drop(group);
+}

@@ -30,7 +30,10 @@ fn serve_then_status_then_stop() {
     let lines: Vec<&str> = table.stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{}", table.stdout);
     let header: Vec<&str> = lines[0].split_whitespace().collect();
-    assert_eq!(header, ["PORT", "PID", "STARTED", "UPTIME", "STATE"]);
+    assert_eq!(
+        header,
+        ["PORT", "PID", "STARTED", "UPTIME", "STATE", "COMMAND"]
+    );
     let row: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(row[0], port.to_string());
     assert_eq!(row[1], pid.to_string());
@@ -40,6 +43,16 @@ fn serve_then_status_then_stop() {
     let ready = row.iter().position(|w| *w == "Ready").expect(lines[1]);
     assert_eq!(row[ready + 1], "for", "{}", lines[1]);
     assert!(row[ready + 2].ends_with('s') || row[ready + 2].ends_with('m'));
+    // COMMAND: how it was started (the program's file name, the arguments),
+    // cut at 40 characters.
+    let p = port.to_string();
+    let command = format!("llmlb serve --port {p} --host 127.0.0.1").replace(".exe", "");
+    let shown = match command.chars().count() {
+        n if n <= 40 => command.clone(),
+        _ => command.chars().take(39).chain(['…']).collect(),
+    };
+    let cell = lines[1].rsplit("  ").next().unwrap();
+    assert_eq!(cell.replace(".exe", ""), shown, "{}", table.stdout);
 
     let (code, json) = status_json(&env, Some(port));
     assert_eq!(code, Some(0));
@@ -48,6 +61,27 @@ fn serve_then_status_then_stop() {
     assert_eq!(entry["pid"], pid);
     assert_eq!(entry["state"], "running");
     assert_eq!(entry["started_at"], health["started_at"]);
+    // Whole in JSON, with the working directory it was started in.
+    assert_eq!(
+        entry["argv"],
+        serde_json::json!([
+            env!("CARGO_BIN_EXE_llmlb"),
+            "serve",
+            "--port",
+            p,
+            "--host",
+            "127.0.0.1"
+        ])
+    );
+    let cwd = std::path::PathBuf::from(entry["cwd"].as_str().expect("a cwd"));
+    #[cfg(unix)]
+    assert_eq!(cwd, env.tmp.path().canonicalize().unwrap());
+    #[cfg(windows)]
+    assert_eq!(cwd.file_name(), env.tmp.path().file_name());
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(env.lock_file(port)).unwrap()).unwrap();
+    assert_eq!(record["argv"], entry["argv"]);
+    assert_eq!(record["cwd"], entry["cwd"]);
 
     let stop = env.run(&["stop", "--port", &port.to_string()]);
     assert_eq!(stop.code(), Some(0), "{stop:?}");
@@ -195,8 +229,10 @@ fn kill_9_leaves_a_stale_lock_that_the_next_serve_reclaims() {
         .collect();
     assert_eq!(row[1], dead.to_string());
     // With --port, the LISTENER column follows STATE: the dead server's
-    // socket went with it.
-    assert_eq!(row[row.len() - 3..], ["Stale", "Not", "listening"]);
+    // socket went with it. (COMMAND, last, is the dead one's.)
+    let stale = row.iter().position(|w| *w == "Stale").expect("a Stale row");
+    assert_eq!(row[stale..stale + 3], ["Stale", "Not", "listening"]);
+    assert_eq!(row[stale + 3], "llmlb", "{row:?}");
     let (_, json) = status_json(&env, Some(port));
     assert_eq!(json[0]["state"], "stale");
     assert_eq!(json[0]["listener"], serde_json::Value::Null);

@@ -134,7 +134,7 @@ fn a_holder_not_yet_listening_is_not_listening_and_a_squatter_beside_it_is_other
     let header: Vec<&str> = lines[0].split_whitespace().collect();
     assert_eq!(
         header,
-        ["PORT", "PID", "STARTED", "UPTIME", "STATE", "LISTENER"]
+        ["PORT", "PID", "STARTED", "UPTIME", "STATE", "LISTENER", "COMMAND"]
     );
     let row = lines[1];
     assert!(
@@ -142,7 +142,8 @@ fn a_holder_not_yet_listening_is_not_listening_and_a_squatter_beside_it_is_other
         "{row}"
     );
     assert!(row.contains("  Starting for "), "{row}");
-    assert!(row.ends_with("  Not listening"), "{row}");
+    // LISTENER, then COMMAND (this test's own command line: it holds).
+    assert!(row.contains("  Not listening  "), "{row}");
 
     let out = env.run(&["status", "--port", &p, "--format", "json"]);
     assert_eq!(out.code(), Some(0), "{out:?}");
@@ -164,7 +165,7 @@ fn a_holder_not_yet_listening_is_not_listening_and_a_squatter_beside_it_is_other
             .lines()
             .nth(1)
             .unwrap()
-            .ends_with(&format!("  Other: PID {pid} ({})", comm(pid))),
+            .contains(&format!("  Other: PID {pid} ({})  ", comm(pid))),
         "{out:?}"
     );
     let out = env.run(&["status", "--check", "--format", "json"]);
@@ -187,8 +188,15 @@ fn an_http_serve_is_ready_and_its_own_listener() {
     assert_eq!(out.code(), Some(0), "{out:?}");
     let row = out.stdout.lines().nth(1).unwrap().to_owned();
     assert!(row.contains("  Ready for "), "{row}");
+    // Then COMMAND, cut at 40 characters (ASCII here).
+    let command = format!("llmlb serve --port {p} --host 127.0.0.1");
+    let shown = if command.len() <= 40 {
+        command
+    } else {
+        format!("{}…", &command[..39])
+    };
     assert!(
-        row.ends_with(&format!("  Holder: PID {pid} (llmlb)")),
+        row.ends_with(&format!("  Holder: PID {pid} (llmlb)  {shown}")),
         "{row}"
     );
 

@@ -4,6 +4,8 @@
 //! systemd runs them: the `Type=notify` unit's with a notify socket and
 //! watchdog of ours (we play the manager, READY=1 must come once the command
 //! listens), the socket unit's under the real `systemd-socket-activate`.
+//! The reload units (`Type=notify-reload`, `ExecReload=`) are verified only:
+//! their sequence is played in `tests/cli_notify.rs`.
 #![cfg(target_os = "linux")]
 
 #[path = "support/prereq.rs"]
@@ -69,6 +71,45 @@ fn tool(name: &str) -> bool {
         "the systemd unit tests",
     );
     false
+}
+
+/// `systemd-analyze verify`'s stderr, less what a systemd older than 253
+/// says of `Type=notify-reload` and `ReloadSignal=` (both new in 253): on
+/// those, the rest of the units is still verified, and a line says what was
+/// not.
+fn verify_complaints(stderr: &str) -> String {
+    let version = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u32>().ok())
+        });
+    if version.is_some_and(|v| v >= 253) {
+        return stderr.trim().to_owned();
+    }
+    let (older, rest): (Vec<&str>, Vec<&str>) = stderr.lines().partition(|l| {
+        l.contains("Failed to parse service type, ignoring: notify-reload")
+            || l.contains("Unknown key 'ReloadSignal'")
+            || l.contains("Unknown key name 'ReloadSignal'")
+    });
+    if !older.is_empty() {
+        // Past libtest's capture, as tests/support/prereq.rs does: what was
+        // not verified shows in every run (CI's systemd may be this old,
+        // so it is no failure there).
+        let test = std::thread::current().name().unwrap_or("?").to_owned();
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "\nPARTLY VERIFIED {test}: systemd {} < 253 does not know Type=notify-reload nor \
+             ReloadSignal= (syntax and paths of the rest verified): {}",
+            version.map_or("?".to_owned(), |v| v.to_string()),
+            older.join("; ")
+        );
+    }
+    rest.join("\n").trim().to_owned()
 }
 
 /// The ExecStart= words with the binary and the app swapped for ours.
@@ -141,9 +182,15 @@ fn every_documented_unit_passes_systemd_analyze_verify() {
     let units = documented_units();
     let names: Vec<&str> = units.iter().map(|(n, _)| n.as_str()).collect();
     assert!(
-        ["myapp.service", "webapp.socket", "webapp.service"]
-            .iter()
-            .all(|n| names.contains(n)),
+        [
+            "myapp.service",
+            "myapp-reload.service",
+            "myapp@.service",
+            "webapp.socket",
+            "webapp.service"
+        ]
+        .iter()
+        .all(|n| names.contains(n)),
         "{names:?}"
     );
     let env = Env::new();
@@ -165,9 +212,9 @@ fn every_documented_unit_passes_systemd_analyze_verify() {
         .env("SYSTEMD_LOG_LEVEL", "warning")
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = verify_complaints(&String::from_utf8_lossy(&out.stderr));
     // Unknown keys and bad values are only warnings: any line is a failure.
-    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+    assert!(out.status.success() && stderr.is_empty(), "{stderr}");
 }
 
 /// The units exactly as pasted, after the README's install: in a private
@@ -231,9 +278,9 @@ fn the_documented_units_verify_as_pasted_after_the_readmes_install() {
         .env("PATH", path_var)
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = verify_complaints(&String::from_utf8_lossy(&out.stderr));
     assert!(
-        out.status.success() && stderr.trim().is_empty(),
+        out.status.success() && stderr.is_empty(),
         "the units as pasted, after `sudo install {install}`: {stderr}"
     );
 }

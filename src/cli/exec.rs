@@ -415,7 +415,7 @@ pub(crate) async fn run(
                 // The successor's command accepts on the same socket now.
                 drained = true;
                 tracing::info!("handed port {port} over to PID {pid}; stopping {shown} (it finishes what it accepted)");
-                super::serve::tell_stopping(&format!("handed port {port} over to PID {pid}; draining"));
+                super::serve::tell_handed_over(port, pid);
                 stop_accepting(front.as_mut()).await;
                 stopping.begin(tree, ForwardSignal::Terminate, drains.handed_over);
             }
@@ -477,8 +477,11 @@ pub(crate) async fn run(
                     stopping.begin(tree, ForwardSignal::Terminate, drains.stopped);
                 }
                 ReadyEvent::Lost(why) => tracing::warn!("{shown} is no longer ready: {why}"),
-                // STATUS=/STOPPING=1 were logged by the watch; Lost comes
-                // only from a watch told to keep watching, which this is not.
+                // The command's own word on what it does, for our manager
+                // too (the watch logged it, escaped and on one line).
+                ReadyEvent::Status(text) => super::serve::tell_status(&text),
+                // STOPPING=1 was logged by the watch; Lost comes only from
+                // a watch told to keep watching, which this is not.
                 _ => {}
             },
             sent = &mut committed_rx, if !committed => {

@@ -98,6 +98,23 @@ pub(crate) fn tell_stopping(line: &str) {
     }
 }
 
+/// Tells our service manager (if any) that `successor` took the port over
+/// and serves: `MAINPID=<successor>` with `READY=1` and a `STATUS=` line in
+/// one datagram, so the unit follows it as its main process, and nothing
+/// from us after it (no `STOPPING=1`, no more heartbeats): see
+/// [`Supervisor::handed_over`].
+pub(crate) fn tell_handed_over(port: u16, successor: u32) {
+    let line = format!(
+        "serving on port {port} as PID {successor} (took over from PID {}, which is draining)",
+        std::process::id()
+    );
+    if let Err(e) = supervisor().handed_over(successor, &line) {
+        tracing::warn!(
+            "cannot tell the service manager (NOTIFY_SOCKET) that PID {successor} took port {port} over: {e}"
+        );
+    }
+}
+
 /// The watchdog's verdict that the port was lost, for the main task's `select!`.
 pub(crate) struct LockLost(Option<tokio::sync::oneshot::Receiver<String>>);
 
@@ -265,6 +282,12 @@ pub(crate) fn run(dir: &LockDirChoice, plan: ServePlan) -> i32 {
             return fail(format!(
                 "cannot watch the stop channel for port {port}: {e}"
             ));
+        }
+        // A reload's successor inherits WATCHDOG_PID=<predecessor>: the
+        // manager's watchdog is ours to feed from now on (the predecessor
+        // beats until it names us its main process).
+        if let Some(pid) = predecessor {
+            supervisor().adopt_watchdog(pid);
         }
         let lock = SharedLock::new(guard);
         // Dropping `lock` on any early return releases it.
@@ -791,7 +814,7 @@ async fn serve_http_on(
                 "handed port {port} over to PID {pid}; finishing in-flight requests (up to {}s)",
                 drains.handed_over.as_secs_f64()
             );
-            tell_stopping(&format!("handed port {port} over to PID {pid}; draining"));
+            tell_handed_over(port, pid);
             (0, drains.handed_over)
         }
         // The record is another holder's now: nothing of ours to write.

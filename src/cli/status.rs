@@ -248,6 +248,8 @@ impl Row {
             }),
             "draining": info.map(|i| i.draining.clone()).unwrap_or_default(),
             "backend_port": live.and_then(|i| i.backend_port),
+            "argv": info.map(|i| i.argv.clone()).unwrap_or_default(),
+            "cwd": info.and_then(|i| i.cwd.clone()),
             "lock_file": self.path,
         });
         if let Err(e) = &self.state {
@@ -311,6 +313,32 @@ fn human_duration(secs: i64) -> String {
     }
 }
 
+/// Widest COMMAND cell, in characters: `…` ends a longer one (`status
+/// --json` has it whole).
+const COMMAND_WIDTH: usize = 40;
+
+/// The COMMAND cell: the program's file name (its directory would fill
+/// the cell; JSON has it) and the arguments, joined by spaces as `ps`
+/// shows them, control characters escaped (the record is file content), cut
+/// at [`COMMAND_WIDTH`]; `-` for a record without one.
+fn command_cell(argv: &[String]) -> String {
+    let Some((program, args)) = argv.split_first() else {
+        return "-".into();
+    };
+    // Either separator: the record may come from another platform.
+    let name = program.rsplit(['/', '\\']).next().unwrap_or(program);
+    let words: Vec<&str> = std::iter::once(name)
+        .chain(args.iter().map(String::as_str))
+        .collect();
+    let shown = llmlb::lock::printable(&words.join(" ")).to_string();
+    if shown.chars().count() <= COMMAND_WIDTH {
+        return shown;
+    }
+    let mut cut: String = shown.chars().take(COMMAND_WIDTH - 1).collect();
+    cut.push('…');
+    cut
+}
+
 /// Whether `info` was recorded on another host (its PID means nothing here).
 fn on_other_host(info: &LockInfo) -> bool {
     matches!(info.check_identity(), IdentityCheck::OtherHost(_))
@@ -334,6 +362,13 @@ fn table(rows: &[Row]) -> String {
         .any(|r| r.live_info().is_some_and(|i| i.backend_port.is_some()));
     if show_backend {
         header.push("BACKEND");
+    }
+    // Last: its width varies most, and a cut command reads best at the end.
+    let show_command = rows
+        .iter()
+        .any(|r| r.info().is_some_and(|i| !i.argv.is_empty()));
+    if show_command {
+        header.push("COMMAND");
     }
     let mut lines: Vec<Vec<String>> = vec![header.into_iter().map(String::from).collect()];
     for row in rows {
@@ -362,6 +397,9 @@ fn table(rows: &[Row]) -> String {
         }
         if show_backend {
             line.push(row.backend_cell());
+        }
+        if show_command {
+            line.push(info.map_or("-".into(), |i| command_cell(&i.argv)));
         }
         lines.push(line);
     }
@@ -485,6 +523,37 @@ pub(crate) fn run(dir: &LockDirChoice, port: Option<u16>, json_out: bool, check:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_cell_is_escaped_and_cut() {
+        let argv = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(command_cell(&[]), "-");
+        assert_eq!(
+            command_cell(&argv(&["llmlb", "serve", "-p", "8000"])),
+            "llmlb serve -p 8000"
+        );
+        assert_eq!(
+            command_cell(&argv(&["evil\n\u{1b}[31m"])),
+            "evil\\n\\u{1b}[31m"
+        );
+        let long = command_cell(&argv(&[
+            "/usr/local/bin/llmlb",
+            "serve",
+            "--port",
+            "8000",
+            "--",
+            "python3",
+            "-m",
+            "http.server",
+            "8000",
+        ]));
+        assert_eq!(long.chars().count(), COMMAND_WIDTH);
+        assert_eq!(long, "llmlb serve --port 8000 -- python3 -m h…");
+        assert_eq!(
+            command_cell(&argv(&["C:\\bin\\llmlb.exe", "serve"])),
+            "llmlb.exe serve"
+        );
+    }
 
     #[test]
     fn durations_are_short_and_human() {

@@ -13,9 +13,27 @@ use super::sys;
 
 mod json;
 
-/// Largest lock file content we read. Real info is a few hundred bytes; a
-/// bigger file is garbage and is classified unreadable without allocating it.
+/// Largest lock file content we read. Real info is a few hundred bytes (a
+/// long command line: up to [`MAX_ARGV_JSON_LEN`] and [`MAX_CWD_JSON_LEN`]
+/// more); a bigger file is garbage and is classified unreadable without
+/// allocating it.
 pub const MAX_INFO_LEN: usize = 16 * 1024;
+
+/// Most bytes [`LockInfo::argv`] takes in the record as JSON (quotes, commas
+/// and escapes counted). A longer command line is cut there and ends with
+/// [`ARGV_TRUNCATED`]: the record stays well under [`MAX_INFO_LEN`] however
+/// the command was started, since readers refuse anything bigger.
+pub const MAX_ARGV_JSON_LEN: usize = 4096;
+
+/// Most bytes [`LockInfo::cwd`] takes in the record as JSON; a longer
+/// working directory is not recorded (a path cut short names another
+/// directory).
+pub const MAX_CWD_JSON_LEN: usize = 4096;
+
+/// The last element of a [`LockInfo::argv`] cut at [`MAX_ARGV_JSON_LEN`]
+/// (the element before it may be cut too): the recorded command is for
+/// people, and this one cannot be run as recorded.
+pub const ARGV_TRUNCATED: &str = "\u{2026}[command line truncated]";
 
 /// Identity of a process that survives PID reuse: on Linux, its start time in
 /// clock ticks since boot (`/proc/<pid>/stat` field 22) plus the boot id,
@@ -150,6 +168,18 @@ pub struct LockInfo {
     /// for every other holder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_port: Option<u16>,
+    /// The holder's command line (`std::env::args_os()`, each argument as
+    /// lossy UTF-8: bytes that are not UTF-8 become U+FFFD), at most
+    /// [`MAX_ARGV_JSON_LEN`] bytes of it, ending in [`ARGV_TRUNCATED`] if
+    /// cut. For `status` and people: a launcher through the C ABI records its
+    /// own process's command line (`python3 app.py …`). Absent when empty
+    /// (older writers, a platform that offers none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub argv: Vec<String>,
+    /// The holder's working directory when it took the port (lossy UTF-8 as
+    /// `argv`); absent if unreadable or longer than [`MAX_CWD_JSON_LEN`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
 }
 
 /// What the holder of a port says it is doing with it: the serving state in
@@ -212,6 +242,10 @@ struct ProcessFacts {
     pid: u32,
     host: String,
     identity: Option<ProcessIdentity>,
+    /// How the process was started: read once, as the first lock is taken
+    /// (a server takes its port at start, before anything changes dir).
+    argv: Vec<String>,
+    cwd: Option<String>,
 }
 
 /// Runs `f` with this process's facts: cached for the process that first asked,
@@ -223,6 +257,11 @@ fn with_process_facts<R>(f: impl FnOnce(&ProcessFacts) -> R) -> R {
         pid,
         host: sys::hostname(),
         identity: sys::own_identity(),
+        argv: capped_argv(std::env::args_os().map(|a| a.to_string_lossy().into_owned())),
+        cwd: std::env::current_dir()
+            .ok()
+            .map(|dir| dir.to_string_lossy().into_owned())
+            .filter(|dir| json_string_len(dir) <= MAX_CWD_JSON_LEN),
     };
     let cached = FIRST.get_or_init(compute);
     if cached.pid == pid {
@@ -250,6 +289,8 @@ impl LockInfo {
             draining: Vec::new(),
             took_over_from: None,
             backend_port: None,
+            argv: facts.argv.clone(),
+            cwd: facts.cwd.clone(),
         })
     }
 
@@ -270,6 +311,8 @@ impl LockInfo {
             draining: Vec::new(),
             took_over_from: None,
             backend_port: None,
+            argv: Vec::new(),
+            cwd: None,
         }
     }
 
@@ -364,6 +407,59 @@ impl LockInfo {
     }
 }
 
+/// Bytes `text` takes as a JSON string, quotes included: serde_json writes
+/// `"`, `\` and the five short escapes in two bytes, other control
+/// characters as `\u00XX`.
+fn json_string_len(text: &str) -> usize {
+    2 + text
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
+/// `args` as recorded: whole while they fit in [`MAX_ARGV_JSON_LEN`] (as
+/// JSON, with the commas), else the argument that crosses it cut at a
+/// character boundary and [`ARGV_TRUNCATED`] after it.
+fn capped_argv(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    // `[` and `]`, and a comma before every element but the first.
+    let mut used = 1;
+    let marker = json_string_len(ARGV_TRUNCATED) + 1;
+    let mut out = Vec::new();
+    let mut args = args.into_iter().peekable();
+    while let Some(arg) = args.next() {
+        let cost = json_string_len(&arg) + 1;
+        // Room for the marker after it, unless nothing follows.
+        let after = if args.peek().is_some() { marker } else { 0 };
+        if used + cost + after <= MAX_ARGV_JSON_LEN {
+            used += cost;
+            out.push(arg);
+            continue;
+        }
+        let room = MAX_ARGV_JSON_LEN.saturating_sub(used + marker);
+        let mut cut = String::new();
+        let mut cut_len = 3; // its quotes and comma
+        for c in arg.chars() {
+            let mut buf = [0u8; 4];
+            let len = json_string_len(c.encode_utf8(&mut buf)) - 2;
+            if cut_len + len > room {
+                break;
+            }
+            cut_len += len;
+            cut.push(c);
+        }
+        if !cut.is_empty() {
+            out.push(cut);
+        }
+        out.push(ARGV_TRUNCATED.to_owned());
+        break;
+    }
+    out
+}
+
 /// Result of [`LockInfo::check_identity`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -409,6 +505,88 @@ mod tests {
         let parsed = LockInfo::parse(&info.to_bytes()).expect("own output parses");
         assert_eq!(parsed, info);
         assert_eq!(parsed.pid, std::process::id());
+    }
+
+    #[test]
+    fn the_holder_records_its_command_line_and_directory() {
+        let info = LockInfo::for_current_process(8000);
+        let args: Vec<String> = std::env::args().collect();
+        assert!(!info.argv.is_empty());
+        assert_eq!(info.argv, capped_argv(args));
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(info.cwd.as_deref(), cwd.to_str());
+        let json: serde_json::Value = serde_json::from_slice(&info.to_bytes()).unwrap();
+        assert_eq!(
+            json["argv"][0].as_str(),
+            info.argv.first().map(String::as_str)
+        );
+    }
+
+    #[test]
+    fn a_record_without_argv_or_cwd_parses_and_writes_neither() {
+        let old = br#"{"pid":7,"started_at":"2026-01-02T03:04:05Z","port":8000,"state":"ready"}"#;
+        let info = LockInfo::parse(old).expect("an older record parses");
+        assert!(info.argv.is_empty());
+        assert_eq!(info.cwd, None);
+        let written = String::from_utf8(info.to_bytes()).unwrap();
+        assert!(
+            !written.contains("argv") && !written.contains("cwd"),
+            "{written}"
+        );
+    }
+
+    #[test]
+    fn a_huge_command_line_is_cut_with_a_marker_and_the_record_stays_readable() {
+        // Control characters cost six bytes each as JSON: the cap counts them.
+        let huge: Vec<String> = std::iter::once("server".to_owned())
+            .chain((0..2000).map(|i| format!("--opt{i}=\u{1}\u{2}é\"")))
+            .collect();
+        let argv = capped_argv(huge.clone());
+        assert_eq!(argv.last().map(String::as_str), Some(ARGV_TRUNCATED));
+        assert_eq!(argv[0], "server");
+        let kept = argv.len() - 1;
+        assert!(kept > 10 && kept < huge.len(), "{kept}");
+        // Whole arguments up to the cut, which is a prefix of its own.
+        assert_eq!(argv[..kept - 1], huge[..kept - 1]);
+        assert!(huge[kept - 1].starts_with(&argv[kept - 1]));
+        let as_json = serde_json::to_vec(&argv).unwrap();
+        assert!(as_json.len() <= MAX_ARGV_JSON_LEN, "{}", as_json.len());
+        assert!(as_json.len() > MAX_ARGV_JSON_LEN - 64, "{}", as_json.len());
+
+        // One argument bigger than the cap: its start, then the marker.
+        let one = capped_argv(["x".repeat(100_000)]);
+        assert_eq!(one.len(), 2);
+        assert!(serde_json::to_vec(&one).unwrap().len() <= MAX_ARGV_JSON_LEN);
+
+        // With the longest cwd recorded, the record fits every reader.
+        let mut info = LockInfo::for_current_process(8000);
+        info.argv = argv;
+        info.cwd = Some("\u{1}".repeat((MAX_CWD_JSON_LEN - 2) / 6));
+        assert!(json_string_len(info.cwd.as_ref().unwrap()) <= MAX_CWD_JSON_LEN);
+        let bytes = info.to_bytes();
+        assert!(bytes.len() < MAX_INFO_LEN, "{}", bytes.len());
+        assert_eq!(LockInfo::parse(&bytes), Some(info));
+
+        // A short command line is kept as it is.
+        let short = vec!["a".to_owned(), String::new(), "\n".to_owned()];
+        assert_eq!(capped_argv(short.clone()), short);
+    }
+
+    #[test]
+    fn json_string_len_is_what_serde_json_writes() {
+        for text in [
+            "",
+            "plain",
+            "\"\\\n\r\t\u{8}\u{c}",
+            "\u{0}\u{1f}\u{7f}",
+            "é漢",
+        ] {
+            assert_eq!(
+                json_string_len(text),
+                serde_json::to_vec(text).unwrap().len(),
+                "{text:?}"
+            );
+        }
     }
 
     #[test]

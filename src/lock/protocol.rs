@@ -631,6 +631,10 @@ impl Holding {
         info.child_pgid = self.info.child_pgid;
         info.child_identity = self.info.child_identity.clone();
         info.backend_port = self.info.backend_port;
+        // The server's command line, not the worker's (a forked child's
+        // is its parent's anyway; one that exec'd runs what the server ran).
+        info.argv = self.info.argv.clone();
+        info.cwd = self.info.cwd.clone();
         info.state = self.info.state;
         info.state_since = self.info.state_since;
         self.write_record(info)?;

@@ -32,6 +32,8 @@ pub(super) fn write(info: &LockInfo, out: &mut Vec<u8>) {
         draining,
         took_over_from,
         backend_port,
+        argv,
+        cwd,
     } = info;
     out.extend_from_slice(b"{\"pid\":");
     number(out, u64::from(*pid));
@@ -77,6 +79,16 @@ pub(super) fn write(info: &LockInfo, out: &mut Vec<u8>) {
     optional(out, b",\"backend_port\":", backend_port, |out, port| {
         number(out, u64::from(*port));
     });
+    if let Some((first, rest)) = argv.split_first() {
+        out.extend_from_slice(b",\"argv\":[");
+        string(out, first);
+        for arg in rest {
+            out.push(b',');
+            string(out, arg);
+        }
+        out.push(b']');
+    }
+    optional(out, b",\"cwd\":", cwd, |out, cwd| string(out, cwd));
     out.push(b'}');
 }
 
@@ -326,6 +338,8 @@ mod tests {
         });
         info.released_by = Some(0);
         info.set_serve_state(ServeState::Stopping);
+        info.argv = vec!["a\"b".to_owned(), String::new(), "\u{1b}[2J\n".to_owned()];
+        info.cwd = Some("C:\\dir\twith tab".to_owned());
         assert_eq!(ours(&info), serde_bytes(&info));
     }
 
@@ -383,6 +397,8 @@ mod tests {
             draining in proptest::collection::vec(any::<u32>(), 0..3),
             took_over_from in proptest::option::of(any::<u32>()),
             backend_port in proptest::option::of(any::<u16>()),
+            argv in proptest::collection::vec(".*", 0..4),
+            cwd in proptest::option::of(".*"),
         ) {
             let info = LockInfo {
                 pid,
@@ -399,6 +415,8 @@ mod tests {
                 draining,
                 took_over_from,
                 backend_port,
+                argv,
+                cwd,
             };
             prop_assert_eq!(
                 String::from_utf8(ours(&info)).expect("UTF-8"),
