@@ -67,18 +67,36 @@ pub fn substitute(args: &[OsString], port: u16) -> Vec<OsString> {
 pub fn accept_queue(port: u16) -> Option<u32> {
     #[cfg(target_os = "linux")]
     {
-        // For a listening socket, /proc/net/tcp's rx_queue is the length
-        // of its accept queue.
-        let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
-        let local = format!("0100007F:{port:04X}");
-        table.lines().skip(1).find_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.get(1) != Some(&local.as_str()) || fields.get(3) != Some(&"0A") {
-                return None;
+        // For a listening socket, /proc/net/tcp{,6}'s rx_queue is the length
+        // of its accept queue. Connections to 127.0.0.1 land on a listener
+        // bound there or to a wildcard (0.0.0.0, or :: with IPv4 mapped).
+        let addresses = [
+            ("/proc/net/tcp", "0100007F"),
+            ("/proc/net/tcp", "00000000"),
+            ("/proc/net/tcp6", "00000000000000000000000000000000"),
+            ("/proc/net/tcp6", "0000000000000000FFFF00000100007F"),
+        ];
+        let mut found = None;
+        for (table, address) in addresses {
+            let Ok(text) = std::fs::read_to_string(table) else {
+                continue;
+            };
+            let local = format!("{address}:{port:04X}");
+            for line in text.lines().skip(1) {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                if fields.get(1) != Some(&local.as_str()) || fields.get(3) != Some(&"0A") {
+                    continue;
+                }
+                let queued = fields
+                    .get(4)
+                    .and_then(|queues| queues.split_once(':'))
+                    .and_then(|(_tx, rx)| u32::from_str_radix(rx, 16).ok());
+                if let Some(queued) = queued {
+                    found = Some(found.unwrap_or(0) + queued);
+                }
             }
-            let (_tx, rx) = fields.get(4)?.split_once(':')?;
-            u32::from_str_radix(rx, 16).ok()
-        })
+        }
+        found
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -138,5 +156,16 @@ mod tests {
         drop(clients);
         drop(listener);
         assert_eq!(accept_queue(port), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_wildcard_listener_s_queue_counts_too() {
+        let listener = TcpListener::bind(("0.0.0.0", 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _clients: Vec<_> = (0..2)
+            .map(|_| std::net::TcpStream::connect(address(port)).unwrap())
+            .collect();
+        assert_eq!(accept_queue(port), Some(2));
     }
 }
