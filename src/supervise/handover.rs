@@ -182,6 +182,47 @@ impl Offer {
     pub fn path(&self) -> &Path {
         self.imp.path()
     }
+
+    /// Answers the control socket's `reload` op with `f` (called on the
+    /// peer's thread with the requester's deadline; it may block until the
+    /// reload is decided). Without it the op is refused as unsupported.
+    pub(crate) fn on_reload(&self, f: OnReload) {
+        self.imp.on_reload(f);
+    }
+
+    /// The successor a handover is under way to (its PID), or this
+    /// server's own PID while it is itself taking the port over; `None`
+    /// when a request would be answered.
+    pub(crate) fn under_way(&self) -> Option<u32> {
+        self.imp.under_way()
+    }
+
+    /// Bars `successor` from committing: a drain it asks for from now on is
+    /// refused, and answered only once it has gone (the caller kills it).
+    /// `false` if it has been told it may drain us already: the port is
+    /// its own, and cancelling is too late.
+    pub(crate) fn cancel(&self, successor: u32) -> bool {
+        self.imp.cancel(successor)
+    }
+
+    /// Ends a [`cancel`](Self::cancel): the next successor may commit.
+    pub(crate) fn uncancel(&self) {
+        self.imp.uncancel();
+    }
+}
+
+/// The control socket's answer to a `reload` op, given its deadline.
+pub(crate) type OnReload = Box<dyn Fn(Duration) -> ReloadAnswer + Send + Sync>;
+
+/// How a reload a holder ran ended.
+#[derive(Debug)]
+pub(crate) enum ReloadAnswer {
+    /// The successor (its PID) took the port over; this server drains.
+    Reloaded(u32),
+    /// Another reload or replace is under way (why, a phrase).
+    Busy(String),
+    /// The successor failed (why, a sentence); this server serves on.
+    Failed(String),
 }
 
 impl std::fmt::Debug for Offer {
@@ -351,6 +392,76 @@ pub enum HandoverError {
         /// What failed.
         source: io::Error,
     },
+}
+
+/// Why [`request_reload`] did not reload the port.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// Nobody holds the port.
+    #[error("no server in lock dir {dir} holds port {port}; nothing was reloaded (start one with: llmlb serve --port {port})")]
+    NotRunning {
+        /// The port.
+        port: u16,
+        /// The lock dir, quoted for the shell.
+        dir: String,
+    },
+    /// The holder offers no reload (`why`, a phrase after "it").
+    #[error("{} holds port {port}, but it {why}; nothing was reloaded or stopped (restart it instead: llmlb serve --replace --port {port} ...)", holder.map_or_else(|| "a process".to_owned(), |pid| format!("PID {pid}")))]
+    NotOffered {
+        /// The port.
+        port: u16,
+        /// The holder, if its record was readable.
+        holder: Option<u32>,
+        /// Why, as a phrase after "it".
+        why: String,
+    },
+    /// The holder is an llmlb that does not know the `reload` op.
+    #[error(
+        "PID {pid} is an llmlb that cannot reload; use `llmlb serve --replace --port {port} ...`"
+    )]
+    CannotReload {
+        /// The port.
+        port: u16,
+        /// The holder.
+        pid: u32,
+    },
+    /// Another reload or replace of the port is under way.
+    #[error("busy: PID {pid} on port {port} is already being replaced ({why}); nothing was started, try again once it has finished")]
+    Busy {
+        /// The port.
+        port: u16,
+        /// The holder.
+        pid: u32,
+        /// What is under way.
+        why: String,
+    },
+    /// The successor failed, or the reload did not finish in time: the
+    /// holder serves on.
+    #[error("the reload of port {port} failed: {why}; PID {pid} serves on")]
+    Failed {
+        /// The port.
+        port: u16,
+        /// The holder, which serves on.
+        pid: u32,
+        /// What happened, as the holder reports it.
+        why: String,
+    },
+    /// The lock dir could not be read.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+}
+
+/// Asks the holder of `port` in `dir` to replace itself (see
+/// [`Handovers::reload`](crate::supervise::succession::Handovers::reload))
+/// and waits for the outcome, the holder bounding the reload by `timeout`:
+/// the successor's PID once it serves and the holder drains.
+///
+/// # Errors
+/// See [`ReloadError`]; in every case but a success the holder serves on,
+/// and nothing was stopped.
+pub fn request_reload(dir: &LockDir, port: u16, timeout: Duration) -> Result<u32, ReloadError> {
+    sys::request_reload(dir, port, timeout)
 }
 
 /// Asks the holder of `port` in `dir` to hand the port over, waiting up to

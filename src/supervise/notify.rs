@@ -107,6 +107,16 @@ impl Supervisor {
         self.send(&[Message::Watchdog])
     }
 
+    /// Sends `RELOADING=1` with `MONOTONIC_USEC=` (the `CLOCK_MONOTONIC`
+    /// time now, without which systemd may ignore the reload): a reload
+    /// began; [`ready`](Supervisor::ready) ends it.
+    ///
+    /// # Errors
+    /// As [`status`](Supervisor::status).
+    pub fn reloading(&self) -> io::Result<()> {
+        self.send(&[Message::Reloading])
+    }
+
     fn send(&self, messages: &[Message<'_>]) -> io::Result<()> {
         if !self.listening {
             return Ok(());
@@ -123,6 +133,8 @@ enum Message<'a> {
     Stopping,
     Status(&'a str),
     Watchdog,
+    /// `RELOADING=1` and `MONOTONIC_USEC=`.
+    Reloading,
 }
 
 fn one_line(text: &str) -> String {
@@ -146,16 +158,20 @@ mod imp {
     }
 
     pub(super) fn send(messages: &[Message<'_>]) -> io::Result<()> {
-        let states: Vec<NotifyState<'_>> = messages
-            .iter()
-            .map(|m| match *m {
-                Message::MainPid(pid) => NotifyState::MainPid(pid),
-                Message::Ready => NotifyState::Ready,
-                Message::Stopping => NotifyState::Stopping,
-                Message::Status(line) => NotifyState::Status(line),
-                Message::Watchdog => NotifyState::Watchdog,
-            })
-            .collect();
+        let mut states: Vec<NotifyState<'_>> = Vec::new();
+        for m in messages {
+            match *m {
+                Message::MainPid(pid) => states.push(NotifyState::MainPid(pid)),
+                Message::Ready => states.push(NotifyState::Ready),
+                Message::Stopping => states.push(NotifyState::Stopping),
+                Message::Status(line) => states.push(NotifyState::Status(line)),
+                Message::Watchdog => states.push(NotifyState::Watchdog),
+                Message::Reloading => {
+                    states.push(NotifyState::Reloading);
+                    states.push(NotifyState::monotonic_usec_now()?);
+                }
+            }
+        }
         #[cfg(target_os = "linux")]
         if let Some(name) = std::env::var_os("NOTIFY_SOCKET")
             .as_deref()
