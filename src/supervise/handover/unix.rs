@@ -89,6 +89,10 @@ struct OfferShared {
     /// taken by a successor that then gave up), for the accept loop to take.
     replacement: Mutex<Option<UnixListener>>,
     on_reload: Mutex<Option<Arc<OnReload>>>,
+    /// Reload requests being answered: a server drained by a reload's
+    /// successor waits (briefly) for the answer to be written before it
+    /// withdraws and exits, or its requester would find the socket closed.
+    replying: AtomicUsize,
     /// Which successor may commit: one drain decision at a time, so a
     /// reload's deadline and its successor's drain cannot both win.
     gate: Mutex<DrainGate>,
@@ -183,6 +187,7 @@ impl Offer {
             on_taken_back: Mutex::new(None),
             replacement: Mutex::new(None),
             on_reload: Mutex::new(None),
+            replying: AtomicUsize::new(0),
             gate: Mutex::new(DrainGate::default()),
         });
         let offer = Offer { path, shared };
@@ -265,6 +270,14 @@ impl OfferShared {
 
 impl Drop for Offer {
     fn drop(&mut self) {
+        // Drained (by a reload's successor, perhaps): the reload's answer
+        // follows at once; a stop mid-reload does not wait for it.
+        if self.shared.closed.load(Ordering::SeqCst) {
+            let until = Instant::now() + PEER_TIMEOUT;
+            while self.shared.replying.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         {
             let mut sockets = lock_ignoring_poison(&self.shared.sockets);
             self.shared.closed.store(true, Ordering::SeqCst);
@@ -665,6 +678,7 @@ fn answer_reload(stream: &mut UnixStream, shared: &OfferShared, request: &Value)
         );
         return;
     };
+    shared.replying.fetch_add(1, Ordering::SeqCst);
     let timeout = request
         .get("timeout_ms")
         .and_then(Value::as_u64)
@@ -682,6 +696,7 @@ fn answer_reload(stream: &mut UnixStream, shared: &OfferShared, request: &Value)
         }),
     };
     let _ = write_line(stream, &reply);
+    shared.replying.fetch_sub(1, Ordering::SeqCst);
 }
 
 /// Whether the peer has closed its end (it exited): one `poll` that does
