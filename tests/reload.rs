@@ -416,7 +416,10 @@ fn a_successor_whose_command_fails_leaves_everything_as_it_was() {
         "says where the log went: {out:?}"
     );
     assert_unchanged(&env, port, &before, &mut old);
-    assert_eq!(std::fs::read_to_string(&pidfile).unwrap().trim(), pid_text.trim());
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        pid_text.trim()
+    );
     hammer.finish();
     // And it can still be reloaded.
     std::fs::write(&flag, "").unwrap();

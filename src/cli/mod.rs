@@ -44,7 +44,7 @@ macro_rules! env_and_files {
         "
 Environment:
   LLMLB_LOCK_DIR   the lock dir (absolute); --lock-dir overrides it
-  LLMLB_PORT       port of serve, stop and wait, and of status -p without a value
+  LLMLB_PORT       port of serve, stop, reload and wait, and of status -p without a value
                    (default 32768; empty: unset)
   LLMLB_HOST       serve's --host (default 0.0.0.0)
   LLMLB_LOG_LEVEL  log level on stderr (error, warn, info, debug, trace, off; default info);

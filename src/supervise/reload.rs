@@ -215,7 +215,10 @@ impl Handovers {
         let _running = Running(&reloads.running);
         match self.with_offer(|offer| offer.under_way()) {
             None => {
-                return ReloadAnswer::Failed("this server offers no handover".to_owned());
+                return ReloadAnswer::Failed(
+                    "this server offers no handover (exec mode without a passed socket?), so no successor can take its port over; restart it instead (llmlb serve --replace)"
+                        .to_owned(),
+                );
             }
             Some(Some(pid)) if pid == std::process::id() => {
                 return ReloadAnswer::Busy(
