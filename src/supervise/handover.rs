@@ -41,6 +41,10 @@
 //! back, and goes on serving: it never stopped. If the holder dies at any
 //! point after step 2, the successor holds the lock and serves.
 //!
+//! A peer may also ask the holder to replace itself (`"op":"reload"`, see
+//! [`reload`](crate::supervise::reload)): the holder starts its successor,
+//! which then runs the steps above, and answers once it is decided.
+//!
 //! The wire format is one JSON object per line, each request and reply
 //! carrying `"llmlb_handover": 1` ([`PROTOCOL_VERSION`]); a request this
 //! version does not know gets an error reply, never a crash.
@@ -453,7 +457,7 @@ pub enum ReloadError {
 }
 
 /// Asks the holder of `port` in `dir` to replace itself (see
-/// [`Handovers::reload`](crate::supervise::succession::Handovers::reload))
+/// [`reload`](crate::supervise::reload))
 /// and waits for the outcome, the holder bounding the reload by `timeout`:
 /// the successor's PID once it serves and the holder drains.
 ///
