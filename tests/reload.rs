@@ -225,6 +225,22 @@ fn spawn_exec_sh(env: &Env, port: u16, script: &str) -> Proc {
     env.spawn_cmd(cmd)
 }
 
+/// Proxy mode with `--ready http`, the command `sh -c SCRIPT` (which runs
+/// the LLM double, `$SERVE`, on its private `$PORT` as it decides). Unlike
+/// a command given the passed socket (ready under `--ready listen` from its
+/// first instant), its readiness is what it answers: a successor held back
+/// by SCRIPT is not ready, and its handover stays under way.
+fn spawn_proxy_sh(env: &Env, port: u16, extra: &[&str], script: &str) -> Proc {
+    let mut cmd = env.cmd(&[]);
+    let mut options = extra.to_vec();
+    options.extend(["--proxy", "--ready", "http", "--", "sh", "-c", script]);
+    cmd.args(serve_args(port, &options)).env(
+        "SERVE",
+        format!("exec python3 {LLM_DOUBLE} --host 127.0.0.1 --port \"$PORT\""),
+    );
+    env.spawn_cmd(cmd)
+}
+
 /// Waits until `server` is the port's holder, ready, and offers a handover.
 fn wait_ready(env: &Env, port: u16, server: &Proc) -> LockInfo {
     let pid = server.pid();
@@ -378,27 +394,9 @@ fn a_successor_whose_command_fails_leaves_everything_as_it_was() {
     let flag = env.tmp.path().join("FLAG");
     std::fs::write(&flag, "").unwrap();
     let pidfile = env.tmp.path().join("server.pid");
-    let mut cmd = env.cmd(&[]);
-    let script = format!("test -e '{}' && exec \"$PY\" \"$SERVER\"", flag.display());
     let p = pidfile.display().to_string();
-    let args = serve_args(
-        port,
-        &[
-            "--pidfile",
-            &p,
-            "--pass-socket",
-            "--ready",
-            "listen",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
-    );
-    cmd.args(&args)
-        .env("PY", "python3")
-        .env("SERVER", ACTIVATED_HTTP);
-    let mut old = env.spawn_cmd(cmd);
+    let script = format!("test -e '{}' && eval \"$SERVE\"", flag.display());
+    let mut old = spawn_proxy_sh(&env, port, &["--pidfile", &p], &script);
     let before = wait_ready(&env, port, &old);
     let pid_text = read_when_written(&pidfile);
     let hammer = Hammer::start(port);
@@ -430,17 +428,21 @@ fn a_successor_whose_command_fails_leaves_everything_as_it_was() {
 }
 
 #[test]
-fn a_reload_while_one_is_under_way_is_busy() {
+fn a_reload_while_one_or_a_replace_is_under_way_is_busy() {
     let env = Env::new();
     let port = free_port();
-    let slow = env.tmp.path().join("SLOW");
+    // A successor's command waits while HOLD exists: the handover stays
+    // under way until the test lets it go.
+    let hold = env.tmp.path().join("HOLD");
     let script = format!(
-        "if test -e '{}'; then sleep 2; fi; exec \"$PY\" \"$SERVER\"",
-        slow.display()
+        "while test -e '{}'; do sleep 0.05; done; eval \"$SERVE\"",
+        hold.display()
     );
-    let mut old = spawn_exec_sh(&env, port, &script);
+    let mut old = spawn_proxy_sh(&env, port, &[], &script);
     wait_ready(&env, port, &old);
-    std::fs::write(&slow, "").unwrap();
+
+    // A reload while a reload is under way.
+    std::fs::write(&hold, "").unwrap();
     let first = env.spawn(&["reload", "-p", &port.to_string()]);
     wait_until("the first reload to start a successor", || {
         old.stderr().contains("reload: started PID")
@@ -448,10 +450,30 @@ fn a_reload_while_one_is_under_way_is_busy() {
     let second = reload(&env, port, &[]);
     assert_eq!(second.code(), Some(1), "{second:?}");
     assert!(second.stderr.contains("busy"), "{second:?}");
+    std::fs::remove_file(&hold).unwrap();
     let new = reloaded_pid(&first.finish());
     let _guard = Successor(new);
     assert_replaced(&env, port, &mut old, new);
-    stop_successor(&env, port, new);
+
+    // A reload while a `serve --replace` is under way.
+    std::fs::write(&hold, "").unwrap();
+    let mut replacing = spawn_proxy_sh(&env, port, &[], &script);
+    let replacing_pid = replacing.pid();
+    wait_record(&env, port, "the replace under way", &replacing, |r| {
+        r.pid == replacing_pid
+    });
+    let during = reload(&env, port, &[]);
+    assert_eq!(during.code(), Some(1), "{during:?}");
+    assert!(during.stderr.contains("busy"), "{during:?}");
+    std::fs::remove_file(&hold).unwrap();
+    wait_record(&env, port, "the replace done", &replacing, |r| {
+        r.pid == replacing_pid && r.state == Some(ServeState::Ready)
+    });
+    wait_until("the reloaded server to drain and exit", || !alive(new));
+    let out = env.run(&["stop", "-p", &port.to_string()]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    replacing.wait();
+    assert!(!env.lock_file(port).exists());
 }
 
 #[test]
@@ -503,14 +525,14 @@ fn a_successor_not_ready_in_time_is_stopped_and_the_old_serves_on() {
     let env = Env::new();
     let port = free_port();
     let stuck = env.tmp.path().join("STUCK");
-    // The successor's command never listens: `sleep` without the passed
-    // socket, with a mark of this test to find it (or its absence) in /proc.
+    // The successor's command never serves: `sleep`, with a mark of this
+    // test to find it (or its absence) in /proc.
     let mark = format!("{}.25", 3000 + port);
     let script = format!(
-        "if test -e '{}'; then exec sleep {mark} 3<&-; fi; exec \"$PY\" \"$SERVER\"",
+        "if test -e '{}'; then exec sleep {mark}; fi; eval \"$SERVE\"",
         stuck.display()
     );
-    let mut old = spawn_exec_sh(&env, port, &script);
+    let mut old = spawn_proxy_sh(&env, port, &[], &script);
     let before = wait_ready(&env, port, &old);
     let hammer = Hammer::start(port);
     std::fs::write(&stuck, "").unwrap();
