@@ -640,6 +640,45 @@ mod tests {
     }
 
     #[test]
+    fn a_cancelled_successor_cannot_commit_and_the_port_comes_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LockDir::create(tmp.path().join("locks")).unwrap();
+        let (lock, offer, _listener, drained) = offering(&dir, 8006);
+        let before = record(&dir, 8006);
+        let Requested::Received(received) = request(&dir, 8006, PATIENCE).unwrap() else {
+            panic!("the offer must be taken");
+        };
+        assert_eq!(offer.under_way(), Some(std::process::id()));
+        // The reload's deadline: this successor may no longer commit.
+        assert!(offer.cancel(std::process::id()));
+        let Received {
+            guard, predecessor, ..
+        } = *received;
+        assert!(
+            predecessor.drain(Duration::from_millis(300)).is_err(),
+            "a cancelled successor is never told it may drain"
+        );
+        assert!(drained.try_recv().is_err(), "the holder did not drain");
+        // It goes (killed, in a reload): the holder takes its port back.
+        guard.abandon();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while offer.under_way().is_some() {
+            assert!(std::time::Instant::now() < deadline, "never given back");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(record(&dir, 8006).started_at, before.started_at);
+        assert!(lock.with(|_| ()).is_some(), "the holder still holds");
+        offer.uncancel();
+        // The next successor commits as usual; cancelling it then is too late.
+        let Requested::Received(again) = request(&dir, 8006, PATIENCE).unwrap() else {
+            panic!("the offer must stand");
+        };
+        let _draining = again.predecessor.drain(PATIENCE).unwrap();
+        assert!(!offer.cancel(std::process::id()));
+        assert_eq!(drained.recv_timeout(PATIENCE).unwrap(), std::process::id());
+    }
+
+    #[test]
     fn a_second_successor_is_told_the_port_is_busy() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = LockDir::create(tmp.path().join("locks")).unwrap();
