@@ -1247,6 +1247,42 @@ mod tests {
     use super::*;
     use crate::lock::acquire_or_reclaim;
 
+    /// A holder of an older version answers the `reload` op with `unknown
+    /// request`: it "cannot reload", and nothing else is asked of it.
+    #[test]
+    fn an_older_holder_cannot_reload() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LockDir::create(tmp.path().join("locks")).unwrap();
+        let port = 41202;
+        assert!(matches!(
+            request_reload(&dir, port, Duration::from_secs(1)),
+            Err(ReloadError::NotRunning { port: 41202, .. })
+        ));
+        // This process is the recorded holder; its control socket answers
+        // as an llmlb without the op does.
+        let _guard = acquire_or_reclaim(&dir, port).unwrap();
+        let listener = UnixListener::bind(control_path(dir.path(), port)).unwrap();
+        let holder = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let line = LineReader::default()
+                .next_line(&mut stream)
+                .unwrap()
+                .unwrap();
+            let asked: Value = serde_json::from_slice(&line).unwrap();
+            refuse(&mut stream, "unknown request", &[]);
+            asked
+        });
+        match request_reload(&dir, port, Duration::from_secs(1)) {
+            Err(ReloadError::CannotReload { port: 41202, pid }) => {
+                assert_eq!(pid, std::process::id());
+            }
+            other => panic!("expected CannotReload, got {other:?}"),
+        }
+        let asked = holder.join().unwrap();
+        assert_eq!(asked["op"], "reload");
+        assert_eq!(asked["timeout_ms"], 1000);
+    }
+
     /// A holder that closes the control connection with the request unread
     /// (as a holder killed mid-request does) resets it rather than ending
     /// it: that is "closed its control socket unanswered", looked at again
