@@ -363,6 +363,7 @@ pub(crate) async fn run(
     let mut drained = false;
     let mut stopping = Stopping::default();
     let mut reap = tokio::time::interval(REAP_INTERVAL);
+    signals.on_reload(handovers);
     let status = loop {
         tokio::select! {
             status = child.wait() => break Some(status),
@@ -388,7 +389,7 @@ pub(crate) async fn run(
                 // The command's to interpret (reload, reopen logs, a stop of
                 // its own choosing): forwarded, and nothing else changes.
                 Received::Pass(sig) => forward(tree, sig, &shown),
-                Received::Reserved => signals::log_reserved(),
+                Received::Reload => signals.reload(),
             },
             () = until(ready_deadline), if !is_ready && stopping.deadline.is_none() => {
                 timed_out = true;

@@ -18,6 +18,7 @@ use llmlb::supervise::ready::{ReadyPolicy, ReadySpec};
 mod exec;
 mod http;
 mod listening;
+mod reload;
 mod replace;
 mod serve;
 mod signals;
@@ -43,7 +44,7 @@ macro_rules! env_and_files {
         "
 Environment:
   LLMLB_LOCK_DIR   the lock dir (absolute); --lock-dir overrides it
-  LLMLB_PORT       port of serve, stop and wait, and of status -p without a value
+  LLMLB_PORT       port of serve, stop, reload and wait, and of status -p without a value
                    (default 32768; empty: unset)
   LLMLB_HOST       serve's --host (default 0.0.0.0)
   LLMLB_LOG_LEVEL  log level on stderr (error, warn, info, debug, trace, off; default info);
@@ -75,7 +76,8 @@ macro_rules! serve_after {
        after releasing (a clean stop for systemd; 143/130 in a shell)
 
 Signals: exec mode forwards SIGHUP, SIGUSR1, SIGQUIT and SIGWINCH to COMMAND's group; HTTP
-  mode ignores SIGHUP, SIGUSR1 and SIGWINCH; SIGUSR2 is reserved and ignored by both.
+  mode ignores SIGHUP, SIGUSR1 and SIGWINCH; SIGUSR2 reloads (as `llmlb reload`, in the
+  background, 60 s for the successor).
 
 Examples:
   llmlb serve --port 8000                       # HTTP on 0.0.0.0:8000, GET /health
@@ -105,6 +107,31 @@ Examples:
     };
 }
 const STOP_AFTER: &str = stop_after!();
+macro_rules! reload_after {
+    () => {
+        "Exit codes:
+  0  the successor serves the port; the old server drains and exits 0 (one line
+     naming the new PID)
+  1  nothing reloaded, the old server serves on: the successor exited or was not
+     ready within --timeout (it is stopped then; its log is the server's stderr);
+     busy (a reload or replace is under way); the holder offers no handover (exec
+     mode without a passed socket, a launcher) or is an llmlb that cannot reload;
+     nobody holds the port
+  2  usage error
+
+The server starts its successor itself: its own command line (the executable found
+again by the path it was started by, so a new binary on disk is used) with --replace,
+in its working directory and environment, as its child (same cgroup, same log).
+SIGUSR2 to the server does the same in the background.
+
+Examples:
+  llmlb reload --port 8000            # in a deploy script, after installing the new binary
+  llmlb reload -p 8000 -t 600         # a model that loads for minutes
+  ExecReload=/usr/bin/llmlb reload -p 8000   # systemd
+"
+    };
+}
+const RELOAD_AFTER: &str = reload_after!();
 macro_rules! status_after {
     () => {
         "Exit codes:
@@ -183,6 +210,11 @@ enum Command {
     /// SIGTERM, wait for its lock, optionally SIGKILL.
     #[command(after_help = STOP_AFTER, after_long_help = concat!(stop_after!(), env_and_files!()))]
     Stop(StopArgs),
+    /// Replace the server holding a port by a new one started from its own
+    /// command line (a new binary on disk is picked up), without refusing a
+    /// connection; waits until the new one serves.
+    #[command(after_help = RELOAD_AFTER, after_long_help = concat!(reload_after!(), env_and_files!()))]
+    Reload(ReloadArgs),
     /// List held and stale locks (LSB exit codes with --port: 0 running,
     /// 1 stale, 3 not running, 4 unknown).
     #[command(after_help = STATUS_AFTER, after_long_help = concat!(status_after!(), env_and_files!()))]
@@ -422,6 +454,19 @@ struct StopArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct ReloadArgs {
+    /// Port whose server to reload, taken as serve takes it.
+    #[arg(short, long, env = PORT_ENV, default_value_t = DEFAULT_PORT, value_parser = port_parser(),
+          allow_negative_numbers = true)]
+    port: u16,
+    /// Seconds (decimals allowed) the successor has to take the port over;
+    /// not by then, the server stops it and serves on (exit 1).
+    #[arg(short, long, value_name = "SECS", default_value = "60", value_parser = parse_secs,
+          allow_hyphen_values = true)]
+    timeout: Duration,
+}
+
+#[derive(Debug, clap::Args)]
 struct WaitArgs {
     /// Port to wait for, taken as serve takes it.
     #[arg(short, long, env = PORT_ENV, default_value_t = DEFAULT_PORT, value_parser = port_parser(),
@@ -645,7 +690,7 @@ pub fn run() -> i32 {
     if let (Some(value), Some((name, sub))) = (&bad_port_env, matches.subcommand()) {
         // The commands that would have taken their port from LLMLB_PORT.
         let from_env = match &cli.command {
-            Command::Serve(_) | Command::Stop(_) | Command::Wait(_) => {
+            Command::Serve(_) | Command::Stop(_) | Command::Reload(_) | Command::Wait(_) => {
                 sub.value_source("port") == Some(ValueSource::DefaultValue)
             }
             Command::Status(args) => args.port == Some(None),
@@ -664,6 +709,7 @@ pub fn run() -> i32 {
             serve(&dir, args, sub.and_then(|m| m.value_source("port")))
         }
         Command::Stop(args) => stop::run(&dir, args.port, args.timeout, args.force),
+        Command::Reload(args) => reload::run(&dir, args.port, args.timeout),
         Command::Wait(args) => wait::run(&dir, args.port, args.until.into(), args.timeout),
         Command::Status(args) => {
             let port = args.port.map(|port| port.unwrap_or_else(default_port));

@@ -114,5 +114,8 @@ pub(crate) fn handovers(
     let handovers = Handovers::new(lock, port, sockets, predecessor, pidfile, move |pid| {
         let _ = tx.send(pid);
     });
+    if let Some(relaunch) = super::serve::relaunch() {
+        handovers.enable_reload(relaunch.clone(), super::serve::supervisor());
+    }
     (handovers, rx)
 }

@@ -19,6 +19,7 @@ use llmlb::lock::{
 use llmlb::supervise::activation::Activated;
 use llmlb::supervise::notify::Supervisor;
 use llmlb::supervise::ready::ReadySpec;
+use llmlb::supervise::reload::Relaunch;
 use llmlb::supervise::socket_pass::{PassSocket, DEFAULT_NAME};
 use llmlb::supervise::{SharedLock, WatchEnd, WatchEvent};
 
@@ -75,9 +76,18 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Our own service manager (`NOTIFY_SOCKET`), read once: the environment
 /// belongs to the process, and so does the manager it names.
-fn supervisor() -> &'static Supervisor {
+pub(crate) fn supervisor() -> &'static Supervisor {
     static SUPERVISOR: OnceLock<Supervisor> = OnceLock::new();
     SUPERVISOR.get_or_init(Supervisor::from_env)
+}
+
+/// How this server was started, for its successor (`llmlb reload`): read
+/// once at start.
+static RELAUNCH: OnceLock<Relaunch> = OnceLock::new();
+
+/// How this server was started, if it could be read.
+pub(crate) fn relaunch() -> Option<&'static Relaunch> {
+    RELAUNCH.get()
 }
 
 /// Tells our service manager (if any) what serve is doing: one `STATUS=`
@@ -235,6 +245,15 @@ pub(crate) fn run(dir: &LockDirChoice, plan: ServePlan) -> i32 {
         drains,
         proxy,
     } = plan;
+    // Read before anything else: how a successor is started (`reload`).
+    match Relaunch::from_process(port) {
+        Ok(relaunch) => {
+            let _ = RELAUNCH.set(relaunch);
+        }
+        Err(e) => tracing::warn!(
+            "cannot read the working directory ({e}); this server cannot reload (llmlb reload, SIGUSR2)"
+        ),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -712,6 +731,7 @@ async fn serve_http(
         predecessor,
         pidfile,
     );
+    signals.on_reload(&handovers);
     let code = serve_http_on(
         lock,
         &mut signals,

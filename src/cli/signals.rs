@@ -3,7 +3,7 @@
 //! default-killed into a stale file). Unix: SIGINT/SIGTERM ask for a stop;
 //! SIGHUP, SIGUSR1, SIGQUIT and SIGWINCH are exec mode's to forward to its
 //! command (HTTP mode ignores all but SIGQUIT, a graceful stop there, as in
-//! nginx); SIGUSR2 is reserved for a future reload and ignored. Windows:
+//! nginx); SIGUSR2 asks the server to reload (start its successor). Windows:
 //! Ctrl-C, Ctrl-Break and the lock's stop channel (what `llmlb stop` sets).
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 #[cfg(windows)]
 use llmlb::lock::StopRequest;
 use llmlb::supervise::exec::ForwardSignal;
+use llmlb::supervise::succession::Handovers;
 
 /// What a signal asks of `serve`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,8 +22,8 @@ pub(crate) enum Received {
     /// SIGHUP, SIGUSR1, SIGQUIT or SIGWINCH: exec mode's command decides what
     /// it means (reload, reopen logs…), so exec mode forwards it.
     Pass(ForwardSignal),
-    /// SIGUSR2: reserved for llmlb's own reload; logged and ignored.
-    Reserved,
+    /// SIGUSR2: llmlb's own reload (see [`Signals::on_reload`]).
+    Reload,
 }
 
 /// The signals this process listens for.
@@ -49,6 +50,8 @@ pub(crate) struct Signals {
     /// [`watch`](Self::watch) and after it fired.
     #[cfg(windows)]
     stop: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// What SIGUSR2 reloads, once the server serves.
+    reload: Option<std::sync::Arc<Handovers>>,
 }
 
 impl Signals {
@@ -65,6 +68,7 @@ impl Signals {
                 usr2: signal(SignalKind::user_defined2())?,
                 quit: signal(SignalKind::quit())?,
                 winch: signal(SignalKind::window_change())?,
+                reload: None,
             })
         }
         #[cfg(windows)]
@@ -73,6 +77,7 @@ impl Signals {
                 ctrl_c: tokio::signal::windows::ctrl_c()?,
                 ctrl_break: tokio::signal::windows::ctrl_break()?,
                 stop: None,
+                reload: None,
             })
         }
     }
@@ -94,11 +99,34 @@ impl Signals {
         Ok(())
     }
 
+    /// From now on SIGUSR2 reloads the server of `handovers` (in the
+    /// background); before, it is logged and ignored.
+    pub(crate) fn on_reload(&mut self, handovers: &std::sync::Arc<Handovers>) {
+        self.reload = Some(std::sync::Arc::clone(handovers));
+    }
+
+    /// Acts on SIGUSR2: a reload in the background, or a log line if
+    /// there is nothing to reload yet.
+    pub(crate) fn reload(&self) {
+        match &self.reload {
+            Some(handovers) => {
+                tracing::info!(
+                    "received SIGUSR2; reloading: starting a successor to take the port over"
+                );
+                handovers.reload_in_background();
+            }
+            None => tracing::info!(
+                "received SIGUSR2; ignored: there is no running server to reload yet"
+            ),
+        }
+    }
+
     /// Waits for the next stop request, for everything but exec mode's
     /// running command: SIGINT, SIGTERM, and SIGQUIT (a graceful stop, as
     /// nginx takes it); on Windows Ctrl-C (as SIGINT), Ctrl-Break or a stop
-    /// request (as SIGTERM). SIGHUP, SIGUSR1, SIGUSR2 and SIGWINCH are
-    /// logged and ignored: there is nothing here to reload or reopen.
+    /// request (as SIGTERM). SIGUSR2 reloads (see
+    /// [`on_reload`](Self::on_reload)); SIGHUP, SIGUSR1 and SIGWINCH are
+    /// logged and ignored: there is nothing here to reopen.
     pub(crate) async fn recv(&mut self) -> ForwardSignal {
         loop {
             match self.next().await {
@@ -108,7 +136,7 @@ impl Signals {
                     "received {}; ignored (only exec mode forwards it, to its command)",
                     name(sig)
                 ),
-                Received::Reserved => log_reserved(),
+                Received::Reload => self.reload(),
             }
         }
     }
@@ -124,7 +152,7 @@ impl Signals {
                 _ = self.usr1.recv() => Received::Pass(ForwardSignal::User1),
                 _ = self.quit.recv() => Received::Pass(ForwardSignal::Quit),
                 _ = self.winch.recv() => Received::Pass(ForwardSignal::WindowChange),
-                _ = self.usr2.recv() => Received::Reserved,
+                _ = self.usr2.recv() => Received::Reload,
             }
         }
         #[cfg(windows)]
@@ -148,11 +176,6 @@ impl Signals {
             }
         }
     }
-}
-
-/// The one line for SIGUSR2, wherever it arrives.
-pub(crate) fn log_reserved() {
-    tracing::info!("received SIGUSR2; ignored (reserved for a future `llmlb reload`)");
 }
 
 /// The signal's name for logs: `SIGINT`, `SIGHUP`…; on Windows `Ctrl-C`

@@ -163,7 +163,19 @@ pub(crate) fn become_subreaper() -> io::Result<bool> {
 /// whose status its `Child` handle collects. Call now and then while the
 /// command runs, so dead grandchildren do not pile up as zombies.
 pub(crate) fn reap_orphans(direct_child: u32) {
-    sys::reap_orphans(direct_child)
+    sys::reap_orphans(&[
+        direct_child,
+        SPARED.load(std::sync::atomic::Ordering::SeqCst),
+    ])
+}
+
+/// A child of this process that [`reap_orphans`] must leave alone (a
+/// reload's successor, whose status the reload collects); 0: none.
+static SPARED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Keeps `pid` (0: nobody) from [`reap_orphans`] until called again.
+pub(crate) fn spare_from_reaping(pid: u32) {
+    SPARED.store(pid, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// The exit code a launcher should exit with for its child's `status`: the

@@ -41,6 +41,10 @@
 //! back, and goes on serving: it never stopped. If the holder dies at any
 //! point after step 2, the successor holds the lock and serves.
 //!
+//! A peer may also ask the holder to replace itself (`"op":"reload"`, see
+//! [`reload`](crate::supervise::reload)): the holder starts its successor,
+//! which then runs the steps above, and answers once it is decided.
+//!
 //! The wire format is one JSON object per line, each request and reply
 //! carrying `"llmlb_handover": 1` ([`PROTOCOL_VERSION`]); a request this
 //! version does not know gets an error reply, never a crash.
@@ -182,6 +186,47 @@ impl Offer {
     pub fn path(&self) -> &Path {
         self.imp.path()
     }
+
+    /// Answers the control socket's `reload` op with `f` (called on the
+    /// peer's thread with the requester's deadline; it may block until the
+    /// reload is decided). Without it the op is refused as unsupported.
+    pub(crate) fn on_reload(&self, f: OnReload) {
+        self.imp.on_reload(f);
+    }
+
+    /// The successor a handover is under way to (its PID), or this
+    /// server's own PID while it is itself taking the port over; `None`
+    /// when a request would be answered.
+    pub(crate) fn under_way(&self) -> Option<u32> {
+        self.imp.under_way()
+    }
+
+    /// Bars `successor` from committing: a drain it asks for from now on is
+    /// refused, and answered only once it has gone (the caller kills it).
+    /// `false` if it has been told it may drain us already: the port is
+    /// its own, and cancelling is too late.
+    pub(crate) fn cancel(&self, successor: u32) -> bool {
+        self.imp.cancel(successor)
+    }
+
+    /// Ends a [`cancel`](Self::cancel): the next successor may commit.
+    pub(crate) fn uncancel(&self) {
+        self.imp.uncancel();
+    }
+}
+
+/// The control socket's answer to a `reload` op, given its deadline.
+pub(crate) type OnReload = Box<dyn Fn(Duration) -> ReloadAnswer + Send + Sync>;
+
+/// How a reload a holder ran ended.
+#[derive(Debug)]
+pub(crate) enum ReloadAnswer {
+    /// The successor (its PID) took the port over; this server drains.
+    Reloaded(u32),
+    /// Another reload or replace is under way (why, a phrase).
+    Busy(String),
+    /// The successor failed (why, a sentence); this server serves on.
+    Failed(String),
 }
 
 impl std::fmt::Debug for Offer {
@@ -353,6 +398,76 @@ pub enum HandoverError {
     },
 }
 
+/// Why [`request_reload`] did not reload the port.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// Nobody holds the port.
+    #[error("no server in lock dir {dir} holds port {port}; nothing was reloaded (start one with: llmlb serve --port {port})")]
+    NotRunning {
+        /// The port.
+        port: u16,
+        /// The lock dir, quoted for the shell.
+        dir: String,
+    },
+    /// The holder offers no reload (`why`, a phrase after "it").
+    #[error("{} holds port {port}, but it {why}; nothing was reloaded or stopped (restart it instead: llmlb serve --replace --port {port} ...)", holder.map_or_else(|| "a process".to_owned(), |pid| format!("PID {pid}")))]
+    NotOffered {
+        /// The port.
+        port: u16,
+        /// The holder, if its record was readable.
+        holder: Option<u32>,
+        /// Why, as a phrase after "it".
+        why: String,
+    },
+    /// The holder is an llmlb that does not know the `reload` op.
+    #[error(
+        "PID {pid} is an llmlb that cannot reload; use `llmlb serve --replace --port {port} ...`"
+    )]
+    CannotReload {
+        /// The port.
+        port: u16,
+        /// The holder.
+        pid: u32,
+    },
+    /// Another reload or replace of the port is under way.
+    #[error("busy: PID {pid} on port {port} is already being replaced ({why}); nothing was started, try again once it has finished")]
+    Busy {
+        /// The port.
+        port: u16,
+        /// The holder.
+        pid: u32,
+        /// What is under way.
+        why: String,
+    },
+    /// The successor failed, or the reload did not finish in time: the
+    /// holder serves on.
+    #[error("the reload of port {port} failed: {why}; PID {pid} serves on")]
+    Failed {
+        /// The port.
+        port: u16,
+        /// The holder, which serves on.
+        pid: u32,
+        /// What happened, as the holder reports it.
+        why: String,
+    },
+    /// The lock dir could not be read.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+}
+
+/// Asks the holder of `port` in `dir` to replace itself (see
+/// [`reload`](crate::supervise::reload))
+/// and waits for the outcome, the holder bounding the reload by `timeout`:
+/// the successor's PID once it serves and the holder drains.
+///
+/// # Errors
+/// See [`ReloadError`]; in every case but a success the holder serves on,
+/// and nothing was stopped.
+pub fn request_reload(dir: &LockDir, port: u16, timeout: Duration) -> Result<u32, ReloadError> {
+    sys::request_reload(dir, port, timeout)
+}
+
 /// Asks the holder of `port` in `dir` to hand the port over, waiting up to
 /// `timeout` for its answer; see the module doc for what is checked. A
 /// holder that cannot answer at once (starting, mid-handover, over its
@@ -522,6 +637,45 @@ mod tests {
             request(&dir, 8002, PATIENCE).unwrap(),
             Requested::Received(_)
         ));
+    }
+
+    #[test]
+    fn a_cancelled_successor_cannot_commit_and_the_port_comes_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LockDir::create(tmp.path().join("locks")).unwrap();
+        let (lock, offer, _listener, drained) = offering(&dir, 8006);
+        let before = record(&dir, 8006);
+        let Requested::Received(received) = request(&dir, 8006, PATIENCE).unwrap() else {
+            panic!("the offer must be taken");
+        };
+        assert_eq!(offer.under_way(), Some(std::process::id()));
+        // The reload's deadline: this successor may no longer commit.
+        assert!(offer.cancel(std::process::id()));
+        let Received {
+            guard, predecessor, ..
+        } = *received;
+        assert!(
+            predecessor.drain(Duration::from_millis(300)).is_err(),
+            "a cancelled successor is never told it may drain"
+        );
+        assert!(drained.try_recv().is_err(), "the holder did not drain");
+        // It goes (killed, in a reload): the holder takes its port back.
+        guard.abandon();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while offer.under_way().is_some() {
+            assert!(std::time::Instant::now() < deadline, "never given back");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(record(&dir, 8006).started_at, before.started_at);
+        assert!(lock.with(|_| ()).is_some(), "the holder still holds");
+        offer.uncancel();
+        // The next successor commits as usual; cancelling it then is too late.
+        let Requested::Received(again) = request(&dir, 8006, PATIENCE).unwrap() else {
+            panic!("the offer must stand");
+        };
+        let _draining = again.predecessor.drain(PATIENCE).unwrap();
+        assert!(!offer.cancel(std::process::id()));
+        assert_eq!(drained.recv_timeout(PATIENCE).unwrap(), std::process::id());
     }
 
     #[test]

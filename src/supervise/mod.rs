@@ -26,6 +26,8 @@
 //!   [`succession`]: a server's handovers over its life, both ways, with the
 //!   grace window before a replace commits and the pidfile that follows the
 //!   port;
+//! - [`reload`]: a running server starting its own successor, which takes
+//!   the port over by handover (`llmlb reload`, SIGUSR2);
 //! - [`proxy`] (with the `cli` feature): forwarding each connection of a
 //!   listening socket to a backend address at the TCP level (`serve --proxy`).
 //!
@@ -52,6 +54,7 @@ pub mod pidfile;
 #[cfg(all(feature = "cli", not(loom)))]
 pub mod proxy;
 pub mod ready;
+pub mod reload;
 #[cfg_attr(any(not(feature = "cli"), loom), allow(dead_code))]
 pub mod socket_pass;
 mod stop;

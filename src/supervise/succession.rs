@@ -14,12 +14,14 @@
 use std::io;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::lock::PortGuard;
-use crate::supervise::handover::{self, HandedSocket, Offer, Predecessor};
+use crate::supervise::handover::{self, HandedSocket, Offer, Predecessor, ReloadAnswer};
 use crate::supervise::pidfile::{Pidfile, PidfileError};
+use crate::supervise::reload::Reloads;
 use crate::supervise::{LockHandle, SharedLock};
 
 /// How long a predecessor has to confirm it is draining.
@@ -165,8 +167,8 @@ type OnDrain = Box<dyn FnOnce(u32) + Send>;
 
 /// A server's side of handovers, both ways.
 pub struct Handovers {
-    lock: LockHandle<PortGuard>,
-    port: u16,
+    pub(super) lock: LockHandle<PortGuard>,
+    pub(super) port: u16,
     /// One mutex for the offer's whole life: an offer is started, opened or
     /// withdrawn under it, so a withdrawn offer never comes back (nor keeps
     /// copies of the listening sockets past the release). The grace
@@ -176,6 +178,10 @@ pub struct Handovers {
     withdrawn: Condvar,
     on_drain: Mutex<Option<OnDrain>>,
     pidfile: Arc<PortPidfile>,
+    /// How to start a successor (see [`reload`](super::reload)).
+    pub(super) reloads: OnceLock<Reloads>,
+    /// The successor this server drains for (0: none yet).
+    pub(super) drained_to: AtomicU32,
 }
 
 /// What a server that took its port over does once it is ready (see
@@ -242,6 +248,8 @@ impl Handovers {
             withdrawn: Condvar::new(),
             on_drain: Mutex::new(Some(Box::new(on_drain))),
             pidfile: Arc::clone(pidfile),
+            reloads: OnceLock::new(),
+            drained_to: AtomicU32::new(0),
         });
         handovers.start_offer();
         handovers
@@ -260,6 +268,7 @@ impl Handovers {
         let me = Arc::downgrade(self);
         let on_drain = move |successor: handover::Successor| {
             if let Some(me) = me.upgrade() {
+                me.drained_to.store(successor.pid, Ordering::SeqCst);
                 me.pidfile.let_go();
                 if let Some(on_drain) = lock_pending(&me.on_drain).take() {
                     on_drain(successor.pid);
@@ -274,6 +283,11 @@ impl Handovers {
             Ok(offer) => {
                 let pidfile = Arc::clone(&self.pidfile);
                 offer.on_taken_back(move || pidfile.taken_back());
+                let me = Arc::downgrade(self);
+                offer.on_reload(Box::new(move |timeout| match me.upgrade() {
+                    Some(me) => me.reload(timeout),
+                    None => ReloadAnswer::Failed("the server is stopping".to_owned()),
+                }));
                 state.offer = Some(offer);
             }
             Err(e) if e.kind() == io::ErrorKind::Unsupported => {}
@@ -419,6 +433,11 @@ impl Handovers {
         };
         tracing::warn!("gave port {} back to PID {pid}, which serves on", self.port);
         Some(pid)
+    }
+
+    /// `f` on the offer, if one stands.
+    pub(super) fn with_offer<T>(&self, f: impl FnOnce(&Offer) -> T) -> Option<T> {
+        lock_pending(&self.state).offer.as_ref().map(f)
     }
 
     /// Withdraws the offer (the control socket goes before the release),

@@ -1398,10 +1398,11 @@ pub(crate) fn become_subreaper() -> io::Result<bool> {
     Ok(false)
 }
 
-/// Reaps every exited child of ours except `keep` (the direct child, whose
-/// status tokio or the caller collects): the orphans a subreaper inherits.
-/// Peeks with `WNOWAIT` first so `keep` is never reaped here.
-pub(crate) fn reap_orphans(keep: u32) {
+/// Reaps every exited child of ours except those in `keep` (the direct
+/// children whose status tokio or the caller collects): the orphans a
+/// subreaper inherits. Peeks with `WNOWAIT` first so `keep` is never
+/// reaped here.
+pub(crate) fn reap_orphans(keep: &[u32]) {
     #[cfg(target_os = "linux")]
     loop {
         // SAFETY: siginfo_t is plain data; zeroed is a valid value.
@@ -1418,7 +1419,7 @@ pub(crate) fn reap_orphans(keep: u32) {
         // SAFETY: si_pid is valid to read for a waitid result (0 when no
         // child has exited).
         let pid = unsafe { info.si_pid() };
-        if rc != 0 || pid <= 0 || u32::try_from(pid) == Ok(keep) {
+        if rc != 0 || pid <= 0 || u32::try_from(pid).is_ok_and(|pid| keep.contains(&pid)) {
             return;
         }
         let mut status = 0;
@@ -1427,6 +1428,18 @@ pub(crate) fn reap_orphans(keep: u32) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = keep;
+}
+
+/// The children of `pid` (Linux: `/proc/PID/task/PID/children`; elsewhere
+/// none are known).
+pub(crate) fn child_pids(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Whether no process of group `pgid` is left: reaps the group's exited

@@ -1045,7 +1045,12 @@ pub(crate) fn become_subreaper() -> io::Result<bool> {
 }
 
 /// Nothing to reap on Windows.
-pub(crate) fn reap_orphans(_keep: u32) {}
+pub(crate) fn reap_orphans(_keep: &[u32]) {}
+
+/// No child listing on Windows (a reload is never started there).
+pub(crate) fn child_pids(_pid: u32) -> Vec<u32> {
+    Vec::new()
+}
 
 /// No process groups on Windows.
 pub(crate) fn leads_group(_pid: u32) -> bool {

@@ -5,7 +5,7 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use super::{HandedSocket, HandoverError, Requested, Successor};
+use super::{HandedSocket, HandoverError, OnReload, ReloadError, Requested, Successor};
 use crate::lock::{LockDir, LockState, PortGuard};
 use crate::supervise::LockHandle;
 
@@ -39,6 +39,22 @@ impl Offer {
     }
 
     pub(super) fn path(&self) -> &Path {
+        match self.never {}
+    }
+
+    pub(super) fn on_reload(&self, _f: OnReload) {
+        match self.never {}
+    }
+
+    pub(super) fn under_way(&self) -> Option<u32> {
+        match self.never {}
+    }
+
+    pub(super) fn cancel(&self, _successor: u32) -> bool {
+        match self.never {}
+    }
+
+    pub(super) fn uncancel(&self) {
         match self.never {}
     }
 }
@@ -89,4 +105,23 @@ pub(super) fn request(
             why: "cannot hand a port over on Windows (no descriptor passing)".to_owned(),
         },
     })
+}
+
+pub(super) fn request_reload(
+    dir: &LockDir,
+    port: u16,
+    _timeout: Duration,
+) -> Result<u32, ReloadError> {
+    match dir.probe(port)? {
+        LockState::Free | LockState::Stale(_) => Err(ReloadError::NotRunning {
+            port,
+            dir: crate::lock::shell_quoted(dir.path()).to_string(),
+        }),
+        LockState::Held(holder) => Err(ReloadError::NotOffered {
+            port,
+            holder: holder.map(|h| h.pid),
+            why: "cannot reload on Windows (no descriptor passing to hand the port over)"
+                .to_owned(),
+        }),
+    }
 }

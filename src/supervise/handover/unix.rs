@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::{
-    control_path, HandedSocket, HandoverError, Received, Requested, Successor, PEER_TIMEOUT,
-    PROTOCOL_VERSION,
+    control_path, HandedSocket, HandoverError, OnReload, Received, ReloadAnswer, ReloadError,
+    Requested, Successor, PEER_TIMEOUT, PROTOCOL_VERSION,
 };
 use crate::lock::sys::{
     euid, peer_credentials, process_runs, recv_with_fds, send_with_fds, MAX_PASSED_FDS,
@@ -38,6 +38,16 @@ const ACCEPT_POLL_MS: i32 = 250;
 /// The accept loop's back-off when the process is out of descriptors: from
 /// the first to the last, doubling (as the HTTP accept loop does).
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
+/// How long a holder waits for a successor whose drain it refused (its
+/// reload's deadline passed) to go: the reload kills it at once.
+const CANCELLED_WAIT: Duration = Duration::from_secs(10);
+/// The longest reload deadline a holder accepts from a requester.
+const MAX_RELOAD: Duration = Duration::from_secs(24 * 3600);
+/// How much longer than its deadline a reload requester waits for the
+/// answer: the holder stops the successor at the deadline, waits for it to
+/// go and for the port to be its own again, then answers.
+const RELOAD_SLACK: Duration = Duration::from_secs(30);
 
 type OnDrain = Box<dyn FnOnce(Successor) + Send>;
 type OnTakenBack = Box<dyn Fn() + Send>;
@@ -78,6 +88,22 @@ struct OfferShared {
     /// A listener bound anew at the control path (its file was removed, or
     /// taken by a successor that then gave up), for the accept loop to take.
     replacement: Mutex<Option<UnixListener>>,
+    on_reload: Mutex<Option<Arc<OnReload>>>,
+    /// Reload requests being answered: a server drained by a reload's
+    /// successor waits (briefly) for the answer to be written before it
+    /// withdraws and exits, or its requester would find the socket closed.
+    replying: AtomicUsize,
+    /// Which successor may commit: one drain decision at a time, so a
+    /// reload's deadline and its successor's drain cannot both win.
+    gate: Mutex<DrainGate>,
+}
+
+#[derive(Default)]
+struct DrainGate {
+    /// A successor whose drain is refused (0: none).
+    cancelled: u32,
+    /// The successor told it may drain us (0: none yet).
+    accepted: u32,
 }
 
 impl OfferShared {
@@ -160,6 +186,9 @@ impl Offer {
             on_drain: Mutex::new(Some(on_drain)),
             on_taken_back: Mutex::new(None),
             replacement: Mutex::new(None),
+            on_reload: Mutex::new(None),
+            replying: AtomicUsize::new(0),
+            gate: Mutex::new(DrainGate::default()),
         });
         let offer = Offer { path, shared };
         if taking_over_from.is_none() {
@@ -201,10 +230,54 @@ impl Offer {
     pub(super) fn path(&self) -> &Path {
         &self.path
     }
+
+    pub(super) fn on_reload(&self, f: OnReload) {
+        *lock_ignoring_poison(&self.shared.on_reload) = Some(Arc::new(f));
+    }
+
+    pub(super) fn under_way(&self) -> Option<u32> {
+        match self.shared.successor.load(Ordering::SeqCst) {
+            0 => None,
+            pid => Some(pid),
+        }
+    }
+
+    pub(super) fn cancel(&self, successor: u32) -> bool {
+        let mut gate = lock_ignoring_poison(&self.shared.gate);
+        if gate.accepted == successor {
+            return false;
+        }
+        gate.cancelled = successor;
+        true
+    }
+
+    pub(super) fn uncancel(&self) {
+        lock_ignoring_poison(&self.shared.gate).cancelled = 0;
+    }
+}
+
+impl OfferShared {
+    /// Whether `successor` may commit (and from now on it has).
+    fn accept_drain(&self, successor: u32) -> bool {
+        let mut gate = lock_ignoring_poison(&self.gate);
+        if successor != 0 && gate.cancelled == successor {
+            return false;
+        }
+        gate.accepted = successor;
+        true
+    }
 }
 
 impl Drop for Offer {
     fn drop(&mut self) {
+        // Drained (by a reload's successor, perhaps): the reload's answer
+        // follows at once; a stop mid-reload does not wait for it.
+        if self.shared.closed.load(Ordering::SeqCst) {
+            let until = Instant::now() + PEER_TIMEOUT;
+            while self.shared.replying.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         {
             let mut sockets = lock_ignoring_poison(&self.shared.sockets);
             self.shared.closed.store(true, Ordering::SeqCst);
@@ -420,9 +493,16 @@ fn answer(mut stream: UnixStream, shared: &OfferShared) {
         );
         return;
     }
-    if request.get("op").and_then(Value::as_str) != Some("request") {
-        refuse(&mut stream, "unknown request", &[]);
-        return;
+    match request.get("op").and_then(Value::as_str) {
+        Some("request") => {}
+        Some("reload") => {
+            answer_reload(&mut stream, shared, &request);
+            return;
+        }
+        _ => {
+            refuse(&mut stream, "unknown request", &[]);
+            return;
+        }
     }
     let successor = cred_pid
         .or_else(|| {
@@ -511,6 +591,19 @@ fn answer(mut stream: UnixStream, shared: &OfferShared) {
     // A successor that asked and died at once must not leave the port to
     // nobody: a hung-up peer is an abandoned handover, not a drain.
     let drain = drain && !peer_hung_up(&stream);
+    // A reload's successor past its deadline is being killed: left
+    // unanswered until it has gone, so it never takes our silence (or an
+    // end) for a drain and serves on a record we write back.
+    let refused = drain && !shared.accept_drain(successor);
+    if refused {
+        tracing::warn!(
+            "PID {successor} asked to take port {port} over after its reload's deadline; refused"
+        );
+        let _ = stream.set_read_timeout(Some(CANCELLED_WAIT));
+        let mut sink = [0u8; 64];
+        while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+    }
+    let drain = drain && !refused;
     if !drain {
         // The control path may hold a socket the successor published and
         // left (it stopped after its ready, before telling us to drain):
@@ -566,6 +659,44 @@ fn answer(mut stream: UnixStream, shared: &OfferShared) {
     // the successor we are gone.
     let mut sink = [0u8; 64];
     while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+}
+
+/// Answers a `reload` op: runs the server's reload (which may take until
+/// the requester's deadline, on this peer's own thread) and writes its
+/// outcome, one line. The write is bounded by [`PEER_TIMEOUT`]: a requester
+/// that went away costs nothing, and the reload runs to its end anyway.
+fn answer_reload(stream: &mut UnixStream, shared: &OfferShared, request: &Value) {
+    if shared.closed.load(Ordering::SeqCst) {
+        refuse(stream, "stopping", &[]);
+        return;
+    }
+    let Some(reload) = lock_ignoring_poison(&shared.on_reload).clone() else {
+        refuse(
+            stream,
+            "reload unsupported: this holder was not started by `llmlb serve`",
+            &[],
+        );
+        return;
+    };
+    shared.replying.fetch_add(1, Ordering::SeqCst);
+    let timeout = request
+        .get("timeout_ms")
+        .and_then(Value::as_u64)
+        .map_or(super::super::reload::DEFAULT_TIMEOUT, Duration::from_millis)
+        .min(MAX_RELOAD);
+    let reply = match reload(timeout) {
+        ReloadAnswer::Reloaded(pid) => json!({
+            "llmlb_handover": PROTOCOL_VERSION, "ok": true, "op": "reloaded", "pid": pid,
+        }),
+        ReloadAnswer::Busy(why) => json!({
+            "llmlb_handover": PROTOCOL_VERSION, "ok": false, "error": "busy", "why": why,
+        }),
+        ReloadAnswer::Failed(why) => json!({
+            "llmlb_handover": PROTOCOL_VERSION, "ok": false, "error": why,
+        }),
+    };
+    let _ = write_line(stream, &reply);
+    shared.replying.fetch_sub(1, Ordering::SeqCst);
 }
 
 /// Whether the peer has closed its end (it exited): one `poll` that does
@@ -770,6 +901,129 @@ pub(super) fn request(
             }
         }
     }
+}
+
+/// How long a verified holder is looked at again for a control socket
+/// before a reload counts it as offering none.
+const RELOAD_NO_SOCKET: Duration = Duration::from_secs(3);
+
+pub(super) fn request_reload(
+    dir: &LockDir,
+    port: u16,
+    timeout: Duration,
+) -> Result<u32, ReloadError> {
+    let no_socket_until = Instant::now() + RELOAD_NO_SOCKET;
+    let (mut stream, info) = loop {
+        let info = match dir.probe(port)? {
+            LockState::Free | LockState::Stale(_) => {
+                return Err(ReloadError::NotRunning {
+                    port,
+                    dir: crate::lock::shell_quoted(dir.path()).to_string(),
+                })
+            }
+            LockState::Held(None) => {
+                return Err(ReloadError::NotOffered {
+                    port,
+                    holder: None,
+                    why: "has an unreadable record".to_owned(),
+                })
+            }
+            LockState::Held(Some(info)) => info,
+        };
+        let not_offered = |why: &str| ReloadError::NotOffered {
+            port,
+            holder: Some(info.pid),
+            why: why.to_owned(),
+        };
+        match info.check_identity() {
+            IdentityCheck::Same => {}
+            IdentityCheck::OtherHost(host) => {
+                return Err(not_offered(&format!("runs on another host ({host})")))
+            }
+            IdentityCheck::OtherPidNamespace => {
+                return Err(not_offered("runs in another PID namespace"))
+            }
+            _ => return Err(not_offered("cannot be verified as the holder")),
+        }
+        match UnixStream::connect(control_path(dir.path(), port)) {
+            Ok(stream) => break (stream, info),
+            // A server between its lock and its offer, or mid-handover,
+            // offers one in a moment.
+            Err(_) if Instant::now() < no_socket_until => std::thread::sleep(RETRY),
+            Err(_) => return Err(not_offered(
+                "has no control socket (exec mode without a passed socket, a C or Python launcher, or an older llmlb)",
+            )),
+        }
+    };
+    let pid = match peer_credentials(&stream) {
+        Ok((uid, _)) if uid != euid() => {
+            return Err(ReloadError::NotOffered {
+                port,
+                holder: Some(info.pid),
+                why: "has a control socket of another user".to_owned(),
+            })
+        }
+        Ok((_, pid)) => pid.unwrap_or(info.pid),
+        Err(_) => info.pid,
+    };
+    let failed = |why: String| ReloadError::Failed { port, pid, why };
+    let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    let request = json!({
+        "llmlb_handover": PROTOCOL_VERSION,
+        "op": "reload",
+        "timeout_ms": millis,
+        "pid": std::process::id(),
+    });
+    let _ = stream.set_write_timeout(Some(PEER_TIMEOUT));
+    if let Err(e) = write_line(&mut stream, &request) {
+        return Err(failed(format!("cannot send it the request ({e})")));
+    }
+    let _ = stream.set_read_timeout(Some(timeout.saturating_add(RELOAD_SLACK)));
+    let line = match LineReader::default().next_line(&mut stream) {
+        Ok(Some(line)) => line,
+        Ok(None) => return Err(failed("it closed its control socket unanswered".to_owned())),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            return Err(failed(format!(
+                "it did not answer within {}s",
+                timeout.saturating_add(RELOAD_SLACK).as_secs_f64()
+            )))
+        }
+        Err(e) => return Err(failed(format!("its control socket failed ({e})"))),
+    };
+    let reply: Value = serde_json::from_slice(&line)
+        .map_err(|_| failed("it answered something that is not a reply".to_owned()))?;
+    if reply.get("ok").and_then(Value::as_bool) == Some(true) {
+        return reply
+            .get("pid")
+            .and_then(Value::as_u64)
+            .and_then(|p| u32::try_from(p).ok())
+            .ok_or_else(|| failed("it answered without the new PID".to_owned()));
+    }
+    let error = reply
+        .get("error")
+        .and_then(Value::as_str)
+        .unwrap_or("refused");
+    Err(match error {
+        "busy" => ReloadError::Busy {
+            port,
+            pid,
+            why: reply
+                .get("why")
+                .and_then(Value::as_str)
+                .or_else(|| reply.get("overloaded").and_then(Value::as_str))
+                .unwrap_or("a replace is under way")
+                .to_owned(),
+        },
+        "unknown request" => ReloadError::CannotReload { port, pid },
+        e if e.starts_with("reload unsupported") => ReloadError::CannotReload { port, pid },
+        "stopping" => failed("it is stopping".to_owned()),
+        e => failed(e.to_owned()),
+    })
 }
 
 fn attempt(
@@ -992,6 +1246,42 @@ fn attempt(
 mod tests {
     use super::*;
     use crate::lock::acquire_or_reclaim;
+
+    /// A holder of an older version answers the `reload` op with `unknown
+    /// request`: it "cannot reload", and nothing else is asked of it.
+    #[test]
+    fn an_older_holder_cannot_reload() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LockDir::create(tmp.path().join("locks")).unwrap();
+        let port = 41202;
+        assert!(matches!(
+            request_reload(&dir, port, Duration::from_secs(1)),
+            Err(ReloadError::NotRunning { port: 41202, .. })
+        ));
+        // This process is the recorded holder; its control socket answers
+        // as an llmlb without the op does.
+        let _guard = acquire_or_reclaim(&dir, port).unwrap();
+        let listener = UnixListener::bind(control_path(dir.path(), port)).unwrap();
+        let holder = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let line = LineReader::default()
+                .next_line(&mut stream)
+                .unwrap()
+                .unwrap();
+            let asked: Value = serde_json::from_slice(&line).unwrap();
+            refuse(&mut stream, "unknown request", &[]);
+            asked
+        });
+        match request_reload(&dir, port, Duration::from_secs(1)) {
+            Err(ReloadError::CannotReload { port: 41202, pid }) => {
+                assert_eq!(pid, std::process::id());
+            }
+            other => panic!("expected CannotReload, got {other:?}"),
+        }
+        let asked = holder.join().unwrap();
+        assert_eq!(asked["op"], "reload");
+        assert_eq!(asked["timeout_ms"], 1000);
+    }
 
     /// A holder that closes the control connection with the request unread
     /// (as a holder killed mid-request does) resets it rather than ending
