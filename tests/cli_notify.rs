@@ -648,3 +648,190 @@ fn exec_mode_forwards_the_commands_status_to_its_own_manager() {
     server.wait();
     drop(group);
 }
+
+/// Client loops on `port` (`GET path`, a fresh connection each) until
+/// stopped; what failed, and how many succeeded.
+#[cfg(target_os = "linux")]
+fn load(
+    port: u16,
+    path: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(usize, Vec<String>)> {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        let (mut ok, mut failed) = (0, Vec::new());
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let answer = TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+                s.set_read_timeout(Some(PATIENCE))?;
+                write!(
+                    s,
+                    "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                )?;
+                let mut text = String::new();
+                s.read_to_string(&mut text)?;
+                Ok(text)
+            });
+            match answer {
+                Ok(text)
+                    if text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200") =>
+                {
+                    ok += 1;
+                }
+                Ok(text) => failed.push(text.lines().next().unwrap_or("(nothing)").to_owned()),
+                Err(e) => failed.push(e.to_string()),
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        (ok, failed)
+    })
+}
+
+/// Issue 28 §4: a unit's whole life through 10 reloads (SIGUSR2, as
+/// `Type=notify-reload` with `ReloadSignal=SIGUSR2` sends it), played as
+/// systemd sees it: `READY=1`; then per reload, from the main PID,
+/// `RELOADING=1` with `MONOTONIC_USEC=`, then `MAINPID=<new>` with
+/// `READY=1`; then `WATCHDOG=1` from the new main PID; each old main PID
+/// exits. 4 client loops see no failed request, in HTTP mode, exec mode
+/// with a passed socket and proxy mode.
+#[cfg(target_os = "linux")]
+fn ten_reloads_follow_the_units_sequence(mode: &[&str], path: &'static str) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let env = Env::new();
+    let port = free_port();
+    let p = port.to_string();
+    let mut manager = CredManager::new(&env);
+    let mut args = vec![
+        "serve",
+        "--port",
+        &p,
+        "--host",
+        "127.0.0.1",
+        "--replace-grace",
+        "0.2",
+    ];
+    args.extend_from_slice(mode);
+    let mut first_cmd = manager.manager.cmd(&env, &args);
+    first_cmd.env("WATCHDOG_USEC", "300000");
+    let mut first = env.spawn_cmd(first_cmd);
+    let mut main = first.pid();
+    manager.until(main, "READY=1", &mut [&mut first]);
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let loops: Vec<_> = (0..4)
+        .map(|_| load(port, path, std::sync::Arc::clone(&stop)))
+        .collect();
+    // The next datagram from `from` with a line starting `prefix`, in time.
+    let log = env.tmp.path().to_owned();
+    let next_from = |manager: &mut CredManager, from: u32, prefix: &str| -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some((pid, msg)) = manager.recv() {
+                if pid == from && msg.lines().any(|l| l.starts_with(prefix)) {
+                    return msg;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {prefix:?} from PID {from}; got {:?}; the servers' logs are in {}",
+                manager.seen,
+                log.display()
+            );
+        }
+    };
+    for round in 0..10 {
+        signal(main, libc::SIGUSR2);
+        let reloading = next_from(&mut manager, main, "RELOADING=1");
+        assert!(
+            reloading.lines().any(|l| l.starts_with("MONOTONIC_USEC=")),
+            "round {round}: {reloading:?}"
+        );
+        let handed = next_from(&mut manager, main, "MAINPID=");
+        assert!(
+            handed.lines().any(|l| l == "READY=1"),
+            "round {round}: {handed:?}"
+        );
+        let new: u32 = handed
+            .lines()
+            .find_map(|l| l.strip_prefix("MAINPID="))
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("round {round}: {handed:?}"));
+        assert_ne!(new, main);
+        next_from(&mut manager, new, "WATCHDOG=1");
+        let old = main;
+        wait_until("the old main process to exit", || {
+            if old == first.pid() {
+                first.try_wait().is_some()
+            } else {
+                !cli_support::alive(old)
+            }
+        });
+        main = new;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for l in loops {
+        let (n, f) = l.join().unwrap();
+        ok += n;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        ok + failed.len()
+    );
+    assert_eq!(first.wait().code(), Some(0), "{}", first.stderr());
+    // A manager reads all the time; this one stops looking now.
+    let reader = manager.manager.socket.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            let _ = reader.recv(&mut buf);
+        }
+    });
+    let out = env.run(&["stop", "-p", &p]);
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "{out:?}; the servers' log:\n{}",
+        first.stderr()
+    );
+    wait_until("the last server to exit", || !cli_support::alive(main));
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn ten_reloads_in_http_mode_follow_the_units_sequence() {
+    ten_reloads_follow_the_units_sequence(&[], "/health");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn ten_reloads_in_exec_mode_follow_the_units_sequence() {
+    let server = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/support/activated_http.py"
+    );
+    ten_reloads_follow_the_units_sequence(
+        &[
+            "--pass-socket",
+            "--ready",
+            "listen",
+            "--",
+            "python3",
+            server,
+        ],
+        "/",
+    );
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn ten_reloads_in_proxy_mode_follow_the_units_sequence() {
+    let double = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/llm_double.py");
+    ten_reloads_follow_the_units_sequence(
+        &[
+            "--proxy", "--ready", "http", "--", "python3", double, "--port", "{port}",
+        ],
+        "/hello",
+    );
+}

@@ -259,19 +259,21 @@ struct ServeArgs {
     /// refused until this server listens). Exec mode: implies --pass-socket.
     #[arg(long)]
     replace: bool,
-    /// With --replace: seconds (decimals allowed) the holder has to answer
+    /// With --replace (also a later `llmlb reload`, which runs this command
+    /// line again with --replace): seconds (decimals allowed) the holder has to answer
     /// the handover, or, offering none, to stop.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs,
-          requires = "replace", allow_hyphen_values = true)]
+          allow_hyphen_values = true)]
     replace_timeout: Duration,
-    /// With --replace: seconds (decimals allowed; 0 commits at once) this
+    /// With --replace (also a later `llmlb reload`, which runs this command
+    /// line again with --replace): seconds (decimals allowed; 0 commits at once) this
     /// server must stay up after it is ready before the running server is
     /// told to drain. Until then the running server keeps serving on the
     /// same socket; if this server's command exits meanwhile (or, with
     /// --ready http or listen, stops answering), the port stays with the
     /// running server and this one exits 1.
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_secs,
-          requires = "replace", allow_hyphen_values = true)]
+          allow_hyphen_values = true)]
     replace_grace: Duration,
     /// Seconds (decimals allowed) a server that stops serving gives what it
     /// accepted to finish (HTTP mode: in-flight requests; exec mode:

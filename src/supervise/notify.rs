@@ -237,10 +237,14 @@ fn one_line(text: &str) -> String {
     text.replace(['\n', '\r'], " ")
 }
 
+/// How long one datagram to the manager may wait for room in its queue.
+#[cfg(unix)]
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The protocol, rendered by the `sd-notify` crate.
 #[cfg(unix)]
 mod imp {
-    use super::Message;
+    use super::{Message, SEND_TIMEOUT};
     use sd_notify::NotifyState;
     use std::ffi::{OsStr, OsString};
     use std::io;
@@ -285,6 +289,11 @@ mod imp {
     pub(super) fn send(socket: &OsStr, messages: &[Message<'_>]) -> io::Result<()> {
         let message = render(messages)?;
         let sender = UnixDatagram::unbound()?;
+        // A manager that does not read (hung, or a test's) fills its
+        // queue, and a datagram send then blocks: never for long, so that
+        // a heartbeat or a stop never hangs on it. The message is lost
+        // (an error the caller logs), as it would be with no manager.
+        sender.set_write_timeout(Some(SEND_TIMEOUT))?;
         let bytes = std::os::unix::ffi::OsStrExt::as_bytes(socket);
         #[cfg(target_os = "linux")]
         if let Some(name) = bytes.strip_prefix(b"@") {
@@ -397,6 +406,23 @@ mod tests {
             sd_notify::NotifyState::MonotonicUsec(usec) => usec,
             _ => unreachable!("monotonic_usec_now makes MonotonicUsec"),
         }
+    }
+
+    /// A manager that stops reading fills its queue: a send then fails
+    /// after the send timeout instead of blocking the server for ever.
+    #[cfg(unix)]
+    #[test]
+    fn a_manager_that_does_not_read_never_blocks_a_send_for_ever() {
+        let (_dir, _socket, supervisor) = manager();
+        let failed = (0..100_000).find_map(|_| supervisor.status("filling the queue").err());
+        let e = failed.expect("a full queue fails a send");
+        assert!(
+            matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
+            "{e}"
+        );
     }
 
     #[cfg(unix)]
