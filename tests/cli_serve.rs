@@ -46,13 +46,14 @@ fn serve_then_status_then_stop() {
     // COMMAND: how it was started (the program's file name, the arguments),
     // cut at 40 characters.
     let p = port.to_string();
-    let command = format!("llmlb serve --port {p} --host 127.0.0.1").replace(".exe", "");
+    let program = if cfg!(windows) { "llmlb.exe" } else { "llmlb" };
+    let command = format!("{program} serve --port {p} --host 127.0.0.1");
     let shown = match command.chars().count() {
         n if n <= 40 => command.clone(),
         _ => command.chars().take(39).chain(['…']).collect(),
     };
     let cell = lines[1].rsplit("  ").next().unwrap();
-    assert_eq!(cell.replace(".exe", ""), shown, "{}", table.stdout);
+    assert_eq!(cell, shown, "{}", table.stdout);
 
     let (code, json) = status_json(&env, Some(port));
     assert_eq!(code, Some(0));
