@@ -30,7 +30,10 @@ pub use dir::{
     PortReport, LOCK_DIR_ENV,
 };
 pub use error::{printable, shell_quoted, LockError, Printable, ShellQuoted, TransitionError};
-pub use info::{IdentityCheck, LockInfo, ProcessIdentity, ServeState, MAX_INFO_LEN};
+pub use info::{
+    IdentityCheck, LockInfo, ProcessIdentity, ServeState, ARGV_TRUNCATED, MAX_ARGV_JSON_LEN,
+    MAX_CWD_JSON_LEN, MAX_INFO_LEN,
+};
 pub use protocol::Integrity;
 pub use state::{
     acquire_or_reclaim, Acquired, Free, Held, Holds, PortGuard, PortLock, Reclaimed, Stale, State,

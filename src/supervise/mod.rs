@@ -28,7 +28,7 @@
 //!   port;
 //! - [`reload`]: a running server starting its own successor, which takes
 //!   the port over by handover (`llmlb reload`, SIGUSR2);
-//! - [`proxy`] (with the `cli` feature): forwarding each connection of a
+//! - `proxy` (with the `cli` feature): forwarding each connection of a
 //!   listening socket to a backend address at the TCP level (`serve --proxy`).
 //!
 //! Its platform calls go through the lock's `sys` module (the one place that

@@ -1,5 +1,5 @@
 //! The succession of servers on one port: a running server's side of
-//! [`handover`](super::handover)s, both ways, over its whole life.
+//! [`handover`]s, both ways, over its whole life.
 //!
 //! A server's [`Handovers`] offers its lock and listening sockets on the
 //! control socket and reports a successor's drain request; a server that
