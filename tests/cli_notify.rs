@@ -7,6 +7,8 @@
 #![cfg(unix)]
 
 mod cli_support;
+#[path = "support/prereq.rs"]
+mod prereq;
 
 use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
@@ -613,11 +615,12 @@ fn the_old_server_names_its_successor_the_main_pid_and_the_successor_feeds_the_w
 fn exec_mode_forwards_the_commands_status_to_its_own_manager() {
     let have = Command::new("systemd-notify").arg("--version").output();
     if !have.as_ref().is_ok_and(|o| o.status.success()) {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "systemd-notify is required under CI (Debian: apt-get install systemd)"
+        // Fails under CI; elsewhere the skip shows past libtest's capture.
+        prereq::skip_unless_ci(
+            "systemd-notify is not installed",
+            "Debian: apt-get install systemd",
+            "the STATUS= forwarding check",
         );
-        eprintln!("SKIPPED exec_mode_forwards_the_commands_status_to_its_own_manager: systemd-notify is not installed");
         return;
     }
     let env = Env::new();
