@@ -29,6 +29,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 pub mod backend;
 mod front;
+mod nofile;
 
 pub use front::Front;
 
@@ -598,5 +599,5 @@ impl Stats {
 /// # Errors
 /// `getrlimit` or `setrlimit` failed.
 pub fn raise_nofile_limit() -> io::Result<Option<(u64, u64)>> {
-    sys::raise_nofile_limit()
+    nofile::raise()
 }

@@ -178,25 +178,3 @@ fn shutdown_write(to: &TcpStream) -> io::Result<()> {
         Err(e)
     }
 }
-
-/// Raises the soft descriptor limit to the hard one.
-pub(super) fn raise_nofile_limit() -> io::Result<Option<(u64, u64)>> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a writable rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if limit.rlim_cur >= limit.rlim_max {
-        return Ok(None);
-    }
-    let old = limit.rlim_cur;
-    limit.rlim_cur = limit.rlim_max;
-    // SAFETY: `limit` is a valid rlimit.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(Some((old, limit.rlim_cur)))
-}
