@@ -21,7 +21,7 @@ mod stop_request;
 // processes, signals): the one place that talks to the operating system.
 // Without the `cli` feature, those behind the exec-mode plumbing
 // (subreaper, child setup) have no caller.
-#[cfg_attr(any(not(feature = "cli"), loom), allow(dead_code))]
+#[cfg_attr(any(not(feature = "server"), loom), allow(dead_code))]
 pub(crate) mod sys;
 mod wait;
 
@@ -39,9 +39,9 @@ pub use state::{
     acquire_or_reclaim, Acquired, Free, Held, Holds, PortGuard, PortLock, Reclaimed, Stale, State,
 };
 pub use stop_request::StopRequest;
-#[cfg(all(any(feature = "cli", feature = "tokio"), not(loom)))]
+#[cfg(all(any(feature = "server", feature = "tokio"), not(loom)))]
 pub use wait::acquire_timeout_async;
-#[cfg(all(feature = "cli", not(loom)))]
+#[cfg(all(feature = "server", not(loom)))]
 pub(crate) use wait::async_impl;
 pub use wait::{acquire_timeout, WAIT_POLL_CAP};
 // The safety-net tick under a watch that sees everything, for `supervise::wait`.

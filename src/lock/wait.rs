@@ -258,7 +258,7 @@ impl PortLock<Free> {
 }
 
 /// The async wait, for `acquire_timeout_async` (feature `tokio`) and the CLI.
-#[cfg(all(any(feature = "cli", feature = "tokio"), not(loom)))]
+#[cfg(all(any(feature = "server", feature = "tokio"), not(loom)))]
 pub(crate) mod async_impl {
     use super::*;
 
@@ -393,7 +393,7 @@ pub(crate) mod async_impl {
 /// # Ok(())
 /// # }
 /// ```
-#[cfg(all(any(feature = "cli", feature = "tokio"), not(loom)))]
+#[cfg(all(any(feature = "server", feature = "tokio"), not(loom)))]
 pub async fn acquire_timeout_async(
     dir: &LockDir,
     port: u16,

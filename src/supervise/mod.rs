@@ -28,7 +28,7 @@
 //!   port;
 //! - [`reload`]: a running server starting its own successor, which takes
 //!   the port over by handover (`llmlb reload`, SIGUSR2);
-//! - `proxy` (with the `cli` feature): forwarding each connection of a
+//! - `proxy` (with the `server` feature): forwarding each connection of a
 //!   listening socket to a backend address at the TCP level (`serve --proxy`).
 //!
 //! Its platform calls go through the lock's `sys` module (the one place that
@@ -41,7 +41,7 @@ pub mod activation;
 // Launcher support: the public part is what the C ABI's launchers need
 // (`lock_fd`, `leads_process_group`); the exec-mode plumbing of
 // `llmlb serve -- CMD` is crate-private, used by the `cli` feature only.
-#[cfg_attr(any(not(feature = "cli"), loom), allow(dead_code))]
+#[cfg_attr(any(not(feature = "server"), loom), allow(dead_code))]
 pub mod exec;
 pub mod handover;
 // Exec mode's socket hand-over (`serve --pass-socket`, activation): used by
@@ -51,11 +51,13 @@ pub mod notify;
 pub mod notify_socket;
 pub mod pidfile;
 // Needs tokio's networking, which the lean library and loom builds leave out.
-#[cfg(all(feature = "cli", not(loom)))]
+#[cfg(all(feature = "server", not(loom)))]
 pub mod proxy;
 pub mod ready;
 pub mod reload;
-#[cfg_attr(any(not(feature = "cli"), loom), allow(dead_code))]
+#[cfg(all(feature = "server", not(loom)))]
+pub mod server;
+#[cfg_attr(any(not(feature = "server"), loom), allow(dead_code))]
 pub mod socket_pass;
 mod stop;
 pub mod succession;
