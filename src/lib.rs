@@ -7,10 +7,13 @@
 //!   its `sys` module). It knows nothing of the layers above.
 //! - [`supervise`], the server's life around a held lock: exec mode's
 //!   process tree, the watchdog that keeps the lock file the server's own,
-//!   and `stop`. Built on [`lock`].
+//!   handovers, readiness, and `stop`; and, with the `server` feature,
+//!   `supervise::server::serve`: all of `llmlb serve` as one call. Built on
+//!   [`lock`].
 //! - The shells: the `llmlb` binary (`cli`, behind the `cli` feature) and the
-//!   C ABI with its Python package (`ffi/`). They parse, call and print, so
-//!   every launcher speaks exactly the same protocol.
+//!   C ABI with its Python package (`ffi/`). They parse, call and print (the
+//!   C and Python launchers call `serve` through `llmlb_serve_exec`), so
+//!   every launcher speaks exactly the same protocol and lives the same life.
 //!
 //! # Guides
 //!
@@ -30,7 +33,9 @@
 //! # Using the library alone
 //!
 //! The command line (clap, tokio, axum, tracing-subscriber) sits behind the
-//! default `cli` feature. A program that only wants the lock leaves it out
+//! default `cli` feature, which is `server` (`supervise::server`: tokio,
+//! tracing-subscriber) with `http` (serve's built-in HTTP server: axum,
+//! hyper) and clap. A program that only wants the lock leaves them out
 //! and builds with fs2, serde, serde_json, chrono, thiserror, tracing and
 //! libc (windows-sys on Windows):
 //!

@@ -2,7 +2,7 @@
 //! through the crate's `cfg(loom)` sync shim: the main thread (which uses the
 //! guard, and on SIGINT/SIGTERM or at the end releases it, or drops it while
 //! unwinding) against the watchdog thread, running the product's own
-//! `SharedLock` and `Watchdog::run` exactly as `src/cli/serve.rs` does. Only
+//! `SharedLock` and `Watchdog::run` exactly as `src/supervise/server/manager.rs` does. Only
 //! the guard is a model (loom cannot model flock or files): it records every
 //! call, and tracks whether "the lock file" exists.
 //!

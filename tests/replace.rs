@@ -622,7 +622,7 @@ fn http_mode_hands_over_and_the_old_server_finishes_its_request() {
 ///
 /// The window this closes: `axum::serve` (hyper-util's protocol detection)
 /// and hyper's own HTTP/1 graceful shutdown both closed such a connection
-/// unanswered; serve's accept loop (`src/cli/http.rs`) hands a connection
+/// unanswered; serve's accept loop (`src/supervise/server/http.rs`) hands a connection
 /// to hyper only once its first bytes are there.
 #[test]
 fn http_mode_old_server_answers_a_connection_accepted_before_its_request() {

@@ -28,6 +28,8 @@
 //!   port;
 //! - [`reload`]: a running server starting its own successor, which takes
 //!   the port over by handover (`llmlb reload`, SIGUSR2);
+//! - `server` (with the `server` feature): all of `llmlb serve` as one call,
+//!   for the CLI and the C ABI's `llmlb_serve_exec`;
 //! - `proxy` (with the `server` feature): forwarding each connection of a
 //!   listening socket to a backend address at the TCP level (`serve --proxy`).
 //!

@@ -23,10 +23,10 @@ use crate::supervise::socket_pass::{pass_listener, PassSocket};
 use crate::supervise::SharedLock;
 
 use super::manager::{announce, tell_handed_over, tell_status, LockLost};
+use super::options::{Drains, Exit, EXIT_FAILURE};
 use super::report::fail;
 use super::signals::{self, Received, Signals};
 use super::take::{Commit, DrainRequested, Handovers};
-use super::{Drains, Exit};
 
 /// What holds the command's tree, for logs.
 const TREE: &str = if cfg!(windows) {
@@ -181,10 +181,7 @@ pub(crate) async fn run(
 ) -> Exit {
     let mut die_of = None;
     let code = run_to_end(lock, signals, lock_lost, (host, port), plan, &mut die_of).await;
-    Exit {
-        code,
-        signal: die_of,
-    }
+    Exit::with_signal(code, die_of)
 }
 
 /// [`run`], setting `die_of` to the stop signal serve is to die of (the
@@ -572,9 +569,9 @@ async fn run_to_end(
                 fail(format!(
                     "{shown} (PID {child_pid}) exited {when} ({status}); port {port} stays with PID {pid}, which serves on"
                 ));
-                super::EXIT_FAILURE
+                EXIT_FAILURE
             } else if lost {
-                super::EXIT_FAILURE
+                EXIT_FAILURE
             } else if drained {
                 0
             } else if let Some(&sig) = asked.iter().find(|&&sig| exec::died_of(status, sig)) {
@@ -583,7 +580,7 @@ async fn run_to_end(
                 *die_of = Some(sig);
                 code
             } else if timed_out {
-                super::EXIT_FAILURE
+                EXIT_FAILURE
             } else {
                 code
             }

@@ -36,10 +36,10 @@ use crate::supervise::socket_pass::DEFAULT_NAME;
 use crate::supervise::SharedLock;
 
 use super::manager::{announce, tell_handed_over, tell_status, LockLost};
+use super::options::Drains;
 use super::report::{bind_failed, fail, host_port};
 use super::signals::{self, Signals};
 use super::take::{handovers, Commit, DrainRequested, Handovers, PortPidfile, TakenOver};
-use super::Drains;
 
 /// How long an accept loop that hit a resource limit (`EMFILE`, `ENFILE`,
 /// `ENOBUFS`) waits before it accepts again, as `axum::serve` does: the

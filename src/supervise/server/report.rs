@@ -6,10 +6,12 @@ use std::io;
 
 use crate::supervise::listener::words::who_listens;
 
+use super::options::EXIT_FAILURE;
+
 /// Prints `Error: {message}` and returns the runtime-failure exit code.
 pub(crate) fn fail(message: impl std::fmt::Display) -> i32 {
     eprintln!("Error: {message}");
-    super::EXIT_FAILURE
+    EXIT_FAILURE
 }
 
 /// The one line for a failed bind, and the exit code: a port in use names

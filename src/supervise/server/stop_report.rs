@@ -7,8 +7,8 @@ use std::time::Duration;
 use crate::supervise::listener::words::{elsewhere_hint, who_listens};
 use crate::supervise::{stop_server, StopEvent, StopOptions, StopOutcome};
 
+use super::options::Where;
 use super::report::fail;
-use super::Where;
 
 /// `5s`, `1.5s`: a timeout as the user gave it.
 pub(crate) fn seconds(d: Duration) -> String {

@@ -17,9 +17,9 @@ use crate::supervise::handover::{self, HandedSocket, HandoverError, Predecessor,
 use crate::supervise::SharedLock;
 
 use super::manager::{relaunch, supervisor, tell_status};
+use super::options::{Where, EXIT_FAILURE};
 use super::report::fail;
 use super::signals::{self, Signals};
-use super::Where;
 
 /// What a server received from its predecessor.
 pub(crate) struct TakenOver {
@@ -92,9 +92,9 @@ pub(crate) async fn take_over(
                 super::stop_report::stop(&stop_dir, port, timeout, false)
             })
             .await
-            .unwrap_or(super::EXIT_FAILURE);
+            .unwrap_or(EXIT_FAILURE);
             if stopped != 0 {
-                return Err(super::EXIT_FAILURE);
+                return Err(EXIT_FAILURE);
             }
             let guard = take_lock(dir, port, wait.max(timeout), signals).await?;
             Ok((guard, None))
@@ -176,7 +176,7 @@ pub(crate) async fn take_lock(
                 "{}",
                 already_running(port, holder.as_deref(), &locks.lock_path(port), &dir.hint)
             );
-            Err(super::EXIT_FAILURE)
+            Err(EXIT_FAILURE)
         }
         Err(e) => Err(fail(e)),
     }
