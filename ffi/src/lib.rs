@@ -63,6 +63,7 @@
 
 mod boundary;
 mod dir;
+mod handover;
 mod serve;
 mod stop;
 mod wait;
@@ -77,6 +78,10 @@ use dir::DirArg;
 pub use dir::{
     llmlb_lock_dir_acquire, llmlb_lock_dir_close, llmlb_lock_dir_open, llmlb_lock_dir_probe,
     LlmlbLockDir,
+};
+pub use handover::{
+    llmlb_handover_offer, llmlb_handover_take, llmlb_offer_fd, llmlb_offer_free,
+    llmlb_offer_poll, LlmlbOffer,
 };
 pub use serve::{
     llmlb_lock_acquire_with_state, llmlb_lock_dir_acquire_with_state, llmlb_lock_set_state,
@@ -110,6 +115,16 @@ pub enum LlmlbStatus {
     /// `llmlb_port_listener`: nothing listens on the port (an answer, like
     /// `LLMLB_STATUS_ALREADY_RUNNING`, not a failure).
     LLMLB_STATUS_NOT_LISTENING = 6,
+    /// `llmlb_handover_take`: another successor is taking the port over, or
+    /// its holder did not answer in time; nothing was taken or stopped, try
+    /// again later.
+    LLMLB_STATUS_BUSY = 7,
+    /// The call needs what this platform lacks (`llmlb_handover_offer` on
+    /// Windows: no descriptor passing); nothing changed.
+    LLMLB_STATUS_UNSUPPORTED = 8,
+    /// The lock was handed over to a successor (see `llmlb_handover_offer`):
+    /// its record is the successor's, and this process writes nothing to it.
+    LLMLB_STATUS_HANDED_OVER = 9,
 }
 
 /// What `llmlb_lock_probe` observed about a port.
@@ -167,10 +182,18 @@ fn info_or_zero(info: Option<&LockInfo>) -> LlmlbLockInfo {
     info.map(LlmlbLockInfo::from).unwrap_or_default()
 }
 
-/// A held port lock (opaque). Created by `llmlb_lock_acquire`, freed by
-/// `llmlb_lock_release`.
+/// A held port lock (opaque). Created by `llmlb_lock_acquire` (or
+/// `llmlb_handover_take`), freed by `llmlb_lock_release`.
 pub struct LlmlbLock {
-    guard: PortGuard,
+    held: handover::Held,
+}
+
+impl LlmlbLock {
+    fn new(guard: PortGuard) -> LlmlbLock {
+        LlmlbLock {
+            held: handover::Held::Own(guard),
+        }
+    }
 }
 
 /// Takes the lock for `port`, reclaiming it if its previous holder died.
@@ -250,8 +273,7 @@ pub unsafe extern "C" fn llmlb_lock_release(lock: *mut LlmlbLock) -> LlmlbStatus
         // SAFETY: a live handle from llmlb_lock_acquire (the caller's
         // contract), checked non-NULL and aligned; ownership comes back here.
         let lock = unsafe { Box::from_raw(lock) };
-        lock.guard.release()?;
-        Ok(())
+        lock.held.release()
     })
 }
 
@@ -276,7 +298,7 @@ pub unsafe extern "C" fn llmlb_lock_adopt(lock: *mut LlmlbLock) -> LlmlbStatus {
     boundary::status("llmlb_lock_adopt", || {
         // SAFETY: the caller's contract above.
         let lock = unsafe { boundary::handle_mut(lock, "lock") }?;
-        lock.guard.adopt()?;
+        lock.held.own("llmlb_lock_adopt")?.adopt()?;
         Ok(())
     })
 }
@@ -304,7 +326,7 @@ pub unsafe extern "C" fn llmlb_lock_info(
         let lock = unsafe { boundary::required_ref(lock, "lock") }?;
         // SAFETY: the caller's contract above.
         let mut out_info = unsafe { Out::required(out_info, "out_info") }?;
-        out_info.write(LlmlbLockInfo::from(lock.guard.info()));
+        out_info.write(lock.held.with(|g| LlmlbLockInfo::from(g.info()))?);
         Ok(())
     })
 }
@@ -470,7 +492,7 @@ pub unsafe extern "C" fn llmlb_lock_set_child_pgid(lock: *mut LlmlbLock, pgid: u
             }
             pgid => Some(pgid),
         };
-        lock.guard.set_child_pgid(pgid)?;
+        lock.held.with_mut(|g| g.set_child_pgid(pgid))??;
         Ok(())
     })
 }
@@ -522,7 +544,7 @@ pub unsafe extern "C" fn llmlb_lock_fd(lock: *mut LlmlbLock, out_fd: *mut c_int)
                         .to_owned(),
             });
         }
-        let fd = llmlb::supervise::exec::lock_fd(&mut lock.guard);
+        let fd = llmlb::supervise::exec::lock_fd(lock.held.own("llmlb_lock_fd")?);
         // SAFETY: as above.
         unsafe { out.write(fd) };
         Ok(())
