@@ -71,7 +71,10 @@ impl Held {
 
     /// As [`with`](Self::with), mutably: a write to the record goes
     /// through here, and never happens once the port is a successor's.
-    pub(crate) fn with_mut<R>(&mut self, f: impl FnOnce(&mut PortGuard) -> R) -> Result<R, FfiError> {
+    pub(crate) fn with_mut<R>(
+        &mut self,
+        f: impl FnOnce(&mut PortGuard) -> R,
+    ) -> Result<R, FfiError> {
         match self {
             Held::Own(guard) | Held::Taken { guard, .. } => Ok(f(guard)),
             Held::Offered(offered) => offered.lock.with(f).ok_or_else(|| gone(offered)),
@@ -198,8 +201,8 @@ impl DrainSignal {
     }
 
     fn fire(&self, successor: u32) {
-        *lock(&self.successor) = successor.max(1);
-        self.told.notify_all();
+        // The descriptor first: whoever learns of the drain from a poll
+        // finds it readable too.
         #[cfg(unix)]
         if let Some(mut writer) = lock(&self.writer).take() {
             use std::io::Write as _;
@@ -207,6 +210,8 @@ impl DrainSignal {
             // readable whatever the write did.
             let _ = writer.write_all(&[1]);
         }
+        *lock(&self.successor) = successor.max(1);
+        self.told.notify_all();
     }
 
     fn successor(&self) -> Option<u32> {
@@ -577,7 +582,9 @@ pub unsafe extern "C" fn llmlb_handover_offer(
             pid,
         });
         if !offered {
-            let dir = lock.held.with(|g| g.path().parent().map(|p| p.display().to_string()))?;
+            let dir = lock
+                .held
+                .with(|g| g.path().parent().map(|p| p.display().to_string()))?;
             return Err(FfiError {
                 status: LlmlbStatus::LLMLB_STATUS_IO_ERROR,
                 message: format!(
@@ -695,4 +702,364 @@ pub unsafe extern "C" fn llmlb_offer_free(offer: *mut LlmlbOffer) {
         }
         offer.handovers.withdraw();
     });
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+
+    use llmlb::lock::{LockState, ServeState};
+
+    use super::*;
+    use crate::{llmlb_lock_acquire, llmlb_lock_info, llmlb_lock_release, llmlb_lock_set_state};
+
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    struct Dir {
+        _tmp: tempfile::TempDir,
+        path: CString,
+        dir: LockDir,
+    }
+
+    fn dir() -> Dir {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("locks");
+        let dir = LockDir::create(&path).unwrap();
+        Dir {
+            path: CString::new(path.to_str().unwrap()).unwrap(),
+            _tmp: tmp,
+            dir,
+        }
+    }
+
+    fn record(dir: &LockDir, port: u16) -> llmlb::lock::LockInfo {
+        match dir.probe(port).unwrap() {
+            LockState::Held(Some(info)) => info,
+            other => panic!("expected port {port} held with a record, got {other:?}"),
+        }
+    }
+
+    /// A listening socket on a port nobody else uses, and that port.
+    fn bound() -> (TcpListener, u16) {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        (listener, port)
+    }
+
+    fn take(dir: &Dir, port: u16) -> (LlmlbStatus, *mut LlmlbLock, c_int, LlmlbLockInfo) {
+        let (mut lock, mut fd, mut other) = (ptr::null_mut(), 7, LlmlbLockInfo::default());
+        // SAFETY: a valid path and out pointers.
+        let status = unsafe {
+            llmlb_handover_take(
+                dir.path.as_ptr(),
+                port,
+                5000,
+                &mut lock,
+                &mut fd,
+                &mut other,
+            )
+        };
+        (status, lock, fd, other)
+    }
+
+    fn offer(lock: *mut LlmlbLock, fd: c_int, grace_ms: u32) -> (LlmlbStatus, *mut LlmlbOffer) {
+        let mut offer = ptr::null_mut();
+        // SAFETY: a live lock (or NULL) and a valid out pointer.
+        let status = unsafe { llmlb_handover_offer(lock, fd, grace_ms, &mut offer) };
+        (status, offer)
+    }
+
+    fn poll(offer: *const LlmlbOffer, timeout_ms: u32) -> u32 {
+        let mut pid = 7;
+        // SAFETY: a live offer and a valid out pointer.
+        let status = unsafe { llmlb_offer_poll(offer, timeout_ms, &mut pid) };
+        assert_eq!(status, LlmlbStatus::LLMLB_STATUS_OK);
+        pid
+    }
+
+    /// Whether the drain descriptor `fd` is readable now: a read on a
+    /// non-blocking duplicate (after the drain, its byte then end of file).
+    fn readable(fd: c_int) -> bool {
+        // SAFETY: the offer's live descriptor, borrowed for the duplication.
+        let copy = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+            .try_clone_to_owned()
+            .unwrap();
+        let mut stream = std::os::unix::net::UnixStream::from(copy);
+        stream.set_nonblocking(true).unwrap();
+        match std::io::Read::read(&mut stream, &mut [0u8]) {
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            Err(e) => panic!("read on the drain fd: {e}"),
+        }
+    }
+
+    #[test]
+    fn a_free_port_is_taken_for_binding_and_offered_and_a_second_program_takes_it_over() {
+        let d = dir();
+        let (listener, port) = bound();
+        let (status, first, fd, other) = take(&d, port);
+        assert_eq!(status, LlmlbStatus::LLMLB_STATUS_OK);
+        assert_eq!(fd, -1, "a free port: bind it yourself");
+        assert_eq!(other, LlmlbLockInfo::default());
+        assert_eq!(record(&d.dir, port).state, Some(ServeState::Starting));
+
+        let (status, first_offer) = offer(first, listener.as_raw_fd(), 0);
+        assert_eq!(status, LlmlbStatus::LLMLB_STATUS_OK);
+        assert_eq!(record(&d.dir, port).state, Some(ServeState::Ready));
+        assert_eq!(poll(first_offer, 0), 0, "nobody took it yet");
+        // SAFETY: a live offer.
+        let drain_fd = unsafe { llmlb_offer_fd(first_offer) };
+        assert!(drain_fd >= 0);
+        assert!(!readable(drain_fd));
+
+        // The successor (here the same process, as the library's own tests
+        // do) receives the very socket and the lock.
+        let (status, second, fd, other) = take(&d, port);
+        assert_eq!(status, LlmlbStatus::LLMLB_STATUS_OK, "{}", last());
+        assert!(fd >= 0);
+        assert_eq!((other.pid, other.port), (std::process::id(), port));
+        // SAFETY: a descriptor the call gave us to own.
+        let received = unsafe { TcpListener::from_raw_fd(fd) };
+        assert_eq!(
+            received.local_addr().unwrap(),
+            listener.local_addr().unwrap()
+        );
+        assert_eq!(record(&d.dir, port).state, Some(ServeState::Starting));
+        // Not committed: the first is not told to drain.
+        assert_eq!(poll(first_offer, 100), 0);
+
+        let (status, second_offer) = offer(second, received.as_raw_fd(), 0);
+        assert_eq!(status, LlmlbStatus::LLMLB_STATUS_OK, "{}", last());
+        assert_eq!(poll(first_offer, 10_000), std::process::id());
+        assert!(readable(drain_fd), "the drain fd is readable once drained");
+        assert!(readable(drain_fd), "and stays so");
+
+        // The drained lock writes nothing more and removes nothing.
+        // SAFETY: live handles.
+        unsafe {
+            assert_eq!(
+                llmlb_lock_set_state(first, 2),
+                LlmlbStatus::LLMLB_STATUS_HANDED_OVER
+            );
+            let mut info = LlmlbLockInfo::default();
+            assert_eq!(
+                llmlb_lock_info(first, &mut info),
+                LlmlbStatus::LLMLB_STATUS_HANDED_OVER
+            );
+            assert_eq!(llmlb_lock_release(first), LlmlbStatus::LLMLB_STATUS_OK);
+            llmlb_offer_free(first_offer);
+        }
+        assert_eq!(record(&d.dir, port).state, Some(ServeState::Ready));
+        assert_eq!(poll(second_offer, 0), 0);
+        // SAFETY: live handles, each freed once.
+        unsafe {
+            llmlb_offer_free(second_offer);
+            assert_eq!(llmlb_lock_release(second), LlmlbStatus::LLMLB_STATUS_OK);
+        }
+        assert_eq!(d.dir.probe(port).unwrap(), LockState::Free);
+    }
+
+    #[test]
+    fn a_release_before_the_offer_or_within_the_grace_gives_the_port_back() {
+        let d = dir();
+        let (listener, port) = bound();
+        let mut holder = ptr::null_mut();
+        // SAFETY: valid arguments.
+        let status =
+            unsafe { llmlb_lock_acquire(d.path.as_ptr(), port, &mut holder, ptr::null_mut()) };
+        assert_eq!(status, LlmlbStatus::LLMLB_STATUS_OK);
+        let (status, holder_offer) = offer(holder, listener.as_raw_fd(), 0);
+        assert_eq!(status, LlmlbStatus::LLMLB_STATUS_OK);
+        let before = record(&d.dir, port);
+
+        for grace_ms in [None, Some(60_000)] {
+            let (status, taker, fd, _) = take(&d, port);
+            assert_eq!(status, LlmlbStatus::LLMLB_STATUS_OK, "{}", last());
+            assert_eq!(record(&d.dir, port).pid, std::process::id());
+            // SAFETY: ours to own.
+            let received = unsafe { TcpListener::from_raw_fd(fd) };
+            let taker_offer = grace_ms.map(|grace| {
+                let (status, o) = offer(taker, received.as_raw_fd(), grace);
+                assert_eq!(status, LlmlbStatus::LLMLB_STATUS_OK);
+                o
+            });
+            // SAFETY: a live handle, released once.
+            assert_eq!(
+                unsafe { llmlb_lock_release(taker) },
+                LlmlbStatus::LLMLB_STATUS_OK
+            );
+            if let Some(o) = taker_offer {
+                // SAFETY: a live offer.
+                unsafe { llmlb_offer_free(o) };
+            }
+            let deadline = Instant::now() + PATIENCE;
+            while record(&d.dir, port).state != Some(ServeState::Ready)
+                || record(&d.dir, port).started_at != before.started_at
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "the holder never got its record back"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert_eq!(
+                poll(holder_offer, 0),
+                0,
+                "the holder was never told to drain"
+            );
+        }
+        // The holder serves on and can still be taken over.
+        let (status, again, _fd, _) = take(&d, port);
+        assert_eq!(status, LlmlbStatus::LLMLB_STATUS_OK);
+        // SAFETY: live handles, each freed once.
+        unsafe {
+            assert_eq!(llmlb_lock_release(again), LlmlbStatus::LLMLB_STATUS_OK);
+            llmlb_offer_free(holder_offer);
+            assert_eq!(llmlb_lock_release(holder), LlmlbStatus::LLMLB_STATUS_OK);
+        }
+        assert_eq!(d.dir.probe(port).unwrap(), LockState::Free);
+    }
+
+    #[test]
+    fn a_holder_without_an_offer_is_already_running_and_a_second_taker_is_busy() {
+        let d = dir();
+        let (listener, port) = bound();
+        let mut holder = ptr::null_mut();
+        // SAFETY: valid arguments.
+        let status =
+            unsafe { llmlb_lock_acquire(d.path.as_ptr(), port, &mut holder, ptr::null_mut()) };
+        assert_eq!(status, LlmlbStatus::LLMLB_STATUS_OK);
+        let (status, lock, fd, other) = take(&d, port);
+        assert_eq!(status, LlmlbStatus::LLMLB_STATUS_ALREADY_RUNNING);
+        assert!(lock.is_null());
+        assert_eq!(fd, -1);
+        assert_eq!(other.pid, std::process::id());
+        assert!(last().contains("no control socket"), "{}", last());
+
+        let (status, holder_offer) = offer(holder, listener.as_raw_fd(), 0);
+        assert_eq!(status, LlmlbStatus::LLMLB_STATUS_OK);
+        let (status, first, _fd, _) = take(&d, port);
+        assert_eq!(status, LlmlbStatus::LLMLB_STATUS_OK);
+        let (status, second, fd, _) = take(&d, port);
+        assert_eq!(status, LlmlbStatus::LLMLB_STATUS_BUSY, "{}", last());
+        assert!(second.is_null());
+        assert_eq!(fd, -1);
+        // SAFETY: live handles, each freed once.
+        unsafe {
+            assert_eq!(llmlb_lock_release(first), LlmlbStatus::LLMLB_STATUS_OK);
+            llmlb_offer_free(holder_offer);
+            assert_eq!(llmlb_lock_release(holder), LlmlbStatus::LLMLB_STATUS_OK);
+        }
+    }
+
+    #[test]
+    fn bad_arguments_are_refused_with_outputs_cleared() {
+        let d = dir();
+        let (listener, port) = bound();
+        let mut fd = 7;
+        // SAFETY: NULL where the contract allows a check, valid pointers elsewhere.
+        unsafe {
+            assert_eq!(
+                llmlb_handover_take(
+                    d.path.as_ptr(),
+                    port,
+                    0,
+                    ptr::null_mut(),
+                    &mut fd,
+                    ptr::null_mut()
+                ),
+                LlmlbStatus::LLMLB_STATUS_INVALID_ARGUMENT
+            );
+            assert_eq!(fd, -1, "out_fd cleared even when out_lock is NULL");
+            let mut lock = 8 as *mut LlmlbLock;
+            assert_eq!(
+                llmlb_handover_take(
+                    d.path.as_ptr(),
+                    port,
+                    0,
+                    &mut lock,
+                    ptr::null_mut(),
+                    ptr::null_mut()
+                ),
+                LlmlbStatus::LLMLB_STATUS_INVALID_ARGUMENT
+            );
+            assert!(lock.is_null());
+            assert_eq!(
+                llmlb_handover_take(d.path.as_ptr(), 0, 0, &mut lock, &mut fd, ptr::null_mut()),
+                LlmlbStatus::LLMLB_STATUS_INVALID_ARGUMENT
+            );
+            assert_eq!(
+                llmlb_handover_take(
+                    c"relative".as_ptr(),
+                    port,
+                    0,
+                    &mut lock,
+                    &mut fd,
+                    ptr::null_mut()
+                ),
+                LlmlbStatus::LLMLB_STATUS_INVALID_ARGUMENT
+            );
+            let mut out = 8 as *mut LlmlbOffer;
+            assert_eq!(
+                llmlb_handover_offer(ptr::null_mut(), listener.as_raw_fd(), 0, &mut out),
+                LlmlbStatus::LLMLB_STATUS_INVALID_ARGUMENT
+            );
+            assert!(out.is_null());
+            assert_eq!(llmlb_offer_fd(ptr::null()), -1);
+            assert!(last().contains("offer is NULL"), "{}", last());
+            let mut pid = 7;
+            assert_eq!(
+                llmlb_offer_poll(ptr::null(), 0, &mut pid),
+                LlmlbStatus::LLMLB_STATUS_INVALID_ARGUMENT
+            );
+            assert_eq!(pid, 0);
+            llmlb_offer_free(ptr::null_mut());
+        }
+
+        let (status, lock, fd, _) = take(&d, port);
+        assert_eq!((status, fd), (LlmlbStatus::LLMLB_STATUS_OK, -1));
+        // Nothing to hand over, not a listening socket, another port: each
+        // refused, and the lock is as it was.
+        let (other_listener, other_port) = bound();
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let connected = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        for (bad, says) in [
+            (-1, "nothing to hand over".to_owned()),
+            (file.as_raw_fd(), "not a socket".to_owned()),
+            (connected.as_raw_fd(), "not listening".to_owned()),
+            (other_listener.as_raw_fd(), format!("port {other_port}")),
+        ] {
+            let (status, o) = offer(lock, bad, 0);
+            assert_eq!(status, LlmlbStatus::LLMLB_STATUS_INVALID_ARGUMENT, "{bad}");
+            assert!(o.is_null());
+            assert!(last().contains(&says), "{says:?}: {}", last());
+        }
+        assert_eq!(record(&d.dir, port).state, Some(ServeState::Starting));
+        let (status, o) = offer(lock, listener.as_raw_fd(), 0);
+        assert_eq!(status, LlmlbStatus::LLMLB_STATUS_OK);
+        let (status, again) = offer(lock, listener.as_raw_fd(), 0);
+        assert_eq!(status, LlmlbStatus::LLMLB_STATUS_INVALID_ARGUMENT);
+        assert!(again.is_null());
+        assert!(last().contains("offered already"), "{}", last());
+        // The drain fd is the offer's; the lock's own descriptor stays its own.
+        let mut lock_fd = 0;
+        // SAFETY: live handles, each freed once.
+        unsafe {
+            assert_eq!(
+                crate::llmlb_lock_fd(lock, &mut lock_fd),
+                LlmlbStatus::LLMLB_STATUS_INVALID_ARGUMENT
+            );
+            llmlb_offer_free(o);
+            assert_eq!(llmlb_lock_release(lock), LlmlbStatus::LLMLB_STATUS_OK);
+        }
+        assert_eq!(d.dir.probe(port).unwrap(), LockState::Free);
+    }
+
+    fn last() -> String {
+        // SAFETY: always a valid NUL-terminated string.
+        unsafe { std::ffi::CStr::from_ptr(crate::llmlb_last_error()) }
+            .to_string_lossy()
+            .into_owned()
+    }
 }

@@ -80,8 +80,8 @@ pub use dir::{
     LlmlbLockDir,
 };
 pub use handover::{
-    llmlb_handover_offer, llmlb_handover_take, llmlb_offer_fd, llmlb_offer_free,
-    llmlb_offer_poll, LlmlbOffer,
+    llmlb_handover_offer, llmlb_handover_take, llmlb_offer_fd, llmlb_offer_free, llmlb_offer_poll,
+    LlmlbOffer,
 };
 pub use serve::{
     llmlb_lock_acquire_with_state, llmlb_lock_dir_acquire_with_state, llmlb_lock_set_state,
@@ -260,6 +260,13 @@ pub unsafe extern "C" fn llmlb_lock_acquire(
 ///
 /// After `llmlb_lock_fd` handed the descriptor out, the file is removed only
 /// if no other process still holds the descriptor (see `llmlb_lock_fd`).
+///
+/// Handover (see `llmlb_handover_take`, `llmlb_handover_offer`): a lock
+/// taken over and not yet committed (not offered, or within its grace) goes
+/// back to its predecessor, which serves on, and nothing is removed; a lock
+/// a successor has taken is the successor's, and nothing is written or
+/// removed; an offered lock is withdrawn first (a successor caught
+/// mid-handover is given up to 5 s to take the port or give it back).
 ///
 /// Threads: do not use the handle concurrently with any other call on it.
 ///
