@@ -889,10 +889,8 @@ mod tests {
                 unsafe { llmlb_lock_release(taker) },
                 LlmlbStatus::LLMLB_STATUS_OK
             );
-            if let Some(o) = taker_offer {
-                // SAFETY: a live offer.
-                unsafe { llmlb_offer_free(o) };
-            }
+            // The release alone gives it back (the offer, still alive,
+            // keeps nothing of the predecessor's).
             let deadline = Instant::now() + PATIENCE;
             while record(&d.dir, port).state != Some(ServeState::Ready)
                 || record(&d.dir, port).started_at != before.started_at
@@ -908,6 +906,10 @@ mod tests {
                 0,
                 "the holder was never told to drain"
             );
+            if let Some(o) = taker_offer {
+                // SAFETY: a live offer.
+                unsafe { llmlb_offer_free(o) };
+            }
         }
         // The holder serves on and can still be taken over.
         let (status, again, _fd, _) = take(&d, port);
