@@ -11,7 +11,8 @@
  *   non-OK status, llmlb_last_error() describes it (per thread).
  * - Ownership: an LlmlbLock from llmlb_lock_acquire/llmlb_lock_dir_acquire
  *   is the caller's until passed to llmlb_lock_release, which frees it; an
- *   LlmlbLockDir from llmlb_lock_dir_open until llmlb_lock_dir_close. A lock
+ *   LlmlbLockDir from llmlb_lock_dir_open until llmlb_lock_dir_close; an
+ *   LlmlbOffer from llmlb_handover_offer until llmlb_offer_free. A lock
  *   does not depend on the dir handle it came from. Strings passed in are
  *   borrowed for the call; strings returned are owned by the library.
  * - Lock dir: the path-taking functions resolve and check lock_dir on every
@@ -251,6 +252,13 @@ enum LlmlbStatus llmlb_lock_acquire(const char *lock_dir,
  *
  * After `llmlb_lock_fd` handed the descriptor out, the file is removed only
  * if no other process still holds the descriptor (see `llmlb_lock_fd`).
+ *
+ * Handover (see `llmlb_handover_take`, `llmlb_handover_offer`): a lock
+ * taken over and not yet committed (not offered, or within its grace) goes
+ * back to its predecessor, which serves on, and nothing is removed; a lock
+ * a successor has taken is the successor's, and nothing is written or
+ * removed; an offered lock is withdrawn first (a successor caught
+ * mid-handover is given up to 5 s to take the port or give it back).
  *
  * Threads: do not use the handle concurrently with any other call on it.
  *
