@@ -107,6 +107,8 @@ impl Held {
                 // predecessor shares it); then the connection, whose end
                 // tells the predecessor to write its record back.
                 guard.abandon();
+                // (Windows' Predecessor owns nothing: it is never made there.)
+                #[allow(clippy::drop_non_drop)]
                 drop(predecessor);
                 Ok(())
             }
@@ -359,6 +361,7 @@ pub unsafe extern "C" fn llmlb_handover_take(
                 let Some(socket) = received.sockets.into_iter().next() else {
                     // Nothing to serve on: the port goes back at once.
                     received.guard.abandon();
+                    #[allow(clippy::drop_non_drop)]
                     drop(received.predecessor);
                     if let Some(other) = other.as_mut() {
                         other.write(LlmlbLockInfo {
