@@ -158,7 +158,11 @@ def offer(lock: PortLock, sock, grace: float = 0.0) -> "Offer":
         lock._require(), fileno, _millis(grace, "grace"), ctypes.byref(out)
     )
     _check(status)
-    return Offer(out.value, lock.port)
+    made = Offer(out.value, lock.port)
+    # Kept by the lock too: an offer whose result was dropped must not be
+    # withdrawn by the garbage collector (that would cancel the commit).
+    lock._offer = made
+    return made
 
 
 class Offer:
@@ -169,7 +173,8 @@ class Offer:
     then (``selectors``, ``loop.add_reader``; never read from it or close
     it); ``successor_pid`` says who. ``close()`` withdraws an offer nobody
     took (do it before releasing the lock to stop without a successor). A
-    context manager that closes on exit."""
+    context manager that closes on exit. Its lock keeps it alive: dropping
+    the last reference of yours withdraws nothing."""
 
     def __init__(self, handle: int, port: int):
         self._handle: Optional[int] = handle

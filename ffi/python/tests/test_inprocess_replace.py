@@ -273,6 +273,32 @@ class InProcessReplaceTest(unittest.TestCase):
         self.assertEqual(successor.wait(), 0)
         self.assertEqual(probe(port, self.dir).state, "free")
 
+    def test_an_offer_whose_result_is_dropped_stays_in_force(self):
+        import gc
+
+        port = free_port()
+        lock, _ = PortLock.take_over(port, self.dir)
+        with socket.create_server(("127.0.0.1", port)) as sock:
+            lock.offer(sock)  # the result dropped at once
+            gc.collect()
+            successor, received = PortLock.take_over(port, self.dir, timeout=PATIENCE)
+            self.assertIsNotNone(received, "the offer was still there to take")
+            with received, successor.offer(received) as offer:
+                # The commit reached it: the first is handed over.
+                deadline = time.monotonic() + PATIENCE
+                while True:
+                    try:
+                        lock.set_state("stopping")
+                    except llmlb_lock.LockError as e:
+                        self.assertEqual(e.status, llmlb_lock.handover.HANDED_OVER, str(e))
+                        break
+                    self.assertLess(time.monotonic(), deadline, "never handed over")
+                    time.sleep(0.01)
+                lock.release()
+                offer.close()
+                successor.release()
+        self.assertEqual(probe(port, self.dir).state, "free")
+
     def test_a_holder_without_an_offer_is_already_running(self):
         port = free_port()
         with PortLock(port, self.dir):
