@@ -48,6 +48,8 @@ pub(crate) enum Held {
     Gone,
 }
 
+/// An offered lock: the guard shared with the offer's threads, and what
+/// the offer needs at the release.
 pub(crate) struct Offered {
     lock: SharedLock<PortGuard>,
     handovers: Arc<Handovers>,

@@ -124,6 +124,7 @@ pub enum LlmlbStatus {
     LLMLB_STATUS_UNSUPPORTED = 8,
     /// The lock was handed over to a successor (see `llmlb_handover_offer`):
     /// its record is the successor's, and this process writes nothing to it.
+    /// Every call on the lock but `llmlb_lock_release` says so.
     LLMLB_STATUS_HANDED_OVER = 9,
 }
 
@@ -293,7 +294,9 @@ pub unsafe extern "C" fn llmlb_lock_release(lock: *mut LlmlbLock) -> LlmlbStatus
 /// same with `pidfile_write` in the child.)
 ///
 /// In the process that already owns the lock this is a no-op returning
-/// `LLMLB_STATUS_OK`. NULL gives `LLMLB_STATUS_INVALID_ARGUMENT`. On
+/// `LLMLB_STATUS_OK`. NULL, or a lock taken over or offered
+/// (`llmlb_handover_take`, `llmlb_handover_offer`: shared with another
+/// server), gives `LLMLB_STATUS_INVALID_ARGUMENT`. On
 /// `LLMLB_STATUS_IO_ERROR` ownership is unchanged.
 ///
 /// Threads: do not use the handle concurrently with any other call on it.
@@ -521,7 +524,9 @@ pub unsafe extern "C" fn llmlb_lock_set_child_pgid(lock: *mut LlmlbLock, pgid: u
 /// file stays, held, until that process exits (then it is stale). So end
 /// the child's process group first (SIGTERM, then SIGKILL after a deadline).
 ///
-/// NULL `lock` or `out_fd` gives `LLMLB_STATUS_INVALID_ARGUMENT`; on Windows
+/// NULL `lock` or `out_fd`, or a lock taken over or offered (its
+/// descriptor is shared with another server's already), gives
+/// `LLMLB_STATUS_INVALID_ARGUMENT`; on Windows
 /// the call gives `LLMLB_STATUS_IO_ERROR`. `*out_fd` is -1 on any non-OK
 /// status (when `out_fd` is not NULL).
 ///
