@@ -61,8 +61,9 @@ pub(crate) struct Offered {
 }
 
 impl Held {
-    /// The guard, if this process may still use it: `None` once it went to
-    /// a successor (or back to the predecessor).
+    /// `f` on the guard, if this process may still use it; the
+    /// `HANDED_OVER` status once it went to a successor (or back to the
+    /// predecessor).
     pub(crate) fn with<R>(&self, f: impl FnOnce(&PortGuard) -> R) -> Result<R, FfiError> {
         match self {
             Held::Own(guard) | Held::Taken { guard, .. } => Ok(f(guard)),
