@@ -11,7 +11,8 @@
  *   non-OK status, llmlb_last_error() describes it (per thread).
  * - Ownership: an LlmlbLock from llmlb_lock_acquire/llmlb_lock_dir_acquire
  *   is the caller's until passed to llmlb_lock_release, which frees it; an
- *   LlmlbLockDir from llmlb_lock_dir_open until llmlb_lock_dir_close. A lock
+ *   LlmlbLockDir from llmlb_lock_dir_open until llmlb_lock_dir_close; an
+ *   LlmlbOffer from llmlb_handover_offer until llmlb_offer_free. A lock
  *   does not depend on the dir handle it came from. Strings passed in are
  *   borrowed for the call; strings returned are owned by the library.
  * - Lock dir: the path-taking functions resolve and check lock_dir on every
@@ -82,6 +83,23 @@ typedef enum LlmlbStatus {
    * `LLMLB_STATUS_ALREADY_RUNNING`, not a failure).
    */
   LLMLB_STATUS_NOT_LISTENING = 6,
+  /**
+   * `llmlb_handover_take`: another successor is taking the port over, or
+   * its holder did not answer in time; nothing was taken or stopped, try
+   * again later.
+   */
+  LLMLB_STATUS_BUSY = 7,
+  /**
+   * The call needs what this platform lacks (`llmlb_handover_offer` on
+   * Windows: no descriptor passing); nothing changed.
+   */
+  LLMLB_STATUS_UNSUPPORTED = 8,
+  /**
+   * The lock was handed over to a successor (see `llmlb_handover_offer`):
+   * its record is the successor's, and this process writes nothing to it.
+   * Every call on the lock but `llmlb_lock_release` says so.
+   */
+  LLMLB_STATUS_HANDED_OVER = 9,
 } LlmlbStatus;
 
 /**
@@ -128,8 +146,8 @@ typedef enum LlmlbLockState {
 } LlmlbLockState;
 
 /**
- * A held port lock (opaque). Created by `llmlb_lock_acquire`, freed by
- * `llmlb_lock_release`.
+ * A held port lock (opaque). Created by `llmlb_lock_acquire` (or
+ * `llmlb_handover_take`), freed by `llmlb_lock_release`.
  */
 typedef struct LlmlbLock LlmlbLock;
 
@@ -138,6 +156,12 @@ typedef struct LlmlbLock LlmlbLock;
  * freed by `llmlb_lock_dir_close`.
  */
 typedef struct LlmlbLockDir LlmlbLockDir;
+
+/**
+ * An offer of a lock and its listening socket to a future successor
+ * (opaque). Created by `llmlb_handover_offer`, freed by `llmlb_offer_free`.
+ */
+typedef struct LlmlbOffer LlmlbOffer;
 
 /**
  * Who holds (or held) a port, as recorded in its lock file. All zero means
@@ -230,6 +254,13 @@ enum LlmlbStatus llmlb_lock_acquire(const char *lock_dir,
  * After `llmlb_lock_fd` handed the descriptor out, the file is removed only
  * if no other process still holds the descriptor (see `llmlb_lock_fd`).
  *
+ * Handover (see `llmlb_handover_take`, `llmlb_handover_offer`): a lock
+ * taken over and not yet committed (not offered, or within its grace) goes
+ * back to its predecessor, which serves on, and nothing is removed; a lock
+ * a successor has taken is the successor's, and nothing is written or
+ * removed; an offered lock is withdrawn first (a successor caught
+ * mid-handover is given up to 5 s to take the port or give it back).
+ *
  * Threads: do not use the handle concurrently with any other call on it.
  *
  * # Safety
@@ -248,7 +279,9 @@ enum LlmlbStatus llmlb_lock_release(struct LlmlbLock *lock);
  * same with `pidfile_write` in the child.)
  *
  * In the process that already owns the lock this is a no-op returning
- * `LLMLB_STATUS_OK`. NULL gives `LLMLB_STATUS_INVALID_ARGUMENT`. On
+ * `LLMLB_STATUS_OK`. NULL, or a lock taken over or offered
+ * (`llmlb_handover_take`, `llmlb_handover_offer`: shared with another
+ * server), gives `LLMLB_STATUS_INVALID_ARGUMENT`. On
  * `LLMLB_STATUS_IO_ERROR` ownership is unchanged.
  *
  * Threads: do not use the handle concurrently with any other call on it.
@@ -384,7 +417,9 @@ enum LlmlbStatus llmlb_lock_set_child_pgid(struct LlmlbLock *lock, uint32_t pgid
  * file stays, held, until that process exits (then it is stale). So end
  * the child's process group first (SIGTERM, then SIGKILL after a deadline).
  *
- * NULL `lock` or `out_fd` gives `LLMLB_STATUS_INVALID_ARGUMENT`; on Windows
+ * NULL `lock` or `out_fd`, or a lock taken over or offered (its
+ * descriptor is shared with another server's already), gives
+ * `LLMLB_STATUS_INVALID_ARGUMENT`; on Windows
  * the call gives `LLMLB_STATUS_IO_ERROR`. `*out_fd` is -1 on any non-OK
  * status (when `out_fd` is not NULL).
  *
@@ -478,6 +513,158 @@ enum LlmlbStatus llmlb_lock_dir_probe(const struct LlmlbLockDir *dir,
  * in this process.
  */
 void llmlb_lock_dir_close(struct LlmlbLockDir *dir);
+
+/**
+ * Takes `port` over from the server that holds it, receiving its lock and
+ * its listening socket, without a refused connection: `llmlb serve
+ * --replace`'s handover, for a program that serves the port itself (it
+ * keeps its own accept loop).
+ *
+ * - The holder offers a handover (an `llmlb serve`, or a program that
+ *   called `llmlb_handover_offer`): `LLMLB_STATUS_OK`; `*out_lock` is the
+ *   lock, its record naming this process, `STARTING`; `*out_fd` is the
+ *   holder's listening socket, a new close-on-exec descriptor owned by the
+ *   caller; `*out_other` has the holder's `pid` and `port` (the rest
+ *   zero). The holder keeps serving on the same socket until this process
+ *   commits with `llmlb_handover_offer`; `llmlb_lock_release` before that
+ *   gives the port back, and the holder serves on.
+ * - Nobody holds the port (free, or stale): it is taken as
+ *   `llmlb_lock_acquire_with_state` takes it with `STARTING` (tried once),
+ *   and `*out_fd` is -1: bind the port yourself. `*out_other` as in
+ *   `llmlb_lock_acquire` (a dead holder's info for a reclaimed lock).
+ * - The holder offers no handover (no control socket: an older llmlb, a
+ *   launcher, exec mode without a passed socket; another host or PID
+ *   namespace; Windows): `LLMLB_STATUS_ALREADY_RUNNING` with its info in
+ *   `*out_other`. Nothing is stopped: a library call never stops a server
+ *   (`llmlb stop` does).
+ * - Another successor is taking the port over, or the holder did not
+ *   answer within `timeout_ms`: `LLMLB_STATUS_BUSY`; nothing was taken or
+ *   stopped. Try again later.
+ *
+ * The listening socket's open file description is shared with the
+ * holder: its status flags (`O_NONBLOCK`) are shared too, and both
+ * processes accept from the same queue until the holder drains. Accept
+ * without blocking (poll, then accept, taking `EAGAIN` as "another
+ * process was first"), and never `shutdown()` the listening socket
+ * (close it).
+ *
+ * `timeout_ms` bounds the exchange with the holder. `lock_dir` as in
+ * `llmlb_lock_acquire` (NULL: the default). Port 0, a NULL `out_lock` or
+ * `out_fd`, or a misaligned out parameter gives
+ * `LLMLB_STATUS_INVALID_ARGUMENT`. On every status but OK, `*out_lock` is
+ * NULL and `*out_fd` is -1 (whichever is writable); `*out_other` (when
+ * not NULL) is zeroed except as said above.
+ *
+ * Threads: safe to call from any thread.
+ *
+ * # Safety
+ * `lock_dir` is NULL or a NUL-terminated string; `out_lock` is NULL or
+ * valid for writing a pointer; `out_fd` is NULL or valid for writing an
+ * `int`; `out_other` is NULL or valid for writing an `LlmlbLockInfo`.
+ */
+enum LlmlbStatus llmlb_handover_take(const char *lock_dir,
+                                     uint16_t port,
+                                     uint32_t timeout_ms,
+                                     struct LlmlbLock **out_lock,
+                                     int *out_fd,
+                                     struct LlmlbLockInfo *out_other);
+
+/**
+ * Offers this lock and its listening socket `listen_fd` to a future
+ * successor (one that calls `llmlb_handover_take`, or `llmlb serve
+ * --replace`), and commits a takeover: call it once the program accepts
+ * on `listen_fd` (the socket received from `llmlb_handover_take`, or one
+ * it bound itself on the lock's port).
+ *
+ * It records `READY` and starts the offer. For a lock from
+ * `llmlb_handover_take` that received its port, it then commits: once
+ * this process has stayed up for `grace_ms` (`llmlb serve
+ * --replace-grace`; 0 commits at once) the predecessor is told to drain,
+ * and the port is this process's; a `llmlb_lock_release` before that
+ * gives the port back to the predecessor, which serves on. The commit
+ * runs on a thread of the library's: this call does not wait for it.
+ *
+ * On `LLMLB_STATUS_OK`, `*out_offer` is the offer, owned by the caller:
+ * watch it (`llmlb_offer_fd`, `llmlb_offer_poll`) for a successor; when
+ * one has taken the port, stop accepting, finish the requests in flight,
+ * close your copies of the socket, and call `llmlb_lock_release` (which
+ * then writes and removes nothing: the lock file is the successor's),
+ * then `llmlb_offer_free`. To stop without a successor, call
+ * `llmlb_offer_free` (withdraws the offer) and then `llmlb_lock_release`.
+ *
+ * `listen_fd` stays the caller's: the library keeps a duplicate for the
+ * successor, closed when the offer is withdrawn or taken. It must be a
+ * listening TCP socket bound to the lock's port: -1 (there is nothing to
+ * hand over without it), another descriptor, or another port gives
+ * `LLMLB_STATUS_INVALID_ARGUMENT`, as do a NULL `lock` or `out_offer`,
+ * and a lock offered already. A lock handed over already gives
+ * `LLMLB_STATUS_HANDED_OVER`. A control socket that cannot be made (a lock
+ * dir path too long for a Unix socket, a read-only dir) gives
+ * `LLMLB_STATUS_IO_ERROR`, commits nothing, and leaves the lock to be
+ * released (a takeover then goes back to the predecessor). Windows:
+ * `LLMLB_STATUS_UNSUPPORTED` (no descriptor passing); nothing changes.
+ * `*out_offer` is NULL on every status but OK.
+ *
+ * Threads: do not use the lock concurrently with any other call on it.
+ * Fork: an offer belongs to the process that made it.
+ *
+ * # Safety
+ * `lock` is NULL or a live handle; `out_offer` is NULL or valid for
+ * writing a pointer.
+ */
+enum LlmlbStatus llmlb_handover_offer(struct LlmlbLock *lock,
+                                      int listen_fd,
+                                      uint32_t grace_ms,
+                                      struct LlmlbOffer **out_offer);
+
+/**
+ * A descriptor that becomes readable once a successor has taken the port
+ * (and stays readable): for poll, select, epoll, or Python's
+ * `loop.add_reader`. Owned by the offer: never read from it, never close
+ * it; it is valid until `llmlb_offer_free`. -1 for a NULL `offer` (with
+ * `llmlb_last_error` set).
+ *
+ * Threads: safe to call from any thread.
+ *
+ * # Safety
+ * `offer` is NULL or a live offer.
+ */
+int llmlb_offer_fd(const struct LlmlbOffer *offer);
+
+/**
+ * Waits up to `timeout_ms` milliseconds for a successor to take the port
+ * (0 only looks; `LLMLB_WAIT_FOREVER` waits without a limit):
+ * `*out_successor_pid` is then its PID, or 0 if none has (yet). Once
+ * taken, every call reports it at once.
+ *
+ * NULL `offer` or `out_successor_pid` gives
+ * `LLMLB_STATUS_INVALID_ARGUMENT`; `*out_successor_pid` is written (0) on
+ * every status when it is non-NULL and aligned.
+ *
+ * Threads: safe to call from any thread, also while another thread uses
+ * the lock; not concurrently with `llmlb_offer_free`.
+ *
+ * # Safety
+ * `offer` is NULL or a live offer; `out_successor_pid` is NULL or valid
+ * for writing a `uint32_t`.
+ */
+enum LlmlbStatus llmlb_offer_poll(const struct LlmlbOffer *offer,
+                                  uint32_t timeout_ms,
+                                  uint32_t *out_successor_pid);
+
+/**
+ * Frees the offer. One not taken by a successor is withdrawn (its control
+ * socket removed, the library's copy of the listening socket closed), so
+ * a later `llmlb_lock_release` frees the port for anyone; a takeover not
+ * yet committed (within `grace_ms`) is then given back to the predecessor
+ * at the release. NULL is a no-op. The lock is unaffected otherwise.
+ *
+ * Threads: not concurrently with other calls on the offer.
+ *
+ * # Safety
+ * `offer` is NULL or a live offer, not used again after this call.
+ */
+void llmlb_offer_free(struct LlmlbOffer *offer);
 
 /**
  * `llmlb_lock_acquire_timeout` whose lock file records `state` (one of

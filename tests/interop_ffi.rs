@@ -1106,3 +1106,185 @@ fn launchers_ready_notify_survive_a_lingering_socket() {
         );
     }
 }
+
+/// `GET /health` on `port`: the body, or `None` if the connection failed
+/// or no complete reply came (a refused or dropped request).
+fn health_body(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).ok()?;
+    let (head, body) = reply.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}
+
+/// Serves `HTTP/1.1 200` with body `in-process` on `listener` until
+/// `stop`, as a program with its own accept loop does (non-blocking: the
+/// description is shared with `llmlb serve`, which set it so too).
+fn serve_in_process(
+    listener: std::net::TcpListener,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((mut conn, _)) => {
+                    conn.set_nonblocking(false).unwrap();
+                    let mut buf = [0u8; 1024];
+                    let _ = conn.read(&mut buf);
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\nin-process",
+                    );
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+    })
+}
+
+/// A program using the C ABI takes the port over from a running `llmlb
+/// serve` (receiving its socket, the server serving on meanwhile), gives it
+/// back once (the server serves on, its record restored), takes it again
+/// and commits (the server drains and exits 0), and is then itself replaced
+/// by `llmlb serve --replace` through its offer: no request fails at any
+/// point.
+#[test]
+fn a_program_takes_a_port_over_from_serve_and_hands_it_on_to_serve() {
+    use llmlb_lock::{
+        llmlb_handover_offer, llmlb_handover_take, llmlb_lock_release, llmlb_offer_free,
+        llmlb_offer_poll, LlmlbLockInfo, LlmlbStatus,
+    };
+    use std::os::fd::FromRawFd;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let env = Env::new();
+    let port = free_tcp_port();
+    let port_s = port.to_string();
+    let serve_cmd = |replace: bool| {
+        let mut cmd = env.command(LLMLB);
+        cmd.args(["serve", "--port", &port_s, "--host", "127.0.0.1"]);
+        if replace {
+            cmd.args(["--replace", "--replace-grace", "0"]);
+        }
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd
+    };
+    let mut serve = serve_cmd(false).spawn().unwrap();
+    let serve_pid = serve.id();
+    wait_until_held_by(&env, port, serve_pid, &mut serve);
+
+    // Clients all along: every request must be answered by someone.
+    let done = Arc::new(AtomicBool::new(false));
+    let (answered, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let (done, answered, failed) = (done.clone(), answered.clone(), failed.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::SeqCst) {
+                    match health_body(port) {
+                        Some(_) => answered.fetch_add(1, Ordering::SeqCst),
+                        None => failed.fetch_add(1, Ordering::SeqCst),
+                    };
+                }
+            })
+        })
+        .collect();
+
+    let dir = std::ffi::CString::new(env.lock_dir.to_str().unwrap()).unwrap();
+    let take = || {
+        let (mut lock, mut fd, mut other) = (std::ptr::null_mut(), -1, LlmlbLockInfo::default());
+        // SAFETY: a valid path and out pointers.
+        let status = unsafe {
+            llmlb_handover_take(dir.as_ptr(), port, 10_000, &mut lock, &mut fd, &mut other)
+        };
+        assert_eq!(status, LlmlbStatus::LLMLB_STATUS_OK);
+        assert!(fd >= 0, "a running serve hands its socket over");
+        assert_eq!(other.pid, serve_pid);
+        (lock, fd)
+    };
+    let record_pid = || match env.probe(port) {
+        LockState::Held(Some(info)) => Some(info.pid),
+        _ => None,
+    };
+    let me = std::process::id();
+
+    // Taken, then given back: serve never stopped.
+    let (lock, fd) = take();
+    assert_eq!(record_pid(), Some(me));
+    // SAFETY: ours to close.
+    drop(unsafe { std::net::TcpListener::from_raw_fd(fd) });
+    // SAFETY: a live handle, released once.
+    assert_eq!(
+        unsafe { llmlb_lock_release(lock) },
+        LlmlbStatus::LLMLB_STATUS_OK
+    );
+    wait_until_held_by(&env, port, serve_pid, &mut serve);
+    assert!(health_body(port)
+        .unwrap()
+        .contains(&format!("\"pid\":{serve_pid}")));
+
+    // Taken and committed: serve drains and exits 0.
+    let (lock, fd) = take();
+    // SAFETY: ours to own.
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&listener);
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = serve_in_process(listener.try_clone().unwrap(), stop.clone());
+    let mut offer = std::ptr::null_mut();
+    // SAFETY: a live lock, the socket we serve on, a valid out pointer.
+    let status = unsafe { llmlb_handover_offer(lock, raw, 0, &mut offer) };
+    assert_eq!(status, LlmlbStatus::LLMLB_STATUS_OK);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exited = loop {
+        if let Some(status) = serve.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "serve never drained");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(exited.code(), Some(0), "serve drained and exited 0");
+    assert_eq!(record_pid(), Some(me));
+    assert_eq!(serve_state(&env, port), Some(ServeState::Ready));
+    assert_eq!(health_body(port).as_deref(), Some("in-process"));
+
+    // Replaced by `llmlb serve --replace` through our offer.
+    let mut successor = serve_cmd(true).spawn().unwrap();
+    let mut drained_to = 0;
+    // SAFETY: a live offer and a valid out pointer.
+    let status = unsafe { llmlb_offer_poll(offer, 30_000, &mut drained_to) };
+    assert_eq!(status, LlmlbStatus::LLMLB_STATUS_OK);
+    assert_eq!(drained_to, successor.id(), "drained for the successor");
+    // Stop accepting, finish, release: the record is the successor's.
+    stop.store(true, Ordering::SeqCst);
+    server.join().unwrap();
+    drop(listener);
+    // SAFETY: live handles, each freed once.
+    unsafe {
+        assert_eq!(llmlb_lock_release(lock), LlmlbStatus::LLMLB_STATUS_OK);
+        llmlb_offer_free(offer);
+    }
+    wait_until_held_by(&env, port, successor.id(), &mut successor);
+
+    done.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.join().unwrap();
+    }
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "no request failed");
+    assert!(answered.load(Ordering::SeqCst) > 0);
+    let stop = env.llmlb(&["stop", "--port", &port_s]);
+    assert_eq!(stop.status.code(), Some(0), "{}", describe(&stop));
+    assert_eq!(successor.wait().unwrap().code(), Some(0));
+}

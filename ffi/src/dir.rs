@@ -164,7 +164,7 @@ pub(crate) unsafe fn acquire_waiting(
                 if let Some(other) = other.as_mut() {
                     other.write(info_or_zero(guard.reclaimed_from()));
                 }
-                lock.write(Box::into_raw(Box::new(LlmlbLock { guard })));
+                lock.write(Box::into_raw(Box::new(LlmlbLock::new(guard))));
                 Ok(())
             }
             Err(err) => {

@@ -63,6 +63,7 @@
 
 mod boundary;
 mod dir;
+mod handover;
 mod serve;
 mod stop;
 mod wait;
@@ -77,6 +78,10 @@ use dir::DirArg;
 pub use dir::{
     llmlb_lock_dir_acquire, llmlb_lock_dir_close, llmlb_lock_dir_open, llmlb_lock_dir_probe,
     LlmlbLockDir,
+};
+pub use handover::{
+    llmlb_handover_offer, llmlb_handover_take, llmlb_offer_fd, llmlb_offer_free, llmlb_offer_poll,
+    LlmlbOffer,
 };
 pub use serve::{
     llmlb_lock_acquire_with_state, llmlb_lock_dir_acquire_with_state, llmlb_lock_set_state,
@@ -110,6 +115,17 @@ pub enum LlmlbStatus {
     /// `llmlb_port_listener`: nothing listens on the port (an answer, like
     /// `LLMLB_STATUS_ALREADY_RUNNING`, not a failure).
     LLMLB_STATUS_NOT_LISTENING = 6,
+    /// `llmlb_handover_take`: another successor is taking the port over, or
+    /// its holder did not answer in time; nothing was taken or stopped, try
+    /// again later.
+    LLMLB_STATUS_BUSY = 7,
+    /// The call needs what this platform lacks (`llmlb_handover_offer` on
+    /// Windows: no descriptor passing); nothing changed.
+    LLMLB_STATUS_UNSUPPORTED = 8,
+    /// The lock was handed over to a successor (see `llmlb_handover_offer`):
+    /// its record is the successor's, and this process writes nothing to it.
+    /// Every call on the lock but `llmlb_lock_release` says so.
+    LLMLB_STATUS_HANDED_OVER = 9,
 }
 
 /// What `llmlb_lock_probe` observed about a port.
@@ -167,10 +183,18 @@ fn info_or_zero(info: Option<&LockInfo>) -> LlmlbLockInfo {
     info.map(LlmlbLockInfo::from).unwrap_or_default()
 }
 
-/// A held port lock (opaque). Created by `llmlb_lock_acquire`, freed by
-/// `llmlb_lock_release`.
+/// A held port lock (opaque). Created by `llmlb_lock_acquire` (or
+/// `llmlb_handover_take`), freed by `llmlb_lock_release`.
 pub struct LlmlbLock {
-    guard: PortGuard,
+    held: handover::Held,
+}
+
+impl LlmlbLock {
+    fn new(guard: PortGuard) -> LlmlbLock {
+        LlmlbLock {
+            held: handover::Held::Own(guard),
+        }
+    }
 }
 
 /// Takes the lock for `port`, reclaiming it if its previous holder died.
@@ -238,6 +262,13 @@ pub unsafe extern "C" fn llmlb_lock_acquire(
 /// After `llmlb_lock_fd` handed the descriptor out, the file is removed only
 /// if no other process still holds the descriptor (see `llmlb_lock_fd`).
 ///
+/// Handover (see `llmlb_handover_take`, `llmlb_handover_offer`): a lock
+/// taken over and not yet committed (not offered, or within its grace) goes
+/// back to its predecessor, which serves on, and nothing is removed; a lock
+/// a successor has taken is the successor's, and nothing is written or
+/// removed; an offered lock is withdrawn first (a successor caught
+/// mid-handover is given up to 5 s to take the port or give it back).
+///
 /// Threads: do not use the handle concurrently with any other call on it.
 ///
 /// # Safety
@@ -250,8 +281,7 @@ pub unsafe extern "C" fn llmlb_lock_release(lock: *mut LlmlbLock) -> LlmlbStatus
         // SAFETY: a live handle from llmlb_lock_acquire (the caller's
         // contract), checked non-NULL and aligned; ownership comes back here.
         let lock = unsafe { Box::from_raw(lock) };
-        lock.guard.release()?;
-        Ok(())
+        lock.held.release()
     })
 }
 
@@ -264,7 +294,9 @@ pub unsafe extern "C" fn llmlb_lock_release(lock: *mut LlmlbLock) -> LlmlbStatus
 /// same with `pidfile_write` in the child.)
 ///
 /// In the process that already owns the lock this is a no-op returning
-/// `LLMLB_STATUS_OK`. NULL gives `LLMLB_STATUS_INVALID_ARGUMENT`. On
+/// `LLMLB_STATUS_OK`. NULL, or a lock taken over or offered
+/// (`llmlb_handover_take`, `llmlb_handover_offer`: shared with another
+/// server), gives `LLMLB_STATUS_INVALID_ARGUMENT`. On
 /// `LLMLB_STATUS_IO_ERROR` ownership is unchanged.
 ///
 /// Threads: do not use the handle concurrently with any other call on it.
@@ -276,7 +308,7 @@ pub unsafe extern "C" fn llmlb_lock_adopt(lock: *mut LlmlbLock) -> LlmlbStatus {
     boundary::status("llmlb_lock_adopt", || {
         // SAFETY: the caller's contract above.
         let lock = unsafe { boundary::handle_mut(lock, "lock") }?;
-        lock.guard.adopt()?;
+        lock.held.own("llmlb_lock_adopt")?.adopt()?;
         Ok(())
     })
 }
@@ -304,7 +336,7 @@ pub unsafe extern "C" fn llmlb_lock_info(
         let lock = unsafe { boundary::required_ref(lock, "lock") }?;
         // SAFETY: the caller's contract above.
         let mut out_info = unsafe { Out::required(out_info, "out_info") }?;
-        out_info.write(LlmlbLockInfo::from(lock.guard.info()));
+        out_info.write(lock.held.with(|g| LlmlbLockInfo::from(g.info()))?);
         Ok(())
     })
 }
@@ -470,7 +502,7 @@ pub unsafe extern "C" fn llmlb_lock_set_child_pgid(lock: *mut LlmlbLock, pgid: u
             }
             pgid => Some(pgid),
         };
-        lock.guard.set_child_pgid(pgid)?;
+        lock.held.with_mut(|g| g.set_child_pgid(pgid))??;
         Ok(())
     })
 }
@@ -492,7 +524,9 @@ pub unsafe extern "C" fn llmlb_lock_set_child_pgid(lock: *mut LlmlbLock, pgid: u
 /// file stays, held, until that process exits (then it is stale). So end
 /// the child's process group first (SIGTERM, then SIGKILL after a deadline).
 ///
-/// NULL `lock` or `out_fd` gives `LLMLB_STATUS_INVALID_ARGUMENT`; on Windows
+/// NULL `lock` or `out_fd`, or a lock taken over or offered (its
+/// descriptor is shared with another server's already), gives
+/// `LLMLB_STATUS_INVALID_ARGUMENT`; on Windows
 /// the call gives `LLMLB_STATUS_IO_ERROR`. `*out_fd` is -1 on any non-OK
 /// status (when `out_fd` is not NULL).
 ///
@@ -522,7 +556,7 @@ pub unsafe extern "C" fn llmlb_lock_fd(lock: *mut LlmlbLock, out_fd: *mut c_int)
                         .to_owned(),
             });
         }
-        let fd = llmlb::supervise::exec::lock_fd(&mut lock.guard);
+        let fd = llmlb::supervise::exec::lock_fd(lock.held.own("llmlb_lock_fd")?);
         // SAFETY: as above.
         unsafe { out.write(fd) };
         Ok(())

@@ -157,7 +157,8 @@ pub unsafe extern "C" fn llmlb_lock_set_state(lock: *mut LlmlbLock, state: c_int
     boundary::status("llmlb_lock_set_state", || {
         // SAFETY: the caller's contract above.
         let lock = unsafe { boundary::handle_mut(lock, "lock") }?;
-        lock.guard.set_state(serve_state_arg(state)?)?;
+        let state = serve_state_arg(state)?;
+        lock.held.with_mut(|g| g.set_state(state))??;
         Ok(())
     })
 }

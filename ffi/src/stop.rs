@@ -59,7 +59,9 @@ pub unsafe extern "C" fn llmlb_lock_wait_stop(
             LLMLB_WAIT_FOREVER => Duration::MAX,
             ms => Duration::from_millis(ms.into()),
         };
-        if lock.guard.stop_request().wait(timeout) {
+        // Taken out first: the wait must not hold the guard's mutex.
+        let request = lock.held.with(llmlb::lock::PortGuard::stop_request)?;
+        if request.wait(timeout) {
             out.write(1);
         }
         Ok(())

@@ -37,6 +37,7 @@ static int unset_env(const char *name) { return _putenv_s(name, ""); }
 #else
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -1246,6 +1247,108 @@ static void test_acquire_timeout(void) {
 }
 #endif /* !_WIN32: fork, pipes */
 
+#ifndef _WIN32
+static int is_readable(int fd) {
+  struct pollfd p;
+  p.fd = fd;
+  p.events = POLLIN;
+  p.revents = 0;
+  return poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
+}
+
+/* In-process handover from C: a free port is taken for binding (fd -1) and
+ * offered; a successor (here the same process) receives the very socket
+ * (close-on-exec) and commits; the first learns it through its drain fd and
+ * llmlb_offer_poll, writes nothing more, and its release removes nothing.
+ * NULL and bad arguments are refused with the outputs cleared. */
+static void test_handover(void) {
+  char dir[4096];
+  struct sockaddr_in addr;
+  socklen_t len = sizeof addr;
+  LlmlbLock *first = NOT_NULL_LOCK, *second = NOT_NULL_LOCK;
+  LlmlbOffer *offer1 = NULL, *offer2 = NULL;
+  LlmlbLockInfo other;
+  LlmlbLockState state;
+  uint32_t pid = 7;
+  uint16_t port;
+  int fd = 7, drain_fd;
+  int listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+  make_dir_path(dir, sizeof dir, "handover");
+  CHECK(listen_fd >= 0);
+  memset(&addr, 0, sizeof addr);
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  CHECK(bind(listen_fd, (struct sockaddr *)&addr, sizeof addr) == 0);
+  CHECK(listen(listen_fd, 16) == 0);
+  CHECK(getsockname(listen_fd, (struct sockaddr *)&addr, &len) == 0);
+  port = ntohs(addr.sin_port);
+
+  CHECK_STATUS(llmlb_handover_take(dir, port, 1000, NULL, &fd, NULL),
+               LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(fd == -1);
+  CHECK_STATUS(llmlb_handover_take(dir, 0, 1000, &first, &fd, NULL),
+               LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(first == NULL);
+  offer1 = (LlmlbOffer *)(void *)&g_dummy;
+  CHECK_STATUS(llmlb_handover_offer(NULL, listen_fd, 0, &offer1), LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(offer1 == NULL);
+  CHECK(llmlb_offer_fd(NULL) == -1);
+  CHECK_STATUS(llmlb_offer_poll(NULL, 0, &pid), LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(pid == 0);
+  llmlb_offer_free(NULL);
+
+  garbage(&other);
+  CHECK_STATUS(llmlb_handover_take(dir, port, 1000, &first, &fd, &other), LLMLB_STATUS_OK);
+  CHECK(first != NULL && fd == -1 && is_zero(&other));
+  CHECK_STATUS(llmlb_handover_offer(first, -1, 0, &offer1), LLMLB_STATUS_INVALID_ARGUMENT);
+  CHECK(offer1 == NULL);
+  CHECK_STATUS(llmlb_handover_offer(first, listen_fd, 0, &offer1), LLMLB_STATUS_OK);
+  drain_fd = llmlb_offer_fd(offer1);
+  CHECK(drain_fd >= 0 && !is_readable(drain_fd));
+  CHECK_STATUS(llmlb_offer_poll(offer1, 0, &pid), LLMLB_STATUS_OK);
+  CHECK(pid == 0);
+
+  CHECK_STATUS(llmlb_handover_take(dir, port, 10000, &second, &fd, &other), LLMLB_STATUS_OK);
+  CHECK(fd >= 0 && fd != listen_fd);
+  CHECK((fcntl(fd, F_GETFD) & FD_CLOEXEC) != 0);
+  CHECK(other.pid == (uint32_t)getpid() && other.port == port);
+  CHECK_STATUS(llmlb_handover_offer(second, fd, 0, &offer2), LLMLB_STATUS_OK);
+  CHECK_STATUS(llmlb_offer_poll(offer1, 10000, &pid), LLMLB_STATUS_OK);
+  CHECK(pid == (uint32_t)getpid());
+  CHECK(is_readable(drain_fd));
+  CHECK_STATUS(llmlb_lock_set_state(first, LLMLB_SERVE_STATE_STOPPING),
+               LLMLB_STATUS_HANDED_OVER);
+  CHECK(strstr(llmlb_last_error(), "handed over") != NULL);
+  CHECK_STATUS(llmlb_lock_release(first), LLMLB_STATUS_OK);
+  llmlb_offer_free(offer1);
+  CHECK_STATUS(llmlb_lock_probe(dir, port, &state, &other), LLMLB_STATUS_OK);
+  CHECK(state == LLMLB_STATE_HELD && other.serve_state == LLMLB_SERVE_STATE_READY);
+
+  llmlb_offer_free(offer2);
+  CHECK_STATUS(llmlb_lock_release(second), LLMLB_STATUS_OK);
+  CHECK_STATUS(llmlb_lock_probe(dir, port, &state, NULL), LLMLB_STATUS_OK);
+  CHECK(state == LLMLB_STATE_FREE);
+  close(fd);
+  close(listen_fd);
+}
+#else
+/* Windows: a free port is taken as an acquire would (fd -1), and offering
+ * is unsupported (no descriptor passing), leaving the lock as it was. */
+static void test_handover(void) {
+  char dir[4096];
+  LlmlbLock *lock = NOT_NULL_LOCK;
+  LlmlbOffer *offer = (LlmlbOffer *)(void *)&g_dummy;
+  int fd = 7;
+  make_dir_path(dir, sizeof dir, "handover");
+  CHECK_STATUS(llmlb_handover_take(dir, 8030, 1000, &lock, &fd, NULL), LLMLB_STATUS_OK);
+  CHECK(lock != NULL && fd == -1);
+  CHECK_STATUS(llmlb_handover_offer(lock, 3, 0, &offer), LLMLB_STATUS_UNSUPPORTED);
+  CHECK(offer == NULL);
+  CHECK_STATUS(llmlb_lock_set_state(lock, LLMLB_SERVE_STATE_READY), LLMLB_STATUS_OK);
+  CHECK_STATUS(llmlb_lock_release(lock), LLMLB_STATUS_OK);
+}
+#endif
+
 int main(int argc, char **argv) {
 #ifdef _WIN32
   g_argv0 = argv[0];
@@ -1292,6 +1395,7 @@ int main(int argc, char **argv) {
   test_dir_handle_across_fork();
 #endif
   test_dir_handle_shared_by_threads();
+  test_handover();
 #ifdef _WIN32
   puts("all C API tests passed (Windows: 6 cases that need fork, symlinks or sockets are not "
        "compiled, "

@@ -41,8 +41,12 @@ fn header_compiles_as_c99_c11_and_cxx11_without_warnings() {
                  LlmlbStatus (*acquire)(const char *, uint16_t, LlmlbLock **, LlmlbLockInfo *) = llmlb_lock_acquire;\n\
                  LlmlbStatus (*set_state)(LlmlbLock *, int) = llmlb_lock_set_state;\n\
                  LlmlbStatus (*listener)(uint16_t, uint32_t *) = llmlb_port_listener;\n\
+                 LlmlbStatus (*take)(const char *, uint16_t, uint32_t, LlmlbLock **, int *, LlmlbLockInfo *) = llmlb_handover_take;\n\
+                 LlmlbStatus (*offer)(LlmlbLock *, int, uint32_t, LlmlbOffer **) = llmlb_handover_offer;\n\
+                 LlmlbStatus (*poll)(const LlmlbOffer *, uint32_t, uint32_t *) = llmlb_offer_poll;\n\
                  LlmlbLockState state = LLMLB_STATE_FREE;\n\
                  (void)acquire; (void)set_state; (void)listener; (void)info; (void)state;\n\
+                 (void)take; (void)offer; (void)poll;\n\
                  return LLMLB_STATUS_OK;\n\
                }\n";
     let c_file = tmp.path().join("use_header.c");

@@ -8,12 +8,12 @@ use std::path::Path;
 use std::process::Command;
 
 /// Copies the package (its `.py` files and `py.typed`, never a built
-/// extension lying in the checkout) and the tests into `to`, as
-/// `.ci/packaging` runs them from an installed package: the tests import
-/// the copy beside them.
+/// extension lying in the checkout), the tests and the examples they run
+/// into `to`, as `.ci/packaging` runs them from an installed package: the
+/// tests import the copy beside them.
 fn copy_package(to: &Path) {
     let python_dir = support::repo_root().join("ffi/python");
-    for sub in ["llmlb_lock", "tests"] {
+    for sub in ["llmlb_lock", "tests", "examples"] {
         std::fs::create_dir(to.join(sub)).unwrap();
         for entry in std::fs::read_dir(python_dir.join(sub)).unwrap() {
             let path = entry.unwrap().path();

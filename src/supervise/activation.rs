@@ -144,3 +144,19 @@ pub fn activated_listener() -> Result<Option<Activated>, ActivationError> {
         name,
     }))
 }
+
+/// A copy of `fd`, a listening TCP socket (IPv4 or IPv6) that stays the
+/// caller's, with the port it listens on: checked as an activated socket is,
+/// then duplicated close-on-exec. For a program that serves on a socket of
+/// its own and offers it to a successor (the C ABI's
+/// `llmlb_handover_offer`): what is handed on is this copy, which shares the
+/// caller's open file description (and so its queue of connections).
+///
+/// # Errors
+/// `NotTcpListener` (why, a phrase) if `fd` is closed or not a listening TCP
+/// socket, and always on Windows (its sockets are not `int` descriptors);
+/// `Io` if it cannot be inspected or duplicated. The messages speak of socket
+/// activation: a caller with another source names it in its own.
+pub fn copy_listener(fd: i32) -> Result<(TcpListener, u16), ActivationError> {
+    sys::copy_listener(fd)
+}

@@ -435,6 +435,13 @@ impl Handovers {
         Some(pid)
     }
 
+    /// Whether an offer was made and not withdrawn: `false` when its
+    /// control socket could not be made (the reason is logged, and this
+    /// server can only be stopped, not replaced) or it offers no socket.
+    pub fn is_offered(&self) -> bool {
+        self.with_offer(|_| ()).is_some()
+    }
+
     /// `f` on the offer, if one stands.
     pub(super) fn with_offer<T>(&self, f: impl FnOnce(&Offer) -> T) -> Option<T> {
         lock_pending(&self.state).offer.as_ref().map(f)

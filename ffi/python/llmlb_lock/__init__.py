@@ -38,10 +38,15 @@ import time
 from collections import deque
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
+
+if TYPE_CHECKING:
+    import socket
 
 __all__ = [
     "AlreadyRunning",
+    "Busy",
+    "Offer",
     "LockError",
     "LockDir",
     "Listener",
@@ -753,6 +758,28 @@ class PortLock:
         _check(_lib().llmlb_lock_fd(self._require(), ctypes.byref(fd)))
         return fd.value
 
+    @classmethod
+    def take_over(
+        cls, port: int, lock_dir: "Union[None, PathLike, LockDir]" = None, timeout: float = 5.0
+    ) -> "tuple[PortLock, Optional[socket.socket]]":
+        """Takes ``port`` over from its running server with its listening
+        socket: ``(lock, sock)``, ``sock`` ``None`` when the port was free
+        (bind it yourself). See :func:`llmlb_lock.handover.take_over`."""
+        from .handover import take_over
+
+        return take_over(port, lock_dir, timeout)
+
+    def offer(self, sock, grace: float = 0.0) -> "Offer":
+        """Once serving on ``sock`` (a listening socket on this port, or
+        its descriptor; it stays yours): records ready, commits a takeover
+        (the predecessor drains once this process has been up ``grace``
+        seconds) and offers this lock and socket to a successor. Returns the
+        :class:`Offer`, whose ``wait()`` says when to drain. See
+        :mod:`llmlb_lock.handover`."""
+        from .handover import offer
+
+        return offer(self, sock, grace)
+
     def set_child_pgid(self, pgid: Optional[int]) -> None:
         """Records the process group of the command this launcher runs (a
         live process leading its own group, e.g. a child started with
@@ -978,3 +1005,14 @@ def lock_path(port: int, lock_dir: "Union[None, PathLike, LockDir]" = None) -> s
 def library_version() -> str:
     """The loaded library's version, e.g. ``"0.1.0"``."""
     return _lib().llmlb_lock_version().decode()
+
+
+
+def __getattr__(name: str):
+    # In-process handover (take_over / offer) lives in its own module,
+    # imported on first use: the lock's import and cycle pay nothing for it.
+    if name in ("Busy", "Offer"):
+        from . import handover
+
+        return getattr(handover, name)
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))

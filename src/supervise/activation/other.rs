@@ -14,3 +14,11 @@ pub(super) fn take_listener(_fd: i32) -> Result<(TcpListener, u16), ActivationEr
         "not supported on this platform",
     ))
 }
+
+/// Never a listener here: the C ABI's handover, its only caller, is Unix
+/// only.
+pub(super) fn copy_listener(_fd: i32) -> Result<(TcpListener, u16), ActivationError> {
+    Err(ActivationError::NotTcpListener(
+        "not supported on this platform",
+    ))
+}

@@ -2,7 +2,7 @@
 
 use std::io;
 use std::net::TcpListener;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, RawFd};
 
 use super::ActivationError;
 
@@ -26,6 +26,35 @@ fn int_option(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<li
 /// checked with `fstat`, `SO_TYPE`, `getsockname` and `SO_ACCEPTCONN` before
 /// anything owns it, then made close-on-exec.
 pub(super) fn take_listener(fd: RawFd) -> Result<(TcpListener, u16), ActivationError> {
+    check_listener(fd)?;
+    // SAFETY: fcntl on a descriptor checked open above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+        return Err(ActivationError::Io(io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is an open listening TCP socket (checked above) that the
+    // protocol hands to this process; nothing else in it owns descriptor 3.
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+    let port = listener.local_addr().map_err(ActivationError::Io)?.port();
+    Ok((listener, port))
+}
+
+/// A close-on-exec duplicate of `fd`, which stays the caller's, if it is a
+/// listening TCP socket (checked as [`take_listener`] checks).
+pub(super) fn copy_listener(fd: RawFd) -> Result<(TcpListener, u16), ActivationError> {
+    check_listener(fd)?;
+    // SAFETY: `fd` was checked open just above and is only borrowed for the
+    // duplication (F_DUPFD_CLOEXEC): the copy is ours, the original the
+    // caller's.
+    let copy = unsafe { BorrowedFd::borrow_raw(fd) }
+        .try_clone_to_owned()
+        .map_err(ActivationError::Io)?;
+    let listener = TcpListener::from(copy);
+    let port = listener.local_addr().map_err(ActivationError::Io)?.port();
+    Ok((listener, port))
+}
+
+/// Whether `fd` is an open, listening TCP (IPv4 or IPv6) socket.
+fn check_listener(fd: RawFd) -> Result<(), ActivationError> {
     // SAFETY: stat is plain data; zeroed is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fstat writes into `st`, which lives for the call.
@@ -69,13 +98,5 @@ pub(super) fn take_listener(fd: RawFd) -> Result<(TcpListener, u16), ActivationE
             "a TCP socket that is not listening (Accept=yes passes connections, not the listener)",
         ));
     }
-    // SAFETY: fcntl on a descriptor checked open above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
-        return Err(ActivationError::Io(io::Error::last_os_error()));
-    }
-    // SAFETY: `fd` is an open listening TCP socket (checked above) that the
-    // protocol hands to this process; nothing else in it owns descriptor 3.
-    let listener = unsafe { TcpListener::from_raw_fd(fd) };
-    let port = listener.local_addr().map_err(ActivationError::Io)?.port();
-    Ok((listener, port))
+    Ok(())
 }
