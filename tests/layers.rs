@@ -250,12 +250,14 @@ fn paths(module: &[String], code: &str) -> Vec<Written> {
                     inline.push((depth, name.clone()));
                 }
             }
-            Token::Ident(_) if i == 0 || toks[i - 1].0 != Token::PathSep => {
-                if toks.get(i + 1).map(|t| &t.0) == Some(&Token::PathSep) {
-                    let here = current(&inline);
-                    i = path_tree(&toks, i, Vec::new(), &here, &mut out);
-                    continue;
-                }
+            // The first segment of a path (not one inside it).
+            Token::Ident(_)
+                if (i == 0 || toks[i - 1].0 != Token::PathSep)
+                    && toks.get(i + 1).map(|t| &t.0) == Some(&Token::PathSep) =>
+            {
+                let here = current(&inline);
+                i = path_tree(&toks, i, Vec::new(), &here, &mut out);
+                continue;
             }
             _ => {}
         }

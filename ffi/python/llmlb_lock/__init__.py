@@ -698,7 +698,7 @@ class PortLock:
             once = self._once
             if once is None:
                 once = self._once = self._make_once()
-            if once:
+            if once is not False:
                 status = once()
                 if not status:
                     self._held = True
