@@ -67,8 +67,8 @@ PANIC = 5
 NOT_LISTENING = 6
 # Not a C status: what a try-once acquire (a _Cycle, below) returns for OK
 # when the lock was reclaimed from a dead holder, whose info is then in
-# out_other. A clean acquire returns OK, so the
-# rule costs the wrapper no look at out_other.
+# out_other. A clean acquire returns OK, so the rule costs the wrapper no
+# look at out_other.
 _OK_RECLAIMED = -1
 
 _STATES = {0: "free", 1: "held", 2: "stale"}
@@ -663,7 +663,8 @@ class PortLock:
     @property
     def lock_dir(self) -> "Union[None, PathLike, LockDir]":
         """Where the lock file is: a path, ``None`` (the default dir) or an
-        open :class:`LockDir`; may be changed while not held."""
+        open :class:`LockDir`. A change takes effect at the next
+        ``acquire()``."""
         return self._lock_dir
 
     @lock_dir.setter
@@ -673,7 +674,8 @@ class PortLock:
 
     @property
     def timeout(self) -> Optional[float]:
-        """The wait of an ``acquire()`` without one (see the class doc)."""
+        """How long an ``acquire()`` given no timeout waits (see the class
+        doc)."""
         return self._timeout
 
     @timeout.setter
