@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 /// reused PID has a different start time, and a reboot a different boot id.
 /// A PID means something only in its own PID namespace: a holder that
 /// recorded another namespace than the reader's is never matched by number
-/// ([`IdentityCheck::OtherPidNamespace`]).
+/// ([`IdentityCheck::OtherPidNamespace`](super::IdentityCheck::OtherPidNamespace)).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ProcessIdentity {
