@@ -143,7 +143,9 @@ fn bench_script_runs() {
         "ctypes_only ",
         "py_path ",
         "py_dir ",
+        "py_with ",
         "py_dir / c_abi_dir",
+        "py_path / c_abi",
         "==> filelock: SKIPPED (--no-filelock)",
     ] {
         assert!(

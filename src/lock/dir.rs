@@ -4,10 +4,11 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use super::error::{printable, LockError};
+use super::error::LockError;
 use super::protocol::{self, Target};
 use super::state::{Free, PortLock};
 use super::sys;
+use super::text::printable;
 use super::{LockState, ServeState};
 
 /// Environment variable that overrides the default lock dir.

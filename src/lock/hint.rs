@@ -11,8 +11,8 @@
 
 use std::path::Path;
 
-use super::error::{printable, shell_quoted};
 use super::info::{IdentityCheck, LockInfo};
+use super::text::{printable, shell_quoted};
 
 /// How to find the process that has `path` open, for messages: `fuser` on
 /// Unix; Windows has no such command, so the tool that shows it.

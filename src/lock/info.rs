@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use super::identity::ProcessIdentity;
 use super::sys;
 
 mod json;
@@ -35,34 +36,6 @@ pub const MAX_CWD_JSON_LEN: usize = 4096;
 /// people, and this one cannot be run as recorded.
 pub const ARGV_TRUNCATED: &str = "\u{2026}[command line truncated]";
 
-/// Identity of a process that survives PID reuse: on Linux, its start time in
-/// clock ticks since boot (`/proc/<pid>/stat` field 22) plus the boot id,
-/// and, for a lock's holder, its PID namespace.
-///
-/// Two identities with both parts present and equal name the same process; a
-/// reused PID has a different start time, and a reboot a different boot id.
-/// A PID means something only in its own PID namespace: a holder that
-/// recorded another namespace than the reader's is never matched by number
-/// ([`IdentityCheck::OtherPidNamespace`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct ProcessIdentity {
-    /// `/proc/sys/kernel/random/boot_id` on Linux, `kern.boottime` on macOS;
-    /// none on Windows, whose start time is absolute.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub boot_id: Option<String>,
-    /// Start time: clock ticks after boot on Linux, microseconds since the
-    /// epoch on macOS, the creation `FILETIME` (100 ns units since 1601) on
-    /// Windows.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_ticks: Option<u64>,
-    /// The PID namespace the PID is numbered in, as `"<st_dev>:<st_ino>"` of
-    /// `/proc/self/ns/pid` (Linux; recorded by a lock's holder for itself).
-    /// Absent in files written before it existed: those are judged as before.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid_ns: Option<String>,
-}
-
 impl ProcessIdentity {
     /// The identity of process `pid` now, where the platform offers one
     /// (Linux, macOS, Windows); `None` if the process does not exist or the platform has none.
@@ -75,19 +48,6 @@ impl ProcessIdentity {
     /// own `/proc` describes another process), with its PID namespace.
     pub fn of_current_process() -> Option<ProcessIdentity> {
         sys::own_identity()
-    }
-
-    /// Whether `self` and `other` name the same process: boot marker and
-    /// start time equal (the namespace is judged separately, before any
-    /// number is looked up).
-    pub(crate) fn same_process(&self, other: &ProcessIdentity) -> bool {
-        self.boot_id == other.boot_id && self.start_ticks == other.start_ticks
-    }
-
-    /// Both parts present, where the platform has both: Windows' creation
-    /// time is absolute, so it needs no boot marker.
-    pub(crate) fn is_complete(&self) -> bool {
-        self.start_ticks.is_some() && (self.boot_id.is_some() || cfg!(windows))
     }
 }
 

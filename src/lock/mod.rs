@@ -13,10 +13,12 @@ mod dir;
 mod error;
 // Advice about a port's holder, for the lock's own messages and `stop`'s.
 pub(crate) mod hint;
+mod identity;
 mod info;
 mod protocol;
 mod state;
 mod stop_request;
+mod text;
 // Also the platform calls of `crate::supervise` (process groups, pinned
 // processes, signals): the one place that talks to the operating system.
 // Without the `cli` feature, those behind the exec-mode plumbing
@@ -29,7 +31,7 @@ pub use dir::{
     check_port, default_lock_dir, lock_file_name, port_from_file_name, resolve_lock_dir, LockDir,
     PortReport, LOCK_DIR_ENV,
 };
-pub use error::{printable, shell_quoted, LockError, Printable, ShellQuoted, TransitionError};
+pub use error::{LockError, TransitionError};
 pub use info::{
     IdentityCheck, LockInfo, ProcessIdentity, ServeState, ARGV_TRUNCATED, MAX_ARGV_JSON_LEN,
     MAX_CWD_JSON_LEN, MAX_INFO_LEN,
@@ -39,6 +41,7 @@ pub use state::{
     acquire_or_reclaim, Acquired, Free, Held, Holds, PortGuard, PortLock, Reclaimed, Stale, State,
 };
 pub use stop_request::StopRequest;
+pub use text::{printable, shell_quoted, Printable, ShellQuoted};
 #[cfg(all(any(feature = "server", feature = "tokio"), not(loom)))]
 pub use wait::acquire_timeout_async;
 #[cfg(all(feature = "server", not(loom)))]

@@ -218,6 +218,11 @@ impl Offer {
 /// The control socket's answer to a `reload` op, given its deadline.
 pub(crate) type OnReload = Box<dyn Fn(Duration) -> ReloadAnswer + Send + Sync>;
 
+/// How long a reload waits for its successor unless told otherwise: a
+/// control-socket `reload` without `timeout_ms` (here), `llmlb reload`
+/// without `-t` and SIGUSR2 (`reload::DEFAULT_TIMEOUT`, this value).
+pub(crate) const DEFAULT_RELOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How a reload a holder ran ended.
 #[derive(Debug)]
 pub(crate) enum ReloadAnswer {

@@ -948,17 +948,6 @@ fn probe_addrs(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     })
 }
 
-/// 64 unpredictable bits without a dependency: std's `RandomState` is seeded
-/// from the OS's random source once per process, and each new state is a
-/// fresh key.
-#[cfg_attr(windows, allow(dead_code))] // for notify socket names
-pub(crate) fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u32(std::process::id());
-    hasher.finish()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

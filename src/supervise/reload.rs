@@ -33,7 +33,7 @@ use crate::supervise::succession::Handovers;
 
 /// How long a reload waits for its successor unless told otherwise
 /// (`llmlb reload -t`, and always for SIGUSR2).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_TIMEOUT: Duration = crate::supervise::handover::DEFAULT_RELOAD_TIMEOUT;
 
 /// How often a reload looks at its successor.
 const POLL: Duration = Duration::from_millis(20);
@@ -150,7 +150,7 @@ fn with_replace(args: &[OsString]) -> Vec<OsString> {
 /// What a server needs to reload: how it was started, and its service
 /// manager (told `RELOADING=1` when a reload begins, `READY=1` when one
 /// fails and the server is the main process again).
-pub(crate) struct Reloads {
+struct Reloads {
     relaunch: Relaunch,
     supervisor: &'static Supervisor,
     running: AtomicBool,
@@ -170,11 +170,14 @@ impl Handovers {
     /// socket's `reload` op and [`reload_in_background`](Self::reload_in_background).
     /// Set once; later calls change nothing.
     pub fn enable_reload(&self, relaunch: Relaunch, supervisor: &'static Supervisor) {
-        let _ = self.reloads.set(Reloads {
+        let reloads = Reloads {
             relaunch,
             supervisor,
             running: AtomicBool::new(false),
-        });
+        };
+        let _ = self.reloads.set(Box::new(move |me, timeout| {
+            me.reload_with(&reloads, timeout)
+        }));
     }
 
     /// SIGUSR2: a reload on a thread of its own, bounded by
@@ -200,15 +203,10 @@ impl Handovers {
         }
     }
 
-    /// Starts the successor and waits, up to `timeout`, for it to take the
-    /// port over (this server then drains); see the module doc.
-    pub(crate) fn reload(&self, timeout: Duration) -> ReloadAnswer {
-        let Some(reloads) = self.reloads.get() else {
-            return ReloadAnswer::Failed(
-                "this server was not told how it was started, so it cannot start its successor"
-                    .to_owned(),
-            );
-        };
+    /// [`Handovers::reload`] of a server that can reload: starts the
+    /// successor and waits, up to `timeout`, for it to take the port over
+    /// (this server then drains); see the module doc.
+    fn reload_with(&self, reloads: &Reloads, timeout: Duration) -> ReloadAnswer {
         if reloads.running.swap(true, Ordering::SeqCst) {
             return ReloadAnswer::Busy("a reload is under way".to_owned());
         }

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use crate::lock::PortGuard;
 use crate::supervise::handover::{self, HandedSocket, Offer, Predecessor, ReloadAnswer};
 use crate::supervise::pidfile::{Pidfile, PidfileError};
-use crate::supervise::reload::Reloads;
 use crate::supervise::{LockHandle, SharedLock};
 
 /// How long a predecessor has to confirm it is draining.
@@ -178,8 +177,10 @@ pub struct Handovers {
     withdrawn: Condvar,
     on_drain: Mutex<Option<OnDrain>>,
     pidfile: Arc<PortPidfile>,
-    /// How to start a successor (see [`reload`](super::reload)).
-    pub(super) reloads: OnceLock<Reloads>,
+    /// What runs a reload (set by [`reload`](super::reload)'s
+    /// `enable_reload`): a function, so that the handover needs to know
+    /// nothing of how a successor is started.
+    pub(super) reloads: OnceLock<RunReload>,
     /// The successor this server drains for (0: none yet).
     pub(super) drained_to: AtomicU32,
 }
@@ -208,7 +209,23 @@ struct OfferState {
     withdrawn: bool,
 }
 
+/// A server's reload, given its deadline (see [`Handovers::reload`]).
+pub(super) type RunReload = Box<dyn Fn(&Handovers, Duration) -> ReloadAnswer + Send + Sync>;
+
 impl Handovers {
+    /// Starts the successor and waits, up to `timeout`, for it to take the
+    /// port over (this server then drains); see [`reload`](super::reload).
+    /// Fails at once for a server never told how it was started.
+    pub(crate) fn reload(&self, timeout: Duration) -> ReloadAnswer {
+        match self.reloads.get() {
+            Some(run) => run(self, timeout),
+            None => ReloadAnswer::Failed(
+                "this server was not told how it was started, so it cannot start its successor"
+                    .to_owned(),
+            ),
+        }
+    }
+
     /// `sockets` are what a successor will get (with their names); none
     /// means no offer is ever made (exec mode without a passed socket).
     /// `on_drain` is told, once, when a successor has the port: this

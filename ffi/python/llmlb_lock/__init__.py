@@ -31,6 +31,7 @@ one.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 import threading
@@ -69,12 +70,11 @@ IO_ERROR = 3
 UNSAFE_PATH = 4
 PANIC = 5
 NOT_LISTENING = 6
-# Not a C status: what the per-cycle acquires (_fast_acquire and
-# _fast_dir_acquire) return for OK when the lock was reclaimed from a dead
-# holder, whose info is then in out_other. A clean acquire returns OK, so the
-# rule costs the wrapper no look at out_other.
+# Not a C status: what a try-once acquire (a _Cycle, below) returns for OK
+# when the lock was reclaimed from a dead holder, whose info is then in
+# out_other. A clean acquire returns OK, so the rule costs the wrapper no
+# look at out_other.
 _OK_RECLAIMED = -1
-_NOT_MADE = object()  # a cache slot not filled yet
 
 _STATES = {0: "free", 1: "held", 2: "stale"}
 # LlmlbServeState: READY is 0, so a record without a state reads "ready".
@@ -284,79 +284,139 @@ def _lib() -> ctypes.CDLL:
 # itself, with the fix, not by the first call.
 _lib()
 
-# The per-cycle calls (try-once acquire, release), as module globals: the
-# cheapest lookup there is on the hot path. Through the _speedups extension
-# module when it is built (`pip install` builds it), bound to the library
-# ctypes loaded; through untyped ctypes otherwise. The two take their
-# arguments in different forms, made once by LockDir and PortLock:
-# _as_arg(c_void_p) -> the dir handle argument, _out_args(handle, info) ->
-# the out-parameter arguments, _release_arg_of(handle, out_args) -> release's
-# argument, _port_arg_of(port).
+# The per-cycle calls, made once per LockDir and PortLock and then only
+# called (the Python around them runs between system calls, with cold
+# caches: every step saved counts):
+#
+# - _DirCell(handle, on_idle): a LockDir's handle and the calls in progress
+#   on it: enter() -> the handle (an int) registered as in use, or None when
+#   closed; leave(); close() -> the handle, or None (no new call gets it);
+#   done_closing(); active, the calls in progress. on_idle() is called when
+#   a call leaves while a close() waits.
+# - _Cycle(dir, port, out_handle, out_other): a PortLock's try-once acquire:
+#   calling it takes the lock into out_handle (a c_void_p) and out_other (an
+#   _Info), through a _DirCell or by path (bytes, or None for the default
+#   dir), and returns the status, _OK_RECLAIMED (OK, out_other names the
+#   dead holder) or _DIR_CLOSED (nothing called).
+# - _fast_release(_release_arg_of(out_handle)) -> the status.
+#
+# Through the _speedups extension module when it is built (`pip install`
+# builds it), bound to the library ctypes loaded; otherwise Python twins over
+# untyped ctypes that behave the same.
 try:
     from . import _speedups  # type: ignore[attr-defined]
 except ImportError:
     _speedups = None
 
+# Not a C status: what a _Cycle returns when its lock dir is closed.
+_DIR_CLOSED = -2
+
+
+def _notify_all(cond: threading.Condition) -> None:
+    with cond:
+        cond.notify_all()
+
+
 if _speedups is not None:
 
-    def _address(fn) -> int:
-        return ctypes.cast(fn, ctypes.c_void_p).value
+    def _bind_speedups() -> None:
+        """Points _speedups at the functions of the library ctypes loaded."""
+        lib = _lib()
+        _speedups.bind(
+            *(
+                ctypes.cast(fn, ctypes.c_void_p).value
+                for fn in (lib.llmlb_lock_acquire, lib.llmlb_lock_dir_acquire, lib.llmlb_lock_release)
+            )
+        )
 
-    _speedups.bind(
-        _address(_lib().llmlb_lock_acquire),
-        _address(_lib().llmlb_lock_dir_acquire),
-        _address(_lib().llmlb_lock_release),
-    )
-    # Each takes one tuple, (lock dir, port, out_lock, out_other), made once
-    # per PortLock (see _acquire_args), and returns the status, or
-    # _OK_RECLAIMED for OK with out_other filled in.
-    _fast_acquire = _speedups.acquire
-    _fast_dir_acquire = _speedups.dir_acquire
-    _fast_release = _speedups.release  # takes the out-parameter's address
+    _bind_speedups()
+    _DirCell = _speedups.DirCell
 
-    def _as_arg(handle: ctypes.c_void_p):
-        return handle.value
-
-    def _out_args(handle: ctypes.c_void_p, info: "_Info"):
-        return (ctypes.addressof(handle), ctypes.addressof(info))
-
-    def _release_arg_of(handle: ctypes.c_void_p, out_args):
-        return out_args[0]  # where acquire wrote the handle
-
-    def _port_arg_of(port: int):
-        return port
+    _Cycle = _speedups.Cycle
+    _fast_release = _speedups.release  # takes where acquire wrote the handle
+    _release_arg_of = ctypes.addressof
 
 else:
-    def _saying_reclaimed(call):
-        # As _speedups' acquires: one tuple of the C arguments; the status,
-        # or _OK_RECLAIMED for OK with out_other filled in (args[3], a
-        # byref() object: _obj is the _Info it refers to).
-        def acquire(args) -> int:
-            status = call(*args)
-            if status == OK and _records_a_holder(args[3]._obj):
+    # Module globals, looked up at each call (tests replace them).
+    _fast_acquire = _lib()._fast_acquire
+    _fast_dir_acquire = _lib()._fast_dir_acquire
+    _fast_release = _lib()._fast_release  # takes the handle (a c_void_p)
+
+    class _DirCell:  # type: ignore[no-redef]
+        """_speedups.DirCell in Python: deque.append and deque.pop are
+        atomic, so a call costs no lock (and, unlike a list going from 0 to
+        1 entry and back, no reallocation)."""
+
+        __slots__ = ("handle", "_calls", "_closing", "_on_idle")
+
+        def __init__(self, handle: int, on_idle):
+            self.handle: Optional[int] = handle
+            self._calls: deque = deque()
+            self._closing = 0
+            self._on_idle = on_idle
+
+        def enter(self) -> Optional[int]:
+            # Registered before the handle is read: close() clears the
+            # handle before it looks at the calls, so either it waits for
+            # this call or this call sees the handle gone.
+            self._calls.append(None)
+            handle = self.handle
+            if handle is None:
+                self.leave()
+            return handle
+
+        def leave(self) -> None:
+            self._calls.pop()
+            if self._closing:
+                self._on_idle()
+
+        def close(self) -> Optional[int]:
+            handle, self.handle = self.handle, None
+            self._closing += 1
+            return handle
+
+        def done_closing(self) -> None:
+            self._closing -= 1
+
+        @property
+        def active(self) -> int:
+            return len(self._calls)
+
+    class _Cycle:  # type: ignore[no-redef]
+        """_speedups.Cycle in Python: the C arguments made once (byref: what
+        ctypes passes as a pointer)."""
+
+        __slots__ = ("_cell", "_args", "_other")
+
+        def __init__(self, directory, port: int, out_handle: ctypes.c_void_p, out_other: "_Info"):
+            out = (ctypes.c_uint16(port), ctypes.byref(out_handle), ctypes.byref(out_other))
+            if isinstance(directory, _DirCell):
+                self._cell = directory
+                # The handle never changes while the dir is open, and the
+                # cell says whether it is.
+                self._args = (ctypes.c_void_p(directory.handle),) + out
+            else:
+                self._cell = None
+                self._args = (directory,) + out
+            self._other = out_other
+
+        def __call__(self) -> int:
+            cell = self._cell
+            if cell is None:
+                status = _fast_acquire(*self._args)
+            elif cell.enter() is None:
+                return _DIR_CLOSED
+            else:
+                try:
+                    status = _fast_dir_acquire(*self._args)
+                finally:
+                    cell.leave()
+            if status == OK and _records_a_holder(self._other):
                 return _OK_RECLAIMED
             return status
 
-        return acquire
-
-    _fast_acquire = _saying_reclaimed(_lib()._fast_acquire)
-    _fast_dir_acquire = _saying_reclaimed(_lib()._fast_dir_acquire)
-
-    _fast_release = _lib()._fast_release  # takes the handle (a c_void_p)
-
-    def _as_arg(handle: ctypes.c_void_p):
-        return handle
-
-    def _out_args(handle: ctypes.c_void_p, info: "_Info"):
-        # byref: what ctypes passes as a pointer; the handle object itself
-        # is what release passes by value.
-        return (ctypes.byref(handle), ctypes.byref(info))
-
-    def _release_arg_of(handle: ctypes.c_void_p, out_args):
-        return handle  # passed by value: the pointer acquire wrote
-
-    def _port_arg_of(port: int):
-        return ctypes.c_uint16(port)
+    def _release_arg_of(out_handle: ctypes.c_void_p):
+        return out_handle  # passed by value: the pointer acquire wrote
 
 
 def speedups() -> bool:
@@ -482,45 +542,31 @@ class LockDir:
 
     def __init__(self, lock_dir: Optional[PathLike] = None):
         self._handle: Optional[int] = None
-        # The handle in the form the per-cycle calls take (see _as_arg).
-        self._c_handle: Optional[object] = None
-        # One entry per call in progress: deque.append and deque.pop are
-        # atomic, so a call costs no lock (and, unlike a list going from 0 to
-        # 1 entry and back, no reallocation); close() waits on the condition
-        # until it is empty, and only then do leaving calls notify it.
-        self._active: deque = deque()
-        self._closing = 0
+        # The handle and the calls in progress on it (see _DirCell): close()
+        # waits on the condition until none is left.
+        self._cell: Optional[_DirCell] = None
         self._cond = threading.Condition(threading.Lock())
         # The resolved dir, for messages and lock paths (port 1 is any port).
         self.path = os.path.dirname(lock_path(1, lock_dir))
         handle = ctypes.c_void_p()
         _check(_lib().llmlb_lock_dir_open(_dir_arg(lock_dir), ctypes.byref(handle)))
         self._handle = handle.value
-        self._c_handle = _as_arg(handle)  # the form the per-cycle calls take
+        self._cell = _DirCell(handle.value, functools.partial(_notify_all, self._cond))
 
     @property
     def closed(self) -> bool:
         return self._handle is None
 
-    def _enter(self) -> ctypes.c_void_p:
-        # Registered before the handle is read: close() clears the handle
-        # before it looks at the list, so either it waits for this call or
-        # this call sees the handle gone.
-        self._active.append(None)
-        handle = self._c_handle
+    def _enter(self) -> int:
+        """The handle, registered as in use until _leave(): close() waits."""
+        cell = self._cell
+        handle = None if cell is None else cell.enter()
         if handle is None:
-            self._leave()
             raise LockError("lock dir %s is closed" % self.path, INVALID_ARGUMENT)
         return handle
 
     def _leave(self) -> None:
-        self._active.pop()
-        if self._closing:
-            self._notify_closer()
-
-    def _notify_closer(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
+        self._cell.leave()
 
     def acquire(
         self, port: int, timeout: Optional[float] = None, state: Optional[str] = None
@@ -537,12 +583,15 @@ class LockDir:
 
     def close(self) -> None:
         """Closes the handle (idempotent), after calls in progress finish."""
+        cell = self._cell
+        if cell is None:  # the open failed
+            return
         with self._cond:
-            handle, self._handle, self._c_handle = self._handle, None, None
-            self._closing += 1
-            while self._active:
+            handle = cell.close()
+            self._handle = None
+            while cell.active:
                 self._cond.wait()
-            self._closing -= 1
+            cell.done_closing()
         if handle is not None:
             _lib().llmlb_lock_dir_close(handle)
 
@@ -597,8 +646,8 @@ class PortLock:
         state: Optional[str] = None,
     ):
         self.port = _port_arg(port)
-        self.lock_dir = lock_dir
-        self.timeout = timeout
+        self._lock_dir = lock_dir
+        self._timeout = timeout
         # Checked now: a wrong word is the caller's bug, not an acquire failure.
         self._c_state = None if state is None else _serve_state_arg(state)
         # Whether this object holds the lock; the handle itself stays in
@@ -610,12 +659,34 @@ class PortLock:
         # used by several threads at once; see the class doc).
         self._out_handle = ctypes.c_void_p()
         self._out_other = _Info()
-        self._out_refs = _out_args(self._out_handle, self._out_other)
-        self._release_arg = _release_arg_of(self._out_handle, self._out_refs)
-        self._c_port = _port_arg_of(self.port)
-        # (the lock_dir they were made for, the per-cycle acquire's arguments);
-        # not made yet: None is a lock_dir (the default dir), this is not.
-        self._acquire_args: tuple = (_NOT_MADE, None)
+        self._release_arg = _release_arg_of(self._out_handle)
+        # The try-once acquire (a _Cycle), made by the first acquire() that
+        # tries once; None: not made yet (or lock_dir or timeout changed
+        # since); False: this lock has none (it waits, or records a state).
+        self._once = None
+
+    @property
+    def lock_dir(self) -> "Union[None, PathLike, LockDir]":
+        """Where the lock file is: a path, ``None`` (the default dir) or an
+        open :class:`LockDir`. A change takes effect at the next
+        ``acquire()``."""
+        return self._lock_dir
+
+    @lock_dir.setter
+    def lock_dir(self, lock_dir: "Union[None, PathLike, LockDir]") -> None:
+        self._lock_dir = lock_dir
+        self._once = None  # made again for the new dir
+
+    @property
+    def timeout(self) -> Optional[float]:
+        """How long an ``acquire()`` given no timeout waits (see the class
+        doc)."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, timeout: Optional[float]) -> None:
+        self._timeout = timeout
+        self._once = None
 
     @property
     def held(self) -> bool:
@@ -629,64 +700,60 @@ class PortLock:
         :class:`AlreadyRunning` with the holder's info as last seen."""
         if self._held:
             raise LockError("port %d is already held by this PortLock" % self.port, INVALID_ARGUMENT)
-        timeout = self.timeout if timeout is None else timeout
-        if timeout or self._c_state is not None:
-            # Into the same out-parameters as the fast path: release() hands
-            # _out_handle to the C library.
-            handle, other = self._out_handle, self._out_other
-            status = self._acquire_waiting(_deadline(timeout), handle, other)
-            if status == ALREADY_RUNNING:
-                raise AlreadyRunning(_last_error(), self.port, LockInfo._from_c(other))
-            _check(status)
-            self._held = True
-            self.reclaimed_from = LockInfo._from_c(other)
-            return self
-        # Try once: the per-cycle path. Each Python step here runs after a
-        # system call has flushed the CPU's caches, so it costs several times
-        # what it costs in a tight loop. Hence LockDir._enter/_leave inlined,
-        # and no conversions.
-        lock_dir = self.lock_dir
-        made_for, args = self._acquire_args
-        if made_for is not lock_dir:  # first use, or lock_dir was reassigned
-            args = self._make_acquire_args(lock_dir)
-        if isinstance(lock_dir, LockDir):
-            active = lock_dir._active
-            active.append(None)  # as LockDir._enter
-            try:
-                # Registered, so close() waits for us if the dir is still open,
-                # and then the handle in args is valid for the whole call.
-                if lock_dir._c_handle is None:
-                    raise LockError("lock dir %s is closed" % lock_dir.path, INVALID_ARGUMENT)
-                status = _fast_dir_acquire(args)
-            finally:
-                active.pop()  # as LockDir._leave
-                if lock_dir._closing:
-                    lock_dir._notify_closer()
-        else:
-            status = _fast_acquire(args)
-        if status and status != _OK_RECLAIMED:
-            if status == ALREADY_RUNNING:
-                raise AlreadyRunning(_last_error(), self.port, LockInfo._from_c(self._out_other))
-            _check(status)
+        if not timeout:
+            # Try once: the per-cycle path, one call of the _Cycle made once.
+            once = self._once
+            if once is None:
+                once = self._once = self._make_once()
+            if once is not False:
+                status = once()
+                if not status:
+                    self._held = True
+                    self.reclaimed_from = None
+                    return self
+                return self._tried_once(status)
+        # Wait (this call's timeout, else the constructor's), or record a
+        # state from the first write: the timed C calls.
+        timeout = self._timeout if timeout is None else timeout
+        # Into the same out-parameters as the try-once path: release() hands
+        # _out_handle to the C library.
+        handle, other = self._out_handle, self._out_other
+        status = self._acquire_waiting(_deadline(timeout), handle, other)
+        if status == ALREADY_RUNNING:
+            raise AlreadyRunning(_last_error(), self.port, LockInfo._from_c(other))
+        _check(status)
         self._held = True
-        # A clean acquire returns OK: nothing to look at.
-        self.reclaimed_from = LockInfo._from_c(self._out_other) if status else None
+        self.reclaimed_from = LockInfo._from_c(other)
         return self
 
-    def _make_acquire_args(self, lock_dir) -> tuple:
-        """The per-cycle acquire's arguments for ``lock_dir``, made once: a
-        LockDir's handle never changes while it is open (acquire checks that
-        it still is), nor does a path's encoding."""
-        handle_ref, other_ref = self._out_refs
+    def _make_once(self):
+        """This lock's try-once acquire (a _Cycle), or False when it has
+        none: with a timeout or a state it takes the timed C calls. A
+        LockDir's handle never changes while it is open (the _DirCell says
+        whether it is), nor does a path's encoding."""
+        if self._timeout or self._c_state is not None:
+            return False
+        lock_dir = self._lock_dir
         if isinstance(lock_dir, LockDir):
-            directory = lock_dir._c_handle
+            directory = lock_dir._cell
             if directory is None:
                 raise LockError("lock dir %s is closed" % lock_dir.path, INVALID_ARGUMENT)
         else:
             directory = _dir_arg(lock_dir)
-        args = (directory, self._c_port, handle_ref, other_ref)
-        self._acquire_args = (lock_dir, args)
-        return args
+        return _Cycle(directory, self.port, self._out_handle, self._out_other)
+
+    def _tried_once(self, status: int) -> "PortLock":
+        """The end of a try-once acquire that did not simply succeed."""
+        if status == _OK_RECLAIMED:
+            self._held = True
+            self.reclaimed_from = LockInfo._from_c(self._out_other)
+            return self
+        if status == _DIR_CLOSED:
+            raise LockError("lock dir %s is closed" % self._lock_dir.path, INVALID_ARGUMENT)
+        if status == ALREADY_RUNNING:
+            raise AlreadyRunning(_last_error(), self.port, LockInfo._from_c(self._out_other))
+        _check(status)
+        raise AssertionError("unreachable: status %d" % status)
 
     def _acquire_waiting(self, deadline: Optional[float], handle, other) -> int:
         # The C call cannot be interrupted, so wait in slices: between them
@@ -740,7 +807,7 @@ class PortLock:
             # _out_handle still holds this handle: only acquire writes it,
             # and only while nothing is held.
             status = _fast_release(self._release_arg)
-            if status != OK:
+            if status:
                 _check(status)
 
     def adopt(self) -> None:
@@ -841,7 +908,8 @@ class PortLock:
         # Like the Rust guard's Drop: an unreleased lock is released when
         # collected (at worst, after fork, this only closes a descriptor).
         try:
-            self.release()
+            if self._held:  # missing if __init__ failed
+                self.release()
         except Exception:
             pass
 

@@ -49,6 +49,60 @@ def wait_ok(testcase, pid):
     testcase.assertEqual(os.WEXITSTATUS(status), 0, "child failed")
 
 
+class library_dir_acquire_calling:
+    """Within it, the library's llmlb_lock_dir_acquire, as the wrapper's
+    try-once acquire calls it, first runs hook() (in the calling thread,
+    with the GIL released by the wrapper as around any C call): through the
+    _speedups module, which is pointed at a ctypes callback; through ctypes,
+    by replacing the module's _fast_dir_acquire."""
+
+    def __init__(self, hook):
+        self.hook = hook
+
+    def __enter__(self):
+        import ctypes
+
+        lib = llmlb_lock._lib()
+        if llmlb_lock.speedups():
+            real = lib._fast_dir_acquire
+            prototype = ctypes.CFUNCTYPE(
+                ctypes.c_int, ctypes.c_void_p, ctypes.c_uint16, ctypes.c_void_p, ctypes.c_void_p
+            )
+
+            def dir_acquire(directory, port, out_lock, out_other):
+                self.hook()
+                return real(
+                    ctypes.c_void_p(directory),
+                    ctypes.c_uint16(port),
+                    ctypes.c_void_p(out_lock),
+                    ctypes.c_void_p(out_other),
+                )
+
+            self.callback = prototype(dir_acquire)  # alive while in use
+            address = lambda fn: ctypes.cast(fn, ctypes.c_void_p).value  # noqa: E731
+            llmlb_lock._speedups.bind(
+                address(lib.llmlb_lock_acquire),
+                address(self.callback),
+                address(lib.llmlb_lock_release),
+            )
+        else:
+            real = llmlb_lock._fast_dir_acquire
+
+            def dir_acquire(*args):
+                self.hook()
+                return real(*args)
+
+            self.real = real
+            llmlb_lock._fast_dir_acquire = dir_acquire
+        return self
+
+    def __exit__(self, *exc):
+        if llmlb_lock.speedups():
+            llmlb_lock._bind_speedups()
+        else:
+            llmlb_lock._fast_dir_acquire = self.real
+
+
 class LockDirTestCase(unittest.TestCase):
     def setUp(self):
         self._tmp = tempfile.mkdtemp(prefix="llmlb-py-")
@@ -507,40 +561,53 @@ class LockDirTest(LockDirTestCase):
         # acquire is held inside its C call (a stand-in that waits for the
         # test) while another thread closes.
         locks = LockDir(self.dir)
-        real = llmlb_lock._fast_dir_acquire
         entered, go = threading.Event(), threading.Event()
 
-        def held_in_call(*args):
+        def held_in_call():
             entered.set()
             self.assertTrue(go.wait(timeout=60), "the test never let the call finish")
-            return real(*args)
 
         result = {}
-        llmlb_lock._fast_dir_acquire = held_in_call
-        try:
-            acquirer = threading.Thread(target=lambda: result.update(lock=locks.acquire(8235)))
-            acquirer.start()
-            self.assertTrue(entered.wait(timeout=60), "acquire never reached its C call")
-            closer = threading.Thread(target=locks.close)
-            closer.start()
-            # However long this waits, a correct close() is still waiting:
-            # only a close that did not wait can have finished.
-            closer.join(timeout=0.2)
-            self.assertTrue(closer.is_alive(), "close() did not wait for the call in progress")
-            self.assertTrue(locks.closed)  # new calls are refused meanwhile
-            self.assertRaisesStatus(llmlb_lock.INVALID_ARGUMENT, locks.probe, 8236)
-            go.set()
-            acquirer.join(timeout=60)
-            closer.join(timeout=60)
-            self.assertFalse(acquirer.is_alive() or closer.is_alive(), "a thread hung")
-        finally:
-            go.set()
-            llmlb_lock._fast_dir_acquire = real
+        with library_dir_acquire_calling(held_in_call):
+            try:
+                acquirer = threading.Thread(target=lambda: result.update(lock=locks.acquire(8235)))
+                acquirer.start()
+                self.assertTrue(entered.wait(timeout=60), "acquire never reached its C call")
+                closer = threading.Thread(target=locks.close)
+                closer.start()
+                # However long this waits, a correct close() is still waiting:
+                # only a close that did not wait can have finished.
+                closer.join(timeout=0.2)
+                self.assertTrue(closer.is_alive(), "close() did not wait for the call in progress")
+                self.assertTrue(locks.closed)  # new calls are refused meanwhile
+                self.assertRaisesStatus(llmlb_lock.INVALID_ARGUMENT, locks.probe, 8236)
+                self.assertRaisesStatus(llmlb_lock.INVALID_ARGUMENT, locks.acquire, 8236)
+                go.set()
+                acquirer.join(timeout=60)
+                closer.join(timeout=60)
+                self.assertFalse(acquirer.is_alive() or closer.is_alive(), "a thread hung")
+            finally:
+                go.set()
         lock = result["lock"]
         self.assertTrue(lock.held)  # taken through the handle before it closed
         self.assertEqual(probe(8235, self.dir).state, "held")
         lock.release()
         self.assertFalse(os.path.exists(self.file(8235)))
+
+    def test_a_lock_reused_after_its_dir_closed_is_refused_and_holds_nothing(self):
+        locks = LockDir(self.dir)
+        lock = PortLock(8239, locks)
+        lock.acquire()  # its try-once call is made here, for this dir
+        lock.release()
+        locks.close()
+        self.assertRaisesStatus(llmlb_lock.INVALID_ARGUMENT, lock.acquire)
+        self.assertFalse(lock.held)
+        # Pointed at another dir, the same lock takes the port there.
+        lock.lock_dir = self.dir
+        lock.acquire()
+        self.assertEqual(probe(8239, self.dir).state, "held")
+        lock.release()
+        self.assertEqual(probe(8239, self.dir).state, "free")
 
     def test_bad_dirs_and_use_after_close(self):
         err = self.assertRaisesStatus(llmlb_lock.INVALID_ARGUMENT, LockDir, "relative/locks")

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use fs2::FileExt as Fs2FileExt;
 
 use super::{DirRefusal, FileId, LockName, OpenFileStat, TryLock};
-use crate::lock::info::ProcessIdentity;
+use crate::lock::identity::ProcessIdentity;
 
 /// An open lock directory: `O_DIRECTORY | O_NOFOLLOW`, so the descriptor is
 /// the directory the checks judged, whatever its name points at later. Every
@@ -297,7 +297,7 @@ pub(crate) fn check_dir(dir: &DirHandle) -> Result<(), DirRefusal> {
 /// make a symlink, a file or another user's dir into ours. Paths are quoted
 /// for a POSIX shell ([`shell_quoted`](crate::lock::shell_quoted)).
 pub(crate) fn dir_fix_hint(dir: &Path, refusal: DirRefusal) -> String {
-    use crate::lock::error::shell_quoted;
+    use crate::lock::text::shell_quoted;
     let own_default = dir == default_dir();
     match refusal {
         DirRefusal::OpenToOthers if own_default => format!(

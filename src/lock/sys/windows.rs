@@ -66,7 +66,7 @@ use windows_sys::Win32::System::Threading::{
 use windows_sys::Win32::System::IO::OVERLAPPED;
 
 use super::{DirRefusal, FileId, LockName, OpenFileStat, TryLock};
-use crate::lock::info::ProcessIdentity;
+use crate::lock::identity::ProcessIdentity;
 
 const FILE_SHARE_READ: u32 = 0x1;
 const FILE_SHARE_WRITE: u32 = 0x2;

@@ -682,7 +682,7 @@ fn answer_reload(stream: &mut UnixStream, shared: &OfferShared, request: &Value)
     let timeout = request
         .get("timeout_ms")
         .and_then(Value::as_u64)
-        .map_or(super::super::reload::DEFAULT_TIMEOUT, Duration::from_millis)
+        .map_or(super::DEFAULT_RELOAD_TIMEOUT, Duration::from_millis)
         .min(MAX_RELOAD);
     let reply = match reload(timeout) {
         ReloadAnswer::Reloaded(pid) => json!({

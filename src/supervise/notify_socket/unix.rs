@@ -58,7 +58,7 @@ impl Socket {
         #[cfg(target_os = "linux")]
         super::linux::pass_credentials(&fd)?;
         let pid = std::process::id();
-        let random = super::super::ready::random_u64();
+        let random = random_u64();
         let path = lock_dir.join(format!("notify_{port}_{pid}_{:08x}.sock", random as u32));
         let fits = lock_dir.is_absolute() && path.as_os_str().len() < sun_path_len();
         if fits {
@@ -249,6 +249,16 @@ const CREDENTIALS_LEN: usize = 0;
 const RECV_FLAGS: libc::c_int = libc::MSG_CMSG_CLOEXEC | libc::MSG_TRUNC;
 #[cfg(not(target_os = "linux"))]
 const RECV_FLAGS: libc::c_int = 0;
+
+/// 64 unpredictable bits for a socket's name, without a dependency: std's
+/// `RandomState` is seeded from the OS's random source once per process,
+/// and each new state is a fresh key.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
 
 /// `sun_path`'s size: a path must be shorter (room for its NUL).
 fn sun_path_len() -> usize {
