@@ -298,6 +298,17 @@ async fn life(dir: &Where, plan: Plan) -> Exit {
         Ok(started) => started,
         Err(e) => return code(fail(format!("cannot start the lock watchdog thread: {e}"))),
     };
+    let proxy = match &mode {
+        Mode::Proxy {
+            backend_port,
+            max_connections,
+            ..
+        } => Some(command::ProxyPlan {
+            backend_port: *backend_port,
+            max_connections: *max_connections,
+        }),
+        _ => None,
+    };
     let exit = match mode {
         Mode::Http => code(
             serve_http(
@@ -315,54 +326,17 @@ async fn life(dir: &Where, plan: Plan) -> Exit {
         Mode::Exec(command) | Mode::Proxy { command, .. } if command.is_empty() => {
             code(fail("exec mode needs a command after `--`"))
         }
-        Mode::Exec(command) => {
+        Mode::Exec(command) | Mode::Proxy { command, .. } => {
             let what = Command {
                 command,
                 ready,
                 ready_timeout,
                 grace,
                 drains,
-                proxy: None,
+                proxy,
             };
-            run_command(
-                &lock,
-                signals,
-                &mut lost,
-                (&host, port),
-                listen,
-                taken,
-                &pidfile,
-                what,
-            )
-            .await
-        }
-        Mode::Proxy {
-            command,
-            backend_port,
-            max_connections,
-        } => {
-            let what = Command {
-                command,
-                ready,
-                ready_timeout,
-                grace,
-                drains,
-                proxy: Some(command::ProxyPlan {
-                    backend_port,
-                    max_connections,
-                }),
-            };
-            run_command(
-                &lock,
-                signals,
-                &mut lost,
-                (&host, port),
-                listen,
-                taken,
-                &pidfile,
-                what,
-            )
-            .await
+            let at = (host.as_str(), port);
+            run_command(&lock, signals, &mut lost, at, listen, taken, &pidfile, what).await
         }
     };
     tell_stopping(&format!("stopping; releasing port {port}"));
