@@ -6,7 +6,9 @@
 //! # Who may speak
 //! Only our own user can reach the socket, and on Linux only the command's
 //! tree is heard. The socket is a file, `notify_<port>_<pid>_<random>.sock`
-//! in the lock dir, mode 0600: the lock dir is 0700 and ours, so another
+//! in the lock dir (removed when the receiver is dropped; one left by a
+//! killed server is removed by the port's next receiver, once a connect
+//! proves nobody receives on it), mode 0600: the lock dir is 0700 and ours, so another
 //! user's `sendto` fails with `EACCES` and nothing of theirs (no datagram,
 //! no descriptor) ever reaches us. An abstract socket would be simpler (no
 //! file) but has no permissions, and its name is listed in `/proc/net/unix`

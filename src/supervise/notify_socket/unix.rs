@@ -58,6 +58,7 @@ impl Socket {
         #[cfg(target_os = "linux")]
         super::linux::pass_credentials(&fd)?;
         let pid = std::process::id();
+        tidy_stale(lock_dir, port);
         let random = random_u64();
         let path = lock_dir.join(format!("notify_{port}_{pid}_{:08x}.sock", random as u32));
         let fits = lock_dir.is_absolute() && path.as_os_str().len() < sun_path_len();
@@ -269,6 +270,56 @@ fn sun_path_len() -> usize {
 
 /// `bind` to `name`: a path, or (`abstract_name`, Linux) an abstract name.
 /// The caller checked that it fits.
+/// Removes the notify sockets of `port` in `lock_dir` that nobody receives
+/// on any more: files a server killed with SIGKILL (or a crash) left
+/// behind, which would otherwise pile up in the lock dir. Only our own
+/// sockets named as [`Socket::bind`] names them, and only those a connect
+/// proves dead (`ECONNREFUSED`: the file outlived its socket; a bind
+/// creates the file already bound, so a live receiver never answers so).
+/// Best effort: what cannot be read or removed is left, at debug level.
+fn tidy_stale(lock_dir: &Path, port: u16) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(entries) = std::fs::read_dir(lock_dir) else {
+        return;
+    };
+    let prefix = format!("notify_{port}_");
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with(&prefix) || !name.ends_with(".sock") {
+            continue;
+        }
+        let path = entry.path();
+        // Not followed: a symlink or anything but our socket is left alone.
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.file_type().is_socket() || meta.uid() != me {
+            continue;
+        }
+        let Ok(probe) = UnixDatagram::unbound() else {
+            return;
+        };
+        match probe.connect(&path) {
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => tracing::debug!(
+                        "removed the stale notify socket {}",
+                        crate::lock::printable(path.as_os_str())
+                    ),
+                    Err(e) => tracing::debug!(
+                        "cannot remove the stale notify socket {}: {e}",
+                        crate::lock::printable(path.as_os_str())
+                    ),
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 fn bind_name(fd: &OwnedFd, name: &[u8], abstract_name: bool) -> io::Result<()> {
     // SAFETY: an all-zero sockaddr_un is valid; filled below.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
@@ -305,4 +356,34 @@ fn cmsg_space(len: usize) -> usize {
 fn cmsg_len(len: usize) -> usize {
     // SAFETY: pure arithmetic.
     unsafe { libc::CMSG_LEN(len as u32) as usize }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file left by a receiver that died is removed when the port's next
+    /// receiver binds; a live receiver's socket, another port's, and
+    /// anything that is not a socket stay.
+    #[test]
+    fn binding_removes_only_the_port_s_dead_sockets() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let port = 4321;
+        let dead = dir.join(format!("notify_{port}_1_deadbeef.sock"));
+        drop(UnixDatagram::bind(&dead).unwrap()); // the file outlives its socket
+        let live_path = dir.join(format!("notify_{port}_2_cafe0000.sock"));
+        let live = UnixDatagram::bind(&live_path).unwrap();
+        let other_port = dir.join("notify_4322_1_deadbeef.sock");
+        drop(UnixDatagram::bind(&other_port).unwrap());
+        let plain = dir.join(format!("notify_{port}_3_00000000.sock"));
+        std::fs::write(&plain, b"not a socket").unwrap();
+
+        let (socket, _) = Socket::bind(dir, port).unwrap();
+
+        assert!(!dead.exists(), "the dead receiver's file stayed");
+        assert!(live_path.exists() && other_port.exists() && plain.exists());
+        live.send_to(b"READY=1", &live_path).unwrap(); // still bound, still ours
+        drop(socket);
+    }
 }
