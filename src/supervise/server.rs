@@ -166,3 +166,8 @@ pub fn serve(options: ServeOptions) -> Exit {
         signal: None,
     }
 }
+
+/// Installs `llmlb serve`'s stderr logger (level from `LLMLB_LOG_LEVEL`);
+/// a no-op if the process has a tracing subscriber already.
+// Placeholder on the wt-launch branch until the lead's body lands.
+pub fn init_logging() {}
