@@ -13,22 +13,17 @@ use std::time::Duration;
 use clap::builder::{RangedI64ValueParser, TypedValueParser as _};
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches as _, Parser, Subcommand, ValueEnum};
-use llmlb::supervise::ready::{ReadyPolicy, ReadySpec};
+use llmlb::supervise::ready::ReadySpec;
 
-mod exec;
-mod http;
-mod listening;
 mod reload;
-mod replace;
 mod serve;
-mod signals;
 mod status;
 mod stop;
 mod usage;
 mod wait;
 
 /// Runtime failure: printed as one `Error: …` line.
-pub(crate) const EXIT_FAILURE: i32 = 1;
+pub(crate) use crate::supervise::server::EXIT_FAILURE;
 
 /// The port of `serve` and `stop` (and of `status -p` without a value) when
 /// neither `-p` nor [`PORT_ENV`] names one.
@@ -536,6 +531,14 @@ pub(crate) struct LockDirChoice {
 }
 
 impl LockDirChoice {
+    /// The dir and its hint as the library's server takes them.
+    pub(crate) fn to_where(&self) -> crate::supervise::server::Where {
+        crate::supervise::server::Where {
+            path: self.path.clone(),
+            hint: self.hint_suffix(),
+        }
+    }
+
     /// ` --lock-dir DIR` when the dir came from the flag, else empty: appended
     /// to the `llmlb stop` hints so they work as printed (the path quoted for
     /// the shell, see [`llmlb::lock::shell_quoted`]).
@@ -616,65 +619,7 @@ fn default_port() -> u16 {
         .unwrap_or_else(|e| e.exit())
 }
 
-/// The log filter a user meant by `spec` (`LLMLB_LOG_LEVEL`, `RUST_LOG`), or
-/// `None`. EnvFilter takes a bare word that is not a level (`verbose`,
-/// `warnings`) for a target name and then shows nothing of ours, the
-/// stale-reclaim warning included; so a bare word must be a level (`warn`,
-/// `DEBUG`, `off`, `0`-`5`) or this crate's target (`llmlb`, `llmlb::…`).
-/// `target=level` directives are left to EnvFilter's own parser.
-fn log_filter(spec: &str) -> Option<tracing_subscriber::EnvFilter> {
-    use tracing::level_filters::LevelFilter;
-    let bare_words_mean_something = spec
-        .split(',')
-        .map(str::trim)
-        .filter(|d| !d.is_empty())
-        .all(|d| {
-            d.contains(['=', '['])
-                || d.parse::<LevelFilter>().is_ok()
-                || d == "llmlb"
-                || d.starts_with("llmlb::")
-        });
-    if !bare_words_mean_something {
-        return None;
-    }
-    tracing_subscriber::EnvFilter::try_new(spec).ok()
-}
-
-/// Logs to stderr; level from `LLMLB_LOG_LEVEL`, else `RUST_LOG`, else info.
-/// A value that is not a log filter gets one warning line and info.
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let spec = ["LLMLB_LOG_LEVEL", "RUST_LOG"].iter().find_map(|var| {
-        let value = std::env::var(var).ok().filter(|v| !v.trim().is_empty())?;
-        Some((*var, value))
-    });
-    let (filter, bad) = match spec {
-        Some((var, spec)) => match log_filter(&spec) {
-            Some(filter) => (filter, None),
-            None => (EnvFilter::new("info"), Some((var, spec))),
-        },
-        None => (EnvFilter::new("info"), None),
-    };
-    use std::io::IsTerminal as _;
-    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(color)
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
-    if let Some((var, spec)) = bad {
-        tracing::warn!(
-            "ignoring invalid {var} {spec:?} (give error, warn, info, debug, trace or off, or TARGET=LEVEL); using info"
-        );
-    }
-}
-
-/// Prints `Error: {message}` and returns the runtime-failure exit code.
-pub(crate) fn fail(message: impl std::fmt::Display) -> i32 {
-    eprintln!("Error: {message}");
-    EXIT_FAILURE
-}
+pub(crate) use crate::supervise::server::report::fail;
 
 /// Runs the `llmlb` command line on this process's arguments: parses them
 /// (printing help, version or a usage error and exiting 0 or 2 itself, as
@@ -702,13 +647,13 @@ pub fn run() -> i32 {
             usage::bad_port_env(name, value).exit();
         }
     }
-    init_logging();
+    crate::supervise::server::init_logging();
     usage::warn_unknown_env();
     let dir = lock_dir(cli.lock_dir);
     match cli.command {
         Command::Serve(args) => {
             let sub = matches.subcommand_matches("serve");
-            serve(&dir, args, sub.and_then(|m| m.value_source("port")))
+            serve::run(&dir, args, sub.and_then(|m| m.value_source("port")))
         }
         Command::Stop(args) => stop::run(&dir, args.port, args.timeout, args.force),
         Command::Reload(args) => reload::run(&dir, args.port, args.timeout),
@@ -728,120 +673,6 @@ pub fn run() -> i32 {
         },
     }
 }
-
-/// `llmlb serve`: reads socket activation while this process still has one
-/// thread (it edits the environment), settles the port (the received
-/// socket's, which a port given with `-p` or `LLMLB_PORT` must match), then
-/// runs the server.
-fn serve(dir: &LockDirChoice, args: ServeArgs, port_source: Option<ValueSource>) -> i32 {
-    let ready = args.ready_policy().unwrap_or_else(|e| e.exit());
-    if cfg!(windows) && args.pass_socket {
-        serve_usage_error(
-            "--pass-socket is not supported on Windows (it has no LISTEN_FDS protocol); let COMMAND bind LLMLB_PORT itself".to_owned(),
-        );
-    }
-    let activated = match llmlb::supervise::activation::activated_listener() {
-        Ok(activated) => activated,
-        Err(e) => return fail(e),
-    };
-    let port = match &activated {
-        // The socket's port, unless one given (not the default) disagrees.
-        Some(socket) if socket.port() != args.port => {
-            let (given, fix) = match port_source {
-                Some(ValueSource::CommandLine) => (format!("--port {}", args.port), "drop --port"),
-                Some(ValueSource::EnvVariable) => {
-                    (format!("{PORT_ENV}={}", args.port), "unset LLMLB_PORT")
-                }
-                _ => (String::new(), ""),
-            };
-            if !given.is_empty() {
-                serve_usage_error(format!(
-                    "{given} disagrees with the socket passed by socket activation (LISTEN_FDS), which listens on port {}: {fix}, or make them agree",
-                    socket.port(),
-                ));
-            }
-            socket.port()
-        }
-        _ => args.port,
-    };
-    run_serve(dir, port, args, ready, activated)
-}
-
-fn run_serve(
-    dir: &LockDirChoice,
-    port: u16,
-    args: ServeArgs,
-    ready: ReadySpec,
-    activated: Option<llmlb::supervise::activation::Activated>,
-) -> i32 {
-    // Proxy mode probes the command's own private port: no doubt there.
-    if let Some(why) = http_during_replace(&ready, args.replace, args.proxy, port) {
-        serve_usage_error(why);
-    }
-    let listen = serve::Listen {
-        activated,
-        // A handover needs the socket in llmlb's hands (not on Windows,
-        // where --replace always takes its fallback).
-        // Proxy mode accepts on its own socket, whatever the platform.
-        pass_socket: args.pass_socket || args.proxy || (args.replace && cfg!(unix)),
-    };
-    let code = serve::run(
-        dir,
-        serve::ServePlan {
-            port,
-            wait: args.wait,
-            host: serve::bare_host(args.host),
-            command: args.command,
-            ready,
-            listen,
-            pidfile: args.pidfile,
-            replace: args.replace.then_some(args.replace_timeout),
-            ready_timeout: match args.ready_timeout {
-                Some(Duration::ZERO) => None,
-                Some(timeout) => Some(timeout),
-                None if args.replace => Some(REPLACE_READY_TIMEOUT),
-                None => None,
-            },
-            grace: args.replace_grace,
-            drains: serve::Drains::new(args.drain_timeout, args.proxy),
-            proxy: args.proxy.then(|| exec::ProxyPlan {
-                backend_port: args.backend_port,
-                max_connections: args
-                    .max_connections
-                    .map_or(llmlb::supervise::proxy::DEFAULT_MAX_CONNECTIONS, |n| {
-                        n as usize
-                    }),
-            }),
-        },
-    );
-    // The lock, the pidfile and the runtime are gone: exec mode's command
-    // died of the stop signal we forwarded, so we die of it too.
-    signals::die_if_asked();
-    code
-}
-
-/// Why `--ready http` cannot judge a replace, if it cannot: in exec mode a
-/// replace passes the port's socket to the new command while the old one
-/// still accepts on it (until the new one is ready, by design), so the
-/// kernel hands a probe's connection to either, and a 200 from the old
-/// command would make the new one "ready" and drain the server that works.
-/// Waiting for the old one to stop accepting first is no way out: it stops
-/// only once the new one is ready. `proxy` (a command serving on a private
-/// port of its own, probed there) has no such doubt. On Windows a replace
-/// stops the old server first (no socket is passed): nothing to refuse.
-fn http_during_replace(ready: &ReadySpec, replace: bool, proxy: bool, port: u16) -> Option<String> {
-    if ready.policy() != ReadyPolicy::Http || !replace || proxy || cfg!(windows) {
-        return None;
-    }
-    Some(format!(
-        "--ready {ready} cannot judge a replace: both the old and the new COMMAND accept on the socket of port {port} \
-         passed to them, so a probe of port {port} cannot tell which one answered; use --proxy (probes COMMAND's own port), or --ready notify or --ready listen"
-    ))
-}
-
-/// `--ready-timeout`'s default with `--replace`: a successor that never
-/// becomes ready must not hold a replace (and the next deploy) for ever.
-const REPLACE_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A usage error of `serve` (clap's format, exit 2).
 fn serve_usage(message: String) -> clap::Error {

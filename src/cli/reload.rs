@@ -6,8 +6,8 @@ use std::time::Duration;
 use llmlb::lock::LockDir;
 use llmlb::supervise::handover::{request_reload, ReloadError};
 
-use super::listening::{elsewhere_hint, who_listens};
 use super::{fail, LockDirChoice};
+use crate::supervise::listener::words::{elsewhere_hint, who_listens};
 
 /// Runs `reload`: 0 once the successor serves and the old server drains
 /// (one line on stdout naming the new PID); 1 otherwise, the old server

@@ -498,8 +498,11 @@ pub(crate) fn run(dir: &LockDirChoice, port: Option<u16>, json_out: bool, check:
                 println!(
                     "No server in lock dir {} holds port {port}, but {} listens on it: {}",
                     llmlb::lock::shell_quoted(&dir.path),
-                    super::listening::listener_words(seen.pid, seen.name.as_deref()),
-                    super::listening::elsewhere_hint(port)
+                    crate::supervise::listener::words::listener_words(
+                        seen.pid,
+                        seen.name.as_deref()
+                    ),
+                    crate::supervise::listener::words::elsewhere_hint(port)
                 )
             }
             _ => print!("{}", table(&rows)),

@@ -6,9 +6,9 @@ use std::time::Duration;
 use llmlb::lock::{LockInfo, LockState};
 use llmlb::supervise::wait::{wait_for, Until, WaitOutcome};
 
-use super::signals::{self, Signals};
-use super::stop::seconds;
 use super::{fail, LockDirChoice, EXIT_FAILURE};
+use crate::supervise::server::signals::{self, Signals};
+use crate::supervise::server::stop_report::seconds;
 
 /// `--for ready`: the holder it waited on went away before it was ready.
 const EXIT_HOLDER_GONE: i32 = 3;

@@ -29,6 +29,9 @@ use windows as imp;
 mod probe;
 #[cfg(not(any(target_os = "linux", windows)))]
 use probe as imp;
+// The words serve, stop, reload and status print for a listener.
+#[cfg_attr(any(not(feature = "server"), loom), allow(dead_code))]
+pub(crate) mod words;
 
 /// A process found listening on a TCP port.
 ///

@@ -1,9 +1,9 @@
 //! Who listens on a port, as messages name it: the words for a listener
-//! [`llmlb::supervise::listener`] found, and the hint for a port that is
-//! served while nobody in this lock dir holds it.
+//! [`port_listener`] found, and the hint for a port that is served while
+//! nobody in this lock dir holds it.
 
-use llmlb::lock::printable;
-use llmlb::supervise::listener::port_listener;
+use super::port_listener;
+use crate::lock::printable;
 
 /// Who listens on TCP `port` now, for a message: `PID 4242 (python3)`, or
 /// what can be said when its owner is hidden. `None` when nobody listens,

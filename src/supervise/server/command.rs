@@ -1,9 +1,9 @@
-//! Exec mode, `llmlb serve --port P -- CMD ARGS…`: run CMD under the held
-//! lock, forward SIGINT/SIGTERM (a stop) and SIGHUP/SIGUSR1/SIGQUIT/SIGWINCH
+//! Exec mode, `llmlb serve --port P -- CMD ARGS…` (and proxy mode, its
+//! `--proxy` variant): run CMD under the held lock, forward SIGINT/SIGTERM (a stop) and SIGHUP/SIGUSR1/SIGQUIT/SIGWINCH
 //! (the command's to interpret) to its process group, exit with its code, or
 //! die of the stop signal it died of.
 //!
-//! The command's tree holds the lock with us (see `llmlb::supervise::exec`),
+//! The command's tree holds the lock with us (see [`crate::supervise::exec`]),
 //! and whatever ends the command (its own exit, a signal, the port being
 //! lost) ends its whole process group before the lock is released: the
 //! signal, then `SIGKILL` after [`STOP_GRACE`], never an unbounded wait.
@@ -13,18 +13,20 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use llmlb::lock::{PortGuard, ServeState};
-use llmlb::supervise::exec::{self, configure_exec_child, CommandTree, ForwardSignal};
-use llmlb::supervise::proxy::{self, backend, Front, ProxyOptions};
-use llmlb::supervise::ready::{Readiness, ReadyEvent, ReadyPolicy, ReadySpec, ReadyWatch};
-use llmlb::supervise::socket_pass::{pass_listener, PassSocket};
-use llmlb::supervise::SharedLock;
 use tokio::time::Instant;
 
-use super::fail;
-use super::replace::{Commit, DrainRequested, Handovers};
-use super::serve::{Drains, LockLost};
+use crate::lock::{PortGuard, ServeState};
+use crate::supervise::exec::{self, configure_exec_child, CommandTree, ForwardSignal};
+use crate::supervise::proxy::{self, backend, Front, ProxyOptions};
+use crate::supervise::ready::{Readiness, ReadyEvent, ReadyPolicy, ReadySpec, ReadyWatch};
+use crate::supervise::socket_pass::{pass_listener, PassSocket};
+use crate::supervise::SharedLock;
+
+use super::manager::{announce, tell_handed_over, tell_status, LockLost};
+use super::report::fail;
 use super::signals::{self, Received, Signals};
+use super::take::{Commit, DrainRequested, Handovers};
+use super::{Drains, Exit};
 
 /// What holds the command's tree, for logs.
 const TREE: &str = if cfg!(windows) {
@@ -171,11 +173,29 @@ pub(crate) struct ExecPlan<'a> {
 /// group; the caller releases the lock afterwards.
 pub(crate) async fn run(
     lock: &SharedLock<PortGuard>,
-    mut signals: Signals,
+    signals: Signals,
     lock_lost: &mut LockLost,
     host: &str,
     port: u16,
     plan: ExecPlan<'_>,
+) -> Exit {
+    let mut die_of = None;
+    let code = run_to_end(lock, signals, lock_lost, (host, port), plan, &mut die_of).await;
+    Exit {
+        code,
+        signal: die_of,
+    }
+}
+
+/// [`run`], setting `die_of` to the stop signal serve is to die of (the
+/// command died of the one forwarded to it).
+async fn run_to_end(
+    lock: &SharedLock<PortGuard>,
+    mut signals: Signals,
+    lock_lost: &mut LockLost,
+    (host, port): (&str, u16),
+    plan: ExecPlan<'_>,
+    die_of: &mut Option<ForwardSignal>,
 ) -> i32 {
     let ExecPlan {
         command,
@@ -347,7 +367,7 @@ pub(crate) async fn run(
         })
         .map_err(|e| tracing::warn!("cannot watch {shown} for readiness; it stays starting: {e}"))
         .ok();
-    super::serve::tell_status(&format!("running {shown} (PID {child_pid}) on port {port}"));
+    tell_status(&format!("running {shown} (PID {child_pid}) on port {port}"));
     let started = Instant::now();
     let mut is_ready = false;
     let mut timed_out = false;
@@ -380,7 +400,7 @@ pub(crate) async fn run(
                 Received::Stop(sig) => {
                     tracing::info!("received {}, forwarding it to {shown}", signals::name(sig));
                     if stopping.deadline.is_none() && handovers.abort().is_none() {
-                        super::serve::announce(lock, ServeState::Stopping);
+                        announce(lock, ServeState::Stopping);
                     }
                     asked.push(sig);
                     stop_accepting(front.as_mut()).await;
@@ -400,7 +420,7 @@ pub(crate) async fn run(
                     ready_timeout.unwrap_or_default().as_secs_f64(),
                 ));
                 if handovers.abort().is_none() {
-                    super::serve::announce(lock, ServeState::Stopping);
+                    announce(lock, ServeState::Stopping);
                 }
                 stopping.begin(tree, ForwardSignal::Terminate, drains.stopped);
             }
@@ -416,7 +436,7 @@ pub(crate) async fn run(
                 // The successor's command accepts on the same socket now.
                 drained = true;
                 tracing::info!("handed port {port} over to PID {pid}; stopping {shown} (it finishes what it accepted)");
-                super::serve::tell_handed_over(port, pid);
+                tell_handed_over(port, pid);
                 stop_accepting(front.as_mut()).await;
                 stopping.begin(tree, ForwardSignal::Terminate, drains.handed_over);
             }
@@ -432,7 +452,7 @@ pub(crate) async fn run(
                 // Never back from stopping to ready.
                 ReadyEvent::Ready if stopping.deadline.is_none() => {
                     is_ready = true;
-                    super::serve::announce(lock, ServeState::Ready);
+                    announce(lock, ServeState::Ready);
                     tracing::info!("{shown} is ready (--ready {ready})");
                     let mut commit = Commit {
                         grace,
@@ -460,7 +480,7 @@ pub(crate) async fn run(
                         fail(format!("cannot accept on port {port}: {e}; stopping {shown}"));
                         timed_out = true;
                         if handovers.abort().is_none() {
-                            super::serve::announce(lock, ServeState::Stopping);
+                            announce(lock, ServeState::Stopping);
                         }
                         stopping.begin(tree, ForwardSignal::Terminate, drains.stopped);
                         continue;
@@ -480,7 +500,7 @@ pub(crate) async fn run(
                 ReadyEvent::Lost(why) => tracing::warn!("{shown} is no longer ready: {why}"),
                 // The command's own word on what it does, for our manager
                 // too (the watch logged it, escaped and on one line).
-                ReadyEvent::Status(text) => super::serve::tell_status(&text),
+                ReadyEvent::Status(text) => tell_status(&text),
                 // STOPPING=1 was logged by the watch; Lost comes only from
                 // a watch told to keep watching, which this is not.
                 _ => {}
@@ -508,7 +528,7 @@ pub(crate) async fn run(
     // The command ended by itself: the rest is shutdown (the record is
     // another holder's if the port was lost).
     if by_itself {
-        super::serve::announce(lock, ServeState::Stopping);
+        announce(lock, ServeState::Stopping);
     }
     if let Some(tree) = tree {
         end_group(tree, &mut stopping, &shown).await;
@@ -560,7 +580,7 @@ pub(crate) async fn run(
             } else if let Some(&sig) = asked.iter().find(|&&sig| exec::died_of(status, sig)) {
                 // Asked to stop, and the command died of the signal we
                 // forwarded: so do we, once everything is released.
-                signals::die_after_release(sig);
+                *die_of = Some(sig);
                 code
             } else if timed_out {
                 super::EXIT_FAILURE
@@ -630,7 +650,7 @@ fn listening_elsewhere(ready: &ReadySpec, root: u32, port: u16) -> String {
     if ready.policy() != ReadyPolicy::Listen {
         return String::new();
     }
-    match llmlb::supervise::ready::listening_instead(root, port) {
+    match crate::supervise::ready::listening_instead(root, port) {
         Some(line) => format!("; {line}"),
         None => String::new(),
     }

@@ -6,12 +6,10 @@
 //! nginx); SIGUSR2 asks the server to reload (start its successor). Windows:
 //! Ctrl-C, Ctrl-Break and the lock's stop channel (what `llmlb stop` sets).
 
-use std::sync::atomic::{AtomicU8, Ordering};
-
 #[cfg(windows)]
-use llmlb::lock::StopRequest;
-use llmlb::supervise::exec::ForwardSignal;
-use llmlb::supervise::succession::Handovers;
+use crate::lock::StopRequest;
+use crate::supervise::exec::ForwardSignal;
+use crate::supervise::succession::Handovers;
 
 /// What a signal asks of `serve`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,37 +204,4 @@ pub(crate) fn exit_code(sig: ForwardSignal) -> i32 {
         ForwardSignal::WindowChange => 156,
         _ => 143,
     }
-}
-
-/// The stop signal this process is to die of once everything is released
-/// (0: none); see [`die_after_release`].
-static DIE_OF: AtomicU8 = AtomicU8::new(0);
-
-/// Asks [`die_if_asked`] to end this process by `sig` (its default action)
-/// instead of exiting with a code: exec mode's command died of the stop
-/// signal llmlb forwarded to it, and a service manager must see the same
-/// clean signal death (systemd counts `SIGTERM` as a clean stop, exit code
-/// 143 as a failure). Only `SIGINT` and `SIGTERM` are taken.
-pub(crate) fn die_after_release(sig: ForwardSignal) {
-    let n = match sig {
-        ForwardSignal::Interrupt => 1,
-        ForwardSignal::Terminate => 2,
-        _ => return,
-    };
-    DIE_OF.store(n, Ordering::SeqCst);
-}
-
-/// Dies of the signal [`die_after_release`] named, if any; call once the
-/// lock, pidfile and runtime are gone. Flushes stdout first. Returns if
-/// nothing was asked or the platform cannot (Windows): the caller then
-/// exits with its code.
-pub(crate) fn die_if_asked() {
-    let sig = match DIE_OF.load(Ordering::SeqCst) {
-        1 => ForwardSignal::Interrupt,
-        2 => ForwardSignal::Terminate,
-        _ => return,
-    };
-    use std::io::Write as _;
-    let _ = std::io::stdout().flush();
-    llmlb::supervise::exec::die_of(sig);
 }
