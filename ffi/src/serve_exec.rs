@@ -334,7 +334,12 @@ unsafe fn options(
     }
     options.drain_timeout = duration(o.drain_timeout_ms);
     if socket_activation {
-        options.activated = activated(o.port)?;
+        options.activated = activated()?;
+    }
+    // serve would refuse these too, but only the caller's thread here can
+    // keep the message for llmlb_last_error.
+    if let Some(problem) = server::usage_problem(&options) {
+        return Err(FfiError::invalid(problem));
     }
     Ok((options, flags))
 }
@@ -499,22 +504,15 @@ unsafe fn path(ptr: *const c_char, what: &str) -> Result<Option<PathBuf>, FfiErr
     Ok(Some(PathBuf::from(os_string(raw, what)?)))
 }
 
-/// The socket passed by socket activation, whose port must be `port`.
-fn activated(port: u16) -> Result<Option<llmlb::supervise::activation::Activated>, FfiError> {
-    match llmlb::supervise::activation::activated_listener() {
-        Ok(Some(socket)) if socket.port() != port => Err(FfiError::invalid(format!(
-            "port {port} disagrees with the socket passed by socket activation (LISTEN_FDS), which listens on port {}: give port {}",
-            socket.port(),
-            socket.port()
-        ))),
-        Ok(activated) => Ok(activated),
-        // Not a usage error: what the service manager passed is wrong, and
-        // `llmlb serve` fails with 1 on it.
-        Err(e) => Err(FfiError {
-            status: crate::LlmlbStatus::LLMLB_STATUS_IO_ERROR,
-            message: e.to_string(),
-        }),
-    }
+/// The socket passed by socket activation, if any (its port is checked
+/// with serve's other usage problems).
+fn activated() -> Result<Option<llmlb::supervise::activation::Activated>, FfiError> {
+    // What the service manager passed is wrong, not the caller's
+    // arguments: `llmlb serve` fails with 1 on it.
+    llmlb::supervise::activation::activated_listener().map_err(|e| FfiError {
+        status: crate::LlmlbStatus::LLMLB_STATUS_IO_ERROR,
+        message: e.to_string(),
+    })
 }
 
 #[cfg(test)]

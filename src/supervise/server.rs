@@ -723,8 +723,3 @@ fn socket_for_command(listen: Listen, host: &str, port: u16) -> Result<Option<Pa
         Err(e) => Err(bind_failed(&e, host, port)),
     }
 }
-
-/// Installs `llmlb serve`'s stderr logger (level from `LLMLB_LOG_LEVEL`);
-/// a no-op if the process has a tracing subscriber already.
-// Placeholder on the wt-launch branch until the lead's body lands.
-pub fn init_logging() {}
