@@ -296,7 +296,10 @@ unsafe fn options(
 
     let mut options = ServeOptions::new(lock_dir, o.port);
     if !o.lock_dir.is_null() {
-        options.lock_dir_hint = format!(" --lock-dir {}", llmlb::lock::shell_quoted(&options.lock_dir));
+        options.lock_dir_hint = format!(
+            " --lock-dir {}",
+            llmlb::lock::shell_quoted(&options.lock_dir)
+        );
     }
     if let Some(host) = host {
         options.host = host;
