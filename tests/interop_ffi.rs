@@ -747,7 +747,10 @@ fn launchers_tell_their_own_manager_ready_after_the_command_listens() {
             heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
         }
         assert!(
-            heard.iter().flat_map(|m| m.lines()).any(|l| l == "STOPPING=1"),
+            heard
+                .iter()
+                .flat_map(|m| m.lines())
+                .any(|l| l == "STOPPING=1"),
             "{name}: {heard:?}"
         );
     }

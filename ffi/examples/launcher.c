@@ -8,8 +8,8 @@
  * the service manager's notifications and the drain all happen in the
  * library. This file only parses the command line. OPTIONS, before or after
  * PORT, are serve's (SECS: seconds, decimals allowed):
- *   --host H  --ready WHEN  --ready-timeout SECS  --wait SECS  --pidfile PATH
- *   --pass-socket  --proxy  --backend-port P  --max-connections N
+ *   -p/--port P  -H/--host H  -w/--wait SECS  --ready WHEN  --ready-timeout SECS
+ *   --pidfile PATH  --pass-socket  --proxy  --backend-port P  --max-connections N
  *   --replace  --replace-timeout SECS  --replace-grace SECS  --drain-timeout SECS
  * so `llmlb reload`, which starts this command line again with --replace
  * added before `--`, works for it as for serve. The lock dir is
@@ -82,6 +82,9 @@ int main(int argc, char **argv) {
   for (i = 1; i < argc && strcmp(argv[i], "--") != 0; i++) {
     const char *flag = argv[i], *value = i + 1 < argc ? argv[i + 1] : NULL;
     uint8_t *on = NULL;
+    if (strcmp(flag, "-p") == 0) flag = "--port"; /* serve's short forms */
+    else if (strcmp(flag, "-H") == 0) flag = "--host";
+    else if (strcmp(flag, "-w") == 0) flag = "--wait";
     if (strcmp(flag, "--pass-socket") == 0) on = &o.pass_socket;
     else if (strcmp(flag, "--proxy") == 0) on = &o.proxy;
     else if (strcmp(flag, "--replace") == 0) on = &o.replace;

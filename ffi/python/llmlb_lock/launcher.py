@@ -5,7 +5,7 @@ The Python twin of ffi/examples/launcher.c: runs CMD under the per-port lock
 exactly as `llmlb serve --port PORT [OPTIONS] -- CMD` does, through one call
 of the C library, llmlb_serve_exec, where all of serve's life happens; this
 file only parses the command line. OPTIONS (before or after PORT) are
-serve's: --port, --host, --ready, --ready-timeout, --wait, --pidfile,
+serve's: -p/--port, -H/--host, -w/--wait, --ready, --ready-timeout, --pidfile,
 --pass-socket, --proxy, --backend-port, --max-connections, --replace,
 --replace-timeout, --replace-grace, --drain-timeout (durations in seconds,
 decimals allowed), so `llmlb reload` (this command line again, with
@@ -35,6 +35,7 @@ SWITCHES = ("pass_socket", "proxy", "replace")
 STRINGS = ("host", "ready", "pidfile")
 SECONDS = ("ready_timeout", "wait", "replace_timeout", "replace_grace", "drain_timeout")
 NUMBERS = {"backend_port": 65535, "max_connections": 0xFFFFFFFF}
+SHORT = {"-p": "--port", "-H": "--host", "-w": "--wait"}
 _U8, _U32 = ctypes.c_uint8, ctypes.c_uint32
 
 
@@ -80,7 +81,7 @@ def parse(args):
                         die_of_stop_signal=1)  # this process is the launcher's
     port, i = None, 0
     while i < len(args) and args[i] != "--":
-        flag, i = args[i], i + 1
+        flag, i = SHORT.get(args[i], args[i]), i + 1
         name = flag[2:].replace("-", "_") if flag.startswith("--") else None
         if name in SWITCHES:
             setattr(opts, name, 1)
