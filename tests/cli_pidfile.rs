@@ -8,8 +8,6 @@
 mod cli_support;
 #[path = "../ffi/tests/support/mod.rs"]
 mod ffi_support;
-#[path = "support/prereq.rs"]
-mod prereq;
 #[path = "support/servers.rs"]
 mod servers;
 
@@ -19,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use cli_support::{free_port, Env, Proc};
+use ffi_support::prereq;
 
 /// `llmlb serve --pidfile PATH` on `port`, run with umask 077 (the pidfile
 /// must still come out 0644).
