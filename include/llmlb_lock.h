@@ -25,6 +25,10 @@
  *   must not be released or adopted concurrently with other use of it; a
  *   dir handle may be shared by threads for acquire and probe, and must not
  *   be closed concurrently with other use of it.
+ * - Serving: llmlb_serve_exec runs `llmlb serve [options] -- argv` itself
+ *   (blocking; serve's signal handlers for the whole process): the C and
+ *   Python launchers are shells over it. Its options struct is versioned by
+ *   its size: zero it, set size, set what you need.
  * - Fork: a forked child inherits both kinds of handle. A lock's
  *   llmlb_lock_release in the child only closes the child's descriptor (the
  *   parent keeps the lock and its file), unless the child called
@@ -189,7 +193,8 @@ typedef struct LlmlbLockInfo {
  * What `llmlb serve` is told, for `llmlb_serve_exec`. Versioned by its
  * size, as `openat2`'s and `clone3`'s: set `size` to
  * `sizeof(struct LlmlbServeOptions)` and zero everything else first
- * (`LlmlbServeOptions o = {0}; o.size = sizeof o;` or `memset`); a zero
+ * (`LlmlbServeOptions o = {0}; o.size = sizeof o;`, `{}` in C++, or
+ * `memset`); a zero
  * field is `llmlb serve`'s default for it. Fields are only ever appended
  * (into `reserved` first): a program built against an older, shorter
  * struct passes its smaller `size` and gets the defaults for the fields it

@@ -26,7 +26,8 @@ const MAX_SIZE: usize = 4096;
 /// What `llmlb serve` is told, for `llmlb_serve_exec`. Versioned by its
 /// size, as `openat2`'s and `clone3`'s: set `size` to
 /// `sizeof(struct LlmlbServeOptions)` and zero everything else first
-/// (`LlmlbServeOptions o = {0}; o.size = sizeof o;` or `memset`); a zero
+/// (`LlmlbServeOptions o = {0}; o.size = sizeof o;`, `{}` in C++, or
+/// `memset`); a zero
 /// field is `llmlb serve`'s default for it. Fields are only ever appended
 /// (into `reserved` first): a program built against an older, shorter
 /// struct passes its smaller `size` and gets the defaults for the fields it
