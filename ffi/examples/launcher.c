@@ -28,6 +28,7 @@
 #include "llmlb_lock.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,7 +58,7 @@ static int seconds(const char *flag, const char *text, uint32_t *out) {
   double ms;
   errno = 0;
   ms = strtod(text, &end) * 1000.0;
-  if (text[0] == '\0' || *end != '\0' || errno == ERANGE || !(ms >= 0.0)) {
+  if (text[0] == '\0' || *end != '\0' || errno == ERANGE || !isfinite(ms) || ms < 0.0) {
     fprintf(stderr, "launcher: invalid %s %s: give seconds, 0 or more (e.g. 10 or 0.5)\n", flag,
             text);
     return 0;

@@ -57,7 +57,7 @@ class Usage(Exception):
 
 
 def _number(flag: str, text: str, top: int) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= top:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= top:
         raise Usage("invalid %s %s: give a number in 1..%d" % (flag, text, top))
     return int(text)
 
