@@ -26,6 +26,10 @@
  *   must not be released or adopted concurrently with other use of it; a
  *   dir handle may be shared by threads for acquire and probe, and must not
  *   be closed concurrently with other use of it.
+ * - Serving: llmlb_serve_exec runs `llmlb serve [options] -- argv` itself
+ *   (blocking; serve's signal handlers for the whole process): the C and
+ *   Python launchers are shells over it. Its options struct is versioned by
+ *   its size: zero it, set size, set what you need.
  * - Fork: a forked child inherits both kinds of handle. A lock's
  *   llmlb_lock_release in the child only closes the child's descriptor (the
  *   parent keeps the lock and its file), unless the child called
@@ -43,6 +47,19 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+/**
+ * A duration field's value for zero seconds, where 0 itself means
+ * `llmlb serve`'s default: what the flag's `0` means (`replace_grace_ms`:
+ * commit at once; `drain_timeout_ms`: cut at once; `wait_ms`: fail at once,
+ * the default anyway; `ready_timeout_ms`: no limit, as `--ready-timeout 0`).
+ */
+#define LLMLB_SERVE_ZERO_MS (UINT32_MAX - 1)
+
+/**
+ * `timeout_ms` for `llmlb_lock_wait_stop`: wait without a time limit.
+ */
+#define LLMLB_WAIT_FOREVER UINT32_MAX
 
 /**
  * Result of every `llmlb_lock_*` call. Values are explicit and never reused;
@@ -195,6 +212,126 @@ typedef struct LlmlbLockInfo {
    */
   enum LlmlbServeState serve_state;
 } LlmlbLockInfo;
+
+/**
+ * What `llmlb serve` is told, for `llmlb_serve_exec`. Versioned by its
+ * size, as `openat2`'s and `clone3`'s: set `size` to
+ * `sizeof(struct LlmlbServeOptions)` and zero everything else first
+ * (`LlmlbServeOptions o = {0}; o.size = sizeof o;`, `{}` in C++, or
+ * `memset`); a zero
+ * field is `llmlb serve`'s default for it. Fields are only ever appended
+ * (into `reserved` first): a program built against an older, shorter
+ * struct passes its smaller `size` and gets the defaults for the fields it
+ * does not know; a newer, longer struct is accepted by an older library
+ * only if every byte it does not know is zero.
+ *
+ * Durations are milliseconds: 0 is the default, `LLMLB_SERVE_ZERO_MS` is
+ * zero seconds (the flag's `0`), `LLMLB_WAIT_FOREVER` is no limit.
+ * Booleans are 0 or 1 (anything else is refused, so they can grow into
+ * choices).
+ */
+typedef struct LlmlbServeOptions {
+  /**
+   * `sizeof(struct LlmlbServeOptions)` as the caller was compiled; at
+   * least `offsetof(port) + sizeof(port)`, at most 4096.
+   */
+  size_t size;
+  /**
+   * `--port`: the port to lock and serve, 1..65535 (required).
+   */
+  uint16_t port;
+  /**
+   * `--backend-port` (needs `proxy`): the command's private port; 0: one
+   * the kernel picks.
+   */
+  uint16_t backend_port;
+  /**
+   * `--max-connections` (needs `proxy`): connections forwarded at once;
+   * 0: 4096.
+   */
+  uint32_t max_connections;
+  /**
+   * `--lock-dir`: an absolute UTF-8 path; NULL: `LLMLB_LOCK_DIR`, else
+   * the per-user default, as the CLI resolves it. A dir given here is
+   * repeated in the commands messages suggest (`llmlb stop --port P
+   * --lock-dir DIR`).
+   */
+  const char *lock_dir;
+  /**
+   * `--host` (UTF-8): the address to bind (with `pass_socket`, `proxy`,
+   * `replace`) and the command's `LLMLB_HOST`; NULL: `0.0.0.0`.
+   */
+  const char *host;
+  /**
+   * `--ready`: `"listen"`, `"notify"` (not on Windows), `"immediate"`,
+   * `"http"` or `"http:/PATH"`; NULL: `"listen"`.
+   */
+  const char *ready;
+  /**
+   * `--pidfile` (Unix): written once the lock is taken, removed at exit;
+   * NULL: none.
+   */
+  const char *pidfile;
+  /**
+   * `--ready-timeout`: 0: none (60 s with `replace`).
+   */
+  uint32_t ready_timeout_ms;
+  /**
+   * `--wait`: how long to wait for a held port; 0: fail at once.
+   */
+  uint32_t wait_ms;
+  /**
+   * `--replace-timeout`: 0: 5 s.
+   */
+  uint32_t replace_timeout_ms;
+  /**
+   * `--replace-grace`: 0: 2 s.
+   */
+  uint32_t replace_grace_ms;
+  /**
+   * `--drain-timeout`: 0: 30 s after a handover and for a stop in proxy
+   * mode, 3 s for a stop otherwise.
+   */
+  uint32_t drain_timeout_ms;
+  /**
+   * `--pass-socket` (Unix): bind the port and pass the socket to the
+   * command as descriptor 3 (`LISTEN_FDS`).
+   */
+  uint8_t pass_socket;
+  /**
+   * `--proxy`: the command serves on a private port (`{port}` in its
+   * arguments), behind llmlb's proxy on the public one.
+   */
+  uint8_t proxy;
+  /**
+   * `--replace`: take the port over from its running holder.
+   */
+  uint8_t replace;
+  /**
+   * Read socket activation (`LISTEN_PID`, `LISTEN_FDS`) as `llmlb serve`
+   * does: a socket passed to this process is served (its port must be
+   * `port`), and the variables are removed from the environment either
+   * way. Edits the environment: set it only while no other thread runs.
+   */
+  uint8_t socket_activation;
+  /**
+   * After the release, die of the SIGTERM or SIGINT the command died of
+   * (forwarded by the server), as `llmlb serve` does, instead of
+   * returning 128+N: for a launcher's `main`, so its service manager sees
+   * a clean stop. Flushes nothing of the caller's (C stdio, Python).
+   */
+  uint8_t die_of_stop_signal;
+  /**
+   * Install `llmlb serve`'s log lines on stderr (`LLMLB_LOG_LEVEL`); a
+   * no-op if the process has a Rust tracing subscriber already.
+   */
+  uint8_t log;
+  /**
+   * Must be zero: room for the next fields, so that appending them never
+   * lands in padding a caller left uninitialised.
+   */
+  uint8_t reserved[6];
+} LlmlbServeOptions;
 
 #ifdef __cplusplus
 extern "C" {
@@ -808,6 +945,48 @@ int llmlb_ready_http_probe(const char *host,
  * `path` is NULL or a NUL-terminated string.
  */
 enum LlmlbStatus llmlb_ready_http_path_check(const char *path);
+
+/**
+ * Runs `argv` (NULL-terminated: the program, then its arguments) under the
+ * lock of `opts->port`, exactly as `llmlb serve [options] -- argv` does,
+ * every policy included: readiness, pidfile, pass-socket, proxy, replace,
+ * handovers and reloads asked of it, the service manager's notifications,
+ * timeouts, drain. Blocks until the server ends and returns the exit status
+ * `llmlb serve` would exit with: the command's code, 128+N where serve
+ * would die of signal N (unless `die_of_stop_signal`), 1 after an `Error:`
+ * line (a held port, a failed bind), 2 for bad options.
+ *
+ * Signals are handled as `serve` handles them, for the whole process:
+ * SIGTERM and SIGINT stop, SIGUSR2 reloads, SIGHUP, SIGUSR1, SIGQUIT and
+ * SIGWINCH go to the command's process group. Handlers installed before
+ * the call are chained to (so reset to `SIG_DFL` any that must not run,
+ * e.g. Python's SIGINT), and stay installed after it returns.
+ *
+ * A reload (`llmlb reload`, SIGUSR2) starts this process's own command line
+ * again with `--replace` inserted before its `--` (or at its end), in the
+ * same working directory: a launcher's `main` must accept `--replace` there
+ * and map it onto `replace`.
+ *
+ * Bad input (NULL `opts` or `argv`, an empty `argv`, port 0, a `size` that
+ * is too small, too large, cuts a field, or brings unknown non-zero bytes,
+ * non-zero `reserved`, a boolean other than 0/1, a non-UTF-8 or empty
+ * string, an unknown `ready`, `backend_port` or `max_connections` without
+ * `proxy`) returns 2 after one `Error: ...` line on stderr, also kept for
+ * `llmlb_last_error`, touching nothing; so do the combinations
+ * `llmlb serve` refuses. Never unwinds into C: an internal panic returns 1
+ * with `llmlb_last_error` saying so.
+ *
+ * Threads: call it from one thread at a time (one server per process);
+ * other threads may run meanwhile (not with `socket_activation`). Fork:
+ * the server's threads do not survive a fork; do not fork while it runs.
+ *
+ * # Safety
+ * `opts` is NULL or points to at least `opts->size` readable bytes that
+ * begin with a `size_t`; its strings are NULL or NUL-terminated; `argv` is
+ * NULL or a NULL-terminated array of NUL-terminated strings. All are
+ * borrowed for the call.
+ */
+int llmlb_serve_exec(const struct LlmlbServeOptions *opts, const char *const *argv);
 
 /**
  * Waits up to `timeout_ms` milliseconds for `llmlb stop` to ask the holder

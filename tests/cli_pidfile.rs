@@ -6,8 +6,10 @@
 #![cfg(unix)]
 
 mod cli_support;
-#[path = "support/prereq.rs"]
-mod prereq;
+#[path = "../ffi/tests/support/mod.rs"]
+mod ffi_support;
+#[path = "support/servers.rs"]
+mod servers;
 
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::os::unix::process::CommandExt as _;
@@ -15,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use cli_support::{free_port, Env, Proc};
+use ffi_support::prereq;
 
 /// `llmlb serve --pidfile PATH` on `port`, run with umask 077 (the pidfile
 /// must still come out 0644).
@@ -225,22 +228,33 @@ fn a_pidfile_rewritten_by_someone_else_is_left_at_exit_and_a_symlinked_ancestor_
     assert_eq!(std::fs::read_to_string(&pidfile).unwrap(), "1\n");
 }
 
+/// Also for the C and Python launchers, which run serve's life: the
+/// pidfile names the launcher.
 #[test]
 fn exec_mode_writes_llmlbs_own_pid() {
+    for server in servers::Server::ALL {
+        eprintln!("--- against {server:?}");
+        exec_mode_writes_llmlbs_own_pid_for(server);
+    }
+}
+
+fn exec_mode_writes_llmlbs_own_pid_for(server: servers::Server) {
     let env = Env::new();
     let port = free_port();
     let p = port.to_string();
     let pidfile = dir(&env, "run", 0o755).join("llmlb.pid");
-    let mut server = env.spawn(&[
-        "serve",
-        "--port",
-        &p,
-        "--pidfile",
-        pidfile.to_str().unwrap(),
-        "--",
-        "sleep",
-        "600",
-    ]);
+    let mut server = env.spawn_cmd(server.cmd(
+        &env,
+        &[
+            "--port",
+            &p,
+            "--pidfile",
+            pidfile.to_str().unwrap(),
+            "--",
+            "sleep",
+            "600",
+        ],
+    ));
     let mut group = cli_support::GroupGuard(None);
     cli_support::wait_until("the pidfile", || pidfile.exists());
     assert_eq!(

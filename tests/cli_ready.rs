@@ -4,8 +4,19 @@
 //! and real clients (`python3` listening or answering HTTP, `systemd-notify`); every "still
 //! starting" is asserted after something the command did that llmlb has
 //! provably handled (a file it waits for, a log line), never after a sleep.
+//! The policies' cases run against `llmlb serve` and the C and Python
+//! launchers over `llmlb_serve_exec` alike ([`servers::Server`]).
 
 mod cli_support;
+#[cfg(unix)]
+#[path = "../ffi/tests/support/mod.rs"]
+mod ffi_support;
+#[cfg(unix)]
+#[path = "support/servers.rs"]
+mod servers;
+
+#[cfg(unix)]
+use servers::Server;
 
 #[cfg(unix)]
 use std::path::{Path, PathBuf};
@@ -65,6 +76,14 @@ fn touch(path: &Path) {
 #[cfg(unix)]
 #[test]
 fn immediate_is_ready_once_started() {
+    for server in Server::ALL {
+        eprintln!("--- against {server:?}");
+        immediate_is_ready_once_started_for(server);
+    }
+}
+
+#[cfg(unix)]
+fn immediate_is_ready_once_started_for(server: Server) {
     let env = Env::new();
     let port = free_port();
     let seen = file(&env, "seen");
@@ -72,30 +91,32 @@ fn immediate_is_ready_once_started() {
         "echo \"${{NOTIFY_SOCKET-unset}}\" > {seen}; exec sleep 30",
         seen = seen.display()
     );
-    let mut cmd = env.cmd(&[
-        "serve",
-        "-p",
-        &port.to_string(),
-        "--ready",
-        "immediate",
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]);
+    let mut cmd = server.cmd(
+        &env,
+        &[
+            "-p",
+            &port.to_string(),
+            "--ready",
+            "immediate",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
     cmd.env("NOTIFY_SOCKET", file(&env, "supervisor.sock"));
     let mut serve = env.spawn_cmd(cmd);
     wait_state(&env, port, "ready");
-    assert_eq!(read_when_written(&seen), "unset");
+    assert_eq!(read_when_written(&seen), "unset", "{server:?}");
     signal(serve.pid(), libc::SIGTERM);
     serve.wait();
-    assert!(!env.lock_file(port).exists());
+    assert!(!env.lock_file(port).exists(), "{server:?}");
 }
 
 /// `serve ARGS -- python3 …` that writes `started`, waits for `go`, then
 /// listens on `host`:$LLMLB_PORT and writes `listening`.
 #[cfg(target_os = "linux")]
-fn listen_case(env: &Env, port: u16, ready_args: &[&str], host: &str) -> Proc {
+fn listen_case(server: Server, env: &Env, port: u16, ready_args: &[&str], host: &str) -> Proc {
     let script = format!(
         "import os, socket, time\n\
          open({started:?}, 'w').close()\n\
@@ -112,10 +133,10 @@ fn listen_case(env: &Env, port: u16, ready_args: &[&str], host: &str) -> Proc {
     let port = port.to_string();
     // `--host` as the command binds: exec mode checks that the command's
     // address (`LLMLB_HOST`) and port are bindable before starting it.
-    let mut args = vec!["serve", "-p", &port, "--host", host];
+    let mut args = vec!["-p", &port, "--host", host];
     args.extend(ready_args);
     args.extend(["--", "python3", "-c", &script]);
-    env.spawn(&args)
+    env.spawn_cmd(server.cmd(env, &args))
 }
 
 #[cfg(target_os = "linux")]
@@ -123,18 +144,21 @@ fn listen_is_ready_once_the_command_listens(ready_args: &[&str]) {
     if !have("python3") {
         return;
     }
-    let env = Env::new();
-    let port = free_port();
-    let mut serve = listen_case(&env, port, ready_args, "127.0.0.1");
-    wait_until("the command to start", || file(&env, "started").exists());
-    // It runs and does not listen until told to: starting.
-    assert_eq!(state(&env, port).as_deref(), Some("starting"));
-    touch(&file(&env, "go"));
-    wait_state(&env, port, "ready");
-    assert!(file(&env, "listening").exists());
-    signal(serve.pid(), libc::SIGTERM);
-    serve.wait();
-    assert!(!env.lock_file(port).exists());
+    for server in Server::ALL {
+        eprintln!("--- against {server:?}");
+        let env = Env::new();
+        let port = free_port();
+        let mut serve = listen_case(server, &env, port, ready_args, "127.0.0.1");
+        wait_until("the command to start", || file(&env, "started").exists());
+        // It runs and does not listen until told to: starting.
+        assert_eq!(state(&env, port).as_deref(), Some("starting"), "{server:?}");
+        touch(&file(&env, "go"));
+        wait_state(&env, port, "ready");
+        assert!(file(&env, "listening").exists(), "{server:?}");
+        signal(serve.pid(), libc::SIGTERM);
+        serve.wait();
+        assert!(!env.lock_file(port).exists(), "{server:?}");
+    }
 }
 
 #[cfg(target_os = "linux")]
@@ -160,7 +184,7 @@ fn a_squatter_on_the_port_does_not_make_the_command_ready() {
     let env = Env::new();
     let port = free_port();
     let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-    let mut serve = listen_case(&env, port, &["--ready", "listen"], "127.0.0.2");
+    let mut serve = listen_case(Server::Cli, &env, port, &["--ready", "listen"], "127.0.0.2");
     wait_until("the command to start", || file(&env, "started").exists());
     // The squatter listens from before llmlb starts, and llmlb checks from
     // the spawn on (python takes far longer to write `started` than a
@@ -176,18 +200,27 @@ fn a_squatter_on_the_port_does_not_make_the_command_ready() {
 /// `serve --ready notify -- sh -c SCRIPT`, logging at `level`, with
 /// `NOTIFY_SOCKET` set to `own_socket` for llmlb itself if given.
 #[cfg(unix)]
-fn notify_case(env: &Env, port: u16, script: &str, level: &str, own_socket: Option<&Path>) -> Proc {
-    let mut cmd = env.cmd(&[
-        "serve",
-        "-p",
-        &port.to_string(),
-        "--ready",
-        "notify",
-        "--",
-        "sh",
-        "-c",
-        script,
-    ]);
+fn notify_case(
+    server: Server,
+    env: &Env,
+    port: u16,
+    script: &str,
+    level: &str,
+    own_socket: Option<&Path>,
+) -> Proc {
+    let mut cmd = server.cmd(
+        env,
+        &[
+            "-p",
+            &port.to_string(),
+            "--ready",
+            "notify",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    );
     cmd.env("LLMLB_LOG_LEVEL", level)
         .env_remove("NOTIFY_SOCKET");
     if let Some(own) = own_socket {
@@ -199,6 +232,14 @@ fn notify_case(env: &Env, port: u16, script: &str, level: &str, own_socket: Opti
 #[cfg(target_os = "linux")]
 #[test]
 fn notify_is_ready_when_the_command_says_ready_with_systemd_notify() {
+    for server in Server::ALL {
+        eprintln!("--- against {server:?}");
+        notify_is_ready_when_the_command_says_ready_with_systemd_notify_for(server);
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn notify_is_ready_when_the_command_says_ready_with_systemd_notify_for(server: Server) {
     if !have("systemd-notify") {
         return;
     }
@@ -217,7 +258,7 @@ fn notify_is_ready_when_the_command_says_ready_with_systemd_notify() {
     // to it is not this test's concern).
     let own = file(&env, "supervisor.sock");
     let _supervisor = std::os::unix::net::UnixDatagram::bind(&own).unwrap();
-    let mut serve = notify_case(&env, port, &script, "info", Some(&own));
+    let mut serve = notify_case(server, &env, port, &script, "info", Some(&own));
     let socket = read_when_written(&started);
     // llmlb's own NOTIFY_SOCKET is not the command's: it got a fresh one
     // of its own, a socket file in the lock dir that only our user reaches.
@@ -320,7 +361,7 @@ fn notify_stays_starting_without_ready_from_the_commands_tree() {
         started = started.display(),
         go = go.display(),
     );
-    let mut serve = notify_case(&env, port, &script, "debug", None);
+    let mut serve = notify_case(Server::Cli, &env, port, &script, "debug", None);
     let socket = read_when_written(&started);
     wait_until("the first STATUS=", || {
         serve.stderr().contains("command status: first")
@@ -419,6 +460,14 @@ fn notify_survives_oversized_and_garbage_datagrams() {
 #[cfg(unix)]
 #[test]
 fn sigterm_while_starting_records_stopping_then_exits() {
+    for server in Server::ALL {
+        eprintln!("--- against {server:?}");
+        sigterm_while_starting_records_stopping_then_exits_for(server);
+    }
+}
+
+#[cfg(unix)]
+fn sigterm_while_starting_records_stopping_then_exits_for(server: Server) {
     let env = Env::new();
     let port = free_port();
     let started = file(&env, "started");
@@ -429,7 +478,7 @@ fn sigterm_while_starting_records_stopping_then_exits() {
         started = started.display(),
         go = go.display(),
     );
-    let mut serve = notify_case(&env, port, &script, "info", None);
+    let mut serve = notify_case(server, &env, port, &script, "info", None);
     wait_until("the command to start", || started.exists());
     assert_eq!(state(&env, port).as_deref(), Some("starting"));
     signal(serve.pid(), libc::SIGTERM);
@@ -511,16 +560,24 @@ while True:
 /// `serve -p PORT ARGS -- python3 HTTP_SERVER` answering `before`, then
 /// `after` once the test's `go` file exists.
 #[cfg(target_os = "linux")]
-fn http_case(env: &Env, port: u16, args: &[&str], before: &str, after: &str, fd3: bool) -> Proc {
+fn http_case(
+    server: Server,
+    env: &Env,
+    port: u16,
+    args: &[&str],
+    before: &str,
+    after: &str,
+    fd3: bool,
+) -> Proc {
     let port = port.to_string();
     let go = file(env, "go");
     let paths = file(env, "paths");
-    let mut all = vec!["serve", "-p", &port];
+    let mut all = vec!["-p", &port];
     all.extend(args);
     all.extend(["--", "python3", "-c", HTTP_SERVER]);
     all.extend([go.to_str().unwrap(), before, after, paths.to_str().unwrap()]);
     all.push(if fd3 { "fd3" } else { "bind" });
-    env.spawn(&all)
+    env.spawn_cmd(server.cmd(env, &all))
 }
 
 /// `--ready http`: starting for as long as GET /health answers 503 (the
@@ -528,12 +585,28 @@ fn http_case(env: &Env, port: u16, args: &[&str], before: &str, after: &str, fd3
 #[cfg(target_os = "linux")]
 #[test]
 fn http_is_starting_while_the_health_check_answers_503_then_ready() {
+    for server in Server::ALL {
+        eprintln!("--- against {server:?}");
+        http_is_starting_while_the_health_check_answers_503_then_ready_for(server);
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn http_is_starting_while_the_health_check_answers_503_then_ready_for(server: Server) {
     if !have("python3") {
         return;
     }
     let env = Env::new();
     let port = free_port();
-    let mut serve = http_case(&env, port, &["--ready", "http"], "503", "200", false);
+    let mut serve = http_case(
+        server,
+        &env,
+        port,
+        &["--ready", "http"],
+        "503",
+        "200",
+        false,
+    );
     wait_until("the 503 to be seen", || {
         serve.stderr().contains("not ready yet: GET /health: 503")
     });
@@ -564,7 +637,15 @@ fn http_with_a_path_counts_a_redirect_and_not_a_404() {
     }
     let env = Env::new();
     let port = free_port();
-    let mut serve = http_case(&env, port, &["--ready", "http:/v1/ok"], "404", "302", false);
+    let mut serve = http_case(
+        Server::Cli,
+        &env,
+        port,
+        &["--ready", "http:/v1/ok"],
+        "404",
+        "302",
+        false,
+    );
     wait_until("the 404 to be seen", || {
         serve.stderr().contains("not ready yet: GET /v1/ok: 404")
     });
@@ -588,7 +669,15 @@ fn http_against_a_server_that_never_answers_is_not_ready_and_probing_goes_on() {
     }
     let env = Env::new();
     let port = free_port();
-    let mut serve = http_case(&env, port, &["--ready", "http"], "silent", "200", false);
+    let mut serve = http_case(
+        Server::Cli,
+        &env,
+        port,
+        &["--ready", "http"],
+        "silent",
+        "200",
+        false,
+    );
     wait_until("the silence to be seen", || {
         serve
             .stderr()
@@ -606,12 +695,21 @@ fn http_against_a_server_that_never_answers_is_not_ready_and_probing_goes_on() {
 #[cfg(target_os = "linux")]
 #[test]
 fn http_ready_timeout_names_the_last_probe() {
+    for server in Server::ALL {
+        eprintln!("--- against {server:?}");
+        http_ready_timeout_names_the_last_probe_for(server);
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn http_ready_timeout_names_the_last_probe_for(server: Server) {
     if !have("python3") {
         return;
     }
     let env = Env::new();
     let port = free_port();
     let mut serve = http_case(
+        server,
         &env,
         port,
         &["--ready", "http", "--ready-timeout", "2"],
@@ -659,6 +757,7 @@ fn http_with_a_passed_socket_is_allowed_without_replace() {
     let env = Env::new();
     let port = free_port();
     let mut serve = http_case(
+        Server::Cli,
         &env,
         port,
         &["--host", "127.0.0.1", "--pass-socket", "--ready", "http"],

@@ -10,6 +10,10 @@
 #![cfg(target_os = "linux")]
 
 mod cli_support;
+#[path = "../ffi/tests/support/mod.rs"]
+mod ffi_support;
+#[path = "support/servers.rs"]
+mod servers;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -22,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use cli_support::*;
 use llmlb::lock::{LockInfo, ServeState};
+use servers::Server;
 
 /// The socket-activated test server: answers every GET with its PID.
 const ACTIVATED_HTTP: &str = concat!(
@@ -203,28 +208,6 @@ fn spawn_serve(env: &Env, port: u16, extra: &[&str]) -> Proc {
     env.spawn(&args)
 }
 
-/// Exec mode with a passed socket and `--ready http`, the command `sh -c
-/// SCRIPT` (which runs `$PY` `$SERVER` as it decides).
-fn spawn_exec_sh(env: &Env, port: u16, script: &str) -> Proc {
-    let mut cmd = env.cmd(&[]);
-    let args = serve_args(
-        port,
-        &[
-            "--pass-socket",
-            "--ready",
-            "listen",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ],
-    );
-    cmd.args(&args)
-        .env("PY", "python3")
-        .env("SERVER", ACTIVATED_HTTP);
-    env.spawn_cmd(cmd)
-}
-
 /// Proxy mode with `--ready http`, the command `sh -c SCRIPT` (which runs
 /// the LLM double, `$SERVE`, on its private `$PORT` as it decides). Unlike
 /// a command given the passed socket (ready under `--ready listen` from its
@@ -340,11 +323,39 @@ fn http_mode_reloads_under_load() {
     stop_successor(&env, port, new);
 }
 
+/// Also for the C and Python launchers, which run serve's life through
+/// `llmlb_serve_exec`: each is started without `--replace`, so its
+/// successor is its own command line with `--replace` inserted before `--`.
 #[test]
 fn exec_mode_with_a_passed_socket_reloads_under_load() {
+    for server in Server::ALL {
+        eprintln!("--- against {server:?}");
+        exec_mode_with_a_passed_socket_reloads_under_load_by(server);
+    }
+}
+
+fn exec_mode_with_a_passed_socket_reloads_under_load_by(server: Server) {
     let env = Env::new();
     let port = free_port();
-    let mut old = spawn_exec_sh(&env, port, "exec \"$PY\" \"$SERVER\"");
+    let p = port.to_string();
+    let mut cmd = server.cmd(
+        &env,
+        &[
+            "-p",
+            &p,
+            "--host",
+            "127.0.0.1",
+            "--replace-grace",
+            "0.2",
+            "--pass-socket",
+            "--",
+            "sh",
+            "-c",
+            "exec \"$PY\" \"$SERVER\"",
+        ],
+    );
+    cmd.env("PY", "python3").env("SERVER", ACTIVATED_HTTP);
+    let mut old = env.spawn_cmd(cmd);
     wait_ready(&env, port, &old);
     let before = answering_pid(port, "/").unwrap();
     let hammer = Hammer::start(port);

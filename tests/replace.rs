@@ -25,6 +25,8 @@
 mod cli_support;
 #[path = "../ffi/tests/support/mod.rs"]
 mod ffi_support;
+#[path = "support/servers.rs"]
+mod servers;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -41,6 +43,7 @@ use std::time::{Duration, Instant};
 use cli_support::*;
 use ffi_support::prereq;
 use llmlb::lock::{LockInfo, ServeState};
+use servers::Server;
 
 /// The socket-activated test server (also used by the benchmark).
 const ACTIVATED_HTTP: &str = concat!(
@@ -477,19 +480,28 @@ fn spawn_replace(env: &Env, port: u16, extra: &[&str]) -> Proc {
 
 /// `llmlb serve ARGS -p PORT --host 127.0.0.1 -- python3 activated_http.py`.
 fn spawn_exec(env: &Env, port: u16, args: &[&str]) -> Proc {
+    spawn_exec_by(Server::Cli, env, port, args)
+}
+
+/// [`spawn_exec`] run by `server`.
+fn spawn_exec_by(server: Server, env: &Env, port: u16, args: &[&str]) -> Proc {
     let p = port.to_string();
     let py = python3();
-    let mut all: Vec<&str> = vec!["serve"];
-    all.extend_from_slice(args);
+    let mut all: Vec<&str> = args.to_vec();
     all.extend(["-p", &p, "--host", "127.0.0.1", "--", &py, ACTIVATED_HTTP]);
-    env.spawn(&all)
+    env.spawn_cmd(server.cmd(env, &all))
 }
 
 /// Starts an exec-mode holder with a passed socket and waits until its
 /// Python answers and it offers a handover; returns the Python's PID and a
 /// guard on its group.
 fn start_exec_holder(env: &Env, port: u16) -> (Proc, u32, GroupGuard) {
-    let mut old = spawn_exec(env, port, &["--pass-socket"]);
+    start_exec_holder_by(Server::Cli, env, port)
+}
+
+/// [`start_exec_holder`] run by `server`.
+fn start_exec_holder_by(server: Server, env: &Env, port: u16) -> (Proc, u32, GroupGuard) {
+    let mut old = spawn_exec_by(server, env, port, &["--pass-socket"]);
     let old_pid = old.pid();
     let py = wait_answer(port, "/", &mut old, |pid| ppid(pid) == Some(old_pid));
     let guard = GroupGuard(pgid_of(py));
@@ -663,12 +675,20 @@ fn http_mode_old_server_answers_a_connection_accepted_before_its_request() {
 /// replace; requests in flight to the old command (headers half sent, or
 /// nothing sent yet) are answered by it; the old llmlb exits 0 once its
 /// command has finished, and the new command (started on the same socket)
-/// serves.
+/// serves. The same for the C and Python launchers (old and new alike),
+/// which run serve's life through `llmlb_serve_exec`.
 #[test]
 fn exec_mode_hands_the_socket_to_the_new_command() {
+    for server in Server::ALL {
+        eprintln!("--- against {server:?}");
+        exec_mode_hands_the_socket_to_the_new_command_by(server);
+    }
+}
+
+fn exec_mode_hands_the_socket_to_the_new_command_by(server: Server) {
     let env = Env::new();
     let port = free_port();
-    let (mut old, old_py, _old_group) = start_exec_holder(&env, port);
+    let (mut old, old_py, _old_group) = start_exec_holder_by(server, &env, port);
     let old_pid = old.pid();
     let hammer = Hammer::start(port);
 
@@ -676,7 +696,7 @@ fn exec_mode_hands_the_socket_to_the_new_command() {
     slow.wait_accepted_by(old_py);
     let early = SlowRequest::connect(port, "/early");
     early.wait_accepted_by(old_py);
-    let mut new = spawn_exec(&env, port, &["--replace"]);
+    let mut new = spawn_exec_by(server, &env, port, &["--replace"]);
     let new_pid = new.pid();
     wait_record(
         &env,
@@ -735,22 +755,15 @@ fn fallback_for_exec_mode_without_a_socket() {
     stop_cleanly(&env, port, &mut new);
 }
 
-/// The Python launcher (the C ABI's twin of exec mode) offers no handover:
-/// stopped as `stop` would, then replaced.
+/// The Python launcher without a passed socket offers no handover, as
+/// serve's exec mode (whose life it runs): stopped as `stop` would, then
+/// replaced.
 #[test]
 fn fallback_for_the_python_launcher() {
     let env = Env::new();
     let port = free_port();
-    let mut launcher = Command::new(python3());
-    launcher
-        .arg(ffi_support::repo_root().join("ffi/python/llmlb_lock/launcher.py"))
-        .arg(port.to_string())
-        .args(["--", "sh", "-c", UNTIL_TERM])
-        .env("LLMLB_LOCK_DIR", &env.locks)
-        .env("LLMLB_LOCK_LIB", ffi_support::shared_lib())
-        .env_remove("LISTEN_PID")
-        .env_remove("LISTEN_FDS")
-        .env_remove("NOTIFY_SOCKET");
+    let p = port.to_string();
+    let launcher = Server::Python.cmd(&env, &[&p, "--", "sh", "-c", UNTIL_TERM]);
     let mut holder = env.spawn_cmd(launcher);
     let info = wait_record(&env, port, "the launcher's command", &[&holder], |r| {
         r.pid == holder.pid() && r.child_pgid.is_some()

@@ -402,6 +402,14 @@ fn launcher_usage_errors_exit_2() {
         &["http", "--", "true"][..],
         &["--ready", "soon", "8103", "--", "true"][..],
         &["--ready"][..],
+        &["--wait", "-1", "8103", "--", "true"][..],
+        &["8103", "--wait", "inf", "--", "true"][..],
+        &["8103", "--frobnicate", "--", "true"][..],
+        &["8103", "-p", "8104", "--", "true"][..],
+        // Refused by the library: --backend-port needs --proxy; serve
+        // refuses --pass-socket with --proxy.
+        &["8103", "--backend-port", "9000", "--", "true"][..],
+        &["--proxy", "8103", "--pass-socket", "--", "true"][..],
     ] {
         let out = l.command(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));

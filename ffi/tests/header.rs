@@ -45,8 +45,11 @@ fn header_compiles_as_c99_c11_and_cxx11_without_warnings() {
                  LlmlbStatus (*offer)(LlmlbLock *, int, uint32_t, LlmlbOffer **) = llmlb_handover_offer;\n\
                  LlmlbStatus (*poll)(const LlmlbOffer *, uint32_t, uint32_t *) = llmlb_offer_poll;\n\
                  LlmlbLockState state = LLMLB_STATE_FREE;\n\
+                 int (*serve)(const LlmlbServeOptions *, const char *const *) = llmlb_serve_exec;\n\
+                 uint32_t forever = LLMLB_WAIT_FOREVER, zero = LLMLB_SERVE_ZERO_MS;\n\
                  (void)acquire; (void)set_state; (void)listener; (void)info; (void)state;\n\
                  (void)take; (void)offer; (void)poll;\n\
+                 (void)serve; (void)forever; (void)zero; (void)sizeof(LlmlbServeOptions);\n\
                  return LLMLB_STATUS_OK;\n\
                }\n";
     let c_file = tmp.path().join("use_header.c");

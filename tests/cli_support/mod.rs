@@ -66,7 +66,13 @@ impl Env {
     /// `llmlb ARGS` with this env's lock dir in `LLMLB_LOCK_DIR` and no
     /// inherited llmlb settings.
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmlb"));
+        self.program_cmd(env!("CARGO_BIN_EXE_llmlb").as_ref(), args)
+    }
+
+    /// `program ARGS` with the settings of [`cmd`](Self::cmd) (another
+    /// program that runs serve's life: a launcher over the C ABI).
+    pub fn program_cmd(&self, program: &std::ffi::OsStr, args: &[&str]) -> Command {
+        let mut cmd = Command::new(program);
         cmd.args(args)
             .env("LLMLB_LOCK_DIR", &self.locks)
             .env("LLMLB_LOG_LEVEL", "info")

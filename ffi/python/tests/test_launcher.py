@@ -1,5 +1,5 @@
 """Tests of ffi/python/llmlb_lock/launcher.py, installed as ``llmlb-launch`` (the
-Python twin of the C launcher)."""
+Python twin of the C launcher, both shells over llmlb_serve_exec)."""
 
 import os
 import shutil
@@ -127,7 +127,7 @@ class LauncherTest(unittest.TestCase):
             proc.send_signal(signal.SIGTERM)
             # Bounded: an unbounded wait for the command fails here.
             self.assertEqual(proc.wait(timeout=30), 128 + signal.SIGKILL)
-            self.assertIn("sending SIGKILL to its group", proc.stderr.read())
+            self.assertIn("sending SIGKILL to its process group", proc.stderr.read())
             self.assertFalse(self.alive(command))
         finally:
             if proc.poll() is None:
@@ -138,6 +138,50 @@ class LauncherTest(unittest.TestCase):
             proc.stderr.close()
         self.assertEqual(probe(8305, self.dir).state, "free")
 
+    @unittest.skipIf(os.name == "nt", "SIGINT is a console event there")
+    def test_sigint_reaches_the_command_and_raises_nothing_in_python(self):
+        # serve's flags after PORT, as `llmlb reload` re-runs a command line.
+        script = "trap 'exit 5' INT; echo up; while :; do sleep 0.05; done"
+        proc = subprocess.Popen(
+            self.launcher("8306", "--ready", "immediate", "--", "sh", "-c", script),
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            self.assertEqual(proc.stdout.readline(), "up\n")
+            proc.send_signal(signal.SIGINT)
+            # With Python's own SIGINT handler chained behind serve's, the
+            # call would return 5 into a pending KeyboardInterrupt.
+            self.assertEqual(proc.wait(timeout=30), 5)
+            err = proc.stderr.read()
+            self.assertNotIn("KeyboardInterrupt", err)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.stdout.close()
+            proc.stderr.close()
+        self.assertEqual(probe(8306, self.dir).state, "free")
+
+    @unittest.skipIf(os.name == "nt", "no SIGTERM there")
+    def test_a_forwarded_sigterm_that_kills_the_command_kills_the_launcher(self):
+        proc = subprocess.Popen(
+            self.launcher("--ready", "immediate", "8307", "--", "sh", "-c", "echo up; exec sleep 600"),
+            env=self.env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            self.assertEqual(proc.stdout.readline(), "up\n")
+            proc.send_signal(signal.SIGTERM)
+            self.assertEqual(proc.wait(timeout=30), -signal.SIGTERM)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.stdout.close()
+        self.assertEqual(probe(8307, self.dir).state, "free")
+
     def test_usage_errors_exit_2(self):
         for args in (
             [],
@@ -146,6 +190,10 @@ class LauncherTest(unittest.TestCase):
             ["x", "--", "true"],
             ["--ready", "soon", "8303", "--", "true"],
             ["--ready"],
+            ["--wait", "-1", "8303", "--", "true"],
+            ["8303", "--frobnicate", "--", "true"],
+            ["8303", "--backend-port", "9000", "--", "true"],  # needs --proxy
+            ["--proxy", "8303", "--pass-socket", "--", "true"],  # serve refuses both
         ):
             out = subprocess.run(self.launcher(*args), env=self.env, capture_output=True)
             self.assertEqual(out.returncode, 2, args)
