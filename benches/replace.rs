@@ -444,20 +444,22 @@ mod linux {
         format!("{major:02x}:{minor:02x}")
     }
 
-    /// FLOCK entries in `/proc/locks` on `dev:ino`: one per open file
+    /// FLOCK entries in `/proc/locks` on `dev:ino`, as "WRITE by PID"
+    /// (or READ: a shared lock, as a probe takes): one per open file
     /// description holding the lock, however many processes share it.
-    fn flock_descriptions(dev: &str, ino: u64) -> usize {
+    fn flock_descriptions(dev: &str, ino: u64) -> Vec<String> {
         let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
         let want = format!("{dev}:{ino}");
         locks
             .lines()
-            .filter(|l| {
-                let mut f = l.split_whitespace();
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
                 // "1: FLOCK  ADVISORY  WRITE 1234 00:2b:5678 0 EOF"; a
                 // blocked waiter's line starts "1: ->" and holds nothing.
-                f.nth(1) == Some("FLOCK") && f.nth(3) == Some(want.as_str())
+                (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&want.as_str()))
+                    .then(|| format!("{} by PID {}", f[3], f[4]))
             })
-            .count()
+            .collect()
     }
 
     /// Processes with a descriptor whose open file description holds a lock
@@ -552,9 +554,11 @@ mod linux {
             recorded.extend(info.draining.iter().copied());
         }
         let mut problems = Vec::new();
-        if descriptions > 1 {
+        if descriptions.len() > 1 {
             problems.push(format!(
-                "{descriptions} open file descriptions lock the file"
+                "{} open file descriptions lock the file ({})",
+                descriptions.len(),
+                descriptions.join(", ")
             ));
         }
         let mut party_only = false;
