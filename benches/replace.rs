@@ -15,7 +15,12 @@
 //! socket-activated Python server `benches/activated_http.py`
 //! (`serve --replace --ready notify -- python3 activated_http.py`; the
 //! first instance is started with `--pass-socket`); the same with gunicorn
-//! serving `activated_http:app`, if gunicorn is installed; the fallback
+//! serving `activated_http:app`, if gunicorn is installed; the in-process
+//! example `ffi/python/examples/inprocess_server.py`, run by itself with no
+//! `llmlb` around it (each replace is a new instance that takes the port
+//! over with `PortLock.take_over` and offers itself with `offer`; on the
+//! C library this `cargo bench` built, printed as SKIPPED where python3,
+//! the library or the package is missing); the fallback
 //! (`llmlb stop`, then `serve --wait 10`); proxy mode with the slow-loading
 //! LLM double `tests/support/llm_double.py` (`serve --proxy --ready http
 //! --replace -- python3 llm_double.py --port {port} --load-time 2`; printed
@@ -43,8 +48,10 @@
 //!
 //! Linux only (`/proc`); elsewhere it prints that it skipped. A benchmark,
 //! not a test: it reports, and ends with a `GOAL MET` / `GOAL MISSED: …`
-//! line for the goal of issues 19 and 27 (0 failed requests in every
-//! handover row), but exits 0 either way.
+//! line for the goal of issues 19, 27 and 29 (0 failed requests in every
+//! handover row), and a `PASS` / `MISS` line for issue 29's in-process
+//! example (0 failed, every replaced instance exited 0), but exits 0
+//! either way.
 
 #[cfg(target_os = "linux")]
 mod linux {
@@ -239,6 +246,14 @@ mod linux {
         /// `llmlb stop`, then `serve --wait 10 -- CMD`, CMD binding the
         /// public port itself (the proxy row's fallback).
         ExecFallback(Vec<String>),
+        /// CMD run by itself, no `llmlb` around it: a server that takes the
+        /// port over (`PortLock.take_over`) and offers itself to the next
+        /// (`offer`), started again for each replace; `{public}` is the
+        /// row's port. `env`: what it needs to load the package.
+        InProcess {
+            command: Vec<String>,
+            env: Vec<(String, String)>,
+        },
     }
 
     impl Mode {
@@ -282,6 +297,21 @@ mod linux {
             self.starts += 1;
             let log = std::fs::File::create(self.logs.join(format!("serve-{}.log", self.starts)))
                 .expect("server log");
+            if let Mode::InProcess { command, env } = mode {
+                // Each instance takes the port over itself: no `--replace`
+                // to pass, no llmlb in between.
+                let public = self.port.to_string();
+                let child = Command::new(&command[0])
+                    .args(command[1..].iter().map(|a| a.replace("{public}", &public)))
+                    .envs(env.iter().map(|(k, v)| (k, v)))
+                    .env("LLMLB_LOCK_DIR", &self.locks)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .expect("spawn the in-process example");
+                return Server::watch(child);
+            }
             let mut cmd = Command::new(self.bin);
             cmd.args(["serve", "-p", &self.port.to_string(), "-H", "127.0.0.1"]);
             match mode {
@@ -297,6 +327,7 @@ mod linux {
                 Mode::Proxy(_) => {
                     cmd.args(["--proxy", "--ready", "http"]);
                 }
+                Mode::InProcess { .. } => unreachable!("spawned above"),
             }
             if replace {
                 cmd.arg("--replace");
@@ -413,20 +444,22 @@ mod linux {
         format!("{major:02x}:{minor:02x}")
     }
 
-    /// FLOCK entries in `/proc/locks` on `dev:ino`: one per open file
+    /// FLOCK entries in `/proc/locks` on `dev:ino`, as "WRITE by PID"
+    /// (or READ: a shared lock, as a probe takes): one per open file
     /// description holding the lock, however many processes share it.
-    fn flock_descriptions(dev: &str, ino: u64) -> usize {
+    fn flock_descriptions(dev: &str, ino: u64) -> Vec<String> {
         let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
         let want = format!("{dev}:{ino}");
         locks
             .lines()
-            .filter(|l| {
-                let mut f = l.split_whitespace();
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
                 // "1: FLOCK  ADVISORY  WRITE 1234 00:2b:5678 0 EOF"; a
                 // blocked waiter's line starts "1: ->" and holds nothing.
-                f.nth(1) == Some("FLOCK") && f.nth(3) == Some(want.as_str())
+                (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&want.as_str()))
+                    .then(|| format!("{} by PID {}", f[3], f[4]))
             })
-            .count()
+            .collect()
     }
 
     /// Processes with a descriptor whose open file description holds a lock
@@ -521,9 +554,11 @@ mod linux {
             recorded.extend(info.draining.iter().copied());
         }
         let mut problems = Vec::new();
-        if descriptions > 1 {
+        if descriptions.len() > 1 {
             problems.push(format!(
-                "{descriptions} open file descriptions lock the file"
+                "{} open file descriptions lock the file ({})",
+                descriptions.len(),
+                descriptions.join(", ")
             ));
         }
         let mut party_only = false;
@@ -1010,6 +1045,84 @@ mod linux {
         );
     }
 
+    const IN_PROCESS_ROW: &str = "python3 inprocess_server.py (take_over + offer)";
+
+    /// The in-process example's row for `py`, or why it cannot run here:
+    /// the package from this checkout (`ffi/python`) on the C library this
+    /// very `cargo bench` built (the root package dev-depends on the ffi
+    /// crate, so its cdylib lands in `deps/` beside this bench; nothing
+    /// else is searched, as `ffi/tests/support` does, so no older build is
+    /// measured).
+    fn in_process(py: &str) -> Result<Mode, String> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let example = root.join("ffi/python/examples/inprocess_server.py");
+        let exe =
+            std::env::current_exe().map_err(|e| format!("cannot find this bench's path: {e}"))?;
+        let lib = exe.with_file_name("libllmlb_lock.so");
+        if !lib.is_file() {
+            return Err(format!(
+                "no {} (cargo bench builds it through the dev-dependency on llmlb-lock-ffi)",
+                lib.display()
+            ));
+        }
+        let mut python_path = root.join("ffi/python").into_os_string();
+        if let Some(outer) = std::env::var_os("PYTHONPATH") {
+            python_path.push(":");
+            python_path.push(outer);
+        }
+        let env = vec![
+            (
+                "PYTHONPATH".to_owned(),
+                python_path.to_string_lossy().into_owned(),
+            ),
+            ("LLMLB_LOCK_LIB".to_owned(), lib.display().to_string()),
+        ];
+        // A package that cannot load would fail every instance at start:
+        // say so once instead.
+        let import = Command::new(py)
+            .args(["-c", "import llmlb_lock.handover"])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {py}: {e}"))?;
+        if !import.status.success() {
+            let said = String::from_utf8_lossy(&import.stderr);
+            return Err(format!(
+                "`import llmlb_lock` failed ({}): {}",
+                import.status,
+                said.lines().last().unwrap_or("").trim()
+            ));
+        }
+        let command = [py, &example.display().to_string()]
+            .into_iter()
+            .chain(["--port", "{public}", "--host", "127.0.0.1"])
+            .map(str::to_owned)
+            .collect();
+        Ok(Mode::InProcess { command, env })
+    }
+
+    /// Issue 29 §4: the in-process example, replaced by new instances of
+    /// itself under this load, fails no request, and every instance it
+    /// replaced exited 0.
+    fn judge_in_process(rows: &[Figures]) {
+        let Some(f) = rows.iter().find(|f| f.name == IN_PROCESS_ROW) else {
+            println!("SKIPPED in-process example's goal: its row did not run");
+            return;
+        };
+        let failed: usize = f.failed.values().sum();
+        let bad_exits = f
+            .replaces
+            .iter()
+            .filter(|r| !r.old_status.success())
+            .count();
+        println!(
+            "{} in-process example replaced {} times: {failed} of {} requests failed, {bad_exits} replaced instance(s) exited other than 0",
+            if failed == 0 && bad_exits == 0 { "PASS" } else { "MISS" },
+            f.replaces.len(),
+            f.sent
+        );
+    }
+
     /// The real Python interpreter: `python3` on PATH may be a shim (pyenv)
     /// whose own start would be counted as the server's.
     fn python() -> Option<String> {
@@ -1072,6 +1185,14 @@ mod linux {
                     mode: Mode::Exec(vec![py.clone(), server.display().to_string()]),
                     goal: true,
                 });
+                match in_process(&py) {
+                    Ok(mode) => rows.push(Row {
+                        name: IN_PROCESS_ROW.to_owned(),
+                        mode,
+                        goal: true,
+                    }),
+                    Err(why) => println!("SKIPPED {IN_PROCESS_ROW}: {why}"),
+                }
                 let gunicorn = Command::new(&py)
                     .args(["-c", "import gunicorn"])
                     .stderr(Stdio::null())
@@ -1098,9 +1219,12 @@ mod linux {
                     println!("replace: gunicorn row skipped: gunicorn is not installed for {py} (pip install gunicorn)");
                 }
             }
-            None => println!(
-                "replace: exec-mode rows skipped: no python3 on PATH (the socket-activated server is Python)"
-            ),
+            None => {
+                println!(
+                    "replace: exec-mode rows skipped: no python3 on PATH (the socket-activated server is Python)"
+                );
+                println!("SKIPPED {IN_PROCESS_ROW}: no python3 on PATH");
+            }
         }
         rows.push(Row {
             name: "fallback: stop, then serve --wait".to_owned(),
@@ -1117,6 +1241,7 @@ mod linux {
             .collect();
         print_table(&figures, replaces, args.iter().any(|a| a == "--verbose"));
         compare_proxy(&figures);
+        judge_in_process(&figures);
     }
 }
 
