@@ -89,14 +89,15 @@ pub fn usage_problem(options: &ServeOptions) -> Option<String> {
                 .to_owned(),
         );
     }
-    if options.pass_socket && cfg!(windows) {
-        return Some("--pass-socket is not supported on Windows (it has no LISTEN_FDS protocol); let COMMAND bind LLMLB_PORT itself".to_owned());
-    }
+    // What cannot go together anywhere, before what this platform lacks.
     if options.pass_socket && !exec {
         return Some("--pass-socket applies to exec mode only: add `-- COMMAND`".to_owned());
     }
     if options.pass_socket && proxy {
         return Some("--pass-socket and --proxy cannot go together: with --proxy llmlb accepts on the port itself".to_owned());
+    }
+    if options.pass_socket && cfg!(windows) {
+        return Some("--pass-socket is not supported on Windows (it has no LISTEN_FDS protocol); let COMMAND bind LLMLB_PORT itself".to_owned());
     }
     if let Some(socket) = &options.activated {
         if socket.port() != options.port {
