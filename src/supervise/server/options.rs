@@ -39,7 +39,7 @@ pub enum Mode {
 }
 
 /// Everything `llmlb serve` is told, as flags name it. [`ServeOptions::new`]
-/// gives `serve`'s defaults; [`serve`] checks the combination first (a
+/// gives `serve`'s defaults; [`serve`](super::serve) checks the combination first (a
 /// combination the CLI refuses is refused here too, exit [`EXIT_USAGE`]).
 #[derive(Debug)]
 pub struct ServeOptions {
