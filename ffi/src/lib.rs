@@ -65,6 +65,10 @@ mod boundary;
 mod dir;
 mod handover;
 mod serve;
+// serve's life needs tokio's networking, which `--cfg loom` builds (the
+// root crate's loom check, which builds this crate as a dev-dependency)
+// leave out.
+#[cfg(not(loom))]
 mod serve_exec;
 mod stop;
 mod wait;
@@ -88,6 +92,7 @@ pub use serve::{
     llmlb_lock_acquire_with_state, llmlb_lock_dir_acquire_with_state, llmlb_lock_set_state,
     llmlb_port_listener, LlmlbServeState,
 };
+#[cfg(not(loom))]
 pub use serve_exec::{llmlb_serve_exec, LlmlbServeOptions, LLMLB_SERVE_ZERO_MS};
 pub use stop::{llmlb_lock_wait_stop, LLMLB_WAIT_FOREVER};
 pub use wait::{llmlb_lock_acquire_timeout, llmlb_lock_dir_acquire_timeout};
