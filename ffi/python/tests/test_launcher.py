@@ -4,6 +4,7 @@ Python twin of the C launcher, both shells over llmlb_serve_exec)."""
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,12 @@ class LauncherTest(unittest.TestCase):
         self._tmp = tempfile.mkdtemp(prefix="llmlb-pylauncher-")
         self.dir = os.path.join(self._tmp, "locks")
         self.env = dict(os.environ, LLMLB_LOCK_DIR=self.dir)
+        # A port nobody listens on now: the launcher runs serve's exec mode,
+        # which refuses one in use (and the suite runs twice at once, with
+        # and without _speedups).
+        with socket.socket() as probe_port:
+            probe_port.bind(("127.0.0.1", 0))
+            self.port = probe_port.getsockname()[1]
 
     def tearDown(self):
         shutil.rmtree(self._tmp, ignore_errors=True)
@@ -40,27 +47,27 @@ class LauncherTest(unittest.TestCase):
     def test_runs_the_command_with_the_port_and_returns_its_code(self):
         script = "import os, sys; print(os.environ['LLMLB_PORT']); sys.exit(3)"
         out = subprocess.run(
-            self.launcher("8300", "--", sys.executable, "-c", script),
+            self.launcher(str(self.port), "--", sys.executable, "-c", script),
             env=self.env,
             capture_output=True,
             text=True,
         )
         self.assertEqual(out.returncode, 3, out.stderr)
-        self.assertEqual(out.stdout, "8300\n")
-        self.assertEqual(probe(8300, self.dir).state, "free")
+        self.assertEqual(out.stdout, "%d\n" % self.port)
+        self.assertEqual(probe(self.port, self.dir).state, "free")
 
     def test_refused_when_held_with_the_holders_pid(self):
         marker = os.path.join(self._tmp, "ran")
-        with PortLock(8301, self.dir):
+        with PortLock(self.port, self.dir):
             out = subprocess.run(
-                self.launcher("8301", "--", "touch", marker),
+                self.launcher(str(self.port), "--", "touch", marker),
                 env=self.env,
                 capture_output=True,
                 text=True,
             )
         self.assertEqual(out.returncode, 1, out.stderr)
         self.assertIn("PID: %d" % os.getpid(), out.stderr)
-        self.assertIn("llmlb stop --port 8301", out.stderr)
+        self.assertIn("llmlb stop --port %d" % self.port, out.stderr)
         self.assertFalse(os.path.exists(marker))
 
     def test_holds_the_port_and_forwards_sigterm(self):
@@ -71,14 +78,14 @@ class LauncherTest(unittest.TestCase):
             "time.sleep(120)\n"
         )
         proc = subprocess.Popen(
-            self.launcher("8302", "--", sys.executable, "-c", script),
+            self.launcher(str(self.port), "--", sys.executable, "-c", script),
             env=self.env,
             stdout=subprocess.PIPE,
             text=True,
         )
         try:
             self.assertEqual(proc.stdout.readline(), "ready\n")
-            seen = probe(8302, self.dir)
+            seen = probe(self.port, self.dir)
             self.assertEqual((seen.state, seen.info.pid), ("held", proc.pid))
             proc.send_signal(signal.SIGTERM)
             self.assertEqual(proc.wait(), 7)
@@ -86,8 +93,8 @@ class LauncherTest(unittest.TestCase):
             if proc.poll() is None:
                 proc.kill()
             proc.stdout.close()
-        self.assertEqual(probe(8302, self.dir).state, "free")
-        self.assertFalse(os.path.exists(os.path.join(self.dir, "serve_8302.lock")))
+        self.assertEqual(probe(self.port, self.dir).state, "free")
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "serve_%d.lock" % self.port)))
 
     def alive(self, pid):
         try:
@@ -99,7 +106,7 @@ class LauncherTest(unittest.TestCase):
     @unittest.skipUnless(sys.platform.startswith("linux"), "reads /proc")
     def test_what_the_command_leaves_in_its_group_is_stopped_before_release(self):
         out = subprocess.run(
-            self.launcher("8304", "--", "sh", "-c", "sleep 1000 & echo $!; exit 4"),
+            self.launcher(str(self.port), "--", "sh", "-c", "sleep 1000 & echo $!; exit 4"),
             env=self.env,
             capture_output=True,
             text=True,
@@ -110,12 +117,12 @@ class LauncherTest(unittest.TestCase):
             os.kill(grandchild, signal.SIGKILL)
             self.fail("the grandchild outlived the launcher: %s" % out.stderr)
         self.assertEqual(out.returncode, 4, out.stderr)
-        self.assertEqual(probe(8304, self.dir).state, "free")
+        self.assertEqual(probe(self.port, self.dir).state, "free")
 
     @unittest.skipUnless(sys.platform.startswith("linux"), "reads /proc")
     def test_a_command_ignoring_sigterm_is_killed_after_the_deadline(self):
         proc = subprocess.Popen(
-            self.launcher("8305", "--", "sh", "-c", "trap '' TERM; echo $$; sleep 1000; wait"),
+            self.launcher(str(self.port), "--", "sh", "-c", "trap '' TERM; echo $$; sleep 1000; wait"),
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -136,14 +143,14 @@ class LauncherTest(unittest.TestCase):
                 proc.kill()
             proc.stdout.close()
             proc.stderr.close()
-        self.assertEqual(probe(8305, self.dir).state, "free")
+        self.assertEqual(probe(self.port, self.dir).state, "free")
 
     @unittest.skipIf(os.name == "nt", "SIGINT is a console event there")
     def test_sigint_reaches_the_command_and_raises_nothing_in_python(self):
         # serve's flags after PORT, as `llmlb reload` re-runs a command line.
         script = "trap 'exit 5' INT; echo up; while :; do sleep 0.05; done"
         proc = subprocess.Popen(
-            self.launcher("8306", "--ready", "immediate", "--", "sh", "-c", script),
+            self.launcher(str(self.port), "--ready", "immediate", "--", "sh", "-c", script),
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -162,12 +169,12 @@ class LauncherTest(unittest.TestCase):
                 proc.kill()
             proc.stdout.close()
             proc.stderr.close()
-        self.assertEqual(probe(8306, self.dir).state, "free")
+        self.assertEqual(probe(self.port, self.dir).state, "free")
 
     @unittest.skipIf(os.name == "nt", "no SIGTERM there")
     def test_a_forwarded_sigterm_that_kills_the_command_kills_the_launcher(self):
         proc = subprocess.Popen(
-            self.launcher("--ready", "immediate", "8307", "--", "sh", "-c", "echo up; exec sleep 600"),
+            self.launcher("--ready", "immediate", str(self.port), "--", "sh", "-c", "echo up; exec sleep 600"),
             env=self.env,
             stdout=subprocess.PIPE,
             text=True,
@@ -180,20 +187,20 @@ class LauncherTest(unittest.TestCase):
             if proc.poll() is None:
                 proc.kill()
             proc.stdout.close()
-        self.assertEqual(probe(8307, self.dir).state, "free")
+        self.assertEqual(probe(self.port, self.dir).state, "free")
 
     def test_usage_errors_exit_2(self):
         for args in (
             [],
-            ["8303", "true"],
+            [str(self.port), "true"],
             ["0", "--", "true"],
             ["x", "--", "true"],
-            ["--ready", "soon", "8303", "--", "true"],
+            ["--ready", "soon", str(self.port), "--", "true"],
             ["--ready"],
-            ["--wait", "-1", "8303", "--", "true"],
-            ["8303", "--frobnicate", "--", "true"],
-            ["8303", "--backend-port", "9000", "--", "true"],  # needs --proxy
-            ["--proxy", "8303", "--pass-socket", "--", "true"],  # serve refuses both
+            ["--wait", "-1", str(self.port), "--", "true"],
+            [str(self.port), "--frobnicate", "--", "true"],
+            [str(self.port), "--backend-port", "9000", "--", "true"],  # needs --proxy
+            ["--proxy", str(self.port), "--pass-socket", "--", "true"],  # serve refuses both
         ):
             out = subprocess.run(self.launcher(*args), env=self.env, capture_output=True)
             self.assertEqual(out.returncode, 2, args)

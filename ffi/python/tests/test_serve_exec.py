@@ -4,6 +4,7 @@ Python call (the launcher is a command line over it)."""
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,11 @@ class ServeExecTest(unittest.TestCase):
         self._tmp = tempfile.mkdtemp(prefix="llmlb-pyserve-")
         self.dir = os.path.join(self._tmp, "locks")
         self.env = dict(os.environ, LLMLB_LOCK_DIR=self.dir, PYTHONPATH=PARENT)
+        # A port nobody listens on now (exec mode refuses one in use, and the
+        # suite runs twice at once, with and without _speedups).
+        with socket.socket() as probe_port:
+            probe_port.bind(("127.0.0.1", 0))
+            self.port = probe_port.getsockname()[1]
 
     def tearDown(self):
         shutil.rmtree(self._tmp, ignore_errors=True)
@@ -48,12 +54,12 @@ class ServeExecTest(unittest.TestCase):
         out = subprocess.run(
             self.program(
                 """
-                code = serve_exec([sys.executable, "-c", %r, %r], 8310, ready="immediate",
+                code = serve_exec([sys.executable, "-c", %r, %r], %d, ready="immediate",
                                   pidfile=%r, drain_timeout=0.5)
                 print("returned", code)
                 sys.exit(code)
                 """
-                % (script, marker, os.path.join(self._tmp, "pid"))
+                % (script, marker, self.port, os.path.join(self._tmp, "pid"))
             ),
             env=self.env,
             capture_output=True,
@@ -65,21 +71,26 @@ class ServeExecTest(unittest.TestCase):
         with open(marker) as f:
             seen = json.load(f)
         # The caller holds the lock (the library runs in its process).
-        self.assertEqual(seen["record"]["port"], 8310)
+        self.assertEqual(seen["record"]["port"], self.port)
         self.assertEqual(seen["record"]["pid"], seen["parent"])
-        self.assertEqual(probe(8310, self.dir).state, "free")
+        self.assertEqual(probe(self.port, self.dir).state, "free")
         self.assertFalse(os.path.exists(os.path.join(self._tmp, "pid")), "pidfile left behind")
 
     def test_a_stop_signal_the_command_dies_of_kills_the_caller_only_when_asked(self):
         for die, expected in ((False, 128 + signal.SIGTERM), (True, -signal.SIGTERM)):
             with self.subTest(die_of_stop_signal=die):
+                # A port nobody listens on (exec mode refuses one in use).
+                with socket.socket() as probe_port:
+                    probe_port.bind(("127.0.0.1", 0))
+                    port = probe_port.getsockname()[1]
                 child = subprocess.Popen(
                     self.program(
                         """
-                        sys.exit(serve_exec(["sh", "-c", "echo up; exec sleep 60"], 8311,
-                                            ready="immediate", die_of_stop_signal=%r, log=False))
+                        sys.exit(serve_exec(["sh", "-c", "echo up; exec sleep 60"], %d,
+                                            host="127.0.0.1", ready="immediate",
+                                            die_of_stop_signal=%r, log=False))
                         """
-                        % die
+                        % (port, die)
                     ),
                     env=self.env,
                     stdout=subprocess.PIPE,
@@ -87,7 +98,10 @@ class ServeExecTest(unittest.TestCase):
                     text=True,
                 )
                 try:
-                    self.assertEqual(child.stdout.readline(), "up\n")
+                    first = child.stdout.readline()
+                    if first != "up\n":
+                        child.kill()
+                        self.fail("the command did not start: %r; stderr: %s" % (first, child.communicate(timeout=30)[1]))
                     child.send_signal(signal.SIGTERM)
                     _, err = child.communicate(timeout=30)
                 finally:
