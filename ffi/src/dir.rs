@@ -12,7 +12,7 @@ use std::ptr;
 
 use std::time::Duration;
 
-use llmlb::lock::{acquire_timeout, check_port, LockDir, LockError, LockState};
+use llmlb::lock::{acquire_timeout, check_port, LockDir, LockError, LockState, PortGuard};
 
 use crate::boundary::{self, FfiError, Out};
 use crate::{info_or_zero, LlmlbLock, LlmlbLockInfo, LlmlbLockState, LlmlbStatus};
@@ -159,24 +159,36 @@ pub(crate) unsafe fn acquire_waiting(
             }
             None => &dir,
         };
-        match acquire_timeout(dir, port, wait) {
-            Ok(guard) => {
-                if let Some(other) = other.as_mut() {
-                    other.write(info_or_zero(guard.reclaimed_from()));
-                }
-                lock.write(Box::into_raw(Box::new(LlmlbLock::new(guard))));
-                Ok(())
-            }
-            Err(err) => {
-                if let (LockError::AlreadyRunning { holder, .. }, Some(other)) =
-                    (&err, other.as_mut())
-                {
-                    other.write(info_or_zero(holder.as_deref()));
-                }
-                Err(err.into())
-            }
-        }
+        hand_out(acquire_timeout(dir, port, wait), &mut lock, &mut other)
     })
+}
+
+/// An acquire's outcome as C receives it: the new handle in `*lock` with a
+/// reclaimed lock's dead holder (or zeroes) in `*other`; on
+/// `AlreadyRunning` the holder's info in `*other`; the error's status
+/// otherwise. The one place every acquiring entry point (the waits, the
+/// states, a handover's free port) writes its out parameters.
+pub(crate) fn hand_out(
+    acquired: Result<PortGuard, LockError>,
+    lock: &mut Out<'_, *mut LlmlbLock>,
+    other: &mut Option<Out<'_, LlmlbLockInfo>>,
+) -> Result<(), FfiError> {
+    match acquired {
+        Ok(guard) => {
+            if let Some(other) = other.as_mut() {
+                other.write(info_or_zero(guard.reclaimed_from()));
+            }
+            lock.write(Box::into_raw(Box::new(LlmlbLock::new(guard))));
+            Ok(())
+        }
+        Err(err) => {
+            if let (LockError::AlreadyRunning { holder, .. }, Some(other)) = (&err, other.as_mut())
+            {
+                other.write(info_or_zero(holder.as_deref()));
+            }
+            Err(err.into())
+        }
+    }
 }
 
 /// The body of `llmlb_lock_probe` and `llmlb_lock_dir_probe`.

@@ -13,12 +13,13 @@ use std::ptr;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use llmlb::lock::{acquire_timeout, check_port, LockDir, LockError, PortGuard, ServeState};
+use llmlb::lock::{acquire_timeout, check_port, LockDir, PortGuard, ServeState};
 use llmlb::supervise::handover::{self, HandoverError, Predecessor, Requested};
 use llmlb::supervise::succession::{Commit, Handovers, PortPidfile};
 use llmlb::supervise::SharedLock;
 
 use crate::boundary::{self, FfiError, Out};
+use crate::dir::hand_out;
 use crate::stop::LLMLB_WAIT_FOREVER;
 use crate::{info_or_zero, LlmlbLock, LlmlbLockInfo, LlmlbStatus};
 
@@ -397,23 +398,11 @@ pub unsafe extern "C" fn llmlb_handover_take(
                 })));
                 Ok(())
             }
-            Requested::NotHeld => match acquire_timeout(&dir, port, Duration::ZERO) {
-                Ok(guard) => {
-                    if let Some(other) = other.as_mut() {
-                        other.write(info_or_zero(guard.reclaimed_from()));
-                    }
-                    lock.write(Box::into_raw(Box::new(LlmlbLock::new(guard))));
-                    Ok(())
-                }
-                Err(err) => {
-                    if let (LockError::AlreadyRunning { holder, .. }, Some(other)) =
-                        (&err, other.as_mut())
-                    {
-                        other.write(info_or_zero(holder.as_deref()));
-                    }
-                    Err(err.into())
-                }
-            },
+            Requested::NotHeld => hand_out(
+                acquire_timeout(&dir, port, Duration::ZERO),
+                &mut lock,
+                &mut other,
+            ),
             Requested::NotOffered { holder, why } => {
                 if let Some(other) = other.as_mut() {
                     other.write(info_or_zero(holder.as_deref()));
