@@ -17,6 +17,7 @@ use crate::lock::PortGuard;
 use crate::supervise::activation::Activated;
 use crate::supervise::listener::words::who_listens;
 use crate::supervise::ready::{ReadyPolicy, ReadySpec};
+use crate::supervise::reload::Relaunch;
 use crate::supervise::socket_pass::{PassSocket, DEFAULT_NAME};
 use crate::supervise::SharedLock;
 
@@ -195,7 +196,7 @@ pub fn serve(options: ServeOptions) -> Exit {
         drains: Drains::new(drain_timeout, proxy),
     };
     // Read before anything else: how a successor is started (`reload`).
-    manager::remember_relaunch(port);
+    let relaunch = manager::read_relaunch(port);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -206,7 +207,7 @@ pub fn serve(options: ServeOptions) -> Exit {
     // block_on polls this future on the calling thread, which matters in
     // exec mode: the child's parent-death signal is tied to the spawning
     // thread.
-    let exit = runtime.block_on(life(&dir, plan));
+    let exit = runtime.block_on(life(&dir, plan, relaunch.as_ref()));
     // Connection tasks cut off at the drain deadline must not delay the exit.
     runtime.shutdown_timeout(Duration::from_millis(100));
     exit
@@ -237,7 +238,7 @@ fn code(code: i32) -> Exit {
 }
 
 /// The server's life from the signal handlers to the release.
-async fn life(dir: &Where, plan: Plan) -> Exit {
+async fn life(dir: &Where, plan: Plan, relaunch: Option<&Relaunch>) -> Exit {
     let Plan {
         port,
         wait,
@@ -320,6 +321,7 @@ async fn life(dir: &Where, plan: Plan) -> Exit {
                 listen.activated,
                 taken,
                 &pidfile,
+                relaunch,
                 (grace, drains),
             )
             .await,
@@ -337,7 +339,10 @@ async fn life(dir: &Where, plan: Plan) -> Exit {
                 proxy,
             };
             let at = (host.as_str(), port);
-            run_command(&lock, signals, &mut lost, at, listen, taken, &pidfile, what).await
+            run_command(
+                &lock, signals, &mut lost, at, listen, taken, &pidfile, relaunch, what,
+            )
+            .await
         }
     };
     tell_stopping(&format!("stopping; releasing port {port}"));
@@ -373,6 +378,7 @@ async fn serve_http(
     _: Option<Activated>,
     _: Option<take::TakenOver>,
     _: &std::sync::Arc<PortPidfile>,
+    _: Option<&Relaunch>,
     _: (Duration, Drains),
 ) -> i32 {
     fail("this build has no built-in HTTP server (the `http` feature): give a command to run")
@@ -399,6 +405,7 @@ async fn run_command(
     listen: Listen,
     taken: Option<take::TakenOver>,
     pidfile: &std::sync::Arc<PortPidfile>,
+    relaunch: Option<&Relaunch>,
     what: Command,
 ) -> Exit {
     // The socket (if any) stays open in llmlb until the command's tree is
@@ -419,7 +426,7 @@ async fn run_command(
     };
     let offered: Vec<(&std::net::TcpListener, &str)> =
         socket.iter().map(|s| (s.listener(), s.name())).collect();
-    let (handovers, drain) = handovers(lock, port, &offered, predecessor, pidfile);
+    let (handovers, drain) = handovers(lock, port, &offered, predecessor, pidfile, relaunch);
     let plan = command::ExecPlan {
         command: &what.command,
         ready: what.ready,

@@ -32,6 +32,7 @@ use tokio::task::JoinSet;
 
 use crate::lock::{PortGuard, ServeState};
 use crate::supervise::activation::Activated;
+use crate::supervise::reload::Relaunch;
 use crate::supervise::socket_pass::DEFAULT_NAME;
 use crate::supervise::SharedLock;
 
@@ -180,6 +181,7 @@ pub(crate) async fn serve_http(
     activated: Option<Activated>,
     taken: Option<TakenOver>,
     pidfile: &Arc<PortPidfile>,
+    relaunch: Option<&Relaunch>,
     times: (Duration, Drains),
 ) -> i32 {
     let (bound, predecessor) = match taken {
@@ -187,7 +189,8 @@ pub(crate) async fn serve_http(
             Some(socket) => (Ok((socket.listener, socket.name)), Some(taken.predecessor)),
             None => {
                 // Nothing to serve on: give the port back at once.
-                let (handovers, _) = handovers(lock, port, &[], Some(taken.predecessor), pidfile);
+                let (handovers, _) =
+                    handovers(lock, port, &[], Some(taken.predecessor), pidfile, None);
                 handovers.abort();
                 return fail(format!(
                     "the server that held port {port} handed over no listening socket; it keeps serving"
@@ -217,6 +220,7 @@ pub(crate) async fn serve_http(
         &[(&listener, name.as_str())],
         predecessor,
         pidfile,
+        relaunch,
     );
     signals.on_reload(&handovers);
     let code = serve_http_on(

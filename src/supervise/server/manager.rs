@@ -24,29 +24,18 @@ pub(crate) fn supervisor() -> &'static Supervisor {
     SUPERVISOR.get_or_init(Supervisor::from_env)
 }
 
-/// How this server was started, for its successor (`llmlb reload`): read
-/// at the start of each [`serve`](super::serve) call (a launcher may serve
-/// several ports in turn, one call after the other).
-static RELAUNCH: std::sync::Mutex<Option<Relaunch>> = std::sync::Mutex::new(None);
-
-/// Reads how this process was started, for a reload of `port` (see
-/// [`Relaunch::from_process`]); a failure only costs the reload.
-pub(crate) fn remember_relaunch(port: u16) {
-    let relaunch = match Relaunch::from_process(port) {
-        Ok(relaunch) => Some(relaunch),
-        Err(e) => {
+/// How this process was started, for a successor of the server on `port`
+/// (`llmlb reload`, see [`Relaunch::from_process`]); read once at the start
+/// of each [`serve`](super::serve) call and kept by that call. A failure
+/// only costs the reload.
+pub(crate) fn read_relaunch(port: u16) -> Option<Relaunch> {
+    Relaunch::from_process(port)
+        .map_err(|e| {
             tracing::warn!(
                 "cannot read the working directory ({e}); this server cannot reload (llmlb reload, SIGUSR2)"
-            );
-            None
-        }
-    };
-    *RELAUNCH.lock().unwrap_or_else(|e| e.into_inner()) = relaunch;
-}
-
-/// How this server was started, if it could be read.
-pub(crate) fn relaunch() -> Option<Relaunch> {
-    RELAUNCH.lock().unwrap_or_else(|e| e.into_inner()).clone()
+            )
+        })
+        .ok()
 }
 
 /// Tells our service manager (if any) what serve is doing: one `STATUS=`

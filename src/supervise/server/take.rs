@@ -14,9 +14,10 @@ use crate::lock::{
     PortGuard, ServeState,
 };
 use crate::supervise::handover::{self, HandedSocket, HandoverError, Predecessor, Requested};
+use crate::supervise::reload::Relaunch;
 use crate::supervise::SharedLock;
 
-use super::manager::{relaunch, supervisor, tell_status};
+use super::manager::{supervisor, tell_status};
 use super::options::{Where, EXIT_FAILURE};
 use super::report::fail;
 use super::signals::{self, Signals};
@@ -117,13 +118,14 @@ pub(crate) fn handovers(
     sockets: &[(&TcpListener, &str)],
     predecessor: Option<Predecessor>,
     pidfile: &Arc<PortPidfile>,
+    relaunch: Option<&Relaunch>,
 ) -> (Arc<Handovers>, DrainRequested) {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let handovers = Handovers::new(lock, port, sockets, predecessor, pidfile, move |pid| {
         let _ = tx.send(pid);
     });
-    if let Some(relaunch) = relaunch() {
-        handovers.enable_reload(relaunch, supervisor());
+    if let Some(relaunch) = relaunch {
+        handovers.enable_reload(relaunch.clone(), supervisor());
     }
     (handovers, rx)
 }
