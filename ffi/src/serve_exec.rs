@@ -297,10 +297,7 @@ unsafe fn options(
 
     let mut options = ServeOptions::new(lock_dir, o.port);
     if !o.lock_dir.is_null() {
-        options.lock_dir_hint = format!(
-            " --lock-dir {}",
-            llmlb::lock::shell_quoted(&options.lock_dir)
-        );
+        options.lock_dir_hint = server::explicit_lock_dir_hint(&options.lock_dir);
     }
     if let Some(host) = host {
         options.host = host;

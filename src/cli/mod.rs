@@ -544,7 +544,7 @@ impl LockDirChoice {
     /// the shell, see [`llmlb::lock::shell_quoted`]).
     pub(crate) fn hint_suffix(&self) -> String {
         if self.from_flag {
-            format!(" --lock-dir {}", llmlb::lock::shell_quoted(&self.path))
+            crate::supervise::server::explicit_lock_dir_hint(&self.path)
         } else {
             String::new()
         }

@@ -47,11 +47,11 @@ pub(crate) mod stop_report;
 mod take;
 
 pub use log::init_logging;
-pub(crate) use options::{Drains, Where};
 pub use options::{
-    Exit, Mode, ServeOptions, DEFAULT_HOST, DEFAULT_REPLACE_GRACE, DEFAULT_REPLACE_TIMEOUT,
-    EXIT_FAILURE, EXIT_USAGE,
+    explicit_lock_dir_hint, Exit, Mode, ServeOptions, DEFAULT_HOST, DEFAULT_REPLACE_GRACE,
+    DEFAULT_REPLACE_TIMEOUT, EXIT_FAILURE, EXIT_USAGE,
 };
+pub(crate) use options::{Drains, Where};
 
 /// `--ready-timeout`'s default with `--replace`: a successor that never
 /// becomes ready must not hold a replace (and the next deploy) for ever.

@@ -109,6 +109,14 @@ impl ServeOptions {
     }
 }
 
+/// The [`lock_dir_hint`](ServeOptions::lock_dir_hint) for a lock dir the
+/// caller chose explicitly (`--lock-dir`, the C struct's `lock_dir`): the
+/// flag with the dir quoted for the shell, so a suggested command names the
+/// same dir.
+pub fn explicit_lock_dir_hint(lock_dir: &std::path::Path) -> String {
+    format!(" --lock-dir {}", crate::lock::shell_quoted(lock_dir))
+}
+
 /// `--host`'s default.
 pub const DEFAULT_HOST: &str = "0.0.0.0";
 /// `--replace-timeout`'s default.
